@@ -1,0 +1,388 @@
+//! One function per subcommand. Each writes to the given output so tests can capture it.
+
+use crate::Command;
+use shoal_core::fsutil::{hostname, now_secs, pid_alive};
+use shoal_core::layout::Stream;
+use shoal_core::protocol::ResultHeader;
+use shoal_core::session::{find_session, list_sessions, SessionMeta, SessionState};
+use shoal_core::{frame, fsutil, CoreError, SessionDir};
+use std::io::Write;
+use std::path::Path;
+
+type Result<T> = std::result::Result<T, CoreError>;
+
+pub fn dispatch(cmd: &Command, base: &Path, out: &mut dyn Write) -> Result<i32> {
+    match cmd {
+        Command::Sessions { json } => sessions(base, *json, out),
+        Command::Logs {
+            session,
+            task,
+            stdout,
+            stderr,
+            worker,
+        } => {
+            let dir = find_session(base, session)?;
+            let streams: &[Stream] = match (stdout, stderr) {
+                (true, _) => &[Stream::Stdout],
+                (_, true) => &[Stream::Stderr],
+                _ => &[Stream::Stdout, Stream::Stderr],
+            };
+            match (task, worker) {
+                (Some(t), _) => task_logs(&dir, *t, streams, out),
+                (None, Some(w)) => worker_logs(&dir, w, streams, out),
+                (None, None) => session_summary(&dir, out),
+            }
+        }
+        Command::Cancel { session } => cancel(&find_session(base, session)?, out),
+        Command::Clean { all } => clean(base, *all, out),
+    }
+}
+
+fn w(out: &mut dyn Write, s: impl AsRef<str>) -> Result<()> {
+    out.write_all(s.as_ref().as_bytes())
+        .map_err(|e| CoreError::io("<stdout>", e))
+}
+
+fn age(secs: f64) -> String {
+    let d = (now_secs() - secs).max(0.0) as u64;
+    match d {
+        0..=59 => format!("{d}s ago"),
+        60..=3599 => format!("{}m ago", d / 60),
+        3600..=86399 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+fn progress(m: &SessionMeta) -> String {
+    let pct = if m.tasks_total > 0 {
+        100.0 * m.tasks_done as f64 / m.tasks_total as f64
+    } else {
+        0.0
+    };
+    format!("{}/{} ({pct:.0}%)", m.tasks_done, m.tasks_total)
+}
+
+fn sessions(base: &Path, json: bool, out: &mut dyn Write) -> Result<i32> {
+    let all = list_sessions(base)?;
+    if json {
+        let v: Vec<_> = all
+            .iter()
+            .map(|(d, m)| {
+                let mut j = serde_json::to_value(m).unwrap_or_default();
+                j["display_state"] = m.display_state().into();
+                j["path"] = d.root().display().to_string().into();
+                j
+            })
+            .collect();
+        w(out, serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")?;
+        return Ok(0);
+    }
+    if all.is_empty() {
+        w(out, format!("no sessions under {}\n", base.display()))?;
+        return Ok(0);
+    }
+    let rows: Vec<[String; 7]> = all
+        .iter()
+        .map(|(_, m)| {
+            [
+                m.id.clone(),
+                m.backend.clone(),
+                m.display_state().to_string(),
+                progress(m),
+                m.tasks_failed.to_string(),
+                m.workers_running.to_string(),
+                age(m.created),
+            ]
+        })
+        .collect();
+    let head = ["SESSION", "BACKEND", "STATE", "PROGRESS", "FAILED", "WORKERS", "STARTED"];
+    let mut widths = head.map(str::len);
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut s = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s + "\n"
+    };
+    w(out, line(&head))?;
+    for r in &rows {
+        w(out, line(&r.each_ref().map(String::as_str)))?;
+    }
+    Ok(0)
+}
+
+/// Result headers of accepted (and not yet accepted) results, oldest chunk first.
+fn headers(dir: &SessionDir) -> Vec<ResultHeader> {
+    let mut v = Vec::new();
+    for sub in ["done", "results"] {
+        for name in fsutil::list_names(&dir.sub(sub)).unwrap_or_default() {
+            if let Ok(h) = frame::read_header::<ResultHeader>(&dir.sub(sub).join(&name)) {
+                v.push(h);
+            }
+        }
+    }
+    v.sort_by_key(|h| h.chunk);
+    v
+}
+
+fn task_logs(dir: &SessionDir, task: u64, streams: &[Stream], out: &mut dyn Write) -> Result<i32> {
+    let Some(h) = headers(dir)
+        .into_iter()
+        .find(|h| (h.first_task..h.first_task + u64::from(h.ntasks)).contains(&task))
+    else {
+        w(
+            out,
+            format!(
+                "task {task} of session {} has no recorded result yet (pending, running, or lost)\n",
+                dir.id()
+            ),
+        )?;
+        return Ok(1);
+    };
+    let i = (task - h.first_task) as usize;
+    w(out, format!("task {task} · worker {} · chunk {}\n", h.worker, h.chunk))?;
+    for &s in streams {
+        let (start, end) = h.range(i, s).unwrap_or((0, 0));
+        let bytes = dir.read_log(&h.worker, s, start, end, u64::MAX)?;
+        w(out, format!("--- {} ---\n", if s == Stream::Stdout { "stdout" } else { "stderr" }))?;
+        w(out, String::from_utf8_lossy(&bytes))?;
+        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+            w(out, "\n")?;
+        }
+    }
+    if let Some(err) = &h.chunk_error {
+        w(out, format!("--- error ---\n{err}\n"))?;
+        return Ok(1);
+    }
+    if let Some(f) = h.failed.iter().find(|f| f.index as usize == i) {
+        w(out, format!("--- traceback ---\n{}", f.traceback))?;
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn worker_logs(dir: &SessionDir, worker: &str, streams: &[Stream], out: &mut dyn Write) -> Result<i32> {
+    for &s in streams {
+        let end = dir.log_len(worker, s);
+        let bytes = dir.read_log(worker, s, 0, end, u64::MAX)?;
+        w(out, format!("--- {} {} ---\n", worker, s.ext()))?;
+        w(out, String::from_utf8_lossy(&bytes))?;
+    }
+    Ok(0)
+}
+
+fn session_summary(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
+    let meta = dir.read_meta()?;
+    w(
+        out,
+        format!(
+            "session {} · {} · {} · {} tasks done, {} failed\nwork dir: {}\n",
+            meta.id,
+            meta.backend,
+            meta.display_state(),
+            meta.tasks_done,
+            meta.tasks_failed,
+            dir.root().display()
+        ),
+    )?;
+    if let Some(m) = &meta.message {
+        w(out, format!("message: {m}\n"))?;
+    }
+    let mut failed = 0;
+    for h in headers(dir) {
+        if let Some(e) = &h.chunk_error {
+            failed += 1;
+            w(out, format!("tasks {}..{} failed: {}\n", h.first_task, h.first_task + u64::from(h.ntasks), first_line(e)))?;
+        }
+        for f in &h.failed {
+            failed += 1;
+            let last = f.traceback.trim_end().lines().last().unwrap_or("");
+            w(out, format!("task {} failed on {}: {last}\n", h.first_task + u64::from(f.index), h.worker))?;
+        }
+    }
+    let workers = fsutil::list_names(&dir.sub("logs")).unwrap_or_default();
+    let mut ids: Vec<&str> = workers.iter().filter_map(|n| n.rsplit_once('.').map(|x| x.0)).collect();
+    ids.dedup();
+    w(out, format!("workers: {}\n", ids.join(" ")))?;
+    w(out, format!("see one task: shoal logs {} TASK · one worker: shoal logs {} --worker ID\n", meta.id, meta.id))?;
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+fn cancel(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
+    let meta = dir.read_meta()?;
+    if meta.state != SessionState::Running {
+        w(out, format!("session {} is already {}\n", meta.id, meta.state.as_str()))?;
+        return Ok(0);
+    }
+    dir.beat(&dir.control("cancel"))?;
+    dir.beat(&dir.control("stop"))?;
+    if meta.driver_alive() {
+        // The driver notices control/cancel within a second and stops its workers itself.
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if dir.read_meta().map(|m| m.state != SessionState::Running || m.workers_running == 0).unwrap_or(true) {
+                break;
+            }
+        }
+        w(out, format!("cancelled session {}\n", meta.id))?;
+        return Ok(0);
+    }
+    // The driver is gone: stop what it left behind ourselves.
+    let killed = kill_local_workers(dir);
+    let mut m = meta;
+    m.state = SessionState::Cancelled;
+    m.message = Some("cancelled by `shoal cancel` after its driver died".into());
+    m.updated = now_secs();
+    dir.write_meta(&m)?;
+    w(out, format!("cancelled orphaned session {} ({killed} local workers killed)\n", m.id))?;
+    Ok(0)
+}
+
+fn kill_local_workers(dir: &SessionDir) -> usize {
+    let mut n = 0;
+    let me = hostname();
+    for name in fsutil::list_names(&dir.sub("workers")).unwrap_or_default() {
+        if !name.ends_with(".json") {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(dir.sub("workers").join(&name)) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        let pid = v["pid"].as_u64().unwrap_or(0) as u32;
+        if v["host"].as_str() == Some(me.as_str()) && pid > 1 && pid_alive(pid) {
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+            n += 1;
+        }
+    }
+    n
+}
+
+fn clean(base: &Path, all: bool, out: &mut dyn Write) -> Result<i32> {
+    let mut n = 0;
+    for (dir, m) in list_sessions(base)? {
+        let removable = match m.state {
+            SessionState::Finished => true,
+            SessionState::Failed | SessionState::Cancelled => all,
+            SessionState::Running => all && !m.driver_alive(),
+        };
+        if removable {
+            std::fs::remove_dir_all(dir.root()).map_err(|e| CoreError::io(dir.root(), e))?;
+            n += 1;
+        }
+    }
+    w(out, format!("removed {n} session work dirs\n"))?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_core::protocol::{ChunkHeader, Claimer, FailedTask};
+
+    fn run(cmd: Command, base: &Path) -> (i32, String) {
+        let mut buf = Vec::new();
+        let code = dispatch(&cmd, base, &mut buf).unwrap();
+        (code, String::from_utf8(buf).unwrap())
+    }
+
+    fn session_with_failure(base: &Path) -> SessionDir {
+        let d = SessionDir::create(base.join("20260101-000000-abcd")).unwrap();
+        let mut m = SessionMeta::new("20260101-000000-abcd".into(), "local");
+        m.tasks_total = 2;
+        m.tasks_done = 2;
+        m.tasks_failed = 1;
+        m.state = SessionState::Failed;
+        d.write_meta(&m).unwrap();
+        std::fs::write(d.log("w0001", Stream::Stdout), "hello from 0\nhello from 1\n").unwrap();
+        std::fs::write(d.log("w0001", Stream::Stderr), "warn 1\n").unwrap();
+        d.put_chunk(&ChunkHeader { chunk: 0, first_task: 0, ntasks: 2 }, b"x").unwrap();
+        let mut c = Claimer::new(d.clone(), "w0001");
+        c.try_claim().unwrap().unwrap();
+        let h = ResultHeader {
+            chunk: 0,
+            first_task: 0,
+            ntasks: 2,
+            worker: "w0001".into(),
+            out: vec![0, 13, 26],
+            err: vec![0, 0, 7],
+            failed: vec![FailedTask { index: 1, traceback: "Traceback...\nValueError: bad 1\n".into() }],
+            ..Default::default()
+        };
+        c.complete(&h, b"r").unwrap();
+        d.take_result(0).unwrap().unwrap();
+        d
+    }
+
+    #[test]
+    fn logs_of_one_task() {
+        let t = tempfile::tempdir().unwrap();
+        session_with_failure(t.path());
+        let (code, text) = run(
+            Command::Logs { session: "20260101".into(), task: Some(1), stdout: false, stderr: false, worker: None },
+            t.path(),
+        );
+        assert_eq!(code, 1);
+        assert!(text.contains("hello from 1") && !text.contains("hello from 0"), "{text}");
+        assert!(text.contains("warn 1") && text.contains("ValueError: bad 1"), "{text}");
+        let (code, text) = run(
+            Command::Logs { session: "20260101".into(), task: Some(0), stdout: true, stderr: false, worker: None },
+            t.path(),
+        );
+        assert_eq!(code, 0);
+        assert!(text.contains("hello from 0") && !text.contains("traceback"), "{text}");
+    }
+
+    #[test]
+    fn summary_lists_failures_and_sessions_table() {
+        let t = tempfile::tempdir().unwrap();
+        session_with_failure(t.path());
+        let (code, text) = run(
+            Command::Logs { session: "20260101-000000-abcd".into(), task: None, stdout: false, stderr: false, worker: None },
+            t.path(),
+        );
+        assert_eq!(code, 1);
+        assert!(text.contains("task 1 failed on w0001: ValueError: bad 1"), "{text}");
+        let (_, table) = run(Command::Sessions { json: false }, t.path());
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("SESSION") && lines[0].contains("PROGRESS"), "{table}");
+        assert!(lines[1].contains("failed") && lines[1].contains("2/2 (100%)"), "{table}");
+        let (_, json) = run(Command::Sessions { json: true }, t.path());
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v[0]["tasks_failed"], 1);
+    }
+
+    #[test]
+    fn clean_keeps_failed_unless_all() {
+        let t = tempfile::tempdir().unwrap();
+        session_with_failure(t.path());
+        let (_, text) = run(Command::Clean { all: false }, t.path());
+        assert!(text.contains("removed 0"));
+        let (_, text) = run(Command::Clean { all: true }, t.path());
+        assert!(text.contains("removed 1"));
+    }
+
+    #[test]
+    fn unknown_session_is_a_clear_error() {
+        let t = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        let e = dispatch(&Command::Cancel { session: "nope".into() }, t.path(), &mut buf).unwrap_err();
+        assert!(e.to_string().contains("shoal sessions"), "{e}");
+    }
+}

@@ -1,0 +1,18 @@
+//! shoal-core: the model every other crate shares — options types, the session work-dir
+//! layout and the file protocol that drivers and workers speak to each other.
+//!
+//! Nothing here knows about Python or about a particular scheduler: chunks and results are
+//! opaque byte payloads with a small typed header, moved through a directory with atomic
+//! renames so that the same protocol works on a local disk and on a cluster's shared FS.
+
+pub mod error;
+pub mod frame;
+pub mod fsutil;
+pub mod layout;
+pub mod protocol;
+pub mod session;
+pub mod units;
+pub mod worker;
+
+pub use error::{CoreError, Result};
+pub use layout::SessionDir;

@@ -1,0 +1,13 @@
+//! Engine errors, wrapping the protocol's and the backend's.
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Core(#[from] shoal_core::CoreError),
+    #[error(transparent)]
+    Sched(#[from] shoal_sched::SchedError),
+    #[error("the session has ended; start a new one")]
+    Ended,
+}

@@ -1,0 +1,375 @@
+//! `shoal._native`: converts between Python and the library crates, maps errors onto the
+//! `shoal.errors` hierarchy and releases the GIL whenever Rust waits. No logic lives here.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use shoal_core::layout::Stream;
+use shoal_core::protocol::{FailedTask, ResultHeader};
+use shoal_core::session::{default_base, new_session_id, SessionState};
+use shoal_core::worker::{ExitReason, WorkerConfig, WorkerSession};
+use shoal_core::{CoreError, SessionDir};
+use shoal_engine::{Engine, EngineError, EngineOptions, Event};
+use shoal_sched::{LaunchSpec, SchedError};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Raise the `shoal.errors` class named `class` with `msg`.
+fn raise(py: Python<'_>, class: &str, msg: String) -> PyErr {
+    match py
+        .import("shoal.errors")
+        .and_then(|m| m.getattr(class))
+        .and_then(|cls| cls.call1((msg.clone(),)))
+    {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(_) => PyValueError::new_err(msg),
+    }
+}
+
+fn core_err(py: Python<'_>, e: CoreError) -> PyErr {
+    let class = match e {
+        CoreError::InvalidOption { .. } | CoreError::WorkDirNotWritable { .. } => "ConfigError",
+        CoreError::NoSuchSession(_) => "ConfigError",
+        _ => "ShoalError",
+    };
+    raise(py, class, e.to_string())
+}
+
+fn sched_err(py: Python<'_>, e: SchedError) -> PyErr {
+    match e {
+        SchedError::Core(c) => core_err(py, c),
+        SchedError::Config(_) | SchedError::Missing { .. } => raise(py, "ConfigError", e.to_string()),
+        SchedError::Command { .. } => raise(py, "SchedulerError", e.to_string()),
+    }
+}
+
+fn engine_err(py: Python<'_>, e: EngineError) -> PyErr {
+    match e {
+        EngineError::Core(c) => core_err(py, c),
+        EngineError::Sched(s) => sched_err(py, s),
+        EngineError::Ended => raise(py, "ShoalError", e.to_string()),
+    }
+}
+
+/// A driver-side session: its work dir, its backend and its engine thread.
+#[pyclass(module = "shoal._native")]
+struct Session {
+    /// Taken out on `finish`; cloned out of the mutex before any call that may block, so
+    /// no thread ever waits on this mutex while holding the GIL for long.
+    engine: Mutex<Option<Arc<Engine>>>,
+    id: String,
+    path: PathBuf,
+}
+
+impl Session {
+    fn with<R>(&self, py: Python<'_>, f: impl FnOnce(&Engine) -> PyResult<R>) -> PyResult<R> {
+        let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match engine {
+            Some(e) => f(&e),
+            None => Err(raise(py, "ShoalError", "the session has ended".into())),
+        }
+    }
+}
+
+#[pymethods]
+impl Session {
+    #[new]
+    #[pyo3(signature = (*, backend, workers, python, cwd, env, worker_config, backend_options,
+                        work_dir=None, progress=false, heartbeat_timeout=None, max_attempts=3,
+                        metadata="null"))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        backend: &str,
+        workers: usize,
+        python: PathBuf,
+        cwd: PathBuf,
+        env: Vec<(String, String)>,
+        worker_config: &str,
+        backend_options: &str,
+        work_dir: Option<PathBuf>,
+        progress: bool,
+        heartbeat_timeout: Option<f64>,
+        max_attempts: u32,
+        metadata: &str,
+    ) -> PyResult<Self> {
+        let json = |what: &str, s: &str| -> PyResult<serde_json::Value> {
+            serde_json::from_str(s).map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
+        };
+        let worker_config: WorkerConfig = serde_json::from_value(json("worker_config", worker_config)?)
+            .map_err(|e| PyValueError::new_err(format!("worker_config: {e}")))?;
+        let backend_options = json("backend_options", backend_options)?;
+        let metadata = json("metadata", metadata)?;
+        let scheduler = shoal_sched::build(backend, workers, &backend_options).map_err(|e| sched_err(py, e))?;
+        let base = work_dir.unwrap_or_else(default_base);
+        let id = new_session_id();
+        let root = base.join(&id);
+        let dir = SessionDir::create(&root).map_err(|e| match e {
+            CoreError::Io { source, .. } => core_err(
+                py,
+                CoreError::WorkDirNotWritable {
+                    path: base.clone(),
+                    reason: source.to_string(),
+                },
+            ),
+            other => core_err(py, other),
+        })?;
+        let setup = (|| {
+            dir.write_config(&worker_config).map_err(EngineError::from)?;
+            let spec = LaunchSpec {
+                session: dir.clone(),
+                python,
+                env,
+                cwd,
+            };
+            let options = EngineOptions {
+                max_attempts: max_attempts.max(1),
+                heartbeat_timeout: heartbeat_timeout.map(Duration::from_secs_f64),
+                progress,
+                metadata,
+                ..EngineOptions::default()
+            };
+            Engine::start(dir.clone(), scheduler, spec, options)
+        })();
+        match setup {
+            Ok(engine) => Ok(Session {
+                engine: Mutex::new(Some(Arc::new(engine))),
+                id,
+                path: root,
+            }),
+            Err(e) => {
+                // Nothing ran: leave no trace of a session that never started.
+                let _ = std::fs::remove_dir_all(&root);
+                Err(engine_err(py, e))
+            }
+        }
+    }
+
+    #[getter]
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    fn put_blob(&self, py: Python<'_>, data: &[u8]) -> PyResult<u64> {
+        self.with(py, |e| py.detach(|| e.put_blob(data)).map_err(|x| engine_err(py, x)))
+    }
+
+    /// Publish a chunk; returns (chunk id, first task number).
+    fn submit(&self, py: Python<'_>, payload: &[u8], ntasks: u32) -> PyResult<(u64, u64)> {
+        self.with(py, |e| py.detach(|| e.submit(payload, ntasks)).map_err(|x| engine_err(py, x)))
+    }
+
+    fn withdraw(&self, py: Python<'_>, chunks: Vec<u64>) -> PyResult<usize> {
+        self.with(py, |e| py.detach(|| e.withdraw(&chunks)).map_err(|x| engine_err(py, x)))
+    }
+
+    /// Wait up to `timeout` seconds; returns a list of event tuples:
+    /// ("result", chunk, first_task, ntasks, worker, payload, err_offsets, chunk_error)
+    /// ("lost", chunk, first_task, ntasks, worker, reason, stderr_tail)
+    /// ("fatal", message)
+    fn events<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyList>> {
+        let events = self.with(py, |e| Ok(py.detach(|| e.events(Duration::from_secs_f64(timeout.max(0.0))))))?;
+        let out = PyList::empty(py);
+        for ev in events {
+            match ev {
+                Event::Result { header, payload } => out.append((
+                    "result",
+                    header.chunk,
+                    header.first_task,
+                    header.ntasks,
+                    header.worker,
+                    PyBytes::new(py, &payload),
+                    header.err,
+                    header.chunk_error,
+                ))?,
+                Event::Lost {
+                    chunk,
+                    worker,
+                    reason,
+                    stderr_tail,
+                } => out.append(("lost", chunk.chunk, chunk.first_task, chunk.ntasks, worker, reason, stderr_tail))?,
+                Event::Fatal { message } => out.append(("fatal", message))?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes `[start, end)` of a worker's stderr (or stdout), at most the last `tail` bytes.
+    #[pyo3(signature = (worker, start, end, tail, stream="stderr"))]
+    fn read_log<'py>(&self, py: Python<'py>, worker: &str, start: u64, end: u64, tail: u64, stream: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let s = if stream == "stdout" { Stream::Stdout } else { Stream::Stderr };
+        let dir = SessionDir::open(&self.path);
+        let bytes = py.detach(|| dir.read_log(worker, s, start, end, tail)).map_err(|e| core_err(py, e))?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.with(py, |e| Ok(e.stats()))?;
+        let d = PyDict::new(py);
+        d.set_item("tasks_total", s.tasks_total)?;
+        d.set_item("tasks_done", s.tasks_done)?;
+        d.set_item("tasks_failed", s.tasks_failed)?;
+        d.set_item("workers_running", s.workers_running)?;
+        d.set_item("workers_pending", s.workers_pending)?;
+        d.set_item("workers_started", s.workers_started)?;
+        d.set_item("workers_lost", s.workers_lost)?;
+        Ok(d)
+    }
+
+    /// Stop workers: gracefully within `grace` seconds, or at once when `grace` is None.
+    #[pyo3(signature = (grace=None))]
+    fn shutdown(&self, py: Python<'_>, grace: Option<f64>) {
+        let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(e) = engine {
+            py.detach(|| e.shutdown(grace.map(Duration::from_secs_f64)));
+        }
+    }
+
+    /// Record the final state ("finished", "failed", "cancelled"); returns the kept work
+    /// dir, or None when it was removed.
+    #[pyo3(signature = (state, message=None, keep=false))]
+    fn finish(&self, py: Python<'_>, state: &str, message: Option<String>, keep: bool) -> PyResult<Option<PathBuf>> {
+        let state = match state {
+            "finished" => SessionState::Finished,
+            "failed" => SessionState::Failed,
+            "cancelled" => SessionState::Cancelled,
+            other => return Err(PyValueError::new_err(format!("unknown session state {other:?}"))),
+        };
+        let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match engine {
+            Some(e) => Ok(py.detach(|| e.finish(state, message, keep))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The worker side of a session, used by `python -m shoal.worker`.
+#[pyclass(module = "shoal._native")]
+struct Worker {
+    inner: Mutex<WorkerSession>,
+    id: String,
+    config: String,
+}
+
+#[pymethods]
+impl Worker {
+    #[new]
+    #[pyo3(signature = (session_dir, worker_id=None))]
+    fn new(py: Python<'_>, session_dir: PathBuf, worker_id: Option<&str>) -> PyResult<Self> {
+        let inner = WorkerSession::open(session_dir, worker_id).map_err(|e| core_err(py, e))?;
+        let id = inner.id().to_string();
+        let config = serde_json::to_string(&inner.config().python).unwrap_or_else(|_| "null".into());
+        Ok(Worker {
+            inner: Mutex::new(inner),
+            id,
+            config,
+        })
+    }
+
+    #[getter]
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    /// The Python-side settings from the driver, as JSON.
+    #[getter]
+    fn config(&self) -> String {
+        self.config.clone()
+    }
+
+    fn read_blob<'py>(&self, py: Python<'py>, blob: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let dir = self.inner.lock().unwrap_or_else(|e| e.into_inner()).dir().clone();
+        let bytes = py.detach(|| dir.read_blob(blob)).map_err(|e| core_err(py, e))?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// Next chunk as (chunk, first_task, ntasks, payload), or a str saying why to exit:
+    /// "stopped", "idle", "driver-gone", "timeout".
+    #[pyo3(signature = (timeout=None))]
+    fn claim(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        let r = py.detach(|| {
+            let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            w.next_chunk(timeout.map(Duration::from_secs_f64))
+        });
+        match r.map_err(|e| core_err(py, e))? {
+            Ok((h, payload)) => Ok((h.chunk, h.first_task, h.ntasks, PyBytes::new(py, &payload))
+                .into_pyobject(py)?
+                .into_any()
+                .unbind()),
+            Err(reason) => {
+                let s = match reason {
+                    ExitReason::Stopped => "stopped",
+                    ExitReason::Idle => "idle",
+                    ExitReason::DriverGone => "driver-gone",
+                    ExitReason::Timeout => "timeout",
+                };
+                Ok(s.into_pyobject(py)?.into_any().unbind())
+            }
+        }
+    }
+
+    /// Publish a chunk's result with its per-task log offsets and failures.
+    #[pyo3(signature = (chunk, first_task, ntasks, payload, out, err, failed, chunk_error=None, elapsed=0.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn complete(
+        &self,
+        py: Python<'_>,
+        chunk: u64,
+        first_task: u64,
+        ntasks: u32,
+        payload: &[u8],
+        out: Vec<u64>,
+        err: Vec<u64>,
+        failed: Vec<(u32, String)>,
+        chunk_error: Option<String>,
+        elapsed: f64,
+    ) -> PyResult<()> {
+        let header = ResultHeader {
+            chunk,
+            first_task,
+            ntasks,
+            worker: self.id.clone(),
+            out,
+            err,
+            failed: failed
+                .into_iter()
+                .map(|(index, traceback)| FailedTask { index, traceback })
+                .collect(),
+            chunk_error,
+            elapsed,
+        };
+        py.detach(|| {
+            let w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            w.complete(&header, payload)
+        })
+        .map_err(|e| core_err(py, e))
+    }
+}
+
+/// Run the `shoal` command line with `argv` (including the program name); returns the exit code.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
+    py.detach(|| shoal_cli::run(argv))
+}
+
+/// The default directory holding session work dirs.
+#[pyfunction]
+fn default_work_dir() -> PathBuf {
+    default_base()
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Session>()?;
+    m.add_class::<Worker>()?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add_function(wrap_pyfunction!(default_work_dir, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

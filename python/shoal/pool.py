@@ -1,0 +1,458 @@
+"""``shoal.Pool``: the multiprocessing.Pool API on any shoal backend.
+
+Semantics follow the standard library (states, errors, chunking rule, AsyncResult), with
+three differences that only remove failure modes: a task's exception fails that task alone
+(not its whole chunk), a task that kills its worker is retried and then reported instead of
+hanging the pool, and the tasks' function may be a lambda or defined in ``__main__``.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import multiprocessing
+import threading
+import time
+import warnings
+from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
+
+from shoal._batch import Batcher
+from shoal._driver import Driver
+
+__all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool"]
+
+T = TypeVar("T")
+RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+TimeoutError = multiprocessing.TimeoutError
+
+
+class ApplyResult(Generic[T]):
+    """The result of ``apply_async``: ready/successful/wait/get as in multiprocessing."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        callback: Optional[Callable[[Any], object]] = None,
+        error_callback: Optional[Callable[[BaseException], object]] = None,
+    ) -> None:
+        self._pool = pool
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = False
+        self._value: Any = None
+        pool._register(self)
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        self._event.wait(timeout)
+
+    def get(self, timeout: Optional[float] = None) -> T:
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError
+        if self._success:
+            return self._value  # type: ignore[no-any-return]
+        raise self._value
+
+    def _set(self, ok: bool, value: Any) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._success, self._value = ok, value
+        try:
+            if ok and self._callback is not None:
+                self._callback(value)
+            elif not ok and self._error_callback is not None:
+                self._error_callback(value)
+        finally:
+            self._event.set()
+            self._pool._unregister(self)
+
+    def _deliver(self, index: int, ok: bool, value: Any) -> None:
+        self._set(ok, value)
+
+    def _abort(self, exc: BaseException) -> None:
+        self._set(False, exc)
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult[list]):
+    """The result of ``map_async``/``starmap_async``: ready at the first error, like multiprocessing."""
+
+    def __init__(self, pool: Pool, length: int, callback: Any, error_callback: Any) -> None:
+        super().__init__(pool, callback, error_callback)
+        self._values: list[Any] = [None] * length
+        self._remaining = length
+        if length == 0:
+            self._set(True, [])
+
+    def _deliver(self, index: int, ok: bool, value: Any) -> None:
+        if not ok:
+            self._set(False, value)
+            return
+        with self._lock:
+            self._values[index] = value
+            self._remaining -= 1
+            finished = self._remaining == 0
+        if finished:
+            self._set(True, self._values)
+
+
+class IMapIterator(Generic[T]):
+    """Results of ``imap`` in order; ``next(timeout)`` raises multiprocessing.TimeoutError."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._cond = threading.Condition()
+        self._items: dict[int, tuple[bool, Any]] = {}
+        self._index = 0
+        self._length: Optional[int] = None
+        pool._register(self)
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def _ready(self, index: int) -> bool:
+        return index in self._items
+
+    def next(self, timeout: Optional[float] = None) -> T:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                item = self._pop()
+                if item is not None:
+                    break
+                if self._length is not None and self._index >= self._length:
+                    self._pool._unregister(self)
+                    raise StopIteration
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
+                self._cond.wait(remaining)
+        ok, value = item
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    __next__ = next
+
+    def _pop(self) -> Optional[tuple[bool, Any]]:
+        item = self._items.pop(self._index, None)
+        if item is not None:
+            self._index += 1
+        return item
+
+    def _deliver(self, index: int, ok: bool, value: Any) -> None:
+        with self._cond:
+            self._items[index] = (ok, value)
+            self._cond.notify_all()
+            self._maybe_done()
+
+    def _abort(self, exc: BaseException) -> None:
+        with self._cond:
+            limit = self._length if self._length is not None else self._index + len(self._items) + 1
+            for i in range(self._index, limit):
+                self._items.setdefault(i, (False, exc))
+            if self._length is None:
+                self._length = limit
+            self._cond.notify_all()
+            self._maybe_done()
+
+    def _set_length(self, length: int) -> None:
+        with self._cond:
+            self._length = length
+            self._cond.notify_all()
+            self._maybe_done()
+
+    def _delivered(self) -> int:
+        return self._index + len(self._items)
+
+    def _maybe_done(self) -> None:
+        if self._length is not None and self._delivered() >= self._length:
+            self._pool._unregister(self)
+
+
+class IMapUnorderedIterator(IMapIterator[T]):
+    """Results of ``imap_unordered`` in completion order."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._queue: collections.deque[tuple[bool, Any]] = collections.deque()
+        self._count = 0
+        super().__init__(pool)
+
+    def _pop(self) -> Optional[tuple[bool, Any]]:
+        if self._queue:
+            self._index += 1
+            return self._queue.popleft()
+        return None
+
+    def _deliver(self, index: int, ok: bool, value: Any) -> None:
+        with self._cond:
+            self._queue.append((ok, value))
+            self._count += 1
+            self._cond.notify_all()
+            self._maybe_done()
+
+    def _abort(self, exc: BaseException) -> None:
+        with self._cond:
+            missing = (self._length or self._count + 1) - self._count
+            for _ in range(max(1, missing)):
+                self._queue.append((False, exc))
+                self._count += 1
+            if self._length is None:
+                self._length = self._count
+            self._cond.notify_all()
+            self._maybe_done()
+
+    def _delivered(self) -> int:
+        return self._count
+
+
+class Pool:
+    """A pool of workers on a shoal backend, with the whole multiprocessing.Pool API.
+
+    ``processes`` is the number of workers (default: CPUs for the local backend).
+    Beyond multiprocessing's arguments: ``backend`` ("local", "slurm", "htcondor", "sge"),
+    ``progress`` (a progress bar with rate and ETA), ``python_path`` (the workers'
+    interpreter), ``work_dir`` (where session dirs go; must be shared with cluster nodes),
+    ``keep_work_dir``, and the backend's own options as keyword arguments.
+    """
+
+    def __init__(
+        self,
+        processes: Optional[int] = None,
+        initializer: Optional[Callable[..., object]] = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: Optional[int] = None,
+        context: Any = None,
+        *,
+        backend: str = "local",
+        progress: bool = False,
+        python_path: Optional[str] = None,
+        work_dir: Optional[str] = None,
+        keep_work_dir: bool = False,
+        **backend_options: Any,
+    ) -> None:
+        self._state = "INIT"
+        if processes is not None:
+            if not isinstance(processes, int) or isinstance(processes, bool):
+                raise TypeError(f"processes must be an int, not {type(processes).__name__}")
+            if processes < 1:
+                raise ValueError("Number of processes must be at least 1")
+        self._cache_cond = threading.Condition()
+        self._cache: set[int] = set()
+        self._driver = Driver(
+            backend=backend,
+            workers=processes,
+            python_path=python_path,
+            work_dir=work_dir,
+            progress=progress,
+            initializer=initializer,
+            initargs=initargs,
+            maxtasksperchild=maxtasksperchild,
+            backend_options=backend_options,
+            keep_work_dir=keep_work_dir,
+        )
+        self._processes = self._driver.workers
+        self._batcher = Batcher(self._driver)
+        self._state = RUN
+
+    # -------------------------------------------------------------- bookkeeping
+
+    def _register(self, job: object) -> None:
+        with self._cache_cond:
+            self._cache.add(id(job))
+
+    def _unregister(self, job: object) -> None:
+        with self._cache_cond:
+            self._cache.discard(id(job))
+            self._cache_cond.notify_all()
+
+    def _check_running(self) -> None:
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+
+    @property
+    def session(self) -> str:
+        """The session id, for ``shoal sessions`` / ``shoal logs``."""
+        return self._driver.id
+
+    def __repr__(self) -> str:
+        return (f"<shoal.Pool state={self._state} backend={self._driver.backend} "
+                f"workers={self._processes} session={self._driver.id}>")
+
+    # -------------------------------------------------------------- apply
+
+    def apply(self, func: Callable[..., T], args: Iterable[Any] = (), kwds: Optional[dict] = None) -> T:
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwds: Optional[dict] = None,
+        callback: Optional[Callable[[T], object]] = None,
+        error_callback: Optional[Callable[[BaseException], object]] = None,
+    ) -> ApplyResult[T]:
+        self._check_running()
+        blob = self._driver.pickle_call(func, tuple(args), dict(kwds or {}))
+        result: ApplyResult[T] = ApplyResult(self, callback, error_callback)
+        self._batcher.add(result, 0, blob)
+        return result
+
+    # -------------------------------------------------------------- map
+
+    def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None) -> list[T]:
+        return self._map_async(func, iterable, False, chunksize).get()
+
+    def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]], chunksize: Optional[int] = None) -> list[T]:
+        return self._map_async(func, iterable, True, chunksize).get()
+
+    def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None,
+                  callback: Optional[Callable[[list[T]], object]] = None,
+                  error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult:
+        return self._map_async(func, iterable, False, chunksize, callback, error_callback)
+
+    def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
+                      chunksize: Optional[int] = None,
+                      callback: Optional[Callable[[list[T]], object]] = None,
+                      error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult:
+        return self._map_async(func, iterable, True, chunksize, callback, error_callback)
+
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], star: bool,
+                   chunksize: Optional[int], callback: Any = None, error_callback: Any = None) -> MapResult:
+        self._check_running()
+        items = list(iterable)
+        if star:
+            items = [tuple(x) for x in items]
+        if chunksize is None:
+            chunksize = self._driver.default_chunksize(len(items))
+        _check_chunksize(chunksize)
+        driver = self._driver
+        fn_ref = driver.put_function(func) if items else 0
+        # Pickle everything before sending anything: a bad argument fails the call cleanly.
+        payloads = [
+            (lo, len(items[lo : lo + chunksize]),
+             driver.map_payload(func, fn_ref, items[lo : lo + chunksize], lo, star))
+            for lo in range(0, len(items), chunksize)
+        ]
+        result = MapResult(self, len(items), callback, error_callback)
+        for lo, n, payload in payloads:
+            driver.submit_payload(payload, [(result, lo + i) for i in range(n)])
+        return result
+
+    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None) -> IMapIterator[T]:
+        return self._imap(IMapIterator(self), func, iterable, chunksize, False)
+
+    def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
+                       chunksize: Optional[int] = None) -> IMapIterator[T]:
+        return self._imap(IMapUnorderedIterator(self), func, iterable, chunksize, False)
+
+    def _imap(self, it: IMapIterator[T], func: Callable[..., Any], iterable: Iterable[Any],
+              chunksize: Optional[int], star: bool) -> IMapIterator[T]:
+        try:
+            self._check_running()
+            if chunksize is not None:
+                _check_chunksize(chunksize)
+            fn_ref = self._driver.put_function(func)
+        except BaseException:
+            self._unregister(it)
+            raise
+        if chunksize is None and hasattr(iterable, "__len__"):
+            chunksize = self._driver.default_chunksize(len(iterable))  # type: ignore[arg-type]
+        feeder = threading.Thread(target=self._feed, args=(it, func, fn_ref, iterable, chunksize, star),
+                                  name="shoal-imap-feeder", daemon=True)
+        feeder.start()
+        return it
+
+    def _feed(self, it: IMapIterator[Any], func: Callable[..., Any], fn_ref: int,
+              iterable: Iterable[Any], chunksize: Optional[int], star: bool) -> None:
+        """Consume the iterable into chunks; without a chunksize, grow chunks 1, 2, 4 ... 64
+        so the first results come fast and long inputs still make few files."""
+        driver = self._driver
+        source = iter(iterable)
+        index = 0
+        size = chunksize or 1
+        while True:
+            try:
+                items = list(itertools.islice(source, size))
+            except BaseException as exc:  # the user's iterable raised: report it in place
+                it._deliver(index, False, exc)
+                it._set_length(index + 1)
+                return
+            if not items:
+                break
+            try:
+                payload = driver.map_payload(func, fn_ref, items, index, star)
+                driver.submit_payload(payload, [(it, index + i) for i in range(len(items))])
+            except BaseException as exc:
+                for i in range(len(items)):
+                    it._deliver(index + i, False, exc)
+            index += len(items)
+            if chunksize is None:
+                size = min(size * 2, 64)
+        it._set_length(index)
+
+    # -------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        if self._state == RUN:
+            self._state = CLOSE
+            self._batcher.flush()
+
+    def terminate(self) -> None:
+        self._terminate(failed=False)
+
+    def _terminate(self, failed: bool) -> None:
+        if self._state == "INIT":
+            return
+        self._state = TERMINATE
+        self._batcher.close()
+        self._driver.close(graceful=False, failed=failed)
+
+    def join(self) -> None:
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        if self._state not in (CLOSE, TERMINATE):
+            raise ValueError("In unknown state")
+        with self._cache_cond:
+            while self._cache and self._driver.broken is None:
+                self._cache_cond.wait(0.1)
+        self._batcher.close()
+        self._driver.close(graceful=True)
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._terminate(failed=exc_type is not None)
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) == RUN:
+            warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=2)
+            try:
+                self._terminate(failed=False)
+            except Exception:
+                pass
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled"
+        )
+
+
+def _check_chunksize(chunksize: int) -> None:
+    if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
+        raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
