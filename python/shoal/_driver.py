@@ -33,6 +33,9 @@ from shoal.errors import (
 MAP = "map"
 CALLS = "calls"
 STDERR_TAIL = 2000
+DEFAULT_CLUSTER_IDLE = 30.0
+# Options every backend understands; the rest go to the backend as its own options.
+GENERIC_OPTIONS = ("idle_timeout", "heartbeat_timeout", "max_attempts", "env", "metadata")
 _checked_pythons: dict[str, None] = {}
 _live: weakref.WeakSet[Driver] = weakref.WeakSet()
 
@@ -72,6 +75,13 @@ def _diagnose(fn: Any, items: Iterable[Any], first_index: int, exc: Exception) -
                 "pass what is needed to re-create them instead"
             )
     return PicklingError(f"cannot pickle the work for {_name(fn)!r}: {exc}")
+
+
+def split_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Separate generic session options from the backend's own (passed as backend_options)."""
+    out: dict[str, Any] = {k: options.pop(k) for k in GENERIC_OPTIONS if k in options}
+    out["backend_options"] = options
+    return out
 
 
 def check_python(python: str) -> str:
@@ -118,7 +128,7 @@ class Driver:
         env: Optional[dict[str, str]] = None,
         keep_work_dir: bool = False,
         heartbeat_timeout: Optional[float] = 120.0,
-        idle_timeout: Optional[float] = None,
+        idle_timeout: Optional[float] = -1.0,
         max_attempts: int = 3,
         metadata: Optional[dict[str, Any]] = None,
     ) -> None:
@@ -154,6 +164,9 @@ class Driver:
                 self._init_blob = _dumps((initializer, tuple(initargs)))
             except Exception as e:
                 raise _diagnose(initializer, tuple(initargs), 0, e) from None
+        if idle_timeout is not None and idle_timeout < 0:
+            # Local workers are cheap to keep; cluster allocations go back when work runs out.
+            idle_timeout = None if backend == "local" else DEFAULT_CLUSTER_IDLE
         worker_env = dict(env or {})
         worker_env.setdefault("SHOAL_WORKER", "1")
         config = {

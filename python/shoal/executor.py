@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 from shoal._batch import Batcher
-from shoal._driver import Driver
+from shoal._driver import Driver, split_options
 
 __all__ = ["Executor"]
 
@@ -72,8 +72,8 @@ class Executor(cf.Executor):
             initializer=initializer,
             initargs=initargs,
             maxtasksperchild=max_tasks_per_child,
-            backend_options=backend_options,
             keep_work_dir=keep_work_dir,
+            **split_options(backend_options),
         )
         self._max_workers = self._driver.workers
         self._batcher = Batcher(self._driver)

@@ -17,7 +17,7 @@ import warnings
 from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 from shoal._batch import Batcher
-from shoal._driver import Driver
+from shoal._driver import Driver, split_options
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool"]
 
@@ -261,8 +261,8 @@ class Pool:
             initializer=initializer,
             initargs=initargs,
             maxtasksperchild=maxtasksperchild,
-            backend_options=backend_options,
             keep_work_dir=keep_work_dir,
+            **split_options(backend_options),
         )
         self._processes = self._driver.workers
         self._batcher = Batcher(self._driver)
