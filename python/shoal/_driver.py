@@ -8,6 +8,7 @@ the engine's events back into per-task results or exceptions on a collector thre
 from __future__ import annotations
 
 import atexit
+import base64
 import json
 import math
 import os
@@ -42,6 +43,8 @@ _live: weakref.WeakSet[Driver] = weakref.WeakSet()
 
 class Job(Protocol):
     def _deliver(self, index: int, ok: bool, value: Any) -> None: ...
+
+    def _started(self, index: int) -> None: ...
 
     def _abort(self, exc: BaseException) -> None: ...
 
@@ -158,12 +161,13 @@ class Driver:
             "sys_path": [p for p in sys.path if p and os.path.isdir(p)],
             "maxtasksperchild": maxtasksperchild,
         }
-        self._init_blob: Optional[bytes] = None
         if initializer is not None:
+            # Inline in config.json: workers may start before any blob could be written.
             try:
-                self._init_blob = _dumps((initializer, tuple(initargs)))
+                init = _dumps((initializer, tuple(initargs)))
             except Exception as e:
                 raise _diagnose(initializer, tuple(initargs), 0, e) from None
+            py_config["initializer"] = base64.b64encode(init).decode("ascii")
         if idle_timeout is not None and idle_timeout < 0:
             # Local workers are cheap to keep; cluster allocations go back when work runs out.
             idle_timeout = None if backend == "local" else DEFAULT_CLUSTER_IDLE
@@ -189,9 +193,6 @@ class Driver:
             max_attempts=max_attempts,
             metadata=json.dumps(metadata) if metadata is not None else "null",
         )
-        if self._init_blob is not None:
-            # Workers read config.json at start: the initializer must be in place first.
-            self._native.put_blob(self._init_blob)
         self.id: str = self._native.id
         self.path: str = str(self._native.path)
         self._collector = threading.Thread(
@@ -259,10 +260,21 @@ class Driver:
             chunks.append(self.submit_payload(payload, [(c[0], c[1]) for c in part]))
         return chunks
 
-    def withdraw(self, chunks: list[int]) -> int:
-        """Take back chunks no worker has claimed; their tasks will never run."""
+    def withdraw_where(self, unwanted: Callable[[Job, int], bool]) -> int:
+        """Take back unclaimed chunks all of whose tasks are `unwanted` (e.g. cancelled
+        futures); their tasks will never run. Returns the number of chunks withdrawn."""
         with self._lock:
-            return int(self._native.withdraw(chunks))
+            chunks = [
+                c
+                for c, routes in self._routes.items()
+                if routes and all(unwanted(job, idx) for job, idx in routes)
+            ]
+            n = 0
+            for c in chunks:
+                if self._native.withdraw([c]):
+                    del self._routes[c]
+                    n += 1
+            return n
 
     # ------------------------------------------------------------------ collecting
 
@@ -294,8 +306,10 @@ class Driver:
             try:
                 values = pickle.loads(payload) if payload else None
             except Exception as exc:
-                err = TaskError(f"the results of tasks {first}..{first + ntasks - 1} could not be "
-                                f"unpickled in the driver: {type(exc).__name__}: {exc}")
+                err = TaskError(
+                    f"the results of tasks {first}..{first + ntasks - 1} could not be "
+                    f"unpickled in the driver: {type(exc).__name__}: {exc}"
+                )
                 values = None
                 self._task_failed = True
                 for job, idx in routes:
@@ -312,24 +326,33 @@ class Driver:
                     job._deliver(idx, True, value)
                 else:
                     self._task_failed = True
-                    job._deliver(idx, False, self._rebuild(value, idx, first + i, worker,
-                                                           err_offsets, i))
+                    job._deliver(
+                        idx, False, self._rebuild(value, idx, first + i, worker, err_offsets, i)
+                    )
         elif kind == "lost":
             _, chunk, first, ntasks, worker, reason, tail = ev
             with self._lock:
                 routes = self._routes.pop(chunk, None)
             self._task_failed = True
             for i, (job, idx) in enumerate(routes or []):
-                msg = (f"task {idx} (session task {first + i}) was lost: {reason} "
-                       f"[worker {worker}, session {self.id}]")
+                msg = (
+                    f"task {idx} (session task {first + i}) was lost: {reason} "
+                    f"[worker {worker}, session {self.id}]"
+                )
                 if tail.strip():
                     msg += f"\nworker stderr (tail):\n{tail.rstrip()}"
                 job._deliver(idx, False, WorkerLostError(msg))
         elif kind == "fatal":
             self._fail_all(SessionError(ev[1]))
+        elif kind == "started":
+            with self._lock:
+                routes = self._routes.get(ev[1], [])
+            for job, idx in routes:
+                job._started(idx)
 
-    def _rebuild(self, rec: Any, index: int, task_no: int, worker: str,
-                 err_offsets: list[int], i: int) -> BaseException:
+    def _rebuild(
+        self, rec: Any, index: int, task_no: int, worker: str, err_offsets: list[int], i: int
+    ) -> BaseException:
         blob, tb_text, type_name, text = rec
         exc: Optional[BaseException] = None
         if blob is not None:
@@ -346,8 +369,10 @@ class Driver:
                 tail = raw.decode("utf-8", "replace").rstrip()
             except Exception:
                 tail = ""
-        where = (f"task {index} failed on worker {worker} (session {self.id}, task {task_no}; "
-                 f"`shoal logs {self.id} {task_no}`)")
+        where = (
+            f"task {index} failed on worker {worker} (session {self.id}, task {task_no}; "
+            f"`shoal logs {self.id} {task_no}`)"
+        )
         detail = f"\n{where}"
         if tail:
             detail += f"\nstderr (tail):\n{tail}"
@@ -366,7 +391,7 @@ class Driver:
             routes = list(self._routes.values())
             self._routes.clear()
         for route in routes:
-            for job, idx in route:
+            for job, _idx in route:
                 job._abort(exc)
 
     # ------------------------------------------------------------------ ending

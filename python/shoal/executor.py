@@ -26,9 +26,16 @@ class _FutureJob:
     def __init__(self, futures: list[cf.Future]) -> None:
         self.futures = futures
 
+    def _started(self, index: int) -> None:
+        fut = self.futures[index]
+        if not fut.done() and not fut.running():
+            fut.set_running_or_notify_cancel()
+
     def _deliver(self, index: int, ok: bool, value: Any) -> None:
         fut = self.futures[index]
-        if fut.done() or not fut.set_running_or_notify_cancel():
+        if fut.done():
+            return
+        if not fut.running() and not fut.set_running_or_notify_cancel():
             return
         if ok:
             fut.set_result(value)
@@ -166,15 +173,19 @@ class Executor(cf.Executor):
         with self._lock:
             self._shutdown = True
             pending = list(self._pending)
+        self._batcher.close()
         if cancel_futures:
             for fut in pending:
                 fut.cancel()
-        self._batcher.close()
+            self._driver.withdraw_where(
+                lambda job, idx: isinstance(job, _FutureJob) and job.futures[idx].cancelled()
+            )
         if wait:
             self._wait_and_close()
         else:
-            threading.Thread(target=self._wait_and_close, name="shoal-executor-shutdown",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._wait_and_close, name="shoal-executor-shutdown", daemon=True
+            ).start()
 
     def _wait_and_close(self) -> None:
         while True:

@@ -9,7 +9,6 @@ hanging the pool, and the tasks' function may be a lambda or defined in ``__main
 from __future__ import annotations
 
 import collections
-import itertools
 import multiprocessing
 import threading
 import time
@@ -83,12 +82,16 @@ class ApplyResult(Generic[T]):
     def _abort(self, exc: BaseException) -> None:
         self._set(False, exc)
 
+    def _started(self, index: int) -> None:
+        pass
+
 
 AsyncResult = ApplyResult
 
 
 class MapResult(ApplyResult[list]):
-    """The result of ``map_async``/``starmap_async``: ready at the first error, like multiprocessing."""
+    """The result of ``map_async``/``starmap_async``; ready at the first error, as in
+    multiprocessing."""
 
     def __init__(self, pool: Pool, length: int, callback: Any, error_callback: Any) -> None:
         super().__init__(pool, callback, error_callback)
@@ -168,6 +171,9 @@ class IMapIterator(Generic[T]):
                 self._length = limit
             self._cond.notify_all()
             self._maybe_done()
+
+    def _started(self, index: int) -> None:
+        pass
 
     def _set_length(self, length: int) -> None:
         with self._cond:
@@ -289,12 +295,16 @@ class Pool:
         return self._driver.id
 
     def __repr__(self) -> str:
-        return (f"<shoal.Pool state={self._state} backend={self._driver.backend} "
-                f"workers={self._processes} session={self._driver.id}>")
+        return (
+            f"<shoal.Pool state={self._state} backend={self._driver.backend} "
+            f"workers={self._processes} session={self._driver.id}>"
+        )
 
     # -------------------------------------------------------------- apply
 
-    def apply(self, func: Callable[..., T], args: Iterable[Any] = (), kwds: Optional[dict] = None) -> T:
+    def apply(
+        self, func: Callable[..., T], args: Iterable[Any] = (), kwds: Optional[dict] = None
+    ) -> T:
         return self.apply_async(func, args, kwds).get()
 
     def apply_async(
@@ -313,25 +323,48 @@ class Pool:
 
     # -------------------------------------------------------------- map
 
-    def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None) -> list[T]:
+    def map(
+        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None
+    ) -> list[T]:
         return self._map_async(func, iterable, False, chunksize).get()
 
-    def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]], chunksize: Optional[int] = None) -> list[T]:
+    def starmap(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: Optional[int] = None,
+    ) -> list[T]:
         return self._map_async(func, iterable, True, chunksize).get()
 
-    def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None,
-                  callback: Optional[Callable[[list[T]], object]] = None,
-                  error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult:
+    def map_async(
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: Optional[int] = None,
+        callback: Optional[Callable[[list[T]], object]] = None,
+        error_callback: Optional[Callable[[BaseException], object]] = None,
+    ) -> MapResult:
         return self._map_async(func, iterable, False, chunksize, callback, error_callback)
 
-    def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
-                      chunksize: Optional[int] = None,
-                      callback: Optional[Callable[[list[T]], object]] = None,
-                      error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult:
+    def starmap_async(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: Optional[int] = None,
+        callback: Optional[Callable[[list[T]], object]] = None,
+        error_callback: Optional[Callable[[BaseException], object]] = None,
+    ) -> MapResult:
         return self._map_async(func, iterable, True, chunksize, callback, error_callback)
 
-    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], star: bool,
-                   chunksize: Optional[int], callback: Any = None, error_callback: Any = None) -> MapResult:
+    def _map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        star: bool,
+        chunksize: Optional[int],
+        callback: Any = None,
+        error_callback: Any = None,
+    ) -> MapResult:
         self._check_running()
         items = list(iterable)
         if star:
@@ -343,8 +376,11 @@ class Pool:
         fn_ref = driver.put_function(func) if items else 0
         # Pickle everything before sending anything: a bad argument fails the call cleanly.
         payloads = [
-            (lo, len(items[lo : lo + chunksize]),
-             driver.map_payload(func, fn_ref, items[lo : lo + chunksize], lo, star))
+            (
+                lo,
+                len(items[lo : lo + chunksize]),
+                driver.map_payload(func, fn_ref, items[lo : lo + chunksize], lo, star),
+            )
             for lo in range(0, len(items), chunksize)
         ]
         result = MapResult(self, len(items), callback, error_callback)
@@ -352,15 +388,24 @@ class Pool:
             driver.submit_payload(payload, [(result, lo + i) for i in range(n)])
         return result
 
-    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None) -> IMapIterator[T]:
+    def imap(
+        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None
+    ) -> IMapIterator[T]:
         return self._imap(IMapIterator(self), func, iterable, chunksize, False)
 
-    def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
-                       chunksize: Optional[int] = None) -> IMapIterator[T]:
+    def imap_unordered(
+        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None
+    ) -> IMapIterator[T]:
         return self._imap(IMapUnorderedIterator(self), func, iterable, chunksize, False)
 
-    def _imap(self, it: IMapIterator[T], func: Callable[..., Any], iterable: Iterable[Any],
-              chunksize: Optional[int], star: bool) -> IMapIterator[T]:
+    def _imap(
+        self,
+        it: IMapIterator[T],
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: Optional[int],
+        star: bool,
+    ) -> IMapIterator[T]:
         try:
             self._check_running()
             if chunksize is not None:
@@ -371,37 +416,55 @@ class Pool:
             raise
         if chunksize is None and hasattr(iterable, "__len__"):
             chunksize = self._driver.default_chunksize(len(iterable))  # type: ignore[arg-type]
-        feeder = threading.Thread(target=self._feed, args=(it, func, fn_ref, iterable, chunksize, star),
-                                  name="shoal-imap-feeder", daemon=True)
+        feeder = threading.Thread(
+            target=self._feed,
+            args=(it, func, fn_ref, iterable, chunksize, star),
+            name="shoal-imap-feeder",
+            daemon=True,
+        )
         feeder.start()
         return it
 
-    def _feed(self, it: IMapIterator[Any], func: Callable[..., Any], fn_ref: int,
-              iterable: Iterable[Any], chunksize: Optional[int], star: bool) -> None:
+    def _feed(
+        self,
+        it: IMapIterator[Any],
+        func: Callable[..., Any],
+        fn_ref: int,
+        iterable: Iterable[Any],
+        chunksize: Optional[int],
+        star: bool,
+    ) -> None:
         """Consume the iterable into chunks; without a chunksize, grow chunks 1, 2, 4 ... 64
         so the first results come fast and long inputs still make few files."""
         driver = self._driver
         source = iter(iterable)
         index = 0
         size = chunksize or 1
-        while True:
+        failure: Optional[BaseException] = None
+        while failure is None:
+            items: list[Any] = []
             try:
-                items = list(itertools.islice(source, size))
+                for item in source:
+                    items.append(item)
+                    if len(items) >= size:
+                        break
             except BaseException as exc:  # the user's iterable raised: report it in place
-                it._deliver(index, False, exc)
-                it._set_length(index + 1)
-                return
-            if not items:
+                failure = exc
+            if not items and failure is None:
                 break
-            try:
-                payload = driver.map_payload(func, fn_ref, items, index, star)
-                driver.submit_payload(payload, [(it, index + i) for i in range(len(items))])
-            except BaseException as exc:
-                for i in range(len(items)):
-                    it._deliver(index + i, False, exc)
-            index += len(items)
+            if items:
+                try:
+                    payload = driver.map_payload(func, fn_ref, items, index, star)
+                    driver.submit_payload(payload, [(it, index + i) for i in range(len(items))])
+                except BaseException as exc:
+                    for i in range(len(items)):
+                        it._deliver(index + i, False, exc)
+                index += len(items)
             if chunksize is None:
                 size = min(size * 2, 64)
+        if failure is not None:
+            it._deliver(index, False, failure)
+            index += 1
         it._set_length(index)
 
     # -------------------------------------------------------------- lifecycle
@@ -441,16 +504,16 @@ class Pool:
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) == RUN:
-            warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=2)
+            warnings.warn(
+                f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=2
+            )
             try:
                 self._terminate(failed=False)
             except Exception:
                 pass
 
     def __reduce__(self) -> Any:
-        raise NotImplementedError(
-            "pool objects cannot be passed between processes or pickled"
-        )
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
 
 def _check_chunksize(chunksize: int) -> None:

@@ -7,6 +7,7 @@ that task only; the worker keeps going.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pickle
@@ -75,18 +76,27 @@ class _Runner:
         err = [_offset(2)]
         try:
             calls = self.calls(payload)
-        except BaseException as exc:  # noqa: BLE001 - reported, never swallowed
+        except BaseException as exc:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             msg = f"the chunk could not be loaded on the worker: {type(exc).__name__}: {exc}\n{tb}"
-            self.worker.complete(chunk, first, ntasks, b"", out * (ntasks + 1), err * (ntasks + 1),
-                                 [], msg, time.perf_counter() - started)
+            self.worker.complete(
+                chunk,
+                first,
+                ntasks,
+                b"",
+                out * (ntasks + 1),
+                err * (ntasks + 1),
+                [],
+                msg,
+                time.perf_counter() - started,
+            )
             return
         results: list[tuple[bool, Any]] = []
         failed: list[tuple[int, str]] = []
         for i, (fn, args, kwargs) in enumerate(calls):
             try:
                 results.append((True, fn(*args, **kwargs)))
-            except BaseException as exc:  # noqa: BLE001 - a task's SystemExit fails only it
+            except BaseException as exc:
                 rec = _error_record(exc)
                 results.append((False, rec))
                 failed.append((i, rec[1]))
@@ -94,8 +104,9 @@ class _Runner:
             out.append(_offset(1))
             err.append(_offset(2))
         payload_out = self._dump(results, failed)
-        self.worker.complete(chunk, first, ntasks, payload_out, out, err, failed, None,
-                             time.perf_counter() - started)
+        self.worker.complete(
+            chunk, first, ntasks, payload_out, out, err, failed, None, time.perf_counter() - started
+        )
 
     @staticmethod
     def _dump(results: list[tuple[bool, Any]], failed: list[tuple[int, str]]) -> bytes:
@@ -130,7 +141,7 @@ def _setup(config: dict[str, Any], runner: _Runner) -> None:
             sys.path.insert(0, path)
     init = config.get("initializer")
     if init is not None:
-        fn, args = runner.blob(init)
+        fn, args = pickle.loads(base64.b64decode(init))
         fn(*args)
 
 

@@ -11,6 +11,7 @@ use shoal_core::session::{SessionMeta, SessionState};
 use shoal_core::SessionDir;
 use shoal_sched::{LaunchSpec, Scheduler, WorkerState};
 use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -61,6 +62,8 @@ pub enum Event {
     },
     /// The session cannot go on (submission refused, workers cannot start, cancelled).
     Fatal { message: String },
+    /// A worker claimed the chunk for the first time (its tasks are running).
+    Started { chunk: u64 },
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -86,6 +89,7 @@ enum Stop {
 struct ChunkInfo {
     header: ChunkHeader,
     attempts: u32,
+    started: bool,
 }
 
 struct State {
@@ -162,6 +166,7 @@ impl Engine {
             start_failures: 0,
             meta,
             progress: None,
+            progress_lines: None,
         };
         let thread = std::thread::Builder::new()
             .name("shoal-engine".into())
@@ -220,6 +225,7 @@ impl Engine {
             ChunkInfo {
                 header: header.clone(),
                 attempts: 0,
+                started: false,
             },
         );
         drop(st);
@@ -285,7 +291,12 @@ impl Engine {
 
     /// Record the final state. The work dir is removed when the session finished cleanly
     /// and `keep` is false; otherwise its path is returned for the user to inspect.
-    pub fn finish(&self, state: SessionState, message: Option<String>, keep: bool) -> Option<PathBuf> {
+    pub fn finish(
+        &self,
+        state: SessionState,
+        message: Option<String>,
+        keep: bool,
+    ) -> Option<PathBuf> {
         self.shutdown(None);
         let st = self.shared.lock();
         let mut meta = self
@@ -341,6 +352,8 @@ struct Runner {
     start_failures: u32,
     meta: SessionMeta,
     progress: Option<ProgressBar>,
+    /// Without a terminal (logs, notebooks) progress is a plain line every few seconds.
+    progress_lines: Option<(Instant, Instant)>,
 }
 
 const MIN_SLEEP: Duration = Duration::from_micros(500);
@@ -351,7 +364,9 @@ const CONTROL_EVERY: Duration = Duration::from_millis(250);
 
 impl Runner {
     fn run(&mut self, sched: &mut dyn Scheduler) {
-        if self.options.progress {
+        if self.options.progress && !std::io::stderr().is_terminal() {
+            self.progress_lines = Some((Instant::now(), Instant::now()));
+        } else if self.options.progress {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5));
             bar.set_style(
                 ProgressStyle::with_template(
@@ -373,6 +388,7 @@ impl Runner {
                 break;
             }
             let mut busy = self.collect_results();
+            busy |= self.notice_claims();
             if last_poll.elapsed() >= sched.poll_interval() {
                 last_poll = Instant::now();
                 busy |= self.poll_workers(sched);
@@ -402,7 +418,11 @@ impl Runner {
                 }
                 self.draw_progress();
             }
-            sleep = if busy { MIN_SLEEP } else { (sleep * 2).min(MAX_SLEEP) };
+            sleep = if busy {
+                MIN_SLEEP
+            } else {
+                (sleep * 2).min(MAX_SLEEP)
+            };
             let st = self.shared.lock();
             if st.stop == Stop::No {
                 let _ = self.shared.wake.wait_timeout(st, sleep);
@@ -415,6 +435,31 @@ impl Runner {
             self.draw_progress_on(&bar);
             bar.abandon();
         }
+        if self.progress_lines.is_some() {
+            self.progress_line();
+        }
+    }
+
+    fn progress_line(&self) {
+        let Some((start, _)) = self.progress_lines else {
+            return;
+        };
+        let s = self.shared.lock().stats.clone();
+        let secs = start.elapsed().as_secs_f64();
+        let rate = s.tasks_done as f64 / secs.max(1e-9);
+        let eta = if rate > 0.0 && s.tasks_total > s.tasks_done {
+            format!("{:.0}s", (s.tasks_total - s.tasks_done) as f64 / rate)
+        } else {
+            "-".into()
+        };
+        eprintln!(
+            "shoal {}: {}/{} tasks · {rate:.1} tasks/s · elapsed {secs:.0}s · ETA {eta} · {} workers{}",
+            self.dir.id(),
+            s.tasks_done,
+            s.tasks_total,
+            s.workers_running,
+            if s.tasks_failed > 0 { format!(" · {} failed", s.tasks_failed) } else { String::new() }
+        );
     }
 
     /// Deliver every verified result not delivered before. Returns whether any arrived.
@@ -447,6 +492,29 @@ impl Runner {
             let _ = self.tx.send(Event::Result { header, payload });
         }
         any
+    }
+
+    /// Report chunks that a worker claimed for the first time.
+    fn notice_claims(&mut self) -> bool {
+        let Ok(claims) = self.dir.claims() else {
+            return false;
+        };
+        let mut started = Vec::new();
+        {
+            let mut st = self.shared.lock();
+            for (chunk, _) in claims {
+                if let Some(info) = st.outstanding.get_mut(&chunk) {
+                    if !info.started {
+                        info.started = true;
+                        started.push(chunk);
+                    }
+                }
+            }
+        }
+        for chunk in &started {
+            let _ = self.tx.send(Event::Started { chunk: *chunk });
+        }
+        !started.is_empty()
     }
 
     fn poll_workers(&mut self, sched: &mut dyn Scheduler) -> bool {
@@ -503,7 +571,11 @@ impl Runner {
         let produced = self.workers.get(worker).is_some_and(|w| w.produced);
         self.workers.remove(worker);
         let claims: Vec<u64> = match self.dir.claims() {
-            Ok(c) => c.into_iter().filter(|(_, w)| w == worker).map(|(c, _)| c).collect(),
+            Ok(c) => c
+                .into_iter()
+                .filter(|(_, w)| w == worker)
+                .map(|(c, _)| c)
+                .collect(),
             Err(_) => Vec::new(),
         };
         if lost.is_none() && claims.is_empty() {
@@ -528,7 +600,8 @@ impl Runner {
                     let _ = self.dir.requeue(chunk, worker);
                 }
                 Some(header) => {
-                    let _ = std::fs::rename(self.dir.claimed(chunk, worker), self.dir.corrupt(chunk));
+                    let _ =
+                        std::fs::rename(self.dir.claimed(chunk, worker), self.dir.corrupt(chunk));
                     self.delivered.insert(chunk);
                     {
                         let mut st = self.shared.lock();
@@ -596,7 +669,10 @@ impl Runner {
         }
         let _ = sched.cancel(&stale);
         for w in stale {
-            let reason = format!("no heartbeat from worker for {:.0} s", timeout.as_secs_f64());
+            let reason = format!(
+                "no heartbeat from worker for {:.0} s",
+                timeout.as_secs_f64()
+            );
             self.worker_ended(sched, &w, Some(reason));
         }
     }
@@ -681,9 +757,15 @@ impl Runner {
         let _ = self.dir.write_meta(&self.meta);
     }
 
-    fn draw_progress(&self) {
+    fn draw_progress(&mut self) {
         if let Some(bar) = &self.progress {
             self.draw_progress_on(bar);
+        }
+        if let Some((start, last)) = self.progress_lines {
+            if last.elapsed() >= Duration::from_secs(5) {
+                self.progress_lines = Some((start, Instant::now()));
+                self.progress_line();
+            }
         }
     }
 

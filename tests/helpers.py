@@ -1,0 +1,81 @@
+"""Task functions for the tests. They live in an importable module so that they are pickled by
+reference, as users' module-level functions are; tests also use lambdas (pickled by value)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+_state: dict[str, Any] = {}
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def fail_on(x: int, bad: int = 3) -> int:
+    if x == bad:
+        print(f"about to fail on {x}", file=sys.stderr)
+        raise ValueError(f"bad value {x}")
+    return x
+
+
+def sleep_return(x: float) -> float:
+    time.sleep(x)
+    return x
+
+
+def pid(_: Any = None) -> int:
+    return os.getpid()
+
+
+def slow_pid(_: Any = None) -> int:
+    time.sleep(0.05)
+    return os.getpid()
+
+
+def init_state(value: Any) -> None:
+    _state["value"] = value
+
+
+def read_state(_: Any = None) -> Any:
+    return _state.get("value")
+
+
+def die(_: Any = None) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_once(marker: str, x: int) -> int:
+    """Kill this worker the first time it is called for `marker`; succeed on the retry."""
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write("x")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * 10
+
+
+def printer(x: int) -> int:
+    print(f"stdout of task {x}")
+    print(f"stderr of task {x}", file=sys.stderr)
+    return x
+
+
+def exit_task(code: int) -> None:
+    sys.exit(code)
+
+
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("this object refuses to be pickled")
+
+
+def returns_unpicklable(_: Any = None) -> Any:
+    return Unpicklable()

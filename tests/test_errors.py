@@ -1,0 +1,136 @@
+"""Bad input fails before anything starts, with an error that names the problem and the fix;
+failures never vanish: lost workers are retried, then reported with their stderr."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import threading
+
+import pytest
+
+import shoal
+from helpers import die, die_once, fail_on, square
+
+
+def test_unpicklable_argument_is_named():
+    lock = threading.Lock()
+    with shoal.Pool(1) as p:
+        with pytest.raises(shoal.PicklingError, match=r"argument 2 of 'square' \(a lock\)"):
+            p.map(square, [1, 2, lock, 4])
+        with pytest.raises(shoal.PicklingError, match="argument"):
+            p.apply_async(square, (lock,))
+        # Nothing was submitted: the pool still works.
+        assert p.map(square, [3]) == [9]
+
+
+def test_unpicklable_function_is_named():
+    lock = threading.Lock()
+
+    def uses_lock(x):
+        with lock:
+            return x
+
+    with shoal.Pool(1) as p, pytest.raises(shoal.PicklingError, match="function 'test_unpickl"):
+        p.map(uses_lock, [1])
+
+
+def test_pickling_error_is_also_stdlib_type():
+    import pickle
+
+    assert issubclass(shoal.PicklingError, pickle.PicklingError)
+    assert issubclass(shoal.ConfigError, ValueError)
+
+
+def test_python_path_missing():
+    with pytest.raises(shoal.ConfigError, match="does not exist"):
+        shoal.Pool(1, python_path="/no/such/python")
+
+
+def test_python_path_without_shoal(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named shoal' >&2\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    with pytest.raises(shoal.ConfigError, match="cannot import shoal"):
+        shoal.Pool(1, python_path=str(fake))
+
+
+def test_work_dir_not_writable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(shoal.ConfigError, match="not writable"):
+        shoal.Pool(1, work_dir=str(blocker / "sub"))
+
+
+def test_unknown_backend_and_option():
+    with pytest.raises(shoal.ConfigError, match='unknown backend "slurmm"'):
+        shoal.Pool(1, backend="slurmm")
+    with pytest.raises(shoal.ConfigError, match="does not apply to the local backend"):
+        shoal.Pool(1, partition="debug")
+
+
+def test_worker_killed_once_is_retried_exactly_once(tmp_path):
+    marker = str(tmp_path / "marker")
+    with shoal.Pool(2) as p:
+        out = p.starmap(die_once, [(marker, i) for i in range(10)], chunksize=10)
+    assert out == [i * 10 for i in range(10)]
+
+
+def test_worker_killed_every_time_is_reported():
+    with shoal.Pool(1, max_attempts=2) as p:
+        with pytest.raises(shoal.WorkerLostError, match="killed by signal 9"):
+            p.apply(die)
+        assert p.apply(square, (5,)) == 25
+
+
+def test_failed_session_keeps_work_dir_and_says_where(sessions_dir, capfd):
+    p = shoal.Pool(1)
+    session = p.session
+    with pytest.raises(ValueError):
+        p.map(fail_on, range(5))
+    p.close()
+    p.join()
+    err = capfd.readouterr().err
+    kept = os.path.join(sessions_dir, session)
+    assert os.path.isdir(kept)
+    assert kept in err and f"shoal logs {session}" in err
+
+
+def test_successful_session_removes_work_dir(sessions_dir):
+    with shoal.Pool(1) as p:
+        p.map(square, range(3))
+        session = p.session
+        assert os.path.isdir(os.path.join(sessions_dir, session))
+    assert not os.path.exists(os.path.join(sessions_dir, session))
+
+
+def test_session_dir_is_private(sessions_dir):
+    with shoal.Pool(1) as p:
+        mode = os.stat(os.path.join(sessions_dir, p.session)).st_mode & 0o777
+    assert mode == 0o700
+
+
+def test_initializer_failure_fails_session_with_its_traceback():
+    def bad_init():
+        raise RuntimeError("init exploded")
+
+    with shoal.Pool(1, initializer=bad_init) as p:
+        with pytest.raises(shoal.SessionError, match="init exploded"):
+            p.map(square, range(3))
+
+
+def test_pickled_main_function_runs(tmp_path):
+    script = tmp_path / "main_fn.py"
+    script.write_text(
+        "import shoal\n"
+        "def cube(x):\n    return x ** 3\n"
+        "if __name__ == '__main__':\n"
+        "    with shoal.Pool(2) as p:\n"
+        "        print(p.map(cube, range(5)))\n"
+    )
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[0, 1, 8, 27, 64]"

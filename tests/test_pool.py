@@ -1,0 +1,226 @@
+"""shoal.Pool on the local backend: the multiprocessing.Pool API and its semantics."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+
+import pytest
+
+import shoal
+from helpers import (
+    add,
+    fail_on,
+    init_state,
+    pid,
+    read_state,
+    returns_unpicklable,
+    sleep_return,
+    slow_pid,
+    square,
+)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with shoal.Pool(2) as p:
+        yield p
+
+
+def test_map_matches_builtin(pool):
+    assert pool.map(square, range(1000)) == [x * x for x in range(1000)]
+    assert pool.map(square, []) == []
+
+
+def test_lambda_and_closure(pool):
+    k = 7
+    assert pool.map(lambda x: x + k, range(5)) == [7, 8, 9, 10, 11]
+
+
+def test_apply_and_apply_async(pool):
+    assert pool.apply(add, (2, 3)) == 5
+    assert pool.apply(add, (), {"a": 1, "b": 2}) == 3
+    r = pool.apply_async(divmod, (7, 2))
+    assert r.get(timeout=10) == (3, 1)
+    assert r.ready() and r.successful()
+
+
+def test_async_result_timeout_and_not_ready(pool):
+    r = pool.apply_async(sleep_return, (1.0,))
+    with pytest.raises(multiprocessing.TimeoutError):
+        r.get(timeout=0.05)
+    with pytest.raises(ValueError, match="not ready"):
+        r.successful()
+    r.wait(10)
+    assert r.get() == 1.0
+
+
+def test_imap_ordered_and_unordered(pool):
+    assert list(pool.imap(square, range(50))) == [x * x for x in range(50)]
+    assert list(pool.imap(square, iter(range(50)), chunksize=7)) == [x * x for x in range(50)]
+    assert sorted(pool.imap_unordered(square, range(50), chunksize=8)) == sorted(
+        x * x for x in range(50)
+    )
+    it = pool.imap(sleep_return, [0.5])
+    with pytest.raises(multiprocessing.TimeoutError):
+        it.next(timeout=0.01)
+    assert it.next(timeout=10) == 0.5
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_imap_of_generator_that_raises(pool):
+    def gen():
+        yield 1
+        yield 2
+        raise RuntimeError("source broke")
+
+    it = pool.imap(square, gen())
+    assert next(it) == 1
+    assert next(it) == 4
+    with pytest.raises(RuntimeError, match="source broke"):
+        next(it)
+
+
+def test_starmap_and_async_callbacks(pool):
+    assert pool.starmap(add, [(1, 2), (3, 4)]) == [3, 7]
+    got: list = []
+    errors: list = []
+    r = pool.starmap_async(add, [(1, 1), (2, 2)], callback=got.append)
+    assert r.get(10) == [2, 4]
+    r.wait()
+    assert got == [[2, 4]]
+    r = pool.map_async(fail_on, range(6), error_callback=errors.append)
+    with pytest.raises(ValueError, match="bad value 3"):
+        r.get(10)
+    assert len(errors) == 1 and isinstance(errors[0], ValueError)
+    assert not r.successful()
+
+
+def test_apply_async_callbacks(pool):
+    done = threading.Event()
+    got: list = []
+    pool.apply_async(square, (9,), callback=lambda v: (got.append(v), done.set()))
+    assert done.wait(10)
+    assert got == [81]
+
+
+def test_chunksize_validation(pool):
+    with pytest.raises(ValueError, match="Chunksize"):
+        pool.map(square, range(3), chunksize=0)
+
+
+def test_task_exception_is_same_type_with_remote_traceback(pool):
+    with pytest.raises(ValueError) as info:
+        pool.map(fail_on, range(10), chunksize=2)
+    exc = info.value
+    assert str(exc) == "bad value 3"
+    cause = exc.__cause__
+    assert isinstance(cause, shoal.RemoteTraceback)
+    text = str(cause)
+    assert "fail_on" in text and 'raise ValueError(f"bad value {x}")' in text
+    assert "task 3 failed" in text
+    assert "about to fail on 3" in text  # the task's own stderr tail
+
+
+def test_other_tasks_unaffected_by_one_failure(pool):
+    results = [pool.apply_async(fail_on, (i,)) for i in range(6)]
+    values = []
+    for r in results:
+        r.wait(10)
+        values.append(r.get() if r.successful() else "err")
+    assert values == [0, 1, 2, "err", 4, 5]
+
+
+def test_system_exit_in_task_fails_only_that_task(pool):
+    from helpers import exit_task
+
+    with pytest.raises(SystemExit):
+        pool.apply(exit_task, (3,))
+    assert pool.apply(square, (4,)) == 16
+
+
+def test_unpicklable_result_names_the_problem(pool):
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pool.apply(returns_unpicklable)
+
+
+def test_initializer_and_initargs():
+    with shoal.Pool(2, initializer=init_state, initargs=("ready",)) as p:
+        assert p.map(read_state, range(4)) == ["ready"] * 4
+
+
+def test_maxtasksperchild_replaces_workers():
+    with shoal.Pool(2, maxtasksperchild=1) as p:
+        pids = p.map(pid, range(6))
+    assert len(set(pids)) == 6
+
+
+def test_workers_really_run_in_parallel():
+    with shoal.Pool(2) as p:
+        p.map(square, range(2))  # warm
+        pids = set(p.map(slow_pid, range(8), chunksize=1))
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_close_join_terminate_semantics():
+    p = shoal.Pool(2)
+    with pytest.raises(ValueError, match="still running"):
+        p.join()
+    r = p.map_async(square, range(10))
+    p.close()
+    with pytest.raises(ValueError, match="Pool not running"):
+        p.map(square, [1])
+    with pytest.raises(ValueError, match="Pool not running"):
+        p.apply_async(square, (1,))
+    p.join()
+    assert r.get(0) == [x * x for x in range(10)]
+    p.terminate()  # idempotent after join
+    with pytest.raises(ValueError):
+        with p:
+            pass
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="at least 1"):
+        shoal.Pool(0)
+    with pytest.raises(ValueError, match="maxtasksperchild"):
+        shoal.Pool(1, maxtasksperchild=0)
+    with pytest.raises(TypeError, match="initializer"):
+        shoal.Pool(1, initializer=3)  # type: ignore[arg-type]
+
+
+def test_pool_repr_and_pickling(pool):
+    assert "backend=local" in repr(pool) and pool.session in repr(pool)
+    import pickle
+
+    with pytest.raises(NotImplementedError):
+        pickle.dumps(pool)
+
+
+def test_many_small_tasks_make_few_chunks(sessions_dir):
+    with shoal.Pool(2, keep_work_dir=True) as p:
+        assert p.map(square, range(20_000)) == [x * x for x in range(20_000)]
+        session = p.session
+    done = os.listdir(os.path.join(sessions_dir, session, "done"))
+    assert 1 <= len(done) <= 8
+
+
+def test_apply_async_batches_into_few_chunks(sessions_dir):
+    with shoal.Pool(2, keep_work_dir=True) as p:
+        results = [p.apply_async(square, (i,)) for i in range(2000)]
+        assert [r.get(30) for r in results] == [i * i for i in range(2000)]
+        session = p.session
+    done = os.listdir(os.path.join(sessions_dir, session, "done"))
+    assert len(done) < 200
+
+
+def test_throughput_sanity():
+    # Not a benchmark (see benches/local): only guards against pathological slowness.
+    with shoal.Pool(2) as p:
+        p.map(square, range(10))
+        t = time.perf_counter()
+        p.map(square, range(50_000))
+        assert time.perf_counter() - t < 20
