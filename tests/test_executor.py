@@ -42,7 +42,7 @@ def test_map_in_order_with_chunksize_and_many_iterables():
 
 def test_map_timeout():
     with shoal.Executor(max_workers=1) as ex:
-        it = ex.map(sleep_return, [0.0, 2.0], timeout=0.5, chunksize=1)
+        it = ex.map(sleep_return, [0.0, 10.0], timeout=5, chunksize=1)
         assert next(it) == 0.0
         with pytest.raises(cf.TimeoutError):
             next(it)

@@ -2,7 +2,7 @@
 
 It pickles work into chunks, hands them to the Rust engine (``_native.Session``), and turns
 the engine's events back into per-task results or exceptions on a collector thread. Jobs
-(a map, an apply, a future) only implement ``_deliver(index, ok, value)`` and ``_abort(exc)``.
+(a map, an apply, a future) only implement ``_deliver_many``, ``_started`` and ``_abort``.
 """
 
 from __future__ import annotations
@@ -42,11 +42,20 @@ _live: weakref.WeakSet[Driver] = weakref.WeakSet()
 
 
 class Job(Protocol):
-    def _deliver(self, index: int, ok: bool, value: Any) -> None: ...
+    """What receives task results: a map, an apply, a future, a joblib batch."""
 
-    def _started(self, index: int) -> None: ...
+    def _deliver_many(
+        self, start: int, values: list[Any], errors: dict[int, BaseException]
+    ) -> None:
+        """Results of tasks start..start+len(values); `errors` maps offsets to exceptions."""
+
+    def _started(self, start: int, count: int) -> None: ...
 
     def _abort(self, exc: BaseException) -> None: ...
+
+
+# A chunk's tasks map onto jobs as segments: (job, index of the first task in the job, count).
+Segment = tuple[Job, int, int]
 
 
 def _name(fn: Any) -> str:
@@ -153,7 +162,7 @@ class Driver:
         self.maxtasksperchild = maxtasksperchild
         self.keep_work_dir = keep_work_dir
         self._lock = threading.Lock()
-        self._routes: dict[int, list[tuple[Job, int]]] = {}
+        self._routes: dict[int, list[Segment]] = {}
         self._task_failed = False
         self._broken: Optional[BaseException] = None
         self._closed = False
@@ -233,12 +242,13 @@ class Driver:
         except Exception as e:
             raise _diagnose(fn, items, start, e) from None
 
-    def submit_payload(self, payload: bytes, routes: list[tuple[Job, int]]) -> int:
-        """Publish one chunk; its task results go to `routes` (job, index) in order."""
+    def submit_payload(self, payload: bytes, segments: list[Segment]) -> int:
+        """Publish one chunk; its task results go to `segments` in order."""
         self._check_usable()
+        ntasks = sum(seg[2] for seg in segments)
         with self._lock:
-            chunk, _first = self._native.submit(payload, len(routes))
-            self._routes[chunk] = routes
+            chunk, _first = self._native.submit(payload, ntasks)
+            self._routes[chunk] = segments
         return int(chunk)
 
     def pickle_call(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> bytes:
@@ -257,17 +267,17 @@ class Driver:
         for lo in range(0, len(calls), per):
             part = calls[lo : lo + per]
             payload = _dumps((CALLS, None, False, [c[2] for c in part]))
-            chunks.append(self.submit_payload(payload, [(c[0], c[1]) for c in part]))
+            chunks.append(self.submit_payload(payload, [(c[0], c[1], 1) for c in part]))
         return chunks
 
-    def withdraw_where(self, unwanted: Callable[[Job, int], bool]) -> int:
+    def withdraw_where(self, unwanted: Callable[[Job, int, int], bool]) -> int:
         """Take back unclaimed chunks all of whose tasks are `unwanted` (e.g. cancelled
         futures); their tasks will never run. Returns the number of chunks withdrawn."""
         with self._lock:
             chunks = [
                 c
                 for c, routes in self._routes.items()
-                if routes and all(unwanted(job, idx) for job, idx in routes)
+                if routes and all(unwanted(*seg) for seg in routes)
             ]
             n = 0
             for c in chunks:
@@ -298,57 +308,77 @@ class Driver:
     def _handle(self, ev: tuple) -> None:
         kind = ev[0]
         if kind == "result":
-            _, chunk, first, ntasks, worker, payload, err_offsets, chunk_error = ev
-            with self._lock:
-                routes = self._routes.pop(chunk, None)
-            if routes is None:
-                return
-            try:
-                values = pickle.loads(payload) if payload else None
-            except Exception as exc:
-                err = TaskError(
-                    f"the results of tasks {first}..{first + ntasks - 1} could not be "
-                    f"unpickled in the driver: {type(exc).__name__}: {exc}"
-                )
-                values = None
-                self._task_failed = True
-                for job, idx in routes:
-                    job._deliver(idx, False, err)
-                return
-            if values is None:  # the chunk could not run at all
-                msg = chunk_error or "the chunk could not run on its worker"
-                self._task_failed = True
-                for job, idx in routes:
-                    job._deliver(idx, False, TaskError(msg))
-                return
-            for i, ((job, idx), (ok, value)) in enumerate(zip(routes, values)):
-                if ok:
-                    job._deliver(idx, True, value)
-                else:
-                    self._task_failed = True
-                    job._deliver(
-                        idx, False, self._rebuild(value, idx, first + i, worker, err_offsets, i)
-                    )
+            self._on_result(*ev[1:])
         elif kind == "lost":
-            _, chunk, first, ntasks, worker, reason, tail = ev
+            _, chunk, first, _ntasks, worker, reason, tail = ev
             with self._lock:
-                routes = self._routes.pop(chunk, None)
+                segments = self._routes.pop(chunk, None) or []
             self._task_failed = True
-            for i, (job, idx) in enumerate(routes or []):
-                msg = (
-                    f"task {idx} (session task {first + i}) was lost: {reason} "
-                    f"[worker {worker}, session {self.id}]"
-                )
-                if tail.strip():
-                    msg += f"\nworker stderr (tail):\n{tail.rstrip()}"
-                job._deliver(idx, False, WorkerLostError(msg))
+            number = first
+            for job, start, count in segments:
+                errors: dict[int, BaseException] = {}
+                for k in range(count):
+                    msg = (
+                        f"task {start + k} (session task {number + k}) was lost: {reason} "
+                        f"[worker {worker}, session {self.id}]"
+                    )
+                    if tail.strip():
+                        msg += f"\nworker stderr (tail):\n{tail.rstrip()}"
+                    errors[k] = WorkerLostError(msg)
+                job._deliver_many(start, [None] * count, errors)
+                number += count
         elif kind == "fatal":
             self._fail_all(SessionError(ev[1]))
         elif kind == "started":
             with self._lock:
-                routes = self._routes.get(ev[1], [])
-            for job, idx in routes:
-                job._started(idx)
+                segments = self._routes.get(ev[1], [])
+            for job, start, count in segments:
+                job._started(start, count)
+
+    def _on_result(
+        self,
+        chunk: int,
+        first: int,
+        ntasks: int,
+        worker: str,
+        payload: bytes,
+        err_offsets: list[int],
+        chunk_error: Optional[str],
+    ) -> None:
+        with self._lock:
+            segments = self._routes.pop(chunk, None)
+        if segments is None:
+            return
+        failure: Optional[BaseException] = None
+        if not payload:  # the chunk could not run at all
+            failure = TaskError(chunk_error or "the chunk could not run on its worker")
+        else:
+            try:
+                values, raw_errors = pickle.loads(payload)
+            except Exception as exc:
+                failure = TaskError(
+                    f"the results of tasks {first}..{first + ntasks - 1} could not be unpickled "
+                    f"in the driver: {type(exc).__name__}: {exc}"
+                )
+        if failure is not None:
+            self._task_failed = True
+            for job, start, count in segments:
+                job._deliver_many(start, [None] * count, dict.fromkeys(range(count), failure))
+            return
+        if raw_errors:
+            self._task_failed = True
+        offset = 0
+        for job, start, count in segments:
+            errors = {
+                i - offset: self._rebuild(
+                    raw_errors[i], start + i - offset, first + i, worker, err_offsets, i
+                )
+                for i in raw_errors
+                if offset <= i < offset + count
+            }
+            part = values if count == len(values) else values[offset : offset + count]
+            job._deliver_many(start, part, errors)
+            offset += count
 
     def _rebuild(
         self, rec: Any, index: int, task_no: int, worker: str, err_offsets: list[int], i: int
@@ -390,8 +420,8 @@ class Driver:
                 self._broken = exc
             routes = list(self._routes.values())
             self._routes.clear()
-        for route in routes:
-            for job, _idx in route:
+        for segments in routes:
+            for job, _start, _count in segments:
                 job._abort(exc)
 
     # ------------------------------------------------------------------ ending

@@ -26,25 +26,28 @@ class _FutureJob:
     def __init__(self, futures: list[cf.Future]) -> None:
         self.futures = futures
 
-    def _started(self, index: int) -> None:
-        fut = self.futures[index]
-        if not fut.done() and not fut.running():
-            fut.set_running_or_notify_cancel()
+    def _started(self, start: int, count: int) -> None:
+        for fut in self.futures[start : start + count]:
+            if not fut.done() and not fut.running():
+                fut.set_running_or_notify_cancel()
 
-    def _deliver(self, index: int, ok: bool, value: Any) -> None:
-        fut = self.futures[index]
-        if fut.done():
-            return
-        if not fut.running() and not fut.set_running_or_notify_cancel():
-            return
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+    def _deliver_many(
+        self, start: int, values: list[Any], errors: dict[int, BaseException]
+    ) -> None:
+        for k, value in enumerate(values):
+            fut = self.futures[start + k]
+            if fut.done():
+                continue
+            if not fut.running() and not fut.set_running_or_notify_cancel():
+                continue
+            if k in errors:
+                fut.set_exception(errors[k])
+            else:
+                fut.set_result(value)
 
     def _abort(self, exc: BaseException) -> None:
-        for i in range(len(self.futures)):
-            self._deliver(i, False, exc)
+        n = len(self.futures)
+        self._deliver_many(0, [None] * n, dict.fromkeys(range(n), exc))
 
 
 class Executor(cf.Executor):
@@ -152,7 +155,7 @@ class Executor(cf.Executor):
                 self._track(f)
             for lo, payload in payloads:
                 n = len(items[lo : lo + chunksize])
-                driver.submit_payload(payload, [(job, lo + i) for i in range(n)])
+                driver.submit_payload(payload, [(job, lo, n)])
 
         def results() -> Iterator[T]:
             try:
@@ -178,7 +181,10 @@ class Executor(cf.Executor):
             for fut in pending:
                 fut.cancel()
             self._driver.withdraw_where(
-                lambda job, idx: isinstance(job, _FutureJob) and job.futures[idx].cancelled()
+                lambda job, start, count: (
+                    isinstance(job, _FutureJob)
+                    and all(f.cancelled() for f in job.futures[start : start + count])
+                )
             )
         if wait:
             self._wait_and_close()

@@ -76,13 +76,18 @@ class ApplyResult(Generic[T]):
             self._event.set()
             self._pool._unregister(self)
 
-    def _deliver(self, index: int, ok: bool, value: Any) -> None:
-        self._set(ok, value)
+    def _deliver_many(
+        self, start: int, values: list[Any], errors: dict[int, BaseException]
+    ) -> None:
+        if errors:
+            self._set(False, errors[min(errors)])
+        else:
+            self._set(True, values[0])
 
     def _abort(self, exc: BaseException) -> None:
         self._set(False, exc)
 
-    def _started(self, index: int) -> None:
+    def _started(self, start: int, count: int) -> None:
         pass
 
 
@@ -100,13 +105,15 @@ class MapResult(ApplyResult[list]):
         if length == 0:
             self._set(True, [])
 
-    def _deliver(self, index: int, ok: bool, value: Any) -> None:
-        if not ok:
-            self._set(False, value)
+    def _deliver_many(
+        self, start: int, values: list[Any], errors: dict[int, BaseException]
+    ) -> None:
+        if errors:
+            self._set(False, errors[min(errors)])
             return
         with self._lock:
-            self._values[index] = value
-            self._remaining -= 1
+            self._values[start : start + len(values)] = values
+            self._remaining -= len(values)
             finished = self._remaining == 0
         if finished:
             self._set(True, self._values)
@@ -156,11 +163,17 @@ class IMapIterator(Generic[T]):
             self._index += 1
         return item
 
-    def _deliver(self, index: int, ok: bool, value: Any) -> None:
+    def _deliver_many(
+        self, start: int, values: list[Any], errors: dict[int, BaseException]
+    ) -> None:
         with self._cond:
-            self._items[index] = (ok, value)
+            for k, value in enumerate(values):
+                self._put(start + k, (False, errors[k]) if k in errors else (True, value))
             self._cond.notify_all()
             self._maybe_done()
+
+    def _put(self, index: int, item: tuple[bool, Any]) -> None:
+        self._items[index] = item
 
     def _abort(self, exc: BaseException) -> None:
         with self._cond:
@@ -172,7 +185,7 @@ class IMapIterator(Generic[T]):
             self._cond.notify_all()
             self._maybe_done()
 
-    def _started(self, index: int) -> None:
+    def _started(self, start: int, count: int) -> None:
         pass
 
     def _set_length(self, length: int) -> None:
@@ -203,12 +216,9 @@ class IMapUnorderedIterator(IMapIterator[T]):
             return self._queue.popleft()
         return None
 
-    def _deliver(self, index: int, ok: bool, value: Any) -> None:
-        with self._cond:
-            self._queue.append((ok, value))
-            self._count += 1
-            self._cond.notify_all()
-            self._maybe_done()
+    def _put(self, index: int, item: tuple[bool, Any]) -> None:
+        self._queue.append(item)
+        self._count += 1
 
     def _abort(self, exc: BaseException) -> None:
         with self._cond:
@@ -385,7 +395,7 @@ class Pool:
         ]
         result = MapResult(self, len(items), callback, error_callback)
         for lo, n, payload in payloads:
-            driver.submit_payload(payload, [(result, lo + i) for i in range(n)])
+            driver.submit_payload(payload, [(result, lo, n)])
         return result
 
     def imap(
@@ -455,15 +465,16 @@ class Pool:
             if items:
                 try:
                     payload = driver.map_payload(func, fn_ref, items, index, star)
-                    driver.submit_payload(payload, [(it, index + i) for i in range(len(items))])
+                    driver.submit_payload(payload, [(it, index, len(items))])
                 except BaseException as exc:
-                    for i in range(len(items)):
-                        it._deliver(index + i, False, exc)
+                    it._deliver_many(
+                        index, [None] * len(items), dict.fromkeys(range(len(items)), exc)
+                    )
                 index += len(items)
             if chunksize is None:
                 size = min(size * 2, 64)
         if failure is not None:
-            it._deliver(index, False, failure)
+            it._deliver_many(index, [None], {0: failure})
             index += 1
         it._set_length(index)
 

@@ -14,15 +14,15 @@ import pickle
 import sys
 import time
 import traceback
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import cloudpickle
 
 from shoal import _native
 
-# Payload kinds, shared with shoal._driver.
+# Payload kinds, shared with shoal._driver: MAP chunks name one function (a blob) and carry
+# its arguments; CALLS chunks carry separately pickled (function, args, kwargs) calls.
 MAP = "map"
-CALLS = "calls"
 
 
 def _offset(fd: int) -> int:
@@ -30,14 +30,6 @@ def _offset(fd: int) -> int:
         return os.lseek(fd, 0, os.SEEK_CUR)
     except OSError:
         return 0
-
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
 
 
 def _error_record(exc: BaseException) -> tuple[Optional[bytes], str, str, str]:
@@ -50,32 +42,69 @@ def _error_record(exc: BaseException) -> tuple[Optional[bytes], str, str, str]:
     return blob, tb, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc)
 
 
+class _Tracked:
+    """Stands in for sys.stdout/sys.stderr: after each write it records which task wrote and
+    where its output now ends, so per-task log ranges cost nothing for tasks that print nothing."""
+
+    def __init__(self, stream: Any, runner: _Runner) -> None:
+        self._stream = stream
+        self._runner = runner
+
+    def write(self, text: str) -> int:
+        n = int(self._stream.write(text))
+        self._runner.mark()
+        return n
+
+    def writelines(self, lines: Any) -> None:
+        self._stream.writelines(lines)
+        self._runner.mark()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+# Tasks this slow get an exact offset check after each of them, so output written below
+# sys.stdout (C libraries, subprocesses) is attributed to the right task; tasks faster than
+# this on average run without per-task checks.
+SLOW_TASK = 1e-4
+PROBE = 8
+
+
 class _Runner:
     def __init__(self, worker: Any) -> None:
         self.worker = worker
         self.blobs: dict[int, Any] = {}
+        # The task running now is the one whose result is not yet in `values`.
+        self.values: list[Any] = []
+        self.marks: list[tuple[int, int, int]] = []
+        self._stdout, self._stderr = sys.stdout, sys.stderr
+        sys.stdout = _Tracked(sys.stdout, self)  # type: ignore[assignment]
+        sys.stderr = _Tracked(sys.stderr, self)  # type: ignore[assignment]
 
     def blob(self, blob_id: int) -> Any:
         if blob_id not in self.blobs:
             self.blobs[blob_id] = pickle.loads(self.worker.read_blob(blob_id))
         return self.blobs[blob_id]
 
-    def calls(self, payload: bytes) -> list[tuple[Callable[..., Any], tuple, dict]]:
-        kind, ref, star, items = pickle.loads(payload)
-        if kind == MAP:
-            fn = self.blob(ref)
-            if star:
-                return [(fn, tuple(args), {}) for args in items]
-            return [(fn, (x,), {}) for x in items]
-        return [pickle.loads(b) for b in items]
+    def offsets(self) -> tuple[int, int]:
+        for stream in (self._stdout, self._stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        return _offset(1), _offset(2)
+
+    def mark(self) -> None:
+        """Record that the running task's output ends here (for now)."""
+        self.marks.append((len(self.values), *self.offsets()))
 
     def run_chunk(self, chunk: int, first: int, ntasks: int, payload: bytes) -> None:
         started = time.perf_counter()
-        _flush()
-        out = [_offset(1)]
-        err = [_offset(2)]
+        out0, err0 = self.offsets()
+        self.values, self.marks = [], []
         try:
-            calls = self.calls(payload)
+            kind, ref, star, items = pickle.loads(payload)
+            fn = self.blob(ref) if kind == MAP else None
         except BaseException as exc:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             msg = f"the chunk could not be loaded on the worker: {type(exc).__name__}: {exc}\n{tb}"
@@ -84,55 +113,102 @@ class _Runner:
                 first,
                 ntasks,
                 b"",
-                out * (ntasks + 1),
-                err * (ntasks + 1),
+                [out0],
+                [err0],
+                [],
                 [],
                 msg,
                 time.perf_counter() - started,
             )
             return
-        results: list[tuple[bool, Any]] = []
+        errors: dict[int, Any] = {}
         failed: list[tuple[int, str]] = []
-        for i, (fn, args, kwargs) in enumerate(calls):
-            try:
-                results.append((True, fn(*args, **kwargs)))
-            except BaseException as exc:
-                rec = _error_record(exc)
-                results.append((False, rec))
-                failed.append((i, rec[1]))
-            _flush()
-            out.append(_offset(1))
-            err.append(_offset(2))
-        payload_out = self._dump(results, failed)
+        calls = items if kind == MAP else (pickle.loads(b) for b in items)
+        self._run(kind, fn, star, calls, errors, failed)
+        values = self.values
+        if not self.marks or self.marks[-1][0] < len(values) - 1:
+            self.marks.append((len(values) - 1, *self.offsets()))
+        payload_out = self._dump(values, errors, failed)
         self.worker.complete(
-            chunk, first, ntasks, payload_out, out, err, failed, None, time.perf_counter() - started
+            chunk,
+            first,
+            ntasks,
+            payload_out,
+            [out0],
+            [err0],
+            self.marks,
+            failed,
+            None,
+            time.perf_counter() - started,
         )
 
+    def _run(
+        self,
+        kind: str,
+        fn: Any,
+        star: bool,
+        calls: Any,
+        errors: dict[int, Any],
+        failed: list[tuple[int, str]],
+    ) -> None:
+        values = self.values
+        append = values.append
+        clock = time.perf_counter
+        checked = True
+        t_probe = clock()
+        for item in calls:
+            t0 = clock() if checked else 0.0
+            try:
+                if kind != MAP:
+                    f, args, kwargs = item
+                    append(f(*args, **kwargs))
+                elif star:
+                    append(fn(*item))
+                else:
+                    append(fn(item))
+            except BaseException as exc:  # a task's SystemExit fails only that task
+                i = len(values)
+                rec = _error_record(exc)
+                append(None)
+                errors[i] = rec
+                failed.append((i, rec[1]))
+                self.marks.append((i, *self.offsets()))
+                continue
+            if checked:
+                if clock() - t0 > SLOW_TASK:
+                    self.marks.append((len(values) - 1, *self.offsets()))
+                if len(values) == PROBE and (clock() - t_probe) / PROBE < SLOW_TASK:
+                    checked = False
+
     @staticmethod
-    def _dump(results: list[tuple[bool, Any]], failed: list[tuple[int, str]]) -> bytes:
-        try:
-            return pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            pass
-        try:
-            return cloudpickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            pass
+    def _dump(values: list[Any], errors: dict[int, Any], failed: list[tuple[int, str]]) -> bytes:
+        for dumps in (pickle.dumps, cloudpickle.dumps):
+            try:
+                return dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                pass
         # Find the results that cannot travel and fail just those tasks, saying why.
-        fixed: list[tuple[bool, Any]] = []
-        for i, (ok, value) in enumerate(results):
+        for i, value in enumerate(values):
+            if i in errors:
+                continue
             try:
                 cloudpickle.dumps(value)
-                fixed.append((ok, value))
             except Exception as exc:
-                what = "result" if ok else "exception"
-                err = TypeError(
-                    f"the {what} of this task ({type(value).__name__}) cannot be pickled: {exc}"
+                rec = _error_record(
+                    TypeError(
+                        f"the result of this task ({type(value).__name__}) cannot be pickled: {exc}"
+                    )
                 )
-                rec = _error_record(err)
-                fixed.append((False, rec))
+                values[i] = None
+                errors[i] = rec
                 failed.append((i, rec[1]))
-        return cloudpickle.dumps(fixed, protocol=pickle.HIGHEST_PROTOCOL)
+        for i, rec in list(errors.items()):
+            try:
+                cloudpickle.dumps(rec)
+            except Exception:
+                errors[i] = (None, rec[1], rec[2], rec[3])
+        failed.sort()
+        return cloudpickle.dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _setup(config: dict[str, Any], runner: _Runner) -> None:
@@ -179,7 +255,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         done += ntasks
         if max_tasks and done >= max_tasks:
             break
-    _flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     return 0
 
 

@@ -12,6 +12,7 @@ pub mod layout;
 pub mod protocol;
 pub mod session;
 pub mod units;
+pub mod watch;
 pub mod worker;
 
 pub use error::{CoreError, Result};

@@ -68,6 +68,35 @@ impl ResultHeader {
     }
 }
 
+/// Dense `ntasks + 1` offsets for stdout and stderr from the start offsets and sparse marks
+/// `(task index, out, err)` taken after some tasks: a task without a mark wrote nothing, so it
+/// ends where the previous one ended. Keeps the worker's per-task cost at a flag check.
+pub fn fill_offsets(
+    ntasks: u32,
+    start: (u64, u64),
+    marks: &[(u32, u64, u64)],
+) -> (Vec<u64>, Vec<u64>) {
+    let n = ntasks as usize;
+    let mut out = Vec::with_capacity(n + 1);
+    let mut err = Vec::with_capacity(n + 1);
+    out.push(start.0);
+    err.push(start.1);
+    let mut cur = start;
+    let mut marks = marks.iter().peekable();
+    for i in 0..n {
+        while let Some(&&(idx, o, e)) = marks.peek() {
+            if idx as usize > i {
+                break;
+            }
+            cur = (o.max(cur.0), e.max(cur.1));
+            marks.next();
+        }
+        out.push(cur.0);
+        err.push(cur.1);
+    }
+    (out, err)
+}
+
 // ---------------------------------------------------------------- driver side
 
 impl SessionDir {
@@ -380,6 +409,15 @@ mod tests {
         w.try_claim().unwrap().unwrap();
         assert!(!d.withdraw(1).unwrap());
         assert!(d.withdraw(2).unwrap());
+    }
+
+    #[test]
+    fn sparse_marks_fill_forward() {
+        let (out, err) = fill_offsets(4, (10, 5), &[(1, 20, 5), (3, 25, 9)]);
+        assert_eq!(out, vec![10, 10, 20, 20, 25]);
+        assert_eq!(err, vec![5, 5, 5, 5, 9]);
+        let (out, _) = fill_offsets(2, (0, 0), &[]);
+        assert_eq!(out, vec![0, 0, 0]);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::error::{CoreError, IoContext, Result};
 use crate::fsutil::{hostname, now_secs, write_atomic};
 use crate::layout::{valid_worker_id, SessionDir};
 use crate::protocol::{ChunkHeader, Claimer, ResultHeader};
+use crate::watch::DirWatch;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,10 @@ pub struct WorkerConfig {
     /// Exit when the driver's heartbeat is older than this (None: never).
     #[serde(default)]
     pub driver_timeout: Option<f64>,
+    /// Longest pause between looks at `pending/` while idle. Same-host changes wake the
+    /// worker at once (inotify); this bounds how late it notices chunks written elsewhere.
+    #[serde(default = "default_poll_max")]
+    pub poll_max: f64,
     /// Settings only the Python worker reads (initializer, sys.path, ...).
     #[serde(default)]
     pub python: serde_json::Value,
@@ -32,12 +37,17 @@ fn default_heartbeat() -> f64 {
     10.0
 }
 
+fn default_poll_max() -> f64 {
+    0.05
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             idle_timeout: None,
             heartbeat_interval: default_heartbeat(),
             driver_timeout: None,
+            poll_max: default_poll_max(),
             python: serde_json::Value::Null,
         }
     }
@@ -105,6 +115,7 @@ pub struct WorkerSession {
     config: WorkerConfig,
     beating: Arc<AtomicBool>,
     beat_thread: Option<JoinHandle<()>>,
+    watch: DirWatch,
 }
 
 impl WorkerSession {
@@ -136,6 +147,7 @@ impl WorkerSession {
                 .ok()
         };
         Ok(WorkerSession {
+            watch: DirWatch::new(&[&dir.sub("pending"), &dir.sub("control")]),
             claimer: Claimer::new(dir.clone(), id),
             dir,
             config,
@@ -164,6 +176,7 @@ impl WorkerSession {
         let start = Instant::now();
         let idle = self.config.idle_timeout.map(Duration::from_secs_f64);
         let mut sleep = Duration::from_micros(200);
+        let poll_max = Duration::from_secs_f64(self.config.poll_max.max(0.001));
         let mut last_check = Instant::now() - Duration::from_secs(1);
         loop {
             if let Some(c) = self.claimer.try_claim()? {
@@ -191,8 +204,11 @@ impl WorkerSession {
             if wait.is_some_and(|w| waited >= w) {
                 return Ok(Err(ExitReason::Timeout));
             }
-            std::thread::sleep(sleep);
-            sleep = (sleep * 2).min(Duration::from_millis(20));
+            if self.watch.wait(sleep) {
+                sleep = Duration::from_micros(200);
+            } else {
+                sleep = (sleep * 2).min(poll_max);
+            }
         }
     }
 

@@ -8,6 +8,7 @@ use shoal_core::fsutil::now_secs;
 use shoal_core::layout::Stream;
 use shoal_core::protocol::{ChunkHeader, ResultHeader};
 use shoal_core::session::{SessionMeta, SessionState};
+use shoal_core::watch::DirWatch;
 use shoal_core::SessionDir;
 use shoal_sched::{LaunchSpec, Scheduler, WorkerState};
 use std::collections::{HashMap, HashSet};
@@ -377,6 +378,7 @@ impl Runner {
             );
             self.progress = Some(bar);
         }
+        let watch = DirWatch::new(&[&self.dir.sub("results"), &self.dir.sub("claimed")]);
         let mut sleep = MIN_SLEEP;
         let mut last_poll = Instant::now() - Duration::from_secs(3600);
         let mut last_meta = Instant::now();
@@ -423,9 +425,10 @@ impl Runner {
             } else {
                 (sleep * 2).min(MAX_SLEEP)
             };
-            let st = self.shared.lock();
-            if st.stop == Stop::No {
-                let _ = self.shared.wake.wait_timeout(st, sleep);
+            // Results and claims written on this host wake us at once; submissions and
+            // shutdown requests are noticed within MAX_SLEEP.
+            if self.shared.lock().stop == Stop::No && watch.wait(sleep) {
+                sleep = MIN_SLEEP;
             }
         }
         let _ = sched.cancel_all();

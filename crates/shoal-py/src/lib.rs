@@ -382,8 +382,10 @@ impl Worker {
         }
     }
 
-    /// Publish a chunk's result with its per-task log offsets and failures.
-    #[pyo3(signature = (chunk, first_task, ntasks, payload, out, err, failed, chunk_error=None, elapsed=0.0))]
+    /// Publish a chunk's result. `out`/`err` hold the log offsets before the first task;
+    /// `marks` are (task index, stdout offset, stderr offset) after the tasks where output may
+    /// have moved (tasks in between wrote nothing).
+    #[pyo3(signature = (chunk, first_task, ntasks, payload, out, err, marks, failed, chunk_error=None, elapsed=0.0))]
     #[allow(clippy::too_many_arguments)]
     fn complete(
         &self,
@@ -394,10 +396,16 @@ impl Worker {
         payload: &[u8],
         out: Vec<u64>,
         err: Vec<u64>,
+        marks: Vec<(u32, u64, u64)>,
         failed: Vec<(u32, String)>,
         chunk_error: Option<String>,
         elapsed: f64,
     ) -> PyResult<()> {
+        let start = (
+            out.first().copied().unwrap_or(0),
+            err.first().copied().unwrap_or(0),
+        );
+        let (out, err) = shoal_core::protocol::fill_offsets(ntasks, start, &marks);
         let header = ResultHeader {
             chunk,
             first_task,
