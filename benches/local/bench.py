@@ -86,9 +86,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    print(f"shoal {shoal.__version__} · python {sys.version.split()[0]} · joblib "
-          f"{joblib.__version__} · {os.cpu_count()} CPUs · {WORKERS} workers · median of "
-          f"{args.repeat}")
+    print(
+        f"shoal {shoal.__version__} · python {sys.version.split()[0]} · joblib "
+        f"{joblib.__version__} · {os.cpu_count()} CPUs · {WORKERS} workers · median of "
+        f"{args.repeat}"
+    )
     start = bench_startup(args.repeat)
     table("pool start-up (create, run 2 no-ops, shut down)", start, WORKERS)
     a = bench_map(100_000, noop, args.repeat)
@@ -97,8 +99,10 @@ def main() -> None:
     b = bench_map(1_000, sleep10ms, args.repeat)
     table("(b) 1,000 tasks of 10 ms on 2 workers", b, 1_000, ideal=5.0)
     ok_b = b["shoal"] <= 5.0 * 1.05
-    print(f"\ntargets: (a) throughput >= multiprocessing: {'met' if ok_a else 'NOT met'}; "
-          f"(b) within 5% of 5.0 s: {'met' if ok_b else 'NOT met'}")
+    print(
+        f"\ntargets: (a) throughput >= multiprocessing: {'met' if ok_a else 'NOT met'}; "
+        f"(b) within 5% of 5.0 s: {'met' if ok_b else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

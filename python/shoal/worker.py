@@ -33,7 +33,9 @@ def _offset(fd: int) -> int:
 
 
 def _error_record(exc: BaseException) -> tuple[Optional[bytes], str, str, str]:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    # Skip the worker's own frame: the traceback starts in the user's function.
+    tb_start = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    tb = "".join(traceback.format_exception(type(exc), exc, tb_start))
     try:
         blob: Optional[bytes] = cloudpickle.dumps(exc)
         pickle.loads(blob)
