@@ -20,7 +20,7 @@ import joblib
 import shoal
 
 sys.path.insert(0, os.path.dirname(__file__))
-from tasks import noop, sleep10ms  # noqa: E402
+from tasks import noop, sleep10ms
 
 WORKERS = 2
 
@@ -76,7 +76,7 @@ def table(title: str, res: dict[str, float], unit_n: int, ideal: float | None = 
     print(f"  {'library':<18}{'time':>10}{'tasks/s':>14}{'shoal ÷ this':>15}")
     for name, t in res.items():
         ratio = res["shoal"] / t
-        print(f"  {name:<18}{t:>9.3f}s{unit_n / t:>14,.0f}{ratio:>14.2f}×")
+        print(f"  {name:<18}{t:>9.3f}s{unit_n / t:>14,.0f}{ratio:>14.2f}x")
     if ideal is not None:
         over = (res["shoal"] / ideal - 1) * 100
         print(f"  ideal {ideal:.2f} s; shoal is {over:+.1f}% from ideal (target: within 5%)")
