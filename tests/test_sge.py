@@ -15,7 +15,6 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
-
 import shoal
 
 pytestmark = pytest.mark.sge

@@ -37,6 +37,8 @@ const MEMORY: [&str; 11] = [
     "h_fsize",
 ];
 const TIMES: [&str; 4] = ["h_rt", "s_rt", "h_cpu", "s_cpu"];
+/// qsub flags shoal sets itself: overriding them would break worker ids, logs or parsing.
+const RESERVED: [&str; 8] = ["-t", "-tc", "-o", "-e", "-j", "-b", "-terse", "-sync"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SgeOptions {
@@ -288,6 +290,16 @@ impl SgeOptions {
                 }
             };
         }
+        if let Some(flag) = opts
+            .qsub_args
+            .iter()
+            .find(|a| RESERVED.contains(&a.as_str()))
+        {
+            return Err(SchedError::Config(format!(
+                "qsub_args may not contain {flag}: shoal sets it to run and find its workers\nhint: \
+                 the worker count sets -t/-tc; logs go to the session's logs/ dir"
+            )));
+        }
         if let Some(v) = get("forward_env") {
             opts.forward_env = v
                 .as_bool()
@@ -523,6 +535,8 @@ mod tests {
         assert!(e.contains("h_rt and time"), "{e}");
         let e = err(json!({"job_name": "1st"}));
         assert!(e.contains("job_name"), "{e}");
+        let e = err(json!({"qsub_args": ["-t", "1-5"]}));
+        assert!(e.contains("-t") && e.contains("hint"), "{e}");
         let e = err(json!({"qsub_args": "-l 'x"}));
         assert!(e.contains("quotes"), "{e}");
         assert!(SgeOptions::parse(0, &json!({})).is_err());
