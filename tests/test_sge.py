@@ -68,6 +68,15 @@ def where(_: int) -> str:
     return f"{os.environ['JOB_ID']}.{os.environ['SGE_TASK_ID']}"
 
 
+def nap(x: int) -> int:
+    time.sleep(60)
+    return x
+
+
+def environment(_: int) -> tuple[str, str]:
+    return os.environ.get("SHOAL_TEST_VALUE", ""), os.environ.get("NSLOTS", "")
+
+
 def fail_on_three(x: int) -> int:
     if x == 3:
         raise ValueError(f"bad input {x}")
@@ -127,6 +136,20 @@ def test_deleted_worker_mid_map_still_yields_every_result_once():
     assert stats["workers_lost"] >= 1, stats
 
 
+def test_env_and_parallel_environment_reach_workers():
+    value = "a,b 'c' $HOME"  # commas and quotes: what qsub -v cannot carry
+    with pool(2, pe="smp", slots=2, env={"SHOAL_TEST_VALUE": value}) as p:
+        assert set(p.map(environment, range(4))) == {(value, "2")}
+
+
+def test_worker_killed_by_h_rt_is_reported_with_sge_reason():
+    with pool(2, time="3s", max_attempts=1) as p:
+        with pytest.raises(shoal.WorkerLostError) as info:
+            p.map(nap, range(2))
+    msg = str(info.value)
+    assert "killed by signal 9" in msg and "h_rt" in msg, msg
+
+
 def test_job_in_error_state_is_reported_and_deleted():
     start = time.time()
     with pool(2, qsub_args=["-wd", "/nonexistent/shoal-eqw"]) as p:
@@ -135,6 +158,19 @@ def test_job_in_error_state_is_reported_and_deleted():
     msg = str(info.value)
     assert "Eqw" in msg and "can't chdir to /nonexistent/shoal-eqw" in msg, msg
     assert time.time() - start < 120
+
+
+def test_transient_error_state_is_recovered(tmp_path):
+    wd = tmp_path / "appears-later"
+    with pool(2, qsub_args=["-wd", str(wd)], poll_interval=2) as p:
+        res = p.map_async(square, range(6))
+        deadline = time.time() + 30
+        while "Eqw" not in our_jobs().values():
+            assert time.time() < deadline, "the first workers never went into Eqw"
+            time.sleep(0.1)
+        wd.mkdir()  # the next workers the engine starts can run
+        assert res.get(timeout=120) == [x * x for x in range(6)]
+        assert p._driver.stats()["workers_lost"] >= 1
 
 
 @pytest.mark.parametrize(

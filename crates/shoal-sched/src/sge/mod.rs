@@ -400,8 +400,9 @@ impl SgeScheduler {
                 let state = match records.iter().rev().find(|r| r.task == task) {
                     Some(r) if r.ok() => Some(WorkerState::Exited),
                     Some(r) => Some(WorkerState::Lost(format!(
-                        "SGE job {j}.{task} ended without finishing its worker: {} (qacct); deleted with qdel, killed by a limit, or its host failed",
-                        r.describe()
+                        "SGE job {j}.{task} ended without finishing its worker: {} (qacct){}",
+                        r.describe(),
+                        if r.explained() { "" } else { "; deleted with qdel, or its host failed" }
                     ))),
                     None if self.workers[&(j, task)].vanished.is_some_and(|v| v.elapsed() > ACCOUNTING_WAIT) => {
                         Some(WorkerState::Lost(format!(

@@ -166,6 +166,13 @@ impl Accounting {
         s
     }
 
+    /// Whether SGE named a specific cause (a limit, a failed prolog...) rather than the
+    /// generic "assumedly after job" of a task that was simply killed.
+    pub fn explained(&self) -> bool {
+        let f = self.failed.trim();
+        f != "0" && !f.starts_with("100")
+    }
+
     pub fn ok(&self) -> bool {
         self.exit_status == 0 && self.failed.trim() == "0"
     }
@@ -335,6 +342,13 @@ mod tests {
             "killed by signal 9 (exit status 137); SGE failed code 100 : assumedly after job"
         );
         assert!(r[1].ok());
+        assert!(!r[0].explained());
+        let limit = Accounting {
+            task: 1,
+            failed: "37  : qmaster enforced h_rt, h_cpu, or h_vmem limit".into(),
+            exit_status: 137,
+        };
+        assert!(limit.explained());
         let single = "====\njobnumber 5\ntaskid undefined\nfailed 0\nexit_status 2\n";
         assert_eq!(qacct_records(single)[0].task, 1);
         assert!(qacct_records("error: job id 5 not found\n").is_empty());
