@@ -497,21 +497,31 @@ impl Scheduler for SgeScheduler {
             });
         }
         let wanted = self.opts.queue_names();
-        if !wanted.is_empty() {
-            let out = self.run("qconf", &["-sql".to_string()], None)?;
-            if !out.ok {
-                return Err(SchedError::Command {
-                    command: "qconf -sql".into(),
-                    message: out.message(),
-                });
-            }
-            let known: Vec<&str> = out.stdout.split_whitespace().collect();
+        // Where qconf is not available to users, `qsub -w v` below still rejects the queue.
+        let known = if wanted.is_empty() || self.bins.find("qconf").is_none() {
+            None
+        } else {
+            self.run("qconf", &["-sql".to_string()], None)
+                .ok()
+                .filter(|o| o.ok)
+                .map(|o| o.stdout)
+        };
+        if let Some(known) = known {
+            let known: Vec<&str> = known.split_whitespace().collect();
             if let Some(q) = wanted.iter().find(|q| !known.contains(&q.as_str())) {
                 return Err(SchedError::Config(format!(
                     "unknown SGE queue {q:?}\nhint: queues here are {} (`qconf -sql`)",
                     known.join(", ")
                 )));
             }
+        }
+        // SGE reads `-o`/`-e` as `[host:]path` lists: these characters would split the path.
+        let root = spec.session.root().display().to_string();
+        if root.contains([':', ',', ' ']) {
+            return Err(SchedError::Config(format!(
+                "the session dir {root:?} contains ':', ',' or a space, which SGE's -o/-e paths cannot hold\n\
+                 hint: set SHOAL_HOME (or work_dir=) to a plain path on a filesystem the execution hosts share"
+            )));
         }
         let exit_dir = spec.session.sub("sge").join("exit");
         create_private_dir(&exit_dir)?;

@@ -248,6 +248,11 @@ fn preflight_checks_queue_and_programs() {
         "nothing submitted: {}",
         f.calls()
     );
+    // Without qconf, the queue is left to `qsub -w v`.
+    std::fs::remove_file(f.bin.join("qconf")).unwrap();
+    f.sched(json!({"queue": "gpu.q"}))
+        .preflight(&f.spec())
+        .unwrap();
     std::fs::remove_file(f.bin.join("qsub")).unwrap();
     let e = f.sched(json!({})).preflight(&f.spec()).unwrap_err();
     assert!(matches!(e, SchedError::Missing { .. }), "{e}");
