@@ -17,7 +17,7 @@ use crate::{LaunchSpec, Scheduler, WorkerEvent, WorkerState};
 use shoal_core::fsutil::{create_private_dir, list_names, write_atomic};
 use shoal_core::SessionDir;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -123,6 +123,35 @@ fn parse_worker_id(id: &str) -> Option<(u64, u64)> {
     Some((j.parse().ok()?, t.parse().ok()?))
 }
 
+/// What a task that left the queue without an exit record became, by its accounting record
+/// (None: no record yet, ask again later).
+fn vanished_state(
+    job: u64,
+    task: u64,
+    record: Option<&Accounting>,
+    gave_up: bool,
+) -> Option<WorkerState> {
+    let id = worker_id(job, task);
+    match record {
+        Some(r) if r.ok() => Some(WorkerState::Exited),
+        Some(r) => {
+            let guess = if r.explained() {
+                ""
+            } else {
+                "; deleted with qdel, or its host failed"
+            };
+            Some(WorkerState::Lost(format!(
+                "SGE job {id} ended without finishing its worker: {} (qacct){guess}",
+                r.describe()
+            )))
+        }
+        None if gave_up => Some(WorkerState::Lost(format!(
+            "SGE job {id} left the queue without an exit status or accounting record"
+        ))),
+        None => None,
+    }
+}
+
 fn current_user() -> String {
     // SAFETY: getpwuid returns a pointer into static storage or null; read at once.
     unsafe {
@@ -160,17 +189,13 @@ impl SgeScheduler {
         })
     }
 
-    pub fn options(&self) -> &SgeOptions {
-        &self.opts
-    }
-
     fn exit_dir(&self) -> Option<PathBuf> {
         self.session.as_ref().map(|s| s.sub("sge").join("exit"))
     }
 
     /// Run an SGE client program; a missing program or a hung call is an error, a non-zero
     /// exit is returned for the caller to judge.
-    fn run(&mut self, name: &'static str, args: &[String], stdin: Option<&str>) -> Result<Output> {
+    fn run(&mut self, name: &'static str, args: &[String]) -> Result<Output> {
         let command = || format!("{name} {}", args.join(" "));
         let path = self.bins.find(name).ok_or_else(|| SchedError::Missing {
             what: name.into(),
@@ -182,11 +207,7 @@ impl SgeScheduler {
         let start = Instant::now();
         let mut child = Command::new(&path)
             .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -194,9 +215,6 @@ impl SgeScheduler {
                 command: command(),
                 message: e.to_string(),
             })?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            let _ = pipe.write_all(text.as_bytes());
-        }
         // Readers on threads: a large listing must not block the child on a full pipe.
         let reader = |pipe: Option<Box<dyn Read + Send>>| {
             std::thread::spawn(move || {
@@ -260,7 +278,7 @@ impl SgeScheduler {
     /// The session's tasks in one `qstat -xml -u USER` listing.
     fn listing(&mut self) -> Result<parse::Listing> {
         let args = vec!["-xml".to_string(), "-u".into(), self.user.clone()];
-        let out = self.run("qstat", &args, None)?;
+        let out = self.run("qstat", &args)?;
         if !out.ok {
             return Err(SchedError::Command {
                 command: format!("qstat {}", args.join(" ")),
@@ -278,7 +296,7 @@ impl SgeScheduler {
     }
 
     fn qdel(&mut self, targets: Vec<String>) -> Result<Output> {
-        self.run("qdel", &targets, None)
+        self.run("qdel", &targets)
     }
 
     fn record_loss(&mut self, reason: &str) {
@@ -357,7 +375,7 @@ impl SgeScheduler {
         let mut reasons: BTreeMap<u64, BTreeMap<u64, String>> = BTreeMap::new();
         for job in jobs {
             let args = vec!["-j".to_string(), job.to_string(), "-xml".into()];
-            if let Ok(out) = self.run("qstat", &args, None) {
+            if let Ok(out) = self.run("qstat", &args) {
                 if let Ok(r) = parse::error_reasons(&out.stdout) {
                     reasons.insert(job, r);
                 }
@@ -392,25 +410,16 @@ impl SgeScheduler {
             .collect();
         let jobs: BTreeSet<u64> = due.iter().map(|k| k.0).collect();
         for job in jobs {
-            let records = match self.run("qacct", &["-j".to_string(), job.to_string()], None) {
+            let records = match self.run("qacct", &["-j".to_string(), job.to_string()]) {
                 Ok(out) => parse::qacct_records(&out.stdout),
                 Err(_) => Vec::new(),
             };
             for &(j, task) in due.iter().filter(|k| k.0 == job) {
-                let state = match records.iter().rev().find(|r| r.task == task) {
-                    Some(r) if r.ok() => Some(WorkerState::Exited),
-                    Some(r) => Some(WorkerState::Lost(format!(
-                        "SGE job {j}.{task} ended without finishing its worker: {} (qacct){}",
-                        r.describe(),
-                        if r.explained() { "" } else { "; deleted with qdel, or its host failed" }
-                    ))),
-                    None if self.workers[&(j, task)].vanished.is_some_and(|v| v.elapsed() > ACCOUNTING_WAIT) => {
-                        Some(WorkerState::Lost(format!(
-                            "SGE job {j}.{task} left the queue without an exit status or accounting record"
-                        )))
-                    }
-                    None => None,
-                };
+                let gave_up = self.workers[&(j, task)]
+                    .vanished
+                    .is_some_and(|v| v.elapsed() > ACCOUNTING_WAIT);
+                let record = records.iter().rev().find(|r| r.task == task);
+                let state = vanished_state(j, task, record, gave_up);
                 if let Some(state) = state {
                     if let WorkerState::Lost(r) = &state {
                         let r = r.clone();
@@ -501,7 +510,7 @@ impl Scheduler for SgeScheduler {
         let known = if wanted.is_empty() || self.bins.find("qconf").is_none() {
             None
         } else {
-            self.run("qconf", &["-sql".to_string()], None)
+            self.run("qconf", &["-sql".to_string()])
                 .ok()
                 .filter(|o| o.ok)
                 .map(|o| o.stdout)
@@ -534,7 +543,7 @@ impl Scheduler for SgeScheduler {
         let mut args = vec!["-w".to_string(), "v".into()];
         args.extend(self.opts.qsub_common(spec));
         args.push(script.display().to_string());
-        let out = self.run("qsub", &args, None)?;
+        let out = self.run("qsub", &args)?;
         if !out.ok {
             let message = out.message();
             let said: Vec<&str> = message
@@ -573,7 +582,7 @@ impl Scheduler for SgeScheduler {
             }
         };
         let args = self.opts.qsub_array(spec, n, &script);
-        let out = self.run("qsub", &args, None)?;
+        let out = self.run("qsub", &args)?;
         let job = match parse::qsub_job_number(&out.stdout) {
             Some(j) if out.ok => j,
             _ => {
