@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod local;
+pub mod sge;
 
 pub use error::{Result, SchedError};
 
@@ -122,7 +123,8 @@ pub fn build(
             }
             Ok(Box::new(local::LocalScheduler::new(workers)?))
         }
-        "slurm" | "htcondor" | "sge" => Err(SchedError::Config(format!(
+        "sge" => Ok(Box::new(sge::SgeScheduler::new(workers, options)?)),
+        "slurm" | "htcondor" => Err(SchedError::Config(format!(
             "backend {name:?} is not available in this version of shoal yet\nhint: use backend=\"local\""
         ))),
         other => Err(SchedError::Config(format!(
