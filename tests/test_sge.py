@@ -15,6 +15,7 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
+
 import shoal
 
 pytestmark = pytest.mark.sge

@@ -19,8 +19,9 @@ import xml.etree.ElementTree as ET
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import shoal  # noqa: E402
 from noop_task import noop  # noqa: E402
+
+import shoal  # noqa: E402
 
 USER = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
 
