@@ -79,3 +79,15 @@ class Unpicklable:
 
 def returns_unpicklable(_: Any = None) -> Any:
     return Unpicklable()
+
+
+def rendezvous(directory: str, parties: int = 2, timeout: float = 60.0) -> int:
+    """Wait until `parties` tasks are inside this function at once; proves parallelism."""
+    with open(os.path.join(directory, str(os.getpid())), "w") as f:
+        f.write("here")
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(directory)) < parties:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(os.listdir(directory))} of {parties} tasks ran at once")
+        time.sleep(0.01)
+    return os.getpid()

@@ -16,9 +16,9 @@ from helpers import (
     init_state,
     pid,
     read_state,
+    rendezvous,
     returns_unpicklable,
     sleep_return,
-    slow_pid,
     square,
 )
 
@@ -158,10 +158,9 @@ def test_maxtasksperchild_replaces_workers():
     assert len(set(pids)) == 6
 
 
-def test_workers_really_run_in_parallel():
+def test_workers_really_run_in_parallel(tmp_path):
     with shoal.Pool(2) as p:
-        p.map(square, range(2))  # warm
-        pids = set(p.map(slow_pid, range(8), chunksize=1))
+        pids = set(p.starmap(rendezvous, [(str(tmp_path), 2)] * 2, chunksize=1))
     assert len(pids) == 2 and os.getpid() not in pids
 
 
