@@ -30,15 +30,18 @@ def test_help_lists_commands():
 
 def test_sessions_shows_live_session_with_progress():
     with shoal.Pool(2) as p:
-        r = p.map_async(sleep_return, [0.0] * 4 + [3.0], chunksize=1)
-        time.sleep(1.0)
+        p.map_async(sleep_return, [0.0] * 4 + [60.0], chunksize=1)
+        deadline = time.monotonic() + 30
+        while True:
+            data = json.loads(shoal_cli("sessions", "--json").stdout)
+            mine = next(s for s in data if s["id"] == p.session)
+            if mine["tasks_done"] >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert mine["tasks_total"] == 5 and mine["tasks_done"] == 4
         out = shoal_cli("sessions")
         line = next(ln for ln in out.stdout.splitlines() if ln.startswith(p.session))
-        assert "local" in line and "running" in line and "/5" in line
-        data = json.loads(shoal_cli("sessions", "--json").stdout)
-        mine = next(s for s in data if s["id"] == p.session)
-        assert mine["tasks_total"] == 5 and mine["tasks_done"] >= 4
-        r.get(30)
+        assert "local" in line and "running" in line and "4/5 (80%)" in line
 
 
 def test_logs_of_a_task_and_of_a_failed_session(capfd):
