@@ -635,7 +635,7 @@ impl Runner {
                     msg.push_str(&format!("\nworker stderr (tail):\n{}", tail.trim_end()));
                 }
                 msg.push_str(&format!(
-                    "\nhint: check that the worker's interpreter can import shoal and your code; logs are in {}",
+                    "\nhint: the last worker's reason is quoted above; workers' logs are in {}",
                     self.dir.sub("logs").display()
                 ));
                 self.fail(sched, msg);
