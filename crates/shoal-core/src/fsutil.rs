@@ -45,6 +45,21 @@ pub fn write_atomic(path: &Path, parts: &[&[u8]]) -> Result<()> {
     })
 }
 
+/// Write `value` as pretty JSON, atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).expect("plain data");
+    write_atomic(path, &[&bytes])
+}
+
+/// Read a JSON file; a parse error is reported as a corrupt file naming the path.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = fs::read(path).at(path)?;
+    serde_json::from_slice(&bytes).map_err(|e| crate::CoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
 /// Names of the regular entries of `dir` that do not start with '.', sorted.
 pub fn list_names(dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();

@@ -1,8 +1,8 @@
 //! The session record (`session.json`) that the driver keeps current, and how the CLI finds
 //! sessions: every session is a directory under one base dir (`$SHOAL_HOME/sessions`).
 
-use crate::error::{CoreError, IoContext, Result};
-use crate::fsutil::{hostname, now_secs, pid_alive, write_atomic};
+use crate::error::{CoreError, Result};
+use crate::fsutil::{hostname, now_secs, pid_alive, read_json, write_json};
 use crate::layout::SessionDir;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -91,17 +91,11 @@ impl SessionMeta {
 
 impl SessionDir {
     pub fn write_meta(&self, meta: &SessionMeta) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(meta).expect("plain data");
-        write_atomic(&self.session_file(), &[&bytes])
+        write_json(&self.session_file(), meta)
     }
 
     pub fn read_meta(&self) -> Result<SessionMeta> {
-        let p = self.session_file();
-        let bytes = std::fs::read(&p).at(&p)?;
-        serde_json::from_slice(&bytes).map_err(|e| CoreError::Corrupt {
-            path: p,
-            reason: e.to_string(),
-        })
+        read_json(&self.session_file())
     }
 }
 

@@ -2,8 +2,8 @@
 //! background thread (so a task holding the GIL for hours still counts as alive), and wait
 //! for chunks until told to stop, idle for too long, or the driver is gone.
 
-use crate::error::{CoreError, IoContext, Result};
-use crate::fsutil::{hostname, now_secs, write_atomic};
+use crate::error::{CoreError, Result};
+use crate::fsutil::{hostname, now_secs, read_json, write_atomic, write_json};
 use crate::layout::{valid_worker_id, SessionDir};
 use crate::protocol::{ChunkHeader, Claimer, ResultHeader};
 use crate::watch::DirWatch;
@@ -55,17 +55,11 @@ impl Default for WorkerConfig {
 
 impl SessionDir {
     pub fn write_config(&self, config: &WorkerConfig) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(config).expect("plain data");
-        write_atomic(&self.config_file(), &[&bytes])
+        write_json(&self.config_file(), config)
     }
 
     pub fn read_config(&self) -> Result<WorkerConfig> {
-        let p = self.config_file();
-        let bytes = std::fs::read(&p).at(&p)?;
-        serde_json::from_slice(&bytes).map_err(|e| CoreError::Corrupt {
-            path: p,
-            reason: e.to_string(),
-        })
+        read_json(&self.config_file())
     }
 }
 
