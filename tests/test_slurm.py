@@ -15,7 +15,6 @@ import time
 import uuid
 
 import pytest
-
 import shoal
 from shoal.errors import ConfigError, RemoteTraceback, SchedulerError
 
@@ -83,9 +82,7 @@ def test_map_imap_apply(name: str) -> None:
         assert p._driver.stats()["workers_started"] <= 4 * len(jobs)
 
 
-def test_task_exception_carries_remote_traceback_and_is_not_retried(
-    name: str, tmp_path
-) -> None:
+def test_task_exception_carries_remote_traceback_and_is_not_retried(name: str, tmp_path) -> None:
     log = tmp_path / "runs"
 
     def record_and_fail(x: int) -> int:
