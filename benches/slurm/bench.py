@@ -82,6 +82,17 @@ def query_costs(arrays: list[str], repeat: int = 20) -> dict[str, float]:
             "-O",
             "JobArrayID:40,StateCompact:8,exit_code:12,Reason:200",
         ],
+        "squeue -h -r -t all -j IDS -o '%i %t %r'": [
+            "squeue",
+            "-h",
+            "-r",
+            "-t",
+            "all",
+            "-j",
+            ids,
+            "-o",
+            "%i %t %r",
+        ],
         "squeue -h -r -j IDS -o '%i %t %r'": ["squeue", "-h", "-r", "-j", ids, "-o", "%i %t %r"],
         "squeue -h -r -t all -o '%i %t %r' (all jobs)": [
             "squeue",
@@ -183,20 +194,21 @@ def main() -> None:
         f"\nSlurm benchmark ({time.strftime('%Y-%m-%d %H:%M')}, "
         f"{os.cpu_count()} cores, no-op tasks)"
     )
-    print(f"{'':44}{'tasks':>8}{'seconds':>10}{'shoal is':>14}  note")
+    print(f"{'':40}{'tasks':>8}{'seconds':>10}  {'shoal is':<16}  note")
     shoal_1k = rows[0][2]
     for name, tasks, secs, note in rows:
         ratio = "" if (name, tasks) == (rows[0][0], n) else f"{secs / shoal_1k:.1f}x faster"
         if tasks == 100_000:
             ratio = "target <= 10 s"
-        print(f"{name:44}{tasks:>8}{secs:>10.2f}{ratio:>14}  {note}")
+        print(f"{name:40}{tasks:>8}{secs:>10.2f}  {ratio:<16}  {note}")
     for r in peer_rows:
         secs, tasks = r["seconds"], r["tasks"]
         per_1k = secs * n / tasks
         note = "" if r["ok"] else f"FAILED: {r.get('error', 'wrong results')}"
         if tasks != n:
             note = f"(x{n // tasks} extrapolated: {per_1k:.0f} s per 1,000) " + note
-        print(f"{r['tool']:44}{tasks:>8}{secs:>10.2f}{per_1k / shoal_1k:>10.1f}x faster  {note}")
+        faster = f"{per_1k / shoal_1k:.1f}x faster"
+        print(f"{r['tool']:40}{tasks:>8}{secs:>10.2f}  {faster:<16}  {note}")
     print(f"\nshoal / raw array = {shoal_1k / raw:.3f}  (target <= 0.1)")
     print(f"\nState queries, ms per call with {retained} jobs retained by slurmctld:")
     for name, ms in costs.items():
