@@ -245,3 +245,14 @@ def test_ctrl_c_cancels_every_job(name: str, tmp_path) -> None:
     finally:
         proc.kill()
     assert squeue(name) == []
+
+
+def test_workers_that_cannot_start_fail_the_session_with_slurms_reason(name: str) -> None:
+    t = time.monotonic()
+    with pytest.raises(shoal.SessionError) as info:
+        with shoal.Pool(2, backend="slurm", job_name=name, env={"PYTHONHOME": "/nonexistent"}) as p:
+            p.map(square, range(10))
+    msg = str(info.value)
+    assert "worker job failed (exit code 1) [Slurm job " in msg
+    assert "No module named 'encodings'" in msg  # the worker's own stderr
+    assert time.monotonic() - t < 60
