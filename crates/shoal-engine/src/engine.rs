@@ -168,6 +168,8 @@ impl Engine {
             meta,
             progress: None,
             progress_lines: None,
+            submitted: 0,
+            retired: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
             .name("shoal-engine".into())
@@ -339,6 +341,8 @@ fn apply_stats(meta: &mut SessionMeta, s: &Stats, jobs: &[String]) {
 struct WorkerRec {
     state: WorkerState,
     produced: bool,
+    /// Submission order: scale-down gives back the newest queued workers first.
+    seq: u64,
 }
 
 /// The engine thread's own state.
@@ -355,7 +359,20 @@ struct Runner {
     progress: Option<ProgressBar>,
     /// Without a terminal (logs, notebooks) progress is a plain line every few seconds.
     progress_lines: Option<(Instant, Instant)>,
+    submitted: u64,
+    /// Workers the engine cancelled itself, and when: a claim one made just before its
+    /// cancellation landed goes back to pending (see `sweep_retired`).
+    retired: HashMap<String, Instant>,
 }
+
+/// Queued workers to give back: those beyond what the outstanding work can use. Running
+/// workers are never taken away (they exit by themselves when idle).
+fn surplus_pending(target: usize, pending: usize, running: usize) -> usize {
+    (pending + running).saturating_sub(target).min(pending)
+}
+
+/// How long a cancelled worker's late claims are watched for.
+const RETIRED_KEEP: Duration = Duration::from_secs(300);
 
 const MIN_SLEEP: Duration = Duration::from_micros(500);
 const MAX_SLEEP: Duration = Duration::from_millis(10);
@@ -536,6 +553,7 @@ impl Runner {
             let rec = self.workers.entry(ev.worker.clone()).or_insert(WorkerRec {
                 state: WorkerState::Pending,
                 produced: false,
+                seq: 0,
             });
             rec.state = ev.state.clone();
             if ended {
@@ -546,6 +564,7 @@ impl Runner {
                 self.worker_ended(sched, &ev.worker, reason);
             }
         }
+        self.sweep_retired();
         self.refresh_workers(sched);
         any
     }
@@ -682,16 +701,22 @@ impl Runner {
 
     fn scale(&mut self, sched: &mut dyn Scheduler) {
         let outstanding = self.shared.lock().outstanding.len();
-        let active = self
-            .workers
-            .values()
-            .filter(|w| matches!(w.state, WorkerState::Pending | WorkerState::Running))
-            .count();
+        let count = |s: &WorkerState| self.workers.values().filter(|w| &w.state == s).count();
+        let (pending, running) = (count(&WorkerState::Pending), count(&WorkerState::Running));
+        let active = pending + running;
         let target = if sched.keep_warm() {
             sched.capacity()
         } else {
             sched.capacity().min(outstanding)
         };
+        if !sched.keep_warm() {
+            // Fair share: queued workers the remaining work cannot use go back to the cluster.
+            let surplus = surplus_pending(target, pending, running);
+            if surplus > 0 {
+                self.retire_pending(sched, surplus);
+                return;
+            }
+        }
         if active >= target {
             return;
         }
@@ -699,11 +724,13 @@ impl Runner {
             Ok(ids) => {
                 self.shared.lock().stats.workers_started += ids.len() as u64;
                 for id in ids {
+                    self.submitted += 1;
                     self.workers.insert(
                         id,
                         WorkerRec {
                             state: WorkerState::Pending,
                             produced: false,
+                            seq: self.submitted,
                         },
                     );
                 }
@@ -712,8 +739,57 @@ impl Runner {
         }
     }
 
+    /// Cancel the `n` newest workers still queued. The backend reports nothing more about
+    /// them; a chunk one of them claimed meanwhile goes back to pending.
+    fn retire_pending(&mut self, sched: &mut dyn Scheduler, n: usize) {
+        let mut queued: Vec<(u64, String)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.state == WorkerState::Pending)
+            .map(|(id, w)| (w.seq, id.clone()))
+            .collect();
+        queued.sort_unstable_by(|a, b| b.cmp(a));
+        let ids: Vec<String> = queued.into_iter().take(n).map(|(_, id)| id).collect();
+        if ids.is_empty() {
+            return;
+        }
+        let _ = sched.cancel(&ids);
+        let now = Instant::now();
+        for id in ids {
+            self.workers.remove(&id);
+            self.retired.insert(id, now);
+        }
+        self.sweep_retired();
+        self.refresh_workers(sched);
+    }
+
+    /// Requeue chunks claimed by workers the engine cancelled (not a failure of the chunk).
+    fn sweep_retired(&mut self) {
+        self.retired.retain(|_, at| at.elapsed() < RETIRED_KEEP);
+        if self.retired.is_empty() {
+            return;
+        }
+        self.collect_results();
+        if let Ok(claims) = self.dir.claims() {
+            for (chunk, worker) in claims {
+                if self.retired.contains_key(&worker) {
+                    let _ = self.dir.requeue(chunk, &worker);
+                }
+            }
+        }
+    }
+
     fn stop_gracefully(&mut self, sched: &mut dyn Scheduler, grace: Duration) {
         let _ = self.dir.beat(&self.dir.control("stop"));
+        if !sched.keep_warm() {
+            // Queued workers have nothing to finish: do not wait for them to start.
+            let pending = self
+                .workers
+                .values()
+                .filter(|w| w.state == WorkerState::Pending)
+                .count();
+            self.retire_pending(sched, pending);
+        }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             self.collect_results();
@@ -781,5 +857,159 @@ impl Runner {
             msg.push_str(&format!(" · {} failed", s.tasks_failed));
         }
         bar.set_message(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_core::protocol::Claimer;
+
+    /// A backend that only records what the engine asks of it.
+    #[derive(Default)]
+    struct Recorder {
+        submitted: usize,
+        cancelled: Vec<String>,
+    }
+
+    impl Scheduler for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn capacity(&self) -> usize {
+            8
+        }
+        fn poll_interval(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+        fn preflight(&mut self, _: &LaunchSpec) -> shoal_sched::Result<()> {
+            Ok(())
+        }
+        fn submit(&mut self, _: &LaunchSpec, n: usize) -> shoal_sched::Result<Vec<String>> {
+            let ids = (self.submitted..self.submitted + n)
+                .map(|i| format!("w{i}"))
+                .collect();
+            self.submitted += n;
+            Ok(ids)
+        }
+        fn poll(&mut self) -> shoal_sched::Result<Vec<shoal_sched::WorkerEvent>> {
+            Ok(Vec::new())
+        }
+        fn cancel(&mut self, workers: &[String]) -> shoal_sched::Result<()> {
+            self.cancelled.extend(workers.iter().cloned());
+            Ok(())
+        }
+        fn cancel_all(&mut self) -> shoal_sched::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn runner(dir: &SessionDir) -> Runner {
+        let (tx, _rx) = unbounded();
+        Runner {
+            dir: dir.clone(),
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    next_chunk: 0,
+                    next_task: 0,
+                    next_blob: 0,
+                    outstanding: HashMap::new(),
+                    stats: Stats::default(),
+                    stop: Stop::No,
+                    fatal: None,
+                    thread_done: false,
+                    jobs: Vec::new(),
+                }),
+                wake: Condvar::new(),
+            }),
+            tx,
+            spec: LaunchSpec {
+                session: dir.clone(),
+                python: "python".into(),
+                env: vec![],
+                cwd: ".".into(),
+            },
+            options: EngineOptions::default(),
+            workers: HashMap::new(),
+            delivered: HashSet::new(),
+            start_failures: 0,
+            meta: SessionMeta::new(dir.id(), "recorder"),
+            progress: None,
+            progress_lines: None,
+            submitted: 0,
+            retired: HashMap::new(),
+        }
+    }
+
+    fn add_chunk(r: &Runner, chunk: u64) {
+        let header = ChunkHeader {
+            chunk,
+            first_task: chunk,
+            ntasks: 1,
+        };
+        r.dir.put_chunk(&header, b"x").unwrap();
+        r.shared.lock().outstanding.insert(
+            chunk,
+            ChunkInfo {
+                header,
+                attempts: 0,
+                started: false,
+            },
+        );
+    }
+
+    #[test]
+    fn surplus_is_only_queued_workers_beyond_the_work() {
+        assert_eq!(surplus_pending(4, 3, 2), 1);
+        assert_eq!(surplus_pending(0, 5, 0), 5);
+        assert_eq!(surplus_pending(0, 2, 6), 2);
+        assert_eq!(surplus_pending(16, 10, 10), 4);
+        assert_eq!(surplus_pending(10, 2, 3), 0);
+        assert_eq!(
+            surplus_pending(0, 0, 3),
+            0,
+            "running workers are never cancelled"
+        );
+    }
+
+    #[test]
+    fn scale_down_cancels_newest_queued_workers_and_requeues_their_claims() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = SessionDir::create(t.path().join("s")).unwrap();
+        let mut r = runner(&dir);
+        let mut sched = Recorder::default();
+        for c in 0..4 {
+            add_chunk(&r, c);
+        }
+        r.scale(&mut sched);
+        assert_eq!((sched.submitted, r.workers.len()), (4, 4));
+        r.workers.get_mut("w0").unwrap().state = WorkerState::Running;
+        // w3 started and claimed a chunk before the engine heard of it.
+        let (h, _) = Claimer::new(dir.clone(), "w3")
+            .try_claim()
+            .unwrap()
+            .unwrap();
+        // Three chunks finished: one outstanding chunk left for four workers.
+        for c in 1..4 {
+            r.shared.lock().outstanding.remove(&c);
+        }
+        r.scale(&mut sched);
+        assert_eq!(sched.cancelled, ["w3", "w2", "w1"]);
+        assert_eq!(r.workers.keys().collect::<Vec<_>>(), ["w0"]);
+        assert!(
+            dir.pending(h.chunk).exists(),
+            "the cancelled worker's claim is pending again"
+        );
+        assert_eq!(
+            r.shared.lock().stats.workers_lost,
+            0,
+            "cancelling is not losing"
+        );
+        r.scale(&mut sched);
+        assert_eq!(
+            (sched.cancelled.len(), sched.submitted),
+            (3, 4),
+            "stable once balanced"
+        );
     }
 }

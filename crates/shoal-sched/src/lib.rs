@@ -7,6 +7,7 @@
 pub mod error;
 pub mod local;
 pub mod sge;
+pub mod slurm;
 
 pub use error::{Result, SchedError};
 
@@ -124,7 +125,8 @@ pub fn build(
             Ok(Box::new(local::LocalScheduler::new(workers)?))
         }
         "sge" => Ok(Box::new(sge::SgeScheduler::new(workers, options)?)),
-        "slurm" | "htcondor" => Err(SchedError::Config(format!(
+        "slurm" => Ok(Box::new(slurm::SlurmScheduler::new(workers, options)?)),
+        "htcondor" => Err(SchedError::Config(format!(
             "backend {name:?} is not available in this version of shoal yet\nhint: use backend=\"local\""
         ))),
         other => Err(SchedError::Config(format!(

@@ -1,0 +1,316 @@
+//! Fault-injection tests with fake Slurm commands (shell scripts that log their arguments
+//! and print canned answers). Behaviour against the real controller is in tests/test_slurm.py.
+
+use super::*;
+use serde_json::json;
+use shoal_core::SessionDir;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+struct Fake {
+    _tmp: tempfile::TempDir,
+    bin: PathBuf,
+    spec: LaunchSpec,
+}
+
+const CONFIG: &str =
+    "AccountingStorageType   = accounting_storage/none\nMaxArraySize            = 1001\n\
+                      MaxJobCount             = 50000\nMinJobAge               = 300 sec\n";
+const PARTITIONS: &str = "PartitionName=debug Default=YES MaxTime=UNLIMITED State=UP\n\
+                          PartitionName=short Default=NO MaxTime=01:00:00 State=UP\n";
+
+impl Fake {
+    fn new() -> Fake {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        let d = bin.display();
+        let tool = |name: &str, body: &str| {
+            let p = bin.join(name);
+            fs::write(
+                &p,
+                format!("#!/bin/sh\nD={d}\necho \"$*\" >> $D/{name}.log\n{body}\n"),
+            )
+            .unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        tool(
+            "sbatch",
+            "if [ -f $D/sbatch.fail ]; then cat $D/sbatch.fail >&2; exit 1; fi\n\
+             case \"$*\" in *--test-only*) echo 'sbatch: Job 7 to start' >&2; exit 0;; esac\n\
+             n=$(cat $D/next 2>/dev/null || echo 100); echo $((n+1)) > $D/next; echo \"$n;shoal\"",
+        );
+        tool(
+            "squeue",
+            "if [ -f $D/squeue.fail ]; then cat $D/squeue.fail >&2; exit 1; fi\n\
+             case \"$*\" in *'-t all'*) cat $D/squeue.all 2>/dev/null;; *) cat $D/squeue.live 2>/dev/null;; esac; exit 0",
+        );
+        tool("scancel", "exit 0");
+        tool("sacct", "cat $D/sacct.out 2>/dev/null");
+        tool(
+            "scontrol",
+            "case \"$*\" in 'show config') cat $D/config;; 'show partition -o') cat $D/partitions;; esac",
+        );
+        fs::write(bin.join("config"), CONFIG).unwrap();
+        fs::write(bin.join("partitions"), PARTITIONS).unwrap();
+        let session = SessionDir::create(tmp.path().join("s")).unwrap();
+        let spec = LaunchSpec {
+            session,
+            python: "/bin/sh".into(),
+            env: vec![],
+            cwd: tmp.path().to_path_buf(),
+        };
+        Fake {
+            _tmp: tmp,
+            bin,
+            spec,
+        }
+    }
+
+    fn sched(&self, options: serde_json::Value) -> SlurmScheduler {
+        SlurmScheduler::new(4, &options)
+            .unwrap()
+            .with_tools(&self.bin)
+    }
+
+    fn put(&self, name: &str, text: &str) {
+        fs::write(self.bin.join(name), text).unwrap();
+    }
+
+    fn log(&self, tool: &str) -> String {
+        fs::read_to_string(self.bin.join(format!("{tool}.log"))).unwrap_or_default()
+    }
+}
+
+fn state_of(events: &[WorkerEvent], worker: &str) -> Option<WorkerState> {
+    events
+        .iter()
+        .find(|e| e.worker == worker)
+        .map(|e| e.state.clone())
+}
+
+#[test]
+fn submit_is_one_array_per_call_split_by_max_array_size() {
+    let f = Fake::new();
+    f.put("config", &CONFIG.replace("1001", "2"));
+    let mut s = f.sched(json!({"partition": "short", "time": "10m"}));
+    s.preflight(&f.spec).unwrap();
+    assert!(
+        f.log("sbatch").contains("--test-only"),
+        "preflight asks Slurm first"
+    );
+    let ids = s.submit(&f.spec, 3).unwrap();
+    assert_eq!(ids, ["100_0", "100_1", "101_0"]);
+    assert_eq!(s.job_ids(), ["100", "101"]);
+    let log = f.log("sbatch");
+    let calls: Vec<&str> = log.lines().filter(|l| !l.contains("--test-only")).collect();
+    assert_eq!(calls.len(), 2);
+    assert!(
+        calls[0].starts_with("--parsable --array=0-1 --job-name=shoal"),
+        "{}",
+        calls[0]
+    );
+    assert!(calls[0].contains("--partition=short") && calls[0].contains("--time=0-00:10:00"));
+    assert!(calls[1].contains("--array=0-0 "));
+    let script = fs::read_to_string(f.spec.session.sub("slurm-worker.sh")).unwrap();
+    assert!(script.ends_with(&format!(
+        "exec /bin/sh -m shoal.worker {}\n",
+        f.spec.session.root().display()
+    )));
+}
+
+#[test]
+fn throttle_is_the_worker_count() {
+    let f = Fake::new();
+    let mut s = f.sched(json!({"max_workers": 2}));
+    s.preflight(&f.spec).unwrap();
+    s.submit(&f.spec, 5).unwrap();
+    assert!(f.log("sbatch").contains("--array=0-4%2 "));
+    assert_eq!(s.capacity(), 2);
+}
+
+#[test]
+fn refused_submission_shows_slurms_message() {
+    let f = Fake::new();
+    f.put("sbatch.fail", "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified");
+    let mut s = f.sched(json!({"account": "nobody"}));
+    let e = s.preflight(&f.spec).unwrap_err().to_string();
+    assert!(
+        e.contains("Invalid account or account/partition") && e.contains("hint"),
+        "{e}"
+    );
+    let e = s.submit(&f.spec, 1).unwrap_err().to_string();
+    assert!(e.contains("Invalid account"), "{e}");
+    assert!(s.job_ids().is_empty());
+}
+
+#[test]
+fn preflight_catches_missing_tools_and_bad_partitions() {
+    let f = Fake::new();
+    fs::remove_file(f.bin.join("sbatch")).unwrap();
+    let e = f.sched(json!({})).preflight(&f.spec).unwrap_err();
+    assert!(
+        matches!(e, SchedError::Missing { .. }) && e.to_string().contains("sbatch"),
+        "{e}"
+    );
+
+    let f = Fake::new();
+    let e = f
+        .sched(json!({"partition": "nope"}))
+        .preflight(&f.spec)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"nope\"") && e.contains("debug, short"), "{e}");
+    assert!(f.log("sbatch").is_empty(), "nothing submitted");
+    let e = f
+        .sched(json!({"partition": "short", "time": "2h"}))
+        .preflight(&f.spec)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("0-02:00:00") && e.contains("0-01:00:00"), "{e}");
+    f.sched(json!({"time": "2h"})).preflight(&f.spec).unwrap();
+}
+
+#[test]
+fn poll_maps_states_once_per_interval() {
+    let f = Fake::new();
+    let mut s = f.sched(json!({"poll_interval": 0.1}));
+    s.preflight(&f.spec).unwrap();
+    s.submit(&f.spec, 4).unwrap();
+    f.put(
+        "squeue.all",
+        "100_0  R   0    None\n100_1  F   768  NonZeroExitCode\n100_2  PD  0    Resources\n100_3  TO  15   TimeLimit\n",
+    );
+    let ev = s.poll().unwrap();
+    assert_eq!(state_of(&ev, "100_0"), Some(WorkerState::Running));
+    assert!(
+        matches!(state_of(&ev, "100_1"), Some(WorkerState::Lost(r)) if r.contains("exit code 3") && r.contains("100_1"))
+    );
+    assert_eq!(state_of(&ev, "100_2"), None);
+    assert!(
+        matches!(state_of(&ev, "100_3"), Some(WorkerState::Lost(r)) if r.contains("time limit"))
+    );
+    assert!(s.poll().unwrap().is_empty(), "rate-limited");
+    assert_eq!(f.log("squeue").lines().count(), 1);
+    let q = f.log("squeue");
+    assert!(q.contains("-h -r -t all -j 100 -O"), "{q}");
+    std::thread::sleep(Duration::from_millis(120));
+    f.put("squeue.all", "100_0  CD  0    None\n100_2  R   0    None\n");
+    let ev = s.poll().unwrap();
+    assert_eq!(state_of(&ev, "100_0"), Some(WorkerState::Exited));
+    assert_eq!(state_of(&ev, "100_2"), Some(WorkerState::Running));
+    assert_eq!(s.queries, 2);
+}
+
+#[test]
+fn vanished_jobs_are_classified_from_site_records() {
+    let f = Fake::new();
+    let comp = f.bin.join("jobcomp.log");
+    fs::write(
+        &comp,
+        "JobId=101 JobState=OUT_OF_MEMORY ArrayJobId=100 ArrayTaskId=0 ExitCode=0:9 \n",
+    )
+    .unwrap();
+    f.put(
+        "config",
+        &format!(
+            "{CONFIG}JobCompType = jobcomp/filetxt\nJobCompLoc = {}\n",
+            comp.display()
+        ),
+    );
+    let mut s = f.sched(json!({"poll_interval": 0.1}));
+    s.preflight(&f.spec).unwrap();
+    s.submit(&f.spec, 2).unwrap();
+    // Purged from the controller: squeue says the ids are invalid.
+    f.put(
+        "squeue.fail",
+        "slurm_load_jobs error: Invalid job id specified",
+    );
+    assert!(s.poll().unwrap().is_empty(), "one miss is not enough");
+    std::thread::sleep(Duration::from_millis(120));
+    let ev = s.poll().unwrap();
+    assert!(
+        matches!(state_of(&ev, "100_0"), Some(WorkerState::Lost(r)) if r.contains("out of memory"))
+    );
+    assert!(
+        matches!(state_of(&ev, "100_1"), Some(WorkerState::Lost(r)) if r.contains("no record"))
+    );
+
+    // A controller that does not answer is a failed query, not dead workers.
+    let f = Fake::new();
+    let mut s = f.sched(json!({"poll_interval": 0.1}));
+    s.preflight(&f.spec).unwrap();
+    s.submit(&f.spec, 1).unwrap();
+    f.put(
+        "squeue.fail",
+        "slurm_load_jobs error: Unable to contact slurm controller",
+    );
+    assert!(s.poll().is_err());
+    fs::remove_file(f.bin.join("squeue.fail")).unwrap();
+}
+
+#[test]
+fn sacct_is_used_where_the_site_has_accounting() {
+    let f = Fake::new();
+    f.put(
+        "config",
+        &CONFIG.replace("accounting_storage/none", "accounting_storage/slurmdbd"),
+    );
+    f.put("sacct.out", "100_0|COMPLETED|0:0\n");
+    let mut s = f.sched(json!({"poll_interval": 0.1}));
+    s.preflight(&f.spec).unwrap();
+    s.submit(&f.spec, 1).unwrap();
+    s.poll().unwrap();
+    std::thread::sleep(Duration::from_millis(120));
+    assert_eq!(
+        s.poll().unwrap(),
+        [WorkerEvent {
+            worker: "100_0".into(),
+            state: WorkerState::Exited
+        }]
+    );
+    assert!(f.log("sacct").contains("-j 100_0"));
+}
+
+#[test]
+fn cancel_addresses_elements_and_cancel_all_whole_arrays() {
+    let f = Fake::new();
+    let mut s = f.sched(json!({}));
+    s.preflight(&f.spec).unwrap();
+    s.submit(&f.spec, 3).unwrap();
+    s.submit(&f.spec, 1).unwrap();
+    s.cancel(&["100_2".into()]).unwrap();
+    assert_eq!(f.log("scancel"), "100_2\n");
+    f.put("squeue.live", "");
+    s.cancel_all().unwrap();
+    assert_eq!(f.log("scancel"), "100_2\n100 101\n");
+    let q = f.log("squeue");
+    assert!(
+        q.contains("-h -r -j 100,101 -O") && !q.contains("-t all"),
+        "confirmed with default states: {q}"
+    );
+    s.cancel_all().unwrap();
+    assert_eq!(
+        f.log("scancel").lines().count(),
+        2,
+        "nothing left to cancel"
+    );
+}
+
+#[test]
+fn cancel_all_retries_until_the_queue_is_clear() {
+    let f = Fake::new();
+    let mut s = f.sched(json!({}));
+    s.preflight(&f.spec).unwrap();
+    s.submit(&f.spec, 2).unwrap();
+    // The first confirmation still lists an element; the fake clears it after the retry.
+    let bin = f.bin.display().to_string();
+    f.put("squeue.live", "100_1 PD 0 None\n");
+    fs::write(
+        f.bin.join("scancel"),
+        format!("#!/bin/sh\necho \"$*\" >> {bin}/scancel.log\ncase \"$*\" in 100_1) : > {bin}/squeue.live;; esac\n"),
+    )
+    .unwrap();
+    s.cancel_all().unwrap();
+    assert_eq!(f.log("scancel"), "100\n100_1\n");
+}

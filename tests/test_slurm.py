@@ -1,0 +1,259 @@
+"""The Slurm backend against the real test cluster (ci/clusters/cluster up slurm).
+
+Every test names its jobs uniquely (job_name=...) and the autouse fixture checks that none of
+them is left in squeue afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+import shoal
+from shoal.errors import ConfigError, RemoteTraceback, SchedulerError
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(180)]
+
+
+def squeue(name: str, *extra: str) -> list[list[str]]:
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-n", name, "-o", "%i %t %r", *extra],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line.split(None, 2) for line in out.splitlines() if line.strip()]
+
+
+def wait_for(cond, timeout: float, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)
+    return cond()
+
+
+@pytest.fixture
+def name() -> str:
+    """A unique job name for this test; no job of it may remain queued or running."""
+    job_name = f"shoal-t-{uuid.uuid4().hex[:8]}"
+    yield job_name
+    left = wait_for(lambda: not squeue(job_name), 10) or squeue(job_name)
+    assert left is True, f"jobs left behind: {left}"
+
+
+def slurm_env(_: int) -> tuple[str, str]:
+    return os.environ["SLURM_ARRAY_JOB_ID"], os.environ["SLURM_ARRAY_TASK_ID"]
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def fails(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"bad value {x}")
+    return x
+
+
+def test_map_imap_apply(name: str) -> None:
+    with shoal.Pool(4, backend="slurm", job_name=name, time="10m", memory="500M") as p:
+        assert p.map(square, range(200)) == [x * x for x in range(200)]
+        assert list(p.imap(square, range(50), chunksize=3)) == [x * x for x in range(50)]
+        assert sorted(p.imap_unordered(square, range(20))) == sorted(x * x for x in range(20))
+        assert p.apply_async(add, (2, 3)).get(timeout=60) == 5
+        assert p.starmap(add, [(1, 2), (3, 4)]) == [3, 7]
+        where = p.map(slurm_env, range(8), chunksize=1)
+        jobs = {j for j, _ in where}
+        # Workers are array elements of this session's jobs, never one job per task.
+        assert len(where) == 8 and len(jobs) <= 3
+        assert p._driver.stats()["workers_started"] <= 4 * len(jobs)
+
+
+def test_task_exception_carries_remote_traceback_and_is_not_retried(name: str, tmp_path) -> None:
+    log = tmp_path / "runs"
+
+    def record_and_fail(x: int) -> int:
+        with open(log, "a") as f:
+            f.write(f"{x}\n")
+        return fails(x)
+
+    with shoal.Pool(2, backend="slurm", job_name=name) as p:
+        with pytest.raises(ValueError, match="bad value 3") as info:
+            p.map(record_and_fail, range(6), chunksize=1)
+        assert isinstance(info.value.__cause__, RemoteTraceback)
+        assert "in fails" in str(info.value.__cause__)
+        assert p.apply_async(fails, (1,)).get(timeout=60) == 1
+    assert log.read_text().split().count("3") == 1
+
+
+def slow_marker(args: tuple[int, str]) -> int:
+    i, marker_dir = args
+    open(os.path.join(marker_dir, f"{i}.{os.environ['SLURM_ARRAY_JOB_ID']}"), "w").close()
+    time.sleep(0.3)
+    return i
+
+
+def test_scancel_of_a_running_worker_mid_map_loses_nothing(name: str, tmp_path) -> None:
+    with shoal.Pool(3, backend="slurm", job_name=name, poll_interval=0.5) as p:
+        res = p.map_async(slow_marker, [(i, str(tmp_path)) for i in range(60)], chunksize=2)
+        running = wait_for(lambda: [j for j, st, _ in squeue(name) if st == "R"], 30)
+        assert running, "no worker started"
+        wait_for(lambda: len(os.listdir(tmp_path)) >= 6, 30)
+        victim = running[0]
+        assert "_" in victim
+        subprocess.run(["scancel", victim], check=True)
+        t = time.monotonic()
+        # Seen dead from Slurm's state within two poll intervals (plus the kill itself).
+        assert wait_for(lambda: p._driver.stats()["workers_lost"] >= 1, 10, every=0.05)
+        assert time.monotonic() - t < 2 * 0.5 + 1.0
+        assert res.get(timeout=120) == list(range(60))
+        stats = p._driver.stats()
+        assert stats["workers_lost"] >= 1
+        assert stats["tasks_done"] == 60 and stats["tasks_failed"] == 0
+    states = {j: st for j, st, _ in squeue(name, "-t", "all")}
+    assert states[victim] == "CA"
+
+
+def sleep_once(args: tuple[int, str]) -> int:
+    """Task 0 hangs the first time it runs (until Slurm kills it), then is quick."""
+    i, marker = args
+    if i == 0 and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(os.environ["SLURM_ARRAY_JOB_ID"] + "_" + os.environ["SLURM_ARRAY_TASK_ID"])
+        time.sleep(600)
+    return i
+
+
+def test_worker_over_its_time_limit_is_recovered(name: str, tmp_path) -> None:
+    marker = str(tmp_path / "first")
+    with shoal.Pool(2, backend="slurm", job_name=name, time="1m", poll_interval=0.5) as p:
+        res = p.map_async(sleep_once, [(i, marker) for i in range(4)], chunksize=1)
+        assert wait_for(lambda: os.path.exists(marker) and open(marker).read(), 60)
+        worker = open(marker).read()
+        # Slurm's limits are in minutes: end the job's allowed time now instead of waiting
+        # one; slurmctld enforces it at its next periodic check (<= 30 s).
+        subprocess.run(["scontrol", "update", f"JobId={worker}", "EndTime=now"], check=True)
+        assert res.get(timeout=90) == [0, 1, 2, 3]
+        assert p._driver.stats()["workers_lost"] >= 1
+    states = {j: (st, r) for j, st, r in squeue(name, "-t", "all")}
+    assert states[worker] == ("TO", "TimeLimit")
+
+
+def test_queued_workers_beyond_the_work_are_given_back(name: str) -> None:
+    # 6 CPUs each on a 16-CPU node: 2 workers run, the other 2 wait for resources.
+    with shoal.Pool(4, backend="slurm", job_name=name, cpus=6, poll_interval=0.5) as p:
+        assert p.map(square, range(4), chunksize=1) == [0, 1, 4, 9]
+        pending = wait_for(lambda: not [j for j, st, _ in squeue(name) if st == "PD"], 5)
+        assert pending is True, squeue(name)
+        stats = p._driver.stats()
+        assert stats["workers_pending"] == 0 and stats["workers_lost"] == 0, stats
+
+
+def test_bad_input_fails_before_anything_is_queued(name: str, monkeypatch) -> None:
+    t = time.monotonic()
+    with pytest.raises(ConfigError, match=r'no partition "nope"[\s\S]*debug, short'):
+        shoal.Pool(2, backend="slurm", job_name=name, partition="nope")
+    with pytest.raises(ConfigError, match="longer than partition"):
+        shoal.Pool(2, backend="slurm", job_name=name, partition="short", time="2h")
+    with pytest.raises(ConfigError, match='"soon"'):
+        shoal.Pool(2, backend="slurm", job_name=name, time="soon")
+    with pytest.raises(ConfigError, match='"lots"'):
+        shoal.Pool(2, backend="slurm", job_name=name, memory="lots")
+    with pytest.raises(ConfigError, match="unknown option"):
+        shoal.Pool(2, backend="slurm", job_name=name, nodes=2)
+    # Slurm itself refuses: its message reaches the user.
+    with pytest.raises(SchedulerError, match="Invalid generic resource"):
+        shoal.Pool(2, backend="slurm", job_name=name, gpus=1)
+    with pytest.raises(SchedulerError, match="node configuration is not available"):
+        shoal.Pool(2, backend="slurm", job_name=name, cpus=64)
+    assert time.monotonic() - t < 10
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ConfigError, match="sbatch"):
+        shoal.Pool(2, backend="slurm", job_name=name)
+    monkeypatch.undo()
+    assert squeue(name, "-t", "all") == []
+
+
+def test_executor_on_slurm(name: str) -> None:
+    with shoal.Executor(3, backend="slurm", job_name=name) as ex:
+        futs = [ex.submit(add, i, 1) for i in range(30)]
+        assert [f.result(timeout=60) for f in futs] == list(range(1, 31))
+        assert list(ex.map(square, range(10))) == [x * x for x in range(10)]
+        bad = ex.submit(fails, 3)
+        with pytest.raises(ValueError, match="bad value 3"):
+            bad.result(timeout=60)
+
+
+def test_env_and_sbatch_options_reach_the_worker(name: str) -> None:
+    def probe(_: int) -> tuple[str, str, str]:
+        return (
+            os.environ.get("SHOAL_TEST_VALUE", ""),
+            os.environ.get("SLURM_JOB_PARTITION", ""),
+            os.environ.get("SLURM_CPUS_PER_TASK", ""),
+        )
+
+    with shoal.Pool(
+        1,
+        backend="slurm",
+        job_name=name,
+        partition="short",
+        cpus=2,
+        env={"SHOAL_TEST_VALUE": "it's forwarded"},
+        sbatch_args=["--nice=10"],
+        extra_directives=["--comment=shoal-test"],
+    ) as p:
+        assert p.map(probe, [0]) == [("it's forwarded", "short", "2")]
+        jobs = squeue(name, "-t", "all", "-o", "%i %y %k")
+        assert jobs and all(nice == "10" and comment == "shoal-test" for _, nice, comment in jobs)
+
+
+CTRL_C = textwrap.dedent(
+    """
+    import sys, time, shoal
+    def nap(x):
+        time.sleep(60)
+        return x
+    with shoal.Pool(3, backend="slurm", job_name=sys.argv[1]) as p:
+        print("started", flush=True)
+        p.map(nap, range(6), chunksize=1)
+    """
+)
+
+
+def test_ctrl_c_cancels_every_job(name: str, tmp_path) -> None:
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C)
+    proc = subprocess.Popen([sys.executable, str(script), name], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        assert wait_for(lambda: [j for j, st, _ in squeue(name) if st == "R"], 30)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) != 0
+    finally:
+        proc.kill()
+    assert squeue(name) == []
+
+
+def test_workers_that_cannot_start_fail_the_session_with_slurms_reason(name: str) -> None:
+    t = time.monotonic()
+    with pytest.raises(shoal.SessionError) as info:
+        with shoal.Pool(2, backend="slurm", job_name=name, env={"PYTHONHOME": "/nonexistent"}) as p:
+            p.map(square, range(10))
+    msg = str(info.value)
+    assert "worker job failed (exit code 1) [Slurm job " in msg
+    assert "No module named 'encodings'" in msg  # the worker's own stderr
+    assert time.monotonic() - t < 60
