@@ -257,3 +257,37 @@ def test_workers_that_cannot_start_fail_the_session_with_slurms_reason(name: str
     assert "worker job failed (exit code 1) [Slurm job " in msg
     assert "No module named 'encodings'" in msg  # the worker's own stderr
     assert time.monotonic() - t < 60
+
+
+KILLED_DRIVER = textwrap.dedent(
+    """
+    import sys, time, shoal
+    def nap(x):
+        time.sleep(120)
+        return x
+    with shoal.Pool(2, backend="slurm", job_name=sys.argv[1]) as p:
+        print(p.session, flush=True)
+        p.map(nap, range(4), chunksize=1)
+    """
+)
+
+
+def test_shoal_cancel_of_an_orphaned_session_cancels_its_jobs(name: str, tmp_path) -> None:
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_DRIVER)
+    proc = subprocess.Popen([sys.executable, str(script), name], stdout=subprocess.PIPE, text=True)
+    try:
+        session = proc.stdout.readline().strip()
+        assert wait_for(lambda: [j for j, st, _ in squeue(name) if st == "R"], 30)
+        time.sleep(1.0)  # let session.json record the array ids
+        proc.kill()  # SIGKILL: no cleanup runs in the driver
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    assert squeue(name), "the workers outlive a SIGKILLed driver until cancelled"
+    sessions = subprocess.run(["shoal", "sessions"], capture_output=True, text=True).stdout
+    assert "orphaned" in next(ln for ln in sessions.splitlines() if ln.startswith(session))
+    out = subprocess.run(["shoal", "cancel", session], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "scheduler jobs cancelled" in out.stdout and "(0 local" in out.stdout
+    assert wait_for(lambda: not squeue(name), 30)

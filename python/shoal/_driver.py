@@ -35,6 +35,7 @@ MAP = "map"
 CALLS = "calls"
 STDERR_TAIL = 2000
 DEFAULT_CLUSTER_IDLE = 30.0
+DEFAULT_CLUSTER_WORKERS = 16
 # Options every backend understands; the rest go to the backend as its own options.
 GENERIC_OPTIONS = ("idle_timeout", "heartbeat_timeout", "max_attempts", "env", "metadata")
 _checked_pythons: dict[str, None] = {}
@@ -145,7 +146,9 @@ class Driver:
         metadata: Optional[dict[str, Any]] = None,
     ) -> None:
         if workers is None:
-            workers = os.cpu_count() or 1
+            # Local: one worker per CPU. Clusters: an upper bound that the engine scales down
+            # to the work at hand (queued workers beyond it are given back).
+            workers = (os.cpu_count() or 1) if backend == "local" else DEFAULT_CLUSTER_WORKERS
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ConfigError(f"invalid number of workers {workers!r}: must be an int >= 1")
         if initializer is not None and not callable(initializer):

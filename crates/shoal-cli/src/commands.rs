@@ -294,7 +294,19 @@ fn cancel(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
         return Ok(0);
     }
     // The driver is gone: stop what it left behind ourselves.
-    let killed = kill_local_workers(dir);
+    // Cluster workers are the scheduler's to stop, even when they share this host.
+    let killed = if meta.backend == "local" {
+        kill_local_workers(dir)
+    } else {
+        0
+    };
+    let jobs = shoal_sched::cancel_recorded(&meta.backend, &meta.jobs).map_err(|e| {
+        CoreError::invalid(
+            "session",
+            &meta.id,
+            format!("could not cancel its jobs: {e}"),
+        )
+    })?;
     let mut m = meta;
     m.state = SessionState::Cancelled;
     m.message = Some("cancelled by `shoal cancel` after its driver died".into());
@@ -303,7 +315,7 @@ fn cancel(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
     w(
         out,
         format!(
-            "cancelled orphaned session {} ({killed} local workers killed)\n",
+            "cancelled orphaned session {} ({killed} local workers killed, {jobs} scheduler jobs cancelled)\n",
             m.id
         ),
     )?;

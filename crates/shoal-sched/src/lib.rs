@@ -135,3 +135,39 @@ pub fn build(
         ))),
     }
 }
+
+/// Cancel scheduler jobs recorded in a session file whose driver is gone (`shoal cancel`).
+/// Jobs that already ended are not an error; returns how many ids were handed over.
+pub fn cancel_recorded(backend: &str, jobs: &[String]) -> Result<usize> {
+    let program = match backend {
+        "slurm" => "scancel",
+        "sge" => "qdel",
+        "htcondor" => "condor_rm",
+        _ => return Ok(0),
+    };
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let out = std::process::Command::new(program)
+        .args(jobs)
+        .output()
+        .map_err(|e| SchedError::Missing {
+            what: program.into(),
+            detail: e.to_string(),
+            hint: format!("run `shoal cancel` where the {backend} client commands are on PATH"),
+        })?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let gone = [
+        "not exist",
+        "Invalid job id",
+        "does not exist",
+        "Couldn't find",
+    ];
+    if !out.status.success() && !gone.iter().any(|g| text.contains(g)) {
+        return Err(SchedError::Command {
+            command: format!("{program} {}", jobs.join(" ")),
+            message: text.trim().to_string(),
+        });
+    }
+    Ok(jobs.len())
+}
