@@ -169,6 +169,7 @@ impl Engine {
             progress: None,
             progress_lines: None,
             submitted: 0,
+            last_submit: None,
             retired: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
@@ -360,6 +361,7 @@ struct Runner {
     /// Without a terminal (logs, notebooks) progress is a plain line every few seconds.
     progress_lines: Option<(Instant, Instant)>,
     submitted: u64,
+    last_submit: Option<Instant>,
     /// Workers the engine cancelled itself, and when: a claim one made just before its
     /// cancellation landed goes back to pending (see `sweep_retired`).
     retired: HashMap<String, Instant>,
@@ -720,8 +722,17 @@ impl Runner {
         if active >= target {
             return;
         }
+        // While workers are still queued, work arriving in a trickle (single submits) is
+        // grouped into one submission per poll interval instead of one array per chunk.
+        let recently = self
+            .last_submit
+            .is_some_and(|t| t.elapsed() < sched.poll_interval());
+        if !sched.keep_warm() && pending > 0 && recently {
+            return;
+        }
         match sched.submit(&self.spec, target - active) {
             Ok(ids) => {
+                self.last_submit = Some(Instant::now());
                 self.shared.lock().stats.workers_started += ids.len() as u64;
                 for id in ids {
                     self.submitted += 1;
@@ -937,6 +948,7 @@ mod tests {
             progress: None,
             progress_lines: None,
             submitted: 0,
+            last_submit: None,
             retired: HashMap::new(),
         }
     }
@@ -970,6 +982,28 @@ mod tests {
             0,
             "running workers are never cancelled"
         );
+    }
+
+    #[test]
+    fn trickling_work_is_grouped_into_one_submission_per_poll_interval() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = SessionDir::create(t.path().join("s")).unwrap();
+        let mut r = runner(&dir);
+        let mut sched = Recorder::default();
+        add_chunk(&r, 0);
+        r.scale(&mut sched);
+        assert_eq!(sched.submitted, 1);
+        for c in 1..4 {
+            add_chunk(&r, c);
+            r.scale(&mut sched);
+        }
+        assert_eq!(
+            sched.submitted, 1,
+            "queued worker: wait for the next poll interval"
+        );
+        std::thread::sleep(sched.poll_interval() + Duration::from_millis(5));
+        r.scale(&mut sched);
+        assert_eq!(sched.submitted, 4, "the rest as one submission");
     }
 
     #[test]
