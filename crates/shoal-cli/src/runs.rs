@@ -10,7 +10,7 @@ use shoal_core::session::SessionState;
 use shoal_core::SessionDir;
 use shoal_runs::config::{Config, INIT_TEMPLATE};
 use shoal_runs::params::{check_placeholders, Grid};
-use shoal_runs::registry::{default_path, Counts, NewRun, RunRow};
+use shoal_runs::registry::{default_path, params_json, Counts, NewRun, RunRow};
 use shoal_runs::{git_state, Registry, Result, RunError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -352,7 +352,14 @@ pub fn show(key: &str, json: bool, all: bool, out: &mut dyn Write) -> Result<i32
         let mut j = serde_json::to_value(&r).unwrap_or_default();
         j["display_status"] = r.display_status().into();
         j["counts"] = serde_json::to_value(&c).unwrap_or_default();
-        j["tasks"] = serde_json::to_value(&tasks).unwrap_or_default();
+        j["tasks"] = tasks
+            .iter()
+            .map(|t| {
+                let mut v = serde_json::to_value(t).unwrap_or_default();
+                v["params"] = params_json(&t.params);
+                v
+            })
+            .collect();
         w(out, serde_json::to_string_pretty(&j).unwrap_or_default() + "\n")?;
         return Ok(0);
     }
