@@ -13,8 +13,6 @@ import sys
 import time
 from collections import Counter
 
-import pytest
-
 from procs import live_worker_pids
 
 
@@ -121,7 +119,7 @@ def test_resume_after_sigkill_of_the_driver_runs_no_task_twice(tmp_path):
     data = show(rid, str(tmp_path))
     assert data["display_status"] == "running"
     os.kill(data["driver_pid"], signal.SIGKILL)
-    _, err = proc.communicate(timeout=30)
+    proc.communicate(timeout=30)
     assert proc.returncode != 0
     data = show(rid, str(tmp_path))
     assert data["display_status"] == "interrupted"
@@ -165,8 +163,11 @@ def test_concurrent_runs_and_readers_do_not_fail(tmp_path):
     procs = [
         subprocess.Popen(
             ["shoal", "run", "--name", f"par{k}", "-w", "1", "-p", "i=0..24", "--", "true"],
-            cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            cwd=str(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for k in range(3)
     ]
     reads = 0
@@ -190,7 +191,7 @@ def test_config_errors_point_at_file_and_line(tmp_path):
     sub.mkdir()
     out = shoal("run", "--", "true", cwd=str(sub))
     assert out.returncode == 1
-    assert f"{tmp_path}/shoal.toml:3:1: unknown key \"worker\"" in out.stderr, out.stderr
+    assert f'{tmp_path}/shoal.toml:3:1: unknown key "worker"' in out.stderr, out.stderr
     assert "hint:" in out.stderr and "workers" in out.stderr
     (tmp_path / "shoal.toml").unlink()
     (tmp_path / "pyproject.toml").write_text(
@@ -205,8 +206,13 @@ def test_templates_and_init(tmp_path):
     out = shoal("init", cwd=str(tmp_path))
     assert out.returncode == 0 and (tmp_path / "shoal.toml").exists()
     assert shoal("init", cwd=str(tmp_path)).returncode == 1
-    text = (tmp_path / "shoal.toml").read_text().replace(
-        "[local.default]\n# workers = 4", "[local.default]\nworkers = 1\n\n[local.pair]\nworkers = 2"
+    text = (
+        (tmp_path / "shoal.toml")
+        .read_text()
+        .replace(
+            "[local.default]\n# workers = 4",
+            "[local.default]\nworkers = 1\n\n[local.pair]\nworkers = 2",
+        )
     )
     (tmp_path / "shoal.toml").write_text(text)
     out = shoal("run", "--name", "tpl", "-t", "pair", "--", "true", cwd=str(tmp_path))

@@ -234,7 +234,11 @@ fn join_groups(args: Vec<OsString>) -> Vec<OsString> {
     out
 }
 
-fn dispatch(cmd: &Command, base: &std::path::Path, out: &mut dyn std::io::Write) -> Result<i32, shoal_runs::RunError> {
+fn dispatch(
+    cmd: &Command,
+    base: &std::path::Path,
+    out: &mut dyn std::io::Write,
+) -> Result<i32, shoal_runs::RunError> {
     match cmd {
         Command::Logs {
             session,
@@ -284,11 +288,15 @@ fn dispatch(cmd: &Command, base: &std::path::Path, out: &mut dyn std::io::Write)
                     command,
                 },
                 out,
-            )
+            );
         }
         Command::Runs { json } => return runs::runs(*json, out),
         Command::Show { run, json, all } => return runs::show(run, *json, *all, out),
-        Command::Rerun { run, failed, cancelled } => return runs::rerun(run, *failed, *cancelled, out),
+        Command::Rerun {
+            run,
+            failed,
+            cancelled,
+        } => return runs::rerun(run, *failed, *cancelled, out),
         Command::Resume { run, wait } => return runs::resume(run, *wait, out),
         Command::Rm { run, keep_files } => return runs::rm(run, *keep_files, out),
         Command::ImportQanat { path, output } => {

@@ -113,11 +113,18 @@ pub fn init(force: bool, out: &mut dyn Write) -> Result<i32> {
         ));
     }
     std::fs::write(&path, INIT_TEMPLATE).map_err(|e| shoal_core::CoreError::io(&path, e))?;
-    w(out, "wrote shoal.toml (defaults and backend templates for `shoal run`)\n")?;
+    w(
+        out,
+        "wrote shoal.toml (defaults and backend templates for `shoal run`)\n",
+    )?;
     Ok(0)
 }
 
-pub fn import_qanat(path: Option<&Path>, output: Option<&Path>, out: &mut dyn Write) -> Result<i32> {
+pub fn import_qanat(
+    path: Option<&Path>,
+    output: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<i32> {
     let path = path.unwrap_or(Path::new(".qanat/config.yaml"));
     let text = shoal_runs::qanat::import(path)?;
     match output {
@@ -164,9 +171,19 @@ fn default_name(command: &[String]) -> String {
         .unwrap_or_default();
     let clean: String = stem
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    if clean.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) {
+    if clean
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+    {
         clean
     } else {
         format!("run{clean}")
@@ -200,11 +217,17 @@ pub fn run(a: &RunArgs<'_>, out: &mut dyn Write) -> Result<i32> {
     }
     let grid = Grid::parse(a.params, a.groups)?;
     check_placeholders(a.command, &grid.names())?;
-    let name = a.name.map(str::to_string).unwrap_or_else(|| default_name(a.command));
+    let name = a
+        .name
+        .map(str::to_string)
+        .unwrap_or_else(|| default_name(a.command));
     shoal_runs::registry::check_name(&name)?;
     let results_dir = match a.results_dir {
         Some(d) => cwd.join(d),
-        None => cfg.results_dir.clone().unwrap_or_else(|| cfg.root.join("results")),
+        None => cfg
+            .results_dir
+            .clone()
+            .unwrap_or_else(|| cfg.root.join("results")),
     };
     let combos = grid.expand();
     if a.dry_run {
@@ -213,16 +236,31 @@ pub fn run(a: &RunArgs<'_>, out: &mut dyn Write) -> Result<i32> {
             format!(
                 "{} tasks on {backend}{} (dry run: nothing registered)\n",
                 combos.len(),
-                template.as_ref().map(|t| format!(" with template {}", t.name)).unwrap_or_default()
+                template
+                    .as_ref()
+                    .map(|t| format!(" with template {}", t.name))
+                    .unwrap_or_default()
             ),
         )?;
         for (i, c) in combos.iter().enumerate() {
             let mut vars = c.clone();
-            vars.push(("out".into(), results_dir.join(format!("{name}-ID/{i}")).display().to_string()));
+            vars.push((
+                "out".into(),
+                results_dir
+                    .join(format!("{name}-ID/{i}"))
+                    .display()
+                    .to_string(),
+            ));
             vars.push(("task".into(), i.to_string()));
             vars.push(("run".into(), "ID".into()));
             vars.push(("name".into(), name.clone()));
-            w(out, format!("{i}: {}\n", shoal_runs::params::render(a.command, &vars).join(" ")))?;
+            w(
+                out,
+                format!(
+                    "{i}: {}\n",
+                    shoal_runs::params::render(a.command, &vars).join(" ")
+                ),
+            )?;
         }
         return Ok(0);
     }
@@ -247,7 +285,10 @@ pub fn run(a: &RunArgs<'_>, out: &mut dyn Write) -> Result<i32> {
             run.id,
             run.name,
             combos.len(),
-            run.template.as_ref().map(|t| format!(" [{t}]")).unwrap_or_default(),
+            run.template
+                .as_ref()
+                .map(|t| format!(" [{t}]"))
+                .unwrap_or_default(),
             run.run_dir
         ),
     )?;
@@ -281,7 +322,9 @@ fn drive(reg: &Registry, run: &RunRow, out: &mut dyn Write) -> Result<i32> {
     let status = status.map_err(|e| shoal_core::CoreError::io("driver", e))?;
     let code = {
         use std::os::unix::process::ExitStatusExt;
-        status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+        status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
     };
     let after = reg.get(run.id)?;
     if after.status == "running" {
@@ -289,7 +332,9 @@ fn drive(reg: &Registry, run: &RunRow, out: &mut dyn Write) -> Result<i32> {
         reg.set_status(
             run.id,
             "interrupted",
-            Some(&format!("driver ended with status {code} before the run finished")),
+            Some(&format!(
+                "driver ended with status {code} before the run finished"
+            )),
         )?;
         w(
             out,
@@ -318,11 +363,20 @@ pub fn runs(json: bool, out: &mut dyn Write) -> Result<i32> {
                 j
             })
             .collect();
-        w(out, serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")?;
+        w(
+            out,
+            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+        )?;
         return Ok(0);
     }
     if all.is_empty() {
-        w(out, format!("no runs in {}\nhint: start one with `shoal run --param x=1,2 -- echo {{x}}`\n", default_path().display()))?;
+        w(
+            out,
+            format!(
+                "no runs in {}\nhint: start one with `shoal run --param x=1,2 -- echo {{x}}`\n",
+                default_path().display()
+            ),
+        )?;
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = all
@@ -332,14 +386,23 @@ pub fn runs(json: bool, out: &mut dyn Write) -> Result<i32> {
                 r.id.to_string(),
                 r.name.clone(),
                 r.backend.clone(),
-                r.started.or(Some(r.created)).map(fmt_time).unwrap_or_default(),
+                r.started
+                    .or(Some(r.created))
+                    .map(fmt_time)
+                    .unwrap_or_default(),
                 run_duration(r),
                 r.display_status().to_string(),
                 progress(c),
             ]
         })
         .collect();
-    table(out, &["ID", "NAME", "BACKEND", "STARTED", "DURATION", "STATUS", "PROGRESS"], &rows)?;
+    table(
+        out,
+        &[
+            "ID", "NAME", "BACKEND", "STARTED", "DURATION", "STATUS", "PROGRESS",
+        ],
+        &rows,
+    )?;
     Ok(0)
 }
 
@@ -360,13 +423,22 @@ pub fn show(key: &str, json: bool, all: bool, out: &mut dyn Write) -> Result<i32
                 v
             })
             .collect();
-        w(out, serde_json::to_string_pretty(&j).unwrap_or_default() + "\n")?;
+        w(
+            out,
+            serde_json::to_string_pretty(&j).unwrap_or_default() + "\n",
+        )?;
         return Ok(0);
     }
     let quoted: Vec<String> = r
         .command
         .iter()
-        .map(|a| if a.contains(' ') || a.is_empty() { format!("{a:?}") } else { a.clone() })
+        .map(|a| {
+            if a.contains(' ') || a.is_empty() {
+                format!("{a:?}")
+            } else {
+                a.clone()
+            }
+        })
         .collect();
     let mut s = format!("run {} · {} · {}\n", r.id, r.name, r.display_status());
     s += &format!("command:   {}\n", quoted.join(" "));
@@ -376,15 +448,30 @@ pub fn show(key: &str, json: bool, all: bool, out: &mut dyn Write) -> Result<i32
         .flatten()
         .filter_map(|v| v.as_str().map(|p| format!("--param {p}")))
         .chain(r.params["group"].as_array().into_iter().flatten().map(|g| {
-            let parts: Vec<&str> = g.as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+            let parts: Vec<&str> = g
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect();
             format!("--group {}", parts.join(" "))
         }))
         .collect();
-    s += &format!("params:    {}\n", if specs.is_empty() { "(none)".into() } else { specs.join(" ") });
+    s += &format!(
+        "params:    {}\n",
+        if specs.is_empty() {
+            "(none)".into()
+        } else {
+            specs.join(" ")
+        }
+    );
     s += &format!(
         "backend:   {}{}\n",
         r.backend,
-        r.template.as_ref().map(|t| format!(" · template {t}")).unwrap_or_default()
+        r.template
+            .as_ref()
+            .map(|t| format!(" · template {t}"))
+            .unwrap_or_default()
     );
     if r.options.as_object().is_some_and(|o| !o.is_empty()) {
         s += &format!("options:   {}\n", r.options);
@@ -427,16 +514,32 @@ pub fn show(key: &str, json: bool, all: bool, out: &mut dyn Write) -> Result<i32
             vec![
                 t.idx.to_string(),
                 t.state.clone(),
-                t.exit_code.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+                t.exit_code
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 t.duration.map(fmt_duration).unwrap_or_else(|| "-".into()),
                 t.attempt.to_string(),
-                t.params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+                t.params
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             ]
         })
         .collect();
-    table(out, &["TASK", "STATE", "EXIT", "DURATION", "ATTEMPT", "PARAMS"], &rows)?;
+    table(
+        out,
+        &["TASK", "STATE", "EXIT", "DURATION", "ATTEMPT", "PARAMS"],
+        &rows,
+    )?;
     if tasks.len() > LIMIT && !all {
-        w(out, format!("... {} more tasks (--all shows every task)\n", tasks.len() - LIMIT))?;
+        w(
+            out,
+            format!(
+                "... {} more tasks (--all shows every task)\n",
+                tasks.len() - LIMIT
+            ),
+        )?;
     }
     Ok(0)
 }
@@ -454,21 +557,36 @@ pub fn logs(
     let Some(idx) = task else {
         let failed = reg.tasks(r.id, Some(&["failed"]))?;
         let c = reg.counts(r.id)?;
-        w(out, format!("run {} · {} · {} · {}\n", r.id, r.name, r.display_status(), progress(&c)))?;
+        w(
+            out,
+            format!(
+                "run {} · {} · {} · {}\n",
+                r.id,
+                r.name,
+                r.display_status(),
+                progress(&c)
+            ),
+        )?;
         for t in &failed {
-            let err = std::fs::read_to_string(Path::new(&t.out_dir).join("stderr.txt")).unwrap_or_default();
+            let err = std::fs::read_to_string(Path::new(&t.out_dir).join("stderr.txt"))
+                .unwrap_or_default();
             let last = err.trim_end().lines().last().unwrap_or("").to_string();
             w(
                 out,
                 format!(
                     "task {} failed with exit code {}: {}\n",
                     t.idx,
-                    t.exit_code.map(|e| e.to_string()).unwrap_or_else(|| "?".into()),
+                    t.exit_code
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "?".into()),
                     last
                 ),
             )?;
         }
-        w(out, format!("see one task: shoal logs {} TASK [--stderr]\n", r.id))?;
+        w(
+            out,
+            format!("see one task: shoal logs {} TASK [--stderr]\n", r.id),
+        )?;
         return Ok(if failed.is_empty() { 0 } else { 1 });
     };
     let Some(t) = reg.task(r.id, idx as i64)? else {
@@ -483,9 +601,14 @@ pub fn logs(
             "task {} · {} · exit {} · attempt {}{}\n",
             t.idx,
             t.state,
-            t.exit_code.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+            t.exit_code
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
             t.attempt,
-            t.host.as_ref().map(|h| format!(" · ran on {h}")).unwrap_or_default()
+            t.host
+                .as_ref()
+                .map(|h| format!(" · ran on {h}"))
+                .unwrap_or_default()
         ),
     )?;
     if worker_log {
@@ -523,15 +646,26 @@ fn worker_logs(r: &RunRow, t: &shoal_runs::registry::TaskRow, out: &mut dyn Writ
     let dir = SessionDir::open(session);
     let mut found = None;
     for name in shoal_core::fsutil::list_names(&dir.sub("workers")).unwrap_or_default() {
-        let Some(id) = name.strip_suffix(".json") else { continue };
-        let Ok(bytes) = std::fs::read(dir.sub("workers").join(&name)) else { continue };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
-        if v["host"].as_str() == Some(host) && v["pid"].as_u64().map(|p| p.to_string()).as_deref() == Some(pid) {
+        let Some(id) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let Ok(bytes) = std::fs::read(dir.sub("workers").join(&name)) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        if v["host"].as_str() == Some(host)
+            && v["pid"].as_u64().map(|p| p.to_string()).as_deref() == Some(pid)
+        {
             found = Some(id.to_string());
         }
     }
     let Some(id) = found else {
-        w(out, format!("(worker {host}:{pid} not found in {session})\n"))?;
+        w(
+            out,
+            format!("(worker {host}:{pid} not found in {session})\n"),
+        )?;
         return Ok(1);
     };
     let mut buf = Vec::new();
@@ -554,9 +688,13 @@ fn worker_logs(r: &RunRow, t: &shoal_runs::registry::TaskRow, out: &mut dyn Writ
 /// Stop what a dead driver left behind in its session and wait until its workers are gone,
 /// so no old worker finishes a task that the next driver runs again.
 fn stop_old_session(r: &RunRow, wait: Duration, out: &mut dyn Write) -> Result<()> {
-    let Some(path) = &r.session_path else { return Ok(()) };
+    let Some(path) = &r.session_path else {
+        return Ok(());
+    };
     let dir = SessionDir::open(path);
-    let Ok(meta) = dir.read_meta() else { return Ok(()) };
+    let Ok(meta) = dir.read_meta() else {
+        return Ok(());
+    };
     if meta.state == SessionState::Running {
         let mut sink = Vec::new();
         commands::cancel(&dir, &mut sink)?;
@@ -567,11 +705,19 @@ fn stop_old_session(r: &RunRow, wait: Duration, out: &mut dyn Write) -> Result<(
     loop {
         let mut alive = 0;
         for name in shoal_core::fsutil::list_names(&dir.sub("workers")).unwrap_or_default() {
-            let Some(id) = name.strip_suffix(".json") else { continue };
-            let Ok(bytes) = std::fs::read(dir.sub("workers").join(&name)) else { continue };
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
+            let Some(id) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let Ok(bytes) = std::fs::read(dir.sub("workers").join(&name)) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
             let live = if v["host"].as_str() == Some(me.as_str()) {
-                v["pid"].as_u64().is_some_and(|p| p > 1 && pid_alive(p as u32))
+                v["pid"]
+                    .as_u64()
+                    .is_some_and(|p| p > 1 && pid_alive(p as u32))
             } else {
                 dir.age_of(&dir.heartbeat(id)).is_some_and(|a| a < 15.0)
             };
@@ -581,11 +727,24 @@ fn stop_old_session(r: &RunRow, wait: Duration, out: &mut dyn Write) -> Result<(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            w(out, format!("warning: {alive} workers of session {} still alive after {}s; continuing\n", meta.id, wait.as_secs()))?;
+            w(
+                out,
+                format!(
+                    "warning: {alive} workers of session {} still alive after {}s; continuing\n",
+                    meta.id,
+                    wait.as_secs()
+                ),
+            )?;
             return Ok(());
         }
         if !told {
-            w(out, format!("waiting for {alive} workers of the previous session {} to stop\n", meta.id))?;
+            w(
+                out,
+                format!(
+                    "waiting for {alive} workers of the previous session {} to stop\n",
+                    meta.id
+                ),
+            )?;
             told = true;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -617,7 +776,13 @@ pub fn resume(key: &str, wait: u64, out: &mut dyn Write) -> Result<i32> {
         return Ok(0);
     }
     let _ = n;
-    w(out, format!("resuming run {} ({}): {} unfinished tasks\n", r.id, r.name, c.pending))?;
+    w(
+        out,
+        format!(
+            "resuming run {} ({}): {} unfinished tasks\n",
+            r.id, r.name, c.pending
+        ),
+    )?;
     out.flush().ok();
     drive(&reg, &reg.get(r.id)?, out)
 }
@@ -641,10 +806,25 @@ pub fn rerun(key: &str, failed: bool, cancelled: bool, out: &mut dyn Write) -> R
     }
     let n = reg.new_attempt(r.id, &states)?;
     if n == 0 {
-        w(out, format!("run {} has no {} tasks: nothing to rerun\n", r.id, states.join(" or ")))?;
+        w(
+            out,
+            format!(
+                "run {} has no {} tasks: nothing to rerun\n",
+                r.id,
+                states.join(" or ")
+            ),
+        )?;
         return Ok(0);
     }
-    w(out, format!("rerunning {n} {} tasks of run {} ({}) as a new attempt\n", states.join("/"), r.id, r.name))?;
+    w(
+        out,
+        format!(
+            "rerunning {n} {} tasks of run {} ({}) as a new attempt\n",
+            states.join("/"),
+            r.id,
+            r.name
+        ),
+    )?;
     out.flush().ok();
     drive(&reg, &reg.get(r.id)?, out)
 }
@@ -679,11 +859,23 @@ pub fn cancel(reg: &Registry, r: &RunRow, out: &mut dyn Write) -> Result<i32> {
     stop_old_session(r, Duration::from_secs(30), out)?;
     let n = reg.set_states(r.id, &["pending", "running"], "cancelled")?;
     let now = reg.get(r.id)?;
-    if now.status != "cancelled" && matches!(now.status.as_str(), "running" | "pending" | "interrupted") {
+    if now.status != "cancelled"
+        && matches!(now.status.as_str(), "running" | "pending" | "interrupted")
+    {
         reg.set_status(r.id, "cancelled", Some("cancelled by `shoal cancel`"))?;
     }
     let c = reg.counts(r.id)?;
-    w(out, format!("cancelled run {} ({}): {} tasks cancelled, {} done, {} failed\n", r.id, r.name, c.cancelled.max(n as u64), c.done, c.failed))?;
+    w(
+        out,
+        format!(
+            "cancelled run {} ({}): {} tasks cancelled, {} done, {} failed\n",
+            r.id,
+            r.name,
+            c.cancelled.max(n as u64),
+            c.done,
+            c.failed
+        ),
+    )?;
     Ok(0)
 }
 
@@ -702,7 +894,11 @@ pub fn rm(key: &str, keep_files: bool, out: &mut dyn Write) -> Result<i32> {
             "removed run {} ({}){}\n",
             r.id,
             r.name,
-            if keep_files { format!("; kept {}", r.run_dir) } else { format!(" and {}", r.run_dir) }
+            if keep_files {
+                format!("; kept {}", r.run_dir)
+            } else {
+                format!(" and {}", r.run_dir)
+            }
         ),
     )?;
     Ok(0)

@@ -101,7 +101,9 @@ impl Registry {
         states: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let rows = self.with(py, |r| {
-            let s: Option<Vec<&str>> = states.as_ref().map(|v| v.iter().map(String::as_str).collect());
+            let s: Option<Vec<&str>> = states
+                .as_ref()
+                .map(|v| v.iter().map(String::as_str).collect());
             r.tasks(run_id, s.as_deref())
         })?;
         let l = PyList::empty(py);
@@ -115,7 +117,13 @@ impl Registry {
         self.with(py, |r| r.start_driver(run_id, pid, &host))
     }
 
-    fn set_session(&self, py: Python<'_>, run_id: i64, session: String, path: String) -> PyResult<()> {
+    fn set_session(
+        &self,
+        py: Python<'_>,
+        run_id: i64,
+        session: String,
+        path: String,
+    ) -> PyResult<()> {
         self.with(py, |r| r.set_session(run_id, &session, &path))
     }
 
@@ -161,7 +169,13 @@ impl Registry {
         self.with(py, |r| r.record(run_id, &outs))
     }
 
-    fn set_states(&self, py: Python<'_>, run_id: i64, from_states: Vec<String>, to: String) -> PyResult<usize> {
+    fn set_states(
+        &self,
+        py: Python<'_>,
+        run_id: i64,
+        from_states: Vec<String>,
+        to: String,
+    ) -> PyResult<usize> {
         self.with(py, |r| {
             let f: Vec<&str> = from_states.iter().map(String::as_str).collect();
             r.set_states(run_id, &f, &to)
@@ -169,7 +183,13 @@ impl Registry {
     }
 
     #[pyo3(signature = (run_id, status, message=None))]
-    fn set_status(&self, py: Python<'_>, run_id: i64, status: String, message: Option<String>) -> PyResult<()> {
+    fn set_status(
+        &self,
+        py: Python<'_>,
+        run_id: i64,
+        status: String,
+        message: Option<String>,
+    ) -> PyResult<()> {
         self.with(py, |r| r.set_status(run_id, &status, message.as_deref()))
     }
 

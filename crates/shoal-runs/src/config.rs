@@ -237,9 +237,12 @@ fn check_value(key: &str, kind: Kind, v: &Json) -> std::result::Result<(), (Stri
                 Json::Number(n) => n.to_string(),
                 _ => return type_err("a time limit", "\"1h\""),
             };
-            TimeLimit::parse(key, &text)
-                .map(|_| ())
-                .map_err(|e| (e.to_string(), format!("write e.g. {key} = \"2h\" or \"1-00:00:00\"")))
+            TimeLimit::parse(key, &text).map(|_| ()).map_err(|e| {
+                (
+                    e.to_string(),
+                    format!("write e.g. {key} = \"2h\" or \"1-00:00:00\""),
+                )
+            })
         }
         Kind::Memory => {
             let text = match v {
@@ -301,7 +304,11 @@ impl Config {
                 message.truncate(i);
                 return ctx.err(span, message, hint);
             }
-            ctx.err(span, message, "see docs/runs.md for the config format".into())
+            ctx.err(
+                span,
+                message,
+                "see docs/runs.md for the config format".into(),
+            )
         };
         let raw: RawConfig = if pyproject {
             let p: Pyproject = toml::from_str(text).map_err(de_err)?;
@@ -497,19 +504,39 @@ mod tests {
 
     #[test]
     fn errors_point_at_file_and_line() {
-        let e = parse("[slurm.default]\ncpus = 1\ncpu = 2\n").unwrap_err().to_string();
-        assert!(e.starts_with("/p/shoal.toml:3:1: unknown key \"cpu\""), "{e}");
+        let e = parse("[slurm.default]\ncpus = 1\ncpu = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/p/shoal.toml:3:1: unknown key \"cpu\""),
+            "{e}"
+        );
         assert!(e.contains("cpus, memory, time"), "{e}");
-        let e = parse("[slurm.default]\n\ntime = \"10x\"\n").unwrap_err().to_string();
+        let e = parse("[slurm.default]\n\ntime = \"10x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("/p/shoal.toml:3:8: "), "{e}");
         assert!(e.contains("10x"), "{e}");
         let e = parse("[sge.a]\nslots = 0\n").unwrap_err().to_string();
-        assert!(e.starts_with("/p/shoal.toml:2:9: slots must be an integer >= 1"), "{e}");
-        let e = parse("[defaults]\nbakend = \"x\"\n").unwrap_err().to_string();
-        assert!(e.starts_with("/p/shoal.toml:2:1: unknown field `bakend`"), "{e}");
+        assert!(
+            e.starts_with("/p/shoal.toml:2:9: slots must be an integer >= 1"),
+            "{e}"
+        );
+        let e = parse("[defaults]\nbakend = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/p/shoal.toml:2:1: unknown field `bakend`"),
+            "{e}"
+        );
         let e = parse("[pbs.default]\n").unwrap_err().to_string();
-        assert!(e.starts_with("/p/shoal.toml:1:2: unknown field `pbs`"), "{e}");
-        let e = parse("[defaults]\nbackend = \"pbs\"\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("/p/shoal.toml:1:2: unknown field `pbs`"),
+            "{e}"
+        );
+        let e = parse("[defaults]\nbackend = \"pbs\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(":2:11: unknown backend"), "{e}");
         let e = parse("[slurm.default\n").unwrap_err().to_string();
         assert!(e.starts_with("/p/shoal.toml:1:"), "{e}");
@@ -524,13 +551,20 @@ mod tests {
         assert!(e.starts_with("/p/pyproject.toml:6:18: "), "{e}");
         let ok = "[tool.shoal.htcondor.default]\nrequest_cpus = 2\n";
         let c = Config::parse(Path::new("/p/pyproject.toml"), ok).unwrap();
-        assert_eq!(c.template("htcondor", None).unwrap().unwrap().options["request_cpus"], 2);
+        assert_eq!(
+            c.template("htcondor", None).unwrap().unwrap().options["request_cpus"],
+            2
+        );
     }
 
     #[test]
     fn find_walks_up() {
         let t = tempfile::tempdir().unwrap();
-        std::fs::write(t.path().join("pyproject.toml"), "[tool.shoal.defaults]\nbackend = \"sge\"\n").unwrap();
+        std::fs::write(
+            t.path().join("pyproject.toml"),
+            "[tool.shoal.defaults]\nbackend = \"sge\"\n",
+        )
+        .unwrap();
         let sub = t.path().join("a/b");
         std::fs::create_dir_all(&sub).unwrap();
         let c = Config::find(&sub).unwrap();

@@ -60,7 +60,11 @@ fn split_assignment(spec: &str) -> Result<(String, &str)> {
         ));
     }
     if values.is_empty() {
-        return Err(RunError::param(spec, "no values", "give at least one value"));
+        return Err(RunError::param(
+            spec,
+            "no values",
+            "give at least one value",
+        ));
     }
     Ok((name.to_string(), values))
 }
@@ -114,7 +118,10 @@ fn expand_item(spec: &str, item: &str, out: &mut Vec<String>) -> Result<()> {
             if step == 0.0 || !step.is_finite() || (stop - start) * step < 0.0 {
                 return Err(RunError::param(
                     spec,
-                    format!("step {} never gets from {} to {}", parts[2], parts[0], parts[1]),
+                    format!(
+                        "step {} never gets from {} to {}",
+                        parts[2], parts[0], parts[1]
+                    ),
                     "write START:STOP:STEP with a step that moves towards STOP, e.g. 0:1:0.25",
                 ));
             }
@@ -398,9 +405,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("given twice"), "{e}");
-        let e = Grid::parse(&["a=0..999".into(), "b=0..999".into(), "c=0..9".into()], &[])
-            .unwrap_err()
-            .to_string();
+        let e = Grid::parse(
+            &["a=0..999".into(), "b=0..999".into(), "c=0..9".into()],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("more than"), "{e}");
     }
 
@@ -409,15 +419,15 @@ mod tests {
         let g = Grid::parse(&["lr=0.1,0.01".into(), "seed=0..2".into()], &[]).unwrap();
         assert_eq!(g.len(), 6);
         let c = g.expand();
-        let flat: Vec<String> = c
-            .iter()
-            .map(|c| format!("{}/{}", c[0].1, c[1].1))
-            .collect();
+        let flat: Vec<String> = c.iter().map(|c| format!("{}/{}", c[0].1, c[1].1)).collect();
         assert_eq!(
             flat,
             ["0.1/0", "0.1/1", "0.1/2", "0.01/0", "0.01/1", "0.01/2"]
         );
-        assert_eq!(c[4], vec![("lr".into(), "0.01".into()), ("seed".into(), "1".into())]);
+        assert_eq!(
+            c[4],
+            vec![("lr".into(), "0.01".into()), ("seed".into(), "1".into())]
+        );
     }
 
     #[test]
@@ -432,7 +442,12 @@ mod tests {
         assert_eq!(c.len(), 6);
         let flat: Vec<String> = c
             .iter()
-            .map(|c| c.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(""))
+            .map(|c| {
+                c.iter()
+                    .map(|(_, v)| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join("")
+            })
             .collect();
         assert_eq!(flat, ["01x", "02y", "03z", "11x", "12y", "13z"]);
         let e = parse_group(&["a=1,2".into(), "b=x".into()])
@@ -449,19 +464,39 @@ mod tests {
 
     #[test]
     fn placeholders() {
-        let cmd: Vec<String> = ["python", "t.py", "--lr={lr}", "{out}/m.pt", "{{lit}}", "{print $1}"]
-            .map(String::from)
-            .to_vec();
+        let cmd: Vec<String> = [
+            "python",
+            "t.py",
+            "--lr={lr}",
+            "{out}/m.pt",
+            "{{lit}}",
+            "{print $1}",
+        ]
+        .map(String::from)
+        .to_vec();
         check_placeholders(&cmd, &["lr".into()]).unwrap();
         let r = render(
             &cmd,
             &[("lr".into(), "0.1".into()), ("out".into(), "/r/3".into())],
         );
-        assert_eq!(r, ["python", "t.py", "--lr=0.1", "/r/3/m.pt", "{lit}", "{print $1}"]);
+        assert_eq!(
+            r,
+            [
+                "python",
+                "t.py",
+                "--lr=0.1",
+                "/r/3/m.pt",
+                "{lit}",
+                "{print $1}"
+            ]
+        );
         let e = check_placeholders(&["{seed}".into()], &["lr".into()])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown placeholder {seed}") && e.contains("{lr}"), "{e}");
+        assert!(
+            e.contains("unknown placeholder {seed}") && e.contains("{lr}"),
+            "{e}"
+        );
     }
 
     #[test]

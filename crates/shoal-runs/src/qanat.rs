@@ -50,7 +50,9 @@ fn slurm_template(map: &serde_yaml::Mapping, notes: &mut Vec<String>) -> toml::T
                 t.insert(o.into(), toml::Value::String(val));
             }
             None if matches!(key, "--output" | "-o" | "--error" | "-e") => {
-                notes.push(format!("dropped slurm {key} (shoal keeps worker logs itself)"));
+                notes.push(format!(
+                    "dropped slurm {key} (shoal keeps worker logs itself)"
+                ));
             }
             None if key.starts_with("--") => extra.push(format!("{key}={val}")),
             None => {
@@ -93,7 +95,9 @@ fn htcondor_template(map: &serde_yaml::Mapping, notes: &mut Vec<String>) -> toml
                 );
             }
             "executable" | "arguments" | "output" | "error" | "log" | "queue" => {
-                notes.push(format!("dropped htcondor {key} (shoal writes these itself)"));
+                notes.push(format!(
+                    "dropped htcondor {key} (shoal writes these itself)"
+                ));
             }
             _ if key.starts_with('+') || key.starts_with("My.") => {
                 let name = key.trim_start_matches('+').trim_start_matches("My.");
@@ -113,8 +117,7 @@ fn htcondor_template(map: &serde_yaml::Mapping, notes: &mut Vec<String>) -> toml
 
 /// Read a Qanat config and return shoal.toml text (checked by shoal's own config parser).
 pub fn import(path: &Path) -> Result<String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| shoal_core::CoreError::io(path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| shoal_core::CoreError::io(path, e))?;
     let doc: Yaml = serde_yaml::from_str(&text).map_err(|e| {
         let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
         RunError::Config {
@@ -152,7 +155,10 @@ pub fn import(path: &Path) -> Result<String> {
         )));
     }
     let body = toml::to_string(&root).map_err(|e| RunError::Command(e.to_string()))?;
-    let mut out = format!("# Imported from {} by `shoal import-qanat`.\n", path.display());
+    let mut out = format!(
+        "# Imported from {} by `shoal import-qanat`.\n",
+        path.display()
+    );
     for n in &notes {
         out.push_str(&format!("# note: {n}\n"));
     }
@@ -195,6 +201,9 @@ mod tests {
         assert_eq!(s["time"], "1-00:00:00");
         assert_eq!(s["sbatch_args"][0], "--ntasks=1");
         let g = c.template("slurm", Some("gpu")).unwrap().unwrap().options;
-        assert_eq!((g["gres"].as_str(), g["memory"].as_str()), (Some("gpu:1"), Some("8G")));
+        assert_eq!(
+            (g["gres"].as_str(), g["memory"].as_str()),
+            (Some("gpu:1"), Some("8G"))
+        );
     }
 }

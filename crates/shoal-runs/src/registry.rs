@@ -314,7 +314,10 @@ impl Registry {
 
     /// One IMMEDIATE transaction: takes the write lock up front, so the busy timeout applies
     /// (a deferred transaction upgrading to a writer can fail at once under WAL).
-    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
             .map_err(|e| self.db(e))?;
         let v = f(&tx).map_err(|e| self.db(e))?;
@@ -561,8 +564,17 @@ impl Registry {
             let mut n = 0;
             for o in outcomes {
                 n += stmt.execute(params![
-                    id, o.idx, o.state, o.exit_code, o.duration, o.started, o.ended, o.host,
-                    o.worker, o.session, o.attempt
+                    id,
+                    o.idx,
+                    o.state,
+                    o.exit_code,
+                    o.duration,
+                    o.started,
+                    o.ended,
+                    o.host,
+                    o.worker,
+                    o.session,
+                    o.attempt
                 ])?;
             }
             Ok(n)
@@ -650,12 +662,7 @@ impl Registry {
 
 /// Parameters of a task as a JSON object with typed values (ints, floats, strings).
 pub fn params_json(params: &[(String, String)]) -> Json {
-    Json::Object(
-        params
-            .iter()
-            .map(|(k, v)| (k.clone(), typed(v)))
-            .collect(),
-    )
+    Json::Object(params.iter().map(|(k, v)| (k.clone(), typed(v))).collect())
 }
 
 #[cfg(test)]
@@ -683,7 +690,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let reg = Registry::open(&t.path().join("runs.db")).unwrap();
         let grid = Grid::parse(&["lr=1,2".into()], &[]).unwrap();
-        let run = reg.create_run(&new_run(t.path(), "iris"), &grid.expand()).unwrap();
+        let run = reg
+            .create_run(&new_run(t.path(), "iris"), &grid.expand())
+            .unwrap();
         assert_eq!(run.id, 1);
         assert!(run.run_dir.ends_with("results/iris-1"), "{}", run.run_dir);
         assert_eq!(run.git_dirty, Some(true));
@@ -691,7 +700,8 @@ mod tests {
         assert_eq!(tasks.len(), 2);
         assert_eq!(tasks[1].argv[1], "2");
         assert!(tasks[1].argv[2].ends_with("iris-1/1"));
-        reg.start_driver(1, std::process::id(), &hostname()).unwrap();
+        reg.start_driver(1, std::process::id(), &hostname())
+            .unwrap();
         assert_eq!(reg.get(1).unwrap().display_status(), "running");
         reg.mark_running(1, &[0, 1]).unwrap();
         let fail = Outcome {
@@ -720,7 +730,10 @@ mod tests {
         );
         assert_eq!(reg.new_attempt(1, &["failed"]).unwrap(), 1);
         let t1 = reg.task(1, 1).unwrap().unwrap();
-        assert_eq!((t1.state.as_str(), t1.attempt, t1.exit_code), ("pending", 2, None));
+        assert_eq!(
+            (t1.state.as_str(), t1.attempt, t1.exit_code),
+            ("pending", 2, None)
+        );
         assert_eq!(reg.attempts(1, 1).unwrap()[0].exit_code, Some(3));
         // A stale outcome of attempt 1 no longer applies.
         assert_eq!(reg.record(1, &[fail]).unwrap(), 0);
@@ -757,7 +770,9 @@ mod tests {
                     let reg = Registry::open(&path).unwrap();
                     for _ in 0..10 {
                         let combos: Vec<Combination> = (0..20).map(|_| vec![]).collect();
-                        let run = reg.create_run(&new_run(&dir, &format!("w{k}")), &combos).unwrap();
+                        let run = reg
+                            .create_run(&new_run(&dir, &format!("w{k}")), &combos)
+                            .unwrap();
                         let outs: Vec<Outcome> = (0..20)
                             .map(|i| Outcome {
                                 idx: i,
