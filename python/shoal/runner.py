@@ -323,6 +323,9 @@ def drive(reg: Any, run_id: int) -> int:
         outcome = "interrupted"
     except _Cancelled:
         outcome = "cancelled"
+    except Exception as e:  # the pool could not start (bad option, backend unavailable)
+        outcome = "error"
+        errors.append(f"{type(e).__name__}: {e}")
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     rec.tick(force=True)
@@ -335,6 +338,15 @@ def drive(reg: Any, run_id: int) -> int:
         reg.set_status(run_id, "interrupted", "interrupted (Ctrl-C)")
         print(f"run {run_id} interrupted; `shoal resume {run_id}` finishes it", file=sys.stderr)
         return 130
+    if outcome == "error":
+        reg.set_states(run_id, ["running"], "pending")
+        reg.set_status(run_id, "failed", errors[-1])
+        print(
+            f"error: {errors[-1]}\nrun {run_id} failed before its tasks ran; fix the cause, "
+            f"then `shoal resume {run_id}`",
+            file=sys.stderr,
+        )
+        return 2
     if outcome == "cancelled":
         reg.set_states(run_id, ["pending", "running"], "cancelled")
         reg.set_status(run_id, "cancelled", "cancelled by `shoal cancel`")
