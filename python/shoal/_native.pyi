@@ -1,7 +1,7 @@
 """Type stubs for the Rust extension module shoal._native."""
 
 from os import PathLike
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 __version__: str
 
@@ -63,6 +63,37 @@ class Worker:
         chunk_error: Optional[str] = None,
         elapsed: float = 0.0,
     ) -> None: ...
+
+class Registry:
+    """The run registry (SQLite, WAL) shared by `shoal run` and `shoal.runner`."""
+
+    def __init__(self, path: Optional[Union[str, PathLike[str]]] = None) -> None: ...
+    def run(self, run_id: int) -> dict[str, Any]: ...
+    def tasks(self, run_id: int, states: Optional[list[str]] = None) -> list[dict[str, Any]]: ...
+    def start_driver(self, run_id: int, pid: int, host: str) -> None: ...
+    def set_session(self, run_id: int, session: str, path: str) -> None: ...
+    def mark_running(self, run_id: int, idxs: list[int]) -> int: ...
+    def record(
+        self,
+        run_id: int,
+        outcomes: list[
+            tuple[
+                int,
+                int,
+                str,
+                Optional[int],
+                Optional[float],
+                Optional[float],
+                Optional[float],
+                Optional[str],
+                Optional[str],
+                Optional[str],
+            ]
+        ],
+    ) -> int: ...
+    def set_states(self, run_id: int, from_states: list[str], to: str) -> int: ...
+    def set_status(self, run_id: int, status: str, message: Optional[str] = None) -> None: ...
+    def settle(self, run_id: int) -> str: ...
 
 def cli_main(argv: list[str]) -> int: ...
 def default_work_dir() -> str: ...

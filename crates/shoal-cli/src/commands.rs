@@ -20,6 +20,7 @@ pub fn dispatch(cmd: &Command, base: &Path, out: &mut dyn Write) -> Result<i32> 
             stdout,
             stderr,
             worker,
+            ..
         } => {
             let dir = find_session(base, session)?;
             let streams: &[Stream] = match (stdout, stderr) {
@@ -35,10 +36,12 @@ pub fn dispatch(cmd: &Command, base: &Path, out: &mut dyn Write) -> Result<i32> 
         }
         Command::Cancel { session } => cancel(&find_session(base, session)?, out),
         Command::Clean { all } => clean(base, *all, out),
+        // The run subcommands are dispatched in lib.rs before reaching here.
+        _ => Ok(2),
     }
 }
 
-fn w(out: &mut dyn Write, s: impl AsRef<str>) -> Result<()> {
+pub(crate) fn w(out: &mut dyn Write, s: impl AsRef<str>) -> Result<()> {
     out.write_all(s.as_ref().as_bytes())
         .map_err(|e| CoreError::io("<stdout>", e))
 }
@@ -267,7 +270,7 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
-fn cancel(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
+pub(crate) fn cancel(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
     let meta = dir.read_meta()?;
     if meta.state != SessionState::Running {
         w(
@@ -428,6 +431,7 @@ mod tests {
                 stdout: false,
                 stderr: false,
                 worker: None,
+                worker_log: false,
             },
             t.path(),
         );
@@ -447,6 +451,7 @@ mod tests {
                 stdout: true,
                 stderr: false,
                 worker: None,
+                worker_log: false,
             },
             t.path(),
         );
@@ -468,6 +473,7 @@ mod tests {
                 stdout: false,
                 stderr: false,
                 worker: None,
+                worker_log: false,
             },
             t.path(),
         );

@@ -2,6 +2,7 @@
 //! crates; this crate is also linked into the Python wheel so `pip install` provides `shoal`.
 
 mod commands;
+mod runs;
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -14,7 +15,8 @@ use std::path::PathBuf;
     about = "Run Python tasks on local processes, Slurm, HTCondor or SGE — and inspect them",
     long_about = "Run Python tasks on local processes, Slurm, HTCondor or SGE — and inspect them.\n\n\
                   In Python: `with shoal.Pool() as pool: pool.map(f, items)`.\n\
-                  From here: list sessions, read a task's output and traceback, cancel a session."
+                  From here: list sessions, read a task's output and traceback, cancel a session;\n\
+                  run a command over a parameter grid (`shoal run`) and inspect runs (`shoal runs`)."
 )]
 pub struct Cli {
     /// Directory holding session work dirs [default: $SHOAL_HOME/sessions or ~/.shoal/sessions]
@@ -32,11 +34,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show a task's stdout/stderr and traceback, or a session's failed tasks
+    /// Show a task's output: of a run (RUN [TASK]) or of a session (SESSION [TASK])
+    ///
+    /// RUN is a run id (a number) or name (starts with a letter); anything else, or a key that
+    /// no run has, is a session id (or unique prefix, or path). `shoal logs RUN` lists the
+    /// run's failed tasks; `shoal logs RUN TASK` prints that task's captured stdout and stderr.
     Logs {
-        /// Session id (or unique prefix, or path)
+        /// Run id or name, or session id (or unique prefix, or path)
+        #[arg(value_name = "RUN|SESSION")]
         session: String,
-        /// Task number as shown in errors (`shoal logs SESSION TASK`)
+        /// Task number (`shoal show RUN` lists them; errors name them for sessions)
         task: Option<u64>,
         /// Only stdout
         #[arg(long, conflicts_with = "stderr")]
@@ -44,13 +51,17 @@ pub enum Command {
         /// Only stderr
         #[arg(long)]
         stderr: bool,
-        /// Show a whole worker's log instead of one task's
+        /// Show a whole worker's log instead of one task's (sessions)
         #[arg(long, value_name = "WORKER", conflicts_with = "task")]
         worker: Option<String>,
+        /// For a run's task: the scheduler-side log of the worker that ran it
+        #[arg(long, requires = "task")]
+        worker_log: bool,
     },
-    /// Cancel a session: stop its workers and fail its pending tasks
+    /// Cancel a run (stop its driver and workers, mark unfinished tasks cancelled) or a session
     Cancel {
-        /// Session id (or unique prefix, or path)
+        /// Run id or name, or session id (or unique prefix, or path)
+        #[arg(value_name = "RUN|SESSION")]
         session: String,
     },
     /// Remove kept work dirs of sessions that are no longer running
@@ -58,6 +69,106 @@ pub enum Command {
         /// Also remove sessions that failed or were cancelled (default: only finished ones)
         #[arg(long)]
         all: bool,
+    },
+    /// Write a commented shoal.toml (run defaults and backend templates) here
+    Init {
+        /// Overwrite an existing shoal.toml
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run a command over a parameter grid, one task per combination, recorded as a run
+    ///
+    /// Example: shoal run --name iris --backend slurm --template two_cpus
+    ///   --param lr=0.1,0.01 --param seed=0..4 -- python train.py --lr {lr} --out {out}
+    ///
+    /// Values: `a,b,c` a list; `0..4` integers 0 to 4 inclusive; `0:1:0.25` start:stop:step
+    /// (stop included); list items may be ranges; `\,` is a literal comma. Each --param is
+    /// one axis of the grid (product); --group zips its parameters (equal lengths).
+    /// Placeholders: {NAME} for each parameter, {out} the task's output dir, {task} its
+    /// number, {run} the run id, {name} the run name; {{ and }} are literal braces.
+    Run {
+        /// Run name (letters, digits, _ . -; starts with a letter) [default: the script's name]
+        #[arg(long)]
+        name: Option<String>,
+        /// local, slurm, sge or htcondor [default: config's defaults.backend, else local]
+        #[arg(long, short)]
+        backend: Option<String>,
+        /// Template of backend options from shoal.toml [default: the backend's `default`]
+        #[arg(long, short)]
+        template: Option<String>,
+        /// NAME=VALUES: one axis of the grid
+        #[arg(long = "param", short = 'p', value_name = "NAME=VALUES")]
+        params: Vec<String>,
+        /// NAME=VALUES NAME=VALUES...: parameters zipped together into one axis
+        #[arg(long = "group", short = 'g', value_name = "NAME=VALUES...")]
+        groups: Vec<String>,
+        /// Number of workers (overrides the template's `workers`)
+        #[arg(long, short)]
+        workers: Option<usize>,
+        /// Where run dirs go [default: config's defaults.results_dir, else ./results]
+        #[arg(long, value_name = "DIR")]
+        results_dir: Option<PathBuf>,
+        /// Config file [default: shoal.toml or pyproject.toml found from the cwd upwards]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print the tasks without registering or running anything
+        #[arg(long)]
+        dry_run: bool,
+        /// The command, after `--`
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// List runs: id, name, backend, started, duration, status, progress
+    Runs {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run: command, parameters, template, git commit, per-state counts, tasks
+    Show {
+        /// Run id or name
+        run: String,
+        /// Print JSON (with every task) instead of text
+        #[arg(long)]
+        json: bool,
+        /// List every task (default: the first 50)
+        #[arg(long)]
+        all: bool,
+    },
+    /// Run a run's failed (and/or cancelled) tasks again, as a new attempt
+    Rerun {
+        /// Run id or name
+        run: String,
+        /// Rerun failed tasks
+        #[arg(long)]
+        failed: bool,
+        /// Rerun cancelled tasks
+        #[arg(long)]
+        cancelled: bool,
+    },
+    /// Finish a run whose driver died or was interrupted, without redoing finished tasks
+    Resume {
+        /// Run id or name
+        run: String,
+        /// Seconds to wait for the previous driver's workers to stop
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Remove a run from the registry and delete its results dir
+    Rm {
+        /// Run id or name
+        run: String,
+        /// Keep the results dir
+        #[arg(long)]
+        keep_files: bool,
+    },
+    /// Convert Qanat's submit templates (.qanat/config.yaml) into shoal.toml templates
+    ImportQanat {
+        /// Qanat config [default: .qanat/config.yaml]
+        path: Option<PathBuf>,
+        /// Write this file instead of printing
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -67,7 +178,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match Cli::try_parse_from(join_groups(args.into_iter().map(Into::into).collect())) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -79,11 +190,119 @@ where
         .clone()
         .unwrap_or_else(shoal_core::session::default_base);
     let mut out = std::io::stdout().lock();
-    match commands::dispatch(&cli.command, &base, &mut out) {
+    match dispatch(&cli.command, &base, &mut out) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             1
         }
     }
+}
+
+/// `--group a=1,2 b=x,y` takes every following word up to the next option as one group;
+/// clap keeps one value per occurrence, so the words are joined here and split again later.
+const GROUP_SEP: char = '\u{1f}';
+
+fn join_groups(args: Vec<OsString>) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter().peekable();
+    let mut seen_run = false;
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy().into_owned();
+        if s == "--" {
+            out.push(a);
+            out.extend(it);
+            break;
+        }
+        seen_run |= s == "run";
+        if seen_run && (s == "--group" || s == "-g") {
+            out.push(a);
+            let mut words = Vec::new();
+            while let Some(next) = it.peek() {
+                let n = next.to_string_lossy();
+                if n.starts_with('-') {
+                    break;
+                }
+                words.push(n.into_owned());
+                it.next();
+            }
+            out.push(words.join(&GROUP_SEP.to_string()).into());
+            continue;
+        }
+        out.push(a);
+    }
+    out
+}
+
+fn dispatch(
+    cmd: &Command,
+    base: &std::path::Path,
+    out: &mut dyn std::io::Write,
+) -> Result<i32, shoal_runs::RunError> {
+    match cmd {
+        Command::Logs {
+            session,
+            task,
+            stdout,
+            stderr,
+            worker_log,
+            ..
+        } => {
+            if let Some((reg, run)) = runs::lookup(session)? {
+                return runs::logs(&reg, &run, *task, *stdout, *stderr, *worker_log, out);
+            }
+        }
+        Command::Cancel { session } => {
+            if let Some((reg, run)) = runs::lookup(session)? {
+                return runs::cancel(&reg, &run, out);
+            }
+        }
+        Command::Init { force } => return runs::init(*force, out),
+        Command::Run {
+            name,
+            backend,
+            template,
+            params,
+            groups,
+            workers,
+            results_dir,
+            config,
+            dry_run,
+            command,
+        } => {
+            let groups: Vec<Vec<String>> = groups
+                .iter()
+                .map(|g| g.split(GROUP_SEP).map(str::to_string).collect())
+                .collect();
+            return runs::run(
+                &runs::RunArgs {
+                    name: name.as_deref(),
+                    backend: backend.as_deref(),
+                    template: template.as_deref(),
+                    params,
+                    groups: &groups,
+                    workers: *workers,
+                    results_dir: results_dir.as_deref(),
+                    config: config.as_deref(),
+                    dry_run: *dry_run,
+                    command,
+                },
+                out,
+            );
+        }
+        Command::Runs { json } => return runs::runs(*json, out),
+        Command::Show { run, json, all } => return runs::show(run, *json, *all, out),
+        Command::Rerun {
+            run,
+            failed,
+            cancelled,
+        } => return runs::rerun(run, *failed, *cancelled, out),
+        Command::Resume { run, wait } => return runs::resume(run, *wait, out),
+        Command::Rm { run, keep_files } => return runs::rm(run, *keep_files, out),
+        Command::ImportQanat { path, output } => {
+            return runs::import_qanat(path.as_deref(), output.as_deref(), out)
+        }
+        _ => {}
+    }
+    Ok(commands::dispatch(cmd, base, out)?)
 }

@@ -1,6 +1,8 @@
 //! `shoal._native`: converts between Python and the library crates, maps errors onto the
 //! `shoal.errors` hierarchy and releases the GIL whenever Rust waits. No logic lives here.
 
+mod registry;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -16,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Raise the `shoal.errors` class named `class` with `msg`.
-fn raise(py: Python<'_>, class: &str, msg: String) -> PyErr {
+pub(crate) fn raise(py: Python<'_>, class: &str, msg: String) -> PyErr {
     match py
         .import("shoal.errors")
         .and_then(|m| m.getattr(class))
@@ -444,6 +446,7 @@ fn default_work_dir() -> PathBuf {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Session>()?;
     m.add_class::<Worker>()?;
+    m.add_class::<registry::Registry>()?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(default_work_dir, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
