@@ -5,6 +5,7 @@
 //! work-dir protocol and the Python API stay unchanged.
 
 pub mod error;
+pub mod htcondor;
 pub mod local;
 
 pub use error::{Result, SchedError};
@@ -103,7 +104,11 @@ pub const BACKENDS: [&str; 4] = ["local", "slurm", "htcondor", "sge"];
 
 /// Build a backend from its name, the number of workers wanted and its own options (JSON
 /// object: backend-specific keys). Unknown names and options are errors that list the choices.
-pub fn build(name: &str, workers: usize, options: &serde_json::Value) -> Result<Box<dyn Scheduler>> {
+pub fn build(
+    name: &str,
+    workers: usize,
+    options: &serde_json::Value,
+) -> Result<Box<dyn Scheduler>> {
     let extra: Vec<&String> = options
         .as_object()
         .map(|o| o.keys().collect())
@@ -118,7 +123,8 @@ pub fn build(name: &str, workers: usize, options: &serde_json::Value) -> Result<
             }
             Ok(Box::new(local::LocalScheduler::new(workers)?))
         }
-        "slurm" | "htcondor" | "sge" => Err(SchedError::Config(format!(
+        "htcondor" => Ok(Box::new(htcondor::HtcondorScheduler::new(workers, options)?)),
+        "slurm" | "sge" => Err(SchedError::Config(format!(
             "backend {name:?} is not available in this version of shoal yet\nhint: use backend=\"local\""
         ))),
         other => Err(SchedError::Config(format!(
