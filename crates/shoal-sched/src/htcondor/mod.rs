@@ -621,9 +621,8 @@ impl Scheduler for HtcondorScheduler {
                 msg
             };
             return Err(SchedError::Config(format!(
-                "condor_submit rejected the worker submit description:\n{}\nhint: fix the option it names (requirements=, request_*=, universe=, extra_directives=); the description is in {}",
-                msg.trim(),
-                file.display()
+                "condor_submit rejected the worker submit description:\n{}\nhint: fix the option it names (requirements=, request_*=, universe=, extra_directives=)",
+                msg.trim()
             )));
         }
         self.session_root = Some(spec.session.root().to_path_buf());
