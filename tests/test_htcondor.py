@@ -109,9 +109,11 @@ def shoal_jobs() -> list[str]:
 @pytest.fixture(scope="module")
 def condor() -> Runner:
     as_user = os.geteuid() == 0
-    if as_user:
-        # Build this checkout's wheel into the job interpreter (a no-op when up to date).
+    if as_user and subprocess.run([str(PREPARE), "--check"]).returncode != 0:
+        # Build this checkout's wheel into the job interpreter; a debug build is quicker and
+        # enough for tests (benches/htcondor/run installs a release build).
         env = {**os.environ, "PYTHON": sys.executable}
+        env.setdefault("SHOAL_WHEEL_PROFILE", "debug")
         maturin = Path(sys.executable).with_name("maturin")
         if maturin.exists():
             env["MATURIN"] = str(maturin)

@@ -4,7 +4,7 @@
 # on the host and inside the condor chroot, and a venv with the checkout's wheel installed.
 #
 #   sudo ci/clusters/condor-python.sh           # create or update (a no-op when up to date)
-#   ci/clusters/condor-python.sh --check        # exit 0 if up to date with the checkout
+#   ci/clusters/condor-python.sh --check        # exit 0 if up to date with the checkout (any profile)
 #   ci/clusters/condor-python.sh --print        # print the venv's python path
 #
 # Why: the pyenv Pythons live under /root (0700), unreadable by the job user, and the chroot's
@@ -25,20 +25,22 @@ R=${SHOAL_CONDOR_ROOT:-/var/lib/shoal-condor}
 PROFILE=${SHOAL_WHEEL_PROFILE:-release}
 VENV_PY=$DEST/venv/bin/python
 
-# what the installed wheel was built from: the sources and the build profile
+# what the installed wheel was built from
 source_hash() {
   (cd "$REPO" && find crates python Cargo.toml Cargo.lock pyproject.toml -type f \
       -not -path '*/__pycache__/*' -not -name '*.so' -not -name '*.pyc' -print0 2>/dev/null |
-    sort -z | xargs -0 sha1sum; echo "$PROFILE") | sha1sum | cut -c1-16
+    sort -z | xargs -0 sha1sum) | sha1sum | cut -c1-16
 }
 bound() { mountpoint -q "$R$DEST"; }
+# up to date: same sources, visible in the chroot, and (unless $1 = any) the wanted profile
 up_to_date() {
   [ -x "$VENV_PY" ] && [ "$(cat "$DEST/.source-hash" 2>/dev/null)" = "$(source_hash)" ] &&
+    { [ "${1:-}" = any ] || [ "$(cat "$DEST/.profile" 2>/dev/null)" = "$PROFILE" ]; } &&
     { [ ! -d "$R/usr" ] || bound; }
 }
 
 case "${1:-}" in
-  --check) up_to_date; exit ;;
+  --check) up_to_date any; exit ;;
   --print) echo "$VENV_PY"; exit 0 ;;
   "") ;;
   *) sed -n '5,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
@@ -90,6 +92,7 @@ log "installing $(basename "$WHEELS"/*.whl) into $DEST/venv"
 "$VENV_PY" -m pip install -q --disable-pip-version-check --force-reinstall "$WHEELS"/*.whl >&2
 chmod -R a+rX "$DEST"
 source_hash > "$DEST/.source-hash"
+echo "$PROFILE" > "$DEST/.profile"
 
 # ------------------------------------------------------------- visible inside the chroot
 if [ -d "$R/usr" ] && ! bound; then

@@ -94,7 +94,6 @@ pub struct HtcondorScheduler {
     jobs: BTreeMap<JobId, Job>,
     clusters: BTreeSet<u64>,
     log: Option<LogReader>,
-    session_root: Option<PathBuf>,
     polls: u64,
     last_query: Option<Instant>,
     events: Vec<WorkerEvent>,
@@ -116,7 +115,6 @@ impl HtcondorScheduler {
             jobs: BTreeMap::new(),
             clusters: BTreeSet::new(),
             log: None,
-            session_root: None,
             polls: 0,
             last_query: None,
             events: Vec::new(),
@@ -391,9 +389,9 @@ impl HtcondorScheduler {
             args.push("-forcex".to_string());
         }
         args.extend_from_slice(ids);
-        let out = self.condor("condor_rm", &args)?;
-        // condor_rm fails when some jobs are already gone: only the query below tells.
-        let _ = out;
+        // Its exit status is not checked: condor_rm fails when some of the jobs are already
+        // gone, which is fine; callers that must know query the schedd afterwards.
+        self.condor("condor_rm", &args)?;
         Ok(())
     }
 }
@@ -586,10 +584,31 @@ impl Scheduler for HtcondorScheduler {
         if let Some(dir) = &self.opts.log_dir {
             check_dir_writable(dir, "log_dir")?;
         }
-        // A schedd must answer before anything waits on it.
-        let out = self.condor("condor_q", &["-totals".into()])?;
-        if !out.status.success() {
-            let SchedError::Command { message, .. } = command_error("condor_q", &out) else {
+        // The description is checked by condor_submit (universe, requirements, ...) without
+        // queueing anything, while condor_q checks that a schedd answers: both at once, as
+        // each costs a round trip.
+        let log = self.event_log_path(spec);
+        let desc = submit::description(&self.opts, spec, &log, 1);
+        let file = spec.session.sub("condor.sub");
+        std::fs::write(&file, &desc).map_err(|e| shoal_core::CoreError::io(&file, e))?;
+        let dry_run = [
+            "-dry-run".into(),
+            "/dev/null".into(),
+            file.display().to_string(),
+        ];
+        let (queue, out) = std::thread::scope(|s| {
+            let queue = s.spawn(|| self.condor("condor_q", &["-totals".into()]));
+            let out = self.condor("condor_submit", &dry_run);
+            (
+                queue
+                    .join()
+                    .unwrap_or_else(|_| Err(SchedError::Config("condor_q check panicked".into()))),
+                out,
+            )
+        });
+        let queue = queue?;
+        if !queue.status.success() {
+            let SchedError::Command { message, .. } = command_error("condor_q", &queue) else {
                 unreachable!()
             };
             return Err(SchedError::Command {
@@ -599,20 +618,7 @@ impl Scheduler for HtcondorScheduler {
                 ),
             });
         }
-        // condor_submit checks the whole description (universe, requirements, ...) without
-        // queueing anything.
-        let log = self.event_log_path(spec);
-        let desc = submit::description(&self.opts, spec, &log, 1);
-        let file = spec.session.sub("condor.sub");
-        std::fs::write(&file, &desc).map_err(|e| shoal_core::CoreError::io(&file, e))?;
-        let out = self.condor(
-            "condor_submit",
-            &[
-                "-dry-run".into(),
-                "/dev/null".into(),
-                file.display().to_string(),
-            ],
-        )?;
+        let out = out?;
         if !out.status.success() {
             let msg = String::from_utf8_lossy(&out.stderr);
             let msg = if msg.trim().is_empty() {
@@ -625,7 +631,6 @@ impl Scheduler for HtcondorScheduler {
                 msg.trim()
             )));
         }
-        self.session_root = Some(spec.session.root().to_path_buf());
         self.log = Some(LogReader::new(log));
         Ok(())
     }
@@ -674,7 +679,11 @@ impl Scheduler for HtcondorScheduler {
         self.settle();
         let queried = self.reconcile();
         let events = std::mem::take(&mut self.events);
-        queried.map(|()| events)
+        match queried {
+            // What the log said stands even when the schedd did not answer this time.
+            Err(e) if events.is_empty() => Err(e),
+            _ => Ok(events),
+        }
     }
 
     fn cancel(&mut self, workers: &[String]) -> Result<()> {

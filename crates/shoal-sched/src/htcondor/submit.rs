@@ -377,7 +377,7 @@ pub fn description(
         line("accounting_group", a);
     }
     let sid = spec.session.id();
-    line("JobBatchName", &format!("\"shoal-{sid}\""));
+    line("batch_name", &format!("shoal-{sid}"));
     line("+ShoalSession", &format!("\"{sid}\""));
     for (k, v) in &o.attributes {
         line(&format!("+{k}"), v);
@@ -441,7 +441,7 @@ request_disk = 2097152
 request_gpus = 1
 requirements = OpSys == "LINUX"
 accounting_group = grp.u
-JobBatchName = "shoal-sess-1"
+batch_name = shoal-sess-1
 +ShoalSession = "sess-1"
 +Flag = True
 +Prio = 3
