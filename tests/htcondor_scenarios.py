@@ -252,8 +252,9 @@ def interrupted() -> dict[str, Any]:
     session = pool.session
     result = pool.map_async(slow_square, range(3000), chunksize=10)
     running_worker(pool)
-    print(f"SESSION {session}", flush=True)
     try:
+        # Inside the try: the test's SIGINT may arrive as soon as this line is out.
+        print(f"SESSION {session}", flush=True)
         result.get(timeout=240)
     except KeyboardInterrupt:
         pool.terminate()
