@@ -74,10 +74,7 @@ fn sessions(base: &Path, json: bool, out: &mut dyn Write) -> Result<i32> {
                 j
             })
             .collect();
-        w(
-            out,
-            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
-        )?;
+        w(out, serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")?;
         return Ok(0);
     }
     if all.is_empty() {
@@ -98,9 +95,7 @@ fn sessions(base: &Path, json: bool, out: &mut dyn Write) -> Result<i32> {
             ]
         })
         .collect();
-    let head = [
-        "SESSION", "BACKEND", "STATE", "PROGRESS", "FAILED", "WORKERS", "STARTED",
-    ];
+    let head = ["SESSION", "BACKEND", "STATE", "PROGRESS", "FAILED", "WORKERS", "STARTED"];
     let mut widths = head.map(str::len);
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -153,24 +148,11 @@ fn task_logs(dir: &SessionDir, task: u64, streams: &[Stream], out: &mut dyn Writ
         return Ok(1);
     };
     let i = (task - h.first_task) as usize;
-    w(
-        out,
-        format!("task {task} · worker {} · chunk {}\n", h.worker, h.chunk),
-    )?;
+    w(out, format!("task {task} · worker {} · chunk {}\n", h.worker, h.chunk))?;
     for &s in streams {
         let (start, end) = h.range(i, s).unwrap_or((0, 0));
         let bytes = dir.read_log(&h.worker, s, start, end, u64::MAX)?;
-        w(
-            out,
-            format!(
-                "--- {} ---\n",
-                if s == Stream::Stdout {
-                    "stdout"
-                } else {
-                    "stderr"
-                }
-            ),
-        )?;
+        w(out, format!("--- {} ---\n", if s == Stream::Stdout { "stdout" } else { "stderr" }))?;
         w(out, String::from_utf8_lossy(&bytes))?;
         if !bytes.is_empty() && !bytes.ends_with(b"\n") {
             w(out, "\n")?;
@@ -187,12 +169,7 @@ fn task_logs(dir: &SessionDir, task: u64, streams: &[Stream], out: &mut dyn Writ
     Ok(0)
 }
 
-fn worker_logs(
-    dir: &SessionDir,
-    worker: &str,
-    streams: &[Stream],
-    out: &mut dyn Write,
-) -> Result<i32> {
+fn worker_logs(dir: &SessionDir, worker: &str, streams: &[Stream], out: &mut dyn Write) -> Result<i32> {
     for &s in streams {
         let end = dir.log_len(worker, s);
         let bytes = dir.read_log(worker, s, 0, end, u64::MAX)?;
@@ -223,43 +200,19 @@ fn session_summary(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
     for h in headers(dir) {
         if let Some(e) = &h.chunk_error {
             failed += 1;
-            w(
-                out,
-                format!(
-                    "tasks {}..{} failed: {}\n",
-                    h.first_task,
-                    h.first_task + u64::from(h.ntasks),
-                    first_line(e)
-                ),
-            )?;
+            w(out, format!("tasks {}..{} failed: {}\n", h.first_task, h.first_task + u64::from(h.ntasks), first_line(e)))?;
         }
         for f in &h.failed {
             failed += 1;
             let last = f.traceback.trim_end().lines().last().unwrap_or("");
-            w(
-                out,
-                format!(
-                    "task {} failed on {}: {last}\n",
-                    h.first_task + u64::from(f.index),
-                    h.worker
-                ),
-            )?;
+            w(out, format!("task {} failed on {}: {last}\n", h.first_task + u64::from(f.index), h.worker))?;
         }
     }
     let workers = fsutil::list_names(&dir.sub("logs")).unwrap_or_default();
-    let mut ids: Vec<&str> = workers
-        .iter()
-        .filter_map(|n| n.rsplit_once('.').map(|x| x.0))
-        .collect();
+    let mut ids: Vec<&str> = workers.iter().filter_map(|n| n.rsplit_once('.').map(|x| x.0)).collect();
     ids.dedup();
     w(out, format!("workers: {}\n", ids.join(" ")))?;
-    w(
-        out,
-        format!(
-            "see one task: shoal logs {} TASK · one worker: shoal logs {} --worker ID\n",
-            meta.id, meta.id
-        ),
-    )?;
+    w(out, format!("see one task: shoal logs {} TASK · one worker: shoal logs {} --worker ID\n", meta.id, meta.id))?;
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
@@ -270,10 +223,7 @@ fn first_line(s: &str) -> &str {
 fn cancel(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
     let meta = dir.read_meta()?;
     if meta.state != SessionState::Running {
-        w(
-            out,
-            format!("session {} is already {}\n", meta.id, meta.state.as_str()),
-        )?;
+        w(out, format!("session {} is already {}\n", meta.id, meta.state.as_str()))?;
         return Ok(0);
     }
     dir.beat(&dir.control("cancel"))?;
@@ -282,11 +232,7 @@ fn cancel(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
         // The driver notices control/cancel within a second and stops its workers itself.
         for _ in 0..100 {
             std::thread::sleep(std::time::Duration::from_millis(100));
-            if dir
-                .read_meta()
-                .map(|m| m.state != SessionState::Running || m.workers_running == 0)
-                .unwrap_or(true)
-            {
+            if dir.read_meta().map(|m| m.state != SessionState::Running || m.workers_running == 0).unwrap_or(true) {
                 break;
             }
         }
@@ -300,13 +246,7 @@ fn cancel(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
     m.message = Some("cancelled by `shoal cancel` after its driver died".into());
     m.updated = now_secs();
     dir.write_meta(&m)?;
-    w(
-        out,
-        format!(
-            "cancelled orphaned session {} ({killed} local workers killed)\n",
-            m.id
-        ),
-    )?;
+    w(out, format!("cancelled orphaned session {} ({killed} local workers killed)\n", m.id))?;
     Ok(0)
 }
 
@@ -370,21 +310,9 @@ mod tests {
         m.tasks_failed = 1;
         m.state = SessionState::Failed;
         d.write_meta(&m).unwrap();
-        std::fs::write(
-            d.log("w0001", Stream::Stdout),
-            "hello from 0\nhello from 1\n",
-        )
-        .unwrap();
+        std::fs::write(d.log("w0001", Stream::Stdout), "hello from 0\nhello from 1\n").unwrap();
         std::fs::write(d.log("w0001", Stream::Stderr), "warn 1\n").unwrap();
-        d.put_chunk(
-            &ChunkHeader {
-                chunk: 0,
-                first_task: 0,
-                ntasks: 2,
-            },
-            b"x",
-        )
-        .unwrap();
+        d.put_chunk(&ChunkHeader { chunk: 0, first_task: 0, ntasks: 2 }, b"x").unwrap();
         let mut c = Claimer::new(d.clone(), "w0001");
         c.try_claim().unwrap().unwrap();
         let h = ResultHeader {
@@ -394,10 +322,7 @@ mod tests {
             worker: "w0001".into(),
             out: vec![0, 13, 26],
             err: vec![0, 0, 7],
-            failed: vec![FailedTask {
-                index: 1,
-                traceback: "Traceback...\nValueError: bad 1\n".into(),
-            }],
+            failed: vec![FailedTask { index: 1, traceback: "Traceback...\nValueError: bad 1\n".into() }],
             ..Default::default()
         };
         c.complete(&h, b"r").unwrap();
@@ -410,39 +335,18 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         session_with_failure(t.path());
         let (code, text) = run(
-            Command::Logs {
-                session: "20260101".into(),
-                task: Some(1),
-                stdout: false,
-                stderr: false,
-                worker: None,
-            },
+            Command::Logs { session: "20260101".into(), task: Some(1), stdout: false, stderr: false, worker: None },
             t.path(),
         );
         assert_eq!(code, 1);
-        assert!(
-            text.contains("hello from 1") && !text.contains("hello from 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("warn 1") && text.contains("ValueError: bad 1"),
-            "{text}"
-        );
+        assert!(text.contains("hello from 1") && !text.contains("hello from 0"), "{text}");
+        assert!(text.contains("warn 1") && text.contains("ValueError: bad 1"), "{text}");
         let (code, text) = run(
-            Command::Logs {
-                session: "20260101".into(),
-                task: Some(0),
-                stdout: true,
-                stderr: false,
-                worker: None,
-            },
+            Command::Logs { session: "20260101".into(), task: Some(0), stdout: true, stderr: false, worker: None },
             t.path(),
         );
         assert_eq!(code, 0);
-        assert!(
-            text.contains("hello from 0") && !text.contains("traceback"),
-            "{text}"
-        );
+        assert!(text.contains("hello from 0") && !text.contains("traceback"), "{text}");
     }
 
     #[test]
@@ -450,30 +354,15 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         session_with_failure(t.path());
         let (code, text) = run(
-            Command::Logs {
-                session: "20260101-000000-abcd".into(),
-                task: None,
-                stdout: false,
-                stderr: false,
-                worker: None,
-            },
+            Command::Logs { session: "20260101-000000-abcd".into(), task: None, stdout: false, stderr: false, worker: None },
             t.path(),
         );
         assert_eq!(code, 1);
-        assert!(
-            text.contains("task 1 failed on w0001: ValueError: bad 1"),
-            "{text}"
-        );
+        assert!(text.contains("task 1 failed on w0001: ValueError: bad 1"), "{text}");
         let (_, table) = run(Command::Sessions { json: false }, t.path());
         let lines: Vec<&str> = table.lines().collect();
-        assert!(
-            lines[0].starts_with("SESSION") && lines[0].contains("PROGRESS"),
-            "{table}"
-        );
-        assert!(
-            lines[1].contains("failed") && lines[1].contains("2/2 (100%)"),
-            "{table}"
-        );
+        assert!(lines[0].starts_with("SESSION") && lines[0].contains("PROGRESS"), "{table}");
+        assert!(lines[1].contains("failed") && lines[1].contains("2/2 (100%)"), "{table}");
         let (_, json) = run(Command::Sessions { json: true }, t.path());
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v[0]["tasks_failed"], 1);
@@ -493,14 +382,7 @@ mod tests {
     fn unknown_session_is_a_clear_error() {
         let t = tempfile::tempdir().unwrap();
         let mut buf = Vec::new();
-        let e = dispatch(
-            &Command::Cancel {
-                session: "nope".into(),
-            },
-            t.path(),
-            &mut buf,
-        )
-        .unwrap_err();
+        let e = dispatch(&Command::Cancel { session: "nope".into() }, t.path(), &mut buf).unwrap_err();
         assert!(e.to_string().contains("shoal sessions"), "{e}");
     }
 }

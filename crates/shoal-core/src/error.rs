@@ -23,9 +23,7 @@ pub enum CoreError {
         value: String,
         reason: String,
     },
-    #[error(
-        "no session {0:?} found\nhint: `shoal sessions` lists the sessions under the work dir"
-    )]
+    #[error("no session {0:?} found\nhint: `shoal sessions` lists the sessions under the work dir")]
     NoSuchSession(String),
 }
 

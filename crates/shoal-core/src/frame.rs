@@ -43,9 +43,7 @@ pub fn decode<H: DeserializeOwned>(path: &Path, mut bytes: Vec<u8>) -> Result<(H
     let payload_len = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
     let crc = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
     if bytes.len() != PREFIX + head_len + payload_len {
-        return Err(corrupt(
-            "length does not match its header (truncated write?)",
-        ));
+        return Err(corrupt("length does not match its header (truncated write?)"));
     }
     if crc32fast::hash(&bytes[PREFIX..]) != crc {
         return Err(corrupt("checksum mismatch"));
@@ -71,8 +69,7 @@ pub fn read_header<H: DeserializeOwned>(path: &Path) -> Result<H> {
     }
     let head_len = u32::from_le_bytes(prefix[4..8].try_into().unwrap()) as usize;
     let mut head = vec![0u8; head_len];
-    f.read_exact(&mut head)
-        .map_err(|e| CoreError::io(path, e))?;
+    f.read_exact(&mut head).map_err(|e| CoreError::io(path, e))?;
     serde_json::from_slice(&head).map_err(|e| CoreError::Corrupt {
         path: path.to_path_buf(),
         reason: format!("bad header: {e}"),
@@ -109,9 +106,7 @@ mod tests {
         assert!(decode::<H>(Path::new("x"), short).is_err());
         let mut flipped = f.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        let e = decode::<H>(Path::new("x"), flipped)
-            .unwrap_err()
-            .to_string();
+        let e = decode::<H>(Path::new("x"), flipped).unwrap_err().to_string();
         assert!(e.contains("checksum"), "{e}");
         assert!(decode::<H>(Path::new("x"), b"junk".to_vec()).is_err());
     }

@@ -111,10 +111,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a/b");
         create_private_dir(&p).unwrap();
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o700);
     }
 
     #[test]

@@ -167,14 +167,7 @@ impl SessionDir {
     }
 
     /// Read `[start, end)` of a worker's log, keeping at most the last `tail` bytes.
-    pub fn read_log(
-        &self,
-        worker: &str,
-        stream: Stream,
-        start: u64,
-        end: u64,
-        tail: u64,
-    ) -> Result<Vec<u8>> {
+    pub fn read_log(&self, worker: &str, stream: Stream, start: u64, end: u64, tail: u64) -> Result<Vec<u8>> {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.log(worker, stream);
         let start = start.max(end.saturating_sub(tail));
@@ -185,17 +178,13 @@ impl SessionDir {
         };
         f.seek(SeekFrom::Start(start)).at(&path)?;
         let mut buf = Vec::new();
-        f.take(end.saturating_sub(start))
-            .read_to_end(&mut buf)
-            .at(&path)?;
+        f.take(end.saturating_sub(start)).read_to_end(&mut buf).at(&path)?;
         Ok(buf)
     }
 
     /// Length of a worker's log so far (0 if missing).
     pub fn log_len(&self, worker: &str, stream: Stream) -> u64 {
-        fs::metadata(self.log(worker, stream))
-            .map(|m| m.len())
-            .unwrap_or(0)
+        fs::metadata(self.log(worker, stream)).map(|m| m.len()).unwrap_or(0)
     }
 
     /// Touch a heartbeat file.
@@ -386,14 +375,8 @@ mod tests {
     fn log_ranges_and_tail() {
         let (_t, d) = setup();
         fs::write(d.log("w", Stream::Stderr), b"0123456789").unwrap();
-        assert_eq!(
-            d.read_log("w", Stream::Stderr, 2, 8, 100).unwrap(),
-            b"234567"
-        );
+        assert_eq!(d.read_log("w", Stream::Stderr, 2, 8, 100).unwrap(), b"234567");
         assert_eq!(d.read_log("w", Stream::Stderr, 2, 8, 3).unwrap(), b"567");
-        assert!(d
-            .read_log("nobody", Stream::Stderr, 0, 5, 5)
-            .unwrap()
-            .is_empty());
+        assert!(d.read_log("nobody", Stream::Stderr, 0, 5, 5).unwrap().is_empty());
     }
 }

@@ -29,13 +29,7 @@ impl TimeLimit {
             }
             return Ok(TimeLimit(Duration::from_secs_f64(secs)));
         }
-        let suffixes = [
-            ("ms", 0.001),
-            ("s", 1.0),
-            ("m", 60.0),
-            ("h", 3600.0),
-            ("d", 86400.0),
-        ];
+        let suffixes = [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0), ("d", 86400.0)];
         for (suffix, scale) in suffixes {
             if let Some(num) = t.strip_suffix(suffix) {
                 if let Ok(v) = num.trim().parse::<f64>() {
@@ -48,8 +42,7 @@ impl TimeLimit {
         }
         let (days, clock) = match t.split_once('-') {
             Some((d, rest)) => (
-                d.parse::<u64>()
-                    .map_err(|_| bad("days before '-' are not a number"))?,
+                d.parse::<u64>().map_err(|_| bad("days before '-' are not a number"))?,
                 Some(rest),
             ),
             None => (0, Some(t)),
@@ -79,23 +72,13 @@ impl TimeLimit {
     pub fn to_slurm(&self) -> String {
         let total = self.0.as_secs() + u64::from(self.0.subsec_nanos() > 0);
         let (d, rest) = (total / 86400, total % 86400);
-        format!(
-            "{d}-{:02}:{:02}:{:02}",
-            rest / 3600,
-            (rest % 3600) / 60,
-            rest % 60
-        )
+        format!("{d}-{:02}:{:02}:{:02}", rest / 3600, (rest % 3600) / 60, rest % 60)
     }
 
     /// `HH:MM:SS` as SGE's `h_rt` wants it.
     pub fn to_hms(&self) -> String {
         let total = self.0.as_secs() + u64::from(self.0.subsec_nanos() > 0);
-        format!(
-            "{}:{:02}:{:02}",
-            total / 3600,
-            (total % 3600) / 60,
-            total % 60
-        )
+        format!("{}:{:02}:{:02}", total / 3600, (total % 3600) / 60, total % 60)
     }
 }
 
@@ -202,9 +185,7 @@ mod tests {
     #[test]
     fn mem_errors() {
         for bad in ["lots", "", "1Qb", "-1G", "0"] {
-            let e = MemSize::parse("request_memory", bad)
-                .unwrap_err()
-                .to_string();
+            let e = MemSize::parse("request_memory", bad).unwrap_err().to_string();
             assert!(e.contains("request_memory"), "{e}");
         }
     }

@@ -62,11 +62,7 @@ impl SessionDir {
 /// The worker id: given explicitly, or from the scheduler's array-task environment, or
 /// host-pid as a last resort.
 pub fn resolve_worker_id(explicit: Option<&str>) -> Result<String> {
-    let env = |k: &str| {
-        std::env::var(k)
-            .ok()
-            .filter(|v| !v.is_empty() && v != "undefined")
-    };
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty() && v != "undefined");
     let id = explicit.map(str::to_string).or_else(|| {
         if let (Some(j), Some(t)) = (env("SLURM_ARRAY_JOB_ID"), env("SLURM_ARRAY_TASK_ID")) {
             return Some(format!("{j}_{t}"));
@@ -157,10 +153,7 @@ impl WorkerSession {
     }
 
     /// Wait for the next chunk. `wait` bounds this call (None: as long as the config allows).
-    pub fn next_chunk(
-        &mut self,
-        wait: Option<Duration>,
-    ) -> Result<std::result::Result<(ChunkHeader, Vec<u8>), ExitReason>> {
+    pub fn next_chunk(&mut self, wait: Option<Duration>) -> Result<std::result::Result<(ChunkHeader, Vec<u8>), ExitReason>> {
         let start = Instant::now();
         let idle = self.config.idle_timeout.map(Duration::from_secs_f64);
         let mut sleep = Duration::from_micros(200);
@@ -175,11 +168,7 @@ impl WorkerSession {
                     return Ok(Err(ExitReason::Stopped));
                 }
                 if let Some(limit) = self.config.driver_timeout {
-                    if self
-                        .dir
-                        .age_of(&self.dir.control("driver.hb"))
-                        .is_some_and(|a| a > limit)
-                    {
+                    if self.dir.age_of(&self.dir.control("driver.hb")).is_some_and(|a| a > limit) {
                         return Ok(Err(ExitReason::DriverGone));
                     }
                 }
@@ -218,28 +207,13 @@ mod tests {
     fn worker_claims_then_stops() {
         let t = tempfile::tempdir().unwrap();
         let d = SessionDir::create(t.path().join("s")).unwrap();
-        d.write_config(&WorkerConfig {
-            heartbeat_interval: 0.05,
-            ..Default::default()
-        })
-        .unwrap();
-        d.put_chunk(
-            &ChunkHeader {
-                chunk: 0,
-                first_task: 0,
-                ntasks: 1,
-            },
-            b"p",
-        )
-        .unwrap();
+        d.write_config(&WorkerConfig { heartbeat_interval: 0.05, ..Default::default() }).unwrap();
+        d.put_chunk(&ChunkHeader { chunk: 0, first_task: 0, ntasks: 1 }, b"p").unwrap();
         let mut w = WorkerSession::open(d.root(), Some("w1")).unwrap();
         let (h, _) = w.next_chunk(None).unwrap().unwrap();
         assert_eq!(h.chunk, 0);
         assert!(d.worker_info("w1").exists());
-        assert_eq!(
-            w.next_chunk(Some(Duration::from_millis(30))).unwrap(),
-            Err(ExitReason::Timeout)
-        );
+        assert_eq!(w.next_chunk(Some(Duration::from_millis(30))).unwrap(), Err(ExitReason::Timeout));
         std::thread::sleep(Duration::from_millis(150));
         assert!(d.age_of(&d.heartbeat("w1")).unwrap() < 0.5);
         d.beat(&d.control("stop")).unwrap();
@@ -250,11 +224,7 @@ mod tests {
     fn idle_timeout_and_bad_ids() {
         let t = tempfile::tempdir().unwrap();
         let d = SessionDir::create(t.path().join("s")).unwrap();
-        d.write_config(&WorkerConfig {
-            idle_timeout: Some(0.05),
-            ..Default::default()
-        })
-        .unwrap();
+        d.write_config(&WorkerConfig { idle_timeout: Some(0.05), ..Default::default() }).unwrap();
         let mut w = WorkerSession::open(d.root(), Some("w1")).unwrap();
         assert_eq!(w.next_chunk(None).unwrap(), Err(ExitReason::Idle));
         assert!(WorkerSession::open(d.root(), Some("a/b")).is_err());

@@ -285,12 +285,7 @@ impl Engine {
 
     /// Record the final state. The work dir is removed when the session finished cleanly
     /// and `keep` is false; otherwise its path is returned for the user to inspect.
-    pub fn finish(
-        &self,
-        state: SessionState,
-        message: Option<String>,
-        keep: bool,
-    ) -> Option<PathBuf> {
+    pub fn finish(&self, state: SessionState, message: Option<String>, keep: bool) -> Option<PathBuf> {
         self.shutdown(None);
         let st = self.shared.lock();
         let mut meta = self
@@ -407,11 +402,7 @@ impl Runner {
                 }
                 self.draw_progress();
             }
-            sleep = if busy {
-                MIN_SLEEP
-            } else {
-                (sleep * 2).min(MAX_SLEEP)
-            };
+            sleep = if busy { MIN_SLEEP } else { (sleep * 2).min(MAX_SLEEP) };
             let st = self.shared.lock();
             if st.stop == Stop::No {
                 let _ = self.shared.wake.wait_timeout(st, sleep);
@@ -512,11 +503,7 @@ impl Runner {
         let produced = self.workers.get(worker).is_some_and(|w| w.produced);
         self.workers.remove(worker);
         let claims: Vec<u64> = match self.dir.claims() {
-            Ok(c) => c
-                .into_iter()
-                .filter(|(_, w)| w == worker)
-                .map(|(c, _)| c)
-                .collect(),
+            Ok(c) => c.into_iter().filter(|(_, w)| w == worker).map(|(c, _)| c).collect(),
             Err(_) => Vec::new(),
         };
         if lost.is_none() && claims.is_empty() {
@@ -541,8 +528,7 @@ impl Runner {
                     let _ = self.dir.requeue(chunk, worker);
                 }
                 Some(header) => {
-                    let _ =
-                        std::fs::rename(self.dir.claimed(chunk, worker), self.dir.corrupt(chunk));
+                    let _ = std::fs::rename(self.dir.claimed(chunk, worker), self.dir.corrupt(chunk));
                     self.delivered.insert(chunk);
                     {
                         let mut st = self.shared.lock();
@@ -610,10 +596,7 @@ impl Runner {
         }
         let _ = sched.cancel(&stale);
         for w in stale {
-            let reason = format!(
-                "no heartbeat from worker for {:.0} s",
-                timeout.as_secs_f64()
-            );
+            let reason = format!("no heartbeat from worker for {:.0} s", timeout.as_secs_f64());
             self.worker_ended(sched, &w, Some(reason));
         }
     }

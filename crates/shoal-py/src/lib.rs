@@ -39,9 +39,7 @@ fn core_err(py: Python<'_>, e: CoreError) -> PyErr {
 fn sched_err(py: Python<'_>, e: SchedError) -> PyErr {
     match e {
         SchedError::Core(c) => core_err(py, c),
-        SchedError::Config(_) | SchedError::Missing { .. } => {
-            raise(py, "ConfigError", e.to_string())
-        }
+        SchedError::Config(_) | SchedError::Missing { .. } => raise(py, "ConfigError", e.to_string()),
         SchedError::Command { .. } => raise(py, "SchedulerError", e.to_string()),
     }
 }
@@ -66,11 +64,7 @@ struct Session {
 
 impl Session {
     fn with<R>(&self, py: Python<'_>, f: impl FnOnce(&Engine) -> PyResult<R>) -> PyResult<R> {
-        let engine = self
-            .engine
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match engine {
             Some(e) => f(&e),
             None => Err(raise(py, "ShoalError", "the session has ended".into())),
@@ -103,13 +97,11 @@ impl Session {
         let json = |what: &str, s: &str| -> PyResult<serde_json::Value> {
             serde_json::from_str(s).map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
         };
-        let worker_config: WorkerConfig =
-            serde_json::from_value(json("worker_config", worker_config)?)
-                .map_err(|e| PyValueError::new_err(format!("worker_config: {e}")))?;
+        let worker_config: WorkerConfig = serde_json::from_value(json("worker_config", worker_config)?)
+            .map_err(|e| PyValueError::new_err(format!("worker_config: {e}")))?;
         let backend_options = json("backend_options", backend_options)?;
         let metadata = json("metadata", metadata)?;
-        let scheduler =
-            shoal_sched::build(backend, workers, &backend_options).map_err(|e| sched_err(py, e))?;
+        let scheduler = shoal_sched::build(backend, workers, &backend_options).map_err(|e| sched_err(py, e))?;
         let base = work_dir.unwrap_or_else(default_base);
         let id = new_session_id();
         let root = base.join(&id);
@@ -124,8 +116,7 @@ impl Session {
             other => core_err(py, other),
         })?;
         let setup = (|| {
-            dir.write_config(&worker_config)
-                .map_err(EngineError::from)?;
+            dir.write_config(&worker_config).map_err(EngineError::from)?;
             let spec = LaunchSpec {
                 session: dir.clone(),
                 python,
@@ -166,25 +157,16 @@ impl Session {
     }
 
     fn put_blob(&self, py: Python<'_>, data: &[u8]) -> PyResult<u64> {
-        self.with(py, |e| {
-            py.detach(|| e.put_blob(data))
-                .map_err(|x| engine_err(py, x))
-        })
+        self.with(py, |e| py.detach(|| e.put_blob(data)).map_err(|x| engine_err(py, x)))
     }
 
     /// Publish a chunk; returns (chunk id, first task number).
     fn submit(&self, py: Python<'_>, payload: &[u8], ntasks: u32) -> PyResult<(u64, u64)> {
-        self.with(py, |e| {
-            py.detach(|| e.submit(payload, ntasks))
-                .map_err(|x| engine_err(py, x))
-        })
+        self.with(py, |e| py.detach(|| e.submit(payload, ntasks)).map_err(|x| engine_err(py, x)))
     }
 
     fn withdraw(&self, py: Python<'_>, chunks: Vec<u64>) -> PyResult<usize> {
-        self.with(py, |e| {
-            py.detach(|| e.withdraw(&chunks))
-                .map_err(|x| engine_err(py, x))
-        })
+        self.with(py, |e| py.detach(|| e.withdraw(&chunks)).map_err(|x| engine_err(py, x)))
     }
 
     /// Wait up to `timeout` seconds; returns a list of event tuples:
@@ -192,9 +174,7 @@ impl Session {
     /// ("lost", chunk, first_task, ntasks, worker, reason, stderr_tail)
     /// ("fatal", message)
     fn events<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyList>> {
-        let events = self.with(py, |e| {
-            Ok(py.detach(|| e.events(Duration::from_secs_f64(timeout.max(0.0)))))
-        })?;
+        let events = self.with(py, |e| Ok(py.detach(|| e.events(Duration::from_secs_f64(timeout.max(0.0))))))?;
         let out = PyList::empty(py);
         for ev in events {
             match ev {
@@ -213,15 +193,7 @@ impl Session {
                     worker,
                     reason,
                     stderr_tail,
-                } => out.append((
-                    "lost",
-                    chunk.chunk,
-                    chunk.first_task,
-                    chunk.ntasks,
-                    worker,
-                    reason,
-                    stderr_tail,
-                ))?,
+                } => out.append(("lost", chunk.chunk, chunk.first_task, chunk.ntasks, worker, reason, stderr_tail))?,
                 Event::Fatal { message } => out.append(("fatal", message))?,
             }
         }
@@ -230,24 +202,10 @@ impl Session {
 
     /// Bytes `[start, end)` of a worker's stderr (or stdout), at most the last `tail` bytes.
     #[pyo3(signature = (worker, start, end, tail, stream="stderr"))]
-    fn read_log<'py>(
-        &self,
-        py: Python<'py>,
-        worker: &str,
-        start: u64,
-        end: u64,
-        tail: u64,
-        stream: &str,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let s = if stream == "stdout" {
-            Stream::Stdout
-        } else {
-            Stream::Stderr
-        };
+    fn read_log<'py>(&self, py: Python<'py>, worker: &str, start: u64, end: u64, tail: u64, stream: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let s = if stream == "stdout" { Stream::Stdout } else { Stream::Stderr };
         let dir = SessionDir::open(&self.path);
-        let bytes = py
-            .detach(|| dir.read_log(worker, s, start, end, tail))
-            .map_err(|e| core_err(py, e))?;
+        let bytes = py.detach(|| dir.read_log(worker, s, start, end, tail)).map_err(|e| core_err(py, e))?;
         Ok(PyBytes::new(py, &bytes))
     }
 
@@ -267,11 +225,7 @@ impl Session {
     /// Stop workers: gracefully within `grace` seconds, or at once when `grace` is None.
     #[pyo3(signature = (grace=None))]
     fn shutdown(&self, py: Python<'_>, grace: Option<f64>) {
-        let engine = self
-            .engine
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(e) = engine {
             py.detach(|| e.shutdown(grace.map(Duration::from_secs_f64)));
         }
@@ -280,22 +234,12 @@ impl Session {
     /// Record the final state ("finished", "failed", "cancelled"); returns the kept work
     /// dir, or None when it was removed.
     #[pyo3(signature = (state, message=None, keep=false))]
-    fn finish(
-        &self,
-        py: Python<'_>,
-        state: &str,
-        message: Option<String>,
-        keep: bool,
-    ) -> PyResult<Option<PathBuf>> {
+    fn finish(&self, py: Python<'_>, state: &str, message: Option<String>, keep: bool) -> PyResult<Option<PathBuf>> {
         let state = match state {
             "finished" => SessionState::Finished,
             "failed" => SessionState::Failed,
             "cancelled" => SessionState::Cancelled,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "unknown session state {other:?}"
-                )))
-            }
+            other => return Err(PyValueError::new_err(format!("unknown session state {other:?}"))),
         };
         let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
         match engine {
@@ -320,8 +264,7 @@ impl Worker {
     fn new(py: Python<'_>, session_dir: PathBuf, worker_id: Option<&str>) -> PyResult<Self> {
         let inner = WorkerSession::open(session_dir, worker_id).map_err(|e| core_err(py, e))?;
         let id = inner.id().to_string();
-        let config =
-            serde_json::to_string(&inner.config().python).unwrap_or_else(|_| "null".into());
+        let config = serde_json::to_string(&inner.config().python).unwrap_or_else(|_| "null".into());
         Ok(Worker {
             inner: Mutex::new(inner),
             id,
@@ -341,15 +284,8 @@ impl Worker {
     }
 
     fn read_blob<'py>(&self, py: Python<'py>, blob: u64) -> PyResult<Bound<'py, PyBytes>> {
-        let dir = self
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .dir()
-            .clone();
-        let bytes = py
-            .detach(|| dir.read_blob(blob))
-            .map_err(|e| core_err(py, e))?;
+        let dir = self.inner.lock().unwrap_or_else(|e| e.into_inner()).dir().clone();
+        let bytes = py.detach(|| dir.read_blob(blob)).map_err(|e| core_err(py, e))?;
         Ok(PyBytes::new(py, &bytes))
     }
 
@@ -362,12 +298,10 @@ impl Worker {
             w.next_chunk(timeout.map(Duration::from_secs_f64))
         });
         match r.map_err(|e| core_err(py, e))? {
-            Ok((h, payload)) => Ok(
-                (h.chunk, h.first_task, h.ntasks, PyBytes::new(py, &payload))
-                    .into_pyobject(py)?
-                    .into_any()
-                    .unbind(),
-            ),
+            Ok((h, payload)) => Ok((h.chunk, h.first_task, h.ntasks, PyBytes::new(py, &payload))
+                .into_pyobject(py)?
+                .into_any()
+                .unbind()),
             Err(reason) => {
                 let s = match reason {
                     ExitReason::Stopped => "stopped",

@@ -104,11 +104,7 @@ pub const BACKENDS: [&str; 4] = ["local", "slurm", "htcondor", "sge"];
 
 /// Build a backend from its name, the number of workers wanted and its own options (JSON
 /// object: backend-specific keys). Unknown names and options are errors that list the choices.
-pub fn build(
-    name: &str,
-    workers: usize,
-    options: &serde_json::Value,
-) -> Result<Box<dyn Scheduler>> {
+pub fn build(name: &str, workers: usize, options: &serde_json::Value) -> Result<Box<dyn Scheduler>> {
     let extra: Vec<&String> = options
         .as_object()
         .map(|o| o.keys().collect())

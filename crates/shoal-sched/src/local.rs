@@ -126,10 +126,9 @@ impl Scheduler for LocalScheduler {
                 let state = match (status.code(), status.signal()) {
                     (Some(0), _) => WorkerState::Exited,
                     (Some(code), _) => WorkerState::Lost(format!("worker exited with code {code}")),
-                    (None, Some(sig)) => WorkerState::Lost(format!(
-                        "worker killed by signal {sig} ({})",
-                        signame(sig)
-                    )),
+                    (None, Some(sig)) => {
+                        WorkerState::Lost(format!("worker killed by signal {sig} ({})", signame(sig)))
+                    }
                     _ => WorkerState::Lost("worker ended abnormally".into()),
                 };
                 events.push(WorkerEvent {
@@ -220,10 +219,7 @@ mod tests {
         assert_eq!(ev[1].state, WorkerState::Exited);
         s.submit(&spec(&d, "/bin/false"), 1).unwrap();
         let ev = wait_events(&mut s, 2);
-        assert_eq!(
-            ev[1].state,
-            WorkerState::Lost("worker exited with code 1".into())
-        );
+        assert_eq!(ev[1].state, WorkerState::Lost("worker exited with code 1".into()));
     }
 
     #[test]
@@ -232,8 +228,7 @@ mod tests {
         let d = SessionDir::create(t.path().join("s")).unwrap();
         let script = t.path().join("sleeper");
         std::fs::write(&script, "#!/bin/sh\nsleep 30\n").unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let mut s = LocalScheduler::new(2).unwrap();
         let ids = s.submit(&spec(&d, script.to_str().unwrap()), 2).unwrap();
         assert_eq!(ids.len(), 2);
@@ -242,11 +237,7 @@ mod tests {
         for pid in pids {
             assert!(!shoal_core::fsutil::pid_alive(pid));
         }
-        assert!(s
-            .poll()
-            .unwrap()
-            .iter()
-            .all(|e| e.state == WorkerState::Running));
+        assert!(s.poll().unwrap().iter().all(|e| e.state == WorkerState::Running));
         assert!(s.poll().unwrap().is_empty());
     }
 
@@ -255,10 +246,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = SessionDir::create(t.path().join("s")).unwrap();
         let mut s = LocalScheduler::new(1).unwrap();
-        let e = s
-            .preflight(&spec(&d, "/no/such/python"))
-            .unwrap_err()
-            .to_string();
+        let e = s.preflight(&spec(&d, "/no/such/python")).unwrap_err().to_string();
         assert!(e.contains("/no/such/python") && e.contains("hint"), "{e}");
         assert!(LocalScheduler::new(0).is_err());
     }
