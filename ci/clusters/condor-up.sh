@@ -14,7 +14,7 @@
 #        SHOAL_CONDOR_CPUS [16]   slots advertised (more than the real cores, on purpose)
 #        SHOAL_CONDOR_SLOTS [hybrid]  hybrid: CPUS-4 static 1-cpu slots + one 4-cpu partitionable
 #                                 slot; static: CPUS 1-cpu slots; partitionable: one p-slot
-#        SHOAL_CONDOR_EXTRA_BINDS ["/root/.pyenv" if present]  host dirs bound read-only at the
+#        SHOAL_CONDOR_EXTRA_BINDS ["/root/.pyenv /opt/shoal-python" if present]  host dirs bound read-only at the
 #                                 same path (e.g. a Python installation the jobs use)
 #        SHOAL_CONDOR_MIRROR      Debian mirror (default: the host's own)
 #        SHOAL_CONDOR_BIN [/usr/local/bin]   where the host wrappers go
@@ -32,6 +32,8 @@ SLOTS=${SHOAL_CONDOR_SLOTS:-hybrid}
 HOST_BIN=${SHOAL_CONDOR_BIN:-/usr/local/bin}
 if [ -z "${SHOAL_CONDOR_EXTRA_BINDS+x}" ]; then
   SHOAL_CONDOR_EXTRA_BINDS=""; [ -d /root/.pyenv ] && SHOAL_CONDOR_EXTRA_BINDS=/root/.pyenv
+  # the job interpreter made by condor-python.sh (readable by the job user)
+  [ -d /opt/shoal-python ] && SHOAL_CONDOR_EXTRA_BINDS="$SHOAL_CONDOR_EXTRA_BINDS /opt/shoal-python"
 fi
 CONDOR_UID=9618                 # the chroot's "condor" daemon account
 HOSTCONF=$R/host/condor_config

@@ -5,6 +5,7 @@
 //! work-dir protocol and the Python API stay unchanged.
 
 pub mod error;
+pub mod htcondor;
 pub mod local;
 pub mod sge;
 pub mod slurm;
@@ -126,9 +127,9 @@ pub fn build(
         }
         "sge" => Ok(Box::new(sge::SgeScheduler::new(workers, options)?)),
         "slurm" => Ok(Box::new(slurm::SlurmScheduler::new(workers, options)?)),
-        "htcondor" => Err(SchedError::Config(format!(
-            "backend {name:?} is not available in this version of shoal yet\nhint: use backend=\"local\""
-        ))),
+        "htcondor" => Ok(Box::new(htcondor::HtcondorScheduler::new(
+            workers, options,
+        )?)),
         other => Err(SchedError::Config(format!(
             "unknown backend {other:?}\nhint: choose one of {}",
             BACKENDS.join(", ")

@@ -1,0 +1,90 @@
+"""One contender of benches/htcondor/run, timed end to end.
+
+Usage: `bench.py raw|shoal|joblib-htcondor N [WORKERS]`.
+
+Runs as the job user (HTCondor never runs root's jobs) and prints `TIME <seconds> <note>`.
+The task is the builtin `abs` (a no-op that pickles by reference for every contender).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+
+def raw(n: int) -> str:
+    """One condor_submit of `queue N` /bin/true jobs, until the last one has terminated."""
+    os.makedirs("raw", exist_ok=True)
+    with open("raw/noop.sub", "w") as f:
+        f.write(
+            "executable = /bin/true\nlog = raw/events.log\noutput = /dev/null\n"
+            "error = /dev/null\nshould_transfer_files = NO\nrequest_memory = 64\n"
+            f"queue {n}\n"
+        )
+    start = time.monotonic()
+    subprocess.run(["condor_submit", "-terse", "raw/noop.sub"], check=True, capture_output=True)
+    subprocess.run(
+        ["condor_wait", "-wait", "1800", "raw/events.log"], check=True, capture_output=True
+    )
+    took = time.monotonic() - start
+    with open("raw/events.log") as f:
+        done = len(re.findall(r"^005 ", f.read(), re.M))
+    assert done == n, f"{done} of {n} jobs terminated"
+    return f"{took:.2f} {n} jobs"
+
+
+def shoal_run(n: int, workers: int) -> str:
+    import shoal
+
+    start = time.monotonic()
+    with shoal.Pool(workers, backend="htcondor") as pool:
+        out = pool.map(abs, range(-n, 0))
+        stats = pool._driver.stats()
+    took = time.monotonic() - start
+    assert out == list(range(n, 0, -1))
+    return f"{took:.2f} {stats['workers_started']} workers"
+
+
+def joblib_htcondor(n: int, workers: int) -> str:
+    from joblib import Parallel, delayed, parallel_config
+    from joblib_htcondor import register_htcondor
+
+    register_htcondor()
+    os.makedirs("jht/shared", exist_ok=True)
+    start = time.monotonic()
+    with parallel_config(
+        backend="htcondor",
+        n_jobs=workers,
+        request_cpus=1,
+        request_memory="512MB",  # its default (8GB) fits no slot of the test pool
+        request_disk="100MB",
+        python_path=sys.executable,
+        initial_dir=os.getcwd(),
+        shared_data_dir=os.path.abspath("jht/shared"),
+        poll_interval=1,
+    ):
+        out = Parallel()(delayed(abs)(i) for i in range(-n, 0))
+    took = time.monotonic() - start
+    assert out == list(range(n, 0, -1))
+    return f"{took:.2f} {n} jobs"
+
+
+def main() -> None:
+    which, n = sys.argv[1], int(sys.argv[2])
+    workers = int(sys.argv[3]) if len(sys.argv) > 3 else 16
+    if which == "raw":
+        res = raw(n)
+    elif which == "shoal":
+        res = shoal_run(n, workers)
+    elif which == "joblib-htcondor":
+        res = joblib_htcondor(n, workers)
+    else:
+        raise SystemExit(f"unknown contender {which!r}")
+    print(f"TIME {res}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,499 @@
+//! The HTCondor backend's options (named as HTCondor names them) and the submit description
+//! they turn into. Everything is validated here, once, before anything reaches condor_submit.
+
+use crate::error::{Result, SchedError};
+use crate::LaunchSpec;
+use shoal_core::layout::Stream;
+use shoal_core::units::{MemSize, TimeLimit};
+use shoal_core::CoreError;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Universes a shoal worker (a Python process on a shared file system) can run in.
+pub const UNIVERSES: [&str; 3] = ["vanilla", "container", "docker"];
+
+/// Option names this backend accepts (the Pool/Executor keyword arguments).
+pub const OPTIONS: [&str; 15] = [
+    "request_cpus",
+    "request_memory",
+    "request_disk",
+    "request_gpus",
+    "universe",
+    "requirements",
+    "pool",
+    "schedd",
+    "accounting_group",
+    "attributes",
+    "getenv",
+    "initial_dir",
+    "extra_directives",
+    "poll_interval",
+    "log_dir",
+];
+
+/// Submit commands shoal writes itself: setting them again would break the worker protocol.
+const RESERVED: [&str; 12] = [
+    "executable",
+    "arguments",
+    "args",
+    "output",
+    "error",
+    "log",
+    "log_xml",
+    "queue",
+    "transfer_executable",
+    "should_transfer_files",
+    "environment",
+    "universe",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GetEnv {
+    All(bool),
+    /// Variable names (or patterns) to copy from the submitter's environment.
+    Names(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct CondorOptions {
+    pub request_cpus: Option<u32>,
+    pub request_memory: Option<MemSize>,
+    pub request_disk: Option<MemSize>,
+    pub request_gpus: Option<u32>,
+    pub universe: String,
+    pub requirements: Option<String>,
+    pub pool: Option<String>,
+    pub schedd: Option<String>,
+    pub accounting_group: Option<String>,
+    /// `+Name = value` job attributes; values are ClassAd literals already.
+    pub attributes: BTreeMap<String, String>,
+    pub getenv: Option<GetEnv>,
+    pub initial_dir: Option<PathBuf>,
+    pub extra_directives: Vec<String>,
+    pub poll_interval: Duration,
+    pub log_dir: Option<PathBuf>,
+}
+
+impl Default for CondorOptions {
+    fn default() -> Self {
+        CondorOptions {
+            request_cpus: None,
+            request_memory: None,
+            request_disk: None,
+            request_gpus: None,
+            universe: "vanilla".into(),
+            requirements: None,
+            pool: None,
+            schedd: None,
+            accounting_group: None,
+            attributes: BTreeMap::new(),
+            getenv: None,
+            initial_dir: None,
+            extra_directives: Vec::new(),
+            poll_interval: Duration::from_millis(500),
+            log_dir: None,
+        }
+    }
+}
+
+fn invalid(option: &str, value: &serde_json::Value, reason: &str) -> SchedError {
+    let shown = match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    SchedError::Core(CoreError::invalid(option, shown, reason))
+}
+
+fn text(option: &str, v: &serde_json::Value) -> Result<String> {
+    match v {
+        serde_json::Value::String(s) if !s.trim().is_empty() && !s.contains('\n') => {
+            Ok(s.trim().to_string())
+        }
+        _ => Err(invalid(option, v, "expected a non-empty one-line string")),
+    }
+}
+
+fn count(option: &str, v: &serde_json::Value) -> Result<u32> {
+    let n = match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if n >= 1 && n <= u64::from(u32::MAX) => Ok(n as u32),
+        _ => Err(invalid(option, v, "expected a whole number >= 1")),
+    }
+}
+
+fn size(option: &str, v: &serde_json::Value) -> Result<MemSize> {
+    match v {
+        // A bare number means MB, as in HTCondor's request_memory.
+        serde_json::Value::Number(n) => {
+            MemSize::parse(option, &n.to_string()).map_err(SchedError::from)
+        }
+        serde_json::Value::String(s) => MemSize::parse(option, s).map_err(SchedError::from),
+        _ => Err(invalid(
+            option,
+            v,
+            "expected a size like \"2G\" or a number of MB",
+        )),
+    }
+}
+
+/// A ClassAd literal for a JSON value: strings are quoted, numbers and booleans are not.
+fn classad_literal(option: &str, v: &serde_json::Value) -> Result<String> {
+    match v {
+        serde_json::Value::String(s) => Ok(format!(
+            "\"{}\"",
+            s.replace('\\', "\\\\").replace('"', "\\\"")
+        )),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        serde_json::Value::Bool(b) => Ok(if *b { "True" } else { "False" }.into()),
+        _ => Err(invalid(
+            option,
+            v,
+            "attribute values must be strings, numbers or booleans",
+        )),
+    }
+}
+
+fn valid_attr_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl CondorOptions {
+    /// Parse the backend's JSON options; unknown names are errors that list the known ones.
+    pub fn from_json(options: &serde_json::Value) -> Result<CondorOptions> {
+        let mut o = CondorOptions::default();
+        let Some(map) = options.as_object() else {
+            return Ok(o);
+        };
+        for (key, v) in map {
+            if v.is_null() {
+                continue;
+            }
+            match key.as_str() {
+                "request_cpus" => o.request_cpus = Some(count(key, v)?),
+                "request_gpus" => o.request_gpus = Some(count(key, v)?),
+                "request_memory" => o.request_memory = Some(size(key, v)?),
+                "request_disk" => o.request_disk = Some(size(key, v)?),
+                "universe" => {
+                    let u = text(key, v)?.to_ascii_lowercase();
+                    if !UNIVERSES.contains(&u.as_str()) {
+                        return Err(invalid(
+                            key,
+                            v,
+                            &format!(
+                                "shoal workers run in one of: {} (a worker is a Python process on a shared file system)",
+                                UNIVERSES.join(", ")
+                            ),
+                        ));
+                    }
+                    o.universe = u;
+                }
+                "requirements" => o.requirements = Some(text(key, v)?),
+                "pool" => o.pool = Some(text(key, v)?),
+                "schedd" => o.schedd = Some(text(key, v)?),
+                "accounting_group" => o.accounting_group = Some(text(key, v)?),
+                "attributes" => {
+                    let Some(attrs) = v.as_object() else {
+                        return Err(invalid(key, v, "expected a dict of job attributes, e.g. {\"ProjectName\": \"x\"}"));
+                    };
+                    for (name, value) in attrs {
+                        let name = name.trim_start_matches('+').trim_start_matches("My.");
+                        if !valid_attr_name(name) {
+                            return Err(invalid(key, &serde_json::Value::String(name.into()), "not a ClassAd attribute name (letters, digits, '_')"));
+                        }
+                        o.attributes.insert(name.to_string(), classad_literal(key, value)?);
+                    }
+                }
+                "getenv" => {
+                    o.getenv = Some(match v {
+                        serde_json::Value::Bool(b) => GetEnv::All(*b),
+                        serde_json::Value::String(_) => GetEnv::Names(text(key, v)?),
+                        serde_json::Value::Array(items) => {
+                            let names: Vec<String> = items.iter().map(|i| text(key, i)).collect::<Result<_>>()?;
+                            GetEnv::Names(names.join(", "))
+                        }
+                        _ => return Err(invalid(key, v, "expected True/False or variable names")),
+                    })
+                }
+                "initial_dir" => o.initial_dir = Some(PathBuf::from(text(key, v)?)),
+                "log_dir" => o.log_dir = Some(PathBuf::from(text(key, v)?)),
+                "poll_interval" => {
+                    let t = match v {
+                        serde_json::Value::Number(n) => TimeLimit::parse(key, &n.to_string()),
+                        serde_json::Value::String(s) => TimeLimit::parse(key, s),
+                        _ => return Err(invalid(key, v, "expected seconds")),
+                    }?;
+                    o.poll_interval = t.0.max(Duration::from_millis(50));
+                }
+                "extra_directives" => {
+                    let lines: Vec<String> = match v {
+                        serde_json::Value::String(s) => s.lines().map(str::to_string).collect(),
+                        serde_json::Value::Array(items) => items
+                            .iter()
+                            .map(|i| match i {
+                                serde_json::Value::String(s) => Ok(s.clone()),
+                                _ => Err(invalid(key, i, "expected submit-description lines (strings)")),
+                            })
+                            .collect::<Result<_>>()?,
+                        _ => return Err(invalid(key, v, "expected a string or a list of submit-description lines")),
+                    };
+                    for line in lines {
+                        let line = line.trim().to_string();
+                        if line.is_empty() || line.starts_with('#') {
+                            continue;
+                        }
+                        let command = line
+                            .split(['=', ' ', '\t'])
+                            .next()
+                            .unwrap_or("")
+                            .trim()
+                            .to_ascii_lowercase();
+                        if RESERVED.contains(&command.as_str()) {
+                            return Err(invalid(
+                                key,
+                                &serde_json::Value::String(line.clone()),
+                                &format!("shoal writes {command:?} itself (the worker command, its logs and the event log must be where shoal reads them); use the matching option instead if there is one"),
+                            ));
+                        }
+                        o.extra_directives.push(line);
+                    }
+                }
+                other => {
+                    return Err(SchedError::Config(format!(
+                        "option {other:?} is not an HTCondor backend option\nhint: known options: {}, and the generic ones (python_path, work_dir, idle_timeout, heartbeat_timeout, max_attempts, env)",
+                        OPTIONS.join(", ")
+                    )))
+                }
+            }
+        }
+        Ok(o)
+    }
+
+    /// `-pool P -name S`, for every condor_* command.
+    pub fn target_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(p) = &self.pool {
+            a.push("-pool".into());
+            a.push(p.clone());
+        }
+        if let Some(s) = &self.schedd {
+            a.push("-name".into());
+            a.push(s.clone());
+        }
+        a
+    }
+}
+
+/// One argument in HTCondor's "new" quoting: wrapped in single quotes when it has blanks
+/// or quotes, with `'` doubled; `"` is doubled inside the outer double quotes.
+fn quote_arg(arg: &str) -> String {
+    let inner = if arg.is_empty() || arg.contains([' ', '\t', '\'', '"']) {
+        format!("'{}'", arg.replace('\'', "''"))
+    } else {
+        arg.to_string()
+    };
+    inner.replace('"', "\"\"")
+}
+
+/// `"a b 'c d'"`: an argument list or an environment in the new syntax.
+pub fn quote_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let parts: Vec<String> = items.into_iter().map(quote_arg).collect();
+    format!("\"{}\"", parts.join(" "))
+}
+
+/// The submit description for `n` workers of a session: one cluster, `queue n`, worker id
+/// `$(Cluster).$(Process)`, output and error exactly where `SessionDir::log` says.
+pub fn description(
+    o: &CondorOptions,
+    spec: &LaunchSpec,
+    event_log: &std::path::Path,
+    n: usize,
+) -> String {
+    const ID: &str = "$(Cluster).$(Process)";
+    let argv = spec.worker_argv(Some(ID));
+    let mut d = String::new();
+    let mut line = |k: &str, v: &str| {
+        d.push_str(k);
+        d.push_str(" = ");
+        d.push_str(v);
+        d.push('\n');
+    };
+    line("universe", &o.universe);
+    line("executable", &argv[0]);
+    line("transfer_executable", "False");
+    line(
+        "arguments",
+        &quote_list(argv[1..].iter().map(String::as_str)),
+    );
+    let iwd = o.initial_dir.clone().unwrap_or_else(|| spec.cwd.clone());
+    line("initialdir", &iwd.display().to_string());
+    line(
+        "output",
+        &spec.session.log(ID, Stream::Stdout).display().to_string(),
+    );
+    line(
+        "error",
+        &spec.session.log(ID, Stream::Stderr).display().to_string(),
+    );
+    line("log", &event_log.display().to_string());
+    // shoal parses the classic text format; never let a site default switch it to XML.
+    line("log_xml", "False");
+    // Workers read and write the session dir in place: it must be on a shared file system.
+    line("should_transfer_files", "NO");
+    if !spec.env.is_empty() {
+        let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        line("environment", &quote_list(env.iter().map(String::as_str)));
+    }
+    match &o.getenv {
+        Some(GetEnv::All(b)) => line("getenv", if *b { "True" } else { "False" }),
+        Some(GetEnv::Names(n)) => line("getenv", n),
+        None => {}
+    }
+    if let Some(c) = o.request_cpus {
+        line("request_cpus", &c.to_string());
+    }
+    if let Some(m) = o.request_memory {
+        line("request_memory", &m.megabytes().to_string());
+    }
+    if let Some(disk) = o.request_disk {
+        // request_disk is in KiB.
+        line("request_disk", &disk.0.div_ceil(1024).to_string());
+    }
+    if let Some(g) = o.request_gpus {
+        line("request_gpus", &g.to_string());
+    }
+    if let Some(r) = &o.requirements {
+        line("requirements", r);
+    }
+    if let Some(a) = &o.accounting_group {
+        line("accounting_group", a);
+    }
+    let sid = spec.session.id();
+    line("batch_name", &format!("shoal-{sid}"));
+    line("+ShoalSession", &format!("\"{sid}\""));
+    for (k, v) in &o.attributes {
+        line(&format!("+{k}"), v);
+    }
+    for extra in &o.extra_directives {
+        d.push_str(extra);
+        d.push('\n');
+    }
+    d.push_str(&format!("queue {n}\n"));
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use shoal_core::SessionDir;
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            session: SessionDir::open("/tmp/shoal s/sess-1"),
+            python: "/opt/py/bin/python".into(),
+            env: vec![
+                ("SHOAL_WORKER".into(), "1".into()),
+                ("MSG".into(), "it's \"x\"".into()),
+            ],
+            cwd: "/home/u".into(),
+        }
+    }
+
+    #[test]
+    fn description_has_one_cluster_and_exact_log_paths() {
+        let o = CondorOptions::from_json(&json!({
+            "request_cpus": 2, "request_memory": "1.5G", "request_disk": "2G", "request_gpus": 1,
+            "requirements": "OpSys == \"LINUX\"", "accounting_group": "grp.u",
+            "attributes": {"ProjectName": "x", "+Prio": 3, "Flag": true},
+            "getenv": ["HOME", "LANG"], "extra_directives": "# c\nrank = Memory\n",
+        }))
+        .unwrap();
+        let d = description(
+            &o,
+            &spec(),
+            std::path::Path::new("/tmp/shoal s/sess-1/condor.log"),
+            16,
+        );
+        let expected = r#"universe = vanilla
+executable = /opt/py/bin/python
+transfer_executable = False
+arguments = "-m shoal.worker '/tmp/shoal s/sess-1' --worker-id $(Cluster).$(Process)"
+initialdir = /home/u
+output = /tmp/shoal s/sess-1/logs/$(Cluster).$(Process).out
+error = /tmp/shoal s/sess-1/logs/$(Cluster).$(Process).err
+log = /tmp/shoal s/sess-1/condor.log
+log_xml = False
+should_transfer_files = NO
+environment = "SHOAL_WORKER=1 'MSG=it''s ""x""'"
+getenv = HOME, LANG
+request_cpus = 2
+request_memory = 1536
+request_disk = 2097152
+request_gpus = 1
+requirements = OpSys == "LINUX"
+accounting_group = grp.u
+batch_name = shoal-sess-1
++ShoalSession = "sess-1"
++Flag = True
++Prio = 3
++ProjectName = "x"
+rank = Memory
+queue 16
+"#;
+        assert_eq!(d, expected);
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let err = |v: serde_json::Value| CondorOptions::from_json(&v).unwrap_err().to_string();
+        let e = err(json!({"request_memory": "lots"}));
+        assert!(
+            e.contains("\"lots\"") && e.contains("request_memory"),
+            "{e}"
+        );
+        let e = err(json!({"universe": "grid"}));
+        assert!(e.contains("\"grid\"") && e.contains("vanilla"), "{e}");
+        let e = err(json!({"request_cpus": 0}));
+        assert!(e.contains("request_cpus"), "{e}");
+        let e = err(json!({"partition": "x"}));
+        assert!(
+            e.contains("partition") && e.contains("request_memory"),
+            "{e}"
+        );
+        let e = err(json!({"extra_directives": ["output = /tmp/x"]}));
+        assert!(e.contains("output"), "{e}");
+        let e = err(json!({"attributes": {"bad name": 1}}));
+        assert!(e.contains("bad name"), "{e}");
+        let e = err(json!({"requirements": ""}));
+        assert!(e.contains("requirements"), "{e}");
+    }
+
+    #[test]
+    fn defaults_and_targets() {
+        let o = CondorOptions::from_json(&json!({"pool": "cm:9618", "schedd": "s@h", "universe": "VANILLA", "poll_interval": 2, "request_memory": 512})).unwrap();
+        assert_eq!(o.target_args(), vec!["-pool", "cm:9618", "-name", "s@h"]);
+        assert_eq!(o.universe, "vanilla");
+        assert_eq!(o.poll_interval, Duration::from_secs(2));
+        assert_eq!(o.request_memory.unwrap().megabytes(), 512);
+        let d = description(
+            &CondorOptions::default(),
+            &spec(),
+            std::path::Path::new("/l"),
+            1,
+        );
+        assert!(
+            d.ends_with("queue 1\n") && !d.contains("request_") && !d.contains("getenv"),
+            "{d}"
+        );
+        assert_eq!(quote_list(["a", "", "b c"]), "\"a '' 'b c'\"");
+    }
+}

@@ -1,0 +1,379 @@
+//! Fault injection for the HTCondor backend's state machine: a hand-written event log and
+//! fake condor_* tools that record their calls (the real pool is exercised by
+//! tests/test_htcondor.py).
+
+use super::*;
+use serde_json::json;
+use shoal_core::SessionDir;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    bin: PathBuf,
+    spec: LaunchSpec,
+    sched: HtcondorScheduler,
+}
+
+const FAKES: [(&str, &str); 4] = [
+    (
+        "condor_submit",
+        "case \"$*\" in *-terse*) echo '42.0 - 42.2';; esac",
+    ),
+    (
+        "condor_q",
+        "[ \"$1\" = -totals ] && exit 0; cat \"$D/queue.json\" 2>/dev/null; true",
+    ),
+    (
+        "condor_rm",
+        "case \"$*\" in *-forcex*|*.*) ;; *) rm -f \"$D/queue.json\";; esac",
+    ),
+    ("condor_release", "true"),
+];
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        for (name, body) in FAKES {
+            let path = bin.join(name);
+            let script = format!(
+                "#!/bin/sh\nD={}\necho \"{name} $*\" >> \"$D/calls\"\n{body}\n",
+                bin.display()
+            );
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let session = SessionDir::create(tmp.path().join("sess")).unwrap();
+        let spec = LaunchSpec {
+            session,
+            python: "/bin/sh".into(),
+            env: vec![],
+            cwd: tmp.path().to_path_buf(),
+        };
+        let mut sched = HtcondorScheduler::new(3, &json!({})).unwrap();
+        sched.bin_dir = Some(bin.clone());
+        sched.query_every = Duration::ZERO;
+        Fixture {
+            _tmp: tmp,
+            bin,
+            spec,
+            sched,
+        }
+    }
+
+    fn log(&self, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.spec.session.sub("condor.log"))
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn queue(&self, json: &str) {
+        std::fs::write(self.bin.join("queue.json"), json).unwrap();
+    }
+
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self.bin.join("calls")).unwrap_or_default()
+    }
+
+    fn poll(&mut self) -> Vec<(String, WorkerState)> {
+        self.sched
+            .poll()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.worker, e.state))
+            .collect()
+    }
+
+    /// Submit the three fake workers and see them start.
+    fn started() -> Fixture {
+        let mut f = Fixture::new();
+        f.sched.preflight(&f.spec).unwrap();
+        let ids = f.sched.submit(&f.spec, 3).unwrap();
+        assert_eq!(ids, vec!["42.0", "42.1", "42.2"]);
+        f.queue(r#"[{"ClusterId":42,"ProcId":0,"JobStatus":2},{"ClusterId":42,"ProcId":1,"JobStatus":2},{"ClusterId":42,"ProcId":2,"JobStatus":2}]"#);
+        for p in 0..3 {
+            f.log(&ev(
+                1,
+                p,
+                "Job executing on host: <127.0.0.1:9618>\n\tSlotName: slot1@vm",
+            ));
+        }
+        let got = f.poll();
+        assert_eq!(got.len(), 3);
+        assert!(
+            got.iter().all(|(_, s)| *s == WorkerState::Running),
+            "{got:?}"
+        );
+        f
+    }
+}
+
+fn ev(code: u16, proc: u64, text: &str) -> String {
+    format!("{code:03} (042.{proc:03}.000) 2026-11-26 05:23:12 {text}\n...\n")
+}
+
+fn lost(reason_part: &str, state: &WorkerState) -> bool {
+    matches!(state, WorkerState::Lost(r) if r.contains(reason_part))
+}
+
+#[test]
+fn exits_become_exited_or_lost() {
+    let mut f = Fixture::started();
+    f.log(&ev(
+        5,
+        0,
+        "Job terminated.\n\t(1) Normal termination (return value 0)",
+    ));
+    f.log(&ev(
+        5,
+        1,
+        "Job terminated.\n\t(1) Normal termination (return value 2)",
+    ));
+    f.log(&ev(
+        5,
+        2,
+        "Job terminated.\n\t(0) Abnormal termination (signal 9)",
+    ));
+    let got = f.poll();
+    assert_eq!(got[0], ("42.0".into(), WorkerState::Exited));
+    assert_eq!(
+        got[1],
+        (
+            "42.1".into(),
+            WorkerState::Lost("worker exited with code 2".into())
+        )
+    );
+    assert_eq!(
+        got[2],
+        (
+            "42.2".into(),
+            WorkerState::Lost("worker killed by signal 9".into())
+        )
+    );
+    assert!(f.sched.job_ids().is_empty());
+    // The submit description went to condor_submit with queue 3.
+    let sub = std::fs::read_to_string(f.spec.session.sub("condor.sub")).unwrap();
+    assert!(
+        sub.contains("queue 3") && sub.contains("--worker-id $(Cluster).$(Process)"),
+        "{sub}"
+    );
+}
+
+#[test]
+fn user_hold_of_a_running_worker_is_reported_and_removed() {
+    let mut f = Fixture::started();
+    f.log(&ev(4, 1, "Job was evicted.\n\t(0) CPU times"));
+    f.log(&ev(
+        12,
+        1,
+        "Job was held.\n\tvia condor_hold (by user shoal)\n\tCode 1 Subcode 0",
+    ));
+    let got = f.poll();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "42.1");
+    assert!(
+        lost(
+            "held by HTCondor while running: via condor_hold (by user shoal) (HoldReasonCode 1",
+            &got[0].1
+        ),
+        "{got:?}"
+    );
+    assert!(f.calls().contains("condor_rm 42.1"), "{}", f.calls());
+    // Its later abort event (from shoal's own condor_rm) is not a second loss.
+    f.log(&ev(
+        9,
+        1,
+        "Job was aborted.\n\tvia condor_rm (by user shoal)",
+    ));
+    assert!(f.poll().is_empty());
+}
+
+#[test]
+fn eviction_waits_one_poll_for_a_hold_then_reports() {
+    let mut f = Fixture::started();
+    f.log(&ev(4, 2, "Job was evicted.\n\t(0) CPU times"));
+    assert!(f.poll().is_empty(), "a hold may follow in the next poll");
+    let got = f.poll();
+    assert_eq!(got.len(), 1);
+    assert!(lost("evicted", &got[0].1), "{got:?}");
+    assert!(f.calls().contains("condor_rm 42.2"));
+}
+
+#[test]
+fn eviction_followed_by_a_hold_reports_the_hold() {
+    let mut f = Fixture::started();
+    f.log(&ev(4, 2, "Job was evicted.\n\t(0) CPU times"));
+    assert!(f.poll().is_empty());
+    f.log(&ev(
+        12,
+        2,
+        "Job was held.\n\tError from slot1@vm: disk full\n\tCode 26 Subcode 0",
+    ));
+    let got = f.poll();
+    assert!(lost("disk full (HoldReasonCode 26", &got[0].1), "{got:?}");
+}
+
+#[test]
+fn transient_holds_are_released_up_to_a_limit() {
+    let mut f = Fixture::new();
+    f.sched.preflight(&f.spec).unwrap();
+    f.sched.submit(&f.spec, 3).unwrap();
+    f.queue(r#"[{"ClusterId":42,"ProcId":0,"JobStatus":1},{"ClusterId":42,"ProcId":1,"JobStatus":1},{"ClusterId":42,"ProcId":2,"JobStatus":1}]"#);
+    let hold = ev(
+        12,
+        0,
+        "Job was held.\n\tTransfer input files failure: connection reset\n\tCode 13 Subcode 104",
+    );
+    for i in 1..=MAX_RELEASES {
+        f.log(&hold);
+        assert!(f.poll().is_empty());
+        assert_eq!(f.calls().matches("condor_release 42.0").count() as u32, i);
+        f.log(&ev(
+            13,
+            0,
+            "Job was released.\n\tvia condor_release (by user shoal)",
+        ));
+        assert!(f.poll().is_empty());
+    }
+    f.log(&hold);
+    let got = f.poll();
+    assert!(
+        lost(
+            "connection reset (HoldReasonCode 13, subcode 104) (released 3 times",
+            &got[0].1
+        ),
+        "{got:?}"
+    );
+    assert!(f.calls().contains("condor_rm 42.0"));
+}
+
+#[test]
+fn permanent_hold_before_start_names_the_cause() {
+    let mut f = Fixture::started();
+    f.log(&ev(12, 0, "Job was held.\n\tError from slot1@vm: Failed to open '/root/s/logs/42.0.out' as standard output: Permission denied (errno 13)\n\tCode 14 Subcode 13"));
+    let got = f.poll();
+    assert!(
+        lost("Permission denied", &got[0].1)
+            && lost("hint: jobs run as your HTCondor user", &got[0].1),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn removal_by_someone_else_is_a_loss_but_cancel_is_not() {
+    let mut f = Fixture::started();
+    f.log(&ev(
+        9,
+        0,
+        "Job was aborted.\n\tvia condor_rm (by user admin)",
+    ));
+    let got = f.poll();
+    assert_eq!(got.len(), 1);
+    assert!(
+        lost(
+            "removed from the HTCondor queue via condor_rm (by user admin)",
+            &got[0].1
+        ),
+        "{got:?}"
+    );
+    f.sched.cancel(&["42.1".into()]).unwrap();
+    assert!(f.calls().contains("condor_rm 42.1"));
+    f.log(&ev(
+        9,
+        1,
+        "Job was aborted.\n\tvia condor_rm (by user shoal)",
+    ));
+    assert!(f.poll().is_empty());
+}
+
+#[test]
+fn schedd_query_catches_holds_and_vanished_jobs() {
+    let mut f = Fixture::started();
+    // 42.0 held without a log event; 42.1 gone from the queue; 42.2 still running.
+    f.queue(r#"[{"ClusterId":42,"ProcId":0,"JobStatus":5,"HoldReason":"policy said so","HoldReasonCode":3,"HoldReasonSubCode":0},{"ClusterId":42,"ProcId":2,"JobStatus":2}]"#);
+    let got = f.poll();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        lost("policy said so (HoldReasonCode 3", &got[0].1),
+        "{got:?}"
+    );
+    let got = f.poll();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "42.1");
+    assert!(lost("left the HTCondor queue", &got[0].1), "{got:?}");
+}
+
+#[test]
+fn cancel_all_removes_and_waits_until_the_queue_is_empty() {
+    let mut f = Fixture::started();
+    assert_eq!(f.sched.job_ids(), vec!["42"]);
+    f.sched.cancel_all().unwrap();
+    let calls = f.calls();
+    assert!(calls.contains("condor_rm 42\n"), "{calls}");
+    assert!(
+        calls
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("condor_q 42 -json"),
+        "{calls}"
+    );
+    assert!(f.sched.job_ids().is_empty());
+    // Nothing left: a second cancel_all does not call anything.
+    let n = f.calls().lines().count();
+    f.sched.cancel_all().unwrap();
+    assert_eq!(f.calls().lines().count(), n);
+}
+
+#[test]
+fn preflight_errors_are_clear() {
+    let mut f = Fixture::new();
+    std::fs::write(
+        f.bin.join("condor_q"),
+        "#!/bin/sh\necho 'Failed to connect to local queue' >&2; exit 1\n",
+    )
+    .unwrap();
+    let e = f.sched.preflight(&f.spec).unwrap_err().to_string();
+    assert!(
+        e.contains("no HTCondor schedd reachable: Failed to connect") && e.contains("hint"),
+        "{e}"
+    );
+    let mut f = Fixture::new();
+    std::fs::write(
+        f.bin.join("condor_submit"),
+        "#!/bin/sh\necho 'ERROR: Parse error in expression: Requirements = (x ==)' >&2; exit 1\n",
+    )
+    .unwrap();
+    let e = f.sched.preflight(&f.spec).unwrap_err().to_string();
+    assert!(
+        e.contains("Parse error in expression") && e.contains("requirements="),
+        "{e}"
+    );
+    let mut f = Fixture::new();
+    f.sched.bin_dir = Some("/nonexistent".into());
+    let e = f.sched.preflight(&f.spec).unwrap_err().to_string();
+    assert!(e.contains("condor_q") && e.contains("not found"), "{e}");
+    f.spec.python = "relative/python".into();
+    let e = f.sched.preflight(&f.spec).unwrap_err().to_string();
+    assert!(e.contains("python_path"), "{e}");
+}
+
+#[test]
+fn terse_output_and_queue_json() {
+    assert_eq!(parse_terse("7.0 - 7.2\n").unwrap().len(), 3);
+    assert_eq!(
+        parse_terse("7.0\n").unwrap(),
+        vec![JobId {
+            cluster: 7,
+            proc: 0
+        }]
+    );
+    assert!(parse_terse("garbage").is_none());
+    assert!(parse_queue("").unwrap().is_empty());
+    assert!(parse_queue("not json").is_err());
+}

@@ -1,0 +1,272 @@
+"""Scenarios for the HTCondor backend, run by tests/test_htcondor.py as the job user.
+
+HTCondor never runs root's jobs, so the driver must run as the user whose jobs these are:
+test_htcondor.py copies this file somewhere that user can read and runs
+``python htcondor_scenarios.py NAME`` with the interpreter made by ci/clusters/condor-python.sh.
+Each scenario prints ``RESULT <json>`` as its last line; the test asserts on it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import shoal
+from shoal.errors import ConfigError, SchedulerError, SessionError, TaskError
+
+SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {}
+
+
+def scenario(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    SCENARIOS[fn.__name__] = fn
+    return fn
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.1)
+    return x * x
+
+
+def fail(x: int) -> int:
+    if x == 3:
+        raise KeyError(f"bad item {x}")
+    return x
+
+
+def session_jobs(session: str) -> list[str]:
+    """Jobs of a session still in the queue (any state)."""
+    out = subprocess.run(
+        [
+            "condor_q",
+            "-json",
+            "-constraint",
+            f'ShoalSession == "{session}"',
+            "-attributes",
+            "ClusterId,ProcId",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [f"{a['ClusterId']}.{a['ProcId']}" for a in json.loads(out)] if out.strip() else []
+
+
+def running_worker(pool: shoal.Pool, timeout: float = 90) -> str:
+    """A worker id (Cluster.Proc) whose process has started (it wrote its info file)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        infos = sorted(glob.glob(os.path.join(pool._driver.path, "workers", "*.json")))
+        if infos:
+            return os.path.basename(infos[0])[: -len(".json")]
+        time.sleep(0.2)
+    raise TimeoutError("no worker started")
+
+
+@scenario
+def results() -> dict[str, Any]:
+    with shoal.Pool(
+        4,
+        backend="htcondor",
+        request_memory="256M",
+        request_cpus=1,
+        attributes={"ProjectName": "shoal-tests"},
+    ) as pool:
+        session = pool.session
+        mapped = pool.map(square, range(200))
+        imapped = list(pool.imap(square, range(50), chunksize=5))
+        unordered = sorted(pool.imap_unordered(square, range(50)))
+        star = pool.starmap(add, [(i, i) for i in range(20)])
+        applied = pool.apply(add, (2, 3))
+        asyncs = [pool.apply_async(square, (i,)) for i in range(10)]
+        got_async = [a.get(timeout=120) for a in asyncs]
+        stats = pool._driver.stats()
+        # The workers are one cluster's procs, named Cluster.Proc.
+        worker_ids = sorted(
+            os.path.basename(p)[:-5]
+            for p in glob.glob(os.path.join(pool._driver.path, "workers", "*.json"))
+        )
+        with open(os.path.join(pool._driver.path, "condor.sub")) as f:
+            sub = f.read()
+        with open(os.path.join(pool._driver.path, "condor.log")) as f:
+            submitted = [
+                f"{int(c)}.{int(p)}"
+                for c, p in re.findall(r"^000 \((\d+)\.(\d+)\.\d+\)", f.read(), re.M)
+            ]
+    ok = (
+        mapped == [i * i for i in range(200)]
+        and imapped == [i * i for i in range(50)]
+        and unordered == sorted(i * i for i in range(50))
+        and star == [2 * i for i in range(20)]
+        and applied == 5
+        and got_async == [i * i for i in range(10)]
+    )
+    return {
+        "ok": ok,
+        "stats": stats,
+        "workers": worker_ids,
+        "submitted": submitted,
+        "submit": sub,
+        "left": session_jobs(session),
+    }
+
+
+@scenario
+def executor() -> dict[str, Any]:
+    with shoal.Executor(max_workers=3, backend="htcondor") as ex:
+        futs = [ex.submit(add, i, 1) for i in range(30)]
+        values = [f.result(timeout=120) for f in futs]
+        mapped = list(ex.map(square, range(40)))
+        session = ex._driver.id
+    return {
+        "ok": values == [i + 1 for i in range(30)] and mapped == [i * i for i in range(40)],
+        "left": session_jobs(session),
+    }
+
+
+@scenario
+def traceback() -> dict[str, Any]:
+    with shoal.Pool(2, backend="htcondor") as pool:
+        session = pool.session
+        try:
+            pool.map(fail, range(6))
+            err = None
+        except KeyError as e:
+            err = e
+        except TaskError as e:
+            err = e
+        cause = getattr(err, "__cause__", None)
+        ok_after = pool.apply(square, (7,))
+    return {
+        "type": type(err).__name__,
+        "message": str(err),
+        "cause": str(cause),
+        "ok_after": ok_after,
+        "left": session_jobs(session),
+    }
+
+
+def disturb(action: str) -> dict[str, Any]:
+    """Hold or remove one running worker mid-map; every result must still come, once."""
+    with shoal.Pool(3, backend="htcondor", heartbeat_timeout=60) as pool:
+        session = pool.session
+        n = 60
+        result = pool.imap_unordered(slow_square, range(n), chunksize=2)
+        victim = running_worker(pool)
+        time.sleep(1.0)  # let it claim a chunk
+        done = subprocess.run([f"condor_{action}", victim], capture_output=True, text=True)
+        values = list(result)
+        stats = pool._driver.stats()
+    # Unordered, so a result delivered twice or never would show.
+    return {
+        "ok": sorted(values) == [i * i for i in range(n)],
+        "victim": victim,
+        "action_rc": done.returncode,
+        "action_out": done.stdout + done.stderr,
+        "stats": stats,
+        "left": session_jobs(session),
+    }
+
+
+@scenario
+def hold() -> dict[str, Any]:
+    return disturb("hold")
+
+
+@scenario
+def remove() -> dict[str, Any]:
+    return disturb("rm")
+
+
+def error_of(make: Callable[[], Any]) -> dict[str, Any]:
+    start = time.monotonic()
+    try:
+        make()
+        return {"error": None, "seconds": time.monotonic() - start}
+    except Exception as e:  # the test checks the class and message
+        return {
+            "error": type(e).__name__,
+            "message": str(e),
+            "config_error": isinstance(e, ConfigError),
+            "scheduler_error": isinstance(e, SchedulerError),
+            "seconds": time.monotonic() - start,
+        }
+
+
+@scenario
+def bad_requests() -> dict[str, Any]:
+    work = tempfile.mkdtemp(prefix="bad-requests-", dir=os.environ["SHOAL_HOME"])
+
+    def pool(**options: Any) -> shoal.Pool:
+        return shoal.Pool(2, backend="htcondor", work_dir=work, **options)
+
+    return {
+        "memory": error_of(lambda: pool(request_memory="lots")),
+        "universe": error_of(lambda: pool(universe="standard")),
+        "requirements": error_of(lambda: pool(requirements="(Memory > )")),
+        "schedd": error_of(lambda: pool(schedd="no-such-schedd")),
+        "option": error_of(lambda: pool(partition="debug")),
+        "sessions_left": len(os.listdir(work)),
+    }
+
+
+@scenario
+def held_forever() -> dict[str, Any]:
+    """Every worker is put on hold by policy: a clear error, never a hang."""
+    start = time.monotonic()
+    pool = shoal.Pool(2, backend="htcondor", extra_directives=["periodic_hold = True"])
+    session = pool.session
+    try:
+        pool.map(square, range(10))
+        err = None
+    except SessionError as e:
+        err = e
+    finally:
+        pool.terminate()
+    return {
+        "error": type(err).__name__,
+        "message": str(err),
+        "seconds": time.monotonic() - start,
+        "left": session_jobs(session),
+    }
+
+
+@scenario
+def interrupted() -> dict[str, Any]:
+    """Killed by Ctrl-C (SIGINT from the test) while workers run: they must all go."""
+    pool = shoal.Pool(3, backend="htcondor")
+    session = pool.session
+    result = pool.map_async(slow_square, range(3000), chunksize=10)
+    running_worker(pool)
+    try:
+        # Inside the try: the test's SIGINT may arrive as soon as this line is out.
+        print(f"SESSION {session}", flush=True)
+        result.get(timeout=240)
+    except KeyboardInterrupt:
+        pool.terminate()
+        return {"interrupted": True, "left": session_jobs(session)}
+    return {"interrupted": False, "left": session_jobs(session)}
+
+
+def main() -> None:
+    name = sys.argv[1]
+    out = SCENARIOS[name]()
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

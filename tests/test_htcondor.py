@@ -1,0 +1,236 @@
+"""The HTCondor backend on the real test pool (ci/clusters/cluster up htcondor).
+
+HTCondor never runs root's jobs, so each scenario of htcondor_scenarios.py runs as the job
+user (`shoal` when the tests run as root), with the interpreter made by
+ci/clusters/condor-python.sh (a world-readable copy of this Python with this checkout's wheel),
+in a sandbox under /tmp that the user owns. A scenario prints `RESULT <json>`; the assertions
+are here. Every test also checks that no job of the session is left in the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.htcondor, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[1]
+PREPARE = REPO / "ci" / "clusters" / "condor-python.sh"
+SCENARIOS = Path(__file__).with_name("htcondor_scenarios.py")
+USER = os.environ.get("SHOAL_USER", "shoal")
+CONDOR_CONFIG = os.environ.get("CONDOR_CONFIG", "/var/lib/shoal-condor/host/condor_config")
+
+
+class Runner:
+    """Runs scenarios as the job user and returns their RESULT."""
+
+    def __init__(self, python: str, sandbox: Path, as_user: bool) -> None:
+        self.python = python
+        self.sandbox = sandbox
+        self.as_user = as_user
+        home = pwd.getpwnam(USER).pw_dir if as_user else os.environ.get("HOME", "/tmp")
+        self.env = {
+            "CONDOR_CONFIG": CONDOR_CONFIG,
+            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "SHOAL_HOME": str(sandbox / "home"),
+            "HOME": home,
+            "LANG": "C.UTF-8",
+        }
+
+    def command(self, name: str) -> list[str]:
+        cmd = [self.python, str(self.sandbox / SCENARIOS.name), name]
+        if self.as_user:
+            envs = [f"{k}={v}" for k, v in self.env.items()]
+            return ["runuser", "-u", USER, "--", "env", "-i", *envs, *cmd]
+        return cmd
+
+    def popen(self, name: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            self.command(name),
+            cwd=self.sandbox,
+            env={**os.environ, **self.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def result(self, name: str, proc: subprocess.Popen, timeout: float = 300) -> dict[str, Any]:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"scenario {name} did not finish in {timeout} s\n--- stderr\n{err[-3000:]}")
+        lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            pytest.fail(
+                f"scenario {name} failed (exit {proc.returncode})\n--- stdout\n{out[-3000:]}"
+                f"\n--- stderr\n{err[-3000:]}"
+            )
+        return json.loads(lines[-1][len("RESULT ") :])
+
+    def run(self, name: str, timeout: float = 300) -> dict[str, Any]:
+        return self.result(name, self.popen(name), timeout)
+
+
+def shoal_jobs() -> list[str]:
+    """Every shoal worker job in the queue, of any user and session."""
+    out = subprocess.run(
+        [
+            "condor_q",
+            "-allusers",
+            "-json",
+            "-constraint",
+            "ShoalSession =!= undefined",
+            "-attributes",
+            "ClusterId,ProcId,Owner,JobStatus",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CONDOR_CONFIG": CONDOR_CONFIG},
+        check=True,
+    ).stdout
+    return [f"{a['ClusterId']}.{a['ProcId']}" for a in json.loads(out)] if out.strip() else []
+
+
+@pytest.fixture(scope="module")
+def condor() -> Runner:
+    as_user = os.geteuid() == 0
+    if as_user and subprocess.run([str(PREPARE), "--check"]).returncode != 0:
+        # Build this checkout's wheel into the job interpreter; a debug build is quicker and
+        # enough for tests (benches/htcondor/run installs a release build).
+        env = {**os.environ, "PYTHON": sys.executable}
+        env.setdefault("SHOAL_WHEEL_PROFILE", "debug")
+        maturin = Path(sys.executable).with_name("maturin")
+        if maturin.exists():
+            env["MATURIN"] = str(maturin)
+        res = subprocess.run([str(PREPARE)], capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            pytest.fail(f"{PREPARE} failed:\n{res.stderr[-4000:]}")
+    elif subprocess.run([str(PREPARE), "--check"]).returncode != 0:
+        pytest.fail(f"the job interpreter is missing or stale: run `sudo {PREPARE}`")
+    python = subprocess.run(
+        [str(PREPARE), "--print"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    sandbox = Path(tempfile.mkdtemp(prefix="shoal-htcondor-", dir="/tmp"))
+    shutil.copy(SCENARIOS, sandbox / SCENARIOS.name)
+    (sandbox / "home").mkdir()
+    if as_user:
+        for p in [sandbox, sandbox / "home", sandbox / SCENARIOS.name]:
+            shutil.chown(p, USER, USER)
+    os.chmod(sandbox / SCENARIOS.name, 0o644)
+    yield Runner(python, sandbox, as_user)
+    left = shoal_jobs()
+    if left:
+        subprocess.run(["condor_rm", "-forcex", *left], capture_output=True)
+    shutil.rmtree(sandbox, ignore_errors=True)
+    assert left == [], f"shoal jobs left in the queue: {left}"
+
+
+def test_map_imap_apply_results_from_one_cluster_of_workers(condor: Runner) -> None:
+    r = condor.run("results")
+    assert r["ok"], r
+    assert r["left"] == []
+    workers, submitted = r["workers"], r["submitted"]
+    assert workers and all(re.fullmatch(r"\d+\.\d+", w) for w in workers), workers
+    assert set(workers) <= set(submitted), (workers, submitted)
+    # Workers come as the procs of `queue N` clusters, not one job each.
+    clusters = {w.split(".")[0] for w in submitted}
+    assert len(clusters) < len(submitted) <= 4, submitted
+    sub = r["submit"]
+    assert re.search(r"^queue \d+$", sub, re.M), sub
+    assert "--worker-id $(Cluster).$(Process)" in sub
+    assert "logs/$(Cluster).$(Process).out" in sub and "logs/$(Cluster).$(Process).err" in sub
+    assert "request_memory = 256" in sub and '+ProjectName = "shoal-tests"' in sub
+    assert r["stats"]["workers_lost"] == 0
+
+
+def test_executor(condor: Runner) -> None:
+    r = condor.run("executor")
+    assert r["ok"], r
+    assert r["left"] == []
+
+
+def test_remote_traceback(condor: Runner) -> None:
+    r = condor.run("traceback")
+    assert r["type"] == "KeyError", r
+    assert "bad item 3" in r["message"]
+    assert "Traceback (most recent call last)" in r["cause"] and "in fail" in r["cause"], r
+    assert re.search(r"on worker \d+\.\d+", r["cause"]), r["cause"]
+    assert r["ok_after"] == 49
+    assert r["left"] == []
+
+
+def test_hold_of_a_running_worker_is_reported_and_its_work_redone(condor: Runner) -> None:
+    r = condor.run("hold")
+    assert r["action_rc"] == 0 and "held" in r["action_out"], r
+    assert r["ok"], r
+    assert r["stats"]["workers_lost"] >= 1, r["stats"]
+    assert r["left"] == []
+
+
+def test_condor_rm_of_a_worker_mid_map_yields_every_result_once(condor: Runner) -> None:
+    r = condor.run("remove")
+    assert r["action_rc"] == 0, r
+    assert r["ok"], r
+    assert r["stats"]["workers_lost"] >= 1, r["stats"]
+    assert r["left"] == []
+
+
+def test_bad_requests_fail_fast_with_clear_errors(condor: Runner) -> None:
+    r = condor.run("bad_requests")
+    for case in ("memory", "universe", "requirements", "schedd", "option"):
+        assert r[case]["error"] is not None, (case, r[case])
+        assert r[case]["seconds"] < 10, (case, r[case])
+    assert r["memory"]["config_error"] and '"lots"' in r["memory"]["message"]
+    assert r["universe"]["config_error"] and '"standard"' in r["universe"]["message"]
+    assert "vanilla" in r["universe"]["message"]
+    # condor_submit's own message about the expression
+    assert r["requirements"]["config_error"]
+    assert "Parse error in expression" in r["requirements"]["message"]
+    assert r["schedd"]["scheduler_error"]
+    assert "no HTCondor schedd reachable" in r["schedd"]["message"]
+    assert r["option"]["config_error"] and "partition" in r["option"]["message"]
+    # a session that never started leaves no work dir
+    assert r["sessions_left"] == 0
+
+
+def test_workers_held_by_policy_fail_the_session_with_the_reason(condor: Runner) -> None:
+    r = condor.run("held_forever")
+    assert r["error"] == "SessionError", r
+    assert "held by HTCondor" in r["message"] and "PeriodicHold" in r["message"], r
+    assert r["seconds"] < 120
+    assert r["left"] == []
+
+
+def test_ctrl_c_removes_every_job(condor: Runner) -> None:
+    proc = condor.popen("interrupted")
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    session = None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("SESSION "):
+            session = line.split()[1]
+            break
+    assert session, "the scenario never started a worker"
+    os.killpg(proc.pid, signal.SIGINT)
+    r = condor.result("interrupted", proc, timeout=120)
+    assert r["interrupted"] is True
+    assert r["left"] == []
+    assert shoal_jobs() == []
