@@ -4,10 +4,13 @@ all four tasks done and no job left in the queue afterwards."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import time
 
 import pytest
+from test_htcondor import USER, condor  # noqa: F401 - the fixture is used by name
 
 JOB_NAME = "shoalrt"
 
@@ -61,11 +64,51 @@ def test_grid_on_sge(tmp_path):
 
 
 @pytest.mark.htcondor
-def test_grid_on_htcondor(tmp_path):
-    data = _grid(
-        tmp_path,
-        "htcondor",
-        '[htcondor.default]\nrequest_cpus = 1\nrequest_memory = "256M"\nworkers = 2\n',
+def test_grid_on_htcondor(condor):  # noqa: F811 - the fixture from test_htcondor
+    # HTCondor never runs root's jobs: run `shoal run` as the job user, in its own sandbox,
+    # with the interpreter every node can read (see tests/test_htcondor.py).
+    work = condor.sandbox / "grid"
+    work.mkdir()
+    (work / "shoal.toml").write_text(
+        '[htcondor.default]\nrequest_cpus = 1\nrequest_memory = "256M"\nworkers = 2\n'
     )
-    # Worker jobs carry the session dir in their arguments.
-    _assert_queue_drains(["condor_q", "-af", "Args"], data["session"])
+    if condor.as_user:
+        shutil.chown(work, USER, USER)
+        shutil.chown(work / "shoal.toml", USER, USER)
+
+    def shoal(*args: str) -> subprocess.CompletedProcess:
+        cmd = [condor.python, "-m", "shoal.cli", *args]
+        if condor.as_user:
+            envs = [f"{k}={v}" for k, v in condor.env.items()]
+            cmd = ["runuser", "-u", USER, "--", "env", "-i", *envs, *cmd]
+        return subprocess.run(
+            cmd,
+            cwd=str(work),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, **condor.env},
+        )
+
+    out = shoal(
+        "run",
+        "--name",
+        "grid-htcondor",
+        "-b",
+        "htcondor",
+        "-p",
+        "a=1,2",
+        "-p",
+        "b=x,y",
+        "--",
+        "sh",
+        "-c",
+        "echo {a}{b} > {out}/r.txt",
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    rid = out.stdout.split()[1]
+    data = json.loads(shoal("show", rid, "--json").stdout)
+    assert data["status"] == "done" and data["counts"]["done"] == 4
+    got = sorted((work / t["out_dir"] / "r.txt").read_text().strip() for t in data["tasks"])
+    assert got == ["1x", "1y", "2x", "2y"]
+    _assert_queue_drains(["condor_q", "-allusers", "-af", "Args"], data["session"])
