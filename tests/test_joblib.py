@@ -167,12 +167,13 @@ def test_htcondor_options_map_to_each_engine() -> None:
         "schedd": "schedd@cm",
     }
     assert htc.ignored == [] and htc.cpus_per_worker == 2
-    slurm = jo.parse("slurm", {**opts, "partition": "debug", "time": "10m"})
+    slurm_opts = {**opts, "partition": "debug", "time": "10m", "extra_directives": ["--nice=5"]}
+    slurm = jo.parse("slurm", slurm_opts)
     assert slurm.backend_options == {
         "cpus": 2,
         "memory": "1Gb",
         "poll_interval": 2,
-        "extra_directives": {"Requirements": 'Arch == "X86_64"'},
+        "extra_directives": ["--nice=5"],
         "partition": "debug",
         "time": "10m",
     }
@@ -184,6 +185,10 @@ def test_htcondor_options_map_to_each_engine() -> None:
     assert sge.backend_options == {"slots": 4, "resources": {"h_vmem": "1536M"}, "pe": "smp"}
     sge_text = jo.parse("sge", {"request_memory": "2Gb", "resources": "arch=lx-amd64"})
     assert sge_text.backend_options == {"resources": "arch=lx-amd64,h_vmem=2048M"}
+    sge_list = jo.parse("sge", {"request_memory": 512, "resources": ["arch=lx-amd64"]})
+    assert sge_list.backend_options == {"resources": ["arch=lx-amd64", "h_vmem=512M"]}
+    # one slot needs no parallel environment (the README's request_cpus=1 works on SGE)
+    assert jo.parse("sge", {"request_cpus": 1}).backend_options == {}
     local = jo.parse("local", {"request_cpus": 2, "request_memory": "1Gb"})
     assert local.backend_options == {} and local.local_cpus_per_worker == 2
     assert local.ignored == ["request_memory (no equivalent on local)"]
@@ -234,6 +239,7 @@ def test_behaviour_and_generic_options() -> None:
         ("sge", {"request_memory": "lots"}, r"invalid value 'lots' for request_memory"),
         ("local", {"worker_log_level": "LOUD"}, r"worker_log_level"),
         ("slurm", {"poll_interval": 0}, r"poll_interval"),
+        ("slurm", {"extra_directives": {"a": "b"}}, r"list of sbatch options"),
         ("nowhere", {}, r"unknown backend 'nowhere'"),
     ],
 )

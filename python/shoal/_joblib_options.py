@@ -21,11 +21,12 @@ NATIVE: dict[str, tuple[str, ...]] = {
     "local": (),
     "slurm": (
         "cpus", "memory", "time", "partition", "account", "qos", "gpus", "gres", "job_name",
-        "sbatch_args", "extra_directives", "poll_interval",
+        "sbatch_args", "extra_directives", "max_workers", "poll_interval", "export",
+        "constraint", "reservation",
     ),
     "sge": (
-        "queue", "pe", "slots", "resources", "time", "project", "job_name", "qsub_args",
-        "poll_interval",
+        "queue", "pe", "slots", "resources", "h_rt", "time", "project", "job_name", "qsub_args",
+        "forward_env", "poll_interval", "max_lost_workers",
     ),
     "htcondor": (
         "request_cpus", "request_memory", "request_disk", "request_gpus", "universe",
@@ -162,6 +163,12 @@ def _scheduler_value(engine: str, name: str, value: Any) -> Any:
         value = value[0]
     if name == "pool" and not isinstance(value, str):
         raise ConfigError(f"pool must be a \"host[:port]\" string, got a {type(value).__name__}")
+    if engine == "slurm" and name == "extra_directives" and isinstance(value, dict):
+        raise ConfigError(
+            "extra_directives on slurm is a list of sbatch options, e.g. [\"--nice=5\"]; "
+            f"got HTCondor-style submit directives {value!r}\n"
+            "hint: translate them to sbatch options, or pass them on the htcondor backend"
+        )
     if name == "poll_interval" and (
         isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
     ):
@@ -176,6 +183,8 @@ def _add_resource(out: dict[str, Any], key: str, value: str) -> None:
         out["resources"] = {key: value}
     elif isinstance(current, dict):
         _put(current, key, value, "request_memory")
+    elif isinstance(current, (list, tuple)):
+        out["resources"] = [*current, f"{key}={value}"]
     else:
         text = str(current)
         if re.search(rf"(^|,)\s*{re.escape(key)}\s*=", text):
@@ -258,6 +267,9 @@ def parse(engine: str, options: dict[str, Any]) -> Settings:
             f"unknown option{'s' if len(opts) > 1 else ''} {', '.join(map(repr, sorted(opts)))} "
             f"for the {engine} joblib backend\nhint: valid options are {', '.join(known)}"
         )
+    if engine == "sge" and s.backend_options.get("slots") == 1 and "pe" not in s.backend_options:
+        # One slot is what every SGE job gets; only more needs a parallel environment.
+        del s.backend_options["slots"]
     cpus = {"htcondor": "request_cpus", "slurm": "cpus", "sge": "slots"}.get(engine)
     if cpus and isinstance(s.backend_options.get(cpus), int):
         s.cpus_per_worker = s.backend_options[cpus]
