@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 
@@ -25,7 +26,7 @@ from shoal.joblib import NAMES, ShoalBackend, register
 
 register()
 
-README = '''
+README = """
 from joblib_htcondor import register_htcondor
 
 register_htcondor()
@@ -40,7 +41,7 @@ with parallel_config(
     request_memory="1Gb"
 ):
   result = Parallel()(delayed(neg)(i + 1) for i in range(5))
-'''
+"""
 
 
 def worker_pids(session_path: str) -> list[int]:
@@ -372,7 +373,8 @@ def test_submit_apply_async_and_callbacks() -> None:
             backend.retrieve_result(fut2, timeout=30)
         assert seen[-1] is fut2
         # a batch that cannot be pickled fails its future (joblib raises it), nothing hangs
-        bad = backend.submit(lambda lock=__import__("threading").Lock(): lock)
+        lock = threading.Lock()
+        bad = backend.submit(lambda: lock)
         with pytest.raises(shoal.PicklingError, match="cannot pickle"):
             bad.result(timeout=30)
     finally:

@@ -36,29 +36,30 @@ NATIVE: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
-def _sge_memory(value: Any) -> tuple[str, str]:
+def _sge_mem(value: Any) -> tuple[str, str]:
     """request_memory -> an SGE `-l h_vmem=` request in whole MiB (SGE has no "Gb" suffix)."""
     return ("h_vmem", f"{memory_mib('request_memory', value)}M")
 
 
 # joblib-htcondor's scheduler options -> the option each engine understands. None: the engine
 # has no equivalent and the option is ignored with a warning. A (name, fn) pair converts the
-# value; for "resources" fn returns one (key, value) resource request. LOCAL_CPUS: on the
+# value; for "resources" fn returns one (key, value) resource request. LOCAL: on the
 # local engine request_cpus means CPUs per worker (n_jobs=-1 starts cpu_count // it workers).
-LOCAL_CPUS = "<cpus per local worker>"
+LOCAL = "<cpus per local worker>"
 Target = Union[None, str, tuple[str, Callable[[Any], Any]]]
-TABLE: dict[str, dict[str, Target]] = {
-    #  option             htcondor                slurm               sge                   local
-    "request_cpus":     {"htcondor": "request_cpus", "slurm": "cpus", "sge": "slots", "local": LOCAL_CPUS},
-    "request_memory":   {"htcondor": "request_memory", "slurm": "memory", "sge": ("resources", _sge_memory), "local": None},
-    "request_disk":     {"htcondor": "request_disk", "slurm": None, "sge": None, "local": None},
-    "request_gpus":     {"htcondor": "request_gpus", "slurm": "gpus", "sge": None, "local": None},
-    "pool":             {"htcondor": "pool", "slurm": None, "sge": None, "local": None},
-    "schedd":           {"htcondor": "schedd", "slurm": None, "sge": None, "local": None},
-    "universe":         {"htcondor": "universe", "slurm": None, "sge": None, "local": None},
-    "extra_directives": {"htcondor": "extra_directives", "slurm": "extra_directives", "sge": None, "local": None},
-    "poll_interval":    {"htcondor": "poll_interval", "slurm": "poll_interval", "sge": "poll_interval", "local": None},
-    "log_dir_prefix":   {"htcondor": "log_dir", "slurm": None, "sge": None, "local": None},
+COLUMNS = ("htcondor", "slurm", "sge", "local")
+TABLE: dict[str, tuple[Target, Target, Target, Target]] = {
+    # joblib-htcondor   htcondor            slurm               sge                     local
+    "request_cpus":     ("request_cpus",     "cpus",             "slots",                LOCAL),
+    "request_memory":   ("request_memory",   "memory",           ("resources", _sge_mem), None),
+    "request_disk":     ("request_disk",     None,               None,                   None),
+    "request_gpus":     ("request_gpus",     "gpus",             None,                   None),
+    "pool":             ("pool",             None,               None,                   None),
+    "schedd":           ("schedd",           None,               None,                   None),
+    "universe":         ("universe",         None,               None,                   None),
+    "extra_directives": ("extra_directives", "extra_directives", None,                   None),
+    "poll_interval":    ("poll_interval",    "poll_interval",    "poll_interval",        None),
+    "log_dir_prefix":   ("log_dir",          None,               None,                   None),
 }  # fmt: skip
 
 # Options of the joblib backend itself (same meaning on every engine).
@@ -162,10 +163,10 @@ def _scheduler_value(engine: str, name: str, value: Any) -> Any:
             )
         value = value[0]
     if name == "pool" and not isinstance(value, str):
-        raise ConfigError(f"pool must be a \"host[:port]\" string, got a {type(value).__name__}")
+        raise ConfigError(f'pool must be a "host[:port]" string, got a {type(value).__name__}')
     if engine == "slurm" and name == "extra_directives" and isinstance(value, dict):
         raise ConfigError(
-            "extra_directives on slurm is a list of sbatch options, e.g. [\"--nice=5\"]; "
+            'extra_directives on slurm is a list of sbatch options, e.g. ["--nice=5"]; '
             f"got HTCondor-style submit directives {value!r}\n"
             "hint: translate them to sbatch options, or pass them on the htcondor backend"
         )
@@ -245,13 +246,13 @@ def parse(engine: str, options: dict[str, Any]) -> Settings:
         value = opts.pop(name)
         if value is None:
             continue
-        target = TABLE[name][engine]
+        target = TABLE[name][COLUMNS.index(engine)]
         if target is None:
             s.ignored.append(f"{name} (no equivalent on {engine})")
-        elif target == LOCAL_CPUS:
+        elif target == LOCAL:
             s.local_cpus_per_worker = _int(name, value, 1)
         elif isinstance(target, tuple):
-            dest, convert = target
+            _, convert = target
             key, converted = convert(value)
             _add_resource(s.backend_options, key, converted)
         else:
