@@ -297,7 +297,7 @@ def test_backend_pickles_without_its_session() -> None:
 # ---------------------------------------------------------------- runs on local workers
 
 
-def test_session_is_reused_within_a_context_and_gone_after() -> None:
+def test_session_is_reused_within_a_context_and_gone_after(capfd: pytest.CaptureFixture) -> None:
     with parallel_config(backend="local", n_jobs=2) as cfg:
         backend = backend_of(cfg)
         assert Parallel()(delayed(abs)(-i) for i in range(10)) == list(range(10))
@@ -308,6 +308,7 @@ def test_session_is_reused_within_a_context_and_gone_after() -> None:
     assert backend.session is None
     assert wait_gone(path) == []
     assert not os.path.exists(path)  # a finished session leaves no work dir
+    assert "shoal:" not in capfd.readouterr().err  # no internal errors, no kept work dir
 
 
 def test_parallel_outside_a_context_closes_its_session() -> None:

@@ -71,8 +71,13 @@ class _Route:
     def __init__(self, fut: _BatchFuture) -> None:
         self.fut = fut
 
+    def _started(self, index: int) -> None:
+        if not self.fut.done() and not self.fut.running():
+            self.fut.set_running_or_notify_cancel()
+
     def _deliver(self, index: int, ok: bool, value: Any) -> None:
-        if self.fut.done() or not self.fut.set_running_or_notify_cancel():
+        fut = self.fut
+        if fut.done() or (not fut.running() and not fut.set_running_or_notify_cancel()):
             return
         if ok:
             self.fut.set_result(value)
