@@ -23,14 +23,18 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Optional, Union
 
-import joblib
-import joblib.parallel as _jp
-from joblib.parallel import ParallelBackendBase, SequentialBackend, register_parallel_backend
+import joblib  # type: ignore[import-untyped]
+import joblib.parallel as _jp  # type: ignore[import-untyped]
+from joblib.parallel import (  # type: ignore[import-untyped]
+    ParallelBackendBase,
+    SequentialBackend,
+    register_parallel_backend,
+)
 
 try:  # every joblib from 1.3 on has it; the fallback keeps batch_size=1 behaviour
-    from joblib._parallel_backends import AutoBatchingMixin
+    from joblib._parallel_backends import AutoBatchingMixin  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover
-    AutoBatchingMixin = object  # type: ignore[assignment,misc]
+    AutoBatchingMixin = object
 
 from shoal._batch import Batcher
 from shoal._driver import Driver
@@ -124,7 +128,12 @@ class _Session:
             return
         if graceful:
             batcher.close()
-            driver.close(graceful=True)
+            if driver.backend != "local" and driver.outstanding == 0 and driver.broken is None:
+                # Every result is in: cancelling the idle cluster jobs ends the session at
+                # once, where a graceful stop waits for each job's exit to be seen.
+                driver.close(graceful=False, failed=False)
+            else:
+                driver.close(graceful=True)
         else:
             # Workers first (every scheduler job at once), then whatever was still buffered
             # fails to send and its futures get the error.
@@ -135,7 +144,7 @@ class _Session:
                 pass
 
 
-class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc,valid-type]
+class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
     """A joblib backend running batches on a shoal engine; see the module docstring.
 
     Options are joblib-htcondor's (``request_cpus``, ``request_memory``, ``throttle``,
@@ -174,6 +183,7 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         self._n_workers = 1
         self._warned_throttle = False
         self._session = _Session()
+        self._starting = threading.Lock()
         # A backend dropped without a context exit or terminate() still leaves nothing behind.
         weakref.finalize(self, self._session.close, True)
 
@@ -275,6 +285,10 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         return {"joblib": meta} if user is None else {"user": user, "joblib": meta}
 
     def _ensure_session(self) -> tuple[Driver, Batcher]:
+        with self._starting:
+            return self._start_session()
+
+    def _start_session(self) -> tuple[Driver, Batcher]:
         s = self._session
         workers = self._n_workers
         if not s.usable(workers):
@@ -347,9 +361,8 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
                 blob = driver.pickle_call(_run_with_context, (ctx, func), {})
             batcher.add(_Route(fut), 0, blob)
         except ValueError as exc:  # the batcher closed under us: the session was aborted
-            if not isinstance(exc, ConfigError):
-                exc = SessionError(f"the joblib session was stopped: {exc}")
-            _Route(fut)._abort(exc)
+            stopped = SessionError(f"the joblib session was stopped: {exc}")
+            _Route(fut)._abort(exc if isinstance(exc, ConfigError) else stopped)
         except Exception as exc:
             # Failing the future (not raising) reaches joblib the same way from its main
             # thread and from the result thread that dispatches the next batches.
