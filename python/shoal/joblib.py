@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import joblib  # type: ignore[import-untyped]
 import joblib.parallel as _jp  # type: ignore[import-untyped]
-from joblib.parallel import (  # type: ignore[import-untyped]
+from joblib.parallel import (
     ParallelBackendBase,
     SequentialBackend,
     register_parallel_backend,
