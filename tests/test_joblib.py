@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import textwrap
 import threading
 import time
 import warnings
+from typing import Optional
 
 import joblib
 import pytest
@@ -469,6 +471,31 @@ def test_export_metadata_reaches_the_session_record(tmp_path) -> None:
     assert meta["joblib"]["backend"] == "local" and meta["joblib"]["throttle"] == [2, 4]
     assert meta["joblib"]["recursion_level"] == 0 and meta["joblib"]["n_jobs"] == 2
     assert cwd == [str(tmp_path)] * 2
+
+
+def getenv(name: str) -> Optional[str]:
+    # (not os.environ.get itself: that pickles the driver's environ along)
+    return os.environ.get(name)
+
+
+def test_inner_max_num_threads_sizes_thread_pools_in_workers() -> None:
+    with parallel_config(backend="local", n_jobs=2, inner_max_num_threads=1):
+        out = Parallel()(delayed(getenv)("OMP_NUM_THREADS") for _ in range(4))
+    assert out == ["1"] * 4
+
+
+def test_timeout_aborts_the_call_and_its_workers() -> None:
+    with parallel_config(backend="local", n_jobs=2) as cfg:
+        Parallel()(delayed(abs)(i) for i in range(2))
+        path = session_path(backend_of(cfg))
+        t0 = time.monotonic()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # joblib raises multiprocessing's TimeoutError (the builtin one in some versions)
+            with pytest.raises((TimeoutError, multiprocessing.TimeoutError)):
+                Parallel(timeout=0.5)(delayed(time.sleep)(30) for _ in range(4))
+        assert time.monotonic() - t0 < 15
+        assert wait_gone(path) == []
 
 
 def test_initial_dir_must_exist(tmp_path) -> None:
