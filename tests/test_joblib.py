@@ -131,13 +131,17 @@ def test_every_name_registers_and_shoal_follows_SHOAL_BACKEND(
         assert backend_of(cfg).engine == "slurm"
 
 
-@pytest.mark.skipif(
-    "slurm" in os.environ.get("SHOAL_TEST_CLUSTERS", "").split(), reason="slurm is up here"
-)
-def test_engine_without_cluster_is_a_config_error() -> None:
-    # Before the Slurm backend is merged: "not available yet"; after, without sbatch: a
-    # ConfigError saying what is missing. Either way nothing runs and nothing hangs.
-    with parallel_config(backend="slurm", n_jobs=2, partition="debug"):
+@pytest.mark.parametrize("engine", ["slurm", "sge", "htcondor"])
+def test_engine_without_its_scheduler_is_a_config_error(
+    engine: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No scheduler commands on PATH (or, before its backend is merged: "not available yet"):
+    # a ConfigError at the first call, nothing runs and nothing hangs.
+    monkeypatch.delenv("SHOAL_JOBLIB_ENGINE", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    for var in ("SGE_ROOT", "CONDOR_CONFIG", "SLURM_CONF"):
+        monkeypatch.delenv(var, raising=False)
+    with parallel_config(backend=engine, n_jobs=2):
         with pytest.raises(shoal.ConfigError):
             Parallel()(delayed(abs)(i) for i in range(3))
 

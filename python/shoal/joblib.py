@@ -75,21 +75,23 @@ class _Route:
     def __init__(self, fut: _BatchFuture) -> None:
         self.fut = fut
 
-    def _started(self, index: int) -> None:
+    def _started(self, start: int, count: int) -> None:
         if not self.fut.done() and not self.fut.running():
             self.fut.set_running_or_notify_cancel()
 
-    def _deliver(self, index: int, ok: bool, value: Any) -> None:
+    def _deliver_many(
+        self, start: int, values: list[Any], errors: dict[int, BaseException]
+    ) -> None:
         fut = self.fut
         if fut.done() or (not fut.running() and not fut.set_running_or_notify_cancel()):
             return
-        if ok:
-            self.fut.set_result(value)
+        if 0 in errors:
+            fut.set_exception(errors[0])
         else:
-            self.fut.set_exception(value)
+            fut.set_result(values[0])
 
     def _abort(self, exc: BaseException) -> None:
-        self._deliver(0, False, exc)
+        self._deliver_many(0, [None], {0: exc})
 
 
 def _run_with_context(context_func: Callable[[], Any], batch: Callable[[], Any]) -> Any:
