@@ -144,6 +144,7 @@ class Driver:
         idle_timeout: Optional[float] = -1.0,
         max_attempts: int = 3,
         metadata: Optional[dict[str, Any]] = None,
+        cwd: Optional[str] = None,
     ) -> None:
         if workers is None:
             # Local: one worker per CPU. Clusters: an upper bound that the engine scales down
@@ -195,7 +196,7 @@ class Driver:
             backend=backend,
             workers=workers,
             python=python,
-            cwd=os.getcwd(),
+            cwd=os.path.abspath(os.path.expanduser(cwd)) if cwd else os.getcwd(),
             env=list(worker_env.items()),
             worker_config=json.dumps(config),
             backend_options=json.dumps(backend_options or {}),
