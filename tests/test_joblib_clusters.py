@@ -202,6 +202,9 @@ def test_readme_and_errors_on_htcondor() -> None:
     python = subprocess.run(
         [str(PREPARE), "--print"], capture_output=True, text=True, check=True
     ).stdout.strip()
+    if subprocess.run([python, "-c", "import joblib"], capture_output=True).returncode != 0:
+        # The job interpreter carries shoal's wheel; this scenario also needs joblib there.
+        subprocess.run([python, "-m", "pip", "install", "-q", "joblib"], check=True)
     r: dict = {}
     sandbox = Path(tempfile.mkdtemp(prefix="shoal-joblib-", dir="/tmp"))
     script = sandbox / "scenario.py"
@@ -209,7 +212,7 @@ def test_readme_and_errors_on_htcondor() -> None:
     (sandbox / "home").mkdir()
     env = {
         "CONDOR_CONFIG": CONDOR_CONFIG,
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
         "SHOAL_HOME": str(sandbox / "home"),
         "HOME": pwd.getpwnam(USER).pw_dir if as_user else os.environ.get("HOME", "/tmp"),
         "LANG": "C.UTF-8",
