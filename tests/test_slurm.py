@@ -80,7 +80,8 @@ def test_map_imap_apply(name: str) -> None:
         jobs = {j for j, _ in where}
         # Workers are array elements of this session's jobs, never one job per task.
         assert len(where) == 8 and len(jobs) <= 3
-        assert p._driver.stats()["workers_started"] <= 4 * len(jobs)
+        # 280 tasks went through a handful of workers (a few arrays), not a job per task.
+        assert p._driver.stats()["workers_started"] <= 16
 
 
 def test_task_exception_carries_remote_traceback_and_is_not_retried(name: str, tmp_path) -> None:
