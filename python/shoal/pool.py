@@ -376,9 +376,8 @@ class Pool:
         error_callback: Any = None,
     ) -> MapResult:
         self._check_running()
-        items = list(iterable)
-        if star:
-            items = [tuple(x) for x in items]
+        # Lists, tuples and ranges are sliced as they are (a range chunk pickles as a range).
+        items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         if chunksize is None:
             chunksize = self._driver.default_chunksize(len(items))
         _check_chunksize(chunksize)

@@ -14,7 +14,7 @@ import pickle
 import sys
 import time
 import traceback
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import cloudpickle
 
@@ -70,6 +70,15 @@ class _Tracked:
 # this on average run without per-task checks.
 SLOW_TASK = 1e-4
 PROBE = 8
+
+
+def _call(item: tuple[Callable[..., Any], tuple, dict]) -> Any:
+    f, args, kwargs = item
+    return f(*args, **kwargs)
+
+
+def _star(fn: Callable[..., Any]) -> Callable[[Any], Any]:
+    return lambda args: fn(*args)
 
 
 class _Runner:
@@ -153,34 +162,51 @@ class _Runner:
         errors: dict[int, Any],
         failed: list[tuple[int, str]],
     ) -> None:
+        """Run the chunk's tasks: checked one by one (timing each) while they are slow, in a
+        tight loop once the first PROBE tasks show they are tiny."""
+        if kind != MAP:
+            call = _call
+        elif star:
+            call = _star(fn)
+        else:
+            call = fn
         values = self.values
         append = values.append
         clock = time.perf_counter
-        checked = True
+        items = iter(calls)
+        probing = True
         t_probe = clock()
-        for item in calls:
-            t0 = clock() if checked else 0.0
+        for item in items:
+            t0 = clock()
             try:
-                if kind != MAP:
-                    f, args, kwargs = item
-                    append(f(*args, **kwargs))
-                elif star:
-                    append(fn(*item))
-                else:
-                    append(fn(item))
+                append(call(item))
             except BaseException as exc:  # a task's SystemExit fails only that task
-                i = len(values)
-                rec = _error_record(exc)
-                append(None)
-                errors[i] = rec
-                failed.append((i, rec[1]))
-                self.marks.append((i, *self.offsets()))
+                self._failed(exc, errors, failed)
                 continue
-            if checked:
-                if clock() - t0 > SLOW_TASK:
-                    self.marks.append((len(values) - 1, *self.offsets()))
-                if len(values) == PROBE and (clock() - t_probe) / PROBE < SLOW_TASK:
-                    checked = False
+            if clock() - t0 > SLOW_TASK:
+                self.marks.append((len(values) - 1, *self.offsets()))
+            if probing and len(values) >= PROBE:
+                if (clock() - t_probe) / len(values) < SLOW_TASK:
+                    break
+                probing = False  # slow tasks: stay in the checked loop
+        while True:
+            # list.extend(map(...)) runs the tiny tasks in C; on an exception the results so
+            # far are kept and `items` resumes after the failing task.
+            try:
+                values.extend(map(call, items))
+                return
+            except BaseException as exc:
+                self._failed(exc, errors, failed)
+
+    def _failed(
+        self, exc: BaseException, errors: dict[int, Any], failed: list[tuple[int, str]]
+    ) -> None:
+        i = len(self.values)
+        rec = _error_record(exc)
+        self.values.append(None)
+        errors[i] = rec
+        failed.append((i, rec[1]))
+        self.marks.append((i, *self.offsets()))
 
     @staticmethod
     def _dump(values: list[Any], errors: dict[int, Any], failed: list[tuple[int, str]]) -> bytes:

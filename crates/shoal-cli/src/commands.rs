@@ -407,8 +407,7 @@ mod tests {
             first_task: 0,
             ntasks: 2,
             worker: "w0001".into(),
-            out: vec![0, 13, 26],
-            err: vec![0, 0, 7],
+            marks: vec![(0, 13, 0), (1, 26, 7)],
             failed: vec![FailedTask {
                 index: 1,
                 traceback: "Traceback...\nValueError: bad 1\n".into(),

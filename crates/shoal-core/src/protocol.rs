@@ -34,12 +34,14 @@ pub struct ResultHeader {
     pub first_task: u64,
     pub ntasks: u32,
     pub worker: String,
-    /// `ntasks + 1` offsets into the worker's stdout log: task i wrote `out[i]..out[i+1]`.
+    /// Offsets of the worker's stdout and stderr logs when the chunk started.
     #[serde(default)]
-    pub out: Vec<u64>,
-    /// Same for stderr.
+    pub start: (u64, u64),
+    /// `(task index, stdout offset, stderr offset)` after the tasks whose output may have
+    /// moved, in task order; a task without a mark wrote nothing. Sparse, so a chunk of
+    /// thousands of silent tasks carries a handful of numbers, not thousands.
     #[serde(default)]
-    pub err: Vec<u64>,
+    pub marks: Vec<(u32, u64, u64)>,
     #[serde(default)]
     pub failed: Vec<FailedTask>,
     /// Set when the chunk as a whole could not run (e.g. its payload failed to unpickle).
@@ -50,13 +52,32 @@ pub struct ResultHeader {
 }
 
 impl ResultHeader {
-    /// Byte range of task `i`'s output on `stream`, if the worker recorded it.
+    /// Byte range of task `i`'s output on `stream`: from where the previous tasks' output
+    /// ended to the last mark at or before `i`.
     pub fn range(&self, i: usize, stream: Stream) -> Option<(u64, u64)> {
-        let v = match stream {
-            Stream::Stdout => &self.out,
-            Stream::Stderr => &self.err,
+        if i >= self.ntasks as usize {
+            return None;
+        }
+        let pick = |m: &(u32, u64, u64)| match stream {
+            Stream::Stdout => m.1,
+            Stream::Stderr => m.2,
         };
-        Some((*v.get(i)?, *v.get(i + 1)?))
+        let base = match stream {
+            Stream::Stdout => self.start.0,
+            Stream::Stderr => self.start.1,
+        };
+        let end_of = |upto: usize| {
+            // Last mark with index <= upto (marks are in task order; offsets only grow).
+            let n = self.marks.partition_point(|m| (m.0 as usize) <= upto);
+            self.marks[..n]
+                .iter()
+                .map(pick)
+                .max()
+                .unwrap_or(base)
+                .max(base)
+        };
+        let start = if i == 0 { base } else { end_of(i - 1) };
+        Some((start, end_of(i).max(start)))
     }
 
     pub fn nfailed(&self) -> u32 {
@@ -66,35 +87,6 @@ impl ResultHeader {
             self.failed.len() as u32
         }
     }
-}
-
-/// Dense `ntasks + 1` offsets for stdout and stderr from the start offsets and sparse marks
-/// `(task index, out, err)` taken after some tasks: a task without a mark wrote nothing, so it
-/// ends where the previous one ended. Keeps the worker's per-task cost at a flag check.
-pub fn fill_offsets(
-    ntasks: u32,
-    start: (u64, u64),
-    marks: &[(u32, u64, u64)],
-) -> (Vec<u64>, Vec<u64>) {
-    let n = ntasks as usize;
-    let mut out = Vec::with_capacity(n + 1);
-    let mut err = Vec::with_capacity(n + 1);
-    out.push(start.0);
-    err.push(start.1);
-    let mut cur = start;
-    let mut marks = marks.iter().peekable();
-    for i in 0..n {
-        while let Some(&&(idx, o, e)) = marks.peek() {
-            if idx as usize > i {
-                break;
-            }
-            cur = (o.max(cur.0), e.max(cur.1));
-            marks.next();
-        }
-        out.push(cur.0);
-        err.push(cur.1);
-    }
-    (out, err)
 }
 
 // ---------------------------------------------------------------- driver side
@@ -412,12 +404,24 @@ mod tests {
     }
 
     #[test]
-    fn sparse_marks_fill_forward() {
-        let (out, err) = fill_offsets(4, (10, 5), &[(1, 20, 5), (3, 25, 9)]);
-        assert_eq!(out, vec![10, 10, 20, 20, 25]);
-        assert_eq!(err, vec![5, 5, 5, 5, 9]);
-        let (out, _) = fill_offsets(2, (0, 0), &[]);
-        assert_eq!(out, vec![0, 0, 0]);
+    fn sparse_marks_give_each_task_its_range() {
+        let h = ResultHeader {
+            ntasks: 4,
+            start: (10, 5),
+            marks: vec![(1, 20, 5), (3, 25, 9)],
+            ..Default::default()
+        };
+        let out: Vec<_> = (0..4)
+            .map(|i| h.range(i, Stream::Stdout).unwrap())
+            .collect();
+        assert_eq!(out, vec![(10, 10), (10, 20), (20, 20), (20, 25)]);
+        assert_eq!(h.range(3, Stream::Stderr), Some((5, 9)));
+        assert_eq!(h.range(4, Stream::Stdout), None);
+        let silent = ResultHeader {
+            ntasks: 2,
+            ..Default::default()
+        };
+        assert_eq!(silent.range(1, Stream::Stdout), Some((0, 0)));
     }
 
     #[test]

@@ -190,7 +190,8 @@ impl Session {
     }
 
     /// Wait up to `timeout` seconds; returns a list of event tuples:
-    /// ("result", chunk, first_task, ntasks, worker, payload, err_offsets, chunk_error)
+    /// ("result", chunk, first_task, ntasks, worker, payload, {failed index: (start, end)
+    ///  of its stderr}, chunk_error)
     /// ("lost", chunk, first_task, ntasks, worker, reason, stderr_tail)
     /// ("fatal", message)
     /// ("started", chunk)
@@ -201,16 +202,25 @@ impl Session {
         let out = PyList::empty(py);
         for ev in events {
             match ev {
-                Event::Result { header, payload } => out.append((
-                    "result",
-                    header.chunk,
-                    header.first_task,
-                    header.ntasks,
-                    header.worker,
-                    PyBytes::new(py, &payload),
-                    header.err,
-                    header.chunk_error,
-                ))?,
+                Event::Result { header, payload } => {
+                    let err_ranges: std::collections::HashMap<u32, (u64, u64)> = header
+                        .failed
+                        .iter()
+                        .filter_map(|f| {
+                            Some((f.index, header.range(f.index as usize, Stream::Stderr)?))
+                        })
+                        .collect();
+                    out.append((
+                        "result",
+                        header.chunk,
+                        header.first_task,
+                        header.ntasks,
+                        header.worker,
+                        PyBytes::new(py, &payload),
+                        err_ranges,
+                        header.chunk_error,
+                    ))?
+                }
                 Event::Lost {
                     chunk,
                     worker,
@@ -407,14 +417,13 @@ impl Worker {
             out.first().copied().unwrap_or(0),
             err.first().copied().unwrap_or(0),
         );
-        let (out, err) = shoal_core::protocol::fill_offsets(ntasks, start, &marks);
         let header = ResultHeader {
             chunk,
             first_task,
             ntasks,
             worker: self.id.clone(),
-            out,
-            err,
+            start,
+            marks,
             failed: failed
                 .into_iter()
                 .map(|(index, traceback)| FailedTask { index, traceback })
