@@ -145,9 +145,16 @@ def test_worker_over_its_time_limit_is_recovered(name: str, tmp_path) -> None:
         res = p.map_async(sleep_once, [(i, marker) for i in range(4)], chunksize=1)
         assert wait_for(lambda: os.path.exists(marker) and open(marker).read(), 60)
         worker = open(marker).read()
+
         # Slurm's limits are in minutes: end the job's allowed time now instead of waiting
         # one; slurmctld enforces it at its next periodic check (<= 30 s).
-        subprocess.run(["scontrol", "update", f"JobId={worker}", "EndTime=now"], check=True)
+        def end_now() -> subprocess.CompletedProcess:
+            cmd = ["scontrol", "update", f"JobId={worker}", "EndTime=now"]
+            return subprocess.run(cmd, capture_output=True, text=True)
+
+        # slurmctld may refuse an update while it is busy; try for a few seconds.
+        done = wait_for(lambda: end_now().returncode == 0, 10, every=1.0)
+        assert done, end_now().stderr
         assert res.get(timeout=90) == [0, 1, 2, 3]
         assert p._driver.stats()["workers_lost"] >= 1
     states = {j: (st, r) for j, st, r in squeue(name, "-t", "all")}
