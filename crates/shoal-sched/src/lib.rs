@@ -8,6 +8,7 @@ pub mod error;
 pub mod htcondor;
 pub mod local;
 pub mod sge;
+pub mod shell;
 pub mod slurm;
 
 pub use error::{Result, SchedError};

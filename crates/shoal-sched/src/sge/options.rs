@@ -394,16 +394,7 @@ impl SgeOptions {
     }
 }
 
-/// Quote for /bin/sh: single quotes, with embedded ones closed and escaped.
-pub fn sh_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-=:+,@%".contains(c))
-    {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub use crate::shell::sh_quote;
 
 /// The worker job script. It exports the session's worker environment (values may hold
 /// commas and quotes, which `qsub -v` cannot carry), runs the worker with the id SGE gives

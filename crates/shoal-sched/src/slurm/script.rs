@@ -107,16 +107,7 @@ pub fn split_arrays(n: usize, max_array_size: usize) -> Vec<usize> {
     out
 }
 
-/// Single-quote for sh.
-pub fn quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-=:,+@%".contains(&b))
-    {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
+pub use crate::shell::sh_quote as quote;
 
 #[cfg(test)]
 mod tests {
