@@ -87,10 +87,10 @@ fn sessions(base: &Path, json: bool, out: &mut dyn Write) -> Result<i32> {
         w(out, format!("no sessions under {}\n", base.display()))?;
         return Ok(0);
     }
-    let rows: Vec<[String; 7]> = all
+    let rows: Vec<Vec<String>> = all
         .iter()
         .map(|(_, m)| {
-            [
+            vec![
                 m.id.clone(),
                 m.backend.clone(),
                 m.display_state().to_string(),
@@ -104,27 +104,31 @@ fn sessions(base: &Path, json: bool, out: &mut dyn Write) -> Result<i32> {
     let head = [
         "SESSION", "BACKEND", "STATE", "PROGRESS", "FAILED", "WORKERS", "STARTED",
     ];
-    let mut widths = head.map(str::len);
-    for r in &rows {
+    w(out, render_table(&head, &rows))?;
+    Ok(0)
+}
+
+/// Left-aligned columns two spaces apart, sized to their widest cell; no trailing blanks.
+pub(crate) fn render_table(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
         for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.len());
+            widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line = |cells: &[&str]| {
-        let mut s = cells
-            .iter()
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let s = cells
             .enumerate()
             .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
             .collect::<Vec<_>>()
             .join("  ");
-        s.truncate(s.trim_end().len());
-        s + "\n"
+        s.trim_end().to_string() + "\n"
     };
-    w(out, line(&head))?;
-    for r in &rows {
-        w(out, line(&r.each_ref().map(String::as_str)))?;
+    let mut text = line(&mut head.iter().copied());
+    for r in rows {
+        text.push_str(&line(&mut r.iter().map(String::as_str)));
     }
-    Ok(0)
+    text
 }
 
 /// Result headers of accepted (and not yet accepted) results, oldest chunk first.

@@ -83,26 +83,7 @@ fn progress(c: &Counts) -> String {
 }
 
 fn table(out: &mut dyn Write, head: &[&str], rows: &[Vec<String>]) -> Result<()> {
-    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let s = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
-            .collect::<Vec<_>>()
-            .join("  ");
-        s.trim_end().to_string() + "\n"
-    };
-    w(out, line(head.to_vec()))?;
-    for r in rows {
-        w(out, line(r.iter().map(String::as_str).collect()))?;
-    }
-    Ok(())
+    w(out, commands::render_table(head, rows))
 }
 
 pub fn init(force: bool, out: &mut dyn Write) -> Result<i32> {

@@ -105,6 +105,22 @@ struct State {
     jobs: Vec<String>,
 }
 
+impl State {
+    fn new() -> Self {
+        State {
+            next_chunk: 0,
+            next_task: 0,
+            next_blob: 0,
+            outstanding: HashMap::new(),
+            stats: Stats::default(),
+            stop: Stop::No,
+            fatal: None,
+            thread_done: false,
+            jobs: Vec::new(),
+        }
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
@@ -141,17 +157,7 @@ impl Engine {
         dir.write_meta(&meta)?;
         dir.beat(&dir.control("driver.hb"))?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                next_chunk: 0,
-                next_task: 0,
-                next_blob: 0,
-                outstanding: HashMap::new(),
-                stats: Stats::default(),
-                stop: Stop::No,
-                fatal: None,
-                thread_done: false,
-                jobs: Vec::new(),
-            }),
+            state: Mutex::new(State::new()),
             wake: Condvar::new(),
         });
         let (tx, rx) = unbounded();
@@ -920,17 +926,7 @@ mod tests {
         Runner {
             dir: dir.clone(),
             shared: Arc::new(Shared {
-                state: Mutex::new(State {
-                    next_chunk: 0,
-                    next_task: 0,
-                    next_blob: 0,
-                    outstanding: HashMap::new(),
-                    stats: Stats::default(),
-                    stop: Stop::No,
-                    fatal: None,
-                    thread_done: false,
-                    jobs: Vec::new(),
-                }),
+                state: Mutex::new(State::new()),
                 wake: Condvar::new(),
             }),
             tx,
