@@ -330,22 +330,12 @@ pub(crate) fn cancel(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
 }
 
 fn kill_local_workers(dir: &SessionDir) -> usize {
-    let mut n = 0;
     let me = hostname();
-    for name in fsutil::list_names(&dir.sub("workers")).unwrap_or_default() {
-        if !name.ends_with(".json") {
-            continue;
-        }
-        let Ok(bytes) = std::fs::read(dir.sub("workers").join(&name)) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            continue;
-        };
-        let pid = v["pid"].as_u64().unwrap_or(0) as u32;
-        if v["host"].as_str() == Some(me.as_str()) && pid > 1 && pid_alive(pid) {
+    let mut n = 0;
+    for info in dir.worker_infos() {
+        if info.host == me && info.pid > 1 && pid_alive(info.pid) {
             unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                libc::kill(info.pid as libc::pid_t, libc::SIGKILL);
             }
             n += 1;
         }

@@ -51,18 +51,8 @@ fn fmt_duration(secs: f64) -> String {
 }
 
 fn fmt_time(secs: f64) -> String {
-    let t = secs as libc::time_t;
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    unsafe { libc::localtime_r(&t, &mut tm) };
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
+    let (y, mo, d, h, mi, se) = shoal_core::fsutil::local_time(secs as i64);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{se:02}")
 }
 
 fn run_duration(r: &RunRow) -> String {
@@ -625,23 +615,11 @@ fn worker_logs(r: &RunRow, t: &shoal_runs::registry::TaskRow, out: &mut dyn Writ
         return Ok(1);
     };
     let dir = SessionDir::open(session);
-    let mut found = None;
-    for name in shoal_core::fsutil::list_names(&dir.sub("workers")).unwrap_or_default() {
-        let Some(id) = name.strip_suffix(".json") else {
-            continue;
-        };
-        let Ok(bytes) = std::fs::read(dir.sub("workers").join(&name)) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            continue;
-        };
-        if v["host"].as_str() == Some(host)
-            && v["pid"].as_u64().map(|p| p.to_string()).as_deref() == Some(pid)
-        {
-            found = Some(id.to_string());
-        }
-    }
+    let found = dir
+        .worker_infos()
+        .into_iter()
+        .rfind(|i| i.host == *host && i.pid.to_string() == *pid)
+        .map(|i| i.worker);
     let Some(id) = found else {
         w(
             out,
@@ -685,22 +663,12 @@ fn stop_old_session(r: &RunRow, wait: Duration, out: &mut dyn Write) -> Result<(
     let mut told = false;
     loop {
         let mut alive = 0;
-        for name in shoal_core::fsutil::list_names(&dir.sub("workers")).unwrap_or_default() {
-            let Some(id) = name.strip_suffix(".json") else {
-                continue;
-            };
-            let Ok(bytes) = std::fs::read(dir.sub("workers").join(&name)) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-                continue;
-            };
-            let live = if v["host"].as_str() == Some(me.as_str()) {
-                v["pid"]
-                    .as_u64()
-                    .is_some_and(|p| p > 1 && pid_alive(p as u32))
+        for info in dir.worker_infos() {
+            let live = if info.host == me {
+                info.pid > 1 && pid_alive(info.pid)
             } else {
-                dir.age_of(&dir.heartbeat(id)).is_some_and(|a| a < 15.0)
+                dir.age_of(&dir.heartbeat(&info.worker))
+                    .is_some_and(|a| a < 15.0)
             };
             alive += live as usize;
         }

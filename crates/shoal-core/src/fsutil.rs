@@ -83,6 +83,21 @@ pub fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Local calendar time of `secs` since the epoch: (year, month, day, hour, minute, second).
+pub fn local_time(secs: i64) -> (i32, i32, i32, i32, i32, i32) {
+    let t = secs as libc::time_t;
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::localtime_r(&t, &mut tm) };
+    (
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+    )
+}
+
 /// Whether a process with this pid exists on this host.
 pub fn pid_alive(pid: u32) -> bool {
     // kill(pid, 0) checks existence without sending anything; EPERM still means it exists.

@@ -2,7 +2,7 @@
 //! sessions: every session is a directory under one base dir (`$SHOAL_HOME/sessions`).
 
 use crate::error::{CoreError, Result};
-use crate::fsutil::{hostname, now_secs, pid_alive, read_json, write_json};
+use crate::fsutil::{hostname, local_time, now_secs, pid_alive, read_json, write_json};
 use crate::layout::SessionDir;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -117,20 +117,9 @@ pub fn new_session_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let t = secs as libc::time_t;
-    unsafe { libc::localtime_r(&t, &mut tm) };
+    let (y, mo, d, h, mi, se) = local_time(now.as_secs() as i64);
     let salt = (now.subsec_nanos() ^ (std::process::id() << 16)) & 0xffff;
-    format!(
-        "{:04}{:02}{:02}-{:02}{:02}{:02}-{salt:04x}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
+    format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{se:02}-{salt:04x}")
 }
 
 /// Every session under `base` with a readable record, oldest first.

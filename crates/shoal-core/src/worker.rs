@@ -3,7 +3,7 @@
 //! for chunks until told to stop, idle for too long, or the driver is gone.
 
 use crate::error::{CoreError, Result};
-use crate::fsutil::{hostname, now_secs, read_json, write_atomic, write_json};
+use crate::fsutil::{hostname, now_secs, read_json, write_json};
 use crate::layout::{valid_worker_id, SessionDir};
 use crate::protocol::{ChunkHeader, Claimer, ResultHeader};
 use crate::watch::DirWatch;
@@ -94,6 +94,28 @@ pub fn resolve_worker_id(explicit: Option<&str>) -> Result<String> {
     Ok(id)
 }
 
+/// What a worker announces in `workers/ID.json` when it starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub worker: String,
+    pub host: String,
+    pub pid: u32,
+    #[serde(default)]
+    pub started: f64,
+}
+
+impl SessionDir {
+    /// Every worker that announced itself; unreadable records are skipped.
+    pub fn worker_infos(&self) -> Vec<WorkerInfo> {
+        crate::fsutil::list_names(&self.sub("workers"))
+            .unwrap_or_default()
+            .iter()
+            .filter(|n| n.ends_with(".json"))
+            .filter_map(|n| read_json(&self.sub("workers").join(n)).ok())
+            .collect()
+    }
+}
+
 /// Why `next_chunk` returned no chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitReason {
@@ -117,10 +139,13 @@ impl WorkerSession {
         let dir = SessionDir::open(root);
         let config = dir.read_config()?;
         let id = resolve_worker_id(worker_id)?;
-        let info = serde_json::json!({
-            "worker": id, "host": hostname(), "pid": std::process::id(), "started": now_secs(),
-        });
-        write_atomic(&dir.worker_info(&id), &[info.to_string().as_bytes()])?;
+        let info = WorkerInfo {
+            worker: id.clone(),
+            host: hostname(),
+            pid: std::process::id(),
+            started: now_secs(),
+        };
+        write_json(&dir.worker_info(&id), &info)?;
         dir.beat(&dir.heartbeat(&id))?;
         let beating = Arc::new(AtomicBool::new(true));
         let beat_thread = {
@@ -246,6 +271,9 @@ mod tests {
         let (h, _) = w.next_chunk(None).unwrap().unwrap();
         assert_eq!(h.chunk, 0);
         assert!(d.worker_info("w1").exists());
+        let infos = d.worker_infos();
+        assert_eq!((infos.len(), infos[0].worker.as_str()), (1, "w1"));
+        assert_eq!(infos[0].pid, std::process::id());
         assert_eq!(
             w.next_chunk(Some(Duration::from_millis(30))).unwrap(),
             Err(ExitReason::Timeout)

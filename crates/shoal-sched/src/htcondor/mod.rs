@@ -103,6 +103,15 @@ pub struct HtcondorScheduler {
 }
 
 impl HtcondorScheduler {
+    /// Clusters with at least one job not yet done.
+    fn live_clusters(&self) -> BTreeSet<u64> {
+        self.jobs
+            .iter()
+            .filter(|(_, j)| j.phase != Phase::Done)
+            .map(|(id, _)| id.cluster)
+            .collect()
+    }
+
     pub fn new(workers: usize, options: &serde_json::Value) -> Result<Self> {
         if workers == 0 {
             return Err(SchedError::Config(
@@ -311,12 +320,7 @@ impl HtcondorScheduler {
         {
             return Ok(());
         }
-        let live: BTreeSet<u64> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.phase != Phase::Done)
-            .map(|(id, _)| id.cluster)
-            .collect();
+        let live = self.live_clusters();
         if live.is_empty() {
             return Ok(());
         }
@@ -702,12 +706,7 @@ impl Scheduler for HtcondorScheduler {
     }
 
     fn cancel_all(&mut self) -> Result<()> {
-        let live: BTreeSet<u64> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.phase != Phase::Done)
-            .map(|(id, _)| id.cluster)
-            .collect();
+        let live = self.live_clusters();
         if live.is_empty() {
             return Ok(());
         }
@@ -750,12 +749,7 @@ impl Scheduler for HtcondorScheduler {
     }
 
     fn job_ids(&self) -> Vec<String> {
-        let live: BTreeSet<u64> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.phase != Phase::Done)
-            .map(|(id, _)| id.cluster)
-            .collect();
+        let live = self.live_clusters();
         live.iter().map(u64::to_string).collect()
     }
 }
