@@ -13,6 +13,12 @@ pub enum CoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the work dir's filesystem is full ({source}) writing {path}\nhint: free space on it (or raise your quota), or pass work_dir=... on a filesystem with room")]
+    NoSpace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("work dir {path} is not writable: {reason}\nhint: pass work_dir=... (or set SHOAL_HOME) to a directory you can write")]
     WorkDirNotWritable { path: PathBuf, reason: String },
     #[error("corrupt file {path}: {reason}\nhint: this file was truncated or written by something else; the task will be retried")]
@@ -27,14 +33,28 @@ pub enum CoreError {
         "no session {0:?} found\nhint: `shoal sessions` lists the sessions under the work dir"
     )]
     NoSuchSession(String),
+    #[error("{prefix:?} matches several sessions: {}\nhint: give more of the id", candidates.join(", "))]
+    AmbiguousSession {
+        prefix: String,
+        candidates: Vec<String>,
+    },
+    #[error("chunk {chunk}'s files vanished from the work dir ({detail})\nhint: something removed files under the session dir while it ran (a tmp reaper?); choose a work_dir that is not cleaned behind your back")]
+    Vanished { chunk: u64, detail: String },
 }
 
 impl CoreError {
+    /// An I/O error on `path`; a full filesystem or an exceeded quota becomes `NoSpace`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CoreError::Io {
-            path: path.into(),
-            source,
+        let path = path.into();
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => CoreError::NoSpace { path, source },
+            _ => CoreError::Io { path, source },
         }
+    }
+
+    /// Whether this error means the filesystem is full (the session cannot go on there).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, CoreError::NoSpace { .. })
     }
 
     pub fn invalid(option: &str, value: impl ToString, reason: impl ToString) -> Self {

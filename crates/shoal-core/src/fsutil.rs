@@ -1,14 +1,16 @@
-//! Small filesystem helpers the protocol relies on: private directories and atomic writes
-//! (write a unique temporary name in the same directory, then rename into place).
+//! Small filesystem helpers the protocol relies on: private directories, atomic writes (a
+//! random temporary name in the same directory, closed with its error checked, then renamed
+//! into place) and exclusive creation.
+//!
+//! On network filesystems a write error may only surface at `close()` (quota, EIO, a full
+//! brick): `std::fs::File`'s drop ignores it, so every publishing write closes explicitly and
+//! a file whose close failed is removed while it is still private — never renamed into place.
 
-use crate::error::{IoContext, Result};
+use crate::error::{CoreError, IoContext, Result};
 use std::fs;
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Create `path` (and parents) with mode 0700 so other users cannot read task payloads.
 pub fn create_private_dir(path: &Path) -> Result<()> {
@@ -19,30 +21,91 @@ pub fn create_private_dir(path: &Path) -> Result<()> {
         .at(path)
 }
 
-/// Write `parts` to `path` so that readers see either nothing or the whole file.
-/// The temporary name embeds host-unique pid and a sequence number, so concurrent writers
-/// on a shared filesystem never collide.
+/// Create the leaf dir `path` (mode 0700) exclusively: false if it already exists. Its parent
+/// must exist. Two drivers racing for one name get one `true` between them.
+pub fn create_dir_exclusive(path: &Path) -> Result<bool> {
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(CoreError::io(path, e)),
+    }
+}
+
+/// `n` random bytes as lower-case hex (from the OS's generator).
+pub fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    // getrandom only fails when the OS has no entropy source at all; the time and pid are a
+    // weaker but still unique-enough fallback for names.
+    if getrandom::fill(&mut buf).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let seed = t ^ (u128::from(std::process::id()) << 64);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random 64-bit number (incarnation nonces).
+pub fn random_u64() -> u64 {
+    u64::from_str_radix(&random_hex(8), 16).unwrap_or(0)
+}
+
+/// Write `parts` to `path` so that readers see either nothing or the whole file. The
+/// temporary name is random (unique across hosts sharing the directory), the file is closed
+/// with its error checked, and a failed write leaves nothing behind.
 pub fn write_atomic(path: &Path, parts: &[&[u8]]) -> Result<()> {
+    let tmp = write_private(path, parts)?;
+    fs::rename(&tmp, path).at(path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+/// Write `parts` to `path`, which must not exist yet (O_EXCL, then close checked). False if it
+/// already existed. A partial file is removed.
+pub fn write_exclusive(path: &Path, parts: &[&[u8]]) -> Result<bool> {
+    let f = match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(CoreError::io(path, e)),
+    };
+    fill_and_close(f, path, parts).inspect_err(|_| {
+        let _ = fs::remove_file(path);
+    })?;
+    Ok(true)
+}
+
+/// Write a private temporary file beside `path` and return its name.
+fn write_private(path: &Path, parts: &[&[u8]]) -> Result<std::path::PathBuf> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("f");
-    let tmp = dir.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut f = fs::OpenOptions::new()
+    let tmp = dir.join(format!(".{name}.{}.tmp", random_hex(8)));
+    let f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .at(&tmp)?;
-    for p in parts {
-        f.write_all(p).at(&tmp)?;
-    }
-    drop(f);
-    fs::rename(&tmp, path).at(path).inspect_err(|_| {
+    fill_and_close(f, &tmp, parts).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
-    })
+    })?;
+    Ok(tmp)
+}
+
+fn fill_and_close(mut f: fs::File, path: &Path, parts: &[&[u8]]) -> Result<()> {
+    for p in parts {
+        f.write_all(p).at(path)?;
+    }
+    // close(2) is where NFS and FUSE clients report deferred write errors.
+    nix::unistd::close(f).map_err(|e| CoreError::io(path, std::io::Error::from(e)))
 }
 
 /// Write `value` as pretty JSON, atomically.
@@ -60,7 +123,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
-/// Names of the regular entries of `dir` that do not start with '.', sorted.
+/// Names of the entries of `dir` that do not start with '.', sorted.
 pub fn list_names(dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).at(dir)? {
@@ -75,7 +138,24 @@ pub fn list_names(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Seconds since the epoch, as a float, for timestamps in JSON files.
+/// Like `list_names`, but a missing directory is empty.
+pub fn list_names_or_empty(dir: &Path) -> Result<Vec<String>> {
+    match list_names(dir) {
+        Err(CoreError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => Ok(vec![]),
+        other => other,
+    }
+}
+
+/// Remove a file; a file that is already gone is not an error.
+pub fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CoreError::io(path, e)),
+    }
+}
+
+/// Seconds since the epoch, as a float, for timestamps in records (never for liveness).
 pub fn now_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -98,26 +178,35 @@ pub fn local_time(secs: i64) -> (i32, i32, i32, i32, i32, i32) {
     )
 }
 
-/// Whether a process with this pid exists on this host.
+/// Whether a process with this pid exists on this host (zombies count as gone).
 pub fn pid_alive(pid: u32) -> bool {
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    let Ok(pid_t) = i32::try_from(pid) else {
+        return false;
+    };
     // kill(pid, 0) checks existence without sending anything; EPERM still means it exists.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    match kill(Pid::from_raw(pid_t), None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => {}
+        Err(_) => return false,
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z"),
+        Err(_) => true,
+    }
 }
 
 /// Short host name, used to tell whether a pid in a session file is ours to check.
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end])
-        .split('.')
-        .next()
-        .unwrap_or("localhost")
-        .to_string()
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .and_then(|h| h.split('.').next().map(str::to_string))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]
@@ -131,8 +220,26 @@ mod tests {
         write_atomic(&p, &[b"ab", b"cd"]).unwrap();
         write_atomic(&p, &[b"ef"]).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"ef");
-        assert_eq!(list_names(d.path()).unwrap(), vec!["x".to_string()]);
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn exclusive_write_and_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x");
+        assert!(write_exclusive(&p, &[b"1"]).unwrap());
+        assert!(!write_exclusive(&p, &[b"2"]).unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"1");
+        let s = d.path().join("s");
+        assert!(create_dir_exclusive(&s).unwrap());
+        assert!(!create_dir_exclusive(&s).unwrap());
+    }
+
+    #[test]
+    fn temporary_names_are_random_not_pid_based() {
+        let names: std::collections::HashSet<String> = (0..1000).map(|_| random_hex(8)).collect();
+        assert_eq!(names.len(), 1000);
+        assert!(names.iter().all(|n| n.len() == 16));
     }
 
     #[test]
@@ -150,5 +257,6 @@ mod tests {
     #[test]
     fn own_pid_is_alive() {
         assert!(pid_alive(std::process::id()));
+        assert!(!pid_alive(u32::MAX));
     }
 }

@@ -5,9 +5,12 @@
 //! opaque byte payloads with a small typed header, moved through a directory with atomic
 //! renames so that the same protocol works on a local disk and on a cluster's shared FS.
 
+pub mod clock;
 pub mod error;
 pub mod frame;
+pub mod fskind;
 pub mod fsutil;
+pub mod index;
 pub mod layout;
 pub mod protocol;
 pub mod session;

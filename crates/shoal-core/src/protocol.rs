@@ -1,50 +1,102 @@
-//! The work-dir protocol: how the driver publishes chunks and collects results, and how
-//! workers claim chunks and publish results. Every state change is one atomic rename or one
-//! atomic write, so a crash at any point leaves a state the driver can recover from.
+//! The work-dir protocol's messages and the driver's side of it: master copies of chunks,
+//! tickets in per-worker inboxes, claims, result parts, fences. Every state change is one
+//! atomic step (an exclusive create, a rename, an unlink), so a crash between any two steps
+//! leaves a state the driver recovers from (docs/protocol.md lists them all).
+//!
+//! The worker's side is in `worker.rs`. Both sides use the types here; the TCP transport
+//! carries the same headers in its frames.
 
 use crate::error::{CoreError, IoContext, Result};
 use crate::frame;
-use crate::fsutil::{list_names, now_secs, write_atomic};
-use crate::layout::{parse_chunk_name, SessionDir, Stream};
+use crate::fsutil::{list_names, list_names_or_empty, remove_if_exists, write_atomic};
+use crate::layout::{parse_claim_name, parse_part_name, SessionDir, Stream};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
 use std::fs;
 use std::io::ErrorKind;
 
-/// What the engine knows of a chunk without unpickling it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// What the engine knows of a chunk without unpickling it (the master copy's header).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ChunkHeader {
     pub chunk: u64,
     /// Session-wide number of the chunk's first task; its tasks are numbered consecutively.
     pub first_task: u64,
     pub ntasks: u32,
+    /// Blobs (e.g. the mapped function) the chunk's payload refers to.
+    #[serde(default)]
+    pub blobs: Vec<u64>,
 }
 
-/// A task that raised: its index inside the chunk and the remote traceback text.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TicketKind {
+    /// Run tasks `from..` of `chunk` as attempt `attempt`.
+    #[default]
+    Run,
+    /// Finish nothing more: exit cleanly (a graceful stop or a give-back).
+    Stop,
+}
+
+/// One assignment in a worker's inbox. The worker claims it by renaming it to
+/// `claimed/CHUNK.ATTEMPT`; the driver takes it back by renaming it to `SEQ.void`. Exactly
+/// one of the two renames succeeds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Ticket {
+    pub seq: u64,
+    #[serde(default)]
+    pub kind: TicketKind,
+    #[serde(default)]
+    pub chunk: u64,
+    #[serde(default)]
+    pub attempt: u32,
+    /// First task of the chunk to run (tasks before it were delivered already).
+    #[serde(default)]
+    pub from: u32,
+    /// The chunk's last attempt lost its worker without saying which task was running:
+    /// publish after every task and record each task before starting it.
+    #[serde(default)]
+    pub careful: bool,
+    /// The worker key the ticket was written for.
+    #[serde(default)]
+    pub worker: String,
+}
+
+/// A task that raised: its index inside the part and the remote traceback text.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FailedTask {
     pub index: u32,
     pub traceback: String,
 }
 
-/// What the engine and `shoal logs` know of a result without unpickling it.
+/// What the engine and `shoal logs` know of a result part without unpickling it. A part
+/// holds the results of tasks `from..from + count` of one attempt of one chunk.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ResultHeader {
     pub chunk: u64,
+    #[serde(default)]
+    pub attempt: u32,
+    /// The chunk's first task number and size, as the worker read them: checked against the
+    /// ledger so a foreign or misplaced frame is never taken for this chunk's result.
     pub first_task: u64,
     pub ntasks: u32,
+    #[serde(default)]
+    pub from: u32,
+    #[serde(default)]
+    pub count: u32,
+    /// The attempt's last part: the worker is done with the chunk.
+    #[serde(default)]
+    pub last: bool,
+    /// The worker key.
     pub worker: String,
-    /// Offsets of the worker's stdout and stderr logs when the chunk started.
+    /// Offsets of the worker's stdout and stderr logs when the part's first task started.
     #[serde(default)]
     pub start: (u64, u64),
-    /// `(task index, stdout offset, stderr offset)` after the tasks whose output may have
-    /// moved, in task order; a task without a mark wrote nothing. Sparse, so a chunk of
-    /// thousands of silent tasks carries a handful of numbers, not thousands.
+    /// `(task index in the part, stdout offset, stderr offset)` after the tasks whose output
+    /// may have moved, in task order; a task without a mark wrote nothing. Sparse.
     #[serde(default)]
     pub marks: Vec<(u32, u64, u64)>,
     #[serde(default)]
     pub failed: Vec<FailedTask>,
-    /// Set when the chunk as a whole could not run (e.g. its payload failed to unpickle).
+    /// Set when the part as a whole could not run (e.g. its payload failed to unpickle).
     #[serde(default)]
     pub chunk_error: Option<String>,
     #[serde(default)]
@@ -52,10 +104,10 @@ pub struct ResultHeader {
 }
 
 impl ResultHeader {
-    /// Byte range of task `i`'s output on `stream`: from where the previous tasks' output
-    /// ended to the last mark at or before `i`.
+    /// Byte range of the part's task `i`'s output on `stream`: from where the previous
+    /// tasks' output ended to the last mark at or before `i`.
     pub fn range(&self, i: usize, stream: Stream) -> Option<(u64, u64)> {
-        if i >= self.ntasks as usize {
+        if i >= self.count as usize {
             return None;
         }
         let pick = |m: &(u32, u64, u64)| match stream {
@@ -82,19 +134,75 @@ impl ResultHeader {
 
     pub fn nfailed(&self) -> u32 {
         if self.chunk_error.is_some() {
-            self.ntasks
+            self.count
         } else {
             self.failed.len() as u32
         }
     }
+
+    /// Session number of the part's first task.
+    pub fn first(&self) -> u64 {
+        self.first_task + u64::from(self.from)
+    }
 }
+
+/// A worker's heartbeat: a counter that changes every beat, and what it is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Beat {
+    pub seq: u64,
+    /// (chunk, attempt, task index in the chunk) the worker last said it started.
+    pub running: Option<(u64, u32, u32)>,
+}
+
+impl Beat {
+    pub fn encode(&self) -> String {
+        match self.running {
+            Some((c, a, t)) => format!("{} {c} {a} {t}\n", self.seq),
+            None => format!("{}\n", self.seq),
+        }
+    }
+
+    pub fn decode(text: &str) -> Option<Beat> {
+        let mut it = text.split_whitespace();
+        let seq = it.next()?.parse().ok()?;
+        let running = match (it.next(), it.next(), it.next()) {
+            (Some(c), Some(a), Some(t)) => {
+                Some((c.parse().ok()?, a.parse().ok()?, t.parse().ok()?))
+            }
+            _ => None,
+        };
+        Some(Beat { seq, running })
+    }
+}
+
+/// A result part as read back by the driver: verified frame or the reason it is corrupt.
+pub type Part = std::result::Result<(ResultHeader, Vec<u8>), String>;
 
 // ---------------------------------------------------------------- driver side
 
 impl SessionDir {
+    /// Store the master copy of a chunk (driver-private: workers read it, never change it).
     pub fn put_chunk(&self, header: &ChunkHeader, payload: &[u8]) -> Result<()> {
         let head = frame::encode(header, payload);
-        write_atomic(&self.pending(header.chunk), &[&head, payload])
+        write_atomic(&self.chunk(header.chunk), &[&head, payload])
+    }
+
+    /// Read a chunk's master copy. `Ok(None)` when it vanished.
+    pub fn read_chunk(&self, chunk: u64) -> Result<Option<(ChunkHeader, Vec<u8>)>> {
+        let path = self.chunk(chunk);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(frame::decode(&path, bytes)?)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CoreError::io(&path, e)),
+        }
+    }
+
+    pub fn chunk_exists(&self, chunk: u64) -> bool {
+        self.chunk(chunk).exists()
+    }
+
+    pub fn remove_chunk(&self, chunk: u64) -> Result<()> {
+        remove_if_exists(&self.chunk(chunk))
     }
 
     pub fn put_blob(&self, id: u64, bytes: &[u8]) -> Result<()> {
@@ -106,85 +214,128 @@ impl SessionDir {
         fs::read(&p).at(&p)
     }
 
-    /// Chunk ids whose results are waiting in `results/`.
-    pub fn ready_results(&self) -> Result<Vec<u64>> {
-        Ok(list_names(&self.sub("results"))?
-            .iter()
-            .filter_map(|n| parse_chunk_name(n))
+    pub fn remove_blob(&self, id: u64) -> Result<()> {
+        remove_if_exists(&self.blob(id))
+    }
+
+    /// Keys of the workers that announced themselves.
+    pub fn hellos(&self) -> Result<Vec<String>> {
+        Ok(list_names_or_empty(&self.sub("workers"))?
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
             .collect())
     }
 
-    /// Read and verify a result, then move it to `done/`. A corrupt result is moved to
-    /// `corrupt/` and its chunk put back in `pending/` so that another worker redoes it.
-    pub fn take_result(&self, chunk: u64) -> Result<Option<(ResultHeader, Vec<u8>)>> {
-        let path = self.result(chunk);
+    /// A worker's last heartbeat, if readable.
+    pub fn read_beat(&self, key: &str) -> Option<Beat> {
+        Beat::decode(&fs::read_to_string(self.heartbeat(key)).ok()?)
+    }
+
+    /// Accept a worker: create its inbox (the worker waits for it before claiming).
+    pub fn welcome(&self, key: &str) -> Result<()> {
+        crate::fsutil::create_private_dir(&self.inbox(key))
+    }
+
+    /// Put a ticket in a worker's inbox.
+    pub fn put_ticket(&self, ticket: &Ticket) -> Result<()> {
+        let bytes = serde_json::to_vec(ticket).expect("plain data");
+        write_atomic(&self.ticket(&ticket.worker, ticket.seq), &[&bytes])
+    }
+
+    /// Take a ticket back before its worker claims it. True if it was taken back; false if
+    /// the worker claimed it first (or it vanished: the audit tells the two apart).
+    pub fn revoke_ticket(&self, key: &str, seq: u64) -> Result<bool> {
+        let from = self.ticket(key, seq);
+        let to = self.void_ticket(key, seq);
+        match fs::rename(&from, &to) {
+            Ok(()) => Ok(true),
+            // A lost reply on NFS: the rename happened although the client saw ENOENT.
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(to.exists()),
+            Err(e) => Err(CoreError::io(&from, e)),
+        }
+    }
+
+    pub fn ticket_exists(&self, key: &str, seq: u64) -> bool {
+        self.ticket(key, seq).exists()
+    }
+
+    /// Tell a worker to exit: it stops claiming as soon as it sees this (and so does any
+    /// later incarnation holding the same key, which cannot happen: keys carry a nonce).
+    pub fn put_fence(&self, key: &str) -> Result<()> {
+        crate::fsutil::write_exclusive(&self.fence(key), &[b"fenced\n"]).map(|_| ())
+    }
+
+    pub fn is_fenced(&self, key: &str) -> bool {
+        self.fence(key).exists()
+    }
+
+    /// Remove a worker's inbox and whatever tickets are left in it.
+    pub fn remove_inbox(&self, key: &str) {
+        let _ = fs::remove_dir_all(self.inbox(key));
+    }
+
+    /// All current claims as (chunk, attempt).
+    pub fn claims(&self) -> Result<Vec<(u64, u32)>> {
+        Ok(list_names(&self.sub("claimed"))?
+            .iter()
+            .filter_map(|n| parse_claim_name(n))
+            .collect())
+    }
+
+    /// The ticket behind a claim (who claimed it), if readable.
+    pub fn read_claim(&self, chunk: u64, attempt: u32) -> Option<Ticket> {
+        serde_json::from_slice(&fs::read(self.claimed(chunk, attempt)).ok()?).ok()
+    }
+
+    pub fn remove_claim(&self, chunk: u64, attempt: u32) -> Result<()> {
+        remove_if_exists(&self.claimed(chunk, attempt))
+    }
+
+    /// Result parts waiting for the driver, as (chunk, attempt, from), in name order.
+    pub fn parts(&self) -> Result<Vec<(u64, u32, u32)>> {
+        Ok(list_names(&self.sub("results"))?
+            .iter()
+            .filter_map(|n| parse_part_name(n))
+            .collect())
+    }
+
+    /// Read and verify a part. The outer error is I/O (`Ok(None)`: it is gone); the inner
+    /// one says why the part is corrupt.
+    pub fn read_part(&self, chunk: u64, attempt: u32, from: u32) -> Result<Option<Part>> {
+        let path = self.part(chunk, attempt, from);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(CoreError::io(&path, e)),
         };
-        match frame::decode::<ResultHeader>(&path, bytes) {
-            Ok((header, payload)) => {
-                fs::rename(&path, self.done(chunk)).at(&path)?;
-                let _ = fs::remove_file(self.ran(chunk));
-                Ok(Some((header, payload)))
+        Ok(Some(frame::decode::<ResultHeader>(&path, bytes).map_err(
+            |e| match e {
+                CoreError::Corrupt { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        )))
+    }
+
+    pub fn remove_part(&self, chunk: u64, attempt: u32, from: u32) -> Result<()> {
+        remove_if_exists(&self.part(chunk, attempt, from))
+    }
+
+    /// Keep a corrupt part for inspection (every copy: a numbered name per arrival). Returns
+    /// where it went.
+    pub fn keep_corrupt(&self, chunk: u64, attempt: u32, from: u32) -> std::path::PathBuf {
+        let name = crate::layout::part_name(chunk, attempt, from);
+        let src = self.part(chunk, attempt, from);
+        for n in 0..10_000 {
+            let dst = self.corrupt(&name, n);
+            if dst.exists() {
+                continue;
             }
-            Err(err) => {
-                let _ = fs::rename(&path, self.corrupt(chunk));
-                // The chunk is in ran/ once its worker retired the claim, or still in
-                // claimed/ if we raced that rename.
-                if fs::rename(self.ran(chunk), self.pending(chunk)).is_ok() {
-                    return Ok(None);
-                }
-                for (c, w) in self.claims()? {
-                    if c == chunk && self.requeue(c, &w)? {
-                        return Ok(None);
-                    }
-                }
-                Err(err)
+            if fs::rename(&src, &dst).is_ok() {
+                return dst;
             }
+            break;
         }
-    }
-
-    /// All current claims as (chunk, worker).
-    pub fn claims(&self) -> Result<Vec<(u64, String)>> {
-        Ok(list_names(&self.sub("claimed"))?
-            .iter()
-            .filter_map(|n| {
-                let (c, w) = n.split_once('@')?;
-                Some((parse_chunk_name(c)?, w.to_string()))
-            })
-            .collect())
-    }
-
-    /// Put a dead worker's claim back in `pending/`. False if the claim is gone (the worker
-    /// finished it after all, or another requeue won).
-    pub fn requeue(&self, chunk: u64, worker: &str) -> Result<bool> {
-        match fs::rename(self.claimed(chunk, worker), self.pending(chunk)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(CoreError::io(self.claimed(chunk, worker), e)),
-        }
-    }
-
-    /// Remove a chunk nobody claimed yet. True if it was still pending.
-    pub fn withdraw(&self, chunk: u64) -> Result<bool> {
-        match fs::remove_file(self.pending(chunk)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(CoreError::io(self.pending(chunk), e)),
-        }
-    }
-
-    pub fn pending_count(&self) -> Result<usize> {
-        Ok(list_names(&self.sub("pending"))?.len())
-    }
-
-    /// Seconds since `path` was last modified (heartbeats are files touched periodically).
-    pub fn age_of(&self, path: &std::path::Path) -> Option<f64> {
-        let m = fs::metadata(path).ok()?.modified().ok()?;
-        let t = m.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
-        Some((now_secs() - t).max(0.0))
+        src
     }
 
     /// Read `[start, end)` of a worker's log, keeping at most the last `tail` bytes.
@@ -219,75 +370,18 @@ impl SessionDir {
             .unwrap_or(0)
     }
 
-    /// Touch a heartbeat file.
-    pub fn beat(&self, path: &std::path::Path) -> Result<()> {
-        let now = now_secs().to_string();
-        fs::write(path, now.as_bytes()).at(path)
-    }
-}
-
-// ---------------------------------------------------------------- worker side
-
-/// A worker's view of `pending/`: lists the directory only when its cached listing is used
-/// up, then tries names in order until a rename succeeds.
-pub struct Claimer {
-    dir: SessionDir,
-    worker: String,
-    cache: VecDeque<String>,
-}
-
-impl Claimer {
-    pub fn new(dir: SessionDir, worker: impl Into<String>) -> Self {
-        Claimer {
-            dir,
-            worker: worker.into(),
-            cache: VecDeque::new(),
-        }
+    /// Write a control file (stop, cancel) or the driver's heartbeat, atomically.
+    pub fn put_control(&self, name: &str, text: &str) -> Result<()> {
+        write_atomic(&self.control(name), &[text.as_bytes()])
     }
 
-    pub fn worker(&self) -> &str {
-        &self.worker
-    }
-
-    /// Claim the oldest pending chunk, if any. Losing a race for a name is normal and silent.
-    pub fn try_claim(&mut self) -> Result<Option<(ChunkHeader, Vec<u8>)>> {
-        for attempt in 0..2 {
-            if self.cache.is_empty() {
-                if attempt > 0 {
-                    break;
-                }
-                self.cache = list_names(&self.dir.sub("pending"))?.into();
-            }
-            while let Some(name) = self.cache.pop_front() {
-                let Some(chunk) = parse_chunk_name(&name) else {
-                    continue;
-                };
-                let claimed = self.dir.claimed(chunk, &self.worker);
-                match fs::rename(self.dir.pending(chunk), &claimed) {
-                    Ok(()) => {
-                        let bytes = fs::read(&claimed).at(&claimed)?;
-                        let (header, payload) = frame::decode::<ChunkHeader>(&claimed, bytes)?;
-                        return Ok(Some((header, payload)));
-                    }
-                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                    Err(e) => return Err(CoreError::io(&claimed, e)),
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// Publish a result, then retire the claim. The order matters: a crash in between leaves
-    /// a claim whose result exists, which the driver deduplicates.
-    pub fn complete(&self, header: &ResultHeader, payload: &[u8]) -> Result<()> {
-        let head = frame::encode(header, payload);
-        write_atomic(&self.dir.result(header.chunk), &[&head, payload])?;
-        let claimed = self.dir.claimed(header.chunk, &self.worker);
-        match fs::rename(&claimed, self.dir.ran(header.chunk)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(CoreError::io(&claimed, e)),
-        }
+    /// The driver's heartbeat counter, as the workers read it.
+    pub fn read_driver_beat(&self) -> Option<u64> {
+        fs::read_to_string(self.control("driver.beat"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 }
 
@@ -295,118 +389,83 @@ impl Claimer {
 mod tests {
     use super::*;
 
-    fn setup() -> (tempfile::TempDir, SessionDir) {
+    #[test]
+    fn beats_round_trip() {
+        for b in [
+            Beat {
+                seq: 7,
+                running: None,
+            },
+            Beat {
+                seq: 8,
+                running: Some((3, 2, 40)),
+            },
+        ] {
+            assert_eq!(Beat::decode(&b.encode()), Some(b));
+        }
+        assert_eq!(Beat::decode("junk"), None);
+    }
+
+    #[test]
+    fn revoke_or_claim_exactly_one_wins() {
         let t = tempfile::tempdir().unwrap();
         let d = SessionDir::create(t.path().join("s")).unwrap();
-        (t, d)
-    }
-
-    fn chunk(d: &SessionDir, id: u64) {
-        let h = ChunkHeader {
-            chunk: id,
-            first_task: id * 10,
-            ntasks: 10,
-        };
-        d.put_chunk(&h, format!("payload{id}").as_bytes()).unwrap();
-    }
-
-    fn result(id: u64, w: &str) -> ResultHeader {
-        ResultHeader {
-            chunk: id,
-            first_task: id * 10,
-            ntasks: 10,
-            worker: w.into(),
+        d.welcome("w+1").unwrap();
+        let ticket = Ticket {
+            seq: 0,
+            chunk: 5,
+            attempt: 1,
+            worker: "w+1".into(),
             ..Default::default()
-        }
+        };
+        d.put_ticket(&ticket).unwrap();
+        // The worker claims first: the driver's revoke fails.
+        fs::rename(d.ticket("w+1", 0), d.claimed(5, 1)).unwrap();
+        assert!(!d.revoke_ticket("w+1", 0).unwrap());
+        assert_eq!(d.read_claim(5, 1).unwrap().worker, "w+1");
+        // The driver revokes first: the worker's claim rename fails.
+        d.put_ticket(&Ticket { seq: 1, ..ticket }).unwrap();
+        assert!(d.revoke_ticket("w+1", 1).unwrap());
+        assert!(fs::rename(d.ticket("w+1", 1), d.claimed(5, 2)).is_err());
+        assert!(d.void_ticket("w+1", 1).exists());
     }
 
     #[test]
-    fn each_chunk_is_claimed_once_in_order() {
-        let (_t, d) = setup();
-        for i in 0..5 {
-            chunk(&d, i);
-        }
-        let mut a = Claimer::new(d.clone(), "a");
-        let mut b = Claimer::new(d.clone(), "b");
-        let mut got = vec![];
-        loop {
-            let x = a.try_claim().unwrap();
-            let y = b.try_claim().unwrap();
-            if x.is_none() && y.is_none() {
-                break;
-            }
-            got.extend(x.map(|c| c.0.chunk));
-            got.extend(y.map(|c| c.0.chunk));
-        }
-        got.sort();
-        assert_eq!(got, vec![0, 1, 2, 3, 4]);
-        assert_eq!(d.claims().unwrap().len(), 5);
-    }
-
-    #[test]
-    fn complete_then_take() {
-        let (_t, d) = setup();
-        chunk(&d, 3);
-        let mut w = Claimer::new(d.clone(), "w1");
-        let (h, p) = w.try_claim().unwrap().unwrap();
-        assert_eq!(h.first_task, 30);
-        assert_eq!(p, b"payload3");
-        w.complete(&result(3, "w1"), b"res").unwrap();
-        assert_eq!(d.ready_results().unwrap(), vec![3]);
-        let (rh, rp) = d.take_result(3).unwrap().unwrap();
-        assert_eq!(rh.worker, "w1");
-        assert_eq!(rp, b"res");
-        assert!(d.claims().unwrap().is_empty());
-        assert!(d.ready_results().unwrap().is_empty());
-        assert!(d.done(3).exists());
-        assert!(d.take_result(3).unwrap().is_none());
-    }
-
-    #[test]
-    fn requeue_dead_workers_claim() {
-        let (_t, d) = setup();
-        chunk(&d, 1);
-        let mut dead = Claimer::new(d.clone(), "dead");
-        dead.try_claim().unwrap().unwrap();
-        assert_eq!(d.claims().unwrap(), vec![(1, "dead".to_string())]);
-        assert!(d.requeue(1, "dead").unwrap());
-        assert!(!d.requeue(1, "dead").unwrap());
-        let mut alive = Claimer::new(d.clone(), "alive");
-        assert_eq!(alive.try_claim().unwrap().unwrap().0.chunk, 1);
-    }
-
-    #[test]
-    fn corrupt_result_requeues_chunk() {
-        let (_t, d) = setup();
-        chunk(&d, 2);
-        let mut w = Claimer::new(d.clone(), "w");
-        w.try_claim().unwrap().unwrap();
-        w.complete(&result(2, "w"), b"res").unwrap();
-        // Simulate a torn write on a shared filesystem.
-        let p = d.result(2);
-        let mut bytes = fs::read(&p).unwrap();
-        bytes.truncate(bytes.len() - 2);
-        fs::write(&p, bytes).unwrap();
-        assert!(d.take_result(2).unwrap().is_none());
-        assert!(d.pending(2).exists());
-        assert!(d.corrupt(2).exists());
-    }
-
-    #[test]
-    fn withdraw_only_pending() {
-        let (_t, d) = setup();
-        chunk(&d, 1);
-        chunk(&d, 2);
-        let mut w = Claimer::new(d.clone(), "w");
-        w.try_claim().unwrap().unwrap();
-        assert!(!d.withdraw(1).unwrap());
-        assert!(d.withdraw(2).unwrap());
+    fn parts_are_listed_verified_and_corrupt_copies_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let d = SessionDir::create(t.path().join("s")).unwrap();
+        let h = ResultHeader {
+            chunk: 3,
+            attempt: 1,
+            first_task: 30,
+            ntasks: 10,
+            from: 4,
+            count: 6,
+            last: true,
+            worker: "w+1".into(),
+            ..Default::default()
+        };
+        let head = frame::encode(&h, b"res");
+        write_atomic(&d.part(3, 1, 4), &[&head, b"res"]).unwrap();
+        assert_eq!(d.parts().unwrap(), vec![(3, 1, 4)]);
+        let (got, payload) = d.read_part(3, 1, 4).unwrap().unwrap().unwrap();
+        assert_eq!((got, payload), (h, b"res".to_vec()));
+        // torn write
+        let mut bytes = fs::read(d.part(3, 1, 4)).unwrap();
+        bytes.truncate(bytes.len() - 1);
+        fs::write(d.part(3, 1, 4), &bytes).unwrap();
+        let err = d.read_part(3, 1, 4).unwrap().unwrap().unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+        let kept = d.keep_corrupt(3, 1, 4);
+        assert!(kept.exists() && !d.part(3, 1, 4).exists());
+        fs::write(d.part(3, 1, 4), &bytes).unwrap();
+        assert_ne!(d.keep_corrupt(3, 1, 4), kept, "every corrupt copy is kept");
     }
 
     #[test]
     fn sparse_marks_give_each_task_its_range() {
         let h = ResultHeader {
-            ntasks: 4,
+            count: 4,
             start: (10, 5),
             marks: vec![(1, 20, 5), (3, 25, 9)],
             ..Default::default()
@@ -417,16 +476,12 @@ mod tests {
         assert_eq!(out, vec![(10, 10), (10, 20), (20, 20), (20, 25)]);
         assert_eq!(h.range(3, Stream::Stderr), Some((5, 9)));
         assert_eq!(h.range(4, Stream::Stdout), None);
-        let silent = ResultHeader {
-            ntasks: 2,
-            ..Default::default()
-        };
-        assert_eq!(silent.range(1, Stream::Stdout), Some((0, 0)));
     }
 
     #[test]
     fn log_ranges_and_tail() {
-        let (_t, d) = setup();
+        let t = tempfile::tempdir().unwrap();
+        let d = SessionDir::create(t.path().join("s")).unwrap();
         fs::write(d.log("w", Stream::Stderr), b"0123456789").unwrap();
         assert_eq!(
             d.read_log("w", Stream::Stderr, 2, 8, 100).unwrap(),

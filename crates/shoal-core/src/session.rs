@@ -2,7 +2,10 @@
 //! sessions: every session is a directory under one base dir (`$SHOAL_HOME/sessions`).
 
 use crate::error::{CoreError, Result};
-use crate::fsutil::{hostname, local_time, now_secs, pid_alive, read_json, write_json};
+use crate::fsutil::{
+    create_dir_exclusive, create_private_dir, hostname, local_time, now_secs, pid_alive,
+    random_hex, read_json, write_json,
+};
 use crate::layout::SessionDir;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -51,6 +54,19 @@ pub struct SessionMeta {
     /// Free-form user metadata (joblib's `export_metadata`, a run name).
     #[serde(default)]
     pub metadata: serde_json::Value,
+    /// How driver and workers exchange chunks: "fs" (this work dir) or "tcp".
+    #[serde(default = "default_transport")]
+    pub transport: String,
+    /// The kind of filesystem the work dir is on (e.g. "ext4", "glusterfs", "nfs").
+    #[serde(default)]
+    pub filesystem: String,
+    /// Workers the engine gave up on (no heartbeat, unknown, superseded) and told to exit.
+    #[serde(default)]
+    pub workers_fenced: u64,
+}
+
+fn default_transport() -> String {
+    "fs".into()
 }
 
 impl SessionMeta {
@@ -73,6 +89,9 @@ impl SessionMeta {
             jobs: Vec::new(),
             message: None,
             metadata: serde_json::Value::Null,
+            transport: default_transport(),
+            filesystem: String::new(),
+            workers_fenced: 0,
         }
     }
 
@@ -112,14 +131,35 @@ pub fn shoal_home() -> PathBuf {
     PathBuf::from(home).join(".shoal")
 }
 
-/// A new, sortable, collision-resistant session id such as `20261126-052301-4f2a`.
+/// A new, sortable session id such as `20261201-090501-4f2a9c0e1b3d5a77`: local time to the
+/// second, then 64 random bits, so drivers starting in the same second never share one.
 pub fn new_session_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let (y, mo, d, h, mi, se) = local_time(now.as_secs() as i64);
-    let salt = (now.subsec_nanos() ^ (std::process::id() << 16)) & 0xffff;
-    format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{se:02}-{salt:04x}")
+    format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{se:02}-{}", random_hex(8))
+}
+
+impl SessionDir {
+    /// Create a new session dir under `base` with a fresh id. The leaf is created exclusively
+    /// (mkdir, not mkdir -p): on the astronomically unlikely collision another id is drawn,
+    /// so two drivers never share a session dir.
+    pub fn create_new(base: &Path) -> Result<SessionDir> {
+        create_private_dir(base)?;
+        for _ in 0..16 {
+            let root = base.join(new_session_id());
+            if create_dir_exclusive(&root)? {
+                let dir = SessionDir::open(root);
+                dir.create_subdirs()?;
+                return Ok(dir);
+            }
+        }
+        Err(CoreError::io(
+            base,
+            std::io::Error::other("could not create a session dir with a fresh id"),
+        ))
+    }
 }
 
 /// Every session under `base` with a readable record, oldest first.
@@ -153,7 +193,11 @@ pub fn find_session(base: &Path, key: &str) -> Result<SessionDir> {
     let matches: Vec<_> = all.iter().filter(|(_, m)| m.id.starts_with(key)).collect();
     match matches.as_slice() {
         [(d, _)] => Ok(d.clone()),
-        _ => Err(CoreError::NoSuchSession(key.to_string())),
+        [] => Err(CoreError::NoSuchSession(key.to_string())),
+        many => Err(CoreError::AmbiguousSession {
+            prefix: key.to_string(),
+            candidates: many.iter().map(|(_, m)| m.id.clone()).collect(),
+        }),
     }
 }
 
@@ -174,6 +218,36 @@ mod tests {
         assert_eq!(find_session(t.path(), &id[..10]).unwrap().id(), id);
         assert!(find_session(t.path(), "nope").is_err());
         assert_eq!(m.display_state(), "running");
+    }
+
+    #[test]
+    fn new_dirs_are_exclusive_and_ids_random() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs: Vec<SessionDir> = (0..200)
+            .map(|_| SessionDir::create_new(t.path()).unwrap())
+            .collect();
+        let ids: std::collections::HashSet<String> = dirs.iter().map(|d| d.id()).collect();
+        assert_eq!(ids.len(), 200, "same-second ids never collide");
+        let random = dirs[0].id().rsplit_once('-').unwrap().1.to_string();
+        assert_eq!(random.len(), 16);
+        assert!(dirs[0].sub("inbox").is_dir());
+    }
+
+    #[test]
+    fn ambiguous_prefix_names_the_candidates() {
+        let t = tempfile::tempdir().unwrap();
+        for id in ["20261201-000000-aa", "20261201-000000-ab"] {
+            let d = SessionDir::create(t.path().join(id)).unwrap();
+            d.write_meta(&SessionMeta::new(id.into(), "local")).unwrap();
+        }
+        let e = find_session(t.path(), "20261201-000000-a")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("-aa") && e.contains("-ab"), "{e}");
+        assert_eq!(
+            find_session(t.path(), "20261201-000000-ab").unwrap().id(),
+            "20261201-000000-ab"
+        );
     }
 
     #[test]

@@ -1,15 +1,23 @@
-//! The worker side of the protocol: identify this worker, announce it, heartbeat from a
-//! background thread (so a task holding the GIL for hours still counts as alive), and wait
-//! for chunks until told to stop, idle for too long, or the driver is gone.
+//! The worker side of the work-dir protocol: announce this worker (a hello with a random
+//! incarnation nonce), wait until the driver accepts it, claim tickets from its own inbox
+//! (one lookup per poll, never a directory listing, never a race with other workers), publish
+//! result parts, and heartbeat from a background thread — so a task holding the GIL for hours
+//! still counts as alive. The same thread notices a fence or a dead driver and ends the process.
 
+use crate::clock::{ChangeWatch, StallClock};
 use crate::error::{CoreError, Result};
-use crate::fsutil::{hostname, now_secs, read_json, write_json};
-use crate::layout::{valid_worker_id, SessionDir};
-use crate::protocol::{ChunkHeader, Claimer, ResultHeader};
+use crate::fsutil::{
+    hostname, now_secs, pid_alive, random_u64, read_json, remove_if_exists, write_atomic,
+    write_exclusive, write_json,
+};
+use crate::layout::{valid_worker_id, worker_key, SessionDir};
+use crate::protocol::{Beat, ChunkHeader, ResultHeader, Ticket, TicketKind};
 use crate::watch::DirWatch;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::fs;
+use std::io::ErrorKind;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,20 +29,38 @@ pub struct WorkerConfig {
     pub idle_timeout: Option<f64>,
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval: f64,
-    /// Exit when the driver's heartbeat is older than this (None: never).
+    /// Exit when the driver's heartbeat counter has not changed for this long (None: never).
     #[serde(default)]
     pub driver_timeout: Option<f64>,
-    /// Longest pause between looks at `pending/` while idle. Same-host changes wake the
-    /// worker at once (inotify); this bounds how late it notices chunks written elsewhere.
+    /// Longest pause between looks at the inbox while idle. Same-host changes wake the worker
+    /// at once (inotify); this bounds how late it notices work written on another host.
     #[serde(default = "default_poll_max")]
     pub poll_max: f64,
+    /// The driver's host and pid: a worker on the same host exits as soon as that pid is gone.
+    #[serde(default)]
+    pub driver: Option<DriverInfo>,
     /// Settings only the Python worker reads (initializer, sys.path, ...).
     #[serde(default)]
     pub python: serde_json::Value,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DriverInfo {
+    pub host: String,
+    pub pid: u32,
+}
+
+impl DriverInfo {
+    pub fn this_process() -> Self {
+        DriverInfo {
+            host: hostname(),
+            pid: std::process::id(),
+        }
+    }
+}
+
 fn default_heartbeat() -> f64 {
-    10.0
+    5.0
 }
 
 fn default_poll_max() -> f64 {
@@ -48,6 +74,7 @@ impl Default for WorkerConfig {
             heartbeat_interval: default_heartbeat(),
             driver_timeout: None,
             poll_max: default_poll_max(),
+            driver: None,
             python: serde_json::Value::Null,
         }
     }
@@ -63,27 +90,17 @@ impl SessionDir {
     }
 }
 
-/// The worker id: given explicitly, or from the scheduler's array-task environment, or
-/// host-pid as a last resort.
+/// The worker id: given explicitly (`--worker-id`), or from `SHOAL_WORKER_ID` (which each
+/// backend's job script sets from its scheduler's variables), or host-pid as a last resort.
 pub fn resolve_worker_id(explicit: Option<&str>) -> Result<String> {
-    let env = |k: &str| {
-        std::env::var(k)
-            .ok()
-            .filter(|v| !v.is_empty() && v != "undefined")
-    };
-    let id = explicit.map(str::to_string).or_else(|| {
-        if let (Some(j), Some(t)) = (env("SLURM_ARRAY_JOB_ID"), env("SLURM_ARRAY_TASK_ID")) {
-            return Some(format!("{j}_{t}"));
-        }
-        if let Some(j) = env("SLURM_JOB_ID") {
-            return Some(j);
-        }
-        if let (Some(j), Some(t)) = (env("JOB_ID"), env("SGE_TASK_ID")) {
-            return Some(format!("{j}.{t}"));
-        }
-        None
-    });
-    let id = id.unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let id = explicit
+        .map(str::to_string)
+        .or_else(|| {
+            std::env::var("SHOAL_WORKER_ID")
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     if !valid_worker_id(&id) {
         return Err(CoreError::invalid(
             "worker id",
@@ -94,10 +111,12 @@ pub fn resolve_worker_id(explicit: Option<&str>) -> Result<String> {
     Ok(id)
 }
 
-/// What a worker announces in `workers/ID.json` when it starts.
+/// What a worker announces in `workers/KEY.json` when it starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerInfo {
     pub worker: String,
+    #[serde(default)]
+    pub key: String,
     pub host: String,
     pub pid: u32,
     #[serde(default)]
@@ -107,31 +126,93 @@ pub struct WorkerInfo {
 impl SessionDir {
     /// Every worker that announced itself; unreadable records are skipped.
     pub fn worker_infos(&self) -> Vec<WorkerInfo> {
-        crate::fsutil::list_names(&self.sub("workers"))
+        self.hellos()
             .unwrap_or_default()
             .iter()
-            .filter(|n| n.ends_with(".json"))
-            .filter_map(|n| read_json(&self.sub("workers").join(n)).ok())
+            .filter_map(|k| read_json(&self.hello(k)).ok())
             .collect()
+    }
+
+    pub fn read_hello(&self, key: &str) -> Option<WorkerInfo> {
+        read_json(&self.hello(key)).ok()
     }
 }
 
-/// Why `next_chunk` returned no chunk.
+/// Why `next` returned no assignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitReason {
     Stopped,
     Idle,
     DriverGone,
     Timeout,
+    Fenced,
+}
+
+impl ExitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Stopped => "stopped",
+            ExitReason::Idle => "idle",
+            ExitReason::DriverGone => "driver-gone",
+            ExitReason::Timeout => "timeout",
+            ExitReason::Fenced => "fenced",
+        }
+    }
+}
+
+/// A claimed assignment: the ticket and the chunk it names.
+#[derive(Debug)]
+pub struct Assignment {
+    pub ticket: Ticket,
+    pub header: ChunkHeader,
+    pub payload: Vec<u8>,
+}
+
+/// State shared with the heartbeat thread.
+struct Shared {
+    dir: SessionDir,
+    key: String,
+    seq: AtomicU64,
+    running: Mutex<Option<(u64, u32, u32)>>,
+    /// Set by the heartbeat thread when the worker must end; taken by `next`.
+    exit: Mutex<Option<ExitReason>>,
+    /// Whether a chunk is running (a fence or a dead driver then ends the process at once).
+    busy: AtomicBool,
+    beating: AtomicBool,
+}
+
+impl Shared {
+    fn write_beat(&self) -> Result<()> {
+        let beat = Beat {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            running: *self.running.lock().unwrap_or_else(|e| e.into_inner()),
+        };
+        write_atomic(&self.dir.heartbeat(&self.key), &[beat.encode().as_bytes()])
+    }
+
+    fn end(&self, reason: ExitReason, why: &str) {
+        if self.busy.load(Ordering::Relaxed) {
+            // Mid-task: nothing this process still computes can be delivered usefully.
+            eprintln!("shoal worker {}: {why}; exiting", self.key);
+            std::process::exit(if reason == ExitReason::Fenced { 75 } else { 76 });
+        }
+        let mut exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        exit.get_or_insert(reason);
+    }
 }
 
 pub struct WorkerSession {
     dir: SessionDir,
-    claimer: Claimer,
     config: WorkerConfig,
-    beating: Arc<AtomicBool>,
+    id: String,
+    shared: Arc<Shared>,
     beat_thread: Option<JoinHandle<()>>,
-    watch: DirWatch,
+    /// Next ticket number to look for.
+    seq: u64,
+    welcomed: bool,
+    watch: Option<DirWatch>,
+    claim: Option<(u64, u32)>,
+    careful: bool,
 }
 
 impl WorkerSession {
@@ -139,44 +220,63 @@ impl WorkerSession {
         let dir = SessionDir::open(root);
         let config = dir.read_config()?;
         let id = resolve_worker_id(worker_id)?;
+        let key = worker_key(&id, random_u64());
         let info = WorkerInfo {
             worker: id.clone(),
+            key: key.clone(),
             host: hostname(),
             pid: std::process::id(),
             started: now_secs(),
         };
-        write_json(&dir.worker_info(&id), &info)?;
-        dir.beat(&dir.heartbeat(&id))?;
-        let beating = Arc::new(AtomicBool::new(true));
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            key: key.clone(),
+            seq: AtomicU64::new(0),
+            running: Mutex::new(None),
+            exit: Mutex::new(None),
+            busy: AtomicBool::new(false),
+            beating: AtomicBool::new(true),
+        });
+        // The beat file exists before the hello: the driver starts watching it on the hello.
+        shared.write_beat()?;
+        let hello = serde_json::to_vec_pretty(&info).expect("plain data");
+        if !write_exclusive(&dir.hello(&key), &[&hello])? {
+            return Err(CoreError::invalid(
+                "worker key",
+                &key,
+                "another worker announced itself under this key",
+            ));
+        }
         let beat_thread = {
-            let (dir, id, beating) = (dir.clone(), id.clone(), beating.clone());
-            let every = Duration::from_secs_f64(config.heartbeat_interval.max(0.05));
+            let shared = shared.clone();
+            let config = config.clone();
             std::thread::Builder::new()
                 .name("shoal-heartbeat".into())
-                .spawn(move || {
-                    let mut last = Instant::now();
-                    while beating.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(50).min(every));
-                        if last.elapsed() >= every {
-                            last = Instant::now();
-                            let _ = dir.beat(&dir.heartbeat(&id));
-                        }
-                    }
-                })
+                .spawn(move || heartbeat_loop(&shared, &config))
                 .ok()
         };
         Ok(WorkerSession {
-            watch: DirWatch::new(&[&dir.sub("pending"), &dir.sub("control")]),
-            claimer: Claimer::new(dir.clone(), id),
             dir,
             config,
-            beating,
+            id,
+            shared,
             beat_thread,
+            seq: 0,
+            welcomed: false,
+            watch: None,
+            claim: None,
+            careful: false,
         })
     }
 
+    /// The worker id (what the scheduler calls the job).
     pub fn id(&self) -> &str {
-        self.claimer.worker()
+        &self.id
+    }
+
+    /// The key of this incarnation (`ID+NONCE`).
+    pub fn key(&self) -> &str {
+        &self.shared.key
     }
 
     pub fn dir(&self) -> &SessionDir {
@@ -187,33 +287,55 @@ impl WorkerSession {
         &self.config
     }
 
-    /// Wait for the next chunk. `wait` bounds this call (None: as long as the config allows).
-    pub fn next_chunk(
+    /// Wait for the next assignment. `wait` bounds this call (None: as long as the config
+    /// allows).
+    pub fn next(
         &mut self,
         wait: Option<Duration>,
-    ) -> Result<std::result::Result<(ChunkHeader, Vec<u8>), ExitReason>> {
+    ) -> Result<std::result::Result<Assignment, ExitReason>> {
+        self.shared.busy.store(false, Ordering::Relaxed);
+        *self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         let start = Instant::now();
         let idle = self.config.idle_timeout.map(Duration::from_secs_f64);
-        let mut sleep = Duration::from_micros(200);
         let poll_max = Duration::from_secs_f64(self.config.poll_max.max(0.001));
-        let mut last_check = Instant::now() - Duration::from_secs(1);
+        let mut sleep = Duration::from_micros(200);
+        let mut last_control = Instant::now() - Duration::from_secs(60);
         loop {
-            if let Some(c) = self.claimer.try_claim()? {
-                return Ok(Ok(c));
+            if let Some(reason) = self
+                .shared
+                .exit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                return Ok(Err(reason));
             }
-            if last_check.elapsed() >= Duration::from_millis(100) {
-                last_check = Instant::now();
+            if !self.welcomed && self.dir.inbox(self.key()).is_dir() {
+                self.welcomed = true;
+                self.watch = Some(DirWatch::new(&[
+                    &self.dir.inbox(self.key()),
+                    &self.dir.sub("control"),
+                ]));
+            }
+            if self.welcomed {
+                match self.try_ticket()? {
+                    Some(Ok(a)) => {
+                        self.shared.busy.store(true, Ordering::Relaxed);
+                        return Ok(Ok(a));
+                    }
+                    Some(Err(reason)) => return Ok(Err(reason)),
+                    None => {}
+                }
+            }
+            // A stop for every worker (also those never welcomed): looked at now and then.
+            if last_control.elapsed() >= poll_max.max(Duration::from_millis(100)) {
+                last_control = Instant::now();
                 if self.dir.control("stop").exists() {
                     return Ok(Err(ExitReason::Stopped));
-                }
-                if let Some(limit) = self.config.driver_timeout {
-                    if self
-                        .dir
-                        .age_of(&self.dir.control("driver.hb"))
-                        .is_some_and(|a| a > limit)
-                    {
-                        return Ok(Err(ExitReason::DriverGone));
-                    }
                 }
             }
             let waited = start.elapsed();
@@ -223,24 +345,185 @@ impl WorkerSession {
             if wait.is_some_and(|w| waited >= w) {
                 return Ok(Err(ExitReason::Timeout));
             }
-            if self.watch.wait(sleep) {
-                sleep = Duration::from_micros(200);
+            let woke = match &self.watch {
+                Some(w) => w.wait(sleep),
+                None => {
+                    std::thread::sleep(sleep);
+                    false
+                }
+            };
+            sleep = if woke {
+                Duration::from_micros(200)
             } else {
-                sleep = (sleep * 2).min(poll_max);
+                jittered((sleep * 2).min(poll_max))
+            };
+        }
+    }
+
+    /// Look at the next ticket: claim it, skip it if the driver took it back, or stop.
+    fn try_ticket(&mut self) -> Result<Option<std::result::Result<Assignment, ExitReason>>> {
+        loop {
+            let path = self.dir.ticket(self.key(), self.seq);
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    let void = self.dir.void_ticket(self.key(), self.seq);
+                    if void.exists() {
+                        let _ = fs::remove_file(&void);
+                        self.seq += 1;
+                        continue;
+                    }
+                    return Ok(None);
+                }
+                Err(e) => return Err(CoreError::io(&path, e)),
+            };
+            let seq = self.seq;
+            self.seq += 1;
+            let Ok(ticket) = serde_json::from_slice::<Ticket>(&bytes) else {
+                // Torn or foreign: not ours to act on; the driver's audit requeues the chunk.
+                let _ = fs::remove_file(&path);
+                continue;
+            };
+            if ticket.kind == TicketKind::Stop {
+                let _ = fs::remove_file(&path);
+                return Ok(Some(Err(ExitReason::Stopped)));
+            }
+            let claimed = self.dir.claimed(ticket.chunk, ticket.attempt);
+            match fs::rename(&path, &claimed) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    // Taken back by the driver — unless this is a lost reply on NFS and the
+                    // rename did happen: the destination tells.
+                    let ours = self
+                        .dir
+                        .read_claim(ticket.chunk, ticket.attempt)
+                        .is_some_and(|t| t.worker == self.key() && t.seq == seq);
+                    if !ours {
+                        if self.dir.is_fenced(self.key()) {
+                            return Ok(Some(Err(ExitReason::Fenced)));
+                        }
+                        continue;
+                    }
+                }
+                Err(e) => return Err(CoreError::io(&claimed, e)),
+            }
+            match self.dir.read_chunk(ticket.chunk)? {
+                Some((header, payload)) => {
+                    self.claim = Some((ticket.chunk, ticket.attempt));
+                    self.careful = ticket.careful;
+                    return Ok(Some(Ok(Assignment {
+                        ticket,
+                        header,
+                        payload,
+                    })));
+                }
+                None => {
+                    // The master copy vanished (a tmp reaper?): the driver's audit sees the
+                    // claim go without a result and decides; nothing here to run.
+                    eprintln!(
+                        "shoal worker {}: chunk {} vanished from the work dir; skipping it",
+                        self.key(),
+                        ticket.chunk
+                    );
+                    let _ = remove_if_exists(&claimed);
+                }
             }
         }
     }
 
-    pub fn complete(&self, header: &ResultHeader, payload: &[u8]) -> Result<()> {
-        self.claimer.complete(header, payload)
+    /// Say which task of the claimed chunk starts now. In careful mode (the chunk's last
+    /// attempt lost its worker) this is written out before the task runs, so the driver knows
+    /// exactly which task was running if this worker dies too.
+    pub fn running(&self, chunk: u64, attempt: u32, task: u32) -> Result<()> {
+        *self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((chunk, attempt, task));
+        if self.careful {
+            self.shared.write_beat()?;
+        }
+        Ok(())
+    }
+
+    /// Publish a result part; the attempt's last part also retires the claim. The order
+    /// matters: a crash in between leaves a claim whose results exist, which the driver
+    /// resolves by the results.
+    pub fn publish(&mut self, header: &ResultHeader, payload: &[u8]) -> Result<()> {
+        let head = crate::frame::encode(header, payload);
+        let path = self.dir.part(header.chunk, header.attempt, header.from);
+        write_atomic(&path, &[&head, payload])?;
+        if header.last {
+            if let Some((c, a)) = self.claim.take() {
+                remove_if_exists(&self.dir.claimed(c, a))?;
+            }
+            self.shared.busy.store(false, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub fn careful(&self) -> bool {
+        self.careful
     }
 }
 
 impl Drop for WorkerSession {
     fn drop(&mut self) {
-        self.beating.store(false, Ordering::Relaxed);
+        self.shared.beating.store(false, Ordering::Relaxed);
         if let Some(t) = self.beat_thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// ±20 % so that thousands of idle workers do not poll the filesystem in lock-step.
+fn jittered(d: Duration) -> Duration {
+    let r = (random_u64() % 401) as f64 / 1000.0 + 0.8;
+    d.mul_f64(r)
+}
+
+fn heartbeat_loop(shared: &Shared, config: &WorkerConfig) {
+    let every = Duration::from_secs_f64(config.heartbeat_interval.max(0.05));
+    let tick = Duration::from_millis(50).min(every);
+    // Blocked filesystem calls must not count as the driver's silence.
+    let mut clock = StallClock::new(every.max(Duration::from_secs(1)));
+    let mut driver: ChangeWatch<()> = ChangeWatch::default();
+    driver.start(&(), clock.now());
+    let driver_timeout = config.driver_timeout.map(Duration::from_secs_f64);
+    let local_driver = config
+        .driver
+        .as_ref()
+        .filter(|d| d.host == hostname() && d.pid > 1);
+    let mut last = Instant::now();
+    while shared.beating.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        let now = clock.tick();
+        if let Some(d) = local_driver {
+            if !pid_alive(d.pid) {
+                shared.end(ExitReason::DriverGone, "the driver process is gone");
+            }
+        }
+        if last.elapsed() < every {
+            continue;
+        }
+        last = Instant::now();
+        let _ = shared.write_beat();
+        if shared.dir.is_fenced(&shared.key) {
+            shared.end(
+                ExitReason::Fenced,
+                "fenced by the driver (it gave up on this worker)",
+            );
+        }
+        if let Some(limit) = driver_timeout {
+            if let Some(seq) = shared.dir.read_driver_beat() {
+                driver.observe(&(), seq, now);
+            }
+            if driver.silent_for(&(), now).is_some_and(|s| s > limit) {
+                shared.end(
+                    ExitReason::DriverGone,
+                    "the driver's heartbeat stopped changing",
+                );
+            }
         }
     }
 }
@@ -249,8 +532,7 @@ impl Drop for WorkerSession {
 mod tests {
     use super::*;
 
-    #[test]
-    fn worker_claims_then_stops() {
+    fn session() -> (tempfile::TempDir, SessionDir) {
         let t = tempfile::tempdir().unwrap();
         let d = SessionDir::create(t.path().join("s")).unwrap();
         d.write_config(&WorkerConfig {
@@ -258,43 +540,114 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
+        (t, d)
+    }
+
+    fn ticket(key: &str, seq: u64, chunk: u64) -> Ticket {
+        Ticket {
+            seq,
+            chunk,
+            attempt: 1,
+            worker: key.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hello_welcome_claim_publish_stop() {
+        let (_t, d) = session();
         d.put_chunk(
             &ChunkHeader {
-                chunk: 0,
-                first_task: 0,
-                ntasks: 1,
+                chunk: 4,
+                first_task: 40,
+                ntasks: 2,
+                blobs: vec![],
             },
             b"p",
         )
         .unwrap();
         let mut w = WorkerSession::open(d.root(), Some("w1")).unwrap();
-        let (h, _) = w.next_chunk(None).unwrap().unwrap();
-        assert_eq!(h.chunk, 0);
-        assert!(d.worker_info("w1").exists());
-        let infos = d.worker_infos();
-        assert_eq!((infos.len(), infos[0].worker.as_str()), (1, "w1"));
-        assert_eq!(infos[0].pid, std::process::id());
+        let key = w.key().to_string();
+        assert!(key.starts_with("w1+") && d.hellos().unwrap() == vec![key.clone()]);
         assert_eq!(
-            w.next_chunk(Some(Duration::from_millis(30))).unwrap(),
-            Err(ExitReason::Timeout)
+            w.next(Some(Duration::from_millis(30)))
+                .unwrap()
+                .unwrap_err(),
+            ExitReason::Timeout,
+            "nothing before the welcome"
         );
-        std::thread::sleep(Duration::from_millis(150));
-        assert!(d.age_of(&d.heartbeat("w1")).unwrap() < 0.5);
-        d.beat(&d.control("stop")).unwrap();
-        assert_eq!(w.next_chunk(None).unwrap(), Err(ExitReason::Stopped));
+        d.welcome(&key).unwrap();
+        d.put_ticket(&ticket(&key, 0, 4)).unwrap();
+        let a = w.next(None).unwrap().unwrap();
+        assert_eq!((a.header.first_task, a.payload.as_slice()), (40, &b"p"[..]));
+        assert_eq!(d.claims().unwrap(), vec![(4, 1)]);
+        let r = ResultHeader {
+            chunk: 4,
+            attempt: 1,
+            first_task: 40,
+            ntasks: 2,
+            count: 2,
+            last: true,
+            worker: key.clone(),
+            ..Default::default()
+        };
+        w.publish(&r, b"r").unwrap();
+        assert!(d.claims().unwrap().is_empty());
+        assert_eq!(d.parts().unwrap(), vec![(4, 1, 0)]);
+        d.put_ticket(&Ticket {
+            seq: 1,
+            kind: TicketKind::Stop,
+            worker: key.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(w.next(None).unwrap().unwrap_err(), ExitReason::Stopped);
+    }
+
+    #[test]
+    fn revoked_tickets_are_skipped() {
+        let (_t, d) = session();
+        for c in [1, 2] {
+            d.put_chunk(
+                &ChunkHeader {
+                    chunk: c,
+                    ntasks: 1,
+                    ..Default::default()
+                },
+                b"p",
+            )
+            .unwrap();
+        }
+        let mut w = WorkerSession::open(d.root(), Some("w")).unwrap();
+        let key = w.key().to_string();
+        d.welcome(&key).unwrap();
+        d.put_ticket(&ticket(&key, 0, 1)).unwrap();
+        assert!(d.revoke_ticket(&key, 0).unwrap());
+        d.put_ticket(&ticket(&key, 1, 2)).unwrap();
+        assert_eq!(w.next(None).unwrap().unwrap().ticket.chunk, 2);
+    }
+
+    #[test]
+    fn heartbeats_are_counters_and_fences_end_the_worker() {
+        let (_t, d) = session();
+        let mut w = WorkerSession::open(d.root(), Some("w")).unwrap();
+        let key = w.key().to_string();
+        let first = d.read_beat(&key).unwrap().seq;
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(d.read_beat(&key).unwrap().seq > first);
+        d.put_fence(&key).unwrap();
+        assert_eq!(w.next(None).unwrap().unwrap_err(), ExitReason::Fenced);
     }
 
     #[test]
     fn idle_timeout_and_bad_ids() {
-        let t = tempfile::tempdir().unwrap();
-        let d = SessionDir::create(t.path().join("s")).unwrap();
-        d.write_config(&WorkerConfig {
-            idle_timeout: Some(0.05),
-            ..Default::default()
-        })
-        .unwrap();
+        let (_t, d) = session();
+        let mut cfg = d.read_config().unwrap();
+        cfg.idle_timeout = Some(0.05);
+        d.write_config(&cfg).unwrap();
         let mut w = WorkerSession::open(d.root(), Some("w1")).unwrap();
-        assert_eq!(w.next_chunk(None).unwrap(), Err(ExitReason::Idle));
+        assert_eq!(w.next(None).unwrap().unwrap_err(), ExitReason::Idle);
         assert!(WorkerSession::open(d.root(), Some("a/b")).is_err());
+        assert!(WorkerSession::open(d.root(), Some("a+b")).is_err());
     }
 }
