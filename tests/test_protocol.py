@@ -91,8 +91,13 @@ def test_full_work_dir_fails_the_session_with_that_reason(tmp_path) -> None:
     try:
         with pytest.raises(shoal.ShoalError) as err:
             with shoal.Pool(2, work_dir=str(wd)) as pool:
-                # results bigger than the filesystem: the workers cannot publish them
-                pool.map(os.urandom, [400_000] * 16, chunksize=1)
+                assert pool.map(square, range(4)) == [0, 1, 4, 9]
+                # Someone else fills the filesystem (a quota, another job): 64 KiB are left.
+                free = os.statvfs(wd).f_bavail * os.statvfs(wd).f_frsize
+                with open(wd / "filler", "wb") as f:
+                    f.write(b"\0" * max(0, free - 65536))
+                # Results bigger than what is left: the workers cannot publish them.
+                pool.map(os.urandom, [400_000] * 4, chunksize=1)
         text = str(err.value)
         assert "No space left" in text or "full" in text, text
         assert str(wd) in text, text

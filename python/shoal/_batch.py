@@ -2,6 +2,8 @@
 
 Calls arriving within a couple of milliseconds of each other travel together, so a loop of
 10,000 submits makes a handful of chunk files, not 10,000; a lone call still leaves at once.
+While the session has its window of chunks outstanding, calls wait here and the next chunks
+grow: the work dir holds a bounded number of files however many calls are submitted.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class Batcher:
             self._busy = bool(batch)
         try:
             if batch:
+                # Backpressure: while the session has its window of chunks out, calls pile
+                # up here (in memory the caller already spent) and travel in bigger chunks.
+                self._driver.wait_room()
                 self._driver.submit_calls(batch)
         except BaseException as exc:
             for job, _index, _blob in batch:

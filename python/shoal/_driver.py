@@ -3,6 +3,7 @@
 It pickles work into chunks, hands them to the Rust engine (``_native.Session``), and turns
 the engine's events back into per-task results or exceptions on a collector thread. Jobs
 (a map, an apply, a future) only implement ``_deliver_many``, ``_started`` and ``_abort``.
+A chunk's results may arrive in parts (docs/protocol.md); each task is delivered once.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import atexit
 import base64
 import json
+import logging
 import math
 import os
 import pickle
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from typing import Any, Callable, Iterable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
 import cloudpickle
 
@@ -40,6 +42,7 @@ DEFAULT_CLUSTER_WORKERS = 16
 GENERIC_OPTIONS = ("idle_timeout", "heartbeat_timeout", "max_attempts", "env", "metadata")
 _checked_pythons: dict[str, None] = {}
 _live: weakref.WeakSet[Driver] = weakref.WeakSet()
+_log = logging.getLogger("shoal")
 
 
 class Job(Protocol):
@@ -57,6 +60,29 @@ class Job(Protocol):
 
 # A chunk's tasks map onto jobs as segments: (job, index of the first task in the job, count).
 Segment = tuple[Job, int, int]
+# A pickled call of a CALLS chunk: (the function's name, for errors; the pickle).
+Call = tuple[str, bytes]
+
+
+class _Route:
+    """Where a chunk's task results go, and how many are still to come."""
+
+    __slots__ = ("remaining", "segments")
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.segments = segments
+        self.remaining = sum(seg[2] for seg in segments)
+
+    def pieces(self, frm: int, count: int) -> list[tuple[Job, int, int, int]]:
+        """(job, index in the job, offset in the range, n) for chunk tasks frm..frm+count."""
+        out = []
+        base = 0
+        for job, start, n in self.segments:
+            lo, hi = max(frm, base), min(frm + count, base + n)
+            if lo < hi:
+                out.append((job, start + lo - base, lo - frm, hi - lo))
+            base += n
+        return out
 
 
 def _name(fn: Any) -> str:
@@ -125,10 +151,18 @@ def check_python(python: str) -> str:
             tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
             raise ConfigError(
                 f"python_path {python!r} cannot import shoal: {' '.join(tail)}\n"
-                f"hint: run `{path} -m pip install shoal` (same version as the driver)"
+                f"hint: install this driver's shoal into it: `{path} -m pip install "
+                "<the shoal wheel or source tree this driver was installed from>`"
             )
     _checked_pythons[path] = None
     return path
+
+
+def heartbeat_interval(timeout: Optional[float]) -> float:
+    """Workers beat several times per heartbeat timeout, at most every 5 s."""
+    if timeout is None:
+        return 5.0
+    return max(0.05, min(5.0, timeout / 6))
 
 
 class Driver:
@@ -174,10 +208,13 @@ class Driver:
         self.maxtasksperchild = maxtasksperchild
         self.keep_work_dir = keep_work_dir
         self._lock = threading.Lock()
-        self._routes: dict[int, list[Segment]] = {}
+        self._routes: dict[int, _Route] = {}
         self._task_failed = False
         self._broken: Optional[BaseException] = None
+        self._closing = False
         self._closed = False
+        # Set once the session is being torn down: late events are dropped, not delivered.
+        self._dropping = False
         py_config: dict[str, Any] = {
             "sys_path": [p for p in sys.path if p and os.path.isdir(p)],
             "maxtasksperchild": maxtasksperchild,
@@ -196,7 +233,7 @@ class Driver:
         worker_env.setdefault("SHOAL_WORKER", "1")
         config = {
             "idle_timeout": idle_timeout,
-            "heartbeat_interval": 5.0,
+            "heartbeat_interval": heartbeat_interval(heartbeat_timeout),
             "driver_timeout": None if backend == "local" else 600.0,
             "python": py_config,
         }
@@ -238,15 +275,22 @@ class Driver:
             raise SessionError(f"session {self.id} cannot take more work: {self._broken}")
 
     def put_function(self, fn: Callable[..., Any]) -> int:
-        """Store a mapped function once; chunks refer to it by id."""
+        """Store a mapped function once; chunks refer to it by id. Release it with
+        `release_function` once every chunk that needs it was submitted."""
         try:
             data = _dumps(fn)
         except Exception as e:
             raise _diagnose(fn, (), 0, e) from None
         return int(self._native.put_blob(data))
 
+    def release_function(self, fn_ref: int) -> None:
+        try:
+            self._native.release_blob(fn_ref)
+        except Exception:
+            pass  # the session ended: its work dir goes anyway
+
     def map_payload(
-        self, fn: Callable[..., Any], fn_ref: int, items: list[Any], start: int, star: bool
+        self, fn: Callable[..., Any], fn_ref: int, items: Sequence[Any], start: int, star: bool
     ) -> bytes:
         """Pickle one chunk of a map; a PicklingError names the argument that failed."""
         try:
@@ -254,22 +298,51 @@ class Driver:
         except Exception as e:
             raise _diagnose(fn, items, start, e) from None
 
-    def submit_payload(self, payload: bytes, segments: list[Segment]) -> int:
+    def submit_payload(
+        self, payload: bytes, segments: list[Segment], blob: Optional[int] = None
+    ) -> int:
         """Publish one chunk; its task results go to `segments` in order."""
         self._check_usable()
         ntasks = sum(seg[2] for seg in segments)
+        # Under the lock: the route exists before the collector can see any event of it.
         with self._lock:
-            chunk, _first = self._native.submit(payload, ntasks)
-            self._routes[chunk] = segments
-        return int(chunk)
+            chunk, _first = self._native.submit(payload, ntasks, [blob] if blob else [])
+            self._routes[chunk] = _Route(segments)
+            return int(chunk)
 
-    def pickle_call(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> bytes:
+    def wait_room(self) -> None:
+        """Block a feeder thread while the session has its window of outstanding chunks, so
+        a long generator is consumed as workers keep up (files and memory stay bounded)."""
+        self._native.wait_room()
+
+    def map_chunks(
+        self,
+        fn: Callable[..., Any],
+        items: Sequence[Any],
+        chunksize: int,
+        star: bool,
+        job: Job,
+    ) -> None:
+        """Pickle and send a whole map chunk by chunk (no second copy of the input is made),
+        then release the function. A PicklingError names the argument; chunks already sent
+        run to completion."""
+        fn_ref = self.put_function(fn)
         try:
-            return _dumps((fn, args, kwargs))
+            for lo in range(0, len(items), chunksize):
+                part = items[lo : lo + chunksize]
+                payload = self.map_payload(fn, fn_ref, part, lo, star)
+                self.submit_payload(payload, [(job, lo, len(part))], fn_ref)
+                del payload
+        finally:
+            self.release_function(fn_ref)
+
+    def pickle_call(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Call:
+        try:
+            return _name(fn), _dumps((fn, args, kwargs))
         except Exception as e:
             raise _diagnose(fn, (*args, *kwargs.values()), 0, e) from None
 
-    def submit_calls(self, calls: list[tuple[Job, int, bytes]]) -> list[int]:
+    def submit_calls(self, calls: list[tuple[Job, int, Call]]) -> list[int]:
         """Send pre-pickled calls, spread over enough chunks to keep every worker busy."""
         self._check_usable()
         per = max(1, math.ceil(len(calls) / (self.workers * 2)))
@@ -284,12 +357,13 @@ class Driver:
 
     def withdraw_where(self, unwanted: Callable[[Job, int, int], bool]) -> int:
         """Take back unclaimed chunks all of whose tasks are `unwanted` (e.g. cancelled
-        futures); their tasks will never run. Returns the number of chunks withdrawn."""
+        futures); their tasks will never run. Returns the number of chunks withdrawn now
+        (one sitting in a worker's inbox may follow shortly, or run after all)."""
         with self._lock:
             chunks = [
                 c
-                for c, routes in self._routes.items()
-                if routes and all(unwanted(*seg) for seg in routes)
+                for c, route in self._routes.items()
+                if route.segments and all(unwanted(*seg) for seg in route.segments)
             ]
             n = 0
             for c in chunks:
@@ -310,87 +384,137 @@ class Driver:
                 try:
                     self._handle(ev)
                 except Exception:  # a bug here must not kill collection silently
-                    import traceback
-
-                    print(f"shoal: internal error handling a {ev[0]} event:", file=sys.stderr)
-                    traceback.print_exc()
+                    _log.exception("shoal: internal error handling a %s event", ev[0])
             if self._closed and not events:
                 return
+
+    def _deliver(
+        self, job: Job, start: int, values: list[Any], errors: dict[int, BaseException]
+    ) -> None:
+        """Hand results to a job; a raising callback is reported, and delivery goes on."""
+        try:
+            job._deliver_many(start, values, errors)
+        except Exception:
+            _log.exception("exception calling callback for %r", job)
+
+    def _take(self, chunk: int, count: int) -> Optional[_Route]:
+        """The chunk's route, counting `count` tasks resolved (dropped once all are)."""
+        with self._lock:
+            if self._dropping:
+                return None
+            route = self._routes.get(chunk)
+            if route is None:
+                return None
+            route.remaining -= count
+            if route.remaining <= 0:
+                del self._routes[chunk]
+            return route
 
     def _handle(self, ev: tuple) -> None:
         kind = ev[0]
         if kind == "result":
             self._on_result(*ev[1:])
-        elif kind == "lost":
-            _, chunk, first, _ntasks, worker, reason, tail = ev
-            with self._lock:
-                segments = self._routes.pop(chunk, None) or []
-            self._task_failed = True
-            number = first
-            for job, start, count in segments:
-                errors: dict[int, BaseException] = {}
-                for k in range(count):
-                    msg = (
-                        f"task {start + k} (session task {number + k}) was lost: {reason} "
-                        f"[worker {worker}, session {self.id}]"
-                    )
-                    if tail.strip():
-                        msg += f"\nworker stderr (tail):\n{tail.rstrip()}"
-                    errors[k] = WorkerLostError(msg)
-                job._deliver_many(start, [None] * count, errors)
-                number += count
+        elif kind == "failed":
+            self._on_failed(*ev[1:])
         elif kind == "fatal":
             self._fail_all(SessionError(ev[1]))
         elif kind == "started":
             with self._lock:
-                segments = self._routes.get(ev[1], [])
-            for job, start, count in segments:
+                route = self._routes.get(ev[1])
+            for job, start, count in route.segments if route else []:
                 job._started(start, count)
+        elif kind == "withdrawn":
+            with self._lock:
+                self._routes.pop(ev[1], None)
+
+    def _on_failed(
+        self,
+        chunk: int,
+        first: int,
+        frm: int,
+        count: int,
+        kind: str,
+        message: str,
+        worker: str,
+        tail: str,
+    ) -> None:
+        route = self._take(chunk, count)
+        if route is None:
+            return
+        self._task_failed = True
+        for job, index, off, n in route.pieces(frm, count):
+            errors: dict[int, BaseException] = {}
+            for k in range(n):
+                number = first + frm + off + k
+                where = f"[session {self.id}" + (f", worker {worker}]" if worker else "]")
+                if kind == "lost":
+                    text = f"task {index + k} (session task {number}) was lost: {message} {where}"
+                    if tail.strip():
+                        text += f"\nworker stderr (tail):\n{tail.rstrip()}"
+                    errors[k] = WorkerLostError(text)
+                else:
+                    errors[k] = TaskError(
+                        f"task {index + k} (session task {number}) failed: {message} {where}"
+                    )
+            self._deliver(job, index, [None] * n, errors)
 
     def _on_result(
         self,
         chunk: int,
         first: int,
-        ntasks: int,
+        frm: int,
+        count: int,
+        skip: int,
         worker: str,
         payload: bytes,
         err_ranges: dict[int, tuple[int, int]],
         chunk_error: Optional[str],
     ) -> None:
-        with self._lock:
-            segments = self._routes.pop(chunk, None)
-        if segments is None:
+        route = self._take(chunk, count)
+        if route is None:
             return
         failure: Optional[BaseException] = None
-        if not payload:  # the chunk could not run at all
+        values: list[Any] = []
+        raw_errors: dict[int, Any] = {}
+        if not payload:  # the part could not run at all
             failure = TaskError(chunk_error or "the chunk could not run on its worker")
         else:
             try:
                 values, raw_errors = pickle.loads(payload)
             except Exception as exc:
                 failure = TaskError(
-                    f"the results of tasks {first}..{first + ntasks - 1} could not be unpickled "
-                    f"in the driver: {type(exc).__name__}: {exc}"
+                    f"the results of tasks {first + frm}..{first + frm + count - 1} could not "
+                    f"be unpickled in the driver: {type(exc).__name__}: {exc}"
                 )
         if failure is not None:
             self._task_failed = True
-            for job, start, count in segments:
-                job._deliver_many(start, [None] * count, dict.fromkeys(range(count), failure))
+            for job, index, _off, n in route.pieces(frm, count):
+                self._deliver(job, index, [None] * n, dict.fromkeys(range(n), failure))
             return
         if raw_errors:
             self._task_failed = True
-        offset = 0
-        for job, start, count in segments:
+        for job, index, off, n in route.pieces(frm, count):
+            lo = skip + off
+            part = values[lo : lo + n]
             errors = {
-                i - offset: self._rebuild(
-                    raw_errors[i], start + i - offset, first + i, worker, err_ranges.get(i)
+                i - lo: self._rebuild(
+                    raw_errors[i], index + i - lo, first + frm + off + i - lo, worker,
+                    err_ranges.get(i),
                 )
                 for i in raw_errors
-                if offset <= i < offset + count
+                if lo <= i < lo + n
             }
-            part = values if count == len(values) else values[offset : offset + count]
-            job._deliver_many(start, part, errors)
-            offset += count
+            if len(part) < n:
+                # Fewer values than tasks: never leave a task unresolved; say so loudly.
+                self._task_failed = True
+                short = TaskError(
+                    f"worker {worker} returned {len(values)} results for a part of "
+                    f"{skip + count} tasks (session {self.id}); the missing tasks fail"
+                )
+                for k in range(len(part), n):
+                    errors[k] = short
+                part = part + [None] * (n - len(part))
+            self._deliver(job, index, part, errors)
 
     def _rebuild(
         self, rec: Any, index: int, task_no: int, worker: str, err_range: Optional[tuple[int, int]]
@@ -432,9 +556,12 @@ class Driver:
                 self._broken = exc
             routes = list(self._routes.values())
             self._routes.clear()
-        for segments in routes:
-            for job, _start, _count in segments:
-                job._abort(exc)
+        for route in routes:
+            for job, _start, _count in route.segments:
+                try:
+                    job._abort(exc)
+                except Exception:
+                    _log.exception("exception calling callback for %r", job)
 
     # ------------------------------------------------------------------ ending
 
@@ -451,12 +578,19 @@ class Driver:
         return dict(self._native.stats())
 
     def close(self, *, graceful: bool, failed: bool = False, grace: float = 10.0) -> Optional[str]:
-        """Stop workers and record the outcome. Returns the kept work dir, if any."""
-        if self._closed:
-            return None
+        """Stop workers and record the outcome. Returns the kept work dir, if any. Safe to
+        call from a callback (the collector thread) and from several threads at once."""
+        with self._lock:
+            if self._closing:
+                return None
+            self._closing = True
         self._native.shutdown(grace if graceful else None)
+        # The engine has stopped: the collector drains what is left and ends.
         self._closed = True
-        self._collector.join(timeout=5)
+        if threading.current_thread() is not self._collector:
+            self._collector.join(timeout=5)
+        with self._lock:
+            self._dropping = True
         failed = failed or self._task_failed or self._broken is not None
         if self._routes:
             self._fail_all(SessionError(f"session {self.id} was shut down before this task ran"))
@@ -467,8 +601,8 @@ class Driver:
         _live.discard(self)
         if kept is not None and failed:
             print(
-                f"shoal: session {self.id} {'failed' if failed else 'ended'}; work dir kept at "
-                f"{kept} (see `shoal logs {self.id}`)",
+                f"shoal: session {self.id} failed; work dir kept at {kept} "
+                f"(see `shoal logs {self.id}`)",
                 file=sys.stderr,
             )
         return None if kept is None else str(kept)

@@ -145,17 +145,10 @@ class Executor(cf.Executor):
         driver = self._driver
         futures: list[cf.Future] = [cf.Future() for _ in items]
         if items:
-            fn_ref = driver.put_function(fn)
-            payloads = [
-                (lo, driver.map_payload(fn, fn_ref, items[lo : lo + chunksize], lo, True))
-                for lo in range(0, len(items), chunksize)
-            ]
             job = _FutureJob(list(futures))
             for f in futures:
                 self._track(f)
-            for lo, payload in payloads:
-                n = len(items[lo : lo + chunksize])
-                driver.submit_payload(payload, [(job, lo, n)])
+            driver.map_chunks(fn, items, chunksize, True, job)
 
         def results() -> Iterator[T]:
             try:

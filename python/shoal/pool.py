@@ -381,20 +381,13 @@ class Pool:
         if chunksize is None:
             chunksize = self._driver.default_chunksize(len(items))
         _check_chunksize(chunksize)
-        driver = self._driver
-        fn_ref = driver.put_function(func) if items else 0
-        # Pickle everything before sending anything: a bad argument fails the call cleanly.
-        payloads = [
-            (
-                lo,
-                len(items[lo : lo + chunksize]),
-                driver.map_payload(func, fn_ref, items[lo : lo + chunksize], lo, star),
-            )
-            for lo in range(0, len(items), chunksize)
-        ]
         result = MapResult(self, len(items), callback, error_callback)
-        for lo, n, payload in payloads:
-            driver.submit_payload(payload, [(result, lo, n)])
+        if items:
+            try:
+                self._driver.map_chunks(func, items, chunksize, star, result)
+            except BaseException:
+                self._unregister(result)  # the caller gets the error; join must not wait
+                raise
         return result
 
     def imap(
@@ -463,8 +456,9 @@ class Pool:
                 break
             if items:
                 try:
+                    driver.wait_room()
                     payload = driver.map_payload(func, fn_ref, items, index, star)
-                    driver.submit_payload(payload, [(it, index, len(items))])
+                    driver.submit_payload(payload, [(it, index, len(items))], fn_ref)
                 except BaseException as exc:
                     it._deliver_many(
                         index, [None] * len(items), dict.fromkeys(range(len(items)), exc)
@@ -476,6 +470,7 @@ class Pool:
             it._deliver_many(index, [None], {0: failure})
             index += 1
         it._set_length(index)
+        driver.release_function(fn_ref)
 
     # -------------------------------------------------------------- lifecycle
 

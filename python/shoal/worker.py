@@ -1,8 +1,10 @@
 """The worker process: ``python -m shoal.worker SESSION_DIR [--worker-id ID]``.
 
-It claims chunks through the Rust protocol, runs their tasks, and publishes results with
-per-task stdout/stderr offsets and tracebacks. A task's exception (even SystemExit) fails
-that task only; the worker keeps going.
+It claims assignments through the Rust protocol, runs their tasks, and publishes results in
+parts with per-task stdout/stderr offsets and tracebacks. A task's exception (even SystemExit)
+fails that task only, and so does a call that cannot be unpickled here; the worker goes on.
+Results of slow tasks are published as the chunk goes, so a worker lost mid-chunk loses only
+the task it was running (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pickle
 import sys
 import time
 import traceback
+from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 import cloudpickle
@@ -21,8 +24,25 @@ import cloudpickle
 from shoal import _native
 
 # Payload kinds, shared with shoal._driver: MAP chunks name one function (a blob) and carry
-# its arguments; CALLS chunks carry separately pickled (function, args, kwargs) calls.
+# its arguments; CALLS chunks carry (name, pickled (function, args, kwargs)) per call.
 MAP = "map"
+# Tasks this slow get an exact offset check after each of them, so output written below
+# sys.stdout (C libraries, subprocesses) is attributed to the right task; tasks faster than
+# this on average run in a tight loop without per-task checks.
+SLOW_TASK = 1e-4
+PROBE = 8
+# A finished task that took this long is published at once (a lost worker then loses only
+# the task it runs); faster ones are published together at most this often.
+PUBLISH_SLOW = 0.25
+PUBLISH_EVERY = 1.0
+# Unpickled blobs (mapped functions) kept for later chunks: a new closure per map must not
+# pile up in the worker.
+BLOB_CACHE = 4
+EXIT_NO_SPACE = 74
+
+
+class _LoadFailed(Exception):
+    """A call of a CALLS chunk could not be unpickled on this worker."""
 
 
 def _offset(fd: int) -> int:
@@ -44,9 +64,20 @@ def _error_record(exc: BaseException) -> tuple[Optional[bytes], str, str, str]:
     return blob, tb, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc)
 
 
+def _load_error_record(name: str, exc: BaseException) -> tuple[Optional[bytes], str, str, str]:
+    """A TaskError naming the call and why it could not be loaded here."""
+    from shoal.errors import TaskError
+
+    where = f"{_native.__name__} worker on {os.uname().nodename}"
+    reason = f"{type(exc).__name__}: {exc}"
+    err = TaskError(f"the call {name} could not be unpickled on the worker ({where}): {reason}")
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return pickle.dumps(err), tb, "shoal.errors.TaskError", str(err)
+
+
 class _Tracked:
     """Stands in for sys.stdout/sys.stderr: after each write it records which task wrote and
-    where its output now ends, so per-task log ranges cost nothing for tasks that print nothing."""
+    where its output now ends, so per-task log ranges cost nothing for silent tasks."""
 
     def __init__(self, stream: Any, runner: _Runner) -> None:
         self._stream = stream
@@ -65,13 +96,6 @@ class _Tracked:
         return getattr(self._stream, name)
 
 
-# Tasks this slow get an exact offset check after each of them, so output written below
-# sys.stdout (C libraries, subprocesses) is attributed to the right task; tasks faster than
-# this on average run without per-task checks.
-SLOW_TASK = 1e-4
-PROBE = 8
-
-
 def _call(item: tuple[Callable[..., Any], tuple, dict]) -> Any:
     f, args, kwargs = item
     return f(*args, **kwargs)
@@ -81,21 +105,36 @@ def _star(fn: Callable[..., Any]) -> Callable[[Any], Any]:
     return lambda args: fn(*args)
 
 
+class _Part:
+    """The results of the tasks since the last publish."""
+
+    def __init__(self, start: int, out: int, err: int) -> None:
+        self.start = start
+        self.out, self.err = out, err
+        self.values: list[Any] = []
+        self.errors: dict[int, Any] = {}
+        self.failed: list[tuple[int, str]] = []
+        self.marks: list[tuple[int, int, int]] = []
+
+
 class _Runner:
     def __init__(self, worker: Any) -> None:
         self.worker = worker
-        self.blobs: dict[int, Any] = {}
-        # The task running now is the one whose result is not yet in `values`.
-        self.values: list[Any] = []
-        self.marks: list[tuple[int, int, int]] = []
+        self.blobs: OrderedDict[int, Any] = OrderedDict()
+        self.part = _Part(0, 0, 0)
         self._stdout, self._stderr = sys.stdout, sys.stderr
         sys.stdout = _Tracked(sys.stdout, self)  # type: ignore[assignment]
         sys.stderr = _Tracked(sys.stderr, self)  # type: ignore[assignment]
 
     def blob(self, blob_id: int) -> Any:
-        if blob_id not in self.blobs:
-            self.blobs[blob_id] = pickle.loads(self.worker.read_blob(blob_id))
-        return self.blobs[blob_id]
+        if blob_id in self.blobs:
+            self.blobs.move_to_end(blob_id)
+            return self.blobs[blob_id]
+        value = pickle.loads(self.worker.read_blob(blob_id))
+        self.blobs[blob_id] = value
+        while len(self.blobs) > BLOB_CACHE:
+            self.blobs.popitem(last=False)
+        return value
 
     def offsets(self) -> tuple[int, int]:
         for stream in (self._stdout, self._stderr):
@@ -107,139 +146,197 @@ class _Runner:
 
     def mark(self) -> None:
         """Record that the running task's output ends here (for now)."""
-        self.marks.append((len(self.values), *self.offsets()))
+        self.part.marks.append((len(self.part.values), *self.offsets()))
 
-    def run_chunk(self, chunk: int, first: int, ntasks: int, payload: bytes) -> None:
-        started = time.perf_counter()
-        out0, err0 = self.offsets()
-        self.values, self.marks = [], []
+    # ------------------------------------------------------------ one assignment
+
+    def run_chunk(
+        self,
+        chunk: int,
+        attempt: int,
+        first: int,
+        ntasks: int,
+        start: int,
+        careful: bool,
+        payload: bytes,
+    ) -> None:
+        self.chunk, self.attempt, self.first, self.ntasks = chunk, attempt, first, ntasks
+        self.careful = careful
+        self.started = time.perf_counter()
+        self.last_publish = time.monotonic()
+        self.part = _Part(start, *self.offsets())
         try:
             kind, ref, star, items = pickle.loads(payload)
             fn = self.blob(ref) if kind == MAP else None
         except BaseException as exc:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             msg = f"the chunk could not be loaded on the worker: {type(exc).__name__}: {exc}\n{tb}"
-            self.worker.complete(
-                chunk,
-                first,
-                ntasks,
-                b"",
-                [out0],
-                [err0],
-                [],
-                [],
-                msg,
-                time.perf_counter() - started,
-            )
+            self._publish(count=ntasks - start, payload=b"", last=True, chunk_error=msg)
             return
-        errors: dict[int, Any] = {}
-        failed: list[tuple[int, str]] = []
-        calls = items if kind == MAP else (pickle.loads(b) for b in items)
-        self._run(kind, fn, star, calls, errors, failed)
-        values = self.values
-        if not self.marks or self.marks[-1][0] < len(values) - 1:
-            self.marks.append((len(values) - 1, *self.offsets()))
-        payload_out = self._dump(values, errors, failed)
-        self.worker.complete(
-            chunk,
-            first,
-            ntasks,
-            payload_out,
-            [out0],
-            [err0],
-            self.marks,
-            failed,
-            None,
-            time.perf_counter() - started,
-        )
-
-    def _run(
-        self,
-        kind: str,
-        fn: Any,
-        star: bool,
-        calls: Any,
-        errors: dict[int, Any],
-        failed: list[tuple[int, str]],
-    ) -> None:
-        """Run the chunk's tasks: checked one by one (timing each) while they are slow, in a
-        tight loop once the first PROBE tasks show they are tiny."""
-        if kind != MAP:
-            call = _call
-        elif star:
-            call = _star(fn)
+        todo = items[start:]
+        if kind == MAP:
+            call = _star(fn) if star else fn
         else:
-            call = fn
-        values = self.values
-        append = values.append
+            call = _call
+            todo = _LazyCalls(todo)
+        self._run(call, todo)
+        self._publish(count=len(self.part.values), payload=None, last=True)
+
+    def _run(self, call: Callable[[Any], Any], todo: Any) -> None:
+        """Run the tasks: checked one by one (timing each) while they are slow, in a tight
+        loop once the first PROBE tasks show they are tiny (unless careful)."""
         clock = time.perf_counter
-        items = iter(calls)
-        probing = True
+        items = iter(todo)
+        probing = not self.careful
         t_probe = clock()
+        n = 0
         for item in items:
+            index = self.part.start + len(self.part.values)
+            self.worker.running(self.chunk, self.attempt, index)
             t0 = clock()
             try:
-                append(call(item))
-            except BaseException as exc:  # a task's SystemExit fails only that task
-                self._failed(exc, errors, failed)
+                value = call(item)
+            except _LoadFailed as exc:
+                self._failed_with(_load_error_record(*exc.args))
                 continue
-            if clock() - t0 > SLOW_TASK:
-                self.marks.append((len(values) - 1, *self.offsets()))
-            if probing and len(values) >= PROBE:
-                if (clock() - t_probe) / len(values) < SLOW_TASK:
+            except BaseException as exc:  # a task's SystemExit fails only that task
+                self._failed(exc)
+                self._after_slow_task(clock() - t0)
+                continue
+            self.part.values.append(value)
+            took = clock() - t0
+            if took > SLOW_TASK:
+                self.mark()
+            self._after_slow_task(took)
+            n += 1
+            if probing and n >= PROBE:
+                if (clock() - t_probe) / n < SLOW_TASK:
                     break
                 probing = False  # slow tasks: stay in the checked loop
+        values = self.part.values
         while True:
             # list.extend(map(...)) runs the tiny tasks in C; on an exception the results so
             # far are kept and `items` resumes after the failing task.
             try:
                 values.extend(map(call, items))
                 return
+            except _LoadFailed as exc:
+                self._failed_with(_load_error_record(*exc.args))
             except BaseException as exc:
-                self._failed(exc, errors, failed)
+                self._failed(exc)
 
-    def _failed(
-        self, exc: BaseException, errors: dict[int, Any], failed: list[tuple[int, str]]
+    def _after_slow_task(self, took: float) -> None:
+        now = time.monotonic()
+        if self.careful or took >= PUBLISH_SLOW or now - self.last_publish >= PUBLISH_EVERY:
+            self._publish(count=len(self.part.values), payload=None, last=False)
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failed_with(_error_record(exc))
+
+    def _failed_with(self, rec: tuple[Optional[bytes], str, str, str]) -> None:
+        i = len(self.part.values)
+        self.part.values.append(None)
+        self.part.errors[i] = rec
+        self.part.failed.append((i, rec[1]))
+        self.mark()
+
+    def _publish(
+        self,
+        *,
+        count: int,
+        payload: Optional[bytes],
+        last: bool,
+        chunk_error: Optional[str] = None,
     ) -> None:
-        i = len(self.values)
-        rec = _error_record(exc)
-        self.values.append(None)
-        errors[i] = rec
-        failed.append((i, rec[1]))
-        self.marks.append((i, *self.offsets()))
+        part = self.part
+        if count == 0 and not last:
+            return
+        if payload is None:
+            if part.values and (not part.marks or part.marks[-1][0] < len(part.values) - 1):
+                part.marks.append((len(part.values) - 1, *self.offsets()))
+            payload = _dump(part.values, part.errors, part.failed)
+        try:
+            self.worker.publish(
+                self.chunk,
+                self.attempt,
+                self.first,
+                self.ntasks,
+                part.start,
+                count,
+                last,
+                payload,
+                part.out,
+                part.err,
+                part.marks,
+                part.failed,
+                chunk_error,
+                time.perf_counter() - self.started,
+            )
+        except Exception as exc:
+            if "No space left" in str(exc) or "full" in str(exc):
+                print(f"shoal worker: cannot publish results: {exc}", file=sys.__stderr__)
+                sys.__stderr__.flush()
+                os._exit(EXIT_NO_SPACE)
+            raise
+        self.last_publish = time.monotonic()
+        self.part = _Part(part.start + count, *self.offsets())
 
-    @staticmethod
-    def _dump(values: list[Any], errors: dict[int, Any], failed: list[tuple[int, str]]) -> bytes:
-        for dumps in (pickle.dumps, cloudpickle.dumps):
+
+class _LazyCalls:
+    """The calls of a CALLS chunk, unpickled one by one as they run: a call that cannot be
+    loaded here fails alone (as _LoadFailed), the others still run."""
+
+    def __init__(self, items: list[tuple[str, bytes]]) -> None:
+        self._items = items
+
+    def __iter__(self) -> Any:
+        for name, blob in self._items:
             try:
-                return dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                pass
-        # Find the results that cannot travel and fail just those tasks, saying why.
-        for i, value in enumerate(values):
-            if i in errors:
-                continue
-            try:
-                cloudpickle.dumps(value)
-            except Exception as exc:
-                rec = _error_record(
-                    TypeError(
-                        f"the result of this task ({type(value).__name__}) cannot be pickled: {exc}"
-                    )
+                yield pickle.loads(blob)
+            except BaseException as exc:
+                yield _Unloadable(name, exc)
+
+
+class _Unloadable:
+    def __init__(self, name: str, exc: BaseException) -> None:
+        self.name, self.exc = name, exc
+
+    def __iter__(self) -> Any:
+        # _call unpacks (f, args, kwargs): unpacking this raises the load failure instead.
+        raise _LoadFailed(self.name, self.exc)
+
+
+def _dump(values: list[Any], errors: dict[int, Any], failed: list[tuple[int, str]]) -> bytes:
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        try:
+            return dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            pass
+    # Find the results that cannot travel and fail just those tasks, saying why.
+    for i, value in enumerate(values):
+        if i in errors:
+            continue
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:
+            rec = _error_record(
+                TypeError(
+                    f"the result of this task ({type(value).__name__}) cannot be pickled: {exc}"
                 )
-                values[i] = None
-                errors[i] = rec
-                failed.append((i, rec[1]))
-        for i, rec in list(errors.items()):
-            try:
-                cloudpickle.dumps(rec)
-            except Exception:
-                errors[i] = (None, rec[1], rec[2], rec[3])
-        failed.sort()
-        return cloudpickle.dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL)
+            )
+            values[i] = None
+            errors[i] = rec
+            failed.append((i, rec[1]))
+    for i, rec in list(errors.items()):
+        try:
+            cloudpickle.dumps(rec)
+        except Exception:
+            errors[i] = (None, rec[1], rec[2], rec[3])
+    failed.sort()
+    return cloudpickle.dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _setup(config: dict[str, Any], runner: _Runner) -> None:
+def _setup(config: dict[str, Any]) -> None:
     for path in reversed(config.get("sys_path") or []):
         if path not in sys.path:
             sys.path.insert(0, path)
@@ -267,7 +364,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     config = json.loads(worker.config) or {}
     runner = _Runner(worker)
     try:
-        _setup(config, runner)
+        _setup(config)
     except BaseException:
         print("shoal worker: the pool's initializer failed:", file=sys.stderr)
         traceback.print_exc()
@@ -278,9 +375,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         item = worker.claim(None)
         if isinstance(item, str):
             break
-        chunk, first, ntasks, payload = item
-        runner.run_chunk(chunk, first, ntasks, payload)
-        done += ntasks
+        chunk, attempt, first, ntasks, start, careful, payload = item
+        runner.run_chunk(chunk, attempt, first, ntasks, start, careful, payload)
+        done += ntasks - start
         if max_tasks and done >= max_tasks:
             break
     sys.stdout.flush()
@@ -289,4 +386,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module's own importable copy, not this `__main__` one: an initializer that
+    # patches `shoal.worker` then patches the code that runs.
+    from shoal.worker import main as _main
+
+    sys.exit(_main())

@@ -3,9 +3,8 @@
 use crate::Command;
 use shoal_core::fsutil::{hostname, now_secs, pid_alive};
 use shoal_core::layout::Stream;
-use shoal_core::protocol::ResultHeader;
 use shoal_core::session::{find_session, list_sessions, SessionMeta, SessionState};
-use shoal_core::{frame, fsutil, CoreError, SessionDir};
+use shoal_core::{fsutil, CoreError, SessionDir};
 use std::io::Write;
 use std::path::Path;
 
@@ -131,25 +130,8 @@ pub(crate) fn render_table(head: &[&str], rows: &[Vec<String>]) -> String {
     text
 }
 
-/// Result headers of accepted (and not yet accepted) results, oldest chunk first.
-fn headers(dir: &SessionDir) -> Vec<ResultHeader> {
-    let mut v = Vec::new();
-    for sub in ["done", "results"] {
-        for name in fsutil::list_names(&dir.sub(sub)).unwrap_or_default() {
-            if let Ok(h) = frame::read_header::<ResultHeader>(&dir.sub(sub).join(&name)) {
-                v.push(h);
-            }
-        }
-    }
-    v.sort_by_key(|h| h.chunk);
-    v
-}
-
 fn task_logs(dir: &SessionDir, task: u64, streams: &[Stream], out: &mut dyn Write) -> Result<i32> {
-    let Some(h) = headers(dir)
-        .into_iter()
-        .find(|h| (h.first_task..h.first_task + u64::from(h.ntasks)).contains(&task))
-    else {
+    let Some(e) = dir.index_entry(task) else {
         w(
             out,
             format!(
@@ -159,14 +141,17 @@ fn task_logs(dir: &SessionDir, task: u64, streams: &[Stream], out: &mut dyn Writ
         )?;
         return Ok(1);
     };
-    let i = (task - h.first_task) as usize;
     w(
         out,
-        format!("task {task} · worker {} · chunk {}\n", h.worker, h.chunk),
+        format!("task {task} · worker {} · chunk {}\n", e.worker, e.chunk),
     )?;
     for &s in streams {
-        let (start, end) = h.range(i, s).unwrap_or((0, 0));
-        let bytes = dir.read_log(&h.worker, s, start, end, u64::MAX)?;
+        let (start, end) = e.range(task, s).unwrap_or((0, 0));
+        let bytes = if e.worker.is_empty() {
+            Vec::new()
+        } else {
+            dir.read_log(&e.worker, s, start, end, u64::MAX)?
+        };
         w(
             out,
             format!(
@@ -183,12 +168,12 @@ fn task_logs(dir: &SessionDir, task: u64, streams: &[Stream], out: &mut dyn Writ
             w(out, "\n")?;
         }
     }
-    if let Some(err) = &h.chunk_error {
+    if let Some(err) = &e.chunk_error {
         w(out, format!("--- error ---\n{err}\n"))?;
         return Ok(1);
     }
-    if let Some(f) = h.failed.iter().find(|f| f.index as usize == i) {
-        w(out, format!("--- traceback ---\n{}", f.traceback))?;
+    if let Some(tb) = e.failure(task) {
+        w(out, format!("--- traceback ---\n{tb}"))?;
         return Ok(1);
     }
     Ok(0)
@@ -227,28 +212,28 @@ fn session_summary(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
         w(out, format!("message: {m}\n"))?;
     }
     let mut failed = 0;
-    for h in headers(dir) {
-        if let Some(e) = &h.chunk_error {
+    for e in dir.index_entries() {
+        if let Some(err) = &e.chunk_error {
             failed += 1;
             w(
                 out,
                 format!(
                     "tasks {}..{} failed: {}\n",
-                    h.first_task,
-                    h.first_task + u64::from(h.ntasks),
-                    first_line(e)
+                    e.first,
+                    e.first + u64::from(e.count),
+                    first_line(err)
                 ),
             )?;
         }
-        for f in &h.failed {
+        for f in &e.failed {
             failed += 1;
             let last = f.traceback.trim_end().lines().last().unwrap_or("");
             w(
                 out,
                 format!(
                     "task {} failed on {}: {last}\n",
-                    h.first_task + u64::from(f.index),
-                    h.worker
+                    e.first + u64::from(f.index),
+                    e.worker
                 ),
             )?;
         }
@@ -283,8 +268,8 @@ pub(crate) fn cancel(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
         )?;
         return Ok(0);
     }
-    dir.beat(&dir.control("cancel"))?;
-    dir.beat(&dir.control("stop"))?;
+    dir.put_control("cancel", "cancel\n")?;
+    dir.put_control("stop", "stop\n")?;
     if meta.driver_alive() {
         // The driver notices control/cancel within a second and stops its workers itself.
         for _ in 0..100 {
@@ -363,7 +348,8 @@ fn clean(base: &Path, all: bool, out: &mut dyn Write) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_core::protocol::{ChunkHeader, Claimer, FailedTask};
+    use shoal_core::index::{IndexEntry, IndexWriter};
+    use shoal_core::protocol::{FailedTask, ResultHeader};
 
     fn run(cmd: Command, base: &Path) -> (i32, String) {
         let mut buf = Vec::new();
@@ -385,22 +371,15 @@ mod tests {
         )
         .unwrap();
         std::fs::write(d.log("w0001", Stream::Stderr), "warn 1\n").unwrap();
-        d.put_chunk(
-            &ChunkHeader {
-                chunk: 0,
-                first_task: 0,
-                ntasks: 2,
-            },
-            b"x",
-        )
-        .unwrap();
-        let mut c = Claimer::new(d.clone(), "w0001");
-        c.try_claim().unwrap().unwrap();
+        // What the engine records when it delivers the part.
         let h = ResultHeader {
             chunk: 0,
+            attempt: 1,
             first_task: 0,
             ntasks: 2,
-            worker: "w0001".into(),
+            count: 2,
+            last: true,
+            worker: "w0001+00000000000000ab".into(),
             marks: vec![(0, 13, 0), (1, 26, 7)],
             failed: vec![FailedTask {
                 index: 1,
@@ -408,8 +387,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        c.complete(&h, b"r").unwrap();
-        d.take_result(0).unwrap().unwrap();
+        IndexWriter::new(&d).append(&IndexEntry::of(&h)).unwrap();
         d
     }
 

@@ -661,14 +661,23 @@ fn stop_old_session(r: &RunRow, wait: Duration, out: &mut dyn Write) -> Result<(
     let me = hostname();
     let deadline = Instant::now() + wait;
     let mut told = false;
+    // Remote workers are alive while their heartbeat counter changes, as seen on our own
+    // clock (their hosts' clocks may differ from ours).
+    let start = Instant::now();
+    let mut beats = shoal_core::clock::ChangeWatch::<String>::default();
     loop {
         let mut alive = 0;
+        let now = start.elapsed();
         for info in dir.worker_infos() {
             let live = if info.host == me {
                 info.pid > 1 && pid_alive(info.pid)
             } else {
-                dir.age_of(&dir.heartbeat(&info.worker))
-                    .is_some_and(|a| a < 15.0)
+                if let Some(b) = dir.read_beat(&info.key) {
+                    beats.observe(&info.key, b.seq, now);
+                }
+                beats
+                    .silent_for(&info.key, now)
+                    .is_none_or(|s| s < Duration::from_secs(15))
             };
             alive += live as usize;
         }

@@ -1,46 +1,95 @@
-//! Wake-ups for directory changes: inotify where the kernel offers it, plain sleeping where
-//! it does not. Inotify only sees changes made on this host, so callers still poll with a
-//! bounded interval — it makes local hand-offs immediate, and cross-host ones no slower.
+//! Wake-ups: inotify for directory changes where the kernel offers it, plus a [`Waker`] that
+//! another thread of the same process pokes (a new submission, a stop request). Inotify only
+//! sees changes made on this host, so callers still poll with a bounded interval — it makes
+//! local hand-offs immediate, and cross-host ones no slower.
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+/// The sending side of a wake-up: cheap to clone, safe to poke from any thread.
+#[derive(Clone)]
+pub struct Waker {
+    write: Option<Arc<OwnedFd>>,
+}
+
+impl Waker {
+    pub fn wake(&self) {
+        if let Some(fd) = &self.write {
+            // A full pipe already means "wake up"; nothing to report.
+            let _ = nix::unistd::write(fd.as_fd(), &[1u8]);
+        }
+    }
+}
+
 pub struct DirWatch {
-    fd: Option<libc::c_int>,
+    inotify: Option<Inotify>,
+    wake_read: Option<OwnedFd>,
+    waker: Waker,
 }
 
 impl DirWatch {
-    /// Watch `dirs` for files created or moved in. Never fails: without inotify, `wait` sleeps.
+    /// Watch `dirs` for files created or moved in. Never fails: without inotify, `wait`
+    /// sleeps (and still returns early when woken).
     pub fn new(dirs: &[&Path]) -> Self {
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return DirWatch { fd: None };
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok();
+        if let Some(ino) = &inotify {
+            let mask = AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_CLOSE_WRITE;
+            for dir in dirs {
+                let _ = ino.add_watch(*dir, mask);
+            }
         }
-        let mask = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
-        for dir in dirs {
-            let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-                continue;
-            };
-            unsafe { libc::inotify_add_watch(fd, c.as_ptr(), mask) };
+        let (wake_read, waker) = match nix::unistd::pipe2(
+            nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+        ) {
+            Ok((r, w)) => (
+                Some(r),
+                Waker {
+                    write: Some(Arc::new(w)),
+                },
+            ),
+            Err(_) => (None, Waker { write: None }),
+        };
+        DirWatch {
+            inotify,
+            wake_read,
+            waker,
         }
-        DirWatch { fd: Some(fd) }
     }
 
-    /// Block until something changed in a watched dir or `timeout` passed. Returns whether a
-    /// change was seen (false also without inotify).
+    /// A handle other threads use to end a `wait` early.
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+
+    /// Block until something changed in a watched dir, the waker was poked, or `timeout`
+    /// passed. Returns whether anything was seen.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let Some(fd) = self.fd else {
+        let mut fds = Vec::with_capacity(2);
+        if let Some(ino) = &self.inotify {
+            fds.push(PollFd::new(ino.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(r) = &self.wake_read {
+            fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+        }
+        if fds.is_empty() {
             std::thread::sleep(timeout);
             return false;
-        };
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-        let ready =
-            unsafe { libc::poll(&mut pfd, 1, ms.max(if timeout.is_zero() { 0 } else { 1 })) };
+        }
+        let ms = timeout
+            .as_millis()
+            .clamp(u128::from(!timeout.is_zero()), 60_000) as i32;
+        let ready = poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        )
+        .unwrap_or(0);
+        drop(fds);
         if ready <= 0 {
             return false;
         }
@@ -49,21 +98,12 @@ impl DirWatch {
     }
 
     fn drain(&self) {
-        let Some(fd) = self.fd else { return };
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
-            if n <= 0 {
-                break;
-            }
+        if let Some(ino) = &self.inotify {
+            while matches!(ino.read_events(), Ok(ev) if !ev.is_empty()) {}
         }
-    }
-}
-
-impl Drop for DirWatch {
-    fn drop(&mut self) {
-        if let Some(fd) = self.fd {
-            unsafe { libc::close(fd) };
+        if let Some(r) = &self.wake_read {
+            let mut buf = [0u8; 64];
+            while matches!(nix::unistd::read(r.as_fd(), &mut buf), Ok(n) if n > 0) {}
         }
     }
 }
@@ -89,5 +129,21 @@ mod tests {
         assert!(w.wait(Duration::from_secs(5)));
         assert!(t.elapsed() < Duration::from_secs(2));
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_waker_ends_the_wait_from_another_thread() {
+        let d = tempfile::tempdir().unwrap();
+        let w = DirWatch::new(&[d.path()]);
+        let k = w.waker();
+        let poker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            k.wake();
+        });
+        let t = Instant::now();
+        assert!(w.wait(Duration::from_secs(5)));
+        assert!(t.elapsed() < Duration::from_secs(2));
+        poker.join().unwrap();
+        assert!(!w.wait(Duration::from_millis(1)), "drained");
     }
 }

@@ -288,6 +288,13 @@ impl Ledger {
         }
     }
 
+    /// A drained (suspended) worker resumed: it may take work again.
+    pub fn resume(&mut self, worker: &str) {
+        if let Some(s) = self.workers.get_mut(worker) {
+            s.draining = false;
+        }
+    }
+
     /// Next ticket number for `worker` (stop tickets use them too).
     pub fn take_seq(&mut self, worker: &str) -> u64 {
         let slot = self.workers.entry(worker.to_string()).or_default();

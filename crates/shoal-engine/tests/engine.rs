@@ -1,10 +1,15 @@
 //! Engine behaviour with in-process workers: a test scheduler whose "workers" are threads
-//! speaking the real work-dir protocol, and which can be told to die holding a claim.
+//! speaking the real work-dir protocol, told to misbehave at the crash points of
+//! docs/protocol.md (die holding a claim, write torn or foreign results, die between
+//! publishing and retiring a claim), plus hand-made workers whose heartbeats the test controls.
 
-use shoal_core::protocol::ResultHeader;
-use shoal_core::worker::{WorkerConfig, WorkerSession};
+use shoal_core::frame;
+use shoal_core::fsutil::{write_atomic, write_exclusive};
+use shoal_core::layout::worker_key;
+use shoal_core::protocol::{Beat, ResultHeader};
+use shoal_core::worker::{ExitReason, WorkerConfig, WorkerInfo, WorkerSession};
 use shoal_core::SessionDir;
-use shoal_engine::{Engine, EngineOptions, Event};
+use shoal_engine::{Cause, Engine, EngineOptions, Event};
 use shoal_sched::{LaunchSpec, Scheduler, WorkerEvent, WorkerState};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,23 +17,36 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How a thread worker behaves.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Behaviour {
-    /// Echo each payload back as the result.
+    /// Echo each payload back as the result of the whole assignment.
     Echo,
-    /// Claim one chunk, then die without a result.
+    /// Claim one assignment, then die without a result.
     DieHoldingClaim,
-    /// Die at once, before claiming.
+    /// Die at once, before announcing itself.
     DieAtStart,
+    /// Publish a torn result for everything it claims (and keep running).
+    Torn,
+    /// Publish a valid frame that answers another chunk, under this chunk's name.
+    Foreign,
+    /// Publish the last part, then die before retiring the claim.
+    DieAfterPublish,
+}
+
+#[derive(Default)]
+struct Shared {
+    events: Mutex<Vec<WorkerEvent>>,
+    /// Assignments claimed, per chunk.
+    claims: Mutex<HashMap<u64, usize>>,
+    cancelled: Mutex<Vec<String>>,
 }
 
 struct ThreadScheduler {
     capacity: usize,
-    behaviour: Arc<Mutex<Vec<Behaviour>>>,
-    events: Arc<Mutex<Vec<WorkerEvent>>>,
+    plan: Arc<Mutex<Vec<Behaviour>>>,
+    shared: Arc<Shared>,
     started: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-    keep_warm: bool,
     submit_error: Option<String>,
 }
 
@@ -37,11 +55,10 @@ impl ThreadScheduler {
     fn new(capacity: usize, plan: Vec<Behaviour>) -> Self {
         ThreadScheduler {
             capacity,
-            behaviour: Arc::new(Mutex::new(plan)),
-            events: Arc::new(Mutex::new(Vec::new())),
+            plan: Arc::new(Mutex::new(plan)),
+            shared: Arc::new(Shared::default()),
             started: Arc::new(AtomicUsize::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
-            keep_warm: false,
             submit_error: None,
         }
     }
@@ -53,9 +70,6 @@ impl Scheduler for ThreadScheduler {
     }
     fn capacity(&self) -> usize {
         self.capacity
-    }
-    fn keep_warm(&self) -> bool {
-        self.keep_warm
     }
     fn poll_interval(&self) -> Duration {
         Duration::from_millis(5)
@@ -72,29 +86,29 @@ impl Scheduler for ThreadScheduler {
         }
         let mut ids = vec![];
         for _ in 0..n {
-            let k = self.started.fetch_add(1, Ordering::SeqCst);
-            let id = format!("t{k}");
+            let id = format!("t{}", self.started.fetch_add(1, Ordering::SeqCst));
             let behaviour = {
-                let mut plan = self.behaviour.lock().unwrap();
+                let mut plan = self.plan.lock().unwrap();
                 if plan.is_empty() {
                     Behaviour::Echo
                 } else {
                     plan.remove(0)
                 }
             };
-            let (root, events, stop, wid) = (
+            let (root, shared, stop, wid) = (
                 spec.session.root().to_path_buf(),
-                self.events.clone(),
+                self.shared.clone(),
                 self.stop.clone(),
                 id.clone(),
             );
-            events.lock().unwrap().push(WorkerEvent {
+            shared.events.lock().unwrap().push(WorkerEvent {
                 worker: id.clone(),
                 state: WorkerState::Running,
             });
             std::thread::spawn(move || {
-                let state = run_worker(&root, &wid, behaviour, &stop);
-                events
+                let state = run_worker(&root, &wid, behaviour, &stop, &shared);
+                shared
+                    .events
                     .lock()
                     .unwrap()
                     .push(WorkerEvent { worker: wid, state });
@@ -104,9 +118,14 @@ impl Scheduler for ThreadScheduler {
         Ok(ids)
     }
     fn poll(&mut self) -> shoal_sched::Result<Vec<WorkerEvent>> {
-        Ok(std::mem::take(&mut *self.events.lock().unwrap()))
+        Ok(std::mem::take(&mut *self.shared.events.lock().unwrap()))
     }
-    fn cancel(&mut self, _: &[String]) -> shoal_sched::Result<()> {
+    fn cancel(&mut self, workers: &[String]) -> shoal_sched::Result<()> {
+        self.shared
+            .cancelled
+            .lock()
+            .unwrap()
+            .extend(workers.iter().cloned());
         Ok(())
     }
     fn cancel_all(&mut self) -> shoal_sched::Result<()> {
@@ -115,43 +134,88 @@ impl Scheduler for ThreadScheduler {
     }
 }
 
+fn header_for(w: &WorkerSession, a: &shoal_core::worker::Assignment) -> ResultHeader {
+    ResultHeader {
+        chunk: a.header.chunk,
+        attempt: a.ticket.attempt,
+        first_task: a.header.first_task,
+        ntasks: a.header.ntasks,
+        from: a.ticket.from,
+        count: a.header.ntasks - a.ticket.from,
+        last: true,
+        worker: w.key().into(),
+        ..Default::default()
+    }
+}
+
 fn run_worker(
     root: &std::path::Path,
     id: &str,
     behaviour: Behaviour,
     stop: &AtomicBool,
+    shared: &Shared,
 ) -> WorkerState {
     if behaviour == Behaviour::DieAtStart {
         return WorkerState::Lost("died at start".into());
     }
     let mut w = WorkerSession::open(root, Some(id)).unwrap();
+    let dir = SessionDir::open(root);
     while !stop.load(Ordering::SeqCst) {
-        match w.next_chunk(Some(Duration::from_millis(20))).unwrap() {
-            Ok((h, payload)) => {
-                if behaviour == Behaviour::DieHoldingClaim {
-                    return WorkerState::Lost("killed by signal 9 (SIGKILL)".into());
-                }
-                let r = ResultHeader {
-                    chunk: h.chunk,
-                    first_task: h.first_task,
-                    ntasks: h.ntasks,
-                    worker: id.into(),
-                    ..Default::default()
-                };
-                w.complete(&r, &payload).unwrap();
-            }
-            Err(shoal_core::worker::ExitReason::Timeout) => continue,
+        let a = match w.next(Some(Duration::from_millis(20))).unwrap() {
+            Ok(a) => a,
+            Err(ExitReason::Timeout) => continue,
             Err(_) => break,
+        };
+        *shared
+            .claims
+            .lock()
+            .unwrap()
+            .entry(a.header.chunk)
+            .or_default() += 1;
+        let h = header_for(&w, &a);
+        match behaviour {
+            Behaviour::Echo => w.publish(&h, &a.payload).unwrap(),
+            Behaviour::DieHoldingClaim => {
+                return WorkerState::Lost("killed by signal 9 (SIGKILL)".into())
+            }
+            Behaviour::Torn => {
+                let head = frame::encode(&h, &a.payload);
+                let mut bytes = [head, a.payload.clone()].concat();
+                bytes.truncate(bytes.len() - 1);
+                write_atomic(&dir.part(h.chunk, h.attempt, h.from), &[&bytes]).unwrap();
+            }
+            Behaviour::Foreign => {
+                let mut other = h.clone();
+                other.chunk += 1000;
+                other.first_task += 1000;
+                let head = frame::encode(&other, &a.payload);
+                write_atomic(&dir.part(h.chunk, h.attempt, h.from), &[&head, &a.payload]).unwrap();
+            }
+            Behaviour::DieAfterPublish => {
+                // The part is in place; the claim is not retired: a crash between the two.
+                let head = frame::encode(&h, &a.payload);
+                write_atomic(&dir.part(h.chunk, h.attempt, h.from), &[&head, &a.payload]).unwrap();
+                return WorkerState::Lost("killed by signal 9 (SIGKILL)".into());
+            }
+            Behaviour::DieAtStart => unreachable!(),
         }
     }
     WorkerState::Exited
 }
 
-fn start(sched: ThreadScheduler, options: EngineOptions) -> (tempfile::TempDir, Engine) {
+fn options() -> EngineOptions {
+    EngineOptions {
+        heartbeat_interval: Duration::from_millis(50),
+        ..Default::default()
+    }
+}
+
+fn start(sched: impl Scheduler + 'static, options: EngineOptions) -> (tempfile::TempDir, Engine) {
     let t = tempfile::tempdir().unwrap();
     let dir = SessionDir::create(t.path().join("s")).unwrap();
     dir.write_config(&WorkerConfig {
         heartbeat_interval: 0.05,
+        poll_max: 0.005,
         ..Default::default()
     })
     .unwrap();
@@ -165,129 +229,451 @@ fn start(sched: ThreadScheduler, options: EngineOptions) -> (tempfile::TempDir, 
     (t, engine)
 }
 
-/// Collect events until `n` results/losses arrived or a fatal error; panics after 20 s.
-fn collect(engine: &Engine, n: usize) -> (HashMap<u64, Vec<u8>>, Vec<Event>) {
+/// What arrived: payload per chunk (each task range delivered once), and the failures.
+#[derive(Default, Debug)]
+struct Seen {
+    results: HashMap<u64, Vec<u8>>,
+    tasks: HashMap<u64, Vec<u32>>,
+    failed: Vec<(u64, u32, u32, Cause)>,
+    fatal: Option<String>,
+}
+
+/// Collect events until `tasks` tasks are resolved or a fatal error; panics after 20 s.
+fn collect(engine: &Engine, tasks: usize) -> Seen {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut results = HashMap::new();
-    let mut other = vec![];
-    while results.len()
-        + other
-            .iter()
-            .filter(|e| matches!(e, Event::Lost { .. }))
-            .count()
-        < n
-    {
-        assert!(
-            Instant::now() < deadline,
-            "timed out: {} results, {other:?}",
-            results.len()
-        );
+    let mut seen = Seen::default();
+    let resolved = |s: &Seen| s.tasks.values().map(Vec::len).sum::<usize>();
+    while resolved(&seen) < tasks {
+        assert!(Instant::now() < deadline, "timed out: {seen:?}");
         for ev in engine.events(Duration::from_millis(50)) {
             match ev {
-                Event::Result { header, payload } => {
-                    assert!(
-                        results.insert(header.chunk, payload).is_none(),
-                        "chunk delivered twice"
-                    );
+                Event::Result {
+                    header,
+                    payload,
+                    from,
+                    count,
+                    ..
+                } => {
+                    seen.results.insert(header.chunk, payload);
+                    let t = seen.tasks.entry(header.chunk).or_default();
+                    for i in from..from + count {
+                        assert!(
+                            !t.contains(&i),
+                            "task {i} of chunk {} delivered twice",
+                            header.chunk
+                        );
+                        t.push(i);
+                    }
                 }
-                Event::Started { .. } => {}
-                Event::Fatal { .. } => return (results, vec![ev]),
-                e => other.push(e),
+                Event::Failed {
+                    chunk,
+                    from,
+                    count,
+                    cause,
+                    ..
+                } => {
+                    let t = seen.tasks.entry(chunk.chunk).or_default();
+                    for i in from..from + count {
+                        assert!(!t.contains(&i), "task {i} resolved twice");
+                        t.push(i);
+                    }
+                    seen.failed.push((chunk.chunk, from, count, cause));
+                }
+                Event::Fatal { message } => {
+                    seen.fatal = Some(message);
+                    return seen;
+                }
+                Event::Started { .. } | Event::Withdrawn { .. } => {}
             }
         }
     }
-    (results, other)
+    seen
 }
 
 #[test]
 fn every_chunk_delivered_once() {
-    let (_t, engine) = start(ThreadScheduler::new(3, vec![]), EngineOptions::default());
+    let (_t, engine) = start(ThreadScheduler::new(3, vec![]), options());
     for i in 0..50u32 {
-        engine.submit(format!("p{i}").as_bytes(), 2).unwrap();
+        engine.submit(format!("p{i}").as_bytes(), 2, &[]).unwrap();
     }
-    let (results, other) = collect(&engine, 50);
-    assert!(other.is_empty());
-    assert_eq!(results.len(), 50);
-    assert_eq!(results[&7], b"p7");
+    let seen = collect(&engine, 100);
+    assert!(seen.failed.is_empty() && seen.fatal.is_none());
+    assert_eq!(seen.results.len(), 50);
+    assert_eq!(seen.results[&7], b"p7");
     let stats = engine.stats();
     assert_eq!(
         (stats.tasks_total, stats.tasks_done, stats.tasks_failed),
         (100, 100, 0)
     );
+    // Delivered payloads are not kept: chunks, parts and claims are gone.
+    let dir = engine.dir();
+    for sub in ["chunks", "results", "claimed"] {
+        let left = std::fs::read_dir(dir.sub(sub)).unwrap().count();
+        assert_eq!(left, 0, "{sub}/ still holds {left} files");
+    }
 }
 
 #[test]
-fn dead_workers_claims_are_requeued() {
+fn dead_workers_chunks_are_requeued() {
     let plan = vec![Behaviour::DieHoldingClaim, Behaviour::DieHoldingClaim];
-    let (_t, engine) = start(ThreadScheduler::new(2, plan), EngineOptions::default());
+    let (_t, engine) = start(ThreadScheduler::new(2, plan), options());
     for i in 0..10u32 {
-        engine.submit(format!("p{i}").as_bytes(), 1).unwrap();
+        engine.submit(format!("p{i}").as_bytes(), 1, &[]).unwrap();
     }
-    let (results, other) = collect(&engine, 10);
-    assert!(other.is_empty(), "{other:?}");
-    assert_eq!(results.len(), 10);
+    let seen = collect(&engine, 10);
+    assert!(seen.failed.is_empty(), "{seen:?}");
+    assert_eq!(seen.results.len(), 10);
     assert!(engine.stats().workers_lost >= 2);
 }
 
 #[test]
-fn chunk_lost_too_often_is_reported_not_retried_forever() {
+fn workers_that_keep_dying_fail_one_task_at_a_time_not_the_chunk() {
     let plan = vec![Behaviour::DieHoldingClaim; 3];
-    let options = EngineOptions {
+    let o = EngineOptions {
         max_attempts: 2,
-        ..Default::default()
+        ..options()
     };
-    let (_t, engine) = start(ThreadScheduler::new(1, plan), options);
-    engine.submit(b"doomed", 4).unwrap();
-    let (results, other) = collect(&engine, 1);
-    assert!(results.is_empty());
-    match &other[0] {
-        Event::Lost { chunk, reason, .. } => {
-            assert_eq!(chunk.ntasks, 4);
-            assert!(
-                reason.contains("SIGKILL") && reason.contains("2 times"),
-                "{reason}"
-            );
-        }
-        e => panic!("expected Lost, got {e:?}"),
-    }
-    assert_eq!(engine.stats().tasks_failed, 4);
+    let (_t, engine) = start(ThreadScheduler::new(1, plan), o);
+    engine.submit(b"doomed", 4, &[]).unwrap();
+    let seen = collect(&engine, 4);
+    // The first loss is blind; the careful retry dies on task 0 too: task 0 fails (2 losses).
+    // The next worker dies on task 1 (1 loss), then a healthy one runs tasks 1..4.
+    assert_eq!(seen.failed.len(), 1, "{seen:?}");
+    let (_, from, count, cause) = &seen.failed[0];
+    assert_eq!((*from, *count), (0, 1));
+    assert!(
+        matches!(cause, Cause::Lost(r) if r.contains("SIGKILL")),
+        "{cause:?}"
+    );
+    assert_eq!(engine.stats().tasks_failed, 1);
+    assert_eq!(seen.tasks[&0].len(), 4);
 }
 
 #[test]
 fn workers_that_never_start_fail_the_session() {
     let plan = vec![Behaviour::DieAtStart; 10];
-    let options = EngineOptions {
+    let o = EngineOptions {
         max_start_failures: 3,
-        ..Default::default()
+        ..options()
     };
-    let (_t, engine) = start(ThreadScheduler::new(1, plan), options);
-    engine.submit(b"x", 1).unwrap();
-    let (_, evs) = collect(&engine, 1);
-    match &evs[0] {
-        Event::Fatal { message } => assert!(message.contains("died at start"), "{message}"),
-        e => panic!("expected Fatal, got {e:?}"),
-    }
+    let (_t, engine) = start(ThreadScheduler::new(1, plan), o);
+    engine.submit(b"x", 1, &[]).unwrap();
+    let seen = collect(&engine, 1);
+    assert!(seen.fatal.unwrap().contains("died at start"));
 }
 
 #[test]
 fn refused_submission_is_fatal_with_the_schedulers_message() {
     let mut sched = ThreadScheduler::new(1, vec![]);
     sched.submit_error = Some("sbatch: error: invalid partition specified: nope".into());
-    let (_t, engine) = start(sched, EngineOptions::default());
-    engine.submit(b"x", 1).unwrap();
-    let (_, evs) = collect(&engine, 1);
-    match &evs[0] {
-        Event::Fatal { message } => assert!(message.contains("invalid partition"), "{message}"),
-        e => panic!("expected Fatal, got {e:?}"),
-    }
+    let (_t, engine) = start(sched, options());
+    engine.submit(b"x", 1, &[]).unwrap();
+    let seen = collect(&engine, 1);
+    assert!(seen.fatal.unwrap().contains("invalid partition"));
     assert!(engine.fatal().is_some());
+    assert!(
+        engine.submit(b"y", 1, &[]).is_err(),
+        "a failed session takes no more work"
+    );
+}
+
+#[test]
+fn torn_results_are_retried_at_most_max_attempts_and_every_copy_is_kept() {
+    let o = EngineOptions {
+        max_attempts: 2,
+        ..options()
+    };
+    let (_t, engine) = start(ThreadScheduler::new(1, vec![Behaviour::Torn]), o);
+    engine.submit(b"payload", 3, &[]).unwrap();
+    let seen = collect(&engine, 3);
+    assert_eq!(seen.failed.len(), 1, "{seen:?}");
+    let (_, from, count, cause) = &seen.failed[0];
+    assert_eq!((*from, *count), (0, 3));
+    assert!(
+        matches!(cause, Cause::Corrupt(r) if r.contains("truncated") && r.contains("corrupt/")),
+        "{cause:?}"
+    );
+    let kept = std::fs::read_dir(engine.dir().sub("corrupt"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 2, "both torn copies are kept for inspection");
+}
+
+#[test]
+fn a_foreign_result_under_a_chunks_name_is_not_taken_for_it() {
+    // Today's bug: the engine counted the chunk delivered by file name while the caller
+    // dropped the frame by its header, and the map hung.
+    let plan = vec![Behaviour::Foreign];
+    let (_t, engine) = start(ThreadScheduler::new(1, plan), options());
+    engine.submit(b"a", 2, &[]).unwrap();
+    let seen = collect(&engine, 2);
+    // The foreign worker's frame is rejected; as it is alive and keeps writing foreign
+    // frames, the chunk fails after max_attempts with the reason — never a hang.
+    assert_eq!(seen.failed.len(), 1, "{seen:?}");
+    assert!(
+        matches!(&seen.failed[0].3, Cause::Corrupt(r) if r.contains("does not answer this chunk")),
+        "{:?}",
+        seen.failed[0].3
+    );
+    assert!(seen.results.is_empty());
+}
+
+#[test]
+fn a_worker_that_dies_after_publishing_does_not_make_its_chunk_run_again() {
+    let plan = vec![Behaviour::DieAfterPublish];
+    let sched = ThreadScheduler::new(1, plan);
+    let shared = sched.shared.clone();
+    let (_t, engine) = start(sched, options());
+    engine.submit(b"once", 5, &[]).unwrap();
+    let seen = collect(&engine, 5);
+    assert_eq!(seen.results[&0], b"once");
+    // Give a requeue the time it would need to run the chunk again.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(shared.claims.lock().unwrap()[&0], 1, "the chunk ran once");
+}
+
+/// A scheduler that starts nothing itself: the test plays the workers.
+#[derive(Clone, Default)]
+struct Manual {
+    shared: Arc<Shared>,
+    next: Arc<AtomicUsize>,
+    /// Block in the next `poll` for this long (the engine's loop stuck in a stall).
+    block_poll: Arc<Mutex<Option<Duration>>>,
+    /// Set while that poll is blocked.
+    blocked: Arc<AtomicBool>,
+}
+
+impl Scheduler for Manual {
+    fn name(&self) -> &'static str {
+        "manual"
+    }
+    fn capacity(&self) -> usize {
+        4
+    }
+    fn poll_interval(&self) -> Duration {
+        Duration::from_millis(20)
+    }
+    fn preflight(&mut self, _: &LaunchSpec) -> shoal_sched::Result<()> {
+        Ok(())
+    }
+    fn submit(&mut self, _: &LaunchSpec, n: usize) -> shoal_sched::Result<Vec<String>> {
+        Ok((0..n)
+            .map(|_| format!("m{}", self.next.fetch_add(1, Ordering::SeqCst)))
+            .collect())
+    }
+    fn poll(&mut self) -> shoal_sched::Result<Vec<WorkerEvent>> {
+        let block = self.block_poll.lock().unwrap().take();
+        if let Some(d) = block {
+            self.blocked.store(true, Ordering::SeqCst);
+            std::thread::sleep(d);
+            self.blocked.store(false, Ordering::SeqCst);
+        }
+        Ok(std::mem::take(&mut *self.shared.events.lock().unwrap()))
+    }
+    fn cancel(&mut self, workers: &[String]) -> shoal_sched::Result<()> {
+        self.shared
+            .cancelled
+            .lock()
+            .unwrap()
+            .extend(workers.iter().cloned());
+        Ok(())
+    }
+    fn cancel_all(&mut self) -> shoal_sched::Result<()> {
+        Ok(())
+    }
+}
+
+/// A worker whose heartbeat the test controls: it announces itself and beats, nothing else.
+struct Puppet {
+    key: String,
+    paused: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Puppet {
+    fn start(dir: &SessionDir, id: &str, nonce: u64) -> Puppet {
+        let key = worker_key(id, nonce);
+        let info = WorkerInfo {
+            worker: id.into(),
+            key: key.clone(),
+            host: "elsewhere".into(),
+            pid: 1,
+            started: 0.0,
+        };
+        let beat = |seq| Beat { seq, running: None }.encode();
+        write_atomic(&dir.heartbeat(&key), &[beat(0).as_bytes()]).unwrap();
+        write_exclusive(&dir.hello(&key), &[&serde_json::to_vec(&info).unwrap()]).unwrap();
+        let (paused, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (d, k, p, s) = (dir.clone(), key.clone(), paused.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seq = 0;
+            while !s.load(Ordering::SeqCst) {
+                if !p.load(Ordering::SeqCst) {
+                    seq += 1;
+                    let _ = write_atomic(&d.heartbeat(&k), &[beat(seq).as_bytes()]);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Puppet { key, paused, stop }
+    }
+}
+
+impl Drop for Puppet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn liveness_options() -> EngineOptions {
+    EngineOptions {
+        heartbeat_timeout: Some(Duration::from_secs(2)),
+        heartbeat_interval: Duration::from_millis(20),
+        stall_step: Duration::from_millis(100),
+        ..options()
+    }
+}
+
+#[test]
+fn silent_heartbeats_fence_a_worker_but_a_filesystem_stall_does_not() {
+    // Control: the worker's counter stops changing while the driver runs normally.
+    let sched = Manual::default();
+    let (_t, engine) = start(sched.clone(), liveness_options());
+    engine.submit(b"x", 1, &[]).unwrap(); // makes the engine start workers m0..
+    let dir = engine.dir().clone();
+    wait_for("a submission", || sched.next.load(Ordering::SeqCst) > 0);
+    let puppet = Puppet::start(&dir, "m0", 1);
+    wait_for("the welcome", || dir.inbox(&puppet.key).is_dir());
+    puppet.paused.store(true, Ordering::SeqCst);
+    wait_for("the fence", || dir.is_fenced(&puppet.key));
+    assert_eq!(engine.stats().workers_fenced, 1);
+    assert_eq!(sched.shared.cancelled.lock().unwrap().as_slice(), ["m0"]);
+
+    // A stall: the driver's loop is stuck for 3 s, every heartbeat stops meanwhile, and the
+    // workers' first writes land only some time after the driver's reads return (so it first
+    // reads the old counters again).
+    let sched = Manual::default();
+    let (_t2, engine) = start(sched.clone(), liveness_options());
+    engine.submit(b"x", 1, &[]).unwrap();
+    let dir = engine.dir().clone();
+    wait_for("a submission", || sched.next.load(Ordering::SeqCst) > 0);
+    let puppet = Puppet::start(&dir, "m0", 2);
+    wait_for("the welcome", || dir.inbox(&puppet.key).is_dir());
+    // Everything freezes at once: the driver's last reads before the stall already see the
+    // final counters (heartbeats are read every 0.5 s).
+    puppet.paused.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(600));
+    *sched.block_poll.lock().unwrap() = Some(Duration::from_secs(4));
+    wait_for("the stall", || sched.blocked.load(Ordering::SeqCst));
+    wait_for("the end of the stall", || {
+        !sched.blocked.load(Ordering::SeqCst)
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    puppet.paused.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !dir.is_fenced(&puppet.key),
+        "a stall killed a healthy worker"
+    );
+    assert_eq!(engine.stats().workers_fenced, 0);
+}
+
+#[test]
+fn give_backs_never_cancel_a_worker_that_announced_itself() {
+    let sched = Manual::default();
+    let (_t, engine) = start(sched.clone(), options());
+    for i in 0..4u32 {
+        engine.submit(format!("p{i}").as_bytes(), 1, &[]).unwrap();
+    }
+    wait_for("four submissions", || {
+        sched.next.load(Ordering::SeqCst) >= 4
+    });
+    // m3 started (the scheduler has not said so yet) and works; the others stay queued.
+    let dir = engine.dir().clone();
+    let mut w = WorkerSession::open(dir.root(), Some("m3")).unwrap();
+    let mut done = 0;
+    while done < 4 {
+        if let Ok(a) = w.next(Some(Duration::from_millis(50))).unwrap() {
+            let h = header_for(&w, &a);
+            w.publish(&h, &a.payload).unwrap();
+            done += 1;
+        }
+    }
+    let seen = collect(&engine, 4);
+    assert_eq!(seen.results.len(), 4);
+    wait_for("the give-back", || {
+        sched.shared.cancelled.lock().unwrap().len() == 3
+    });
+    let mut cancelled = sched.shared.cancelled.lock().unwrap().clone();
+    cancelled.sort();
+    assert_eq!(
+        cancelled,
+        ["m0", "m1", "m2"],
+        "m3 announced itself: never cancelled"
+    );
+    assert_eq!(engine.stats().workers_lost, 0);
+}
+
+#[test]
+fn a_stranger_is_fenced_and_a_rerun_supersedes_its_first_incarnation() {
+    let sched = Manual::default();
+    let o = EngineOptions {
+        stranger_grace: Duration::from_millis(200),
+        ..options()
+    };
+    let (_t, engine) = start(sched.clone(), o);
+    engine.submit(b"work", 2, &[]).unwrap();
+    wait_for("a submission", || sched.next.load(Ordering::SeqCst) > 0);
+    let dir = engine.dir().clone();
+    // A job of no one's (a cancelled job that started anyway elsewhere): never gets work.
+    let stranger = Puppet::start(&dir, "zz", 9);
+    wait_for("the stranger's fence", || dir.is_fenced(&stranger.key));
+    assert!(!dir.inbox(&stranger.key).exists());
+    // m0's first incarnation claims the chunk and hangs; the site reruns m0.
+    let mut first = WorkerSession::open(dir.root(), Some("m0")).unwrap();
+    let a = loop {
+        if let Ok(a) = first.next(Some(Duration::from_millis(50))).unwrap() {
+            break a;
+        }
+    };
+    assert_eq!(a.ticket.attempt, 1);
+    let mut rerun = WorkerSession::open(dir.root(), Some("m0")).unwrap();
+    let b = loop {
+        if let Ok(b) = rerun.next(Some(Duration::from_millis(50))).unwrap() {
+            break b;
+        }
+    };
+    assert_eq!(
+        (b.header.chunk, b.ticket.attempt),
+        (0, 2),
+        "requeued to the rerun"
+    );
+    let h = header_for(&rerun, &b);
+    rerun.publish(&h, &b.payload).unwrap();
+    let seen = collect(&engine, 2);
+    assert_eq!(seen.results[&0], b"work");
+    assert_eq!(
+        engine.stats().workers_lost,
+        1,
+        "the first incarnation counts as lost"
+    );
+    drop(first);
 }
 
 #[test]
 fn finish_records_state_and_keeps_a_failed_sessions_dir() {
-    let (t, engine) = start(ThreadScheduler::new(1, vec![]), EngineOptions::default());
-    let (_, evs) = collect(&engine, 0);
-    assert!(evs.is_empty());
+    let (t, engine) = start(ThreadScheduler::new(1, vec![]), options());
     engine.shutdown(Some(Duration::from_secs(2)));
     let root = t.path().join("s");
     assert!(engine
@@ -296,4 +682,5 @@ fn finish_records_state_and_keeps_a_failed_sessions_dir() {
     assert!(root.exists());
     let meta = SessionDir::open(&root).read_meta().unwrap();
     assert_eq!(meta.state, shoal_core::session::SessionState::Failed);
+    assert_eq!(meta.transport, "fs");
 }

@@ -8,10 +8,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use shoal_core::layout::Stream;
 use shoal_core::protocol::{FailedTask, ResultHeader};
-use shoal_core::session::{default_base, new_session_id, SessionState};
-use shoal_core::worker::{ExitReason, WorkerConfig, WorkerSession};
+use shoal_core::session::{default_base, SessionState};
+use shoal_core::worker::{DriverInfo, WorkerConfig, WorkerSession};
 use shoal_core::{CoreError, SessionDir};
-use shoal_engine::{Engine, EngineError, EngineOptions, Event};
+use shoal_engine::{Cause, Engine, EngineError, EngineOptions, Event};
 use shoal_sched::{LaunchSpec, SchedError};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,7 +32,8 @@ pub(crate) fn raise(py: Python<'_>, class: &str, msg: String) -> PyErr {
 fn core_err(py: Python<'_>, e: CoreError) -> PyErr {
     let class = match e {
         CoreError::InvalidOption { .. } | CoreError::WorkDirNotWritable { .. } => "ConfigError",
-        CoreError::NoSuchSession(_) => "ConfigError",
+        CoreError::NoSuchSession(_) | CoreError::AmbiguousSession { .. } => "ConfigError",
+        CoreError::NoSpace { .. } => "SessionError",
         _ => "ShoalError",
     };
     raise(py, class, e.to_string())
@@ -53,6 +54,8 @@ fn engine_err(py: Python<'_>, e: EngineError) -> PyErr {
         EngineError::Core(c) => core_err(py, c),
         EngineError::Sched(s) => sched_err(py, s),
         EngineError::Ended => raise(py, "ShoalError", e.to_string()),
+        EngineError::Failed(_) => raise(py, "SessionError", e.to_string()),
+        EngineError::Unusable(_) => raise(py, "ConfigError", e.to_string()),
     }
 }
 
@@ -105,7 +108,7 @@ impl Session {
         let json = |what: &str, s: &str| -> PyResult<serde_json::Value> {
             serde_json::from_str(s).map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
         };
-        let worker_config: WorkerConfig =
+        let mut worker_config: WorkerConfig =
             serde_json::from_value(json("worker_config", worker_config)?)
                 .map_err(|e| PyValueError::new_err(format!("worker_config: {e}")))?;
         let backend_options = json("backend_options", backend_options)?;
@@ -113,9 +116,7 @@ impl Session {
         let scheduler =
             shoal_sched::build(backend, workers, &backend_options).map_err(|e| sched_err(py, e))?;
         let base = work_dir.unwrap_or_else(default_base);
-        let id = new_session_id();
-        let root = base.join(&id);
-        let dir = SessionDir::create(&root).map_err(|e| match e {
+        let dir = SessionDir::create_new(&base).map_err(|e| match e {
             CoreError::Io { source, .. } => core_err(
                 py,
                 CoreError::WorkDirNotWritable {
@@ -125,6 +126,18 @@ impl Session {
             ),
             other => core_err(py, other),
         })?;
+        let root = dir.root().to_path_buf();
+        let id = dir.id();
+        if backend == "local" {
+            // Local workers are this process's children: they exit as soon as it is gone,
+            // even one that started just as the driver exited.
+            worker_config.driver = Some(DriverInfo::this_process());
+        }
+        // On a shared filesystem idle workers poll gently (about once a second, jittered);
+        // on a local disk inotify wakes them and the ceiling only bounds a missed event.
+        let network = shoal_core::fskind::detect(&base).is_network();
+        worker_config.poll_max = if network { 1.0 } else { 0.05 };
+        let heartbeat_interval = Duration::from_secs_f64(worker_config.heartbeat_interval);
         let setup = (|| {
             dir.write_config(&worker_config)
                 .map_err(EngineError::from)?;
@@ -137,6 +150,7 @@ impl Session {
             let options = EngineOptions {
                 max_attempts: max_attempts.max(1),
                 heartbeat_timeout: heartbeat_timeout.map(Duration::from_secs_f64),
+                heartbeat_interval,
                 progress,
                 metadata,
                 ..EngineOptions::default()
@@ -174,11 +188,35 @@ impl Session {
         })
     }
 
-    /// Publish a chunk; returns (chunk id, first task number).
-    fn submit(&self, py: Python<'_>, payload: &[u8], ntasks: u32) -> PyResult<(u64, u64)> {
+    /// The caller makes no more chunks referring to this blob.
+    fn release_blob(&self, py: Python<'_>, blob: u64) -> PyResult<()> {
         self.with(py, |e| {
-            py.detach(|| e.submit(payload, ntasks))
+            py.detach(|| e.release_blob(blob));
+            Ok(())
+        })
+    }
+
+    /// Publish a chunk referring to `blobs`; returns (chunk id, first task number).
+    #[pyo3(signature = (payload, ntasks, blobs=Vec::new()))]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        payload: &[u8],
+        ntasks: u32,
+        blobs: Vec<u64>,
+    ) -> PyResult<(u64, u64)> {
+        self.with(py, |e| {
+            py.detach(|| e.submit(payload, ntasks, &blobs))
                 .map_err(|x| engine_err(py, x))
+        })
+    }
+
+    /// Wait while the session has its window of outstanding chunks (feeder threads call
+    /// this before they pickle the next chunk).
+    fn wait_room(&self, py: Python<'_>) -> PyResult<()> {
+        self.with(py, |e| {
+            py.detach(|| e.wait_room());
+            Ok(())
         })
     }
 
@@ -190,11 +228,14 @@ impl Session {
     }
 
     /// Wait up to `timeout` seconds; returns a list of event tuples:
-    /// ("result", chunk, first_task, ntasks, worker, payload, {failed index: (start, end)
-    ///  of its stderr}, chunk_error)
-    /// ("lost", chunk, first_task, ntasks, worker, reason, stderr_tail)
+    /// ("result", chunk, first_task, from, count, skip, worker, payload,
+    ///  {failed index in the part: (start, end) of its stderr}, chunk_error)
+    ///     deliver tasks from..from+count of the chunk: values skip.. of the payload
+    /// ("failed", chunk, first_task, from, count, kind, message, worker, stderr_tail)
+    ///     kind: "lost", "corrupt", "incomplete" or "vanished"
     /// ("fatal", message)
     /// ("started", chunk)
+    /// ("withdrawn", chunk)
     fn events<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyList>> {
         let events = self.with(py, |e| {
             Ok(py.detach(|| e.events(Duration::from_secs_f64(timeout.max(0.0)))))
@@ -202,7 +243,13 @@ impl Session {
         let out = PyList::empty(py);
         for ev in events {
             match ev {
-                Event::Result { header, payload } => {
+                Event::Result {
+                    header,
+                    payload,
+                    from,
+                    count,
+                    skip,
+                } => {
                     let err_ranges: std::collections::HashMap<u32, (u64, u64)> = header
                         .failed
                         .iter()
@@ -210,33 +257,50 @@ impl Session {
                             Some((f.index, header.range(f.index as usize, Stream::Stderr)?))
                         })
                         .collect();
+                    let worker = shoal_core::layout::key_id(&header.worker).to_string();
                     out.append((
                         "result",
                         header.chunk,
                         header.first_task,
-                        header.ntasks,
-                        header.worker,
+                        from,
+                        count,
+                        skip,
+                        worker,
                         PyBytes::new(py, &payload),
                         err_ranges,
                         header.chunk_error,
                     ))?
                 }
-                Event::Lost {
+                Event::Failed {
                     chunk,
+                    from,
+                    count,
+                    cause,
+                    attempts,
                     worker,
-                    reason,
                     stderr_tail,
-                } => out.append((
-                    "lost",
-                    chunk.chunk,
-                    chunk.first_task,
-                    chunk.ntasks,
-                    worker,
-                    reason,
-                    stderr_tail,
-                ))?,
+                } => {
+                    let kind = match &cause {
+                        Cause::Lost(_) => "lost",
+                        Cause::Corrupt(_) => "corrupt",
+                        Cause::Incomplete(_) => "incomplete",
+                        Cause::Vanished(_) => "vanished",
+                    };
+                    out.append((
+                        "failed",
+                        chunk.chunk,
+                        chunk.first_task,
+                        from,
+                        count,
+                        kind,
+                        shoal_engine::describe(&cause, attempts),
+                        worker,
+                        stderr_tail,
+                    ))?
+                }
                 Event::Fatal { message } => out.append(("fatal", message))?,
                 Event::Started { chunk } => out.append(("started", chunk))?,
+                Event::Withdrawn { chunk } => out.append(("withdrawn", chunk))?,
             }
         }
         Ok(out)
@@ -275,6 +339,8 @@ impl Session {
         d.set_item("workers_pending", s.workers_pending)?;
         d.set_item("workers_started", s.workers_started)?;
         d.set_item("workers_lost", s.workers_lost)?;
+        d.set_item("workers_fenced", s.workers_fenced)?;
+        d.set_item("chunks_outstanding", s.chunks_outstanding)?;
         Ok(d)
     }
 
@@ -324,7 +390,9 @@ impl Session {
 struct Worker {
     inner: Mutex<WorkerSession>,
     id: String,
+    key: String,
     config: String,
+    dir: SessionDir,
 }
 
 #[pymethods]
@@ -332,20 +400,30 @@ impl Worker {
     #[new]
     #[pyo3(signature = (session_dir, worker_id=None))]
     fn new(py: Python<'_>, session_dir: PathBuf, worker_id: Option<&str>) -> PyResult<Self> {
-        let inner = WorkerSession::open(session_dir, worker_id).map_err(|e| core_err(py, e))?;
-        let id = inner.id().to_string();
+        let inner = py
+            .detach(|| WorkerSession::open(session_dir, worker_id))
+            .map_err(|e| core_err(py, e))?;
         let config =
             serde_json::to_string(&inner.config().python).unwrap_or_else(|_| "null".into());
         Ok(Worker {
+            id: inner.id().to_string(),
+            key: inner.key().to_string(),
+            dir: inner.dir().clone(),
             inner: Mutex::new(inner),
-            id,
             config,
         })
     }
 
+    /// The worker id (what the scheduler calls the job).
     #[getter]
     fn id(&self) -> String {
         self.id.clone()
+    }
+
+    /// This incarnation's key (`ID+NONCE`).
+    #[getter]
+    fn key(&self) -> String {
+        self.key.clone()
     }
 
     /// The Python-side settings from the driver, as JSON.
@@ -355,74 +433,81 @@ impl Worker {
     }
 
     fn read_blob<'py>(&self, py: Python<'py>, blob: u64) -> PyResult<Bound<'py, PyBytes>> {
-        let dir = self
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .dir()
-            .clone();
+        let dir = self.dir.clone();
         let bytes = py
             .detach(|| dir.read_blob(blob))
             .map_err(|e| core_err(py, e))?;
         Ok(PyBytes::new(py, &bytes))
     }
 
-    /// Next chunk as (chunk, first_task, ntasks, payload), or a str saying why to exit:
-    /// "stopped", "idle", "driver-gone", "timeout".
+    /// Next assignment as (chunk, attempt, first_task, ntasks, from, careful, payload), or a
+    /// str saying why to exit: "stopped", "idle", "driver-gone", "timeout", "fenced".
     #[pyo3(signature = (timeout=None))]
     fn claim(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let r = py.detach(|| {
             let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            w.next_chunk(timeout.map(Duration::from_secs_f64))
+            w.next(timeout.map(Duration::from_secs_f64))
         });
         match r.map_err(|e| core_err(py, e))? {
-            Ok((h, payload)) => Ok(
-                (h.chunk, h.first_task, h.ntasks, PyBytes::new(py, &payload))
-                    .into_pyobject(py)?
-                    .into_any()
-                    .unbind(),
-            ),
-            Err(reason) => {
-                let s = match reason {
-                    ExitReason::Stopped => "stopped",
-                    ExitReason::Idle => "idle",
-                    ExitReason::DriverGone => "driver-gone",
-                    ExitReason::Timeout => "timeout",
-                };
-                Ok(s.into_pyobject(py)?.into_any().unbind())
-            }
+            Ok(a) => Ok((
+                a.header.chunk,
+                a.ticket.attempt,
+                a.header.first_task,
+                a.header.ntasks,
+                a.ticket.from,
+                a.ticket.careful,
+                PyBytes::new(py, &a.payload),
+            )
+                .into_pyobject(py)?
+                .into_any()
+                .unbind()),
+            Err(reason) => Ok(reason.as_str().into_pyobject(py)?.into_any().unbind()),
         }
     }
 
-    /// Publish a chunk's result. `out`/`err` hold the log offsets before the first task;
-    /// `marks` are (task index, stdout offset, stderr offset) after the tasks where output may
-    /// have moved (tasks in between wrote nothing).
-    #[pyo3(signature = (chunk, first_task, ntasks, payload, out, err, marks, failed, chunk_error=None, elapsed=0.0))]
+    /// Task `task` of the claimed chunk starts now (written out at once in careful mode).
+    fn running(&self, py: Python<'_>, chunk: u64, attempt: u32, task: u32) -> PyResult<()> {
+        py.detach(|| {
+            let w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            w.running(chunk, attempt, task)
+        })
+        .map_err(|e| core_err(py, e))
+    }
+
+    /// Publish the results of tasks `from..from+count` of an attempt. `out`/`err` hold the
+    /// log offsets before the part's first task; `marks` are (index in the part, stdout
+    /// offset, stderr offset) after the tasks where output may have moved. `last`: the
+    /// attempt is done (its claim is retired).
+    #[pyo3(signature = (chunk, attempt, first_task, ntasks, from_, count, last, payload, out, err, marks, failed, chunk_error=None, elapsed=0.0))]
     #[allow(clippy::too_many_arguments)]
-    fn complete(
+    fn publish(
         &self,
         py: Python<'_>,
         chunk: u64,
+        attempt: u32,
         first_task: u64,
         ntasks: u32,
+        from_: u32,
+        count: u32,
+        last: bool,
         payload: &[u8],
-        out: Vec<u64>,
-        err: Vec<u64>,
+        out: u64,
+        err: u64,
         marks: Vec<(u32, u64, u64)>,
         failed: Vec<(u32, String)>,
         chunk_error: Option<String>,
         elapsed: f64,
     ) -> PyResult<()> {
-        let start = (
-            out.first().copied().unwrap_or(0),
-            err.first().copied().unwrap_or(0),
-        );
         let header = ResultHeader {
             chunk,
+            attempt,
             first_task,
             ntasks,
-            worker: self.id.clone(),
-            start,
+            from: from_,
+            count,
+            last,
+            worker: self.key.clone(),
+            start: (out, err),
             marks,
             failed: failed
                 .into_iter()
@@ -432,8 +517,8 @@ impl Worker {
             elapsed,
         };
         py.detach(|| {
-            let w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            w.complete(&header, payload)
+            let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            w.publish(&header, payload)
         })
         .map_err(|e| core_err(py, e))
     }

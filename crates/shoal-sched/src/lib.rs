@@ -57,6 +57,11 @@ pub enum WorkerState {
     Exited,
     /// Ended abnormally or will never run: the reason is for the user.
     Lost(String),
+    /// Stopped by the scheduler (or SIGSTOP): its chunks run elsewhere after a short grace.
+    Suspended,
+    /// Can never start: no slot, node or queue can satisfy the request (the scheduler's own
+    /// explanation). The session fails with it.
+    Unsatisfiable(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

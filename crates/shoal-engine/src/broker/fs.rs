@@ -1,0 +1,294 @@
+//! The work-dir broker: tickets in per-worker inboxes, claims and result parts as files.
+//!
+//! On a shared (network) filesystem it is a polite client: directory listings are rate-limited
+//! (results ≤ 5/s, claims ≤ 2/s, announcements ≤ 1/s: under the 10 per second a site can
+//! accept from one driver), heartbeats are read every half heartbeat interval, and nothing
+//! relies on inotify, which sees only this host's changes. On a local disk inotify wakes the
+//! engine the moment a worker writes, and scans follow every wake-up.
+
+use super::{Broker, BrokerEvent, PartRef};
+use crate::error::Result;
+use shoal_core::protocol::Ticket;
+use shoal_core::watch::{DirWatch, Waker};
+use shoal_core::SessionDir;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// How often each directory may be listed.
+#[derive(Debug, Clone, Copy)]
+struct Cadence {
+    parts: Duration,
+    claims: Duration,
+    hellos: Duration,
+    beats: Duration,
+}
+
+pub struct FsBroker {
+    dir: SessionDir,
+    network: bool,
+    cadence: Cadence,
+    watch: DirWatch,
+    hellos: HashSet<String>,
+    keys: BTreeSet<String>,
+    claims: HashSet<(u64, u32)>,
+    /// Parts seen but left in place (they start past the prefix), per chunk.
+    left: HashMap<u64, HashSet<PartRef>>,
+    last_parts: Option<Instant>,
+    last_claims: Option<Instant>,
+    last_hellos: Option<Instant>,
+    last_beats: Option<Instant>,
+    /// Assignments found missing by the last audit (a second miss confirms).
+    missing: HashSet<(u64, u32)>,
+    /// Directory listings made, for the fsload benchmark and tests.
+    pub listings: u64,
+}
+
+impl FsBroker {
+    /// `network`: the work dir is on a filesystem other hosts share. `heartbeat` is the
+    /// workers' heartbeat interval.
+    pub fn new(dir: SessionDir, network: bool, heartbeat: Duration) -> Self {
+        let beats = (heartbeat / 2).max(Duration::from_millis(500));
+        let cadence = if network {
+            Cadence {
+                parts: Duration::from_millis(200),
+                claims: Duration::from_millis(500),
+                hellos: Duration::from_secs(1),
+                beats,
+            }
+        } else {
+            Cadence {
+                parts: Duration::ZERO,
+                claims: Duration::ZERO,
+                hellos: Duration::from_millis(20),
+                beats,
+            }
+        };
+        let watch = DirWatch::new(&[
+            &dir.sub("results"),
+            &dir.sub("claimed"),
+            &dir.sub("workers"),
+        ]);
+        FsBroker {
+            dir,
+            network,
+            cadence,
+            watch,
+            hellos: HashSet::new(),
+            keys: BTreeSet::new(),
+            claims: HashSet::new(),
+            left: HashMap::new(),
+            last_parts: None,
+            last_claims: None,
+            last_hellos: None,
+            last_beats: None,
+            missing: HashSet::new(),
+            listings: 0,
+        }
+    }
+
+    /// Pokes the engine's wait from another thread.
+    pub fn waker(&self) -> Waker {
+        self.watch.waker()
+    }
+
+    fn due(last: &mut Option<Instant>, every: Duration) -> bool {
+        if last.is_some_and(|t| t.elapsed() < every) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    fn scan_hellos(&mut self, out: &mut Vec<BrokerEvent>) -> Result<()> {
+        self.listings += 1;
+        for key in self.dir.hellos()? {
+            if self.hellos.contains(&key) {
+                continue;
+            }
+            // Unreadable yet (being replaced?): try again on the next scan.
+            if let Some(info) = self.dir.read_hello(&key) {
+                self.hellos.insert(key.clone());
+                out.push(BrokerEvent::Hello { key, info });
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_claims(&mut self, out: &mut Vec<BrokerEvent>) -> Result<()> {
+        self.listings += 1;
+        for (chunk, attempt) in self.dir.claims()? {
+            if self.claims.insert((chunk, attempt)) {
+                out.push(BrokerEvent::Claimed { chunk, attempt });
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_parts(&mut self, out: &mut Vec<BrokerEvent>) -> Result<()> {
+        self.listings += 1;
+        for (chunk, attempt, from) in self.dir.parts()? {
+            let at = PartRef {
+                chunk,
+                attempt,
+                from,
+            };
+            match self.dir.read_part(chunk, attempt, from) {
+                Ok(Some(Ok((header, payload)))) => out.push(BrokerEvent::Part {
+                    header,
+                    payload,
+                    at,
+                }),
+                Ok(Some(Err(reason))) => {
+                    let kept = self.dir.keep_corrupt(chunk, attempt, from);
+                    out.push(BrokerEvent::Corrupt {
+                        at,
+                        reason,
+                        kept: kept.display().to_string(),
+                    });
+                }
+                // Gone since the listing, or unreadable for now (ESTALE on NFS): next scan.
+                Ok(None) | Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn read_beats(&mut self, out: &mut Vec<BrokerEvent>) {
+        for key in &self.keys {
+            if let Some(beat) = self.dir.read_beat(key) {
+                out.push(BrokerEvent::Beat {
+                    key: key.clone(),
+                    beat,
+                });
+            }
+        }
+    }
+}
+
+impl Broker for FsBroker {
+    fn name(&self) -> &'static str {
+        "fs"
+    }
+
+    fn poll(&mut self, parts: bool) -> Result<Vec<BrokerEvent>> {
+        let mut out = Vec::new();
+        let c = self.cadence;
+        if Self::due(&mut self.last_hellos, c.hellos) {
+            self.scan_hellos(&mut out)?;
+        }
+        if Self::due(&mut self.last_claims, c.claims) {
+            self.scan_claims(&mut out)?;
+        }
+        if parts && Self::due(&mut self.last_parts, c.parts) {
+            self.scan_parts(&mut out)?;
+        }
+        if Self::due(&mut self.last_beats, c.beats) {
+            self.read_beats(&mut out);
+        }
+        Ok(out)
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        let timeout = if self.network {
+            timeout.min(self.cadence.parts)
+        } else {
+            timeout
+        };
+        self.watch.wait(timeout);
+    }
+
+    fn welcome(&mut self, key: &str) -> Result<()> {
+        self.dir.welcome(key)?;
+        self.keys.insert(key.to_string());
+        Ok(())
+    }
+
+    fn assign(&mut self, ticket: &Ticket) -> Result<()> {
+        Ok(self.dir.put_ticket(ticket)?)
+    }
+
+    fn revoke(&mut self, key: &str, _chunk: u64, _attempt: u32, seq: u64) -> Result<Option<bool>> {
+        Ok(Some(self.dir.revoke_ticket(key, seq)?))
+    }
+
+    fn fence(&mut self, key: &str) -> Result<()> {
+        self.dir.put_fence(key)?;
+        // Tickets left in the inbox go with it: the worker's claim fails and it finds the fence.
+        self.dir.remove_inbox(key);
+        self.keys.remove(key);
+        Ok(())
+    }
+
+    fn forget(&mut self, key: &str) {
+        self.keys.remove(key);
+    }
+
+    fn consumed(&mut self, at: PartRef) {
+        let _ = self.dir.remove_part(at.chunk, at.attempt, at.from);
+        if let Some(set) = self.left.get_mut(&at.chunk) {
+            set.remove(&at);
+        }
+    }
+
+    fn reject(&mut self, at: PartRef) -> String {
+        self.dir
+            .keep_corrupt(at.chunk, at.attempt, at.from)
+            .display()
+            .to_string()
+    }
+
+    fn ended(&mut self, chunk: u64) {
+        let _ = self.dir.remove_chunk(chunk);
+        let claims: Vec<(u64, u32)> = self
+            .claims
+            .iter()
+            .filter(|c| c.0 == chunk)
+            .copied()
+            .collect();
+        for (c, a) in claims {
+            let _ = self.dir.remove_claim(c, a);
+            self.claims.remove(&(c, a));
+            self.missing.remove(&(c, a));
+        }
+        // Parts of this chunk still on disk (late duplicates) are dropped with it.
+        if let Ok(parts) = self.dir.parts() {
+            for (c, a, f) in parts.into_iter().filter(|p| p.0 == chunk) {
+                let _ = self.dir.remove_part(c, a, f);
+            }
+        }
+        self.left.remove(&chunk);
+    }
+
+    fn stop_all(&mut self) -> Result<()> {
+        Ok(self.dir.put_control("stop", "stop\n")?)
+    }
+
+    fn heartbeat(&mut self, seq: u64) -> Result<()> {
+        Ok(self.dir.put_control("driver.beat", &format!("{seq}\n"))?)
+    }
+
+    fn audit(&mut self, assignments: &[(u64, u32, String, u64, bool)]) -> Vec<(u64, u32, bool)> {
+        let mut now_missing = HashSet::new();
+        let mut confirmed = Vec::new();
+        for (chunk, attempt, key, seq, claimed) in assignments {
+            let (c, a) = (*chunk, *attempt);
+            let present = if *claimed {
+                self.dir.claimed(c, a).exists()
+            } else {
+                self.dir.ticket_exists(key, *seq)
+                    || self.dir.void_ticket(key, *seq).exists()
+                    || self.dir.claimed(c, a).exists()
+            };
+            if present {
+                continue;
+            }
+            if self.missing.contains(&(c, a)) {
+                confirmed.push((c, a, self.dir.chunk_exists(c)));
+            } else {
+                now_missing.insert((c, a));
+            }
+        }
+        self.missing = now_missing;
+        confirmed
+    }
+}

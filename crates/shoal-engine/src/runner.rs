@@ -1,0 +1,948 @@
+//! The engine thread's loop: it feeds the ledger what the broker and the scheduler report,
+//! carries out the ledger's decisions through the broker, keeps the right number of workers,
+//! judges liveness, and keeps the session record and the progress display current. All the
+//! engine's I/O happens here; the decisions are made by `ledger.rs` and `fleet.rs`.
+
+use crate::broker::{Broker, BrokerEvent, PartRef};
+use crate::fleet::{self, Fleet, Welcome};
+use crate::handle::{EngineOptions, Event, EVENTS_CAP};
+use crate::ledger::{Cause, Outcome, PartFate, PartInfo};
+use crate::progress::Progress;
+use crate::record;
+use crate::state::{Shared, Stop};
+use crossbeam_channel::{Sender, TrySendError};
+use shoal_core::clock::{ChangeWatch, StallClock};
+use shoal_core::index::{IndexEntry, IndexWriter};
+use shoal_core::layout::{key_id, Stream};
+use shoal_core::protocol::{ResultHeader, Ticket, TicketKind};
+use shoal_core::session::SessionMeta;
+use shoal_core::{CoreError, SessionDir};
+use shoal_sched::{LaunchSpec, Scheduler, WorkerState};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIN_SLEEP: Duration = Duration::from_micros(500);
+const MAX_SLEEP_LOCAL: Duration = Duration::from_millis(10);
+const MAX_SLEEP_SHARED: Duration = Duration::from_millis(200);
+const CONTROL_EVERY: Duration = Duration::from_millis(250);
+/// The driver's heartbeat for the workers (and, on a shared filesystem, its own probe).
+const BEAT_EVERY: Duration = Duration::from_secs(2);
+/// How often assignments are checked for vanished files (a miss must repeat to count).
+const AUDIT_EVERY: Duration = Duration::from_secs(2);
+
+pub(crate) struct Runner {
+    dir: SessionDir,
+    pub(crate) shared: Arc<Shared>,
+    tx: Sender<Event>,
+    /// Events the caller has not taken yet (the channel was full).
+    outbox: VecDeque<Event>,
+    spec: LaunchSpec,
+    options: EngineOptions,
+    meta: SessionMeta,
+    broker: Box<dyn Broker>,
+    network: bool,
+    fleet: Fleet,
+    liveness: ChangeWatch<String>,
+    clock: StallClock,
+    /// What each worker last said it runs (from its heartbeat).
+    hints: HashMap<String, (u64, u32, u32)>,
+    detached: HashSet<String>,
+    index: IndexWriter,
+    progress: Progress,
+    start_failures: u32,
+    last_submit: Option<Instant>,
+    driver_seq: u64,
+}
+
+impl Runner {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        dir: SessionDir,
+        shared: Arc<Shared>,
+        tx: Sender<Event>,
+        spec: LaunchSpec,
+        options: EngineOptions,
+        meta: SessionMeta,
+        broker: Box<dyn Broker>,
+        network: bool,
+    ) -> Self {
+        let progress = Progress::new(options.progress, &dir.id());
+        let clock = StallClock::new(options.stall_step);
+        let fleet = Fleet::new(options.stranger_grace);
+        Runner {
+            index: IndexWriter::new(&dir),
+            dir,
+            shared,
+            tx,
+            outbox: VecDeque::new(),
+            spec,
+            options,
+            meta,
+            broker,
+            network,
+            fleet,
+            liveness: ChangeWatch::default(),
+            clock,
+            hints: HashMap::new(),
+            detached: HashSet::new(),
+            progress,
+            start_failures: 0,
+            last_submit: None,
+            driver_seq: 0,
+        }
+    }
+
+    pub(crate) fn run(&mut self, sched: &mut dyn Scheduler) {
+        let max_sleep = if self.network {
+            MAX_SLEEP_SHARED
+        } else {
+            MAX_SLEEP_LOCAL
+        };
+        let meta_every = if self.network {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_millis(500)
+        };
+        let mut sleep = MIN_SLEEP;
+        let mut last_poll: Option<Instant> = None;
+        let mut last_meta = Instant::now();
+        let mut last_beat: Option<Instant> = None;
+        let mut last_control = Instant::now();
+        let mut last_audit = Instant::now();
+        loop {
+            let stop = self.shared.lock().stop;
+            if stop == Stop::Now {
+                break;
+            }
+            self.clock.tick();
+            let mut busy = self.flush_outbox();
+            busy |= self.serve_requests(sched);
+            busy |= self.poll_broker(sched);
+            if last_poll.is_none_or(|t| t.elapsed() >= sched.poll_interval()) {
+                last_poll = Some(Instant::now());
+                busy |= self.poll_scheduler(sched);
+                self.check_liveness(sched);
+                self.check_suspended(sched);
+                self.check_strangers(sched);
+            }
+            if last_audit.elapsed() >= AUDIT_EVERY && self.outbox.is_empty() {
+                last_audit = Instant::now();
+                self.audit(sched);
+            }
+            if let Stop::Graceful(grace) = stop {
+                self.stop_gracefully(sched, grace);
+                break;
+            }
+            if !self.failed() {
+                busy |= self.assign(sched);
+                self.scale(sched);
+            }
+            if last_control.elapsed() >= CONTROL_EVERY {
+                last_control = Instant::now();
+                if self.dir.control("cancel").exists() && !self.failed() {
+                    self.fail(sched, "session cancelled by `shoal cancel`".into());
+                }
+            }
+            if last_beat.is_none_or(|t| t.elapsed() >= BEAT_EVERY) {
+                last_beat = Some(Instant::now());
+                self.driver_seq += 1;
+                if let Err(e) = self.broker.heartbeat(self.driver_seq) {
+                    self.io_failed(sched, e);
+                }
+            }
+            if last_meta.elapsed() >= meta_every {
+                last_meta = Instant::now();
+                self.write_meta(sched);
+            }
+            if busy || last_meta.elapsed().is_zero() {
+                let stats = self.shared.lock().stats.clone();
+                self.progress.draw(&stats);
+            }
+            sleep = if busy {
+                MIN_SLEEP
+            } else {
+                (sleep * 2).min(max_sleep)
+            };
+            if self.shared.lock().stop == Stop::No {
+                self.broker.wait(sleep);
+            }
+        }
+        let _ = sched.cancel_all();
+        self.refresh(sched);
+        self.write_meta(sched);
+        let stats = self.shared.lock().stats.clone();
+        self.progress.finish(&stats);
+    }
+
+    fn failed(&self) -> bool {
+        self.shared.lock().fatal.is_some()
+    }
+
+    // ------------------------------------------------------------ events to the caller
+
+    fn emit(&mut self, ev: Event) {
+        if !self.outbox.is_empty() {
+            self.outbox.push_back(ev);
+            return;
+        }
+        match self.tx.try_send(ev) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(ev)) => self.outbox.push_back(ev),
+        }
+    }
+
+    fn flush_outbox(&mut self) -> bool {
+        let mut sent = false;
+        while let Some(ev) = self.outbox.pop_front() {
+            match self.tx.try_send(ev) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => sent = true,
+                Err(TrySendError::Full(ev)) => {
+                    self.outbox.push_front(ev);
+                    break;
+                }
+            }
+        }
+        sent
+    }
+
+    /// Whether there is room to read more results (a slow caller holds them on disk).
+    fn room(&self) -> bool {
+        self.outbox.is_empty() && self.tx.len() < EVENTS_CAP / 2
+    }
+
+    // ------------------------------------------------------------ requests and the broker
+
+    fn serve_requests(&mut self, sched: &mut dyn Scheduler) -> bool {
+        let (requests, free) = {
+            let mut st = self.shared.lock();
+            (
+                std::mem::take(&mut st.requests),
+                std::mem::take(&mut st.free_blobs),
+            )
+        };
+        for b in free {
+            let _ = self.dir.remove_blob(b);
+        }
+        let any = !requests.is_empty();
+        for o in requests {
+            match o {
+                // Withdrawn while queued: the handle settled the books, its files go now.
+                Outcome::Ended { chunk } => self.broker.ended(chunk),
+                other => self.outcomes(sched, vec![other], None),
+            }
+        }
+        any
+    }
+
+    fn poll_broker(&mut self, sched: &mut dyn Scheduler) -> bool {
+        let events = match self.broker.poll(self.room()) {
+            Ok(e) => e,
+            Err(e) => {
+                self.io_failed(sched, e);
+                return false;
+            }
+        };
+        let mut busy = false;
+        for ev in events {
+            busy |= !matches!(ev, BrokerEvent::Beat { .. });
+            match ev {
+                BrokerEvent::Hello { key, .. } => self.on_hello(sched, &key),
+                BrokerEvent::Claimed { chunk, attempt } => {
+                    if self.shared.lock().ledger.started(chunk, attempt) {
+                        self.emit(Event::Started { chunk });
+                    }
+                }
+                BrokerEvent::Part {
+                    header,
+                    payload,
+                    at,
+                } => self.on_part(sched, header, payload, at),
+                BrokerEvent::Corrupt { at, reason, kept } => {
+                    let why = format!("{reason} (a copy is kept at {kept})");
+                    let o = self
+                        .shared
+                        .lock()
+                        .ledger
+                        .corrupt(at.chunk, at.attempt, &why);
+                    self.outcomes(sched, o, None);
+                }
+                BrokerEvent::Beat { key, beat } => {
+                    let now = self.clock.now();
+                    self.liveness.observe(&key, beat.seq, now);
+                    if let Some(r) = beat.running {
+                        self.hints.insert(key, r);
+                    }
+                }
+                BrokerEvent::Gone { key, reason } => self.lose(sched, &key, &reason),
+                BrokerEvent::Revoked { chunk, attempt, ok } => {
+                    let o = self.shared.lock().ledger.revoked(chunk, attempt, ok);
+                    self.outcomes(sched, o, None);
+                }
+            }
+        }
+        busy
+    }
+
+    fn on_hello(&mut self, sched: &mut dyn Scheduler, key: &str) {
+        let decision = self.fleet.hello(key, Instant::now());
+        match decision {
+            Welcome::Wait => {}
+            Welcome::Fence(reason) => self.fence(sched, key, &reason, false),
+            Welcome::Accept | Welcome::Supersede(_) => {
+                if let Welcome::Supersede(old) = &decision {
+                    self.lose(
+                        sched,
+                        old,
+                        "its job started again under the same id (the site reran it)",
+                    );
+                }
+                if !self.shared.lock().ledger.join(key) {
+                    self.fence(sched, key, "it was given up on before", false);
+                    return;
+                }
+                if let Err(e) = self.broker.welcome(key) {
+                    self.io_failed(sched, e);
+                    return;
+                }
+                self.liveness.start(&key.to_string(), self.clock.now());
+            }
+        }
+    }
+
+    fn on_part(
+        &mut self,
+        sched: &mut dyn Scheduler,
+        header: ResultHeader,
+        payload: Vec<u8>,
+        at: PartRef,
+    ) {
+        let Some(chunk) = self.shared.lock().chunks.get(&at.chunk).cloned() else {
+            self.broker.consumed(at); // its chunk ended: a late duplicate
+            return;
+        };
+        let fits = header.chunk == at.chunk
+            && header.attempt == at.attempt
+            && header.from == at.from
+            && header.first_task == chunk.first_task
+            && header.ntasks == chunk.ntasks
+            && u64::from(header.from) + u64::from(header.count) <= u64::from(chunk.ntasks);
+        if !fits {
+            let kept = self.broker.reject(at);
+            let why = format!(
+                "a result that does not answer this chunk: its header says chunk {}, tasks {}..{} of {} (attempt {}), but chunk {} has tasks {}..{} (a copy is kept at {kept})",
+                header.chunk,
+                header.first_task + u64::from(header.from),
+                header.first_task + u64::from(header.from + header.count),
+                header.ntasks,
+                header.attempt,
+                chunk.chunk,
+                chunk.first_task,
+                chunk.first_task + u64::from(chunk.ntasks),
+            );
+            let o = self
+                .shared
+                .lock()
+                .ledger
+                .corrupt(at.chunk, at.attempt, &why);
+            self.outcomes(sched, o, None);
+            return;
+        }
+        let info = PartInfo {
+            chunk: at.chunk,
+            attempt: at.attempt,
+            from: header.from,
+            count: header.count,
+            last: header.last,
+        };
+        let fate = self.shared.lock().ledger.part(info);
+        self.fleet.produced(&header.worker);
+        self.start_failures = 0;
+        match fate {
+            PartFate::Later => {}
+            PartFate::Stale => self.broker.consumed(at),
+            PartFate::Used(outcomes) => {
+                if let Err(e) = self.index.append(&IndexEntry::of(&header)) {
+                    self.io_failed(sched, e);
+                }
+                let mut payload = Some(payload);
+                let mut rest = Vec::new();
+                for o in outcomes {
+                    match o {
+                        Outcome::Deliver {
+                            from, count, skip, ..
+                        } => {
+                            let failed = if header.chunk_error.is_some() {
+                                count
+                            } else {
+                                header
+                                    .failed
+                                    .iter()
+                                    .filter(|f| (skip..skip + count).contains(&f.index))
+                                    .count() as u32
+                            };
+                            {
+                                let mut st = self.shared.lock();
+                                st.stats.tasks_done += u64::from(count);
+                                st.stats.tasks_failed += u64::from(failed);
+                            }
+                            self.emit(Event::Result {
+                                header: header.clone(),
+                                payload: payload.take().unwrap_or_default(),
+                                from,
+                                count,
+                                skip,
+                            });
+                        }
+                        other => rest.push(other),
+                    }
+                }
+                self.broker.consumed(at);
+                let worker = header.worker.clone();
+                self.outcomes(sched, rest, Some(&worker));
+            }
+        }
+    }
+
+    /// Carry out ledger outcomes. `worker` is the worker the outcomes concern, if any.
+    fn outcomes(
+        &mut self,
+        sched: &mut dyn Scheduler,
+        outcomes: Vec<Outcome>,
+        worker: Option<&str>,
+    ) {
+        for o in outcomes {
+            match o {
+                Outcome::Deliver { .. } => {} // only parts deliver (see on_part)
+                Outcome::Fail {
+                    chunk,
+                    from,
+                    count,
+                    cause,
+                    attempts,
+                } => {
+                    let Some(header) = self.shared.lock().chunks.get(&chunk).cloned() else {
+                        continue;
+                    };
+                    let who = worker.map(key_id).unwrap_or("").to_string();
+                    let tail = if who.is_empty() {
+                        String::new()
+                    } else {
+                        self.stderr_tail(&who)
+                    };
+                    let entry = IndexEntry {
+                        chunk,
+                        attempt: 0,
+                        first: header.first_task + u64::from(from),
+                        count,
+                        worker: who.clone(),
+                        start: (0, 0),
+                        marks: Vec::new(),
+                        failed: Vec::new(),
+                        chunk_error: Some(describe(&cause, attempts)),
+                    };
+                    if let Err(e) = self.index.append(&entry) {
+                        self.io_failed(sched, e);
+                    }
+                    {
+                        let mut st = self.shared.lock();
+                        st.stats.tasks_done += u64::from(count);
+                        st.stats.tasks_failed += u64::from(count);
+                    }
+                    self.emit(Event::Failed {
+                        chunk: header,
+                        from,
+                        count,
+                        cause,
+                        attempts,
+                        worker: who,
+                        stderr_tail: tail,
+                    });
+                }
+                Outcome::Ended { chunk } => self.end_chunk(chunk),
+                Outcome::Revoke {
+                    chunk,
+                    attempt,
+                    worker,
+                    seq,
+                } => match self.broker.revoke(&worker, chunk, attempt, seq) {
+                    Ok(Some(ok)) => {
+                        let withdrawn = self.shared.lock().ledger.progress(chunk).is_some();
+                        let o = self.shared.lock().ledger.revoked(chunk, attempt, ok);
+                        let ended = o.iter().any(|x| matches!(x, Outcome::Ended { .. }));
+                        if ended && withdrawn {
+                            self.withdrawn(chunk);
+                        }
+                        self.outcomes(sched, o, None);
+                    }
+                    Ok(None) => {}
+                    Err(e) => self.io_failed(sched, e),
+                },
+            }
+        }
+    }
+
+    /// A chunk withdrawn after its ticket was taken back: settle the books like `withdraw`.
+    fn withdrawn(&mut self, chunk: u64) {
+        let mut st = self.shared.lock();
+        if let Some(h) = st.chunks.get(&chunk).cloned() {
+            st.stats.tasks_total -= u64::from(h.ntasks);
+        }
+        drop(st);
+        self.emit(Event::Withdrawn { chunk });
+    }
+
+    fn end_chunk(&mut self, chunk: u64) {
+        self.broker.ended(chunk);
+        let free = {
+            let mut st = self.shared.lock();
+            match st.chunks.remove(&chunk) {
+                Some(h) => st.blobs.chunk_ended(&h.blobs),
+                None => Vec::new(),
+            }
+        };
+        for b in free {
+            let _ = self.dir.remove_blob(b);
+        }
+        self.shared.room.notify_all();
+    }
+
+    // ------------------------------------------------------------ assignment
+
+    fn assign(&mut self, sched: &mut dyn Scheduler) -> bool {
+        let assigns = {
+            let mut st = self.shared.lock();
+            let mut a = st.ledger.assign();
+            if a.is_empty() && st.ledger.queued() == 0 {
+                // Idle workers and prefetched tickets elsewhere: move those to the idle ones.
+                let idle = st
+                    .ledger
+                    .idle_workers()
+                    .into_iter()
+                    .filter(|w| !self.detached.contains(w))
+                    .count();
+                if idle > 0 {
+                    let busy: Vec<String> = st
+                        .ledger
+                        .unclaimed()
+                        .into_iter()
+                        .filter(|u| st.ledger.load(&u.2) > 1)
+                        .map(|u| u.2)
+                        .collect();
+                    let mut steals = Vec::new();
+                    for w in busy.into_iter().take(idle) {
+                        steals.extend(st.ledger.steal_from(&w));
+                    }
+                    drop(st);
+                    if !steals.is_empty() {
+                        self.outcomes(sched, steals, None);
+                        a = self.shared.lock().ledger.assign();
+                    }
+                }
+            }
+            a
+        };
+        let any = !assigns.is_empty();
+        for a in assigns {
+            let ticket = Ticket {
+                seq: a.seq,
+                kind: TicketKind::Run,
+                chunk: a.chunk,
+                attempt: a.attempt,
+                from: a.from,
+                careful: a.careful,
+                worker: a.worker.clone(),
+            };
+            if let Err(e) = self.broker.assign(&ticket) {
+                if e_is_no_space(&e) {
+                    self.io_failed(sched, e);
+                    return any;
+                }
+                let reason = format!("its ticket could not be written: {e}");
+                self.fence(sched, &a.worker, &reason, true);
+            }
+        }
+        if any {
+            self.shared.room.notify_all();
+        }
+        any
+    }
+
+    // ------------------------------------------------------------ workers
+
+    /// A worker incarnation is gone: what it held runs elsewhere (the task it was running
+    /// charged one loss).
+    fn lose(&mut self, sched: &mut dyn Scheduler, key: &str, reason: &str) {
+        let hint = self.hints.remove(key);
+        let (outcomes, running) = {
+            let mut st = self.shared.lock();
+            let running = st.ledger.running().iter().any(|r| r.2 == key);
+            if running {
+                st.stats.workers_lost += 1;
+            }
+            (st.ledger.worker_gone(key, reason, hint), running)
+        };
+        let _ = running;
+        self.outcomes(sched, outcomes, Some(key));
+        self.broker.forget(key);
+        self.liveness.forget(&key.to_string());
+        self.detached.remove(key);
+    }
+
+    /// Give up on a worker: it must never get work again and should exit. `cancel`: also
+    /// cancel its job (it cannot be trusted to exit by itself).
+    fn fence(&mut self, sched: &mut dyn Scheduler, key: &str, reason: &str, cancel: bool) {
+        if let Err(e) = self.broker.fence(key) {
+            if e_is_no_space(&e) {
+                self.io_failed(sched, e);
+            }
+        }
+        self.shared.lock().stats.workers_fenced += 1;
+        let o = self
+            .shared
+            .lock()
+            .ledger
+            .fence(key, reason, self.hints.get(key).copied());
+        let running = !o.is_empty();
+        let _ = running;
+        self.outcomes(sched, o, Some(key));
+        self.hints.remove(key);
+        self.liveness.forget(&key.to_string());
+        if cancel {
+            let id = key_id(key).to_string();
+            let _ = sched.cancel(std::slice::from_ref(&id));
+            self.fleet.retire(&id, Instant::now());
+        }
+    }
+
+    fn poll_scheduler(&mut self, sched: &mut dyn Scheduler) -> bool {
+        let events = match sched.poll() {
+            Ok(e) => e,
+            Err(e) => {
+                // A failed query is not a dead worker; the next poll may succeed.
+                self.progress.note(&format!("scheduler query failed: {e}"));
+                return false;
+            }
+        };
+        let any = !events.is_empty();
+        let now = Instant::now();
+        for ev in events {
+            let was = self.fleet.job(&ev.worker).cloned();
+            if let WorkerState::Unsatisfiable(reason) = &ev.state {
+                self.fail(sched, format!("workers can never start: {reason}"));
+                continue;
+            }
+            let resumed = was.as_ref().is_some_and(|j| j.suspended_since.is_some())
+                && ev.state == WorkerState::Running;
+            let Some(keys) = self.fleet.state(&ev.worker, &ev.state, now) else {
+                if resumed {
+                    for key in was.map(|j| j.keys).unwrap_or_default() {
+                        if self.detached.remove(&key) {
+                            self.shared.lock().ledger.resume(&key);
+                        }
+                    }
+                }
+                continue;
+            };
+            let lost = match &ev.state {
+                WorkerState::Lost(r) => Some(r.clone()),
+                _ => None,
+            };
+            let produced = was.as_ref().is_some_and(|j| j.produced);
+            let mut counted = false;
+            for key in &keys {
+                let (known, holds) = {
+                    let st = self.shared.lock();
+                    (st.ledger.knows(key), st.ledger.load(key) > 0)
+                };
+                if known && (lost.is_some() || holds) {
+                    let reason = lost
+                        .clone()
+                        .unwrap_or_else(|| "worker exited while holding a chunk".into());
+                    let before = self.shared.lock().stats.workers_lost;
+                    self.lose(sched, key, &reason);
+                    counted |= self.shared.lock().stats.workers_lost > before;
+                } else {
+                    self.broker.forget(key);
+                    self.liveness.forget(key);
+                }
+            }
+            if let Some(reason) = lost {
+                if !counted {
+                    self.shared.lock().stats.workers_lost += 1;
+                }
+                if self.disk_full() {
+                    self.fail(sched, self.full_message());
+                    continue;
+                }
+                if !produced {
+                    self.start_failure(sched, &ev.worker, &reason);
+                }
+            }
+        }
+        self.refresh(sched);
+        any
+    }
+
+    fn start_failure(&mut self, sched: &mut dyn Scheduler, id: &str, reason: &str) {
+        self.start_failures += 1;
+        if self.start_failures < self.options.max_start_failures {
+            return;
+        }
+        let tail = self.stderr_tail(id);
+        let mut msg = format!(
+            "{} workers in a row ended before finishing any task; last: {reason}",
+            self.start_failures
+        );
+        if !tail.trim().is_empty() {
+            msg.push_str(&format!("\nworker stderr (tail):\n{}", tail.trim_end()));
+        }
+        msg.push_str(&format!(
+            "\nhint: the last worker's reason is quoted above; workers' logs are in {}",
+            self.dir.sub("logs").display()
+        ));
+        self.fail(sched, msg);
+    }
+
+    fn check_liveness(&mut self, sched: &mut dyn Scheduler) {
+        let Some(timeout) = self.options.heartbeat_timeout else {
+            return;
+        };
+        let now = self.clock.now();
+        for key in self.liveness.silent(now, timeout) {
+            if self.detached.contains(&key) {
+                continue; // suspended: judged when it resumes
+            }
+            let reason = format!(
+                "no heartbeat from worker for {:.0} s",
+                timeout.as_secs_f64()
+            );
+            self.fence(sched, &key, &reason, true);
+            self.broker.forget(&key);
+        }
+    }
+
+    fn check_suspended(&mut self, sched: &mut dyn Scheduler) {
+        for keys in self
+            .fleet
+            .suspended_past(self.options.suspend_grace, Instant::now())
+        {
+            for key in keys {
+                let o = self.shared.lock().ledger.detach(&key);
+                self.detached.insert(key.clone());
+                self.outcomes(sched, o, Some(&key));
+            }
+        }
+    }
+
+    fn check_strangers(&mut self, sched: &mut dyn Scheduler) {
+        for key in self.fleet.strangers() {
+            self.on_hello(sched, &key);
+        }
+    }
+
+    fn audit(&mut self, sched: &mut dyn Scheduler) {
+        let assignments: Vec<(u64, u32, String, u64, bool)> = {
+            let st = self.shared.lock();
+            let mut v: Vec<_> = st
+                .ledger
+                .unclaimed()
+                .into_iter()
+                .map(|(c, a, w, s)| (c, a, w, s, false))
+                .collect();
+            v.extend(
+                st.ledger
+                    .running()
+                    .into_iter()
+                    .map(|(c, a, w)| (c, a, w, 0, true)),
+            );
+            v
+        };
+        for (chunk, attempt, recoverable) in self.broker.audit(&assignments) {
+            let detail = if recoverable {
+                format!("the ticket or claim of attempt {attempt} disappeared; it runs again")
+            } else {
+                format!(
+                    "its master copy {} and the ticket or claim of attempt {attempt} disappeared",
+                    self.dir.chunk(chunk).display()
+                )
+            };
+            let why = CoreError::Vanished { chunk, detail }.to_string();
+            let o = self.shared.lock().ledger.vanished(chunk, recoverable, &why);
+            self.outcomes(sched, o, None);
+        }
+    }
+
+    // ------------------------------------------------------------ scaling
+
+    fn scale(&mut self, sched: &mut dyn Scheduler) {
+        let outstanding = self.shared.lock().ledger.outstanding();
+        let (queued, running) = self.fleet.counts();
+        let target = if sched.keep_warm() {
+            sched.capacity()
+        } else {
+            sched.capacity().min(outstanding)
+        };
+        if !sched.keep_warm() {
+            let surplus = fleet::surplus(target, queued, running);
+            if surplus > 0 {
+                self.give_back(sched, surplus);
+                return;
+            }
+        }
+        let active = queued + running;
+        if active >= target {
+            return;
+        }
+        // While workers are still queued, work arriving in a trickle (single submits) is
+        // grouped into one submission per poll interval instead of one array per chunk.
+        let recently = self
+            .last_submit
+            .is_some_and(|t| t.elapsed() < sched.poll_interval());
+        if !sched.keep_warm() && queued > 0 && recently {
+            return;
+        }
+        match sched.submit(&self.spec, target - active) {
+            Ok(ids) => {
+                self.last_submit = Some(Instant::now());
+                self.shared.lock().stats.workers_started += ids.len() as u64;
+                self.fleet.submitted(&ids, Instant::now());
+            }
+            Err(e) => self.fail(sched, format!("could not start workers: {e}")),
+        }
+    }
+
+    /// Cancel up to `n` queued jobs that never announced a worker: they hold nothing.
+    fn give_back(&mut self, sched: &mut dyn Scheduler, n: usize) {
+        let ids = self.fleet.give_back(n);
+        if ids.is_empty() {
+            return;
+        }
+        let _ = sched.cancel(&ids);
+        let now = Instant::now();
+        for id in &ids {
+            self.fleet.retire(id, now);
+        }
+        self.refresh(sched);
+    }
+
+    fn stop_gracefully(&mut self, sched: &mut dyn Scheduler, grace: Duration) {
+        let keys: Vec<String> = self
+            .fleet
+            .ids()
+            .iter()
+            .filter_map(|id| self.fleet.job(id))
+            .flat_map(|j| j.keys.clone())
+            .collect();
+        for key in keys {
+            let seq = self.shared.lock().ledger.take_seq(&key);
+            let _ = self.broker.assign(&Ticket {
+                seq,
+                kind: TicketKind::Stop,
+                worker: key.clone(),
+                ..Default::default()
+            });
+        }
+        let _ = self.broker.stop_all();
+        if !sched.keep_warm() {
+            // Queued workers have nothing to finish: do not wait for them to start.
+            let (queued, _) = self.fleet.counts();
+            self.give_back(sched, queued);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && !self.fleet.is_empty() {
+            self.flush_outbox();
+            self.poll_broker(sched);
+            self.poll_scheduler(sched);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.poll_broker(sched);
+    }
+
+    fn fail(&mut self, sched: &mut dyn Scheduler, message: String) {
+        let _ = sched.cancel_all();
+        {
+            let mut st = self.shared.lock();
+            if st.fatal.is_some() {
+                return;
+            }
+            st.fatal = Some(message.clone());
+        }
+        self.shared.room.notify_all();
+        self.emit(Event::Fatal { message });
+    }
+
+    /// A filesystem error on the driver's side. A full filesystem ends the session with that
+    /// reason; other errors are noted and the loop goes on (the next try may succeed).
+    fn io_failed(&mut self, sched: &mut dyn Scheduler, e: impl Into<crate::EngineError>) {
+        let e = e.into();
+        if e_is_no_space(&e) {
+            self.fail(sched, e.to_string());
+        } else {
+            self.progress.note(&format!("{e}"));
+        }
+    }
+
+    fn disk_full(&self) -> bool {
+        nix::sys::statvfs::statvfs(self.dir.root())
+            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64 <= 1 << 20)
+            .unwrap_or(false)
+    }
+
+    fn full_message(&self) -> String {
+        format!(
+            "the work dir's filesystem is full: workers cannot write their results to {}\nhint: free space on it (or raise your quota), or pass work_dir=... on a filesystem with room",
+            self.dir.root().display()
+        )
+    }
+
+    fn stderr_tail(&self, worker: &str) -> String {
+        let end = self.dir.log_len(worker, Stream::Stderr);
+        let bytes = self
+            .dir
+            .read_log(worker, Stream::Stderr, 0, end, self.options.stderr_tail)
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn refresh(&mut self, sched: &dyn Scheduler) {
+        let (queued, running) = self.fleet.counts();
+        let mut st = self.shared.lock();
+        st.stats.workers_running = running as u64;
+        st.stats.workers_pending = queued as u64;
+        st.stats.chunks_outstanding = st.ledger.outstanding() as u64;
+        st.jobs = sched.job_ids();
+    }
+
+    fn write_meta(&mut self, sched: &mut dyn Scheduler) {
+        self.refresh(sched);
+        let st = self.shared.lock();
+        record::apply(&mut self.meta, &st.stats, &st.jobs);
+        if st.fatal.is_some() {
+            self.meta.message = st.fatal.clone();
+        }
+        drop(st);
+        if let Err(e) = self.dir.write_meta(&self.meta) {
+            self.io_failed(sched, e);
+        }
+    }
+}
+
+fn e_is_no_space(e: &crate::EngineError) -> bool {
+    matches!(e, crate::EngineError::Core(c) if c.is_no_space())
+}
+
+/// What a failure says, for errors and the index.
+pub fn describe(cause: &Cause, attempts: u32) -> String {
+    match cause {
+        Cause::Lost(r) if attempts > 1 => {
+            format!("{r} (its worker was lost {attempts} times while it ran; not retried again)")
+        }
+        Cause::Lost(r) => format!("{r} (its worker was lost while it ran; not retried)"),
+        Cause::Corrupt(r) => {
+            format!("its results could not be read back {attempts} times; last: {r}")
+        }
+        Cause::Incomplete(r) => r.clone(),
+        Cause::Vanished(r) => r.clone(),
+    }
+}
