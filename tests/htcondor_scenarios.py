@@ -66,13 +66,19 @@ def session_jobs(session: str) -> list[str]:
     return [f"{a['ClusterId']}.{a['ProcId']}" for a in json.loads(out)] if out.strip() else []
 
 
+def _worker_id(info_path: str) -> str:
+    """The worker id a worker announced (its file is named by id and incarnation)."""
+    with open(info_path) as f:
+        return str(json.load(f)["worker"])
+
+
 def running_worker(pool: shoal.Pool, timeout: float = 90) -> str:
     """A worker id (Cluster.Proc) whose process has started (it wrote its info file)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         infos = sorted(glob.glob(os.path.join(pool._driver.path, "workers", "*.json")))
         if infos:
-            return os.path.basename(infos[0])[: -len(".json")]
+            return _worker_id(infos[0])
         time.sleep(0.2)
     raise TimeoutError("no worker started")
 
@@ -97,8 +103,7 @@ def results() -> dict[str, Any]:
         stats = pool._driver.stats()
         # The workers are one cluster's procs, named Cluster.Proc.
         worker_ids = sorted(
-            os.path.basename(p)[:-5]
-            for p in glob.glob(os.path.join(pool._driver.path, "workers", "*.json"))
+            _worker_id(p) for p in glob.glob(os.path.join(pool._driver.path, "workers", "*.json"))
         )
         with open(os.path.join(pool._driver.path, "condor.sub")) as f:
             sub = f.read()

@@ -219,7 +219,7 @@ def test_terminate_from_a_callback_ends_the_session(sessions_dir) -> None:
     def callback(_: object) -> None:
         try:
             pool.terminate()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
         done.set()
 
@@ -265,3 +265,47 @@ def test_a_worker_started_after_its_driver_died_exits_by_itself(tmp_path) -> Non
     except subprocess.TimeoutExpired:
         late.kill()
         pytest.fail("a worker whose driver is gone kept waiting for work")
+
+
+# ------------------------------------------------------------- signals (issue 14)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_end_the_session_and_its_workers(sig, sessions_dir) -> None:
+    script = textwrap.dedent(
+        """
+        import shoal, time
+        pool = shoal.Pool(2)
+        print(pool.session, pool._driver.path, flush=True)
+        pool.map(time.sleep, [30] * 4)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=HERE)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env
+    )
+    _session, path = driver.stdout.readline().split()
+    from procs import live_worker_pids
+
+    deadline = time.monotonic() + 30
+    while len(live_worker_pids(path)) < 2:
+        assert time.monotonic() < deadline, "workers never started"
+        time.sleep(0.05)
+    workers = live_worker_pids(path)
+    t = time.monotonic()
+    driver.send_signal(sig)
+    driver.wait(timeout=10)
+    assert time.monotonic() - t < 5, "the session did not end within 5 s"
+    assert driver.returncode == -sig, driver.returncode
+    with open(os.path.join(path, "session.json")) as f:
+        meta = json.load(f)
+    assert meta["state"] == "cancelled", meta
+    assert signal.Signals(sig).name in meta["message"], meta
+    deadline = time.monotonic() + 5
+    while any(
+        os.path.exists(f"/proc/{p}")
+        and open(f"/proc/{p}/stat").read().split(")")[1].split()[0] != "Z"
+        for p in workers
+    ):
+        assert time.monotonic() < deadline, "workers outlived their driver"
+        time.sleep(0.05)

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from shoal._driver import Driver, Job
+from shoal._driver import Call, Driver, Job
 
 DELAY = 0.002
 
@@ -21,13 +21,13 @@ class Batcher:
     def __init__(self, driver: Driver) -> None:
         self._driver = driver
         self._cond = threading.Condition()
-        self._buf: list[tuple[Job, int, bytes]] = []
+        self._buf: list[tuple[Job, int, Call]] = []
         self._closed = False
         self._busy = False
         self._thread = threading.Thread(target=self._run, name="shoal-batcher", daemon=True)
         self._thread.start()
 
-    def add(self, job: Job, index: int, blob: bytes) -> None:
+    def add(self, job: Job, index: int, blob: Call) -> None:
         with self._cond:
             if self._closed:
                 raise ValueError("Pool not running")

@@ -15,13 +15,14 @@ import logging
 import math
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
 import weakref
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
-import cloudpickle
+import cloudpickle  # type: ignore[import-untyped]
 
 from shoal import _native
 from shoal.errors import (
@@ -165,6 +166,40 @@ def heartbeat_interval(timeout: Optional[float]) -> float:
     return max(0.05, min(5.0, timeout / 6))
 
 
+# SIGTERM (a driver job hitting its time limit) and SIGHUP (a dropped ssh session) end every
+# session the way Ctrl-C does, unless the program handles them itself.
+_ENDING_SIGNALS = ("SIGTERM", "SIGHUP")
+_handlers_installed = False
+
+
+def _install_signal_handlers() -> None:
+    global _handlers_installed
+    if _handlers_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _handlers_installed = True
+    for name in _ENDING_SIGNALS:
+        sig = getattr(signal, name, None)
+        try:
+            if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+                signal.signal(sig, _on_ending_signal)
+        except (OSError, ValueError):
+            pass
+
+
+def _on_ending_signal(signum: int, _frame: Any) -> None:
+    name = signal.Signals(signum).name
+    for d in list(_live):
+        try:
+            d.close(
+                graceful=False, failed=True, ending=("cancelled", f"the driver received {name}")
+            )
+        except Exception:
+            pass
+    # Then die of the signal, as the process would have without shoal.
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 class Driver:
     """One session: a work dir, a backend, an engine thread and a collector thread."""
 
@@ -258,6 +293,7 @@ class Driver:
         )
         self._collector.start()
         _live.add(self)
+        _install_signal_handlers()
 
     # ------------------------------------------------------------------ submitting
 
@@ -498,7 +534,10 @@ class Driver:
             part = values[lo : lo + n]
             errors = {
                 i - lo: self._rebuild(
-                    raw_errors[i], index + i - lo, first + frm + off + i - lo, worker,
+                    raw_errors[i],
+                    index + i - lo,
+                    first + frm + off + i - lo,
+                    worker,
                     err_ranges.get(i),
                 )
                 for i in raw_errors
@@ -577,9 +616,17 @@ class Driver:
     def stats(self) -> dict[str, int]:
         return dict(self._native.stats())
 
-    def close(self, *, graceful: bool, failed: bool = False, grace: float = 10.0) -> Optional[str]:
+    def close(
+        self,
+        *,
+        graceful: bool,
+        failed: bool = False,
+        grace: float = 10.0,
+        ending: Optional[tuple[str, str]] = None,
+    ) -> Optional[str]:
         """Stop workers and record the outcome. Returns the kept work dir, if any. Safe to
-        call from a callback (the collector thread) and from several threads at once."""
+        call from a callback (the collector thread) and from several threads at once.
+        `ending`: (state, reason) to record instead of finished/failed (e.g. a signal)."""
         with self._lock:
             if self._closing:
                 return None
@@ -597,11 +644,13 @@ class Driver:
             failed = True
         state = "failed" if failed else "finished"
         message = str(self._broken) if self._broken is not None else None
+        if ending is not None:
+            state, message = ending
         kept = self._native.finish(state, message, self.keep_work_dir)
         _live.discard(self)
         if kept is not None and failed:
             print(
-                f"shoal: session {self.id} failed; work dir kept at {kept} "
+                f"shoal: session {self.id} {state}; work dir kept at {kept} "
                 f"(see `shoal logs {self.id}`)",
                 file=sys.stderr,
             )

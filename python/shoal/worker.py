@@ -10,6 +10,7 @@ the task it was running (docs/protocol.md).
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import pickle
@@ -19,7 +20,7 @@ import traceback
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
-import cloudpickle
+import cloudpickle  # type: ignore[import-untyped]
 
 from shoal import _native
 
@@ -56,9 +57,10 @@ def _error_record(exc: BaseException) -> tuple[Optional[bytes], str, str, str]:
     # Skip the worker's own frame: the traceback starts in the user's function.
     tb_start = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
     tb = "".join(traceback.format_exception(type(exc), exc, tb_start))
+    blob: Optional[bytes]
     try:
-        blob: Optional[bytes] = cloudpickle.dumps(exc)
-        pickle.loads(blob)
+        blob = cloudpickle.dumps(exc)
+        pickle.loads(blob)  # it must load in the driver too
     except Exception:
         blob = None
     return blob, tb, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc)
@@ -68,9 +70,12 @@ def _load_error_record(name: str, exc: BaseException) -> tuple[Optional[bytes], 
     """A TaskError naming the call and why it could not be loaded here."""
     from shoal.errors import TaskError
 
-    where = f"{_native.__name__} worker on {os.uname().nodename}"
     reason = f"{type(exc).__name__}: {exc}"
-    err = TaskError(f"the call {name} could not be unpickled on the worker ({where}): {reason}")
+    err = TaskError(
+        f"the call {name} could not be unpickled on the worker (host {os.uname().nodename}): "
+        f"{reason}\nhint: the worker's Python must be able to import what the call refers "
+        "to (the same packages and versions as the driver's)"
+    )
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return pickle.dumps(err), tb, "shoal.errors.TaskError", str(err)
 
@@ -123,8 +128,8 @@ class _Runner:
         self.blobs: OrderedDict[int, Any] = OrderedDict()
         self.part = _Part(0, 0, 0)
         self._stdout, self._stderr = sys.stdout, sys.stderr
-        sys.stdout = _Tracked(sys.stdout, self)  # type: ignore[assignment]
-        sys.stderr = _Tracked(sys.stderr, self)  # type: ignore[assignment]
+        sys.stdout = _Tracked(sys.stdout, self)
+        sys.stderr = _Tracked(sys.stderr, self)
 
     def blob(self, blob_id: int) -> Any:
         if blob_id in self.blobs:
@@ -174,7 +179,9 @@ class _Runner:
             self._publish(count=ntasks - start, payload=b"", last=True, chunk_error=msg)
             return
         todo = items[start:]
+        call: Callable[[Any], Any]
         if kind == MAP:
+            assert fn is not None
             call = _star(fn) if star else fn
         else:
             call = _call
@@ -213,17 +220,26 @@ class _Runner:
                 if (clock() - t_probe) / n < SLOW_TASK:
                     break
                 probing = False  # slow tasks: stay in the checked loop
-        values = self.part.values
+        # Tiny tasks: run in C, in slices of about a quarter second each, publishing what is
+        # done at most once a second (a lost worker loses little). On an exception the
+        # results so far are kept and `items` resumes after the failing task.
+        per_task = max((clock() - t_probe) / max(n, 1), 1e-7)
+        size = max(PROBE, min(1_000_000, int(PUBLISH_SLOW / per_task)))
         while True:
-            # list.extend(map(...)) runs the tiny tasks in C; on an exception the results so
-            # far are kept and `items` resumes after the failing task.
+            values = self.part.values
+            before = len(values)
             try:
-                values.extend(map(call, items))
-                return
+                values.extend(map(call, itertools.islice(items, size)))
             except _LoadFailed as exc:
                 self._failed_with(_load_error_record(*exc.args))
+                continue
             except BaseException as exc:
                 self._failed(exc)
+                continue
+            if len(values) - before < size:
+                return  # the slice ran short: the chunk is done
+            if time.monotonic() - self.last_publish >= PUBLISH_EVERY:
+                self._publish(count=len(values), payload=None, last=False)
 
     def _after_slow_task(self, took: float) -> None:
         now = time.monotonic()
@@ -274,8 +290,7 @@ class _Runner:
             )
         except Exception as exc:
             if "No space left" in str(exc) or "full" in str(exc):
-                print(f"shoal worker: cannot publish results: {exc}", file=sys.__stderr__)
-                sys.__stderr__.flush()
+                os.write(2, f"shoal worker: cannot publish results: {exc}\n".encode())
                 os._exit(EXIT_NO_SPACE)
             raise
         self.last_publish = time.monotonic()

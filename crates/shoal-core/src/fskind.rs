@@ -71,7 +71,7 @@ pub fn detect(path: &Path) -> FsKind {
         }
     }
     let magic = match nix::sys::statfs::statfs(&probe) {
-        Ok(s) => s.filesystem_type().0 as i64,
+        Ok(s) => s.filesystem_type().0,
         Err(_) => return FsKind::Local("unknown".into()),
     };
     if let Some((_, name)) = NETWORK_MAGICS.iter().find(|(m, _)| *m == magic) {

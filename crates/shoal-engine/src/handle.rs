@@ -305,7 +305,10 @@ impl Engine {
     }
 
     pub fn stats(&self) -> Stats {
-        self.shared.lock().stats.clone()
+        let st = self.shared.lock();
+        let mut s = st.stats.clone();
+        s.chunks_outstanding = st.ledger.outstanding() as u64;
+        s
     }
 
     pub fn fatal(&self) -> Option<String> {

@@ -19,6 +19,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 pub type ChunkId = u64;
 
+/// What a worker last said it was running: (chunk, attempt, task index in the chunk).
+pub type Hint = (ChunkId, u32, u32);
+
 /// Why tasks failed for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
@@ -463,7 +466,7 @@ impl Ledger {
         &mut self,
         worker: &str,
         reason: &str,
-        hint: Option<(ChunkId, u32, u32)>,
+        hint: Option<Hint>,
     ) -> Vec<Outcome> {
         self.release(worker, Some((reason, hint)))
     }
@@ -483,7 +486,7 @@ impl Ledger {
         &mut self,
         worker: &str,
         reason: &str,
-        hint: Option<(ChunkId, u32, u32)>,
+        hint: Option<Hint>,
     ) -> Vec<Outcome> {
         let out = self.release(worker, Some((reason, hint)));
         self.fenced.insert(worker.to_string());
@@ -493,7 +496,7 @@ impl Ledger {
     fn release(
         &mut self,
         worker: &str,
-        lost: Option<(&str, Option<(ChunkId, u32, u32)>)>,
+        lost: Option<(&str, Option<Hint>)>,
     ) -> Vec<Outcome> {
         let mut out = Vec::new();
         let held: Vec<ChunkId> = match self.workers.get(worker) {

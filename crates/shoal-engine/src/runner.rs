@@ -30,6 +30,9 @@ const CONTROL_EVERY: Duration = Duration::from_millis(250);
 const BEAT_EVERY: Duration = Duration::from_secs(2);
 /// How often assignments are checked for vanished files (a miss must repeat to count).
 const AUDIT_EVERY: Duration = Duration::from_secs(2);
+/// Queued workers are given back only after the work has been short of them this long:
+/// back-to-back maps must not make the engine cancel and resubmit jobs in between.
+const GIVE_BACK_AFTER: Duration = Duration::from_secs(3);
 
 pub(crate) struct Runner {
     dir: SessionDir,
@@ -52,6 +55,8 @@ pub(crate) struct Runner {
     progress: Progress,
     start_failures: u32,
     last_submit: Option<Instant>,
+    /// Since when there have been more queued workers than work (see GIVE_BACK_AFTER).
+    surplus_since: Option<Instant>,
     driver_seq: u64,
 }
 
@@ -89,6 +94,7 @@ impl Runner {
             progress,
             start_failures: 0,
             last_submit: None,
+            surplus_since: None,
             driver_seq: 0,
         }
     }
@@ -236,7 +242,17 @@ impl Runner {
     }
 
     fn poll_broker(&mut self, sched: &mut dyn Scheduler) -> bool {
-        let events = match self.broker.poll(self.room()) {
+        self.broker_events(sched, false)
+    }
+
+    /// Handle what the broker saw; `now`: scan results and claims whatever the cadence.
+    fn broker_events(&mut self, sched: &mut dyn Scheduler, now: bool) -> bool {
+        let polled = if now && self.room() {
+            self.broker.poll_now()
+        } else {
+            self.broker.poll(self.room())
+        };
+        let events = match polled {
             Ok(e) => e,
             Err(e) => {
                 self.io_failed(sched, e);
@@ -574,15 +590,13 @@ impl Runner {
     /// charged one loss).
     fn lose(&mut self, sched: &mut dyn Scheduler, key: &str, reason: &str) {
         let hint = self.hints.remove(key);
-        let (outcomes, running) = {
+        let outcomes = {
             let mut st = self.shared.lock();
-            let running = st.ledger.running().iter().any(|r| r.2 == key);
-            if running {
+            if st.ledger.running().iter().any(|r| r.2 == key) {
                 st.stats.workers_lost += 1;
             }
-            (st.ledger.worker_gone(key, reason, hint), running)
+            st.ledger.worker_gone(key, reason, hint)
         };
-        let _ = running;
         self.outcomes(sched, outcomes, Some(key));
         self.broker.forget(key);
         self.liveness.forget(&key.to_string());
@@ -625,6 +639,15 @@ impl Runner {
             }
         };
         let any = !events.is_empty();
+        if events.iter().any(|e| {
+            matches!(
+                e.state,
+                WorkerState::Exited | WorkerState::Lost(_) | WorkerState::Suspended
+            )
+        }) {
+            // Results a worker published just before it ended count before its loss does.
+            self.broker_events(sched, true);
+        }
         let now = Instant::now();
         for ev in events {
             let was = self.fleet.job(&ev.worker).cloned();
@@ -709,7 +732,13 @@ impl Runner {
             return;
         };
         let now = self.clock.now();
-        for key in self.liveness.silent(now, timeout) {
+        let mut silent = self.liveness.silent(now, timeout);
+        if !silent.is_empty() {
+            // Read once more (results and heartbeats) before giving up on anyone.
+            self.broker_events(sched, true);
+            silent = self.liveness.silent(now, timeout);
+        }
+        for key in silent {
             if self.detached.contains(&key) {
                 continue; // suspended: judged when it resumes
             }
@@ -786,9 +815,15 @@ impl Runner {
         if !sched.keep_warm() {
             let surplus = fleet::surplus(target, queued, running);
             if surplus > 0 {
-                self.give_back(sched, surplus);
+                let since = *self.surplus_since.get_or_insert_with(Instant::now);
+                let patience = GIVE_BACK_AFTER.max(sched.poll_interval() * 2);
+                if since.elapsed() >= patience {
+                    self.give_back(sched, surplus);
+                    self.surplus_since = None;
+                }
                 return;
             }
+            self.surplus_since = None;
         }
         let active = queued + running;
         if active >= target {
@@ -885,7 +920,7 @@ impl Runner {
 
     fn disk_full(&self) -> bool {
         nix::sys::statvfs::statvfs(self.dir.root())
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64 <= 1 << 20)
+            .map(|s| s.blocks_available() * s.fragment_size() <= 1 << 20)
             .unwrap_or(false)
     }
 

@@ -100,7 +100,7 @@ impl Scheduler for LocalScheduler {
                     Ok(())
                 });
             }
-            let child = cmd.spawn().map_err(|e| SchedError::Command {
+            let child = spawn_retrying(&mut cmd).map_err(|e| SchedError::Command {
                 command: argv.join(" "),
                 message: e.to_string(),
             })?;
@@ -165,6 +165,21 @@ impl Scheduler for LocalScheduler {
 impl Drop for LocalScheduler {
     fn drop(&mut self) {
         let _ = self.cancel_all();
+    }
+}
+
+/// Spawn, retrying briefly on ETXTBSY: an executable written moments ago may still be open
+/// for writing in a child another thread forked and has not exec'd yet.
+fn spawn_retrying(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
     }
 }
 

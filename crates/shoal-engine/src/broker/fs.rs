@@ -188,6 +188,12 @@ impl Broker for FsBroker {
         Ok(out)
     }
 
+    fn poll_now(&mut self) -> Result<Vec<BrokerEvent>> {
+        self.last_parts = None;
+        self.last_claims = None;
+        self.poll(true)
+    }
+
     fn wait(&mut self, timeout: Duration) {
         let timeout = if self.network {
             timeout.min(self.cadence.parts)

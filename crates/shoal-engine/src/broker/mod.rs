@@ -57,6 +57,10 @@ pub trait Broker: Send {
     /// own directory scans.
     fn poll(&mut self, parts: bool) -> Result<Vec<BrokerEvent>>;
 
+    /// Like `poll`, but scan for results and claims now, whatever the cadence: called before
+    /// the engine acts on a lost worker, so results it published just before count.
+    fn poll_now(&mut self) -> Result<Vec<BrokerEvent>>;
+
     /// Block until something may have changed, at most `timeout`.
     fn wait(&mut self, timeout: Duration);
 

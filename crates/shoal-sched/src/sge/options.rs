@@ -414,6 +414,8 @@ pub fn job_script(spec: &LaunchSpec, exit_dir: &std::path::Path) -> Result<Strin
         }
         s.push_str(&format!("{k}={}; export {k}\n", sh_quote(v)));
     }
+    // The worker's id is its array task, as qdel and qstat name it.
+    s.push_str("SHOAL_WORKER_ID=\"$JOB_ID.$SGE_TASK_ID\"; export SHOAL_WORKER_ID\n");
     let argv: Vec<String> = spec.worker_argv(None).iter().map(|a| sh_quote(a)).collect();
     let exit = sh_quote(&exit_dir.display().to_string());
     s.push_str(&argv.join(" "));

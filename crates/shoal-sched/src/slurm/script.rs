@@ -28,6 +28,8 @@ pub fn worker_script(spec: &LaunchSpec, opts: &SlurmOptions) -> String {
     for (k, v) in &spec.env {
         s.push_str(&format!("export {k}={}\n", quote(v)));
     }
+    // The worker's id is its array element, as scancel and squeue name it.
+    s.push_str("export SHOAL_WORKER_ID=\"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\"\n");
     let argv: Vec<String> = spec.worker_argv(None).iter().map(|a| quote(a)).collect();
     // exec: signals from Slurm (time limit, scancel) reach the worker itself.
     s.push_str(&format!("exec {}\n", argv.join(" ")));
@@ -139,6 +141,7 @@ mod tests {
             s,
             "#!/bin/sh\n# shoal worker of session abc (written by shoal; each array element is one worker)\n\
              #SBATCH --nice=5\n#SBATCH --comment=x\nexport SHOAL_WORKER=1\nexport MSG='it'\\''s here'\n\
+             export SHOAL_WORKER_ID=\"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\"\n\
              exec /opt/env/bin/python -m shoal.worker /shared/s/abc\n"
         );
     }
