@@ -309,3 +309,25 @@ def test_sigterm_and_sighup_end_the_session_and_its_workers(sig, sessions_dir) -
     ):
         assert time.monotonic() < deadline, "workers outlived their driver"
         time.sleep(0.05)
+
+
+def test_a_forked_multiprocessing_pool_after_shoal_terminates_cleanly() -> None:
+    # Its workers inherit the driver's SIGTERM handler and session list across fork; when the
+    # pool terminates them with SIGTERM they must just die, not try to shut down a copy of our
+    # engine (its thread does not exist in the child: a panic, or a join that never returns).
+    script = textwrap.dedent(
+        """
+        import json, multiprocessing, os, shoal
+        def square(x): return x * x
+        with shoal.Pool(1) as pool:
+            pool.map(square, range(3))
+            with multiprocessing.get_context("fork").Pool(2) as mp:
+                mp.map(square, range(4))
+            with open(os.path.join(pool._driver.path, "session.json")) as f:
+                print(json.load(f)["state"], pool.map(square, range(3)))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "running [0, 1, 4]", out.stdout
+    assert "Traceback" not in out.stderr and "panicked" not in out.stderr, out.stderr

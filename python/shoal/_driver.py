@@ -169,14 +169,14 @@ def heartbeat_interval(timeout: Optional[float]) -> float:
 # SIGTERM (a driver job hitting its time limit) and SIGHUP (a dropped ssh session) end every
 # session the way Ctrl-C does, unless the program handles them itself.
 _ENDING_SIGNALS = ("SIGTERM", "SIGHUP")
-_handlers_installed = False
+_handlers_pid: Optional[int] = None
 
 
 def _install_signal_handlers() -> None:
-    global _handlers_installed
-    if _handlers_installed or threading.current_thread() is not threading.main_thread():
+    global _handlers_pid
+    if _handlers_pid == os.getpid() or threading.current_thread() is not threading.main_thread():
         return
-    _handlers_installed = True
+    _handlers_pid = os.getpid()
     for name in _ENDING_SIGNALS:
         sig = getattr(signal, name, None)
         try:
@@ -186,8 +186,31 @@ def _install_signal_handlers() -> None:
             pass
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (multiprocessing's fork start method, a user's os.fork) owns none of
+    the parent's sessions: forget them, and give it back the default signal handlers."""
+    global _handlers_pid
+    _live.clear()
+    if _handlers_pid is not None:
+        _handlers_pid = None
+        for name in _ENDING_SIGNALS:
+            sig = getattr(signal, name, None)
+            try:
+                if sig is not None and signal.getsignal(sig) is _on_ending_signal:
+                    signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _on_ending_signal(signum: int, _frame: Any) -> None:
     name = signal.Signals(signum).name
+    if _handlers_pid != os.getpid():
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     for d in list(_live):
         try:
             d.close(
