@@ -462,12 +462,7 @@ impl Ledger {
     /// `worker` is gone (died, cancelled, timed out). `hint` is the last (chunk, attempt, task)
     /// it said it started. Work it had not claimed goes back without cost; the chunk it ran
     /// is charged one loss, blamed on the task that was running.
-    pub fn worker_gone(
-        &mut self,
-        worker: &str,
-        reason: &str,
-        hint: Option<Hint>,
-    ) -> Vec<Outcome> {
+    pub fn worker_gone(&mut self, worker: &str, reason: &str, hint: Option<Hint>) -> Vec<Outcome> {
         self.release(worker, Some((reason, hint)))
     }
 
@@ -482,22 +477,13 @@ impl Ledger {
     }
 
     /// The engine gave up on `worker`: like `worker_gone`, and it may never take work again.
-    pub fn fence(
-        &mut self,
-        worker: &str,
-        reason: &str,
-        hint: Option<Hint>,
-    ) -> Vec<Outcome> {
+    pub fn fence(&mut self, worker: &str, reason: &str, hint: Option<Hint>) -> Vec<Outcome> {
         let out = self.release(worker, Some((reason, hint)));
         self.fenced.insert(worker.to_string());
         out
     }
 
-    fn release(
-        &mut self,
-        worker: &str,
-        lost: Option<(&str, Option<Hint>)>,
-    ) -> Vec<Outcome> {
+    fn release(&mut self, worker: &str, lost: Option<(&str, Option<Hint>)>) -> Vec<Outcome> {
         let mut out = Vec::new();
         let held: Vec<ChunkId> = match self.workers.get(worker) {
             Some(s) => s.held.iter().copied().collect(),
