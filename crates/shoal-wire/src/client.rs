@@ -382,6 +382,15 @@ impl Link {
     }
 }
 
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("addr", &self.addr)
+            .field("ended", &self.ended())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for Link {
     fn drop(&mut self) {
         self.finish();

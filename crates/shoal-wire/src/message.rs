@@ -623,6 +623,7 @@ fn check_field(name: &str, value: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::frame::{Decoder, Limits};
+    use proptest::prelude::*;
 
     fn round_trip<M: Message + fmt::Debug + PartialEq>(msg: M) {
         let mut out = Vec::new();
@@ -729,6 +730,28 @@ mod tests {
             ToDriver::decode(frame),
             Err(FrameError::Malformed { kind: "Part", .. })
         ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Any header bytes under any kind: decoding fails cleanly or yields a message, and a
+        /// Hello body of any bytes never panics the fixed-layout reader.
+        #[test]
+        fn decoding_arbitrary_frames_never_panics(
+            kind in 0u8..32,
+            header in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                r#"\{"(chunk|attempt|seq|id|ok|reason|stream|offset|graceful)":(-?[0-9]{1,22}|true|null|"out"|"x"|\[\])\}"#
+                    .prop_map(String::into_bytes),
+            ],
+            payload in prop::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let frame = Frame { kind, header: header.clone(), payload: Bytes::from(payload) };
+            let _ = ToDriver::decode(frame.clone());
+            let _ = ToWorker::decode(frame);
+            let _ = Hello::decode_authenticated(&header);
+        }
     }
 
     #[test]
