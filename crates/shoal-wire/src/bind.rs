@@ -68,13 +68,16 @@ impl FromStr for BindSpec {
             });
         }
         let (host, ports) = if let Some(rest) = text.strip_prefix('[') {
-            let (ip, tail) = rest
-                .split_once(']')
-                .ok_or_else(|| bad("'[' without ']'"))?;
-            let ip: Ipv6Addr = ip.parse().map_err(|_| bad("not an IPv6 address in [...]"))?;
+            let (ip, tail) = rest.split_once(']').ok_or_else(|| bad("'[' without ']'"))?;
+            let ip: Ipv6Addr = ip
+                .parse()
+                .map_err(|_| bad("not an IPv6 address in [...]"))?;
             let ports = match tail {
                 "" => None,
-                t => Some(t.strip_prefix(':').ok_or_else(|| bad("expected ':' after ']'"))?),
+                t => Some(
+                    t.strip_prefix(':')
+                        .ok_or_else(|| bad("expected ':' after ']'"))?,
+                ),
             };
             (Host::Ip(IpAddr::V6(ip)), ports)
         } else {
@@ -170,8 +173,13 @@ fn default_route_interfaces(table: &str, v4: bool) -> Vec<String> {
             let cols: Vec<&str> = line.split_whitespace().collect();
             if v4 {
                 // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
-                let (iface, dest, flags, metric, mask) =
-                    (cols.first()?, cols.get(1)?, cols.get(3)?, cols.get(6)?, cols.get(7)?);
+                let (iface, dest, flags, metric, mask) = (
+                    cols.first()?,
+                    cols.get(1)?,
+                    cols.get(3)?,
+                    cols.get(6)?,
+                    cols.get(7)?,
+                );
                 let up = u32::from_str_radix(flags, 16).ok()? & 0x1 != 0;
                 if *dest != "00000000" || *mask != "00000000" || !up {
                     return None;
@@ -200,7 +208,7 @@ fn interface_address(interfaces: &[if_addrs::Interface], name: &str, v4: bool) -
         .find(|ip| ip.is_ipv4() == v4)
 }
 
-fn host_name() -> Option<String> {
+pub(crate) fn host_name() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())?;
@@ -217,7 +225,11 @@ pub(crate) fn resolve(spec: &BindSpec) -> Result<(IpAddr, IpAddr, String), Serve
         }
         Host::Ip(ip) if ip.is_unspecified() => {
             let (advertised, why) = default_address();
-            Ok((*ip, advertised, format!("all interfaces; advertising {why}")))
+            Ok((
+                *ip,
+                advertised,
+                format!("all interfaces; advertising {why}"),
+            ))
         }
         Host::Ip(ip) => Ok((*ip, *ip, "as configured".into())),
         Host::Interface(name) => {
@@ -317,7 +329,13 @@ mod tests {
         assert_eq!(spec(":40000-40100").host, Host::Auto);
         assert_eq!(spec("::").host, Host::Ip(Ipv6Addr::UNSPECIFIED.into()));
         assert_eq!(spec("[::1]:7").ports, (7, 7));
-        for s in ["", "0.0.0.0", "10.1.2.3:40000-40100", "eth0:5000", "[::1]:7"] {
+        for s in [
+            "",
+            "0.0.0.0",
+            "10.1.2.3:40000-40100",
+            "eth0:5000",
+            "[::1]:7",
+        ] {
             let parsed = spec(s);
             assert_eq!(spec(&parsed.to_string()), parsed, "{s}");
         }
@@ -377,7 +395,9 @@ mod tests {
             ports: (port, port),
             ..range
         };
-        let err = bind(Ipv4Addr::LOCALHOST.into(), &single).unwrap_err().to_string();
+        let err = bind(Ipv4Addr::LOCALHOST.into(), &single)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     }
 }

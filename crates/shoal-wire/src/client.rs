@@ -70,7 +70,13 @@ pub fn connect(
     let started = Instant::now();
     let mut backoff = Duration::from_millis(50);
     loop {
-        match attempt(addr, credentials.fingerprint, &hello_frame, options, started) {
+        match attempt(
+            addr,
+            credentials.fingerprint,
+            &hello_frame,
+            options,
+            started,
+        ) {
             Ok(done) => return Ok(done),
             Err(Attempt::Final(e)) => return Err(e),
             Err(Attempt::Retry(source)) => {
@@ -96,11 +102,12 @@ fn jitter(d: Duration) -> Duration {
     d / 2 + d.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0)
 }
 
-fn tcp_connect(addr: &str, options: &ClientOptions, started: Instant) -> Result<TcpStream, Attempt> {
-    let addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(Attempt::Retry)?
-        .collect();
+fn tcp_connect(
+    addr: &str,
+    options: &ClientOptions,
+    started: Instant,
+) -> Result<TcpStream, Attempt> {
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(Attempt::Retry)?.collect();
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address");
     for sa in addrs {
         let left = options.connect_timeout.saturating_sub(started.elapsed());
@@ -169,8 +176,7 @@ fn attempt(
         }
     };
     tls::handshake(&mut conn, &mut tcp, deadline).map_err(|e| failed(e, "TLS handshake"))?;
-    tls::write_all(&mut conn, &mut tcp, hello_frame, deadline)
-        .map_err(|e| failed(e, "Hello"))?;
+    tls::write_all(&mut conn, &mut tcp, hello_frame, deadline).map_err(|e| failed(e, "Hello"))?;
     let welcome_deadline = Instant::now() + options.welcome_timeout;
     let reply = read_reply(&mut conn, &mut tcp, &options.limits, welcome_deadline);
     let config = match reply {
@@ -279,9 +285,7 @@ impl Link {
                 .name("wire-recv".into())
                 .spawn(move || {
                     let _done = done_tx;
-                    link::read_loop(&core, limits, &budget, |msg| {
-                        deliver(&core, &in_tx, msg)
-                    });
+                    link::read_loop(&core, limits, &budget, |msg| deliver(&core, &in_tx, msg));
                 })
         };
         let reader = match reader {
@@ -346,6 +350,11 @@ impl Link {
 
     pub fn stats(&self) -> LinkStats {
         self.core.stats()
+    }
+
+    /// The negotiated TLS cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub fn cipher_suite(&self) -> Option<String> {
+        self.core.cipher_suite()
     }
 
     /// The driver's address as given to [`connect`].

@@ -11,7 +11,9 @@ use std::time::Duration;
 pub enum Disconnect {
     #[error("closed cleanly by the peer")]
     Closed,
-    #[error("the peer's connection ended without a TLS close (its process was killed or its host lost)")]
+    #[error(
+        "the peer's connection ended without a TLS close (its process was killed or its host lost)"
+    )]
     Eof,
     #[error("the connection ended in the middle of a frame ({received} of {total} bytes)")]
     Truncated { received: u64, total: u64 },

@@ -137,7 +137,7 @@ enum State {
     Payload {
         prefix: Prefix,
         header: Vec<u8>,
-        buf: Vec<u8>,
+        buf: PayloadBuf,
         have: usize,
         lease: Option<Lease>,
     },
@@ -172,7 +172,7 @@ impl Decoder {
         match &mut self.state {
             State::Prefix { buf, have } => &mut buf[*have..],
             State::Header { buf, have, .. } => &mut buf[*have..],
-            State::Payload { buf, have, .. } => &mut buf[*have..],
+            State::Payload { buf, have, .. } => &mut buf.as_mut()[*have..],
             State::AwaitLease { .. } | State::Failed => &mut [],
         }
     }
@@ -187,8 +187,8 @@ impl Decoder {
     }
 
     /// Hand over the budget lease (or `None` without a budget) and allocate the payload, which
-    /// was declared and allowed by the prefix. The allocation is zeroed, so the kernel maps
-    /// pages only as bytes arrive.
+    /// was declared and allowed by the prefix. The allocation is zeroed by the kernel, which
+    /// maps pages only as bytes arrive.
     pub fn grant(&mut self, lease: Option<Lease>) {
         if let State::AwaitLease { prefix, header } =
             std::mem::replace(&mut self.state, State::Failed)
@@ -198,7 +198,7 @@ impl Decoder {
             self.state = State::Payload {
                 prefix,
                 header,
-                buf: vec![0u8; len],
+                buf: PayloadBuf::new(len),
                 have: 0,
                 lease,
             };
@@ -233,7 +233,7 @@ impl Decoder {
                 self.after_header_progress()
             }
             State::Payload { buf, have, .. } => {
-                *have = (*have + n).min(buf.len());
+                *have = (*have + n).min(buf.as_ref().len());
                 self.finish_if_complete()
             }
             State::AwaitLease { .. } | State::Failed => Ok(None),
@@ -270,7 +270,7 @@ impl Decoder {
         let State::Payload { buf, have, .. } = &self.state else {
             return Ok(None);
         };
-        if *have < buf.len() {
+        if *have < buf.as_ref().len() {
             return Ok(None);
         }
         let State::Payload {
@@ -284,9 +284,9 @@ impl Decoder {
             unreachable!("checked above")
         };
         self.reset();
-        let payload = match lease {
-            Some(lease) => Bytes::from_owner(LeasedBuf { buf, _lease: lease }),
-            None => Bytes::from(buf),
+        let payload = match (buf, lease) {
+            (PayloadBuf::Heap(buf), None) => Bytes::from(buf),
+            (buf, lease) => Bytes::from_owner(LeasedBuf { buf, _lease: lease }),
         };
         Ok(Some(Frame {
             kind: prefix.kind,
@@ -358,21 +358,60 @@ impl Decoder {
         match &self.state {
             State::Header { buf, .. } => buf.capacity(),
             State::AwaitLease { header, .. } => header.capacity(),
-            State::Payload { header, buf, .. } => header.capacity() + buf.capacity(),
+            State::Payload { header, buf, .. } => header.capacity() + buf.as_ref().len(),
             State::Prefix { .. } | State::Failed => 0,
+        }
+    }
+}
+
+/// Payloads from this size on are mapped with huge pages where the kernel offers them
+/// (`madvise` mode of transparent huge pages): 32 page faults instead of 16,384 for 64 MiB,
+/// which on a VM is a third of the receiving side's CPU time.
+const MAPPED_MIN: usize = 4 << 20;
+
+enum PayloadBuf {
+    Heap(Vec<u8>),
+    Mapped(memmap2::MmapMut),
+}
+
+impl PayloadBuf {
+    fn new(len: usize) -> PayloadBuf {
+        if len >= MAPPED_MIN {
+            if let Ok(map) = memmap2::MmapMut::map_anon(len) {
+                #[cfg(target_os = "linux")]
+                let _ = map.advise(memmap2::Advice::HugePage);
+                return PayloadBuf::Mapped(map);
+            }
+        }
+        PayloadBuf::Heap(vec![0u8; len])
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        match self {
+            PayloadBuf::Heap(v) => v,
+            PayloadBuf::Mapped(m) => m,
+        }
+    }
+}
+
+impl AsRef<[u8]> for PayloadBuf {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            PayloadBuf::Heap(v) => v,
+            PayloadBuf::Mapped(m) => m,
         }
     }
 }
 
 /// A payload buffer that returns its bytes to the memory budget when the last `Bytes` goes.
 struct LeasedBuf {
-    buf: Vec<u8>,
-    _lease: Lease,
+    buf: PayloadBuf,
+    _lease: Option<Lease>,
 }
 
 impl AsRef<[u8]> for LeasedBuf {
     fn as_ref(&self) -> &[u8] {
-        &self.buf
+        self.buf.as_ref()
     }
 }
 

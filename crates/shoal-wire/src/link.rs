@@ -156,6 +156,11 @@ impl Core {
         }
     }
 
+    pub(crate) fn cipher_suite(&self) -> Option<String> {
+        let suite = self.lock().negotiated_cipher_suite()?;
+        Some(format!("{:?}", suite.suite()))
+    }
+
     pub(crate) fn stats(&self) -> LinkStats {
         let now = self.born.elapsed().as_nanos() as u64;
         let last = self.last_rx_ns.load(Ordering::Relaxed);

@@ -529,6 +529,22 @@ pub struct Hello {
     pub pid: u32,
 }
 
+impl Hello {
+    /// This process's introduction: a fresh random incarnation, this host's name and pid.
+    pub fn for_this_process(session: &str, worker: &str) -> Hello {
+        let mut nonce = [0u8; 8];
+        // A failing OS generator leaves zeros, still a valid (if not unique) incarnation.
+        let _ = getrandom::fill(&mut nonce);
+        Hello {
+            session: session.to_string(),
+            worker: worker.to_string(),
+            incarnation: u64::from_le_bytes(nonce),
+            host: crate::bind::host_name().unwrap_or_else(|| "unknown".into()),
+            pid: std::process::id(),
+        }
+    }
+}
+
 /// Largest Hello body: token, incarnation, pid and three strings of at most 255 bytes.
 pub(crate) const HELLO_MAX: usize = 32 + 8 + 4 + 3 * (1 + 255);
 
@@ -763,6 +779,15 @@ mod tests {
         let shown = format!("{msg:?}");
         assert!(shown.contains("<13 bytes>"), "{shown}");
         assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn each_process_introduction_is_a_new_incarnation() {
+        let a = Hello::for_this_process("S", "w1");
+        let b = Hello::for_this_process("S", "w1");
+        assert_ne!(a.incarnation, b.incarnation);
+        assert_eq!((a.pid, a.host.is_empty()), (std::process::id(), false));
+        assert!(a.encode(&Token::random()).is_ok());
     }
 
     #[test]

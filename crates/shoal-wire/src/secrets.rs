@@ -107,15 +107,18 @@ impl Credentials {
     /// secret: pass it in the job's environment (readable only by its owner), not on the
     /// command line (visible to every user of the host in `ps`).
     pub fn encode(&self) -> String {
-        format!("{}:{}", B64.encode(self.fingerprint.0), B64.encode(self.token.0))
+        format!(
+            "{}:{}",
+            B64.encode(self.fingerprint.0),
+            B64.encode(self.token.0)
+        )
     }
 
     /// Parse [`Credentials::encode`]'s form.
     pub fn decode(text: &str) -> Result<Credentials, SecretsError> {
-        let (fp, token) = text
-            .trim()
-            .split_once(':')
-            .ok_or(SecretsError::Malformed("no ':' between fingerprint and token"))?;
+        let (fp, token) = text.trim().split_once(':').ok_or(SecretsError::Malformed(
+            "no ':' between fingerprint and token",
+        ))?;
         let bytes = |part: &str, what| -> Result<[u8; 32], SecretsError> {
             B64.decode(part)
                 .ok()

@@ -166,12 +166,10 @@ impl Server {
     pub fn start(options: ServerOptions, secrets: &SessionSecrets) -> Result<Server, ServerError> {
         let (bind_ip, advertised_ip, why) = bind::resolve(&options.bind)?;
         let listener = bind::bind(bind_ip, &options.bind)?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| ServerError::Bind {
-                addr: bind_ip.to_string(),
-                source: e,
-            })?;
+        let local = listener.local_addr().map_err(|e| ServerError::Bind {
+            addr: bind_ip.to_string(),
+            source: e,
+        })?;
         let tls = tls::server_config(secrets).map_err(ServerError::Tls)?;
         let (events_tx, events) = crossbeam_channel::bounded(options.events.max(1));
         let (reaper_tx, reaper_rx) = crossbeam_channel::unbounded();
@@ -191,10 +189,13 @@ impl Server {
         });
         let accept = {
             let shared = Arc::clone(&shared);
-            spawn("wire-accept".into(), move || accept_loop(&shared, &listener))
-                .map_err(ServerError::Thread)?
+            spawn("wire-accept".into(), move || {
+                accept_loop(&shared, &listener)
+            })
+            .map_err(ServerError::Thread)?
         };
-        let reaper = spawn("wire-reaper".into(), move || reap(&reaper_rx)).map_err(ServerError::Thread)?;
+        let reaper =
+            spawn("wire-reaper".into(), move || reap(&reaper_rx)).map_err(ServerError::Thread)?;
         Ok(Server {
             shared,
             events,
@@ -401,9 +402,10 @@ impl Shared {
 
     fn close_core(&self, core: &Arc<Core>, reason: Disconnect) {
         core.close(reason);
-        let _ = self
-            .reaper
-            .send(Some((Instant::now() + self.options.timeouts.linger, Arc::clone(core))));
+        let _ = self.reaper.send(Some((
+            Instant::now() + self.options.timeouts.linger,
+            Arc::clone(core),
+        )));
     }
 
     fn reject(&self, addr: SocketAddr, reason: String) {
@@ -532,7 +534,8 @@ fn serve(shared: &Arc<Shared>, mut tcp: TcpStream, addr: SocketAddr) {
         Err(e) => return shared.reject(addr, format!("socket setup failed: {e}")),
     };
     let peer = PeerId(shared.next_id.fetch_add(1, Ordering::Relaxed));
-    let (queue_tx, queue_rx) = crossbeam_channel::bounded(shared.options.peer_queue.messages.max(1));
+    let (queue_tx, queue_rx) =
+        crossbeam_channel::bounded(shared.options.peer_queue.messages.max(1));
     let (answer_tx, answer_rx) = crossbeam_channel::bounded(1);
     let queued_bytes = Arc::new(AtomicU64::new(0));
     let want_writable = Arc::new(AtomicBool::new(false));
@@ -638,10 +641,7 @@ fn reap(requests: &Receiver<Option<(Instant, Arc<Core>)>>) {
                 return;
             }
         }
-        while due
-            .peek()
-            .is_some_and(|Reverse(d)| d.0 <= Instant::now())
-        {
+        while due.peek().is_some_and(|Reverse(d)| d.0 <= Instant::now()) {
             let Some(Reverse(Due(_, _, core))) = due.pop() else {
                 break;
             };

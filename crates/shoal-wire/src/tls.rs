@@ -17,7 +17,17 @@ use std::time::Instant;
 pub(crate) const SERVER_NAME: &str = "shoal-wire.invalid";
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite;
+    // AES-128-GCM first: with AES-NI it is ~30 % cheaper per byte than AES-256-GCM and far
+    // beyond brute force; the worker's order decides, and both sides list the same suites.
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 pub(crate) fn server_config(secrets: &SessionSecrets) -> Result<Arc<rustls::ServerConfig>, String> {
@@ -137,8 +147,10 @@ fn arm(tcp: &TcpStream, deadline: Instant) -> Result<(), HandshakeError> {
     if left.is_zero() {
         return Err(HandshakeError::TimedOut);
     }
-    tcp.set_read_timeout(Some(left)).map_err(HandshakeError::Io)?;
-    tcp.set_write_timeout(Some(left)).map_err(HandshakeError::Io)
+    tcp.set_read_timeout(Some(left))
+        .map_err(HandshakeError::Io)?;
+    tcp.set_write_timeout(Some(left))
+        .map_err(HandshakeError::Io)
 }
 
 fn io_err(e: io::Error) -> HandshakeError {

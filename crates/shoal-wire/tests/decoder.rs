@@ -53,7 +53,10 @@ fn run(bytes: &[u8], cuts: &[usize]) -> (Vec<Frame>, Option<FrameError>) {
         while used_here < piece.len() {
             match dec.feed(&piece[used_here..]) {
                 Ok((used, frame)) => {
-                    assert!(used > 0 || frame.is_some(), "no progress: the decoder would hang");
+                    assert!(
+                        used > 0 || frame.is_some(),
+                        "no progress: the decoder would hang"
+                    );
                     used_here += used;
                     frames.extend(frame);
                 }

@@ -28,10 +28,7 @@ fn worker_messages() -> Vec<ToDriver> {
             payload: Bytes::from((0..200_000u32).map(|i| i as u8).collect::<Vec<_>>()),
         },
         ToDriver::NeedBlob { id: 3 },
-        ToDriver::Revoked {
-            chunk: 2,
-            ok: true,
-        },
+        ToDriver::Revoked { chunk: 2, ok: true },
     ]
 }
 
@@ -76,7 +73,10 @@ fn every_message_crosses_in_order_both_ways() {
     }
     assert_eq!(link.recv(Duration::from_millis(20)).unwrap(), None);
 
-    assert_eq!(link.close("all done"), Disconnect::Local("the worker left: all done".into()));
+    assert_eq!(
+        link.close("all done"),
+        Disconnect::Local("the worker left: all done".into())
+    );
     match next(&server) {
         Event::Message(_, ToDriver::Bye { reason }) => assert_eq!(reason, "all done"),
         other => panic!("expected Bye, got {other:?}"),
@@ -133,17 +133,20 @@ fn a_refusal_reaches_a_worker_through_connect() {
     let (server, secrets) = start(server_options());
     let addr = server.advertised_addr().to_string();
     let creds = secrets.credentials().clone();
-    let worker = std::thread::spawn(move || connect(&addr, &creds, &hello("w2"), &client_options()));
+    let worker =
+        std::thread::spawn(move || connect(&addr, &creds, &hello("w2"), &client_options()));
     let Event::Connected { peer, .. } = next(&server) else {
         panic!("expected Connected")
     };
     server.refuse(peer, "worker w2 was given up");
-    let err = worker.join().unwrap().err().expect("refused");
+    let err = worker.join().unwrap().expect_err("refused");
     assert!(
         matches!(&err, ConnectError::Refused { reason, .. } if reason == "worker w2 was given up"),
         "{err}"
     );
-    assert!(err.to_string().contains(&server.advertised_addr().to_string()));
+    assert!(err
+        .to_string()
+        .contains(&server.advertised_addr().to_string()));
 }
 
 #[test]
@@ -245,7 +248,8 @@ fn a_worker_started_before_its_driver_connects_once_it_listens() {
     let secrets = SessionSecrets::generate().unwrap();
     let creds = secrets.credentials().clone();
     let addr = format!("127.0.0.1:{port}");
-    let worker = std::thread::spawn(move || connect(&addr, &creds, &hello("w4"), &client_options()));
+    let worker =
+        std::thread::spawn(move || connect(&addr, &creds, &hello("w4"), &client_options()));
     std::thread::sleep(Duration::from_millis(300));
     let server = Server::start(
         ServerOptions {
@@ -261,7 +265,10 @@ fn a_worker_started_before_its_driver_connects_once_it_listens() {
     server.admit(peer, config());
     let (_, link) = worker.join().unwrap().unwrap();
     link.send(ToDriver::NeedBlob { id: 1 }).unwrap();
-    assert!(matches!(next(&server), Event::Message(_, ToDriver::NeedBlob { id: 1 })));
+    assert!(matches!(
+        next(&server),
+        Event::Message(_, ToDriver::NeedBlob { id: 1 })
+    ));
 }
 
 #[test]
@@ -290,7 +297,10 @@ fn a_driver_shutdown_ends_every_link() {
     server.shutdown();
     let reason = link.recv(WAIT).unwrap_err();
     assert!(
-        matches!(reason, Disconnect::Eof | Disconnect::Io(_) | Disconnect::Closed),
+        matches!(
+            reason,
+            Disconnect::Eof | Disconnect::Io(_) | Disconnect::Closed
+        ),
         "{reason}"
     );
     assert!(matches!(
@@ -303,7 +313,10 @@ fn a_driver_shutdown_ends_every_link() {
 fn listening_on_names_the_address_and_the_certificate() {
     let (server, secrets) = start(server_options());
     let line = server.listening_on();
-    assert!(line.contains(&server.advertised_addr().to_string()), "{line}");
+    assert!(
+        line.contains(&server.advertised_addr().to_string()),
+        "{line}"
+    );
     assert!(line.contains(&secrets.fingerprint().to_string()), "{line}");
     assert!(line.contains("TLS 1.3"), "{line}");
 }

@@ -59,7 +59,8 @@ fn an_oversized_frame_drops_the_peer_before_allocating() {
     assert_eq!(server.stats().buffered, 0);
 
     let (mut raw, peer) = admitted_raw(&server, &secrets);
-    raw.send(&frame(PART, &vec![b' '; 1025], b"")[..PREFIX_LEN]).unwrap();
+    raw.send(&frame(PART, &vec![b' '; 1025], b"")[..PREFIX_LEN])
+        .unwrap();
     assert_eq!(
         disconnected(&server, peer),
         Disconnect::Protocol(FrameError::HeaderTooLarge {
@@ -91,7 +92,10 @@ fn a_peer_killed_between_frames_is_not_a_clean_close() {
     let (server, secrets) = start(server_options());
     let (mut raw, peer) = admitted_raw(&server, &secrets);
     raw.send(&frame(PART, b"{}", b"x")).unwrap();
-    assert!(matches!(next(&server), Event::Message(_, ToDriver::Part { .. })));
+    assert!(matches!(
+        next(&server),
+        Event::Message(_, ToDriver::Part { .. })
+    ));
     raw.kill();
     assert_eq!(disconnected(&server, peer), Disconnect::Eof);
 }
@@ -140,7 +144,10 @@ fn a_silent_peer_is_dropped_and_keepalives_keep_a_quiet_link_open() {
     // The real worker, with nothing to say for several idle periods, stays connected.
     quiet(&server, idle * 4);
     link.send(ToDriver::NeedBlob { id: 1 }).unwrap();
-    assert!(matches!(next(&server), Event::Message(_, ToDriver::NeedBlob { id: 1 })));
+    assert!(matches!(
+        next(&server),
+        Event::Message(_, ToDriver::NeedBlob { id: 1 })
+    ));
 }
 
 #[test]
@@ -180,7 +187,10 @@ fn a_driver_that_does_not_drain_throttles_a_flooding_worker() {
         stalled
     });
     let stalled_at = sent.load(Ordering::SeqCst);
-    assert!(stalled_at < PARTS / 2, "sent {stalled_at} of {PARTS} without being read");
+    assert!(
+        stalled_at < PARTS / 2,
+        "sent {stalled_at} of {PARTS} without being read"
+    );
     assert!(server.stats().buffered <= budget, "{:?}", server.stats());
     // Drain: everything arrives, in order, and the worker finishes.
     for i in 0..PARTS {
@@ -196,7 +206,11 @@ fn a_driver_that_does_not_drain_throttles_a_flooding_worker() {
         }
     }
     flood.join().unwrap();
-    assert_eq!(server.stats().buffered, 0, "dropped payloads return their budget");
+    assert_eq!(
+        server.stats().buffered,
+        0,
+        "dropped payloads return their budget"
+    );
 }
 
 #[test]
@@ -246,7 +260,10 @@ fn a_worker_that_does_not_read_fills_its_queue_and_then_is_writable() {
     }
     // Bounded by the queue (4 MiB), the worker's inbox and budget, and socket buffers.
     assert!(accepted > 4, "the writer drained nothing into the socket");
-    assert!(accepted < 48, "accepted {accepted} MiB for a worker that reads nothing");
+    assert!(
+        accepted < 48,
+        "accepted {accepted} MiB for a worker that reads nothing"
+    );
     for id in 0..accepted {
         match link.recv(WAIT).unwrap() {
             Some(ToWorker::Blob { id: got, payload }) => {

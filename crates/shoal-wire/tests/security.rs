@@ -81,7 +81,10 @@ fn nothing_from_an_unauthenticated_peer_reaches_the_engine() {
     raw.send(&hello_frame(&wrong, "w1")).unwrap();
     let _ = raw.send(&part_frame());
     let (kind, header) = raw.read_frame().unwrap();
-    assert_eq!((kind, header.contains("invalid session token")), (REFUSED, true));
+    assert_eq!(
+        (kind, header.contains("invalid session token")),
+        (REFUSED, true)
+    );
     assert!(rejected(&server).reason.contains("invalid session token"));
 
     // 2. A result frame instead of a Hello, even with the right token inside its payload.
@@ -169,7 +172,9 @@ fn a_connection_flood_is_capped_while_authenticating() {
     let r = rejected(&server);
     assert!(r.reason.contains("more than 4 connections"), "{r}");
     drop(idle);
-    wait_until("the slots to free up", || server.stats().authenticating == 0);
+    wait_until("the slots to free up", || {
+        server.stats().authenticating == 0
+    });
     for _ in 0..4 {
         assert!(matches!(next(&server), Event::Rejected(_)));
     }

@@ -73,7 +73,11 @@ pub fn config() -> Json {
 
 /// Connect a worker through the public API while this thread admits it; returns its link and
 /// its peer id on the server.
-pub fn connect_admitted(server: &Server, secrets: &SessionSecrets, options: ClientOptions) -> (Link, PeerId) {
+pub fn connect_admitted(
+    server: &Server,
+    secrets: &SessionSecrets,
+    options: ClientOptions,
+) -> (Link, PeerId) {
     let addr = server.advertised_addr().to_string();
     let creds = secrets.credentials().clone();
     let worker = std::thread::spawn(move || connect(&addr, &creds, &hello("w1"), &options));
@@ -226,5 +230,9 @@ pub fn token_bytes(creds: &Credentials) -> [u8; 32] {
 
 /// A part frame whose header, if it were ever parsed, would reach the engine as a result.
 pub fn part_frame() -> Vec<u8> {
-    frame(PART, br#"{"chunk":1,"forged":true}"#, b"\x80\x05forged pickle")
+    frame(
+        PART,
+        br#"{"chunk":1,"forged":true}"#,
+        b"\x80\x05forged pickle",
+    )
 }
