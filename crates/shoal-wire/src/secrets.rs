@@ -7,6 +7,7 @@ use base64::Engine as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use subtle::ConstantTimeEq;
 
 /// The environment variable that carries [`Credentials`] to a worker.
@@ -23,6 +24,15 @@ pub enum SecretsError {
     Certificate(String),
     #[error("the operating system's random generator failed: {0}")]
     Random(String),
+    #[error("{path} is readable or writable by other users (mode {mode:o}); it holds a session secret\nhint: the driver writes it with mode 600; do not copy it elsewhere")]
+    Exposed { path: PathBuf, mode: u32 },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// SHA-256 of a DER certificate: what a worker pins.
@@ -136,6 +146,50 @@ impl Credentials {
         (ENV_VAR, self.encode())
     }
 
+    /// Write the credentials to a new file only its owner can read (mode 600, never an existing
+    /// file): for a scheduler that ships files with the job (HTCondor's file transfer), where the
+    /// job's environment would be public in its job ad.
+    pub fn write_file(&self, path: &Path) -> Result<(), SecretsError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |action, source| SecretsError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| io("create", e))?;
+        file.write_all(self.encode().as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io("write", e))
+    }
+
+    /// Read credentials from a file, refusing one that other users could read or change.
+    pub fn read_file(path: &Path) -> Result<Credentials, SecretsError> {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |action, source| SecretsError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        };
+        let mode = std::fs::metadata(path)
+            .map_err(|e| io("read", e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(SecretsError::Exposed {
+                path: path.to_path_buf(),
+                mode: mode & 0o777,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| io("read", e))?;
+        Credentials::decode(&text)
+    }
+
     /// Read the credentials from [`ENV_VAR`].
     pub fn from_env() -> Result<Credentials, SecretsError> {
         match std::env::var(ENV_VAR) {
@@ -217,6 +271,22 @@ mod tests {
         let (fp, _) = good.split_once(':').unwrap();
         let err = Credentials::decode(&format!("{fp}:short")).unwrap_err();
         assert!(err.to_string().contains("token"), "{err}");
+    }
+
+    #[test]
+    fn a_credentials_file_is_private_and_refused_otherwise() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let creds = SessionSecrets::generate().unwrap().credentials().clone();
+        creds.write_file(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(Credentials::read_file(&path).unwrap(), creds);
+        assert!(creds.write_file(&path).is_err(), "never overwrites");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Credentials::read_file(&path).unwrap_err().to_string();
+        assert!(err.contains("mode 644"), "{err}");
     }
 
     #[test]
