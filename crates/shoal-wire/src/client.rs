@@ -225,11 +225,12 @@ fn read_reply(
         if dec.lease_needed().is_some() {
             dec.grant(None);
         }
-        let mut byte = [0u8; 1];
-        // One byte at a time is fine for one small frame and never reads past it.
-        tls::read_exact(conn, tcp, &mut byte, deadline).map_err(Ok)?;
-        let (_, frame) = dec.feed(&byte).map_err(|e| Err(e.to_string()))?;
-        if let Some(frame) = frame {
+        // The decoder's buffer is exactly the rest of the current part of the frame, so this
+        // never reads past the reply.
+        let buf = dec.buf();
+        let n = buf.len();
+        tls::read_exact(conn, tcp, buf, deadline).map_err(Ok)?;
+        if let Some(frame) = dec.advance(n).map_err(|e| Err(e.to_string()))? {
             if frame.kind == crate::message::kind::PING {
                 continue;
             }

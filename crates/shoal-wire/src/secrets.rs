@@ -264,6 +264,18 @@ mod tests {
     }
 
     #[test]
+    fn credentials_travel_through_the_environment() {
+        let creds = SessionSecrets::generate().unwrap().credentials().clone();
+        let (name, value) = creds.to_env();
+        assert_eq!(name, ENV_VAR);
+        // Only this test touches the variable.
+        std::env::set_var(name, &value);
+        assert_eq!(Credentials::from_env().unwrap(), creds);
+        std::env::remove_var(name);
+        assert!(matches!(Credentials::from_env(), Err(SecretsError::Missing)));
+    }
+
+    #[test]
     fn malformed_credentials_name_the_problem() {
         let err = Credentials::decode("abc").unwrap_err().to_string();
         assert!(err.contains("no ':'"), "{err}");

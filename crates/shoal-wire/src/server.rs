@@ -316,7 +316,8 @@ impl Server {
 
     /// Close a peer: what is queued is still sent (e.g. a `Fence` or `Stop` sent just before),
     /// then the TLS session is closed; after `linger` the connection is cut regardless. Its
-    /// `Disconnected` event follows.
+    /// `Disconnected` event follows. For a peer not admitted yet, prefer [`Server::refuse`]:
+    /// a worker that gets no verdict tries again.
     pub fn close(&self, peer: PeerId, reason: &str) -> bool {
         let mut peers = self.peers();
         let Some(entry) = peers.get_mut(&peer) else {
@@ -366,7 +367,7 @@ impl Server {
             }
             _ => self.local,
         };
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        let woken = TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok();
         let peers: Vec<Peer> = self.peers().drain().map(|(_, p)| p).collect();
         for peer in &peers {
             peer.core
@@ -374,8 +375,12 @@ impl Server {
         }
         drop(peers);
         let _ = self.shared.reaper.send(None);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        for (i, t) in self.threads.drain(..).enumerate() {
+            // Thread 0 accepts; if it could not be woken (a firewall on our own address), it
+            // is left blocked rather than hanging the shutdown. It holds no peer.
+            if i > 0 || woken {
+                let _ = t.join();
+            }
         }
     }
 }

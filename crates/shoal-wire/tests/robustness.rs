@@ -279,3 +279,31 @@ fn a_worker_that_does_not_read_fills_its_queue_and_then_is_writable() {
     }
     server.send(peer, ToWorker::Beat { seq: 1 }).unwrap();
 }
+
+#[test]
+fn a_peer_that_stops_reading_is_dropped_after_the_stall_limit() {
+    let write_stall = Duration::from_millis(300);
+    let (server, secrets) = start(ServerOptions {
+        timeouts: Timeouts {
+            write_stall,
+            ..timeouts()
+        },
+        ..server_options()
+    });
+    let (_raw, peer) = admitted_raw(&server, &secrets);
+    // The raw peer reads nothing more: the socket buffers fill, then the writer makes no
+    // progress for `write_stall`.
+    let blob = Bytes::from(vec![0u8; 8 << 20]);
+    for id in 0.. {
+        let msg = ToWorker::Blob {
+            id,
+            payload: blob.clone(),
+        };
+        match server.send(peer, msg) {
+            Ok(()) => {}
+            Err(SendError::Full(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(disconnected(&server, peer), Disconnect::WriteStalled(write_stall));
+}
