@@ -146,16 +146,7 @@ fn raw_child(mode: &str, addr: &str, n: usize, size: usize) {
     tcp.set_nodelay(true).unwrap();
     let started = cpu();
     match mode {
-        "raw-upload" => {
-            let payload = vec![7u8; size];
-            let mut w = &tcp;
-            for i in 0..n {
-                let head = format!("{i}");
-                w.write_all(&raw_prefix(head.len(), size)).unwrap();
-                w.write_all(head.as_bytes()).unwrap();
-                w.write_all(&payload).unwrap();
-            }
-        }
+        "raw-upload" => write_raw_frames(&tcp, n, size),
         "raw-download" => read_raw_frames(&tcp, n),
         "raw-small" => {
             let mut w = BufWriter::with_capacity(64 * 1024, &tcp);
@@ -175,6 +166,18 @@ fn raw_child(mode: &str, addr: &str, n: usize, size: usize) {
     }
     let spent = cpu().saturating_sub(started).as_micros() as u64;
     (&tcp).write_all(&spent.to_le_bytes()).unwrap();
+}
+
+/// Write `n` frames of `size` payload bytes straight from one buffer, as the wire's writer does.
+fn write_raw_frames(tcp: &TcpStream, n: usize, size: usize) {
+    let payload = vec![7u8; size];
+    let mut w = tcp;
+    for i in 0..n {
+        let head = format!("{i}");
+        w.write_all(&raw_prefix(head.len(), size)).unwrap();
+        w.write_all(head.as_bytes()).unwrap();
+        w.write_all(&payload).unwrap();
+    }
 }
 
 /// Read `n` frames, each payload into a fresh buffer as the wire's decoder does.
@@ -355,14 +358,7 @@ fn raw(mode: &str, n: usize, size: usize) -> Run {
     tcp.set_nodelay(true).unwrap();
     let (t0, c0) = (Instant::now(), cpu());
     if mode == "raw-download" {
-        let payload = vec![9u8; size];
-        let mut w = &tcp;
-        for i in 0..n {
-            let head = format!("{i}");
-            w.write_all(&raw_prefix(head.len(), size)).unwrap();
-            w.write_all(head.as_bytes()).unwrap();
-            w.write_all(&payload).unwrap();
-        }
+        write_raw_frames(&tcp, n, size);
     } else {
         read_raw_frames(&tcp, n);
         (&tcp).write_all(b"x").unwrap();

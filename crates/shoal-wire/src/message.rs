@@ -172,6 +172,13 @@ struct Reason<'a> {
     #[serde(borrow)]
     reason: Cow<'a, str>,
 }
+impl<'a> Reason<'a> {
+    fn of(reason: &'a str) -> Self {
+        Reason {
+            reason: Cow::Borrowed(reason),
+        }
+    }
+}
 #[derive(Serialize, Deserialize)]
 struct Graceful {
     graceful: bool,
@@ -277,10 +284,7 @@ impl Message for ToDriver {
                 None
             }
             ToDriver::Bye { reason } => {
-                let head = Reason {
-                    reason: Cow::Borrowed(reason),
-                };
-                json(out, kind::BYE, &head, 0);
+                json(out, kind::BYE, &Reason::of(reason), 0);
                 None
             }
         }
@@ -353,10 +357,7 @@ impl Message for ToWorker {
                 None
             }
             ToWorker::Refused { reason } => {
-                let head = Reason {
-                    reason: Cow::Borrowed(reason),
-                };
-                json(out, kind::REFUSED, &head, 0);
+                json(out, kind::REFUSED, &Reason::of(reason), 0);
                 None
             }
             ToWorker::Assign { header, payload } => {
@@ -380,10 +381,7 @@ impl Message for ToWorker {
                 None
             }
             ToWorker::Fence { reason } => {
-                let head = Reason {
-                    reason: Cow::Borrowed(reason),
-                };
-                json(out, kind::FENCE, &head, 0);
+                json(out, kind::FENCE, &Reason::of(reason), 0);
                 None
             }
             ToWorker::Beat { seq } => {

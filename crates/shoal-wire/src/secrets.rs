@@ -272,7 +272,10 @@ mod tests {
         std::env::set_var(name, &value);
         assert_eq!(Credentials::from_env().unwrap(), creds);
         std::env::remove_var(name);
-        assert!(matches!(Credentials::from_env(), Err(SecretsError::Missing)));
+        assert!(matches!(
+            Credentials::from_env(),
+            Err(SecretsError::Missing)
+        ));
     }
 
     #[test]

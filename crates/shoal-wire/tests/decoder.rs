@@ -2,6 +2,9 @@
 //! never panics, never holds more than the declared-and-allowed sizes, never returns a frame it
 //! did not get whole, and always either makes progress or stops with an error (no hang).
 
+mod common;
+
+use common::frame as encode;
 use proptest::prelude::*;
 use shoal_wire::{Decoder, Frame, FrameError, Limits, PREFIX_LEN};
 
@@ -12,17 +15,6 @@ const LIMITS: Limits = Limits {
 
 fn any_kind(_: u8) -> bool {
     true
-}
-
-fn encode(kind: u8, header: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut out = b"SHWL".to_vec();
-    out.push(1);
-    out.push(kind);
-    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(header);
-    out.extend_from_slice(payload);
-    out
 }
 
 type Spec = (u8, Vec<u8>, Vec<u8>);

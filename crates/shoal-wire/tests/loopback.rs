@@ -240,11 +240,7 @@ fn heartbeats_carry_what_the_worker_runs() {
 
 #[test]
 fn a_worker_started_before_its_driver_connects_once_it_listens() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let secrets = SessionSecrets::generate().unwrap();
     let creds = secrets.credentials().clone();
     let addr = format!("127.0.0.1:{port}");
@@ -273,11 +269,7 @@ fn a_worker_started_before_its_driver_connects_once_it_listens() {
 
 #[test]
 fn an_unreachable_driver_is_named_in_the_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let secrets = SessionSecrets::generate().unwrap();
     let addr = format!("127.0.0.1:{port}");
     let options = ClientOptions {

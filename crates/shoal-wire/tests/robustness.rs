@@ -305,5 +305,8 @@ fn a_peer_that_stops_reading_is_dropped_after_the_stall_limit() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert_eq!(disconnected(&server, peer), Disconnect::WriteStalled(write_stall));
+    assert_eq!(
+        disconnected(&server, peer),
+        Disconnect::WriteStalled(write_stall)
+    );
 }

@@ -94,6 +94,15 @@ pub fn connect_admitted(
     (link, peer)
 }
 
+/// A port nothing listens on (bound and released at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + WAIT;
     while !cond() {
