@@ -447,7 +447,7 @@ fn write_frames<M: Message>(
         core,
         tcp,
         staged: Vec::with_capacity(STAGE_MAX + SMALL),
-        out: Vec::with_capacity(2 * SEAL_STEP),
+        out: Vec::new(),
     };
     let keepalive = core.timeouts.keepalive();
     loop {

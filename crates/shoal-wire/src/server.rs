@@ -552,7 +552,15 @@ fn serve(shared: &Arc<Shared>, mut tcp: TcpStream, addr: SocketAddr) {
             link::write_loop(&core, queue_rx, ctl, |msg: &ToWorker| {
                 queued_bytes.fetch_sub(msg.payload_len(), Ordering::AcqRel);
                 if queue.is_empty() && want_writable.swap(false, Ordering::AcqRel) {
-                    let _ = shared.events.try_send(Event::Writable(peer));
+                    // Under the peers lock: the reader removes the peer under it before sending
+                    // Disconnected, so Writable never follows Disconnected.
+                    let peers = shared.peers();
+                    if peers
+                        .get(&peer)
+                        .is_some_and(|p| matches!(p.state, PeerState::Open))
+                    {
+                        let _ = shared.events.try_send(Event::Writable(peer));
+                    }
                 }
             })
         })
