@@ -135,8 +135,8 @@ fn parse_ports(text: &str) -> Result<(u16, u16), String> {
 }
 
 /// The address workers are told to connect to when nothing is configured, and why it was chosen:
-/// the interface carrying the default route, else the address the host name resolves to, and
-/// loopback only if nothing else exists.
+/// the interface carrying the default route, else the address the host name resolves to, else
+/// any interface's address, and loopback only if nothing else exists.
 pub fn default_address() -> (IpAddr, String) {
     let interfaces = if_addrs::get_if_addrs().unwrap_or_default();
     for (route_file, v4) in [("/proc/net/route", true), ("/proc/net/ipv6_route", false)] {
@@ -157,6 +157,14 @@ pub fn default_address() -> (IpAddr, String) {
                 return (ip, format!("the address of host name {name}"));
             }
         }
+    }
+    let mut others: Vec<&if_addrs::Interface> = interfaces
+        .iter()
+        .filter(|i| !i.is_loopback() && !i.is_link_local())
+        .collect();
+    others.sort_by_key(|i| i.ip().is_ipv6());
+    if let Some(i) = others.first() {
+        return (i.ip(), format!("{}, the first interface with an address", i.name));
     }
     (
         IpAddr::V4(Ipv4Addr::LOCALHOST),
