@@ -164,7 +164,10 @@ pub fn default_address() -> (IpAddr, String) {
         .collect();
     others.sort_by_key(|i| i.ip().is_ipv6());
     if let Some(i) = others.first() {
-        return (i.ip(), format!("{}, the first interface with an address", i.name));
+        return (
+            i.ip(),
+            format!("{}, the first interface with an address", i.name),
+        );
     }
     (
         IpAddr::V4(Ipv4Addr::LOCALHOST),

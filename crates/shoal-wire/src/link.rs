@@ -503,3 +503,88 @@ fn write_frames<M: Message>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{ToDriver, ToWorker};
+    use crate::secrets::SessionSecrets;
+    use crate::tls;
+    use std::net::TcpListener;
+
+    struct Side<Out, In> {
+        core: Arc<Core>,
+        out: Sender<Out>,
+        inbox: Receiver<In>,
+    }
+
+    fn run<Out: Message, In: Message>(conn: rustls::Connection, tcp: TcpStream) -> Side<Out, In> {
+        let (core, ctl) = Core::new(conn, tcp, Timeouts::default()).unwrap();
+        let (out, queue) = crossbeam_channel::bounded(8);
+        let (deliver, inbox) = crossbeam_channel::bounded(8);
+        let writer = Arc::clone(&core);
+        std::thread::spawn(move || write_loop(&writer, queue, ctl, |_: &Out| {}));
+        let reader = Arc::clone(&core);
+        std::thread::spawn(move || {
+            let budget = Budget::new(1 << 20);
+            read_loop(&reader, Limits::default(), &budget, |m| {
+                deliver.send(m).is_ok()
+            })
+        });
+        Side { core, out, inbox }
+    }
+
+    /// A driver side and a worker side of one TLS connection, without the Hello.
+    fn pair() -> (Side<ToWorker, ToDriver>, Side<ToDriver, ToWorker>) {
+        let secrets = SessionSecrets::generate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server_config = tls::server_config(&secrets).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let accept = std::thread::spawn(move || {
+            let (mut tcp, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(server_config).unwrap();
+            let mut conn = rustls::Connection::Server(conn);
+            tls::handshake(&mut conn, &mut tcp, deadline).unwrap();
+            (conn, tcp)
+        });
+        let seen = Arc::new(Mutex::new(None));
+        let config = tls::client_config(secrets.fingerprint(), seen).unwrap();
+        let conn = rustls::ClientConnection::new(config, tls::server_name()).unwrap();
+        let mut conn = rustls::Connection::Client(conn);
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        tls::handshake(&mut conn, &mut tcp, deadline).unwrap();
+        let (sconn, stcp) = accept.join().unwrap();
+        (run(sconn, stcp), run(conn, tcp))
+    }
+
+    fn exchange(driver: &Side<ToWorker, ToDriver>, worker: &Side<ToDriver, ToWorker>, seq: u64) {
+        let wait = Duration::from_secs(10);
+        driver.out.send(ToWorker::Beat { seq }).unwrap();
+        assert_eq!(
+            worker.inbox.recv_timeout(wait).unwrap(),
+            ToWorker::Beat { seq }
+        );
+        worker.out.send(ToDriver::NeedBlob { id: seq }).unwrap();
+        let got = driver.inbox.recv_timeout(wait).unwrap();
+        assert_eq!(got, ToDriver::NeedBlob { id: seq });
+    }
+
+    /// rustls updates keys on its own near AES-GCM's record limit (after ~2^23 records, i.e.
+    /// hundreds of GiB), and the peer answers with its next record: the link must go on working
+    /// through updates started from either side.
+    #[test]
+    fn key_updates_from_either_side_keep_the_link_working() {
+        let (driver, worker) = pair();
+        exchange(&driver, &worker, 1);
+        for (seq, updater) in [(2, &worker.core), (3, &driver.core)] {
+            updater.lock().refresh_traffic_keys().unwrap();
+            updater.request_flush();
+            exchange(&driver, &worker, seq);
+        }
+        for seq in 4..100 {
+            exchange(&driver, &worker, seq);
+        }
+        assert!(!driver.core.is_closed() && !worker.core.is_closed());
+    }
+}
