@@ -12,7 +12,7 @@ pub(crate) struct Budget {
     freed: Condvar,
 }
 
-/// Bytes taken from a [`Budget`], given back on drop.
+/// Bytes taken from a receive budget (`ServerOptions::receive_budget`), given back on drop.
 #[derive(Debug)]
 pub struct Lease {
     budget: Arc<Budget>,
