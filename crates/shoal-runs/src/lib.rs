@@ -3,9 +3,11 @@
 
 pub mod config;
 pub mod error;
+pub mod netfs;
 pub mod params;
 pub mod qanat;
 pub mod registry;
+pub mod schema;
 
 pub use error::{Result, RunError};
 pub use registry::Registry;
