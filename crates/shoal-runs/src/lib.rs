@@ -3,8 +3,10 @@
 
 pub mod config;
 pub mod error;
+pub mod experiments;
 pub mod netfs;
 pub mod params;
+pub mod params_file;
 pub mod qanat;
 pub mod registry;
 pub mod schema;

@@ -1018,7 +1018,7 @@ mod tests {
     fn create_record_rerun() {
         let t = tempfile::tempdir().unwrap();
         let reg = Registry::open(&t.path().join("runs.db")).unwrap();
-        let grid = Grid::parse(&["lr=1,2".into()], &[]).unwrap();
+        let grid = Grid::parse(&["lr=1,2".into()], &[], &[]).unwrap();
         let run = reg
             .create_run(&new_run(t.path(), "iris"), &grid.expand())
             .unwrap();
