@@ -7,8 +7,10 @@ pub mod experiments;
 pub mod netfs;
 pub mod params;
 pub mod params_file;
+pub mod progress;
 pub mod qanat;
 pub mod registry;
+pub mod results;
 pub mod schema;
 
 pub use error::{Result, RunError};
