@@ -30,8 +30,8 @@ def _assert_queue_drains(cmd: list[str], needle: str, timeout: float = 90.0) -> 
 def _grid(tmp_path, backend: str, template: str) -> dict:
     (tmp_path / "shoal.toml").write_text(template)
     out = subprocess.run(
-        ["shoal", "run", "--name", f"grid-{backend}", "-b", backend,
-         "-p", "a=1,2", "-p", "b=x,y", "--", "sh", "-c", "echo {a}{b} > {out}/r.txt"],
+        ["shoal", "run", "--name", f"grid-{backend}", "--backend", backend,
+         "-P", "a=1,2", "-P", "b=x,y", "--", "sh", "-c", "echo {a}{b} > {out}/r.txt"],
         cwd=str(tmp_path), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
@@ -94,11 +94,11 @@ def test_grid_on_htcondor(condor):  # noqa: F811 - the fixture from test_htcondo
         "run",
         "--name",
         "grid-htcondor",
-        "-b",
+        "--backend",
         "htcondor",
-        "-p",
+        "-P",
         "a=1,2",
-        "-p",
+        "-P",
         "b=x,y",
         "--",
         "sh",

@@ -29,8 +29,8 @@ def shoal_cmd() -> list[str]:
 
 def bench_local(n: int, workers: int, work: str, env: dict) -> list[tuple[str, float]]:
     shoal = timed(
-        [*shoal_cmd(), "run", "--name", "bench", "-w", str(workers), "-p", f"i=0..{n - 1}",
-         "--results-dir", os.path.join(work, "results"), "--", "true"],
+        [*shoal_cmd(), "run", "--name", "bench", "--workers", str(workers),
+         "--param", f"i=0..{n - 1}", "--results-dir", os.path.join(work, "results"), "--", "true"],
         cwd=work, env=env,
     )  # fmt: skip
     par = timed(
@@ -59,8 +59,9 @@ def bench_slurm(n: int, workers: int, work: str, env: dict) -> list[tuple[str, f
     _slurm_wait(out.stdout.strip().split(";")[0])
     raw = time.perf_counter() - t0
     shoal = timed(
-        [*shoal_cmd(), "run", "--name", "bench-slurm", "-b", "slurm", "-w", str(workers),
-         "-p", f"i=0..{n - 1}", "--results-dir", os.path.join(work, "results"), "--", "true"],
+        [*shoal_cmd(), "run", "--name", "bench-slurm", "--backend", "slurm",
+         "--workers", str(workers), "--param", f"i=0..{n - 1}",
+         "--results-dir", os.path.join(work, "results"), "--", "true"],
         cwd=work, env=env,
     )  # fmt: skip
     return [

@@ -22,7 +22,7 @@ pub fn dispatch(cmd: &Command, base: &Path, out: &mut dyn Write) -> Result<i32> 
             worker,
             ..
         } => {
-            let dir = find_session(base, session)?;
+            let dir = find_one_session(base, session)?;
             let streams: &[Stream] = match (stdout, stderr) {
                 (true, _) => &[Stream::Stdout],
                 (_, true) => &[Stream::Stderr],
@@ -39,6 +39,37 @@ pub fn dispatch(cmd: &Command, base: &Path, out: &mut dyn Write) -> Result<i32> 
         // The run subcommands are dispatched in lib.rs before reaching here.
         _ => Ok(2),
     }
+}
+
+/// The session `key` names, refusing a prefix that several sessions share (with the
+/// candidates), where `find_session` would only say there is no such session.
+fn find_one_session(base: &Path, key: &str) -> Result<SessionDir> {
+    if !Path::new(key).join("session.json").exists() {
+        let matching: Vec<String> = list_sessions(base)?
+            .into_iter()
+            .map(|(_, m)| m.id)
+            .filter(|id| id.starts_with(key))
+            .collect();
+        if matching.len() > 1 && !matching.iter().any(|id| id == key) {
+            let shown = matching.iter().take(10).cloned().collect::<Vec<_>>();
+            return Err(CoreError::invalid(
+                "session",
+                key,
+                format!(
+                    "{} sessions start with it: {}{}\nhint: give more of the session id \
+                     (`shoal sessions` lists them)",
+                    matching.len(),
+                    shown.join(", "),
+                    if matching.len() > shown.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+    }
+    find_session(base, key)
 }
 
 pub(crate) fn w(out: &mut dyn Write, s: impl AsRef<str>) -> Result<()> {
@@ -194,7 +225,7 @@ fn task_logs(dir: &SessionDir, task: u64, streams: &[Stream], out: &mut dyn Writ
     Ok(0)
 }
 
-fn worker_logs(
+pub(crate) fn worker_logs(
     dir: &SessionDir,
     worker: &str,
     streams: &[Stream],
@@ -425,6 +456,7 @@ mod tests {
                 stderr: false,
                 worker: None,
                 worker_log: false,
+                follow: false,
             },
             t.path(),
         );
@@ -445,6 +477,7 @@ mod tests {
                 stderr: false,
                 worker: None,
                 worker_log: false,
+                follow: false,
             },
             t.path(),
         );
@@ -467,6 +500,7 @@ mod tests {
                 stderr: false,
                 worker: None,
                 worker_log: false,
+                follow: false,
             },
             t.path(),
         );

@@ -523,15 +523,16 @@ impl Config {
         all
     }
 
-    /// Placeholder names and values of the datasets (`dataset:NAME` -> path).
-    pub fn dataset_vars(&self) -> Vec<(String, String)> {
+    /// The datasets as a run records them: `[{"name", "path", "env"}]`.
+    pub fn datasets_json(&self) -> Json {
         self.datasets
             .values()
             .map(|d| {
-                (
-                    format!("{}{}", crate::params::DATASET_PREFIX, d.name),
-                    d.path.display().to_string(),
-                )
+                serde_json::json!({
+                    "name": d.name,
+                    "path": d.path.display().to_string(),
+                    "env": experiments::dataset_env(&d.name),
+                })
             })
             .collect()
     }
@@ -817,9 +818,9 @@ mod tests {
             c.actions_for(Some("hist")).keys().collect::<Vec<_>>(),
             ["plot", "summary"]
         );
-        assert!(c
-            .dataset_vars()
-            .contains(&("dataset:iris".into(), "/p/data/iris.csv".into())));
+        let vars = crate::registry::dataset_vars(&c.datasets_json());
+        assert!(vars.contains(&("dataset:iris".into(), "/p/data/iris.csv".into())));
+        assert_eq!(c.datasets_json()[0]["env"], "SHOAL_DATASET_IRIS");
         let e = c.experiment("nope").unwrap_err().to_string();
         assert!(e.contains("experiments: hist, sweep"), "{e}");
 

@@ -12,6 +12,7 @@ pub mod qanat;
 pub mod registry;
 pub mod results;
 pub mod schema;
+pub mod when;
 
 pub use error::{Result, RunError};
 pub use registry::Registry;

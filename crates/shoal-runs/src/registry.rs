@@ -40,7 +40,8 @@ pub struct NewRun {
     pub experiment: Option<String>,
     /// Options given on the command line (`--opt`, `--workers`), applied over the template.
     pub overrides: Json,
-    /// Dataset names and the paths the tasks were given.
+    /// The datasets every task is given: `[{"name", "path", "env"}]` (`env` is the variable
+    /// holding the path; `{dataset:NAME}` in the command is replaced by it).
     pub datasets: Json,
     pub note: Option<String>,
     pub tags: Vec<String>,
@@ -147,6 +148,8 @@ pub struct NewLaunch {
     /// Where the options came from, for `shoal show` (e.g. "template two_cpus of
     /// /p/shoal.toml, as it is now").
     pub options_from: String,
+    /// The run's command-line options from now on (`--opt`, `--workers` of every launch).
+    pub overrides: Json,
     pub tasks: usize,
     pub detached: bool,
 }
@@ -496,6 +499,7 @@ impl Registry {
                 vars.push(("task".into(), i.to_string()));
                 vars.push(("run".into(), id.to_string()));
                 vars.push(("name".into(), new.name.clone()));
+                vars.extend(dataset_vars(&new.datasets));
                 let argv = render(&new.command, &vars);
                 stmt.execute(params![
                     id,
@@ -780,8 +784,13 @@ impl Registry {
                 ],
             )?;
             tx.execute(
-                "UPDATE runs SET template = ?2, options = ?3 WHERE id = ?1",
-                params![id, l.template, l.options.to_string()],
+                "UPDATE runs SET template = ?2, options = ?3, overrides = ?4 WHERE id = ?1",
+                params![
+                    id,
+                    l.template,
+                    l.options.to_string(),
+                    l.overrides.to_string()
+                ],
             )?;
             Ok(n)
         })
@@ -984,6 +993,21 @@ impl Registry {
     }
 }
 
+/// Placeholder values of recorded datasets: (`dataset:NAME`, path).
+pub fn dataset_vars(datasets: &Json) -> Vec<(String, String)> {
+    datasets
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| {
+            Some((
+                format!("{}{}", crate::params::DATASET_PREFIX, d["name"].as_str()?),
+                d["path"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 /// Parameters of a task as a JSON object with typed values (ints, floats, strings).
 pub fn params_json(params: &[(String, String)]) -> Json {
     Json::Object(params.iter().map(|(k, v)| (k.clone(), typed(v))).collect())
@@ -1008,7 +1032,7 @@ mod tests {
             git: Some(("abc".into(), true)),
             experiment: None,
             overrides: serde_json::json!({}),
-            datasets: serde_json::json!({}),
+            datasets: serde_json::json!([]),
             note: None,
             tags: vec![],
         }
@@ -1231,6 +1255,7 @@ mod tests {
             template: Some("big".into()),
             options: serde_json::json!({"cpus": 2}),
             options_from: "template big".into(),
+            overrides: serde_json::json!({}),
             tasks: 2,
             detached: false,
         };

@@ -18,6 +18,8 @@ pub const DEFAULT_METRICS: &str = "metrics.json";
 pub struct Table {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<Json>>,
+    /// How many of the columns (the last ones) are metrics.
+    pub metrics: usize,
     /// Files that could not be read as metrics, with why.
     pub warnings: Vec<String>,
 }
@@ -124,6 +126,7 @@ pub fn collect(runs: &[(i64, Vec<TaskRow>)], metrics_file: &str) -> Table {
                 .collect()
         })
         .collect();
+    table.metrics = columns.len() - fixed - param_names.len();
     table.columns = columns;
     table
 }
