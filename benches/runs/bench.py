@@ -84,7 +84,7 @@ def main() -> None:
         rows.append(("local", bench_local(args.tasks, args.workers, work, env)))
         if args.slurm:
             if shutil.which("sbatch") is None:
-                sys.exit("--slurm: sbatch not found (. ci/clusters/env.sh; cluster up slurm)")
+                sys.exit("--slurm needs Slurm's sbatch on PATH (run on a cluster's login node)")
             rows.append(("slurm", bench_slurm(args.tasks, args.slurm_workers, work, env)))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -923,3 +923,39 @@ pub fn rerun(a: &RerunCmd, out: &mut dyn Write) -> Result<i32> {
     out.flush().ok();
     drive(&reg, &reg.get(r.id)?, a.launch.detach, out)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// sbatch's one-letter options (Slurm 22.05-24.05): a shoal flag spelled like one would
+    /// read as that (`-p debug` as a partition, `-t 1h` as a time limit).
+    const SBATCH_SHORT: &str = "ABCDFGHJLMNOQSVWabcdehikmnopqstvwx";
+
+    #[test]
+    fn no_short_flag_of_a_launch_reads_like_sbatch() {
+        let cli = crate::Cli::command();
+        for name in ["run", "resume", "rerun"] {
+            let sub = cli.find_subcommand(name).unwrap();
+            for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                if let Some(c) = arg.get_short() {
+                    assert!(
+                        !SBATCH_SHORT.contains(c),
+                        "shoal {name} -{c} (--{}) reads like sbatch's -{c}",
+                        arg.get_long().unwrap_or("")
+                    );
+                }
+            }
+        }
+        let run = cli.find_subcommand("run").unwrap();
+        let short = |long: &str| {
+            run.get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .and_then(|a| a.get_short())
+        };
+        assert_eq!(
+            ["param", "template", "opt", "workers", "params-file", "group"].map(short),
+            [Some('P'), Some('T'), Some('X'), Some('j'), Some('f'), Some('g')]
+        );
+    }
+}

@@ -623,6 +623,31 @@ request_memory = "1G"
 # accounting_group = "group_physics"
 # attributes = { WishedAcctGroup = "group_x" }   # +WishedAcctGroup in a submit file
 # getenv = true
+
+# Datasets: every task gets each path as {dataset:NAME} and $SHOAL_DATASET_NAME.
+# [datasets]
+# iris = "data/iris.csv"                 # relative to this file
+# mnist = { path = "/shared/mnist", description = "digits", tags = ["images"] }
+
+# Experiments: `shoal run NAME -P lr=0.1,0.01` runs INTERPRETER SCRIPT ARGS...; parameters the
+# args do not name as {placeholders} are passed as --NAME VALUE.
+# [experiments.train]
+# description = "train the baseline"
+# tags = ["baseline"]
+# script = "train.py"                    # relative to this file
+# interpreter = "python"                 # default for .py scripts
+# args = ["--data", "{dataset:iris}", "--out", "{out}"]
+# datasets = ["iris"]
+# backend = "slurm"                      # defaults for its runs (--backend/--template win)
+# template = "default"
+
+# Actions: `shoal action RUN NAME` runs a command over a finished run's outputs, in this
+# directory. Placeholders: {run_dir}, {run}, {name}, {results} (a CSV of every task's
+# parameters and metrics), {dataset:NAME}; with --task N also {out} and {task}.
+# [experiments.train.actions.plot]
+# command = "python plot.py {results} {run_dir}/plot.png"
+# [actions.summary]                      # for the runs of any experiment, or of none
+# command = ["python", "summary.py", "{results}"]
 "#;
 
 #[cfg(test)]
@@ -654,6 +679,25 @@ mod tests {
         let c = parse(INIT_TEMPLATE).unwrap();
         assert_eq!(c.backend.as_deref(), Some("local"));
         assert!(c.templates["htcondor"].contains_key("default"));
+        // Every commented-out example is valid too, once uncommented.
+        let uncommented: String = INIT_TEMPLATE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        }) =>
+                {
+                    rest.to_string() + "\n"
+                }
+                _ => l.to_string() + "\n",
+            })
+            .collect();
+        let c = parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert_eq!(c.experiments["train"].datasets, ["iris"]);
+        assert!(c.action(Some("train"), "plot").is_some() && c.actions.contains_key("summary"));
+        assert_eq!(c.templates["slurm"]["two_cpus"].options["cpus"], 2);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use super::{fmt_time, open_registry, progress, table, w};
 use shoal_core::fsutil::now_secs;
 use shoal_runs::progress::fmt_duration;
 use shoal_runs::registry::{default_path, params_json, RunFilter, RunRow};
-use shoal_runs::results::{cell_text, collect, DEFAULT_METRICS};
+use shoal_runs::results::{cell_text, collect, Table, DEFAULT_METRICS};
 use shoal_runs::{Result, RunError};
 use std::io::Write;
 use std::path::PathBuf;
@@ -355,15 +355,8 @@ pub struct ResultsCmd {
     pub output: Option<PathBuf>,
 }
 
-pub fn results(a: &ResultsCmd, out: &mut dyn Write) -> Result<i32> {
-    let reg = open_registry()?;
-    let mut runs = Vec::new();
-    for key in &a.runs {
-        let r = reg.resolve(key)?;
-        runs.push((r.id, reg.tasks(r.id, None)?));
-    }
-    let t = collect(&runs, &a.metrics);
-    let text = match a.format {
+fn results_text(t: &Table, format: Format) -> String {
+    match format {
         Format::Csv => t.to_csv(),
         Format::Json => serde_json::to_string_pretty(&t.to_json()).unwrap_or_default() + "\n",
         Format::Table => {
@@ -375,7 +368,18 @@ pub fn results(a: &ResultsCmd, out: &mut dyn Write) -> Result<i32> {
             let head: Vec<&str> = t.columns.iter().map(String::as_str).collect();
             crate::commands::render_table(&head, &rows)
         }
-    };
+    }
+}
+
+pub fn results(a: &ResultsCmd, out: &mut dyn Write) -> Result<i32> {
+    let reg = open_registry()?;
+    let mut runs = Vec::new();
+    for key in &a.runs {
+        let r = reg.resolve(key)?;
+        runs.push((r.id, reg.tasks(r.id, None)?));
+    }
+    let t = collect(&runs, &a.metrics);
+    let text = results_text(&t, a.format);
     for warning in &t.warnings {
         eprintln!("warning: {warning}");
     }
@@ -398,4 +402,44 @@ hint: have each task write a JSON object \
         );
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn results_as_a_table_and_as_json() {
+        let t = Table {
+            columns: ["task", "state", "lr", "acc", "val.loss"].map(String::from).to_vec(),
+            rows: vec![
+                vec![json!(0), json!("done"), json!(0.1), json!(0.93), json!(0.2)],
+                vec![json!(1), json!("failed"), json!(0.01), json!(null), json!(null)],
+            ],
+            metrics: 2,
+            warnings: vec![],
+        };
+        insta::assert_snapshot!(results_text(&t, Format::Table), @r"
+        task  state   lr    acc   val.loss
+        0     done    0.1   0.93  0.2
+        1     failed  0.01
+        ");
+        insta::assert_snapshot!(results_text(&t, Format::Json), @r#"
+        [
+          {
+            "acc": 0.93,
+            "lr": 0.1,
+            "state": "done",
+            "task": 0,
+            "val.loss": 0.2
+          },
+          {
+            "lr": 0.01,
+            "state": "failed",
+            "task": 1
+          }
+        ]
+        "#);
+    }
 }
