@@ -645,8 +645,10 @@ fn drive(reg: &Registry, run: &RunRow, detach: bool, out: &mut dyn Write) -> Res
             (None, Ok(Some(_))) => ended = Some(Instant::now()),
             _ => {}
         }
-        if let Ok(c) = reg.counts(run.id) {
-            view.tick(&c);
+        if view.due() {
+            if let Ok(c) = reg.counts(run.id) {
+                view.tick(&c);
+            }
         }
     };
     view.clear();
@@ -706,10 +708,12 @@ pub(crate) struct LiveView {
     tty: bool,
     shown: bool,
     last_plain: Instant,
+    last_drawn: Option<Instant>,
     last: Option<String>,
 }
 
 const PLAIN_EVERY: Duration = Duration::from_secs(60);
+const DRAW_EVERY: Duration = Duration::from_millis(500);
 
 impl LiveView {
     pub(crate) fn new(start: Counts) -> LiveView {
@@ -719,7 +723,17 @@ impl LiveView {
             tty: std::io::stderr().is_terminal(),
             shown: false,
             last_plain: Instant::now(),
+            last_drawn: None,
             last: None,
+        }
+    }
+
+    /// Whether a `tick` would show something now (so the caller reads the counts only then).
+    pub(crate) fn due(&self) -> bool {
+        if self.tty {
+            self.last_drawn.is_none_or(|t| t.elapsed() >= DRAW_EVERY)
+        } else {
+            self.last_plain.elapsed() >= PLAIN_EVERY
         }
     }
 
@@ -746,6 +760,7 @@ impl LiveView {
         if self.tty {
             let _ = write!(e, "\r\x1b[2K{text}");
             self.shown = true;
+            self.last_drawn = Some(Instant::now());
         } else if self.last_plain.elapsed() >= PLAIN_EVERY {
             let _ = writeln!(e, "progress: {text}");
             self.last_plain = Instant::now();
@@ -954,8 +969,23 @@ mod tests {
                 .and_then(|a| a.get_short())
         };
         assert_eq!(
-            ["param", "template", "opt", "workers", "params-file", "group"].map(short),
-            [Some('P'), Some('T'), Some('X'), Some('j'), Some('f'), Some('g')]
+            [
+                "param",
+                "template",
+                "opt",
+                "workers",
+                "params-file",
+                "group"
+            ]
+            .map(short),
+            [
+                Some('P'),
+                Some('T'),
+                Some('X'),
+                Some('j'),
+                Some('f'),
+                Some('g')
+            ]
         );
     }
 }

@@ -289,8 +289,10 @@ fn follow_run(reg: &Registry, r: &RunRow, out: &mut dyn Write) -> Result<i32> {
             )?;
             return Ok(status_code(run.display_status()));
         }
-        if let Ok(c) = reg.counts(r.id) {
-            view.tick(&c);
+        if view.due() {
+            if let Ok(c) = reg.counts(r.id) {
+                view.tick(&c);
+            }
         }
         std::thread::sleep(FOLLOW_EVERY);
     }

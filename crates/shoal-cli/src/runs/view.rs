@@ -412,10 +412,18 @@ mod tests {
     #[test]
     fn results_as_a_table_and_as_json() {
         let t = Table {
-            columns: ["task", "state", "lr", "acc", "val.loss"].map(String::from).to_vec(),
+            columns: ["task", "state", "lr", "acc", "val.loss"]
+                .map(String::from)
+                .to_vec(),
             rows: vec![
                 vec![json!(0), json!("done"), json!(0.1), json!(0.93), json!(0.2)],
-                vec![json!(1), json!("failed"), json!(0.01), json!(null), json!(null)],
+                vec![
+                    json!(1),
+                    json!("failed"),
+                    json!(0.01),
+                    json!(null),
+                    json!(null),
+                ],
             ],
             metrics: 2,
             warnings: vec![],
