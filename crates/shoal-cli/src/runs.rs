@@ -244,25 +244,7 @@ fn default_name(command: &[String]) -> String {
         .and_then(|p| Path::new(p).file_stem())
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let clean: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if clean
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic())
-    {
-        clean
-    } else {
-        format!("run{clean}")
-    }
+    shoal_runs::registry::to_name(&stem, "run")
 }
 
 fn check_backend(backend: &str) -> Result<()> {

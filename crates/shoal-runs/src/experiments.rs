@@ -139,10 +139,7 @@ pub(crate) struct RawExperiment {
 
 fn check_name(name: &Spanned<String>, what: &str) -> Result<(), Problem> {
     let n = name.get_ref();
-    let ok = n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
+    if crate::registry::is_valid_name(n) {
         Ok(())
     } else {
         Err((

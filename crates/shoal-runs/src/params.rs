@@ -282,11 +282,8 @@ enum Piece {
 
 /// `dataset:NAME`, the placeholder of a dataset's path.
 fn is_dataset_ref(s: &str) -> bool {
-    s.strip_prefix(DATASET_PREFIX).is_some_and(|n| {
-        n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-    })
+    s.strip_prefix(DATASET_PREFIX)
+        .is_some_and(crate::registry::is_valid_name)
 }
 
 /// Placeholders `{dataset:NAME}` name a dataset of the config.

@@ -119,27 +119,21 @@ fn htcondor_template(map: &serde_yaml::Mapping, notes: &mut Vec<String>) -> toml
 
 /// A name shoal accepts (letter first; letters, digits, `_ . -`), noting a change.
 fn shoal_name(kind: &str, name: &str, notes: &mut Vec<String>) -> String {
-    let mut clean: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if !clean
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic())
-    {
-        clean = format!("x{clean}");
-    }
+    let clean = crate::registry::to_name(name, "x");
     if clean != name {
         notes.push(format!("{kind} {name:?} is named {clean:?} here"));
     }
     clean
+}
+
+/// `description` and `tags` of a dataset or experiment, when it has them.
+fn describe(t: &mut toml::Table, description: Option<String>, tags: Vec<String>) {
+    if let Some(desc) = description.filter(|d| !d.is_empty()) {
+        t.insert("description".into(), desc.into());
+    }
+    if !tags.is_empty() {
+        t.insert("tags".into(), tags.into());
+    }
 }
 
 /// Every row of a query, mapped by `f`.
@@ -183,18 +177,12 @@ fn import_database(db: &Path, root: &mut toml::Table, notes: &mut Vec<String>) -
         let name = shoal_name("dataset", &name, notes);
         let mut d = toml::Table::new();
         d.insert("path".into(), path.unwrap_or_default().into());
-        if let Some(desc) = description.filter(|d| !d.is_empty()) {
-            d.insert("description".into(), desc.into());
-        }
         let tags = tags_of(
             "SELECT t.name FROM tags t JOIN datasets_tags l ON l.tag_id = t.id \
              WHERE l.dataset_id = ?1 ORDER BY t.name",
             id,
-        )
-        .unwrap_or_default();
-        if !tags.is_empty() {
-            d.insert("tags".into(), tags.into());
-        }
+        );
+        describe(&mut d, description, tags.unwrap_or_default());
         dataset_names.insert(id, name.clone());
         datasets.insert(name, toml::Value::Table(d));
     }
@@ -211,18 +199,12 @@ fn import_database(db: &Path, root: &mut toml::Table, notes: &mut Vec<String>) -
     for (id, name, description, executable, command) in rows {
         let name = shoal_name("experiment", &name, notes);
         let mut e = toml::Table::new();
-        if let Some(desc) = description.filter(|d| !d.is_empty()) {
-            e.insert("description".into(), desc.into());
-        }
         let tags = tags_of(
             "SELECT t.name FROM tags t JOIN experiments_tags l ON l.tag_id = t.id \
              WHERE l.experiment_id = ?1 ORDER BY t.name",
             id,
-        )
-        .unwrap_or_default();
-        if !tags.is_empty() {
-            e.insert("tags".into(), tags.into());
-        }
+        );
+        describe(&mut e, description, tags.unwrap_or_default());
         e.insert("script".into(), executable.unwrap_or_default().into());
         // Qanat runs `EXECUTABLE_COMMAND EXECUTABLE --storage_path DIR [params as flags]`.
         e.insert("interpreter".into(), words(command).into());

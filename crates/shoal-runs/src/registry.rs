@@ -337,13 +337,42 @@ pub fn check_tag(tag: &str) -> Result<()> {
     }
 }
 
-/// A run name must start with a letter so it never reads as a run id or a session id.
-pub fn check_name(name: &str) -> Result<()> {
-    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+/// `raw` made into a valid name: other characters become `_`, and `prefix` goes in front
+/// when it does not start with a letter.
+pub fn to_name(raw: &str, prefix: &str) -> String {
+    let clean: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+    {
+        clean
+    } else {
+        format!("{prefix}{clean}")
+    }
+}
+
+/// Names of runs, experiments and datasets start with a letter (so they never read as a run
+/// id or a session id) and hold letters, digits, `_ . -`.
+pub fn is_valid_name(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// A run name must start with a letter so it never reads as a run id or a session id.
+pub fn check_name(name: &str) -> Result<()> {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(RunError::Command(format!(
