@@ -315,6 +315,54 @@ def test_import_qanat(tmp_path):
     assert dry.returncode == 0 and "with template default" in dry.stdout
 
 
+def test_import_qanat_carries_experiments_datasets_and_actions(tmp_path):
+    import sqlite3
+
+    q = tmp_path / ".qanat"
+    q.mkdir()
+    (q / "config.yaml").write_text("result_dir: results\n")
+    # The tables (and the columns shoal reads) of Qanat's database.
+    with sqlite3.connect(q / "database.db") as db:
+        db.executescript(
+            """
+            CREATE TABLE experiments (id INTEGER PRIMARY KEY, path VARCHAR, name VARCHAR,
+                description VARCHAR, executable VARCHAR, executable_command VARCHAR);
+            CREATE TABLE datasets (id INTEGER PRIMARY KEY, path VARCHAR, name VARCHAR,
+                description VARCHAR);
+            CREATE TABLE tags (id INTEGER PRIMARY KEY, name VARCHAR, description VARCHAR);
+            CREATE TABLE actions (id INTEGER PRIMARY KEY, experiment_id INTEGER, name VARCHAR,
+                executable VARCHAR, executable_command VARCHAR, description VARCHAR);
+            CREATE TABLE datasets_experiments (id INTEGER PRIMARY KEY, experiment_id INTEGER,
+                dataset_id INTEGER);
+            CREATE TABLE experiments_tags (id INTEGER PRIMARY KEY, experiment_id INTEGER,
+                tag_id INTEGER);
+            CREATE TABLE datasets_tags (id INTEGER PRIMARY KEY, dataset_id INTEGER,
+                tag_id INTEGER);
+            INSERT INTO experiments VALUES (1, 'exp', 'histogram', 'Histogram', 'exp/h.sh', 'sh');
+            INSERT INTO datasets VALUES (1, 'data', 'numbers', 'some numbers');
+            INSERT INTO datasets_experiments VALUES (1, 1, 1);
+            INSERT INTO tags VALUES (1, 'stats', '');
+            INSERT INTO experiments_tags VALUES (1, 1, 1);
+            INSERT INTO actions VALUES (1, 1, 'count', 'exp/count.sh', 'sh', 'count outputs');
+            """
+        )
+    out = shoal("import-qanat", ".qanat", "-o", "shoal.toml", cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "data").mkdir()
+    # Qanat's scripts take --storage_path DIR and their parameters as flags.
+    (tmp_path / "exp" / "h.sh").write_text('echo "$3=$4" > "$2/r.txt"\n')
+    (tmp_path / "exp" / "count.sh").write_text('ls "$2" | grep -c "^[0-9]"\n')
+    run = shoal("run", "histogram", "-P", "nbins=10,20", cwd=str(tmp_path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    rid = run_id(run.stdout)
+    data = show(rid, str(tmp_path))
+    got = [open(os.path.join(t["out_dir"], "r.txt")).read() for t in data["tasks"]]
+    assert got == ["--nbins=10\n", "--nbins=20\n"] and data["tags"] == ["stats"]
+    act = shoal("action", str(rid), "count", cwd=str(tmp_path))
+    assert act.returncode == 0 and act.stdout.splitlines()[-1] == "2", act.stdout + act.stderr
+
+
 def test_driver_python_comes_from_the_entry_point(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SHOAL_PYTHON"}
     env["PATH"] = "/nonexistent"  # no python3 on PATH: only SHOAL_PYTHON can start the driver
