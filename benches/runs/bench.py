@@ -29,8 +29,8 @@ def shoal_cmd() -> list[str]:
 
 def bench_local(n: int, workers: int, work: str, env: dict) -> list[tuple[str, float]]:
     shoal = timed(
-        [*shoal_cmd(), "run", "--name", "bench", "-w", str(workers), "-p", f"i=0..{n - 1}",
-         "--results-dir", os.path.join(work, "results"), "--", "true"],
+        [*shoal_cmd(), "run", "--name", "bench", "--workers", str(workers),
+         "--param", f"i=0..{n - 1}", "--results-dir", os.path.join(work, "results"), "--", "true"],
         cwd=work, env=env,
     )  # fmt: skip
     par = timed(
@@ -59,8 +59,9 @@ def bench_slurm(n: int, workers: int, work: str, env: dict) -> list[tuple[str, f
     _slurm_wait(out.stdout.strip().split(";")[0])
     raw = time.perf_counter() - t0
     shoal = timed(
-        [*shoal_cmd(), "run", "--name", "bench-slurm", "-b", "slurm", "-w", str(workers),
-         "-p", f"i=0..{n - 1}", "--results-dir", os.path.join(work, "results"), "--", "true"],
+        [*shoal_cmd(), "run", "--name", "bench-slurm", "--backend", "slurm",
+         "--workers", str(workers), "--param", f"i=0..{n - 1}",
+         "--results-dir", os.path.join(work, "results"), "--", "true"],
         cwd=work, env=env,
     )  # fmt: skip
     return [
@@ -83,7 +84,7 @@ def main() -> None:
         rows.append(("local", bench_local(args.tasks, args.workers, work, env)))
         if args.slurm:
             if shutil.which("sbatch") is None:
-                sys.exit("--slurm: sbatch not found (. ci/clusters/env.sh; cluster up slurm)")
+                sys.exit("--slurm needs Slurm's sbatch on PATH (run on a cluster's login node)")
             rows.append(("slurm", bench_slurm(args.tasks, args.slurm_workers, work, env)))
     finally:
         shutil.rmtree(work, ignore_errors=True)

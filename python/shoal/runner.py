@@ -1,11 +1,12 @@
 """The run driver ``python -m shoal.runner RUN_ID [--db PATH]`` and its task function.
 
-``shoal run`` registers a run and its tasks in the registry, then starts this driver in the
-foreground. The driver runs the pending tasks on a ``shoal.Pool`` of the run's backend and
-records each outcome as it arrives. ``run_task`` (on a worker) runs one task's command as a
-subprocess and, before returning, atomically writes a completion marker into the task's
-output dir, so a driver that died can be replaced without running finished tasks again:
-``shoal resume`` harvests those markers first.
+``shoal run`` registers a run, its tasks and a launch in the registry, then starts this driver
+(in the foreground, where ``shoal`` shows its lines under a progress line and copies them to
+the run's driver log, or detached, writing to that log). The driver runs the pending tasks on
+a ``shoal.Pool`` of the run's backend and records each outcome as it arrives. ``run_task`` (on
+a worker) runs one task's command as a subprocess and, before returning, atomically writes a
+completion marker into the task's output dir, so a driver that died can be replaced without
+running finished tasks again: ``shoal resume`` harvests those markers first.
 """
 
 from __future__ import annotations
@@ -43,7 +44,17 @@ Outcome = tuple[
     Optional[str],
     Optional[str],
     Optional[str],
+    Optional[int],
 ]
+
+
+def _say(text: str) -> None:
+    """One line for whoever watches the driver: ``shoal run``'s terminal or the driver log.
+    Never fatal: a watcher that went away must not stop the run."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _host() -> str:
@@ -112,6 +123,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     )
     env = dict(os.environ)
     env.pop("SHOAL_WORKER", None)
+    env.update(spec.get("env") or {})
     env.update(
         SHOAL_RUN_ID=str(spec["run_id"]),
         SHOAL_TASK=str(spec["idx"]),
@@ -149,6 +161,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     record = {
         "idx": spec["idx"],
         "attempt": attempt,
+        "launch": spec.get("launch"),
         "exit_code": code,
         "duration": time.monotonic() - t0,
         "started": started,
@@ -174,6 +187,7 @@ def _outcome(rec: dict[str, Any], session: Optional[str]) -> Outcome:
         rec.get("host"),
         str(rec["pid"]) if rec.get("pid") is not None else None,
         session,
+        rec.get("launch"),
     )
 
 
@@ -219,11 +233,7 @@ class _Recorder:
         self.unstarted.discard(o[0])
         if o[2] == "failed":
             self.failed += 1
-            print(
-                f"task {o[0]} failed with exit code {o[3]}: shoal logs {self.run_id} {o[0]}",
-                file=sys.stderr,
-                flush=True,
-            )
+            _say(f"task {o[0]} failed with exit code {o[3]}: shoal logs {self.run_id} {o[0]}")
 
     def tick(self, force: bool = False) -> None:
         if not force and time.monotonic() - self.last < FLUSH_EVERY:
@@ -252,28 +262,54 @@ def _pool_args(run: dict[str, Any], ntasks: int) -> tuple[int, dict[str, Any]]:
     return int(workers), options
 
 
+def _session_path(pool: Any) -> str:
+    """The pool's session dir (where its workers' logs are)."""
+    native = getattr(getattr(pool, "_driver", None), "_native", None)
+    path = getattr(native, "path", None)
+    if path is not None:
+        return str(path)
+    return os.path.join(str(_native.default_work_dir()), pool.session)
+
+
+def _preflight_failed(run_id: int, error: str, launch: dict[str, Any]) -> str:
+    """What to tell the user when the pool could not start: nothing ran, and how to retry."""
+    origin = launch.get("options_from") or "the run's options"
+    return (
+        f"error: {error}\n"
+        f"run {run_id} failed before any task ran (no task was started). Its options came from "
+        f"{origin}.\nhint: fix the cause, then `shoal resume {run_id}`: it re-reads the "
+        f"template from shoal.toml; or give options there, e.g. "
+        f"`shoal resume {run_id} --opt KEY=VALUE`"
+    )
+
+
 def drive(reg: Any, run_id: int) -> int:
     run = reg.run(run_id)
+    launches = reg.launches(run_id)
+    launch = launches[-1] if launches else {}
     reg.start_driver(run_id, os.getpid(), _host())
     open_tasks = reg.tasks(run_id, ["pending", "running"])
     harvested = harvest(reg, run_id, open_tasks)
     if harvested:
-        print(f"recorded {len(harvested)} tasks that had finished unrecorded", file=sys.stderr)
+        _say(f"recorded {len(harvested)} tasks that had finished unrecorded")
     reg.set_states(run_id, ["running"], "pending")
     todo = reg.tasks(run_id, ["pending"])
     if not todo:
         status = reg.settle(run_id)
-        print(f"run {run_id} {status}", file=sys.stderr)
+        _say(f"run {run_id} {status}")
         return 0 if status == "done" else 1
     workers, options = _pool_args(run, len(todo))
+    env = {d["env"]: d["path"] for d in run.get("datasets") or [] if "env" in d}
     specs = [
         {
             "run_id": run_id,
             "idx": t["idx"],
             "attempt": t["attempt"],
+            "launch": run.get("launch"),
             "argv": t["argv"],
             "out_dir": t["out_dir"],
             "cwd": run["cwd"],
+            "env": env,
         }
         for t in todo
     ]
@@ -298,13 +334,10 @@ def drive(reg: Any, run_id: int) -> int:
             **options,
         ) as pool:
             rec.session = pool.session
-            path = os.path.join(str(_native.default_work_dir()), pool.session)
-            reg.set_session(run_id, pool.session, path)
-            print(
+            reg.set_session(run_id, pool.session, _session_path(pool))
+            _say(
                 f"run {run_id}: {len(todo)} tasks on {workers} {run['backend']} workers "
-                f"(session {pool.session})",
-                file=sys.stderr,
-                flush=True,
+                f"(session {pool.session})"
             )
             it = pool.imap_unordered(task_fn, specs, chunksize=1)
             while True:
@@ -316,7 +349,7 @@ def drive(reg: Any, run_id: int) -> int:
                     pass
                 except Exception as e:  # a lost worker or a broken session: no index known
                     if not errors:
-                        print(f"error: {e}", file=sys.stderr, flush=True)
+                        _say(f"error: {e}")
                     errors.append(f"{type(e).__name__}: {e}")
                 rec.tick()
     except KeyboardInterrupt:
@@ -336,21 +369,17 @@ def drive(reg: Any, run_id: int) -> int:
     if outcome == "interrupted":
         reg.set_states(run_id, ["running"], "pending")
         reg.set_status(run_id, "interrupted", "interrupted (Ctrl-C)")
-        print(f"run {run_id} interrupted; `shoal resume {run_id}` finishes it", file=sys.stderr)
+        _say(f"run {run_id} interrupted; `shoal resume {run_id}` finishes it")
         return 130
     if outcome == "error":
         reg.set_states(run_id, ["running"], "pending")
-        reg.set_status(run_id, "failed", errors[-1])
-        print(
-            f"error: {errors[-1]}\nrun {run_id} failed before its tasks ran; fix the cause, "
-            f"then `shoal resume {run_id}`",
-            file=sys.stderr,
-        )
+        reg.set_status(run_id, "failed", f"failed before any task ran: {errors[-1]}")
+        _say(_preflight_failed(run_id, errors[-1], launch))
         return 2
     if outcome == "cancelled":
         reg.set_states(run_id, ["pending", "running"], "cancelled")
         reg.set_status(run_id, "cancelled", "cancelled by `shoal cancel`")
-        print(f"run {run_id} cancelled", file=sys.stderr)
+        _say(f"run {run_id} cancelled")
         return 143
     # Whatever is still open was lost (its worker died too often) or never ran.
     lost = reg.tasks(run_id, ["pending", "running"])
@@ -358,7 +387,7 @@ def drive(reg: Any, run_id: int) -> int:
         reg.record(
             run_id,
             [
-                (t["idx"], t["attempt"], "failed", None, None, None, None, None, None, None)
+                (t["idx"], t["attempt"], "failed", None, None, None, None, None, None, None, None)
                 for t in lost
             ],
         )
@@ -366,10 +395,9 @@ def drive(reg: Any, run_id: int) -> int:
     if errors:
         reg.set_status(run_id, status, errors[0])
     counts = reg.run(run_id)["counts"]
-    print(
+    _say(
         f"run {run_id} {status}: {counts['done']} done, {counts['failed']} failed "
-        f"in {elapsed:.1f}s · results in {run['run_dir']}",
-        file=sys.stderr,
+        f"in {elapsed:.1f}s · results in {run['run_dir']}"
     )
     return 0 if status == "done" else 1
 

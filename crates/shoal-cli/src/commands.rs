@@ -179,7 +179,7 @@ fn task_logs(dir: &SessionDir, task: u64, streams: &[Stream], out: &mut dyn Writ
     Ok(0)
 }
 
-fn worker_logs(
+pub(crate) fn worker_logs(
     dir: &SessionDir,
     worker: &str,
     streams: &[Stream],
@@ -403,6 +403,7 @@ mod tests {
                 stderr: false,
                 worker: None,
                 worker_log: false,
+                follow: false,
             },
             t.path(),
         );
@@ -423,6 +424,7 @@ mod tests {
                 stderr: false,
                 worker: None,
                 worker_log: false,
+                follow: false,
             },
             t.path(),
         );
@@ -445,6 +447,7 @@ mod tests {
                 stderr: false,
                 worker: None,
                 worker_log: false,
+                follow: false,
             },
             t.path(),
         );

@@ -57,6 +57,9 @@ pub enum Command {
         /// For a run's task: the scheduler-side log of the worker that ran it
         #[arg(long, requires = "task")]
         worker_log: bool,
+        /// Keep printing as a run (its driver log) or a run's task writes, until it ends
+        #[arg(long, short, conflicts_with_all = ["worker", "worker_log"])]
+        follow: bool,
     },
     /// Cancel a run (stop its driver and workers, mark unfinished tasks cancelled) or a session
     Cancel {
@@ -76,54 +79,22 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Run a command over a parameter grid, one task per combination, recorded as a run
+    /// Run a command, or an experiment of shoal.toml, over a parameter grid (one task per
+    /// combination), recorded as a run
     ///
-    /// Example: shoal run --name iris --backend slurm --template two_cpus
-    ///   --param lr=0.1,0.01 --param seed=0..4 -- python train.py --lr {lr} --out {out}
+    /// Example: shoal run --name iris --backend slurm -T two_cpus -X time=10m
+    ///   -P lr=0.1,0.01 -P seed=0..4 -- python train.py --lr {lr} --out {out}
     ///
     /// Values: `a,b,c` a list; `0..4` integers 0 to 4 inclusive; `0:1:0.25` start:stop:step
-    /// (stop included); list items may be ranges; `\,` is a literal comma. Each --param is
-    /// one axis of the grid (product); --group zips its parameters (equal lengths).
+    /// (stop included); list items may be ranges; `\,` is a literal comma. Each -P/--param is
+    /// one axis of the grid (product); -g/--group zips its parameters (equal lengths); each
+    /// row of a -f/--params-file (CSV, JSON, YAML) is one combination.
     /// Placeholders: {NAME} for each parameter, {out} the task's output dir, {task} its
-    /// number, {run} the run id, {name} the run name; {{ and }} are literal braces.
-    Run {
-        /// Run name (letters, digits, _ . -; starts with a letter) [default: the script's name]
-        #[arg(long)]
-        name: Option<String>,
-        /// local, slurm, sge or htcondor [default: config's defaults.backend, else local]
-        #[arg(long, short)]
-        backend: Option<String>,
-        /// Template of backend options from shoal.toml [default: the backend's `default`]
-        #[arg(long, short)]
-        template: Option<String>,
-        /// NAME=VALUES: one axis of the grid
-        #[arg(long = "param", short = 'p', value_name = "NAME=VALUES")]
-        params: Vec<String>,
-        /// NAME=VALUES NAME=VALUES...: parameters zipped together into one axis
-        #[arg(long = "group", short = 'g', value_name = "NAME=VALUES...")]
-        groups: Vec<String>,
-        /// Number of workers (overrides the template's `workers`)
-        #[arg(long, short)]
-        workers: Option<usize>,
-        /// Where run dirs go [default: config's defaults.results_dir, else ./results]
-        #[arg(long, value_name = "DIR")]
-        results_dir: Option<PathBuf>,
-        /// Config file [default: shoal.toml or pyproject.toml found from the cwd upwards]
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Print the tasks without registering or running anything
-        #[arg(long)]
-        dry_run: bool,
-        /// The command, after `--`
-        #[arg(last = true, required = true, value_name = "COMMAND")]
-        command: Vec<String>,
-    },
-    /// List runs: id, name, backend, started, duration, status, progress
-    Runs {
-        /// Print JSON instead of a table
-        #[arg(long)]
-        json: bool,
-    },
+    /// number, {run} the run id, {name} the run name, {dataset:NAME} a dataset's path;
+    /// {{ and }} are literal braces.
+    Run(Box<runs::RunCmd>),
+    /// List runs: id, name, backend, started, duration, status, progress, tags
+    Runs(runs::RunsCmd),
     /// Show a run: command, parameters, template, git commit, per-state counts, tasks
     Show {
         /// Run id or name
@@ -135,36 +106,26 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Each task's parameters joined with the metrics it wrote (`{out}/metrics.json`)
+    Results(runs::ResultsCmd),
     /// Run a run's failed (and/or cancelled) tasks again, as a new attempt
-    Rerun {
-        /// Run id or name
-        run: String,
-        /// Rerun failed tasks
-        #[arg(long)]
-        failed: bool,
-        /// Rerun cancelled tasks
-        #[arg(long)]
-        cancelled: bool,
-    },
+    Rerun(runs::RerunCmd),
     /// Finish a run whose driver died or was interrupted, without redoing finished tasks
-    Resume {
-        /// Run id or name
-        run: String,
-        /// Seconds to wait for the previous driver's workers to stop
-        #[arg(long, default_value_t = 60)]
-        wait: u64,
-    },
-    /// Remove a run from the registry and delete its results dir
-    Rm {
-        /// Run id or name
-        run: String,
-        /// Keep the results dir
-        #[arg(long)]
-        keep_files: bool,
-    },
-    /// Convert Qanat's submit templates (.qanat/config.yaml) into shoal.toml templates
+    Resume(runs::ResumeCmd),
+    /// Remove runs from the registry and delete their results dirs (asks first)
+    Rm(runs::RmCmd),
+    /// Add (or with --remove, remove) tags of a run
+    Tag(runs::TagCmd),
+    /// Set, show or clear a run's note
+    Note(runs::NoteCmd),
+    /// Run a named action of shoal.toml over a run's outputs (e.g. `shoal action 7 plot`)
+    Action(runs::ActionCmd),
+    /// List the experiments, datasets and actions of shoal.toml
+    Experiments(runs::ExperimentsCmd),
+    /// Convert a Qanat project (.qanat/config.yaml and database.db: templates, experiments,
+    /// datasets, actions) into shoal.toml
     ImportQanat {
-        /// Qanat config [default: .qanat/config.yaml]
+        /// Qanat config, or its .qanat dir [default: .qanat/config.yaml]
         path: Option<PathBuf>,
         /// Write this file instead of printing
         #[arg(long, short)]
@@ -192,11 +153,28 @@ where
     let mut out = std::io::stdout().lock();
     match dispatch(&cli.command, &base, &mut out) {
         Ok(code) => code,
+        // `shoal logs ... | head`: the reader has all it wanted.
+        Err(e) if broken_pipe(&e) => 0,
         Err(e) => {
             eprintln!("error: {e}");
             1
         }
     }
+}
+
+/// Whether an error comes from writing to a closed pipe.
+fn broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// `--group a=1,2 b=x,y` takes every following word up to the next option as one group;
@@ -246,59 +224,50 @@ fn dispatch(
             stdout,
             stderr,
             worker_log,
+            follow,
             ..
         } => {
-            if let Some((reg, run)) = runs::lookup(session)? {
-                return runs::logs(&reg, &run, *task, *stdout, *stderr, *worker_log, out);
+            if let Some((reg, run)) = runs::lookup(session, base)? {
+                let how = runs::LogsArgs {
+                    task: *task,
+                    stdout: *stdout,
+                    stderr: *stderr,
+                    worker_log: *worker_log,
+                    follow: *follow,
+                };
+                return runs::logs(&reg, &run, &how, base, out);
+            }
+            if *follow {
+                return Err(shoal_runs::RunError::Command(format!(
+                    "--follow follows a run, and {session:?} names a session\nhint: `shoal runs` \
+                     lists runs; `shoal logs {session}` shows what the session has written"
+                )));
             }
         }
         Command::Cancel { session } => {
-            if let Some((reg, run)) = runs::lookup(session)? {
+            if let Some((reg, run)) = runs::lookup(session, base)? {
                 return runs::cancel(&reg, &run, out);
             }
         }
         Command::Init { force } => return runs::init(*force, out),
-        Command::Run {
-            name,
-            backend,
-            template,
-            params,
-            groups,
-            workers,
-            results_dir,
-            config,
-            dry_run,
-            command,
-        } => {
-            let groups: Vec<Vec<String>> = groups
+        Command::Run(a) => {
+            let groups: Vec<Vec<String>> = a
+                .groups
                 .iter()
                 .map(|g| g.split(GROUP_SEP).map(str::to_string).collect())
                 .collect();
-            return runs::run(
-                &runs::RunArgs {
-                    name: name.as_deref(),
-                    backend: backend.as_deref(),
-                    template: template.as_deref(),
-                    params,
-                    groups: &groups,
-                    workers: *workers,
-                    results_dir: results_dir.as_deref(),
-                    config: config.as_deref(),
-                    dry_run: *dry_run,
-                    command,
-                },
-                out,
-            );
+            return runs::run(a, &groups, out);
         }
-        Command::Runs { json } => return runs::runs(*json, out),
+        Command::Runs(a) => return runs::runs(a, out),
         Command::Show { run, json, all } => return runs::show(run, *json, *all, out),
-        Command::Rerun {
-            run,
-            failed,
-            cancelled,
-        } => return runs::rerun(run, *failed, *cancelled, out),
-        Command::Resume { run, wait } => return runs::resume(run, *wait, out),
-        Command::Rm { run, keep_files } => return runs::rm(run, *keep_files, out),
+        Command::Results(a) => return runs::results(a, out),
+        Command::Rerun(a) => return runs::rerun(a, out),
+        Command::Resume(a) => return runs::resume(a, out),
+        Command::Rm(a) => return runs::rm(a, out),
+        Command::Tag(a) => return runs::tag(a, out),
+        Command::Note(a) => return runs::note(a, out),
+        Command::Action(a) => return runs::action(a, out),
+        Command::Experiments(a) => return runs::experiments(a, out),
         Command::ImportQanat { path, output } => {
             return runs::import_qanat(path.as_deref(), output.as_deref(), out)
         }

@@ -1,20 +1,31 @@
-//! The run subcommands (`init`, `run`, `runs`, `show`, `logs`/`cancel` of a run, `rerun`,
-//! `resume`, `rm`, `import-qanat`): argument handling and printing over shoal-runs.
+//! The run subcommands (`run`, `resume`, `rerun` here; listing and results in `view`, logs in
+//! `logs`, the rest in `manage`): argument handling and printing over shoal-runs.
 //!
 //! A run id is a number and a run name starts with a letter; session ids start with a date
-//! (`20261126-052301-4f2a`). `logs`/`cancel` try the registry first, then the sessions.
+//! (`20261126-052301-…`). `logs`/`cancel` try the registry first, then the sessions.
+
+mod logs;
+mod manage;
+mod view;
+
+pub use logs::{logs, LogsArgs};
+pub use manage::{action, cancel, experiments, import_qanat, init, note, rm, tag};
+pub use manage::{ActionCmd, ExperimentsCmd, NoteCmd, RmCmd, TagCmd};
+pub use view::{results, runs, show, ResultsCmd, RunsCmd};
 
 use crate::commands;
-use shoal_core::fsutil::{hostname, now_secs, pid_alive};
-use shoal_core::session::SessionState;
+use serde_json::{Map, Value as Json};
+use shoal_core::fsutil::{hostname, local_time, pid_alive};
+use shoal_core::session::{list_sessions, SessionState};
 use shoal_core::SessionDir;
-use shoal_runs::config::{Config, INIT_TEMPLATE};
+use shoal_runs::config::{merge_options, parse_opt, Config, Template};
 use shoal_runs::params::{check_placeholders, Grid};
-use shoal_runs::registry::{default_path, params_json, Counts, NewRun, RunRow};
+use shoal_runs::progress::Eta;
+use shoal_runs::registry::{dataset_vars, default_path, Counts, NewLaunch, NewRun, RunRow};
 use shoal_runs::{git_state, Registry, Result, RunError};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command as Proc;
+use std::process::{Command as Proc, Stdio};
 use std::time::{Duration, Instant};
 
 fn w(out: &mut dyn Write, s: impl AsRef<str>) -> Result<()> {
@@ -25,42 +36,53 @@ pub fn open_registry() -> Result<Registry> {
     Registry::open(&default_path())
 }
 
+/// Session ids begin with an 8-digit date; shorter digit strings are always run ids.
+const DATE_DIGITS: usize = 8;
+
 /// The run a `logs`/`cancel` argument names, if it names one: digits are a run id, a key
 /// starting with a letter is a run name. Anything else (or no such run) is left to sessions.
-pub fn lookup(key: &str) -> Result<Option<(Registry, RunRow)>> {
+/// A long digit string that is both a run id and a prefix of sessions is refused with both.
+pub fn lookup(key: &str, sessions: &Path) -> Result<Option<(Registry, RunRow)>> {
     let first = key.chars().next().unwrap_or(' ');
-    let runish = key.chars().all(|c| c.is_ascii_digit()) || first.is_ascii_alphabetic();
-    if !runish || !default_path().exists() {
+    let digits = !key.is_empty() && key.chars().all(|c| c.is_ascii_digit());
+    if !(digits || first.is_ascii_alphabetic()) || !default_path().exists() {
         return Ok(None);
     }
     let reg = open_registry()?;
-    match reg.resolve(key) {
-        Ok(run) => Ok(Some((reg, run))),
-        Err(RunError::NoSuchRun(_)) => Ok(None),
-        Err(e) => Err(e),
+    let run = match reg.resolve(key) {
+        Ok(run) => run,
+        Err(RunError::NoSuchRun(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if digits && key.len() >= DATE_DIGITS {
+        let matching: Vec<String> = list_sessions(sessions)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, m)| m.id)
+            .filter(|id| id.starts_with(key))
+            .collect();
+        if !matching.is_empty() {
+            return Err(RunError::Command(format!(
+                "{key:?} is both run {} ({}) and the start of sessions {}\nhint: give more of \
+                 the session id (e.g. {}), or name the run by its name",
+                run.id,
+                run.name,
+                matching
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                matching[0]
+            )));
+        }
     }
-}
-
-fn fmt_duration(secs: f64) -> String {
-    let s = secs.max(0.0).round() as u64;
-    match s {
-        0..=59 => format!("{:.1}s", secs.max(0.0)),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
+    Ok(Some((reg, run)))
 }
 
 fn fmt_time(secs: f64) -> String {
-    let (y, mo, d, h, mi, se) = shoal_core::fsutil::local_time(secs as i64);
+    let (y, mo, d, h, mi, se) = local_time(secs as i64);
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{se:02}")
-}
-
-fn run_duration(r: &RunRow) -> String {
-    match (r.started, r.ended) {
-        (Some(s), Some(e)) => fmt_duration(e - s),
-        (Some(s), None) if r.display_status() == "running" => fmt_duration(now_secs() - s),
-        _ => "-".into(),
-    }
 }
 
 fn progress(c: &Counts) -> String {
@@ -76,56 +98,138 @@ fn table(out: &mut dyn Write, head: &[&str], rows: &[Vec<String>]) -> Result<()>
     w(out, commands::render_table(head, rows))
 }
 
-pub fn init(force: bool, out: &mut dyn Write) -> Result<i32> {
-    let path = PathBuf::from("shoal.toml");
-    if path.exists() && !force {
-        return Err(RunError::Command(
-            "shoal.toml already exists here\nhint: edit it, or pass --force to overwrite it".into(),
-        ));
-    }
-    std::fs::write(&path, INIT_TEMPLATE).map_err(|e| shoal_core::CoreError::io(&path, e))?;
-    w(
-        out,
-        "wrote shoal.toml (defaults and backend templates for `shoal run`)\n",
-    )?;
-    Ok(0)
+/// The short flags `shoal run` had, which read like sbatch's (`-p` partition, `-t` time,
+/// `-b` begin, `-w` nodelist), refused with what to write instead.
+const OLD_FLAGS: [(&str, &str); 4] = [
+    (
+        "-p",
+        "-P/--param NAME=VALUES (sbatch's -p is --opt partition=NAME)",
+    ),
+    ("-t", "-T/--template NAME (sbatch's -t is --opt time=1h)"),
+    ("-b", "--backend NAME"),
+    ("-w", "-j/--workers N"),
+];
+
+/// `shoal run`.
+#[derive(clap::Args, Debug)]
+pub struct RunCmd {
+    /// An experiment of shoal.toml to run (its script and interpreter); else give COMMAND
+    pub experiment: Option<String>,
+    /// Run name (letters, digits, _ . -; starts with a letter) [default: the experiment's, or
+    /// the script's name]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// local, slurm, sge or htcondor [default: the experiment's, else config's
+    /// defaults.backend, else local]
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Template of backend options from shoal.toml [default: the backend's `default`]
+    #[arg(long, short = 'T')]
+    pub template: Option<String>,
+    /// KEY=VALUE: a backend option over the template's (e.g. -X partition=debug -X time=10m)
+    #[arg(long = "opt", short = 'X', value_name = "KEY=VALUE")]
+    pub opts: Vec<String>,
+    /// NAME=VALUES: one axis of the grid
+    #[arg(long = "param", short = 'P', value_name = "NAME=VALUES")]
+    pub params: Vec<String>,
+    /// NAME=VALUES NAME=VALUES...: parameters zipped together into one axis
+    #[arg(long = "group", short = 'g', value_name = "NAME=VALUES...")]
+    pub groups: Vec<String>,
+    /// A CSV (with a header), JSON/YAML (a list of objects) or JSON Lines file: one row per
+    /// combination, one axis of the grid
+    #[arg(long = "params-file", short = 'f', value_name = "FILE")]
+    pub params_files: Vec<PathBuf>,
+    /// Number of workers (overrides the template's `workers`)
+    #[arg(long, short = 'j')]
+    pub workers: Option<usize>,
+    /// Where run dirs go [default: config's defaults.results_dir, else ./results]
+    #[arg(long, value_name = "DIR")]
+    pub results_dir: Option<PathBuf>,
+    /// Config file [default: shoal.toml or pyproject.toml found from the cwd upwards]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Tag the run (repeat, or separate with commas)
+    #[arg(long = "tag", value_name = "TAG", value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// A note on the run (`shoal note RUN` changes it)
+    #[arg(long)]
+    pub note: Option<String>,
+    /// Run in the background, surviving logout; `shoal logs --follow RUN` shows it
+    #[arg(long)]
+    pub detach: bool,
+    /// Print the tasks without registering or running anything
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(short = 'p', hide = true)]
+    pub old_p: Vec<String>,
+    #[arg(short = 't', hide = true)]
+    pub old_t: Vec<String>,
+    #[arg(short = 'b', hide = true)]
+    pub old_b: Vec<String>,
+    #[arg(short = 'w', hide = true)]
+    pub old_w: Vec<String>,
+    /// The command, after `--` (after an experiment: extra arguments for its script)
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
-pub fn import_qanat(
-    path: Option<&Path>,
-    output: Option<&Path>,
-    out: &mut dyn Write,
-) -> Result<i32> {
-    let path = path.unwrap_or(Path::new(".qanat/config.yaml"));
-    let text = shoal_runs::qanat::import(path)?;
-    match output {
-        Some(o) => {
-            if o.exists() {
+impl RunCmd {
+    fn check_old_flags(&self) -> Result<()> {
+        let used = [&self.old_p, &self.old_t, &self.old_b, &self.old_w];
+        for ((flag, instead), v) in OLD_FLAGS.iter().zip(used) {
+            if let Some(value) = v.first() {
                 return Err(RunError::Command(format!(
-                    "{} already exists\nhint: print to stdout (no -o) and merge by hand",
-                    o.display()
+                    "`shoal run {flag} {value}`: {flag} is not a shoal run flag (it reads like \
+                     sbatch's)\nhint: write {instead}"
                 )));
             }
-            std::fs::write(o, &text).map_err(|e| shoal_core::CoreError::io(o, e))?;
-            w(out, format!("wrote {}\n", o.display()))?;
         }
-        None => w(out, text)?,
+        Ok(())
     }
-    Ok(0)
 }
 
-/// Everything `shoal run` was given.
-pub struct RunArgs<'a> {
-    pub name: Option<&'a str>,
-    pub backend: Option<&'a str>,
-    pub template: Option<&'a str>,
-    pub params: &'a [String],
-    pub groups: &'a [Vec<String>],
+/// Options a launch may change: `resume` and `rerun`.
+#[derive(clap::Args, Debug)]
+pub struct LaunchOpts {
+    /// KEY=VALUE: a backend option over the template's, kept for later launches
+    #[arg(long = "opt", short = 'X', value_name = "KEY=VALUE")]
+    pub opts: Vec<String>,
+    /// Number of workers
+    #[arg(long, short = 'j')]
     pub workers: Option<usize>,
-    pub results_dir: Option<&'a Path>,
-    pub config: Option<&'a Path>,
-    pub dry_run: bool,
-    pub command: &'a [String],
+    /// Use the options recorded by the run's last launch instead of re-reading its template
+    #[arg(long)]
+    pub recorded_options: bool,
+    /// Run in the background; `shoal logs --follow RUN` shows it
+    #[arg(long)]
+    pub detach: bool,
+}
+
+/// `shoal resume`.
+#[derive(clap::Args, Debug)]
+pub struct ResumeCmd {
+    /// Run id or name
+    pub run: String,
+    /// Seconds to wait for the previous driver's workers to stop
+    #[arg(long, default_value_t = 60)]
+    pub wait: u64,
+    #[command(flatten)]
+    pub launch: LaunchOpts,
+}
+
+/// `shoal rerun`.
+#[derive(clap::Args, Debug)]
+pub struct RerunCmd {
+    /// Run id or name
+    pub run: String,
+    /// Rerun failed tasks
+    #[arg(long)]
+    pub failed: bool,
+    /// Rerun cancelled tasks
+    #[arg(long)]
+    pub cancelled: bool,
+    #[command(flatten)]
+    pub launch: LaunchOpts,
 }
 
 fn default_name(command: &[String]) -> String {
@@ -140,60 +244,107 @@ fn default_name(command: &[String]) -> String {
         .and_then(|p| Path::new(p).file_stem())
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let clean: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if clean
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic())
-    {
-        clean
-    } else {
-        format!("run{clean}")
-    }
+    shoal_runs::registry::to_name(&stem, "run")
 }
 
-pub fn run(a: &RunArgs<'_>, out: &mut dyn Write) -> Result<i32> {
+fn check_backend(backend: &str) -> Result<()> {
+    if shoal_runs::config::BACKENDS.contains(&backend) {
+        return Ok(());
+    }
+    Err(RunError::Command(format!(
+        "unknown backend {backend:?}\nhint: use one of {}",
+        shoal_runs::config::BACKENDS.join(", ")
+    )))
+}
+
+/// `--opt` values (checked for `backend`) and `--workers`, as options over the template's.
+fn overrides(backend: &str, opts: &[String], workers: Option<usize>) -> Result<Map<String, Json>> {
+    let mut map = Map::new();
+    for spec in opts {
+        let (k, v) = parse_opt(backend, spec)?;
+        map.insert(k, v);
+    }
+    if let Some(n) = workers {
+        map.insert("workers".into(), n.into());
+    }
+    Ok(map)
+}
+
+/// How a launch's options came about, for the registry and `shoal show`.
+fn options_from(
+    template: Option<&Template>,
+    cfg: &Config,
+    overrides: &Map<String, Json>,
+) -> String {
+    let mut s = match (template, &cfg.path) {
+        (Some(t), Some(p)) => format!("template {} of {}", t.name, p.display()),
+        _ => "no template".to_string(),
+    };
+    if !overrides.is_empty() {
+        let opts: Vec<String> = overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        s += &format!(" + {}", opts.join(" "));
+    }
+    s
+}
+
+pub fn run(a: &RunCmd, groups: &[Vec<String>], out: &mut dyn Write) -> Result<i32> {
+    a.check_old_flags()?;
     let cwd = std::env::current_dir().map_err(|e| shoal_core::CoreError::io(".", e))?;
-    let cfg = match a.config {
+    let cfg = match &a.config {
         Some(p) => Config::load(p)?,
         None => Config::find(&cwd)?,
     };
+    let experiment = a
+        .experiment
+        .as_deref()
+        .map(|e| cfg.experiment(e))
+        .transpose()?;
+    if experiment.is_none() && a.command.is_empty() {
+        return Err(RunError::Command(
+            "nothing to run\nhint: give a command after `--` (shoal run -P x=1,2 -- echo {x}), \
+             or an experiment of shoal.toml (shoal run NAME; `shoal experiments` lists them)"
+                .into(),
+        ));
+    }
     let backend = a
         .backend
-        .map(str::to_string)
+        .clone()
+        .or_else(|| experiment.and_then(|e| e.backend.clone()))
         .or(cfg.backend.clone())
         .unwrap_or_else(|| "local".into());
-    if !shoal_runs::config::BACKENDS.contains(&backend.as_str()) {
-        return Err(RunError::Command(format!(
-            "unknown backend {backend:?}\nhint: use one of {}",
-            shoal_runs::config::BACKENDS.join(", ")
-        )));
-    }
-    let template = cfg.template(&backend, a.template)?;
-    let mut options = template
-        .as_ref()
-        .map(|t| t.options.clone())
-        .unwrap_or_default();
-    if let Some(n) = a.workers {
-        options.insert("workers".into(), n.into());
-    }
-    let grid = Grid::parse(a.params, a.groups)?;
-    check_placeholders(a.command, &grid.names())?;
+    check_backend(&backend)?;
+    let template_name = a
+        .template
+        .as_deref()
+        .or_else(|| experiment.and_then(|e| e.template.as_deref()));
+    let template = cfg.template(&backend, template_name)?;
+    let over = overrides(&backend, &a.opts, a.workers)?;
+    let options = merge_options(template.as_ref(), &over);
+    let grid = Grid::parse(&a.params, groups, &a.params_files)?;
+    let command = match experiment {
+        Some(e) => e.command(&a.command, &grid.names()),
+        None => a.command.clone(),
+    };
+    let datasets = cfg.datasets_json();
+    let mut known = grid.names();
+    known.extend(dataset_vars(&datasets).into_iter().map(|(k, _)| k));
+    check_placeholders(&command, &known)?;
     let name = a
         .name
-        .map(str::to_string)
-        .unwrap_or_else(|| default_name(a.command));
+        .clone()
+        .or_else(|| experiment.map(|e| e.name.clone()))
+        .unwrap_or_else(|| default_name(&command));
     shoal_runs::registry::check_name(&name)?;
-    let results_dir = match a.results_dir {
+    let mut tags = a.tags.clone();
+    for t in experiment.map(|e| e.tags.clone()).unwrap_or_default() {
+        if !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
+    for t in &tags {
+        shoal_runs::registry::check_tag(t)?;
+    }
+    let results_dir = match &a.results_dir {
         Some(d) => cwd.join(d),
         None => cfg
             .results_dir
@@ -213,6 +364,9 @@ pub fn run(a: &RunArgs<'_>, out: &mut dyn Write) -> Result<i32> {
                     .unwrap_or_default()
             ),
         )?;
+        if !options.is_empty() {
+            w(out, format!("options: {}\n", Json::Object(options.clone())))?;
+        }
         for (i, c) in combos.iter().enumerate() {
             let mut vars = c.clone();
             vars.push((
@@ -225,30 +379,54 @@ pub fn run(a: &RunArgs<'_>, out: &mut dyn Write) -> Result<i32> {
             vars.push(("task".into(), i.to_string()));
             vars.push(("run".into(), "ID".into()));
             vars.push(("name".into(), name.clone()));
+            vars.extend(dataset_vars(&datasets));
             w(
                 out,
                 format!(
                     "{i}: {}\n",
-                    shoal_runs::params::render(a.command, &vars).join(" ")
+                    shoal_runs::params::render(&command, &vars).join(" ")
                 ),
             )?;
         }
         return Ok(0);
     }
     let reg = open_registry()?;
+    let git = git_state(&cwd);
     let new = NewRun {
         name,
-        command: a.command.to_vec(),
-        params: serde_json::json!({"param": a.params, "group": a.groups}),
+        command,
+        params: serde_json::json!({
+            "param": a.params,
+            "group": groups,
+            "file": a.params_files.iter().map(|f| cwd.join(f).display().to_string()).collect::<Vec<_>>(),
+        }),
         backend: backend.clone(),
         template: template.as_ref().map(|t| t.name.clone()),
-        options: serde_json::Value::Object(options),
+        options: Json::Object(options.clone()),
         cwd: cwd.clone(),
         results_dir,
         config_path: cfg.path.clone(),
-        git: git_state(&cwd),
+        git: git.clone(),
+        experiment: experiment.map(|e| e.name.clone()),
+        overrides: Json::Object(over.clone()),
+        datasets,
+        note: a.note.clone(),
+        tags,
     };
     let run = reg.create_run(&new, &combos)?;
+    reg.begin_launch(
+        run.id,
+        &NewLaunch {
+            kind: "run".into(),
+            git,
+            template: run.template.clone(),
+            options: Json::Object(options),
+            options_from: options_from(template.as_ref(), &cfg, &over),
+            overrides: Json::Object(over),
+            tasks: combos.len(),
+            detached: a.detach,
+        },
+    )?;
     w(
         out,
         format!(
@@ -264,31 +442,198 @@ pub fn run(a: &RunArgs<'_>, out: &mut dyn Write) -> Result<i32> {
         ),
     )?;
     out.flush().ok();
-    drive(&reg, &run, out)
+    drive(&reg, &reg.get(run.id)?, a.detach, out)
 }
 
-/// Start the run's driver (`PYTHON -m shoal.runner ID`) in the foreground and wait for it.
-/// A terminal's Ctrl-C reaches the driver, which stops its workers and records the run as
-/// interrupted; this process ignores it meanwhile so it can report what happened.
-fn drive(reg: &Registry, run: &RunRow, out: &mut dyn Write) -> Result<i32> {
-    let python = std::env::var("SHOAL_PYTHON")
+/// The options of a new launch of `r`: its template as shoal.toml has it now (or, with
+/// `recorded`, the options its last launch used), the run's command-line options, and this
+/// launch's. Returns it with a line saying which options it uses and what changed since the
+/// last launch.
+fn plan_launch(r: &RunRow, kind: &str, opts: &LaunchOpts) -> Result<(NewLaunch, String)> {
+    let mut over = r.overrides.as_object().cloned().unwrap_or_default();
+    let new = overrides(&r.backend, &opts.opts, opts.workers)?;
+    over.extend(new.clone());
+    let (template, options, from) = if opts.recorded_options {
+        let mut options = r.options.as_object().cloned().unwrap_or_default();
+        options.extend(over.clone());
+        let mut from = format!("the options recorded by launch {}", r.launch);
+        if !new.is_empty() {
+            let opts: Vec<String> = new.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            from += &format!(" + {}", opts.join(" "));
+        }
+        (r.template.clone(), options, from)
+    } else {
+        let recorded = |why: String| {
+            RunError::Command(format!(
+                "run {}: {why}\nhint: restore it, or pass --recorded-options to use what launch \
+                 {} used: {}",
+                r.id, r.launch, r.options
+            ))
+        };
+        let cfg = match &r.config_path {
+            Some(p) if Path::new(p).is_file() => Config::load(Path::new(p)),
+            Some(p) => return Err(recorded(format!("its config {p} is gone"))),
+            None => Config::find(Path::new(&r.cwd)),
+        }
+        .map_err(|e| recorded(format!("its config does not load: {e}")))?;
+        let template = cfg
+            .template(&r.backend, r.template.as_deref())
+            .map_err(|e| recorded(e.to_string()))?;
+        let options = merge_options(template.as_ref(), &over);
+        let from = options_from(template.as_ref(), &cfg, &over) + ", as it is now";
+        (template.map(|t| t.name), options, from)
+    };
+    let before = r.options.as_object().cloned().unwrap_or_default();
+    let mut changes: Vec<String> = Vec::new();
+    for (k, v) in &options {
+        match before.get(k) {
+            Some(old) if old == v => {}
+            Some(old) => changes.push(format!("{k} {old} -> {v}")),
+            None => changes.push(format!("{k} = {v}")),
+        }
+    }
+    for k in before.keys().filter(|k| !options.contains_key(*k)) {
+        changes.push(format!("{k} removed"));
+    }
+    let said = format!(
+        "options: {from}{}\n",
+        if changes.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (changed since launch {}: {})",
+                r.launch,
+                changes.join(", ")
+            )
+        }
+    );
+    let launch = NewLaunch {
+        kind: kind.into(),
+        git: git_state(Path::new(&r.cwd)),
+        template,
+        options: Json::Object(options),
+        options_from: from,
+        overrides: Json::Object(over),
+        tasks: 0,
+        detached: opts.detach,
+    };
+    Ok((launch, said))
+}
+
+fn python() -> String {
+    std::env::var("SHOAL_PYTHON")
         .ok()
         .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "python3".into());
-    let mut child = Proc::new(&python)
-        .args(["-m", "shoal.runner", &run.id.to_string(), "--db"])
+        .unwrap_or_else(|| "python3".into())
+}
+
+/// The driver's log: everything each launch's driver printed (`shoal logs --follow` tails it).
+pub fn driver_log(r: &RunRow) -> PathBuf {
+    Path::new(&r.run_dir).join("driver.log")
+}
+
+fn open_log(path: &Path) -> Result<std::fs::File> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| shoal_core::CoreError::io(d, e))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| shoal_core::CoreError::io(path, e).into())
+}
+
+/// Start the run's driver (`PYTHON -m shoal.runner ID`) for its current launch. In the
+/// foreground it shows the driver's lines and a live progress line, and copies the lines to
+/// the driver log; with `detach` it starts the driver in a new session (no terminal, so
+/// logging out does not stop it) writing to the driver log, and returns at once.
+fn drive(reg: &Registry, run: &RunRow, detach: bool, out: &mut dyn Write) -> Result<i32> {
+    let python = python();
+    let log_path = driver_log(run);
+    let mut log = open_log(&log_path)?;
+    let _ = writeln!(
+        log,
+        "== launch {} of run {} at {} on {}",
+        run.launch,
+        run.id,
+        fmt_time(shoal_core::fsutil::now_secs()),
+        hostname()
+    );
+    let mut cmd = Proc::new(&python);
+    cmd.args(["-m", "shoal.runner", &run.id.to_string(), "--db"])
         .arg(reg.path())
-        .current_dir(&run.cwd)
-        .spawn()
-        .map_err(|e| {
-            RunError::Command(format!(
-                "cannot start the run driver with {python:?}: {e}\nhint: set SHOAL_PYTHON to \
-                 an interpreter with shoal installed (the `shoal` entry point does this)"
-            ))
-        })?;
+        .current_dir(&run.cwd);
+    let cannot = |e: std::io::Error| {
+        RunError::Command(format!(
+            "cannot start the run driver with {python:?}: {e}\nhint: set SHOAL_PYTHON to an \
+             interpreter with shoal installed (the `shoal` entry point does this)"
+        ))
+    };
+    if detach {
+        let err = log
+            .try_clone()
+            .map_err(|e| shoal_core::CoreError::io(&log_path, e))?;
+        cmd.stdin(Stdio::null()).stdout(log).stderr(err);
+        {
+            use std::os::unix::process::CommandExt;
+            // A new session has no controlling terminal: a hang-up at logout does not reach it.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                })
+            };
+        }
+        let child = cmd.spawn().map_err(cannot)?;
+        reg.start_driver(run.id, child.id(), &hostname())?;
+        w(
+            out,
+            format!(
+                "run {} runs in the background (driver pid {} on {}), logging to {}\n\
+                 follow it: shoal logs --follow {} · stop it: shoal cancel {}\n",
+                run.id,
+                child.id(),
+                hostname(),
+                log_path.display(),
+                run.id,
+                run.id
+            ),
+        )?;
+        return Ok(0);
+    }
+    cmd.stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(cannot)?;
     reg.start_driver(run.id, child.id(), &hostname())?;
+    // A terminal's Ctrl-C reaches the driver (same process group), which stops its workers
+    // and records the run as interrupted; this process ignores it meanwhile so it can report.
     let old = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    let status = child.wait();
+    let lines = spawn_line_reader(child.stderr.take());
+    let mut view = LiveView::new(reg.counts(run.id).unwrap_or_default());
+    let mut ended: Option<Instant> = None;
+    let status = loop {
+        match lines.recv_timeout(Duration::from_millis(250)) {
+            Ok(line) => {
+                let _ = log.write_all(line.as_bytes());
+                view.line(&line);
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break child.wait(),
+        }
+        // A process the driver left behind may hold its stderr open: once the driver has
+        // exited, take what arrives within a second and stop listening.
+        match (ended, child.try_wait()) {
+            (Some(t), _) if t.elapsed() > Duration::from_secs(1) => break child.wait(),
+            (None, Ok(Some(_))) => ended = Some(Instant::now()),
+            _ => {}
+        }
+        if view.due() {
+            if let Ok(c) = reg.counts(run.id) {
+                view.tick(&c);
+            }
+        }
+    };
+    view.clear();
     unsafe { libc::signal(libc::SIGINT, old) };
     let status = status.map_err(|e| shoal_core::CoreError::io("driver", e))?;
     let code = {
@@ -300,13 +645,9 @@ fn drive(reg: &Registry, run: &RunRow, out: &mut dyn Write) -> Result<i32> {
     let after = reg.get(run.id)?;
     if after.status == "running" {
         // The driver died without settling the run (killed, crashed): say so now.
-        reg.set_status(
-            run.id,
-            "interrupted",
-            Some(&format!(
-                "driver ended with status {code} before the run finished"
-            )),
-        )?;
+        let msg = format!("driver ended with status {code} before the run finished");
+        reg.set_status(run.id, "interrupted", Some(&msg))?;
+        let _ = writeln!(log, "run {} interrupted: {msg}", run.id);
         w(
             out,
             format!(
@@ -318,330 +659,106 @@ fn drive(reg: &Registry, run: &RunRow, out: &mut dyn Write) -> Result<i32> {
     Ok(code)
 }
 
-pub fn runs(json: bool, out: &mut dyn Write) -> Result<i32> {
-    let all = if default_path().exists() {
-        open_registry()?.list()?
-    } else {
-        Vec::new()
-    };
-    if json {
-        let v: Vec<_> = all
-            .iter()
-            .map(|(r, c)| {
-                let mut j = serde_json::to_value(r).unwrap_or_default();
-                j["display_status"] = r.display_status().into();
-                j["counts"] = serde_json::to_value(c).unwrap_or_default();
-                j
-            })
-            .collect();
-        w(
-            out,
-            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
-        )?;
-        return Ok(0);
-    }
-    if all.is_empty() {
-        w(
-            out,
-            format!(
-                "no runs in {}\nhint: start one with `shoal run --param x=1,2 -- echo {{x}}`\n",
-                default_path().display()
-            ),
-        )?;
-        return Ok(0);
-    }
-    let rows: Vec<Vec<String>> = all
-        .iter()
-        .map(|(r, c)| {
-            vec![
-                r.id.to_string(),
-                r.name.clone(),
-                r.backend.clone(),
-                r.started
-                    .or(Some(r.created))
-                    .map(fmt_time)
-                    .unwrap_or_default(),
-                run_duration(r),
-                r.display_status().to_string(),
-                progress(c),
-            ]
-        })
-        .collect();
-    table(
-        out,
-        &[
-            "ID", "NAME", "BACKEND", "STARTED", "DURATION", "STATUS", "PROGRESS",
-        ],
-        &rows,
-    )?;
-    Ok(0)
-}
-
-pub fn show(key: &str, json: bool, all: bool, out: &mut dyn Write) -> Result<i32> {
-    let reg = open_registry()?;
-    let r = reg.resolve(key)?;
-    let c = reg.counts(r.id)?;
-    let tasks = reg.tasks(r.id, None)?;
-    if json {
-        let mut j = serde_json::to_value(&r).unwrap_or_default();
-        j["display_status"] = r.display_status().into();
-        j["counts"] = serde_json::to_value(&c).unwrap_or_default();
-        j["tasks"] = tasks
-            .iter()
-            .map(|t| {
-                let mut v = serde_json::to_value(t).unwrap_or_default();
-                v["params"] = params_json(&t.params);
-                v
-            })
-            .collect();
-        w(
-            out,
-            serde_json::to_string_pretty(&j).unwrap_or_default() + "\n",
-        )?;
-        return Ok(0);
-    }
-    let quoted: Vec<String> = r
-        .command
-        .iter()
-        .map(|a| {
-            if a.contains(' ') || a.is_empty() {
-                format!("{a:?}")
-            } else {
-                a.clone()
-            }
-        })
-        .collect();
-    let mut s = format!("run {} · {} · {}\n", r.id, r.name, r.display_status());
-    s += &format!("command:   {}\n", quoted.join(" "));
-    let specs: Vec<String> = r.params["param"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(|p| format!("--param {p}")))
-        .chain(r.params["group"].as_array().into_iter().flatten().map(|g| {
-            let parts: Vec<&str> = g
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str())
-                .collect();
-            format!("--group {}", parts.join(" "))
-        }))
-        .collect();
-    s += &format!(
-        "params:    {}\n",
-        if specs.is_empty() {
-            "(none)".into()
-        } else {
-            specs.join(" ")
-        }
-    );
-    s += &format!(
-        "backend:   {}{}\n",
-        r.backend,
-        r.template
-            .as_ref()
-            .map(|t| format!(" · template {t}"))
-            .unwrap_or_default()
-    );
-    if r.options.as_object().is_some_and(|o| !o.is_empty()) {
-        s += &format!("options:   {}\n", r.options);
-    }
-    s += &format!(
-        "git:       {}\n",
-        match (&r.git_commit, r.git_dirty) {
-            (Some(c), Some(true)) => format!("{c} (uncommitted changes)"),
-            (Some(c), _) => c.clone(),
-            _ => "(not a git repository)".into(),
-        }
-    );
-    s += &format!("cwd:       {}\nresults:   {}\n", r.cwd, r.run_dir);
-    s += &format!(
-        "started:   {} · duration {}\n",
-        r.started.map(fmt_time).unwrap_or_else(|| "-".into()),
-        run_duration(&r)
-    );
-    if let Some(sess) = &r.session {
-        s += &format!("session:   {sess}\n");
-    }
-    if let Some(m) = &r.message {
-        s += &format!("message:   {m}\n");
-    }
-    s += &format!(
-        "tasks:     {} total · {} pending · {} running · {} done · {} failed · {} cancelled\n\n",
-        c.total(),
-        c.pending,
-        c.running,
-        c.done,
-        c.failed,
-        c.cancelled
-    );
-    w(out, s)?;
-    const LIMIT: usize = 50;
-    let rows: Vec<Vec<String>> = tasks
-        .iter()
-        .take(if all { usize::MAX } else { LIMIT })
-        .map(|t| {
-            vec![
-                t.idx.to_string(),
-                t.state.clone(),
-                t.exit_code
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                t.duration.map(fmt_duration).unwrap_or_else(|| "-".into()),
-                t.attempt.to_string(),
-                t.params
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ]
-        })
-        .collect();
-    table(
-        out,
-        &["TASK", "STATE", "EXIT", "DURATION", "ATTEMPT", "PARAMS"],
-        &rows,
-    )?;
-    if tasks.len() > LIMIT && !all {
-        w(
-            out,
-            format!(
-                "... {} more tasks (--all shows every task)\n",
-                tasks.len() - LIMIT
-            ),
-        )?;
-    }
-    Ok(0)
-}
-
-/// `shoal logs RUN [TASK]`: a task's captured output, or the run's failed tasks.
-pub fn logs(
-    reg: &Registry,
-    r: &RunRow,
-    task: Option<u64>,
-    stdout: bool,
-    stderr: bool,
-    worker_log: bool,
-    out: &mut dyn Write,
-) -> Result<i32> {
-    let Some(idx) = task else {
-        let failed = reg.tasks(r.id, Some(&["failed"]))?;
-        let c = reg.counts(r.id)?;
-        w(
-            out,
-            format!(
-                "run {} · {} · {} · {}\n",
-                r.id,
-                r.name,
-                r.display_status(),
-                progress(&c)
-            ),
-        )?;
-        for t in &failed {
-            let err = std::fs::read_to_string(Path::new(&t.out_dir).join("stderr.txt"))
-                .unwrap_or_default();
-            let last = err.trim_end().lines().last().unwrap_or("").to_string();
-            w(
-                out,
-                format!(
-                    "task {} failed with exit code {}: {}\n",
-                    t.idx,
-                    t.exit_code
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| "?".into()),
-                    last
-                ),
-            )?;
-        }
-        w(
-            out,
-            format!("see one task: shoal logs {} TASK [--stderr]\n", r.id),
-        )?;
-        return Ok(if failed.is_empty() { 0 } else { 1 });
-    };
-    let Some(t) = reg.task(r.id, idx as i64)? else {
-        return Err(RunError::Command(format!(
-            "run {} has no task {idx}\nhint: `shoal show {}` lists its tasks",
-            r.id, r.id
-        )));
-    };
-    w(
-        out,
-        format!(
-            "task {} · {} · exit {} · attempt {}{}\n",
-            t.idx,
-            t.state,
-            t.exit_code
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "-".into()),
-            t.attempt,
-            t.host
-                .as_ref()
-                .map(|h| format!(" · ran on {h}"))
-                .unwrap_or_default()
-        ),
-    )?;
-    if worker_log {
-        return worker_logs(r, &t, out);
-    }
-    let streams: &[&str] = match (stdout, stderr) {
-        (true, _) => &["stdout"],
-        (_, true) => &["stderr"],
-        _ => &["stdout", "stderr"],
-    };
-    for s in streams {
-        let p = Path::new(&t.out_dir).join(format!("{s}.txt"));
-        let text = std::fs::read(&p).map(|b| String::from_utf8_lossy(&b).into_owned());
-        w(out, format!("--- {s} ({}) ---\n", p.display()))?;
-        match text {
-            Ok(t) => {
-                w(out, &t)?;
-                if !t.is_empty() && !t.ends_with('\n') {
-                    w(out, "\n")?;
+/// Lines of a pipe, read on a thread; the channel closes at end of file.
+fn spawn_line_reader(
+    pipe: Option<impl std::io::Read + Send + 'static>,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Some(pipe) = pipe else { return };
+        let mut reader = std::io::BufReader::new(pipe);
+        loop {
+            let mut line = String::new();
+            match std::io::BufRead::read_line(&mut reader, &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
                 }
             }
-            Err(_) => w(out, "(not written yet: the task has not started)\n")?,
         }
-    }
-    Ok(if t.state == "failed" { 1 } else { 0 })
+    });
+    rx
 }
 
-/// The scheduler-side log (the worker's stdout/stderr in the session dir) of the worker that
-/// ran a task, found by the host and pid the task recorded.
-fn worker_logs(r: &RunRow, t: &shoal_runs::registry::TaskRow, out: &mut dyn Write) -> Result<i32> {
-    let (Some(session), Some(host), Some(pid)) = (&r.session_path, &t.host, &t.worker) else {
-        w(out, "(no worker recorded for this task yet)\n")?;
-        return Ok(1);
-    };
-    let dir = SessionDir::open(session);
-    let found = dir
-        .worker_infos()
-        .into_iter()
-        .rfind(|i| i.host == *host && i.pid.to_string() == *pid)
-        .map(|i| i.worker);
-    let Some(id) = found else {
-        w(
-            out,
-            format!("(worker {host}:{pid} not found in {session})\n"),
-        )?;
-        return Ok(1);
-    };
-    let mut buf = Vec::new();
-    commands::dispatch(
-        &crate::Command::Logs {
-            session: session.clone(),
-            task: None,
-            stdout: false,
-            stderr: false,
-            worker: Some(id),
-            worker_log: false,
-        },
-        Path::new(session),
-        &mut buf,
-    )?;
-    w(out, String::from_utf8_lossy(&buf))?;
-    Ok(0)
+/// Output lines with a progress line under them on stderr: redrawn in place on a terminal,
+/// printed once a minute otherwise.
+pub(crate) struct LiveView {
+    eta: Eta,
+    started: Instant,
+    tty: bool,
+    shown: bool,
+    last_plain: Instant,
+    last_drawn: Option<Instant>,
+    last: Option<String>,
+}
+
+const PLAIN_EVERY: Duration = Duration::from_secs(60);
+const DRAW_EVERY: Duration = Duration::from_millis(500);
+
+impl LiveView {
+    pub(crate) fn new(start: Counts) -> LiveView {
+        LiveView {
+            eta: Eta::new(&start),
+            started: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+            shown: false,
+            last_plain: Instant::now(),
+            last_drawn: None,
+            last: None,
+        }
+    }
+
+    /// Whether a `tick` would show something now (so the caller reads the counts only then).
+    pub(crate) fn due(&self) -> bool {
+        if self.tty {
+            self.last_drawn.is_none_or(|t| t.elapsed() >= DRAW_EVERY)
+        } else {
+            self.last_plain.elapsed() >= PLAIN_EVERY
+        }
+    }
+
+    /// Print a line (ending in a newline) above the progress line.
+    pub(crate) fn line(&mut self, text: &str) {
+        let mut e = std::io::stderr().lock();
+        if self.shown {
+            let _ = write!(e, "\r\x1b[2K");
+            self.shown = false;
+        }
+        let _ = e.write_all(text.as_bytes());
+        if self.tty {
+            if let Some(p) = &self.last {
+                let _ = write!(e, "{p}");
+                self.shown = true;
+            }
+        }
+        let _ = e.flush();
+    }
+
+    pub(crate) fn tick(&mut self, c: &Counts) {
+        let text = self.eta.line(c, self.started.elapsed().as_secs_f64());
+        let mut e = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(e, "\r\x1b[2K{text}");
+            self.shown = true;
+            self.last_drawn = Some(Instant::now());
+        } else if self.last_plain.elapsed() >= PLAIN_EVERY {
+            let _ = writeln!(e, "progress: {text}");
+            self.last_plain = Instant::now();
+        }
+        let _ = e.flush();
+        self.last = Some(text);
+    }
+
+    pub(crate) fn clear(&mut self) {
+        if self.shown {
+            let mut e = std::io::stderr().lock();
+            let _ = write!(e, "\r\x1b[2K");
+            let _ = e.flush();
+            self.shown = false;
+        }
+    }
 }
 
 /// Stop what a dead driver left behind in its session and wait until its workers are gone,
@@ -722,18 +839,17 @@ fn check_not_running(r: &RunRow) -> Result<()> {
     Ok(())
 }
 
-pub fn resume(key: &str, wait: u64, out: &mut dyn Write) -> Result<i32> {
+pub fn resume(a: &ResumeCmd, out: &mut dyn Write) -> Result<i32> {
     let reg = open_registry()?;
-    let r = reg.resolve(key)?;
+    let r = reg.resolve(&a.run)?;
     check_not_running(&r)?;
-    stop_old_session(&r, Duration::from_secs(wait), out)?;
-    let n = reg.set_states(r.id, &["running", "cancelled"], "pending")?;
+    stop_old_session(&r, Duration::from_secs(a.wait), out)?;
+    reg.set_states(r.id, &["running", "cancelled"], "pending")?;
     let c = reg.counts(r.id)?;
     if c.pending == 0 {
         w(out, format!("run {} has no unfinished tasks ({})\nhint: `shoal rerun {} --failed` runs failed tasks again\n", r.id, progress(&c), r.id))?;
         return Ok(0);
     }
-    let _ = n;
     w(
         out,
         format!(
@@ -741,35 +857,55 @@ pub fn resume(key: &str, wait: u64, out: &mut dyn Write) -> Result<i32> {
             r.id, r.name, c.pending
         ),
     )?;
+    let (mut launch, said) = plan_launch(&r, "resume", &a.launch)?;
+    w(out, said)?;
+    launch.tasks = c.pending as usize;
+    reg.begin_launch(r.id, &launch)?;
     out.flush().ok();
-    drive(&reg, &reg.get(r.id)?, out)
+    drive(&reg, &reg.get(r.id)?, a.launch.detach, out)
 }
 
-pub fn rerun(key: &str, failed: bool, cancelled: bool, out: &mut dyn Write) -> Result<i32> {
-    if !failed && !cancelled {
+pub fn rerun(a: &RerunCmd, out: &mut dyn Write) -> Result<i32> {
+    if !a.failed && !a.cancelled {
         return Err(RunError::Command(
             "say which tasks to run again\nhint: `shoal rerun RUN --failed` (and/or --cancelled); `shoal resume RUN` finishes unfinished tasks".into(),
         ));
     }
     let reg = open_registry()?;
-    let r = reg.resolve(key)?;
+    let r = reg.resolve(&a.run)?;
     check_not_running(&r)?;
     stop_old_session(&r, Duration::from_secs(60), out)?;
     let mut states = Vec::new();
-    if failed {
+    if a.failed {
         states.push("failed");
     }
-    if cancelled {
+    if a.cancelled {
         states.push("cancelled");
     }
+    // Options first: a template that no longer loads must not leave tasks reset.
+    let planned = if reg.tasks(r.id, Some(&states))?.is_empty() {
+        None
+    } else {
+        Some(plan_launch(&r, "rerun", &a.launch)?)
+    };
     let n = reg.new_attempt(r.id, &states)?;
     if n == 0 {
+        let c = reg.counts(r.id)?;
+        let never = c.pending + c.running;
         w(
             out,
             format!(
-                "run {} has no {} tasks: nothing to rerun\n",
+                "run {} has no {} tasks: nothing to rerun\n{}",
                 r.id,
-                states.join(" or ")
+                states.join(" or "),
+                if never > 0 {
+                    format!(
+                        "hint: {never} tasks never finished; `shoal resume {}` runs them\n",
+                        r.id
+                    )
+                } else {
+                    String::new()
+                }
             ),
         )?;
         return Ok(0);
@@ -783,81 +919,64 @@ pub fn rerun(key: &str, failed: bool, cancelled: bool, out: &mut dyn Write) -> R
             r.name
         ),
     )?;
+    let (mut launch, said) = match planned {
+        Some(p) => p,
+        None => plan_launch(&r, "rerun", &a.launch)?,
+    };
+    w(out, said)?;
+    launch.tasks = n;
+    reg.begin_launch(r.id, &launch)?;
     out.flush().ok();
-    drive(&reg, &reg.get(r.id)?, out)
+    drive(&reg, &reg.get(r.id)?, a.launch.detach, out)
 }
 
-pub fn cancel(reg: &Registry, r: &RunRow, out: &mut dyn Write) -> Result<i32> {
-    if !matches!(r.status.as_str(), "running" | "pending" | "interrupted") {
-        w(out, format!("run {} is already {}\n", r.id, r.status))?;
-        return Ok(0);
-    }
-    let me = hostname();
-    if r.driver_alive() {
-        if r.driver_host.as_deref() != Some(me.as_str()) {
-            return Err(RunError::State(format!(
-                "run {}'s driver runs on {}\nhint: run `shoal cancel {}` there",
-                r.id,
-                r.driver_host.clone().unwrap_or_default(),
-                r.id
-            )));
-        }
-        let pid = r.driver_pid.unwrap_or(0) as libc::pid_t;
-        // The driver terminates its pool on SIGTERM and records the cancelled tasks itself.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while pid_alive(pid as u32) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if pid_alive(pid as u32) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    stop_old_session(r, Duration::from_secs(30), out)?;
-    let n = reg.set_states(r.id, &["pending", "running"], "cancelled")?;
-    let now = reg.get(r.id)?;
-    if now.status != "cancelled"
-        && matches!(now.status.as_str(), "running" | "pending" | "interrupted")
-    {
-        reg.set_status(r.id, "cancelled", Some("cancelled by `shoal cancel`"))?;
-    }
-    let c = reg.counts(r.id)?;
-    w(
-        out,
-        format!(
-            "cancelled run {} ({}): {} tasks cancelled, {} done, {} failed\n",
-            r.id,
-            r.name,
-            c.cancelled.max(n as u64),
-            c.done,
-            c.failed
-        ),
-    )?;
-    Ok(0)
-}
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
 
-pub fn rm(key: &str, keep_files: bool, out: &mut dyn Write) -> Result<i32> {
-    let reg = open_registry()?;
-    let r = reg.resolve(key)?;
-    check_not_running(&r)?;
-    let dir = Path::new(&r.run_dir);
-    if !keep_files && dir.is_dir() {
-        std::fs::remove_dir_all(dir).map_err(|e| shoal_core::CoreError::io(dir, e))?;
-    }
-    reg.delete(r.id)?;
-    w(
-        out,
-        format!(
-            "removed run {} ({}){}\n",
-            r.id,
-            r.name,
-            if keep_files {
-                format!("; kept {}", r.run_dir)
-            } else {
-                format!(" and {}", r.run_dir)
+    /// sbatch's one-letter options (Slurm 22.05-24.05): a shoal flag spelled like one would
+    /// read as that (`-p debug` as a partition, `-t 1h` as a time limit).
+    const SBATCH_SHORT: &str = "ABCDFGHJLMNOQSVWabcdehikmnopqstvwx";
+
+    #[test]
+    fn no_short_flag_of_a_launch_reads_like_sbatch() {
+        let cli = crate::Cli::command();
+        for name in ["run", "resume", "rerun"] {
+            let sub = cli.find_subcommand(name).unwrap();
+            for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                if let Some(c) = arg.get_short() {
+                    assert!(
+                        !SBATCH_SHORT.contains(c),
+                        "shoal {name} -{c} (--{}) reads like sbatch's -{c}",
+                        arg.get_long().unwrap_or("")
+                    );
+                }
             }
-        ),
-    )?;
-    Ok(0)
+        }
+        let run = cli.find_subcommand("run").unwrap();
+        let short = |long: &str| {
+            run.get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .and_then(|a| a.get_short())
+        };
+        assert_eq!(
+            [
+                "param",
+                "template",
+                "opt",
+                "workers",
+                "params-file",
+                "group"
+            ]
+            .map(short),
+            [
+                Some('P'),
+                Some('T'),
+                Some('X'),
+                Some('j'),
+                Some('f'),
+                Some('g')
+            ]
+        );
+    }
 }

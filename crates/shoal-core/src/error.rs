@@ -33,7 +33,7 @@ pub enum CoreError {
         "no session {0:?} found\nhint: `shoal sessions` lists the sessions under the work dir"
     )]
     NoSuchSession(String),
-    #[error("{prefix:?} matches several sessions: {}\nhint: give more of the id", candidates.join(", "))]
+    #[error("{prefix:?} matches several sessions: {}\nhint: give more of the session id (`shoal sessions` lists them)", candidates.join(", "))]
     AmbiguousSession {
         prefix: String,
         candidates: Vec<String>,

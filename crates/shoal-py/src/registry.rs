@@ -50,7 +50,7 @@ fn task_dict<'py>(py: Python<'py>, t: &TaskRow) -> PyResult<Bound<'py, PyAny>> {
     to_py(py, &v)
 }
 
-/// A connection to the run registry (SQLite, WAL). Methods release the GIL while they wait.
+/// A connection to the run registry (SQLite). Methods release the GIL while they wait.
 #[pyclass(module = "shoal._native")]
 pub struct Registry {
     inner: Mutex<Inner>,
@@ -131,8 +131,15 @@ impl Registry {
         self.with(py, |r| r.mark_running(run_id, &idxs))
     }
 
+    /// The run's launches as dicts, oldest first.
+    fn launches<'py>(&self, py: Python<'py>, run_id: i64) -> PyResult<Bound<'py, PyAny>> {
+        let rows = self.with(py, |r| r.launches(run_id))?;
+        to_py(py, &serde_json::to_value(&rows).unwrap_or_default())
+    }
+
     /// Record task ends: tuples (idx, attempt, state, exit_code, duration, started, ended,
-    /// host, worker, session). Returns how many applied (stale attempts are ignored).
+    /// host, worker, session, launch). Returns how many applied (stale attempts are ignored);
+    /// a launch of None means the run's current one.
     #[allow(clippy::type_complexity)]
     fn record(
         &self,
@@ -149,6 +156,7 @@ impl Registry {
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<i64>,
         )>,
     ) -> PyResult<usize> {
         let outs: Vec<Outcome> = outcomes
@@ -164,6 +172,7 @@ impl Registry {
                 host: o.7,
                 worker: o.8,
                 session: o.9,
+                launch: o.10,
             })
             .collect();
         self.with(py, |r| r.record(run_id, &outs))

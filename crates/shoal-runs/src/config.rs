@@ -16,6 +16,7 @@
 //! is submitted.
 
 use crate::error::{Result, RunError};
+use crate::experiments::{self, Action, Dataset, Experiment, RawAction, RawExperiment};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 use shoal_core::units::{MemSize, TimeLimit};
@@ -118,6 +119,9 @@ struct RawConfig {
     slurm: Option<BTreeMap<Spanned<String>, Spanned<SpannedTable>>>,
     sge: Option<BTreeMap<Spanned<String>, Spanned<SpannedTable>>>,
     htcondor: Option<BTreeMap<Spanned<String>, Spanned<SpannedTable>>>,
+    datasets: Option<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
+    experiments: Option<BTreeMap<Spanned<String>, RawExperiment>>,
+    actions: Option<BTreeMap<String, RawAction>>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +151,10 @@ pub struct Config {
     pub template: Option<String>,
     pub results_dir: Option<PathBuf>,
     pub templates: BTreeMap<String, BTreeMap<String, Template>>,
+    pub datasets: BTreeMap<String, Dataset>,
+    pub experiments: BTreeMap<String, Experiment>,
+    /// Actions every run can use (an experiment's own actions come first).
+    pub actions: BTreeMap<String, Action>,
 }
 
 /// 1-based line and column of a byte offset.
@@ -265,6 +273,80 @@ fn kind_of(backend: &str, key: &str) -> Option<Kind> {
         .map(|(_, kind)| *kind)
 }
 
+/// Why `check_option` refused an option.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptionError {
+    /// Not an option of that backend; the hint names the ones it takes.
+    Unknown { hint: String },
+    /// The value does not fit the option.
+    Invalid { message: String, hint: String },
+}
+
+/// The one check of a backend option, for templates in shoal.toml and for `--opt` alike: the
+/// key must be one of `backend`'s options and the value of that option's kind.
+pub fn check_option(
+    backend: &str,
+    key: &str,
+    value: &Json,
+) -> std::result::Result<(), OptionError> {
+    let Some(kind) = kind_of(backend, key) else {
+        return Err(OptionError::Unknown {
+            hint: format!("{backend} takes: {}", template_keys(backend).join(", ")),
+        });
+    };
+    check_value(key, kind, value).map_err(|(message, hint)| OptionError::Invalid { message, hint })
+}
+
+/// Parse `--opt KEY=VALUE` for `backend`. VALUE is read as a TOML value when it is one
+/// (`2`, `true`, `["--exclusive"]`, `{ A = "1" }`) and fits the option, else as a plain string
+/// (`partition=debug`, `time=10m`), and checked by `check_option` like a template's value.
+pub fn parse_opt(backend: &str, spec: &str) -> Result<(String, Json)> {
+    let bad = |message: String, hint: String| {
+        RunError::Command(format!("invalid --opt {spec:?}: {message}\nhint: {hint}"))
+    };
+    let Some((key, text)) = spec.split_once('=') else {
+        return Err(bad(
+            "expected KEY=VALUE".into(),
+            "write e.g. --opt partition=debug --opt time=10m".into(),
+        ));
+    };
+    let key = key.trim();
+    let typed = toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .map(|v| toml_to_json(&v));
+    let plain = Json::String(text.to_string());
+    let first = typed.clone().unwrap_or_else(|| plain.clone());
+    match check_option(backend, key, &first) {
+        Ok(()) => Ok((key.to_string(), first)),
+        Err(OptionError::Unknown { hint }) => {
+            Err(bad(format!("{backend} has no option {key:?}"), hint))
+        }
+        Err(OptionError::Invalid { message, hint }) => {
+            // `job_name=123` is a string to the user; only fall back when the text was typed.
+            if typed.is_some() && check_option(backend, key, &plain).is_ok() {
+                return Ok((key.to_string(), plain));
+            }
+            Err(bad(
+                message,
+                hint.replace(&format!("{key} = "), &format!("--opt {key}=")),
+            ))
+        }
+    }
+}
+
+/// A template's options with the command line's overrides (`--opt`, `--workers`) on top.
+pub fn merge_options(
+    template: Option<&Template>,
+    overrides: &Map<String, Json>,
+) -> Map<String, Json> {
+    let mut options = template.map(|t| t.options.clone()).unwrap_or_default();
+    for (k, v) in overrides {
+        options.insert(k.clone(), v.clone());
+    }
+    options
+}
+
 impl Config {
     /// Walk up from `cwd` to the first `shoal.toml`, or pyproject.toml with `[tool.shoal]`.
     pub fn find(cwd: &Path) -> Result<Config> {
@@ -350,23 +432,23 @@ impl Config {
             for (name, body) in table {
                 let mut options = Map::new();
                 for (key, value) in body.into_inner() {
-                    let Some(kind) = kind_of(backend, key.get_ref()) else {
-                        return Err(ctx.err(
-                            key.span(),
-                            format!(
-                                "unknown key {:?} in {backend} template {:?}",
-                                key.get_ref(),
-                                name.get_ref()
-                            ),
-                            format!(
-                                "{backend} templates take: {}",
-                                template_keys(backend).join(", ")
-                            ),
-                        ));
-                    };
                     let json = toml_to_json(value.get_ref());
-                    if let Err((message, hint)) = check_value(key.get_ref(), kind, &json) {
-                        return Err(ctx.err(value.span(), message, hint));
+                    match check_option(backend, key.get_ref(), &json) {
+                        Ok(()) => {}
+                        Err(OptionError::Unknown { hint }) => {
+                            return Err(ctx.err(
+                                key.span(),
+                                format!(
+                                    "unknown key {:?} in {backend} template {:?}",
+                                    key.get_ref(),
+                                    name.get_ref()
+                                ),
+                                hint,
+                            ))
+                        }
+                        Err(OptionError::Invalid { message, hint }) => {
+                            return Err(ctx.err(value.span(), message, hint))
+                        }
                     }
                     options.insert(key.into_inner(), json);
                 }
@@ -380,7 +462,79 @@ impl Config {
             }
             cfg.templates.insert(backend.to_string(), templates);
         }
+        let problem = |(span, message, hint): experiments::Problem| ctx.err(span, message, hint);
+        for (name, value) in raw.datasets.unwrap_or_default() {
+            let d = experiments::dataset(&root, &name, &value).map_err(problem)?;
+            cfg.datasets.insert(d.name.clone(), d);
+        }
+        for (name, body) in raw.experiments.unwrap_or_default() {
+            let e = experiments::experiment(&root, &name, body, &cfg.datasets, &BACKENDS)
+                .map_err(problem)?;
+            cfg.experiments.insert(e.name.clone(), e);
+        }
+        cfg.actions = experiments::actions(raw.actions.unwrap_or_default()).map_err(problem)?;
         Ok(cfg)
+    }
+
+    /// The experiment named `name`, or an error listing the config's experiments.
+    pub fn experiment(&self, name: &str) -> Result<&Experiment> {
+        self.experiments.get(name).ok_or_else(|| {
+            let where_ = self
+                .path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "no shoal.toml found".into());
+            RunError::Command(format!(
+                "no experiment {name:?} ({where_})\nhint: {}",
+                if self.experiments.is_empty() {
+                    format!(
+                        "define it as [experiments.{name}] with a script in shoal.toml, or run a \
+                         command: shoal run -- COMMAND"
+                    )
+                } else {
+                    format!(
+                        "experiments: {}",
+                        self.experiments
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ))
+        })
+    }
+
+    /// The action `name` for a run of `experiment`: the experiment's own, else a top-level one.
+    pub fn action(&self, experiment: Option<&str>, name: &str) -> Option<&Action> {
+        experiment
+            .and_then(|e| self.experiments.get(e))
+            .and_then(|e| e.actions.get(name))
+            .or_else(|| self.actions.get(name))
+    }
+
+    /// Every action a run of `experiment` can use, by name.
+    pub fn actions_for(&self, experiment: Option<&str>) -> BTreeMap<String, &Action> {
+        let mut all: BTreeMap<String, &Action> =
+            self.actions.iter().map(|(k, v)| (k.clone(), v)).collect();
+        if let Some(e) = experiment.and_then(|e| self.experiments.get(e)) {
+            all.extend(e.actions.iter().map(|(k, v)| (k.clone(), v)));
+        }
+        all
+    }
+
+    /// The datasets as a run records them: `[{"name", "path", "env"}]`.
+    pub fn datasets_json(&self) -> Json {
+        self.datasets
+            .values()
+            .map(|d| {
+                serde_json::json!({
+                    "name": d.name,
+                    "path": d.path.display().to_string(),
+                    "env": experiments::dataset_env(&d.name),
+                })
+            })
+            .collect()
     }
 
     /// The template to use: `name`, else the config's default template, else `default` if the
@@ -469,6 +623,31 @@ request_memory = "1G"
 # accounting_group = "group_physics"
 # attributes = { WishedAcctGroup = "group_x" }   # +WishedAcctGroup in a submit file
 # getenv = true
+
+# Datasets: every task gets each path as {dataset:NAME} and $SHOAL_DATASET_NAME.
+# [datasets]
+# iris = "data/iris.csv"                 # relative to this file
+# mnist = { path = "/shared/mnist", description = "digits", tags = ["images"] }
+
+# Experiments: `shoal run NAME -P lr=0.1,0.01` runs INTERPRETER SCRIPT ARGS...; parameters the
+# args do not name as {placeholders} are passed as --NAME VALUE.
+# [experiments.train]
+# description = "train the baseline"
+# tags = ["baseline"]
+# script = "train.py"                    # relative to this file
+# interpreter = "python"                 # default for .py scripts
+# args = ["--data", "{dataset:iris}", "--out", "{out}"]
+# datasets = ["iris"]
+# backend = "slurm"                      # defaults for its runs (--backend/--template win)
+# template = "default"
+
+# Actions: `shoal action RUN NAME` runs a command over a finished run's outputs, in this
+# directory. Placeholders: {run_dir}, {run}, {name}, {results} (a CSV of every task's
+# parameters and metrics), {dataset:NAME}; with --task N also {out} and {task}.
+# [experiments.train.actions.plot]
+# command = "python plot.py {results} {run_dir}/plot.png"
+# [actions.summary]                      # for the runs of any experiment, or of none
+# command = ["python", "summary.py", "{results}"]
 "#;
 
 #[cfg(test)]
@@ -500,6 +679,25 @@ mod tests {
         let c = parse(INIT_TEMPLATE).unwrap();
         assert_eq!(c.backend.as_deref(), Some("local"));
         assert!(c.templates["htcondor"].contains_key("default"));
+        // Every commented-out example is valid too, once uncommented.
+        let uncommented: String = INIT_TEMPLATE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        }) =>
+                {
+                    rest.to_string() + "\n"
+                }
+                _ => l.to_string() + "\n",
+            })
+            .collect();
+        let c = parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert_eq!(c.experiments["train"].datasets, ["iris"]);
+        assert!(c.action(Some("train"), "plot").is_some() && c.actions.contains_key("summary"));
+        assert_eq!(c.templates["slurm"]["two_cpus"].options["cpus"], 2);
     }
 
     #[test]
@@ -572,5 +770,128 @@ mod tests {
         assert_eq!(c.root, t.path());
         std::fs::write(sub.join("shoal.toml"), "").unwrap();
         assert_eq!(Config::find(&sub).unwrap().backend, None);
+    }
+
+    #[test]
+    fn opt_is_checked_like_a_template_value() {
+        assert_eq!(
+            parse_opt("slurm", "partition=debug").unwrap(),
+            ("partition".into(), Json::from("debug"))
+        );
+        assert_eq!(parse_opt("slurm", "cpus=2").unwrap().1, Json::from(2));
+        assert_eq!(parse_opt("slurm", "time=10m").unwrap().1, Json::from("10m"));
+        assert_eq!(
+            parse_opt("slurm", "job_name=123").unwrap().1,
+            Json::from("123")
+        );
+        assert_eq!(
+            parse_opt("slurm", "sbatch_args=[\"--exclusive\"]")
+                .unwrap()
+                .1,
+            serde_json::json!(["--exclusive"])
+        );
+        assert_eq!(
+            parse_opt("local", "env={ A = \"1\" }").unwrap().1,
+            serde_json::json!({"A": "1"})
+        );
+        assert_eq!(
+            parse_opt("htcondor", "getenv=true").unwrap().1,
+            Json::from(true)
+        );
+        let e = parse_opt("slurm", "cpus=0").unwrap_err().to_string();
+        assert!(
+            e.contains("cpus must be an integer >= 1") && e.contains("--opt cpus=2"),
+            "{e}"
+        );
+        let e = parse_opt("slurm", "time=forever").unwrap_err().to_string();
+        assert!(e.contains("forever"), "{e}");
+        let e = parse_opt("slurm", "cpu=2").unwrap_err().to_string();
+        assert!(
+            e.contains("slurm has no option \"cpu\"") && e.contains("cpus, memory"),
+            "{e}"
+        );
+        // The same key and value are refused the same way in a template.
+        let t = parse("[slurm.default]\ncpu = 2\n").unwrap_err().to_string();
+        assert!(t.contains("slurm takes: cpus, memory"), "{t}");
+        let e = parse_opt("sge", "partition").unwrap_err().to_string();
+        assert!(e.contains("expected KEY=VALUE"), "{e}");
+        let tpl = Template {
+            name: "t".into(),
+            options: serde_json::json!({"cpus": 1, "time": "1h"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        let over = serde_json::json!({"time": "10m"})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            Json::Object(merge_options(Some(&tpl), &over)),
+            serde_json::json!({"cpus": 1, "time": "10m"})
+        );
+    }
+
+    #[test]
+    fn experiments_datasets_and_actions() {
+        let c = parse(
+            "[datasets]\niris = \"data/iris.csv\"\nmnist = { path = \"/d/mnist\", description = \"digits\" }\n\n\
+             [actions.summary]\ncommand = \"python summary.py {results}\"\n\n\
+             [experiments.hist]\ndescription = \"histograms\"\ntags = [\"stats\"]\n\
+             script = \"exp/hist.py\"\nargs = [\"--storage_path\", \"{out}\"]\ndatasets = [\"iris\"]\n\
+             [experiments.hist.actions.plot]\ncommand = [\"python\", \"plot.py\", \"{run_dir}\"]\n\
+             [experiments.sweep]\nscript = \"run.sh\"\ninterpreter = \"bash -e\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.datasets["iris"].path, Path::new("/p/data/iris.csv"));
+        assert_eq!(c.datasets["mnist"].description.as_deref(), Some("digits"));
+        let h = c.experiment("hist").unwrap();
+        assert_eq!(h.script, Path::new("/p/exp/hist.py"));
+        assert_eq!(h.interpreter, ["python"]);
+        assert_eq!(c.experiment("sweep").unwrap().interpreter, ["bash", "-e"]);
+        assert_eq!(
+            c.action(Some("hist"), "plot").unwrap().command[1],
+            "plot.py"
+        );
+        assert_eq!(
+            c.action(Some("hist"), "summary").unwrap().command[0],
+            "python"
+        );
+        assert!(c.action(None, "plot").is_none());
+        assert_eq!(
+            c.actions_for(Some("hist")).keys().collect::<Vec<_>>(),
+            ["plot", "summary"]
+        );
+        let vars = crate::registry::dataset_vars(&c.datasets_json());
+        assert!(vars.contains(&("dataset:iris".into(), "/p/data/iris.csv".into())));
+        assert_eq!(c.datasets_json()[0]["env"], "SHOAL_DATASET_IRIS");
+        let e = c.experiment("nope").unwrap_err().to_string();
+        assert!(e.contains("experiments: hist, sweep"), "{e}");
+
+        let e = parse("[experiments.x]\nscript = \"a.py\"\ndatasets = [\"iris\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/p/shoal.toml:3:13: experiment \"x\" uses dataset \"iris\""),
+            "{e}"
+        );
+        let e = parse("[experiments.x]\nscrpt = \"a.py\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field `scrpt`") && e.contains("script"),
+            "{e}"
+        );
+        let e = parse("[datasets]\niris = { pth = \"x\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/p/shoal.toml:2:8: unknown key \"pth\""),
+            "{e}"
+        );
+        let e = parse("[actions.p]\ncommand = \"python 'plot.py\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unclosed quote"), "{e}");
     }
 }

@@ -3,9 +3,16 @@
 
 pub mod config;
 pub mod error;
+pub mod experiments;
+pub mod netfs;
 pub mod params;
+pub mod params_file;
+pub mod progress;
 pub mod qanat;
 pub mod registry;
+pub mod results;
+pub mod schema;
+pub mod when;
 
 pub use error::{Result, RunError};
 pub use registry::Registry;

@@ -35,16 +35,8 @@ fn is_ident(s: &str) -> bool {
         && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
 
-/// Split `name=values` and check the name.
-fn split_assignment(spec: &str) -> Result<(String, &str)> {
-    let Some((name, values)) = spec.split_once('=') else {
-        return Err(RunError::param(
-            spec,
-            "expected NAME=VALUES",
-            "write e.g. --param lr=0.1,0.01 or --param seed=0..4",
-        ));
-    };
-    let name = name.trim();
+/// A parameter name must be an identifier and not one of the built-in placeholders.
+pub fn check_name(spec: &str, name: &str) -> Result<()> {
     if !is_ident(name) {
         return Err(RunError::param(
             spec,
@@ -59,6 +51,20 @@ fn split_assignment(spec: &str) -> Result<(String, &str)> {
             format!("{{{name}}} is provided by shoal; pick another name"),
         ));
     }
+    Ok(())
+}
+
+/// Split `name=values` and check the name.
+fn split_assignment(spec: &str) -> Result<(String, &str)> {
+    let Some((name, values)) = spec.split_once('=') else {
+        return Err(RunError::param(
+            spec,
+            "expected NAME=VALUES",
+            "write e.g. --param lr=0.1,0.01 or --param seed=0..4",
+        ));
+    };
+    let name = name.trim();
+    check_name(spec, name)?;
     if values.is_empty() {
         return Err(RunError::param(
             spec,
@@ -196,8 +202,16 @@ pub fn parse_group(specs: &[String]) -> Result<Axis> {
 }
 
 impl Grid {
-    pub fn parse(params: &[String], groups: &[Vec<String>]) -> Result<Grid> {
+    /// The grid of `--params-file` rows (outermost, in order), `--param` axes, then `--group`s.
+    pub fn parse(
+        params: &[String],
+        groups: &[Vec<String>],
+        files: &[std::path::PathBuf],
+    ) -> Result<Grid> {
         let mut axes = Vec::new();
+        for f in files {
+            axes.push(crate::params_file::load(f)?);
+        }
         for p in params {
             axes.push(parse_param(p)?);
         }
@@ -266,6 +280,30 @@ enum Piece {
     Var(String),
 }
 
+/// `dataset:NAME`, the placeholder of a dataset's path.
+fn is_dataset_ref(s: &str) -> bool {
+    s.strip_prefix(DATASET_PREFIX)
+        .is_some_and(crate::registry::is_valid_name)
+}
+
+/// Placeholders `{dataset:NAME}` name a dataset of the config.
+pub const DATASET_PREFIX: &str = "dataset:";
+
+/// The placeholder names a command uses (parameters, built-ins, `dataset:NAME`), in order.
+pub fn placeholders(command: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for arg in command {
+        for p in pieces(arg) {
+            if let Piece::Var(v) = p {
+                if !out.contains(&v) {
+                    out.push(v);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Split an argument into text and placeholders. `{{` and `}}` are literal braces; braces
 /// around anything that is not a name (`{print $1}`) are left alone.
 fn pieces(arg: &str) -> Vec<Piece> {
@@ -283,7 +321,7 @@ fn pieces(arg: &str) -> Vec<Piece> {
         if tail.starts_with('{') {
             if let Some(end) = tail.find('}') {
                 let name = &tail[1..end];
-                if is_ident(name) {
+                if is_ident(name) || is_dataset_ref(name) {
                     if !text.is_empty() {
                         out.push(Piece::Text(std::mem::take(&mut text)));
                     }
@@ -308,8 +346,21 @@ pub fn check_placeholders(command: &[String], names: &[String]) -> Result<()> {
     for arg in command {
         for p in pieces(arg) {
             if let Piece::Var(v) = p {
+                if let Some(d) = v.strip_prefix(DATASET_PREFIX) {
+                    if !names.contains(&v) {
+                        return Err(RunError::Command(format!(
+                            "unknown dataset {{{v}}} in the command argument {arg:?}\n\
+                             hint: define it in shoal.toml as [datasets] {d} = \"path\""
+                        )));
+                    }
+                    continue;
+                }
                 if !names.contains(&v) && !BUILTINS.contains(&v.as_str()) {
-                    let mut known: Vec<String> = names.to_vec();
+                    let mut known: Vec<String> = names
+                        .iter()
+                        .filter(|n| !n.starts_with(DATASET_PREFIX))
+                        .cloned()
+                        .collect();
                     known.extend(BUILTINS.iter().map(|s| s.to_string()));
                     return Err(RunError::Command(format!(
                         "unknown placeholder {{{v}}} in the command argument {arg:?}\n\
@@ -401,12 +452,13 @@ mod tests {
             let e = parse_param(spec).unwrap_err().to_string();
             assert!(e.contains(needle), "{spec}: {e}");
         }
-        let e = Grid::parse(&["a=1".into(), "a=2".into()], &[])
+        let e = Grid::parse(&["a=1".into(), "a=2".into()], &[], &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("given twice"), "{e}");
         let e = Grid::parse(
             &["a=0..999".into(), "b=0..999".into(), "c=0..9".into()],
+            &[],
             &[],
         )
         .unwrap_err()
@@ -416,7 +468,7 @@ mod tests {
 
     #[test]
     fn grid_is_a_product_with_last_axis_fastest() {
-        let g = Grid::parse(&["lr=0.1,0.01".into(), "seed=0..2".into()], &[]).unwrap();
+        let g = Grid::parse(&["lr=0.1,0.01".into(), "seed=0..2".into()], &[], &[]).unwrap();
         assert_eq!(g.len(), 6);
         let c = g.expand();
         let flat: Vec<String> = c.iter().map(|c| format!("{}/{}", c[0].1, c[1].1)).collect();
@@ -435,6 +487,7 @@ mod tests {
         let g = Grid::parse(
             &["seed=0..1".into()],
             &[vec!["a=1,2,3".into(), "b=x,y,z".into()]],
+            &[],
         )
         .unwrap();
         assert_eq!(g.names(), ["seed", "a", "b"]);
@@ -457,8 +510,35 @@ mod tests {
     }
 
     #[test]
+    fn a_params_file_is_one_zipped_axis_outside_the_others() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("rows.csv");
+        std::fs::write(&f, "lr,opt\n0.1,adam\n0.01,sgd\n").unwrap();
+        let g = Grid::parse(&["seed=0..1".into()], &[], std::slice::from_ref(&f)).unwrap();
+        assert_eq!(g.names(), ["lr", "opt", "seed"]);
+        let flat: Vec<String> = g
+            .expand()
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .map(|(_, v)| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .collect();
+        assert_eq!(
+            flat,
+            ["0.1/adam/0", "0.1/adam/1", "0.01/sgd/0", "0.01/sgd/1"]
+        );
+        let e = Grid::parse(&["lr=1".into()], &[], &[f])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("given twice"), "{e}");
+    }
+
+    #[test]
     fn no_params_is_one_task() {
-        let g = Grid::parse(&[], &[]).unwrap();
+        let g = Grid::parse(&[], &[], &[]).unwrap();
         assert_eq!(g.expand(), vec![Vec::<(String, String)>::new()]);
     }
 
@@ -489,6 +569,23 @@ mod tests {
                 "{lit}",
                 "{print $1}"
             ]
+        );
+        let ds = vec!["lr".to_string(), "dataset:iris".to_string()];
+        check_placeholders(&["{dataset:iris}/x.csv".into()], &ds).unwrap();
+        let e = check_placeholders(&["{dataset:mnist}".into()], &ds)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[datasets] mnist = "), "{e}");
+        assert_eq!(
+            render(
+                &["{dataset:iris}/x.csv".into()],
+                &[("dataset:iris".into(), "/d".into())]
+            ),
+            ["/d/x.csv"]
+        );
+        assert_eq!(
+            super::placeholders(&["{a}{out}".into(), "{a:3}".into()]),
+            ["a", "out"]
         );
         let e = check_placeholders(&["{seed}".into()], &["lr".into()])
             .unwrap_err()

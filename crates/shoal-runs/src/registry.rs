@@ -1,76 +1,23 @@
-//! The run registry: one SQLite database (`$SHOAL_HOME/runs.db`, WAL) holding every run, its
-//! tasks and their earlier attempts. The CLI and the Python driver both go through this module.
+//! The run registry: one SQLite database (`$SHOAL_HOME/runs.db`) holding every run, its tasks,
+//! their earlier attempts, and each launch (run, resume, rerun) with its git commit. The CLI
+//! and the Python driver both go through this module.
 //!
-//! Many processes use it at once (several drivers, `shoal runs` in a loop): WAL lets readers
-//! run beside a writer, writes are short IMMEDIATE transactions, and a busy timeout makes a
-//! writer wait for another instead of failing.
+//! Many processes use it at once (several drivers, `shoal runs` in a loop, possibly on other
+//! nodes): writes are short IMMEDIATE transactions and a busy timeout makes a writer wait for
+//! another instead of failing. On a local filesystem the journal is WAL (readers run beside a
+//! writer); on a network filesystem it is a rollback journal, which needs only POSIX locks
+//! (see `netfs`). The schema is versioned (see `schema`).
 
 use crate::error::{Result, RunError};
+use crate::netfs::{self, FsKind, JournalMode};
 use crate::params::{render, typed, Combination};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use serde_json::Value as Json;
 use shoal_core::fsutil::{hostname, now_secs, pid_alive};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    command TEXT NOT NULL,
-    params TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    template TEXT,
-    options TEXT NOT NULL,
-    cwd TEXT NOT NULL,
-    run_dir TEXT NOT NULL,
-    config_path TEXT,
-    git_commit TEXT,
-    git_dirty INTEGER,
-    created REAL NOT NULL,
-    started REAL,
-    ended REAL,
-    status TEXT NOT NULL,
-    driver_pid INTEGER,
-    driver_host TEXT,
-    session TEXT,
-    session_path TEXT,
-    message TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_name ON runs(name);
-CREATE TABLE IF NOT EXISTS tasks (
-    run_id INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    params TEXT NOT NULL,
-    argv TEXT NOT NULL,
-    out_dir TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 1,
-    exit_code INTEGER,
-    duration REAL,
-    started REAL,
-    ended REAL,
-    host TEXT,
-    worker TEXT,
-    session TEXT,
-    PRIMARY KEY (run_id, idx)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS attempts (
-    run_id INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    exit_code INTEGER,
-    duration REAL,
-    started REAL,
-    ended REAL,
-    host TEXT,
-    worker TEXT,
-    session TEXT,
-    PRIMARY KEY (run_id, idx, attempt)
-) WITHOUT ROWID;
-"#;
 
 /// Task states, in display order.
 pub const TASK_STATES: [&str; 5] = ["pending", "running", "done", "failed", "cancelled"];
@@ -89,6 +36,15 @@ pub struct NewRun {
     pub results_dir: PathBuf,
     pub config_path: Option<PathBuf>,
     pub git: Option<(String, bool)>,
+    /// The experiment it runs (a `[experiments.NAME]` of the config), if any.
+    pub experiment: Option<String>,
+    /// Options given on the command line (`--opt`, `--workers`), applied over the template.
+    pub overrides: Json,
+    /// The datasets every task is given: `[{"name", "path", "env"}]` (`env` is the variable
+    /// holding the path; `{dataset:NAME}` in the command is replaced by it).
+    pub datasets: Json,
+    pub note: Option<String>,
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +70,13 @@ pub struct RunRow {
     pub session: Option<String>,
     pub session_path: Option<String>,
     pub message: Option<String>,
+    pub experiment: Option<String>,
+    pub overrides: Json,
+    pub datasets: Json,
+    pub note: Option<String>,
+    pub tags: Vec<String>,
+    /// How many times a driver took the run (the number of its latest launch; 0: never).
+    pub launch: i64,
 }
 
 impl RunRow {
@@ -153,6 +116,9 @@ pub struct TaskRow {
     pub host: Option<String>,
     pub worker: Option<String>,
     pub session: Option<String>,
+    /// The launch that ran its current attempt (None: not started, or before launches were
+    /// recorded).
+    pub launch: Option<i64>,
 }
 
 /// A task's end as the driver saw it (or as a completion marker recorded it).
@@ -168,6 +134,61 @@ pub struct Outcome {
     pub host: Option<String>,
     pub worker: Option<String>,
     pub session: Option<String>,
+    /// The launch that ran it (None: the run's current launch).
+    pub launch: Option<i64>,
+}
+
+/// What a driver is started with: `shoal run`, `resume` or `rerun`.
+#[derive(Debug, Clone)]
+pub struct NewLaunch {
+    pub kind: String,
+    pub git: Option<(String, bool)>,
+    pub template: Option<String>,
+    pub options: Json,
+    /// Where the options came from, for `shoal show` (e.g. "template two_cpus of
+    /// /p/shoal.toml, as it is now").
+    pub options_from: String,
+    /// The run's command-line options from now on (`--opt`, `--workers` of every launch).
+    pub overrides: Json,
+    pub tasks: usize,
+    pub detached: bool,
+}
+
+/// One time a driver took the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LaunchRow {
+    pub run_id: i64,
+    pub n: i64,
+    pub kind: String,
+    pub started: f64,
+    pub ended: Option<f64>,
+    pub status: Option<String>,
+    pub git_commit: Option<String>,
+    pub git_dirty: Option<bool>,
+    pub template: Option<String>,
+    pub options: Json,
+    pub options_from: Option<String>,
+    pub tasks: i64,
+    pub detached: bool,
+    pub session: Option<String>,
+    pub session_path: Option<String>,
+    pub driver_pid: Option<i64>,
+    pub driver_host: Option<String>,
+}
+
+/// Which runs `shoal runs` lists; every given condition must hold.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// A glob over the run name (`iris*`).
+    pub name: Option<String>,
+    /// Display statuses (`interrupted` included); any of them.
+    pub status: Vec<String>,
+    /// Tags; all of them.
+    pub tags: Vec<String>,
+    pub experiment: Option<String>,
+    /// Created at or after / before these times (seconds since the epoch).
+    pub since: Option<f64>,
+    pub until: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -198,6 +219,8 @@ impl Counts {
 pub struct Registry {
     conn: Connection,
     path: PathBuf,
+    journal: JournalMode,
+    fs: FsKind,
 }
 
 fn json_col(s: String) -> Json {
@@ -206,7 +229,11 @@ fn json_col(s: String) -> Json {
 
 const RUN_COLS: &str = "id, name, command, params, backend, template, options, cwd, run_dir, \
     config_path, git_commit, git_dirty, created, started, ended, status, driver_pid, driver_host, \
-    session, session_path, message";
+    session, session_path, message, experiment, overrides, datasets, note, \
+    (SELECT COALESCE(MAX(n), 0) FROM launches WHERE launches.run_id = runs.id)";
+
+/// The number of the run's latest launch, inside SQL.
+const CURRENT_LAUNCH: &str = "(SELECT MAX(n) FROM launches WHERE launches.run_id = ?1)";
 
 fn run_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
@@ -231,11 +258,17 @@ fn run_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         session: r.get(18)?,
         session_path: r.get(19)?,
         message: r.get(20)?,
+        experiment: r.get(21)?,
+        overrides: json_col(r.get(22)?),
+        datasets: json_col(r.get(23)?),
+        note: r.get(24)?,
+        tags: Vec::new(),
+        launch: r.get(25)?,
     })
 }
 
 const TASK_COLS: &str = "run_id, idx, params, argv, out_dir, state, attempt, exit_code, duration, \
-    started, ended, host, worker, session";
+    started, ended, host, worker, session, launch";
 
 fn task_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
     Ok(TaskRow {
@@ -253,6 +286,33 @@ fn task_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
         host: r.get(11)?,
         worker: r.get(12)?,
         session: r.get(13)?,
+        launch: r.get(14)?,
+    })
+}
+
+const LAUNCH_COLS: &str = "run_id, n, kind, started, ended, status, git_commit, git_dirty, \
+    template, options, options_from, tasks, detached, session, session_path, driver_pid, \
+    driver_host";
+
+fn launch_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<LaunchRow> {
+    Ok(LaunchRow {
+        run_id: r.get(0)?,
+        n: r.get(1)?,
+        kind: r.get(2)?,
+        started: r.get(3)?,
+        ended: r.get(4)?,
+        status: r.get(5)?,
+        git_commit: r.get(6)?,
+        git_dirty: r.get::<_, Option<i64>>(7)?.map(|d| d != 0),
+        template: r.get(8)?,
+        options: json_col(r.get(9)?),
+        options_from: r.get(10)?,
+        tasks: r.get(11)?,
+        detached: r.get::<_, i64>(12)? != 0,
+        session: r.get(13)?,
+        session_path: r.get(14)?,
+        driver_pid: r.get(15)?,
+        driver_host: r.get(16)?,
     })
 }
 
@@ -261,13 +321,58 @@ pub fn default_path() -> PathBuf {
     shoal_core::session::shoal_home().join("runs.db")
 }
 
-/// A run name must start with a letter so it never reads as a run id or a session id.
-pub fn check_name(name: &str) -> Result<()> {
-    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+/// A tag is one word (letters, digits, `_ . - : /`), so `--tag a,b` can list several.
+pub fn check_tag(tag: &str) -> Result<()> {
+    if !tag.is_empty()
+        && tag
+            .chars()
+            .all(|c| c.is_alphanumeric() || "_.-:/".contains(c))
+    {
+        Ok(())
+    } else {
+        Err(RunError::Command(format!(
+            "invalid tag {tag:?}\nhint: a tag is one word of letters, digits, '_', '.', '-', ':' \
+             and '/'"
+        )))
+    }
+}
+
+/// `raw` made into a valid name: other characters become `_`, and `prefix` goes in front
+/// when it does not start with a letter.
+pub fn to_name(raw: &str, prefix: &str) -> String {
+    let clean: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+    {
+        clean
+    } else {
+        format!("{prefix}{clean}")
+    }
+}
+
+/// Names of runs, experiments and datasets start with a letter (so they never read as a run
+/// id or a session id) and hold letters, digits, `_ . -`.
+pub fn is_valid_name(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// A run name must start with a letter so it never reads as a run id or a session id.
+pub fn check_name(name: &str) -> Result<()> {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(RunError::Command(format!(
@@ -278,31 +383,74 @@ pub fn check_name(name: &str) -> Result<()> {
 }
 
 impl Registry {
+    /// Open (creating, or upgrading the schema of) the registry at `path`, with the journal
+    /// mode its filesystem supports (SHOAL_REGISTRY_JOURNAL overrides it).
     pub fn open(path: &Path) -> Result<Registry> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| shoal_core::CoreError::io(dir, e))?;
-        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| shoal_core::CoreError::io(&dir, e))?;
+        let fs = netfs::kind_of(&dir).map_err(|e| shoal_core::CoreError::io(&dir, e))?;
+        let requested = std::env::var(netfs::JOURNAL_ENV).ok();
+        Registry::open_on(path, fs, requested.as_deref())
+    }
+
+    /// `open` for a filesystem kind given by the caller (tests inject a network filesystem).
+    pub fn open_on(path: &Path, fs: FsKind, requested: Option<&str>) -> Result<Registry> {
+        let journal = netfs::choose(fs, requested)?;
         let db = |source| RunError::Db {
             path: path.to_path_buf(),
             source,
         };
-        let conn = Connection::open(path).map_err(db)?;
+        let mut conn = Connection::open(path).map_err(db)?;
+        // Writers from other processes (or nodes) hold the lock only for short transactions;
+        // a minute covers a stalled network filesystem too.
         conn.busy_timeout(Duration::from_secs(60)).map_err(db)?;
-        // journal_mode returns a row; WAL persists in the file once set.
-        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        // journal_mode answers with the mode in force: a rollback-journal database stays so
+        // until a WAL request, and leaving WAL needs every other connection closed.
+        let mode: String = conn
+            .query_row(
+                &format!("PRAGMA journal_mode={}", journal.pragma()),
+                [],
+                |r| r.get(0),
+            )
             .map_err(db)?;
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
-            .map_err(db)?;
-        let reg = Registry {
+        if !mode.eq_ignore_ascii_case(journal.pragma()) {
+            return Err(RunError::Command(format!(
+                "run registry {}: journal mode is {mode}, could not switch to {}\nhint: another \
+                 process holds it open in {mode} mode; retry when no shoal command is using it",
+                path.display(),
+                journal.pragma()
+            )));
+        }
+        // WAL is durable enough with NORMAL; a rollback journal needs FULL to survive a crash.
+        let sync = if journal == JournalMode::Wal {
+            "NORMAL"
+        } else {
+            "FULL"
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"
+        ))
+        .map_err(db)?;
+        crate::schema::upgrade(&mut conn)
+            .map_err(|e| RunError::Command(format!("run registry {}: {e}", path.display())))?;
+        Ok(Registry {
             conn,
             path: path.to_path_buf(),
-        };
-        reg.write(|c| c.execute_batch(SCHEMA))?;
-        Ok(reg)
+            journal,
+            fs,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The journal mode in use, and the filesystem that decided it.
+    pub fn journal(&self) -> (JournalMode, FsKind) {
+        (self.journal, self.fs)
     }
 
     fn db(&self, source: rusqlite::Error) -> RunError {
@@ -329,11 +477,16 @@ impl Registry {
     /// RUN_DIR is `results_dir/NAME-ID`.
     pub fn create_run(&self, new: &NewRun, combos: &[Combination]) -> Result<RunRow> {
         check_name(&new.name)?;
+        for t in &new.tags {
+            check_tag(t)?;
+        }
         let id = self.write(|tx| {
             tx.execute(
                 "INSERT INTO runs (name, command, params, backend, template, options, cwd, run_dir, \
-                 config_path, git_commit, git_dirty, created, status) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '', ?8, ?9, ?10, ?11, 'pending')",
+                 config_path, git_commit, git_dirty, created, status, experiment, overrides, \
+                 datasets, note) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '', ?8, ?9, ?10, ?11, 'pending', ?12, ?13, \
+                 ?14, ?15)",
                 params![
                     new.name,
                     serde_json::to_string(&new.command).unwrap_or_default(),
@@ -346,9 +499,19 @@ impl Registry {
                     new.git.as_ref().map(|g| g.0.clone()),
                     new.git.as_ref().map(|g| g.1 as i64),
                     now_secs(),
+                    new.experiment,
+                    new.overrides.to_string(),
+                    new.datasets.to_string(),
+                    new.note,
                 ],
             )?;
             let id = tx.last_insert_rowid();
+            for tag in &new.tags {
+                tx.execute(
+                    "INSERT OR IGNORE INTO run_tags (run_id, tag) VALUES (?1, ?2)",
+                    params![id, tag],
+                )?;
+            }
             let run_dir = new.results_dir.join(format!("{}-{id}", new.name));
             tx.execute(
                 "UPDATE runs SET run_dir = ?1 WHERE id = ?2",
@@ -365,6 +528,7 @@ impl Registry {
                 vars.push(("task".into(), i.to_string()));
                 vars.push(("run".into(), id.to_string()));
                 vars.push(("name".into(), new.name.clone()));
+                vars.extend(dataset_vars(&new.datasets));
                 let argv = render(&new.command, &vars);
                 stmt.execute(params![
                     id,
@@ -380,7 +544,8 @@ impl Registry {
     }
 
     pub fn get(&self, id: i64) -> Result<RunRow> {
-        self.conn
+        let mut run = self
+            .conn
             .query_row(
                 &format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"),
                 [id],
@@ -388,7 +553,60 @@ impl Registry {
             )
             .optional()
             .map_err(|e| self.db(e))?
-            .ok_or_else(|| RunError::NoSuchRun(id.to_string()))
+            .ok_or_else(|| RunError::NoSuchRun(id.to_string()))?;
+        run.tags = self.tags(id)?;
+        Ok(run)
+    }
+
+    /// A run's tags, sorted.
+    pub fn tags(&self, id: i64) -> Result<Vec<String>> {
+        (|| {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT tag FROM run_tags WHERE run_id = ?1 ORDER BY tag")?;
+            let rows = stmt.query_map([id], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+        })()
+        .map_err(|e| self.db(e))
+    }
+
+    /// Add tags to a run (existing ones are kept); returns how many were new.
+    pub fn add_tags(&self, id: i64, tags: &[String]) -> Result<usize> {
+        for t in tags {
+            check_tag(t)?;
+        }
+        self.get(id)?;
+        self.write(|tx| {
+            let mut n = 0;
+            for t in tags {
+                n += tx.execute(
+                    "INSERT OR IGNORE INTO run_tags (run_id, tag) VALUES (?1, ?2)",
+                    params![id, t],
+                )?;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Remove tags from a run; returns how many it had.
+    pub fn remove_tags(&self, id: i64, tags: &[String]) -> Result<usize> {
+        self.write(|tx| {
+            let mut n = 0;
+            for t in tags {
+                n += tx.execute(
+                    "DELETE FROM run_tags WHERE run_id = ?1 AND tag = ?2",
+                    params![id, t],
+                )?;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Set (or with None clear) a run's note.
+    pub fn set_note(&self, id: i64, note: Option<&str>) -> Result<()> {
+        self.get(id)?;
+        self.write(|tx| tx.execute("UPDATE runs SET note = ?2 WHERE id = ?1", params![id, note]))?;
+        Ok(())
     }
 
     /// A run by id (all digits) or by name (the most recent run of that name).
@@ -404,20 +622,71 @@ impl Registry {
             )
             .optional()
             .map_err(|e| self.db(e))?
+            .map(|mut r| {
+                r.tags = self.tags(r.id).unwrap_or_default();
+                r
+            })
             .ok_or_else(|| RunError::NoSuchRun(key.to_string()))
     }
 
     /// Every run with its task counts, oldest first.
     pub fn list(&self) -> Result<Vec<(RunRow, Counts)>> {
-        let runs: Vec<RunRow> = (|| {
-            let mut stmt = self
-                .conn
-                .prepare(&format!("SELECT {RUN_COLS} FROM runs ORDER BY id"))?;
-            let rows = stmt.query_map([], run_from)?;
+        self.list_filtered(&RunFilter::default())
+    }
+
+    /// The runs `filter` selects, with their task counts, oldest first.
+    pub fn list_filtered(&self, filter: &RunFilter) -> Result<Vec<(RunRow, Counts)>> {
+        let mut sql = format!("SELECT {RUN_COLS} FROM runs WHERE 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(n) = &filter.name {
+            arg(&mut sql, " AND name GLOB ?", n.clone().into());
+        }
+        if let Some(e) = &filter.experiment {
+            arg(&mut sql, " AND experiment = ?", e.clone().into());
+        }
+        if let Some(t) = filter.since {
+            arg(&mut sql, " AND created >= ?", t.into());
+        }
+        if let Some(t) = filter.until {
+            arg(&mut sql, " AND created < ?", t.into());
+        }
+        for t in &filter.tags {
+            arg(
+                &mut sql,
+                " AND EXISTS (SELECT 1 FROM run_tags WHERE run_tags.run_id = runs.id AND tag = ?)",
+                t.clone().into(),
+            );
+        }
+        sql.push_str(" ORDER BY id");
+        let mut runs: Vec<RunRow> = (|| {
+            let mut stmt = self.conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), run_from)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })()
         .map_err(|e| self.db(e))?;
-        let mut counts: std::collections::HashMap<i64, Counts> = Default::default();
+        if !filter.status.is_empty() {
+            runs.retain(|r| filter.status.iter().any(|s| s == r.display_status()));
+        }
+        let mut tags: HashMap<i64, Vec<String>> = HashMap::new();
+        (|| {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT run_id, tag FROM run_tags ORDER BY tag")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                tags.entry(r.get(0)?).or_default().push(r.get(1)?);
+            }
+            Ok(())
+        })()
+        .map_err(|e| self.db(e))?;
+        for r in &mut runs {
+            r.tags = tags.remove(&r.id).unwrap_or_default();
+        }
+        let mut counts: HashMap<i64, Counts> = Default::default();
         (|| {
             let mut stmt = self
                 .conn
@@ -494,7 +763,7 @@ impl Registry {
         (|| {
             let mut stmt = self.conn.prepare(
                 "SELECT idx, attempt, state, exit_code, duration, started, ended, host, worker, \
-                 session FROM attempts WHERE run_id = ?1 AND idx = ?2 ORDER BY attempt",
+                 session, launch FROM attempts WHERE run_id = ?1 AND idx = ?2 ORDER BY attempt",
             )?;
             let rows = stmt.query_map([id, idx], |r| {
                 Ok(Outcome {
@@ -508,11 +777,78 @@ impl Registry {
                     host: r.get(7)?,
                     worker: r.get(8)?,
                     session: r.get(9)?,
+                    launch: r.get(10)?,
                 })
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })()
         .map_err(|e| self.db(e))
+    }
+
+    /// Record a new launch of the run (numbered from 1) and make its options the run's
+    /// current ones. The driver started next belongs to it.
+    pub fn begin_launch(&self, id: i64, l: &NewLaunch) -> Result<i64> {
+        self.write(|tx| {
+            let n: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(n), 0) + 1 FROM launches WHERE run_id = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO launches (run_id, n, kind, started, git_commit, git_dirty, template, \
+                 options, options_from, tasks, detached) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    id,
+                    n,
+                    l.kind,
+                    now_secs(),
+                    l.git.as_ref().map(|g| g.0.clone()),
+                    l.git.as_ref().map(|g| g.1 as i64),
+                    l.template,
+                    l.options.to_string(),
+                    l.options_from,
+                    l.tasks as i64,
+                    l.detached as i64,
+                ],
+            )?;
+            tx.execute(
+                "UPDATE runs SET template = ?2, options = ?3, overrides = ?4 WHERE id = ?1",
+                params![
+                    id,
+                    l.template,
+                    l.options.to_string(),
+                    l.overrides.to_string()
+                ],
+            )?;
+            Ok(n)
+        })
+    }
+
+    /// Every launch of a run, oldest first.
+    pub fn launches(&self, id: i64) -> Result<Vec<LaunchRow>> {
+        (|| {
+            let mut stmt = self.conn.prepare(&format!(
+                "SELECT {LAUNCH_COLS} FROM launches WHERE run_id = ?1 ORDER BY n"
+            ))?;
+            let rows = stmt.query_map([id], launch_from)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })()
+        .map_err(|e| self.db(e))
+    }
+
+    /// The work dir of one of the run's sessions, as its launch recorded it.
+    pub fn session_path(&self, id: i64, session: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT session_path FROM launches WHERE run_id = ?1 AND session = ?2 \
+                 ORDER BY n DESC LIMIT 1",
+                params![id, session],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| self.db(e))
     }
 
     /// The driver took the run: record its pid and host, mark the run running.
@@ -522,6 +858,13 @@ impl Registry {
                 "UPDATE runs SET status = 'running', driver_pid = ?2, driver_host = ?3, \
                  started = COALESCE(started, ?4), ended = NULL, message = NULL WHERE id = ?1",
                 params![id, pid as i64, host, now_secs()],
+            )?;
+            tx.execute(
+                &format!(
+                    "UPDATE launches SET driver_pid = ?2, driver_host = ?3 \
+                     WHERE run_id = ?1 AND n = {CURRENT_LAUNCH}"
+                ),
+                params![id, pid as i64, host],
             )
         })?;
         Ok(())
@@ -532,18 +875,25 @@ impl Registry {
             tx.execute(
                 "UPDATE runs SET session = ?2, session_path = ?3 WHERE id = ?1",
                 params![id, session, path],
+            )?;
+            tx.execute(
+                &format!(
+                    "UPDATE launches SET session = ?2, session_path = ?3 \
+                     WHERE run_id = ?1 AND n = {CURRENT_LAUNCH}"
+                ),
+                params![id, session, path],
             )
         })?;
         Ok(())
     }
 
-    /// Tasks a worker has started (pending -> running).
+    /// Tasks a worker has started (pending -> running), in the run's current launch.
     pub fn mark_running(&self, id: i64, idxs: &[i64]) -> Result<usize> {
         self.write(|tx| {
-            let mut stmt = tx.prepare(
-                "UPDATE tasks SET state = 'running' WHERE run_id = ?1 AND idx = ?2 \
-                 AND state = 'pending'",
-            )?;
+            let mut stmt = tx.prepare(&format!(
+                "UPDATE tasks SET state = 'running', launch = {CURRENT_LAUNCH} \
+                 WHERE run_id = ?1 AND idx = ?2 AND state = 'pending'"
+            ))?;
             let mut n = 0;
             for i in idxs {
                 n += stmt.execute([id, *i])?;
@@ -556,11 +906,12 @@ impl Registry {
     /// current one is ignored, so a late or harvested result never overwrites a rerun.
     pub fn record(&self, id: i64, outcomes: &[Outcome]) -> Result<usize> {
         self.write(|tx| {
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare(&format!(
                 "UPDATE tasks SET state = ?3, exit_code = ?4, duration = ?5, started = ?6, \
-                 ended = ?7, host = ?8, worker = ?9, session = ?10 \
-                 WHERE run_id = ?1 AND idx = ?2 AND attempt = ?11",
-            )?;
+                 ended = ?7, host = ?8, worker = ?9, session = ?10, \
+                 launch = COALESCE(?12, {CURRENT_LAUNCH}) \
+                 WHERE run_id = ?1 AND idx = ?2 AND attempt = ?11"
+            ))?;
             let mut n = 0;
             for o in outcomes {
                 n += stmt.execute(params![
@@ -574,7 +925,8 @@ impl Registry {
                     o.host,
                     o.worker,
                     o.session,
-                    o.attempt
+                    o.attempt,
+                    o.launch,
                 ])?;
             }
             Ok(n)
@@ -604,15 +956,15 @@ impl Registry {
             for f in from {
                 tx.execute(
                     "INSERT OR REPLACE INTO attempts (run_id, idx, attempt, state, exit_code, \
-                     duration, started, ended, host, worker, session) \
+                     duration, started, ended, host, worker, session, launch) \
                      SELECT run_id, idx, attempt, state, exit_code, duration, started, ended, \
-                     host, worker, session FROM tasks WHERE run_id = ?1 AND state = ?2",
+                     host, worker, session, launch FROM tasks WHERE run_id = ?1 AND state = ?2",
                     params![id, f],
                 )?;
                 n += tx.execute(
                     "UPDATE tasks SET state = 'pending', attempt = attempt + 1, exit_code = NULL, \
                      duration = NULL, started = NULL, ended = NULL, host = NULL, worker = NULL, \
-                     session = NULL WHERE run_id = ?1 AND state = ?2",
+                     session = NULL, launch = NULL WHERE run_id = ?1 AND state = ?2",
                     params![id, f],
                 )?;
             }
@@ -620,7 +972,8 @@ impl Registry {
         })
     }
 
-    /// Set the run's status; `ended` is stamped for every status but pending/running.
+    /// Set the run's status (and its current launch's); `ended` is stamped for every status
+    /// but pending/running.
     pub fn set_status(&self, id: i64, status: &str, message: Option<&str>) -> Result<()> {
         let ended = (!matches!(status, "pending" | "running")).then(now_secs);
         self.write(|tx| {
@@ -628,6 +981,13 @@ impl Registry {
                 "UPDATE runs SET status = ?2, message = COALESCE(?3, message), ended = ?4 \
                  WHERE id = ?1",
                 params![id, status, message, ended],
+            )?;
+            tx.execute(
+                &format!(
+                    "UPDATE launches SET status = ?2, ended = ?3 \
+                     WHERE run_id = ?1 AND n = {CURRENT_LAUNCH}"
+                ),
+                params![id, status, ended],
             )
         })?;
         Ok(())
@@ -654,10 +1014,27 @@ impl Registry {
         self.write(|tx| {
             tx.execute("DELETE FROM attempts WHERE run_id = ?1", [id])?;
             tx.execute("DELETE FROM tasks WHERE run_id = ?1", [id])?;
+            tx.execute("DELETE FROM launches WHERE run_id = ?1", [id])?;
+            tx.execute("DELETE FROM run_tags WHERE run_id = ?1", [id])?;
             tx.execute("DELETE FROM runs WHERE id = ?1", [id])
         })?;
         Ok(())
     }
+}
+
+/// Placeholder values of recorded datasets: (`dataset:NAME`, path).
+pub fn dataset_vars(datasets: &Json) -> Vec<(String, String)> {
+    datasets
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| {
+            Some((
+                format!("{}{}", crate::params::DATASET_PREFIX, d["name"].as_str()?),
+                d["path"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 /// Parameters of a task as a JSON object with typed values (ints, floats, strings).
@@ -682,6 +1059,11 @@ mod tests {
             results_dir: dir.join("results"),
             config_path: None,
             git: Some(("abc".into(), true)),
+            experiment: None,
+            overrides: serde_json::json!({}),
+            datasets: serde_json::json!([]),
+            note: None,
+            tags: vec![],
         }
     }
 
@@ -689,7 +1071,7 @@ mod tests {
     fn create_record_rerun() {
         let t = tempfile::tempdir().unwrap();
         let reg = Registry::open(&t.path().join("runs.db")).unwrap();
-        let grid = Grid::parse(&["lr=1,2".into()], &[]).unwrap();
+        let grid = Grid::parse(&["lr=1,2".into()], &[], &[]).unwrap();
         let run = reg
             .create_run(&new_run(t.path(), "iris"), &grid.expand())
             .unwrap();
@@ -792,5 +1174,203 @@ mod tests {
         }
         let reg = Registry::open(&path).unwrap();
         assert_eq!(reg.list().unwrap().len(), 40);
+    }
+
+    #[test]
+    fn a_registry_of_shoal_0_1_upgrades_in_place() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("runs.db");
+        {
+            // What shoal 0.1 wrote: the unversioned schema in WAL mode, a finished run.
+            let c = Connection::open(&path).unwrap();
+            c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+                .unwrap();
+            c.execute_batch(crate::schema::V1).unwrap();
+            c.execute_batch(
+                "INSERT INTO runs (id, name, command, params, backend, template, options, cwd, \
+                 run_dir, git_commit, git_dirty, created, started, ended, status, session, \
+                 session_path) VALUES (1, 'old', '[\"true\"]', '{}', 'local', NULL, \
+                 '{\"workers\":2}', '/p', '/p/results/old-1', 'c0ffee', 0, 10.0, 11.0, 12.0, \
+                 'failed', 'S1', '/s/S1');
+                 INSERT INTO tasks (run_id, idx, params, argv, out_dir, state, exit_code, \
+                 session) VALUES (1, 0, '[]', '[\"true\"]', '/p/results/old-1/0', 'failed', 3, \
+                 'S1');",
+            )
+            .unwrap();
+            let v: i64 = c
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(v, 0);
+        }
+        let reg = Registry::open(&path).unwrap();
+        let run = reg.get(1).unwrap();
+        assert_eq!((run.name.as_str(), run.status.as_str()), ("old", "failed"));
+        assert_eq!(run.overrides, serde_json::json!({}));
+        assert_eq!(run.launch, 1);
+        let l = &reg.launches(1).unwrap()[0];
+        assert_eq!(l.git_commit.as_deref(), Some("c0ffee"));
+        assert_eq!(l.options["workers"], 2);
+        assert_eq!(l.tasks, 1);
+        assert_eq!(reg.session_path(1, "S1").unwrap().as_deref(), Some("/s/S1"));
+        assert_eq!(reg.task(1, 0).unwrap().unwrap().exit_code, Some(3));
+        // The upgraded registry takes the new features, and opening it again is a no-op.
+        reg.add_tags(1, &["baseline".into()]).unwrap();
+        reg.new_attempt(1, &["failed"]).unwrap();
+        drop(reg);
+        let reg = Registry::open(&path).unwrap();
+        assert_eq!(reg.get(1).unwrap().tags, ["baseline"]);
+        let v: usize = reg
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, crate::schema::LATEST);
+    }
+
+    #[test]
+    fn a_network_filesystem_gets_a_rollback_journal() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("runs.db");
+        // Made on a local disk (WAL), then opened as if from a node that mounts it over NFS.
+        Registry::open_on(&path, FsKind::Local, None).unwrap();
+        let nfs = FsKind::Network("NFS");
+        let reg = Registry::open_on(&path, nfs, None).unwrap();
+        assert_eq!(reg.journal(), (JournalMode::Delete, nfs));
+        let mode: String = reg
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
+        drop(reg);
+        assert!(!t.path().join("runs.db-wal").exists());
+        // Writers from several processes (threads here) still wait for each other.
+        let handles: Vec<_> = (0..3)
+            .map(|k| {
+                let (path, dir) = (path.clone(), t.path().to_path_buf());
+                std::thread::spawn(move || {
+                    let reg = Registry::open_on(&path, nfs, None).unwrap();
+                    for _ in 0..5 {
+                        let run = reg
+                            .create_run(&new_run(&dir, &format!("n{k}")), &[vec![], vec![]])
+                            .unwrap();
+                        reg.mark_running(run.id, &[0, 1]).unwrap();
+                        reg.list().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let reg = Registry::open_on(&path, nfs, Some("truncate")).unwrap();
+        assert_eq!(reg.list().unwrap().len(), 15);
+        assert!(Registry::open_on(&path, nfs, Some("wal")).is_err());
+    }
+
+    #[test]
+    fn launches_tags_notes_and_filters() {
+        let t = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&t.path().join("runs.db")).unwrap();
+        let mut new = new_run(t.path(), "iris");
+        new.tags = vec!["baseline".into()];
+        new.experiment = Some("iris".into());
+        let a = reg.create_run(&new, &[vec![], vec![]]).unwrap();
+        let b = reg
+            .create_run(&new_run(t.path(), "mnist"), &[vec![]])
+            .unwrap();
+        assert_eq!(a.launch, 0);
+        let launch = |kind: &str, commit: &str| NewLaunch {
+            kind: kind.into(),
+            git: Some((commit.into(), false)),
+            template: Some("big".into()),
+            options: serde_json::json!({"cpus": 2}),
+            options_from: "template big".into(),
+            overrides: serde_json::json!({}),
+            tasks: 2,
+            detached: false,
+        };
+        assert_eq!(reg.begin_launch(a.id, &launch("run", "c1")).unwrap(), 1);
+        reg.start_driver(a.id, 7, "h").unwrap();
+        reg.set_session(a.id, "S1", "/s/S1").unwrap();
+        reg.mark_running(a.id, &[0, 1]).unwrap();
+        let fail = |idx| Outcome {
+            idx,
+            attempt: 1,
+            state: "failed".into(),
+            ..Default::default()
+        };
+        reg.record(a.id, &[fail(0), fail(1)]).unwrap();
+        reg.settle(a.id).unwrap();
+        reg.new_attempt(a.id, &["failed"]).unwrap();
+        assert_eq!(reg.begin_launch(a.id, &launch("rerun", "c2")).unwrap(), 2);
+        reg.set_session(a.id, "S2", "/s/S2").unwrap();
+        reg.mark_running(a.id, &[1]).unwrap();
+        let ls = reg.launches(a.id).unwrap();
+        assert_eq!(
+            ls.iter()
+                .map(|l| (
+                    l.kind.as_str(),
+                    l.git_commit.as_deref(),
+                    l.status.as_deref()
+                ))
+                .collect::<Vec<_>>(),
+            [
+                ("run", Some("c1"), Some("failed")),
+                ("rerun", Some("c2"), None)
+            ]
+        );
+        // Each attempt knows its launch, and so its commit.
+        assert_eq!(reg.attempts(a.id, 1).unwrap()[0].launch, Some(1));
+        assert_eq!(reg.task(a.id, 1).unwrap().unwrap().launch, Some(2));
+        assert_eq!(reg.task(a.id, 0).unwrap().unwrap().launch, None);
+        assert_eq!(
+            reg.session_path(a.id, "S1").unwrap().as_deref(),
+            Some("/s/S1")
+        );
+        assert_eq!(reg.get(a.id).unwrap().options["cpus"], 2);
+
+        reg.add_tags(b.id, &["x".into(), "baseline".into()])
+            .unwrap();
+        assert!(reg.add_tags(b.id, &["two words".into()]).is_err());
+        reg.set_note(b.id, Some("lr too high")).unwrap();
+        assert_eq!(reg.get(b.id).unwrap().note.as_deref(), Some("lr too high"));
+        let names = |f: RunFilter| -> Vec<String> {
+            reg.list_filtered(&f)
+                .unwrap()
+                .into_iter()
+                .map(|(r, _)| r.name)
+                .collect()
+        };
+        assert_eq!(names(RunFilter::default()), ["iris", "mnist"]);
+        let tag = |t: &[&str]| RunFilter {
+            tags: t.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(names(tag(&["baseline"])), ["iris", "mnist"]);
+        assert_eq!(names(tag(&["baseline", "x"])), ["mnist"]);
+        let f = RunFilter {
+            name: Some("ir*".into()),
+            ..Default::default()
+        };
+        assert_eq!(names(f), ["iris"]);
+        let f = RunFilter {
+            status: vec!["pending".into()],
+            ..Default::default()
+        };
+        assert_eq!(names(f), ["mnist"]);
+        let f = RunFilter {
+            experiment: Some("iris".into()),
+            since: Some(now_secs() - 60.0),
+            ..Default::default()
+        };
+        assert_eq!(names(f), ["iris"]);
+        let f = RunFilter {
+            until: Some(now_secs() - 60.0),
+            ..Default::default()
+        };
+        assert!(names(f).is_empty());
+        reg.remove_tags(b.id, &["x".into()]).unwrap();
+        assert_eq!(reg.get(b.id).unwrap().tags, ["baseline"]);
+        reg.delete(a.id).unwrap();
+        assert!(reg.launches(a.id).unwrap().is_empty());
     }
 }
