@@ -2,7 +2,8 @@
 # slurm-multinode-exec.sh — run a command on a machine of the multi-node cluster (default: the
 # login machine), in its network, mount and UTS namespaces, as a user, with a login environment:
 # HOME (on GlusterFS), SLURM_CONF of this cluster, and this checkout's venv first on PATH (so
-# `python -c 'import shoal'` and `shoal` work there).
+# `python -c 'import shoal'` and `shoal` work there). SHOAL_MN_WORK and SHOAL_MN_SCRATCH name
+# world-writable dirs on the "shared" and the small "scratch" volume.
 #   slurm-multinode-exec.sh [--user NAME] [--node MACHINE] [--] CMD...
 # The working directory is the caller's if that path exists there, else the user's home.
 # Variables passed through when set: CI, TERM, PYTEST_ADDOPTS, and SHOAL_TEST_*.
@@ -32,6 +33,7 @@ home=$(getent passwd "$user" | cut -d: -f6) || die "no user '$user'"
 wd=$PWD
 on "$machine" runuser -u "$user" -- test -x "$wd" 2>/dev/null || wd=$home
 vars=(HOME="$home" USER="$user" LOGNAME="$user" SHELL=/bin/bash LANG=C.UTF-8 SLURM_CONF="$MN_CONF"
+      SHOAL_MN_WORK="$MN_WORK" SHOAL_MN_SCRATCH="$MN_SCRATCH/work"
       PATH="$VENV/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin")
 for v in CI TERM PYTEST_ADDOPTS $(compgen -e | grep '^SHOAL_TEST_' || true); do
   [ -n "${!v+x}" ] && vars+=("$v=${!v}")
