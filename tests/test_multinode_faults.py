@@ -261,9 +261,7 @@ def test_file_server_stall_declares_no_healthy_worker_lost(job_name: str) -> Non
 def test_full_volume_fails_with_an_error_naming_the_work_dir(job_name: str) -> None:
     n = 300
     work = on_login("sh", "-c", 'mktemp -d "$SHOAL_MN_SCRATCH/enospc-XXXXXX"').strip()
-    d = start(
-        job_name, "--tasks", str(n), "--seconds", "0.2", "--work-dir", work, "--wait-end"
-    )
+    d = start(job_name, "--tasks", str(n), "--seconds", "0.2", "--work-dir", work, "--wait-end")
     filled = False
     try:
         mid_map_on(d, "n1", results=10)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import json
 import os
 import random
@@ -27,9 +26,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = str(REPO / "ci" / "clusters" / "cluster")
-TRACED = "openat,getdents64,statx,newfstatat,stat,lstat,access,readlink,rename,renameat2,unlink,unlinkat,mkdir,mkdirat"
 STATS = ("statx", "newfstatat", "stat", "lstat", "access", "readlink")
 WRITES = ("rename", "renameat2", "unlink", "unlinkat", "mkdir", "mkdirat")
+TRACED = ",".join(("openat", "getdents64", *STATS, *WRITES))
 
 
 # ------------------------------------------------------------------ the driver (login machine)
@@ -37,6 +36,18 @@ WRITES = ("rename", "renameat2", "unlink", "unlinkat", "mkdir", "mkdirat")
 
 def started_at(_: Any = None) -> float:
     return time.time()
+
+
+def gather(args: tuple[str, int]) -> int:
+    """Wait until `n` tasks are running at once: every worker holds one (so all have started
+    and the engine sees them running), then return this worker's pid."""
+    d, n = args
+    with open(os.path.join(d, str(os.getpid())), "w"):
+        pass
+    end = time.monotonic() + 300
+    while len(os.listdir(d)) < n and time.monotonic() < end:
+        time.sleep(0.2)
+    return os.getpid()
 
 
 def session_role(workers: int, cpus: int) -> None:
@@ -50,15 +61,8 @@ def session_role(workers: int, cpus: int) -> None:
         workers, backend="slurm", cpus=cpus, work_dir=work, idle_timeout=3600, time="30m"
     ) as pool:
         path = pool._driver.path
-        pool.map(started_at, range(workers * 4), chunksize=1)
-        pids: list[int] = []
-        end = time.monotonic() + 120
-        while len(pids) < workers and time.monotonic() < end:
-            pids = []
-            for rec in glob.glob(os.path.join(path, "workers", "*.json")):
-                with open(rec) as f:
-                    pids.append(int(json.load(f)["pid"]))
-            time.sleep(0.5)
+        barrier = tempfile.mkdtemp(prefix="gather-", dir=work)
+        pids = sorted(set(pool.map(gather, [(barrier, workers)] * workers, chunksize=1)))
         say(event="ready", driver=os.getpid(), workers=pids, path=path)
         for line in sys.stdin:
             cmd = line.split()
@@ -86,8 +90,8 @@ def profile_counts(text: str) -> dict[str, int]:
     """FOP -> calls from the cumulative section of `gluster volume profile VOL info`."""
     counts: dict[str, int] = collections.Counter()
     cumulative = text.split("Interval")[0]
-    for m in re.finditer(r"^\s*[\d.]+\s+[\d.]+ us\s+[\d.]+ us\s+[\d.]+ us\s+(\d+)\s+(\w+)\s*$",
-                         cumulative, re.M):  # fmt: skip
+    row = r"^\s*[\d.]+" + r"\s+[\d.]+ \w?s" * 3 + r"\s+(\d+)\s+(\w+)\s*$"
+    for m in re.finditer(row, cumulative, re.M):
         counts[m.group(2)] += int(m.group(1))
     return counts
 
@@ -117,7 +121,8 @@ def classify(trace: str, path: str) -> dict[str, int]:
 def trace(pids: list[int], seconds: float, out: str) -> list[str]:
     procs = []
     for p in pids:
-        argv = ["strace", "-f", "-qq", "-y", "-e", f"trace={TRACED}", "-o", f"{out}.{p}", "-p", str(p)]
+        argv = ["strace", "-f", "-qq", "-y", "-e", f"trace={TRACED}", "-o", f"{out}.{p}"]
+        argv += ["-p", str(p)]
         procs.append(subprocess.Popen(argv, stderr=subprocess.DEVNULL))
     time.sleep(seconds)
     for pr in procs:
@@ -129,7 +134,8 @@ def trace(pids: list[int], seconds: float, out: str) -> list[str]:
 
 def orchestrate(args: argparse.Namespace) -> None:
     cmd = [CLUSTER, "exec", "slurm-multinode", "--user", args.user, "--"]
-    cmd += ["python", __file__, "--session", "--workers", str(args.workers), "--cpus", str(args.cpus)]
+    cmd += ["python", __file__, "--session", "--workers", str(args.workers)]
+    cmd += ["--cpus", str(args.cpus)]
     drv = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert drv.stdin is not None and drv.stdout is not None
 
@@ -148,12 +154,16 @@ def orchestrate(args: argparse.Namespace) -> None:
             gluster("volume", "profile", "shared", "start")
         except subprocess.CalledProcessError:
             pass  # already started
+        # the server's view first, without strace slowing the processes down
         gluster("volume", "profile", "shared", "info", "clear")
+        t = time.monotonic()
+        time.sleep(args.window)
+        server = profile_counts(gluster("volume", "profile", "shared", "info"))
+        server_window = time.monotonic() - t
+        gluster("volume", "profile", "shared", "stop")
         t = time.monotonic()
         texts = trace([ready["driver"], *workers], args.window, os.path.join(tmp, "trace"))
         window = time.monotonic() - t
-        server = profile_counts(gluster("volume", "profile", "shared", "info"))
-        gluster("volume", "profile", "shared", "stop")
         drv.stdin.write(f"pickup {args.pickups}\n")
         drv.stdin.flush()
         lat = recv()["latencies"]
@@ -173,8 +183,9 @@ def orchestrate(args: argparse.Namespace) -> None:
 
     print(
         f"\nShared-filesystem load ({time.strftime('%Y-%m-%d %H:%M')}, slurm-multinode on "
-        f"GlusterFS, {nw} idle workers on 3 nodes, {window:.0f} s window; calls on the work dir)"
+        f"GlusterFS, {nw} idle workers on 3 nodes)"
     )
+    print(f"strace of each process for {window:.0f} s, calls on the session's work dir:")
     print(f"{'':44}{'per second':>12}  target")
     rows = [
         ("idle worker: directory listings (opendir)", per_worker("listings"), "<= 1"),
@@ -190,12 +201,15 @@ def orchestrate(args: argparse.Namespace) -> None:
     for name, value, target in rows:
         print(f"{name:44}{value:>12.1f}  {target}")
     total = sum(server.values())
-    top = ", ".join(f"{k} {v / window:.0f}" for k, v in sorted(server.items(), key=lambda kv: -kv[1])[:6])
-    print(f"{'GlusterFS server: FOPs (driver + workers)':44}{total / window:>12.1f}  ({top})")
-    print(f"{'  ... per idle worker (all / workers)':44}{total / window / nw:>12.1f}")
+    busiest = sorted(server.items(), key=lambda kv: -kv[1])[:6]
+    top = ", ".join(f"{k} {v / server_window:.0f}" for k, v in busiest)
+    print(f"\nGlusterFS server profile, same idle state, {server_window:.0f} s without strace:")
+    print(f"{'FOPs/s (driver + workers)':44}{total / server_window:>12.1f}  ({top})")
+    print(f"{'  ... divided by the idle workers':44}{total / server_window / nw:>12.1f}")
     p50 = statistics.median(lat)
     print(f"\n{'idle worker picks up a new task, p50':44}{p50:>11.3f}s  <= 1 s")
-    print(f"{'  ... p90 / max':44}{sorted(lat)[int(0.9 * (len(lat) - 1))]:>11.3f}s  {max(lat):.3f} s")
+    p90 = sorted(lat)[int(0.9 * (len(lat) - 1))]
+    print(f"{'  ... p90 / max':44}{p90:>11.3f}s  {max(lat):.3f} s")
 
 
 def main() -> None:
