@@ -14,6 +14,7 @@ CLUSTER_MARKERS = {
     "sge": "sge",
     "htcondor": "htcondor",
     "multinode": "slurm-multinode",
+    "isolated": "isolated",
 }
 
 

@@ -56,6 +56,7 @@ ns_link_state() { ip -n "$(ns_name "$NS_HUB")" -o link show "h-$1" 2>/dev/null |
 # a live, non-zombie process (killed processes linger as zombies here: PID 1 is not an init)
 pid_live() {
   local st
+  [[ "$1" =~ ^[0-9]+$ ]] || return 1
   st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
   [ -n "$st" ] && [ "$st" != Z ]
 }
