@@ -49,10 +49,11 @@ python_base() {
   [ -x "$py" ] || py=$(command -v python3)
   "$py" -c 'import os, sys; print(os.path.realpath(sys.base_prefix))'
 }
-# hidden on client machines: multinode hides /root and /home (the Gluster homes); isolated also
-# /work, /srv and /mnt. Software under them is bound back: the checkout (login only when
-# isolated), the venv and the venv's base Python.
-HIDDEN="/root /home"; [ "$MN_GLUSTER" = 1 ] || HIDDEN="/root /home /work /srv /mnt"
+# hidden on client machines: the private /tmp, /var/tmp, /dev/shm, and /root and /home (the
+# Gluster homes, or private ones); isolated also /work, /srv and /mnt. Software under them is
+# bound back: the checkout (login only when isolated), the venv and the venv's base Python
+# (a checkout under /tmp, as a CI clone may be, stays usable).
+HIDDEN="/tmp /var/tmp /dev/shm /root /home"; [ "$MN_GLUSTER" = 1 ] || HIDDEN="$HIDDEN /work /srv /mnt"
 keep_paths() {  # keep_paths MACHINE
   local p k h out="" inside cands
   cands="$(readlink -f "$VENV" 2>/dev/null || echo "$VENV") $(python_base)"
@@ -186,20 +187,21 @@ start_ctl() {
 client_setup() {
   local m=$1 i=0 p keep_stage="" keep_move="" h hide="" R=$MN_CONDOR_ROOT
   for p in $(keep_paths "$m"); do
+    # staged outside everything that gets covered, moved back once all is mounted
     keep_stage="$keep_stage
-    mkdir -p /tmp/.keep/$i; mount --bind $p /tmp/.keep/$i"
+    mkdir -p $NS_RUN/keep/$m/$i; mount --bind $p $NS_RUN/keep/$m/$i"
     keep_move="$keep_move
-    mkdir -p $p; mount --move /tmp/.keep/$i $p"
+    mkdir -p $p; mount --move $NS_RUN/keep/$m/$i $p"
     i=$((i + 1))
   done
   local uid gid
   uid=$(id -u "$MN_USER"); gid=$(id -g "$MN_USER")
   cat <<EOF
+    $keep_stage
     mount --bind $MN_ETC/hosts /etc/hosts
     mount -t tmpfs -o size=2g,mode=1777 $NS_PREFIX-tmp-$m /tmp
     mount -t tmpfs -o size=256m,mode=1777 $NS_PREFIX-shm-$m /dev/shm
     mount -t tmpfs -o size=256m,mode=1777 $NS_PREFIX-vartmp-$m /var/tmp
-    $keep_stage
     mkdir -p /srv/$MN_TAG; mount -t tmpfs -o size=1m,mode=0755 $NS_PREFIX-nobricks /srv/$MN_TAG
 EOF
   if [ "$MN_GLUSTER" = 1 ]; then
@@ -216,7 +218,9 @@ EOF
     mount --bind $MN_SHARED/root /root
 EOF
   else
-    for h in $HIDDEN; do hide="$hide
+    for h in $HIDDEN; do
+      case " /tmp /var/tmp /dev/shm " in *" $h "*) continue ;; esac  # private already (1777)
+      hide="$hide
     mount -t tmpfs -o size=512m,mode=0755 $NS_PREFIX-$(basename "$h")-$m $h"; done
     cat <<EOF
     $hide
@@ -224,7 +228,7 @@ EOF
 EOF
   fi
   echo "    $keep_move"
-  echo "    rm -rf /tmp/.keep"
+  echo "    rmdir $NS_RUN/keep/$m/* 2>/dev/null || true"
   if [ -d "$R/usr" ]; then
     case "$m" in
       c*|login)
