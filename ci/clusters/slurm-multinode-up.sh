@@ -42,7 +42,7 @@ fi
 
 # ------------------------------------------------------------------ software paths
 # The Python installation and the checkout are the "site software" every machine sees from the
-# host filesystem. Those under /root or /home (hidden by the Gluster homes) are bound back at the
+# host filesystem. Those under a directory the machines cover (HIDDEN) are bound back at the
 # same path, so the venv works unchanged on every machine and for every user.
 python_base() {
   local py=$VENV/bin/python
