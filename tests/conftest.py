@@ -8,7 +8,14 @@ import os
 
 import pytest
 
-CLUSTER_MARKERS = ("slurm", "sge", "htcondor")
+# marker -> the cluster (`ci/clusters/cluster up NAME`) its tests need
+CLUSTER_MARKERS = {
+    "slurm": "slurm",
+    "sge": "sge",
+    "htcondor": "htcondor",
+    "multinode": "slurm-multinode",
+    "isolated": "isolated",
+}
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -24,8 +31,8 @@ def sessions_dir() -> str:
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     available = set(os.environ.get("SHOAL_TEST_CLUSTERS", "").split())
-    for name in CLUSTER_MARKERS:
-        if item.get_closest_marker(name) and name not in available:
+    for marker, name in CLUSTER_MARKERS.items():
+        if item.get_closest_marker(marker) and name not in available:
             msg = f"{name} cluster not up (run: sudo ci/clusters/cluster up {name})"
             if os.environ.get("CI"):
                 pytest.fail(msg)

@@ -135,6 +135,7 @@ apt_install() {
 SLURM_PKGS="slurm-wlm slurmctld slurmd slurm-client munge"
 SGE_PKGS="gridengine-master gridengine-exec gridengine-client"
 CONDOR_HOST_PKGS="debootstrap"
+GLUSTER_PKGS="glusterfs-server glusterfs-client"
 
 # install_if_changed NEW DEST [MODE]: copy when content differs; returns 0 if it changed
 install_if_changed() {
