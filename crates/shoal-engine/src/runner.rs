@@ -926,7 +926,7 @@ impl Runner {
 
     fn full_message(&self) -> String {
         format!(
-            "the work dir's filesystem is full: workers cannot write their results to {}\nhint: free space on it (or raise your quota), or pass work_dir=... on a filesystem with room",
+            "the work dir's filesystem is full (No space left on device): workers cannot write their results to {}\nhint: free space on it (or raise your quota), or pass work_dir=... on a filesystem with room",
             self.dir.root().display()
         )
     }
