@@ -8,6 +8,7 @@
 pub mod error;
 pub mod frame;
 pub mod fsutil;
+pub mod journal;
 pub mod layout;
 pub mod protocol;
 pub mod session;
