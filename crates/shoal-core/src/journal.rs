@@ -264,7 +264,10 @@ pub struct Journal {
     t0: Instant,
     last_ms: u64,
     last_chunk: u64,
-    workers: HashMap<String, u32>,
+    workers: HashMap<String, Mark>,
+    /// Chunk -> worker index of its last start record, so repeated sightings of one claim
+    /// record nothing.
+    open: HashMap<u64, u32>,
     messages: HashMap<String, u32>,
     failures: u32,
     total: u64,
@@ -306,6 +309,7 @@ impl Journal {
             last_ms: 0,
             last_chunk: 0,
             workers: HashMap::new(),
+            open: HashMap::new(),
             messages: HashMap::new(),
             failures: 0,
             total: 0,
@@ -335,24 +339,46 @@ impl Journal {
         put_varint(&mut self.buf, w);
     }
 
-    /// The worker process announced itself (it is up and can take work).
+    /// The worker process announced itself (it is up and can take work). Only the first
+    /// announcement of a worker is recorded.
     pub fn worker_announced(&mut self, worker: &str, host: &str, pid: u32) {
+        if self.workers.get(worker).is_some_and(|m| m.announced) {
+            return;
+        }
         let w = self.head(kind::ANNOUNCED, worker);
+        self.mark(worker).announced = true;
         put_varint(&mut self.buf, w);
         put_str(&mut self.buf, host, MAX_TEXT);
         put_varint(&mut self.buf, u64::from(pid));
     }
 
+    /// Whether `worker` is known and its announcement not recorded yet (so the driver knows
+    /// whose announcement to look for).
+    pub fn needs_announcement(&self, worker: &str) -> bool {
+        self.workers.get(worker).is_some_and(|m| !m.announced)
+    }
+
+    /// Only the first end of a worker is recorded (a worker fenced for its silence and then
+    /// reported lost by its backend stays fenced).
     pub fn worker_ended(&mut self, worker: &str, how: WorkerEnd, reason: &str) {
+        if self.workers.get(worker).is_some_and(|m| m.ended) {
+            return;
+        }
         let w = self.head(kind::ENDED, worker);
+        self.mark(worker).ended = true;
         put_varint(&mut self.buf, w);
         self.buf.push(how.code());
         put_str(&mut self.buf, error_line(reason), MAX_TEXT);
     }
 
     /// A worker began the chunk of `ntasks` tasks (the driver saw its claim, or the worker
-    /// acknowledged a push).
+    /// acknowledged a push). Seeing the same claim again records nothing, so the driver may
+    /// call this for every claim it lists.
     pub fn chunk_started(&mut self, chunk: u64, worker: &str, ntasks: u32) {
+        let w = self.worker(worker);
+        if self.open.insert(chunk, w) == Some(w) {
+            return;
+        }
         if ntasks == 1 {
             let w = self.head(kind::CHUNK_START1, worker);
             self.chunk(chunk);
@@ -375,6 +401,7 @@ impl Journal {
         let w = self.head(k, f.worker);
         self.chunk(f.chunk);
         put_varint(&mut self.buf, w);
+        self.open.remove(&f.chunk);
         if !simple {
             self.buf.push(u8::from(f.duplicate));
             put_varint(&mut self.buf, u64::from(f.ntasks));
@@ -447,6 +474,9 @@ impl Journal {
     }
 
     fn chunk_event(&mut self, k: u8, chunk: u64, worker: &str, ntasks: u32) {
+        if k != kind::CHUNK_START {
+            self.open.remove(&chunk);
+        }
         let w = self.head(k, worker);
         self.chunk(chunk);
         put_varint(&mut self.buf, w);
@@ -475,14 +505,26 @@ impl Journal {
     }
 
     fn worker(&mut self, name: &str) -> u32 {
-        if let Some(&w) = self.workers.get(name) {
-            return w;
+        if let Some(m) = self.workers.get(name) {
+            return m.index;
         }
-        let w = self.workers.len() as u32;
-        self.workers.insert(name.to_string(), w);
+        let index = self.workers.len() as u32;
+        self.workers.insert(
+            name.to_string(),
+            Mark {
+                index,
+                announced: false,
+                ended: false,
+            },
+        );
         self.buf.push(kind::WORKER);
         put_str(&mut self.buf, name, MAX_TEXT);
-        w
+        index
+    }
+
+    fn mark(&mut self, name: &str) -> &mut Mark {
+        self.worker(name);
+        self.workers.get_mut(name).expect("defined above")
     }
 
     fn message(&mut self, text: &str) -> u32 {
@@ -510,6 +552,13 @@ impl Drop for Journal {
     fn drop(&mut self) {
         self.flush();
     }
+}
+
+/// What the writer remembers of a worker: its index and which one-time events it recorded.
+struct Mark {
+    index: u32,
+    announced: bool,
+    ended: bool,
 }
 
 /// A finished chunk, for [`Journal::chunk_finished`].
@@ -550,6 +599,19 @@ pub fn end_session(dir: &SessionDir, end: &SessionEnd) {
     put_varint(&mut buf, end.tasks_done);
     put_varint(&mut buf, end.tasks_failed);
     let _ = f.write_all(&buf);
+}
+
+impl SessionInfo {
+    pub fn of(meta: &crate::session::SessionMeta) -> SessionInfo {
+        SessionInfo {
+            id: meta.id.clone(),
+            backend: meta.backend.clone(),
+            host: meta.host.clone(),
+            pid: meta.pid,
+            started: meta.created,
+            metadata: meta.metadata.clone(),
+        }
+    }
 }
 
 /// `$SHOAL_HOME/history`: journals of ended sessions, kept after their work dirs are removed.

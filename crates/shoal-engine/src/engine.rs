@@ -4,11 +4,13 @@
 use crate::error::{EngineError, Result};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shoal_core::fsutil::now_secs;
+use shoal_core::fsutil::{now_secs, read_json};
+use shoal_core::journal::{self, ChunkDone, Journal, SessionEnd, SessionInfo, WorkerEnd};
 use shoal_core::layout::Stream;
 use shoal_core::protocol::{ChunkHeader, ResultHeader};
 use shoal_core::session::{SessionMeta, SessionState};
 use shoal_core::watch::DirWatch;
+use shoal_core::worker::WorkerInfo;
 use shoal_core::SessionDir;
 use shoal_sched::{LaunchSpec, Scheduler, WorkerState};
 use std::collections::{HashMap, HashSet};
@@ -31,6 +33,9 @@ pub struct EngineOptions {
     /// Bytes of a lost worker's stderr quoted in errors.
     pub stderr_tail: u64,
     pub metadata: serde_json::Value,
+    /// Where ended sessions' journals are copied (`shoal show` after the work dir is gone);
+    /// None: nowhere.
+    pub history: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -42,6 +47,7 @@ impl Default for EngineOptions {
             progress: false,
             stderr_tail: 2048,
             metadata: serde_json::Value::Null,
+            history: Some(journal::history_dir()),
         }
     }
 }
@@ -140,6 +146,7 @@ pub struct Engine {
     thread: Mutex<Option<JoinHandle<()>>>,
     backend: &'static str,
     metadata: serde_json::Value,
+    history: Option<PathBuf>,
 }
 
 impl Engine {
@@ -155,6 +162,9 @@ impl Engine {
         let mut meta = SessionMeta::new(dir.id(), backend);
         meta.metadata = options.metadata.clone();
         dir.write_meta(&meta)?;
+        // journal: the session's event record for `shoal top` / `shoal show` (never fatal).
+        let journal =
+            Journal::open(&dir, &SessionInfo::of(&meta)).unwrap_or_else(|_| Journal::disabled());
         dir.beat(&dir.control("driver.hb"))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new()),
@@ -162,6 +172,7 @@ impl Engine {
         });
         let (tx, rx) = unbounded();
         let metadata = options.metadata.clone();
+        let history = options.history.clone();
         let mut runner = Runner {
             dir: dir.clone(),
             shared: shared.clone(),
@@ -177,6 +188,7 @@ impl Engine {
             submitted: 0,
             last_submit: None,
             retired: HashMap::new(),
+            journal,
         };
         let thread = std::thread::Builder::new()
             .name("shoal-engine".into())
@@ -192,6 +204,7 @@ impl Engine {
             thread: Mutex::new(Some(thread)),
             backend,
             metadata,
+            history,
         })
     }
 
@@ -320,6 +333,21 @@ impl Engine {
         apply_stats(&mut meta, &st.stats, &st.jobs);
         drop(st);
         let _ = self.dir.write_meta(&meta);
+        // journal: the engine thread (and its writer) ended above; record the end, keep a copy.
+        journal::end_session(
+            &self.dir,
+            &SessionEnd {
+                at: meta.updated,
+                state: state.as_str().to_string(),
+                message: meta.message.clone(),
+                tasks_total: meta.tasks_total,
+                tasks_done: meta.tasks_done,
+                tasks_failed: meta.tasks_failed,
+            },
+        );
+        if let Some(history) = &self.history {
+            journal::archive(&self.dir, history);
+        }
         if state == SessionState::Finished && !keep {
             let _ = std::fs::remove_dir_all(self.dir.root());
             None
@@ -371,6 +399,7 @@ struct Runner {
     /// Workers the engine cancelled itself, and when: a claim one made just before its
     /// cancellation landed goes back to pending (see `sweep_retired`).
     retired: HashMap<String, Instant>,
+    journal: Journal,
 }
 
 /// Queued workers to give back: those beyond what the outstanding work can use. Running
@@ -506,6 +535,8 @@ impl Runner {
                 w.produced = true;
             }
             self.start_failures = 0;
+            let first = !self.delivered.contains(&chunk);
+            self.journal_result(&header, !first);
             if !self.delivered.insert(chunk) {
                 continue; // a requeued chunk finished twice: the first result won
             }
@@ -530,8 +561,11 @@ impl Runner {
         let mut started = Vec::new();
         {
             let mut st = self.shared.lock();
-            for (chunk, _) in claims {
+            for (chunk, worker) in claims {
                 if let Some(info) = st.outstanding.get_mut(&chunk) {
+                    // journal: every holder of a claim (a retried chunk starts again).
+                    self.journal
+                        .chunk_started(chunk, &worker, info.header.ntasks);
                     if !info.started {
                         info.started = true;
                         started.push(chunk);
@@ -563,6 +597,9 @@ impl Runner {
                 produced: false,
                 seq: 0,
             });
+            if ev.state == WorkerState::Running && rec.state != WorkerState::Running {
+                self.journal.worker_running(&ev.worker);
+            }
             rec.state = ev.state.clone();
             if ended {
                 let reason = match &ev.state {
@@ -572,6 +609,7 @@ impl Runner {
                 self.worker_ended(sched, &ev.worker, reason);
             }
         }
+        self.journal_announcements();
         self.sweep_retired();
         self.refresh_workers(sched);
         any
@@ -608,28 +646,37 @@ impl Runner {
                 .collect(),
             Err(_) => Vec::new(),
         };
+        self.journal_announcement(worker);
         if lost.is_none() && claims.is_empty() {
+            self.journal.worker_ended(worker, WorkerEnd::Exited, "");
             return;
         }
         let reason = lost.unwrap_or_else(|| "worker exited while holding a chunk".into());
+        self.journal.worker_ended(worker, WorkerEnd::Lost, &reason);
         self.shared.lock().stats.workers_lost += 1;
         let tail = self.stderr_tail(worker);
         for chunk in claims {
-            let give_up = {
+            let (give_up, ntasks) = {
                 let mut st = self.shared.lock();
                 match st.outstanding.get_mut(&chunk) {
                     Some(info) => {
                         info.attempts += 1;
-                        (info.attempts >= self.options.max_attempts).then(|| info.header.clone())
+                        let give_up = info.attempts >= self.options.max_attempts;
+                        (give_up.then(|| info.header.clone()), info.header.ntasks)
                     }
-                    None => None,
+                    None => (None, 0),
                 }
             };
             match give_up {
                 None => {
-                    let _ = self.dir.requeue(chunk, worker);
+                    if self.dir.requeue(chunk, worker).unwrap_or(false) {
+                        self.journal.chunk_requeued(chunk, worker, ntasks);
+                    }
                 }
                 Some(header) => {
+                    self.journal.chunk_lost(chunk, worker, ntasks);
+                    self.journal
+                        .tasks_failed(header.first_task, header.ntasks, &reason);
                     let _ =
                         std::fs::rename(self.dir.claimed(chunk, worker), self.dir.corrupt(chunk));
                     self.delivered.insert(chunk);
@@ -703,6 +750,7 @@ impl Runner {
                 "no heartbeat from worker for {:.0} s",
                 timeout.as_secs_f64()
             );
+            self.journal.worker_ended(&w, WorkerEnd::Fenced, &reason);
             self.worker_ended(sched, &w, Some(reason));
         }
     }
@@ -736,8 +784,10 @@ impl Runner {
         if !sched.keep_warm() && pending > 0 && recently {
             return;
         }
+        let jobs_before = sched.job_ids();
         match sched.submit(&self.spec, target - active) {
             Ok(ids) => {
+                self.journal_submitted(&ids, &jobs_before, &sched.job_ids());
                 self.last_submit = Some(Instant::now());
                 self.shared.lock().stats.workers_started += ids.len() as u64;
                 for id in ids {
@@ -773,6 +823,7 @@ impl Runner {
         let _ = sched.cancel(&ids);
         let now = Instant::now();
         for id in ids {
+            self.journal.worker_ended(&id, WorkerEnd::Retired, "");
             self.workers.remove(&id);
             self.retired.insert(id, now);
         }
@@ -789,8 +840,16 @@ impl Runner {
         self.collect_results();
         if let Ok(claims) = self.dir.claims() {
             for (chunk, worker) in claims {
-                if self.retired.contains_key(&worker) {
-                    let _ = self.dir.requeue(chunk, &worker);
+                if self.retired.contains_key(&worker)
+                    && self.dir.requeue(chunk, &worker).unwrap_or(false)
+                {
+                    let ntasks = self
+                        .shared
+                        .lock()
+                        .outstanding
+                        .get(&chunk)
+                        .map_or(0, |i| i.header.ntasks);
+                    self.journal.chunk_requeued(chunk, &worker, ntasks);
                 }
             }
         }
@@ -836,6 +895,69 @@ impl Runner {
         let _ = self.tx.send(Event::Fatal { message });
     }
 
+    // ------------------------------------------------------------ journal (shoal top/show)
+
+    /// A result arrived: its chunk, and the first line of each failed task's error.
+    fn journal_result(&mut self, h: &ResultHeader, duplicate: bool) {
+        self.journal_announcement(&h.worker);
+        self.journal.chunk_finished(&ChunkDone {
+            chunk: h.chunk,
+            worker: &h.worker,
+            ntasks: h.ntasks,
+            nfailed: h.nfailed(),
+            elapsed: h.elapsed,
+            durations: &[],
+            duplicate,
+        });
+        if duplicate {
+            return;
+        }
+        if let Some(e) = &h.chunk_error {
+            self.journal.tasks_failed(h.first_task, h.ntasks, e);
+        }
+        for f in &h.failed {
+            self.journal
+                .tasks_failed(h.first_task + u64::from(f.index), 1, &f.traceback);
+        }
+    }
+
+    /// Workers just submitted, each with the scheduler job it belongs to: the new job id
+    /// that its worker id starts with (`1234_5` is task 5 of array job 1234).
+    fn journal_submitted(&mut self, ids: &[String], before: &[String], after: &[String]) {
+        let new: Vec<&String> = after.iter().filter(|j| !before.contains(j)).collect();
+        for id in ids {
+            let job = new.iter().find(|j| {
+                id.strip_prefix(j.as_str())
+                    .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+            });
+            self.journal.worker_submitted(id, job.map(|j| j.as_str()));
+        }
+    }
+
+    /// Record the host and pid of running workers that announced themselves since.
+    fn journal_announcements(&mut self) {
+        let running: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(id, w)| {
+                w.state == WorkerState::Running && self.journal.needs_announcement(id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in running {
+            self.journal_announcement(&id);
+        }
+    }
+
+    /// Record `worker`'s announcement if it made one and it is not recorded yet.
+    fn journal_announcement(&mut self, worker: &str) {
+        if self.journal.needs_announcement(worker) {
+            if let Ok(info) = read_json::<WorkerInfo>(&self.dir.worker_info(worker)) {
+                self.journal.worker_announced(worker, &info.host, info.pid);
+            }
+        }
+    }
+
     fn note(&self, msg: &str) {
         if let Some(bar) = &self.progress {
             bar.set_message(msg.to_string());
@@ -848,9 +970,12 @@ impl Runner {
         if st.fatal.is_some() {
             self.meta.message = st.fatal.clone();
         }
+        let total = st.stats.tasks_total;
         drop(st);
         self.meta.updated = now_secs();
         let _ = self.dir.write_meta(&self.meta);
+        self.journal.tasks_total(total);
+        self.journal.flush();
     }
 
     fn draw_progress(&mut self) {
@@ -946,6 +1071,7 @@ mod tests {
             submitted: 0,
             last_submit: None,
             retired: HashMap::new(),
+            journal: Journal::disabled(),
         }
     }
 

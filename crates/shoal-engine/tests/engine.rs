@@ -161,6 +161,10 @@ fn start(sched: ThreadScheduler, options: EngineOptions) -> (tempfile::TempDir, 
         env: vec![],
         cwd: t.path().into(),
     };
+    let options = EngineOptions {
+        history: Some(t.path().join("history")),
+        ..options
+    };
     let engine = Engine::start(dir, Box::new(sched), spec, options).unwrap();
     (t, engine)
 }
@@ -296,4 +300,47 @@ fn finish_records_state_and_keeps_a_failed_sessions_dir() {
     assert!(root.exists());
     let meta = SessionDir::open(&root).read_meta().unwrap();
     assert_eq!(meta.state, shoal_core::session::SessionState::Failed);
+}
+
+#[test]
+fn the_journal_records_workers_chunks_retries_and_the_end() {
+    use shoal_core::journal::{Log, Summary, WorkerStatus};
+    // One worker at a time: the first claims a chunk and dies, the second does everything.
+    let plan = vec![Behaviour::DieHoldingClaim];
+    let (t, engine) = start(ThreadScheduler::new(1, plan), EngineOptions::default());
+    for i in 0..6u32 {
+        engine.submit(format!("p{i}").as_bytes(), 3).unwrap();
+    }
+    let (results, _) = collect(&engine, 6);
+    assert_eq!(results.len(), 6);
+    engine.shutdown(Some(Duration::from_secs(2)));
+    engine.finish(shoal_core::session::SessionState::Finished, None, true);
+    let log = Log::read(&t.path().join("s").join("journal")).unwrap();
+    let s = Summary::of(&log, 0.0);
+    assert_eq!(s.state, "finished");
+    assert_eq!(
+        (s.tasks.total, s.tasks.finished, s.tasks.failed),
+        (18, 18, 0)
+    );
+    assert_eq!(
+        s.tasks.retried, 3,
+        "the dead worker's chunk ran again: {s:?}"
+    );
+    let lost: Vec<_> = s
+        .workers
+        .iter()
+        .filter(|w| w.status == WorkerStatus::Lost)
+        .collect();
+    assert_eq!(lost.len(), 1);
+    assert!(lost[0].reason.as_deref().unwrap().contains("SIGKILL"));
+    assert_eq!(s.workers.iter().map(|w| w.tasks).sum::<u64>(), 18);
+    assert!(
+        s.workers
+            .iter()
+            .all(|w| w.host.as_deref() == Some(shoal_core::fsutil::hostname().as_str())),
+        "every worker announced its host: {:?}",
+        s.workers
+    );
+    let copy = Log::read(&t.path().join("history").join("s.journal")).unwrap();
+    assert_eq!(copy.events, log.events, "the history keeps a copy");
 }

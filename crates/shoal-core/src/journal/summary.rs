@@ -382,7 +382,7 @@ impl Pass {
                 how,
                 reason,
             } => {
-                if let Some(w) = self.worker(*worker) {
+                if let Some(w) = self.worker(*worker).filter(|w| w.ended.is_none()) {
                     w.ended = Some(*t);
                     w.status = match how {
                         WorkerEnd::Exited => WorkerStatus::Exited,

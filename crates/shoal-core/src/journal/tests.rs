@@ -444,3 +444,53 @@ fn size_per_thousand_tasks() {
     let d = s.durations.unwrap();
     assert!(d.p50 > 500.0 && d.p50 < 700.0 && d.max < 900.0, "{d:?}");
 }
+
+#[test]
+fn repeated_sightings_record_nothing_new() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = session(&t);
+    let mut j = Journal::open(&dir, &info("idem")).unwrap();
+    j.worker_submitted("w1", None);
+    assert!(j.needs_announcement("w1"));
+    for _ in 0..3 {
+        j.worker_announced("w1", "h", 1);
+        j.chunk_started(0, "w1", 2);
+    }
+    assert!(!j.needs_announcement("w1"));
+    j.chunk_requeued(0, "w1", 2);
+    j.chunk_started(0, "w2", 2);
+    j.chunk_started(0, "w2", 2);
+    j.worker_ended(
+        "w1",
+        WorkerEnd::Fenced,
+        "no heartbeat from worker for 120 s",
+    );
+    j.worker_ended("w1", WorkerEnd::Lost, "worker exited while holding a chunk");
+    drop(j);
+    let log = Log::of(&dir).unwrap();
+    let kinds: Vec<&str> = log
+        .events
+        .iter()
+        .map(|e| match e {
+            Event::WorkerSubmitted { .. } => "submitted",
+            Event::WorkerAnnounced { .. } => "announced",
+            Event::ChunkStarted { .. } => "started",
+            Event::ChunkRequeued { .. } => "requeued",
+            Event::WorkerEnded { .. } => "ended",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "submitted",
+            "announced",
+            "started",
+            "requeued",
+            "started",
+            "ended"
+        ]
+    );
+    let s = Summary::of(&log, 0.0);
+    assert_eq!(s.workers[0].status, WorkerStatus::Fenced);
+}
