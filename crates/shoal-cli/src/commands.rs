@@ -145,7 +145,12 @@ fn headers(dir: &SessionDir) -> Vec<ResultHeader> {
     v
 }
 
-fn task_logs(dir: &SessionDir, task: u64, streams: &[Stream], out: &mut dyn Write) -> Result<i32> {
+pub(crate) fn task_logs(
+    dir: &SessionDir,
+    task: u64,
+    streams: &[Stream],
+    out: &mut dyn Write,
+) -> Result<i32> {
     let Some(h) = headers(dir)
         .into_iter()
         .find(|h| (h.first_task..h.first_task + u64::from(h.ntasks)).contains(&task))
