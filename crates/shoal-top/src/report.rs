@@ -201,10 +201,11 @@ pub fn text(rec: &Record, log: &Log, s: &Summary, o: &Options<'_>) -> String {
     }
     if !s.failures.is_empty() {
         let recorded: u64 = s.failures.iter().map(|g| g.count).sum();
+        let distinct: u64 = s.failures.iter().map(|g| g.distinct).sum();
         out += &format!(
             "\nfailures: {} tasks, {} distinct errors\n",
             count(recorded),
-            s.failures.len()
+            count(distinct)
         );
         let shown = if o.all { s.failures.len() } else { SHOWN };
         for g in s.failures.iter().take(shown) {
@@ -212,8 +213,13 @@ pub fn text(rec: &Record, log: &Log, s: &Summary, o: &Options<'_>) -> String {
             if g.count > g.tasks.len() as u64 {
                 tasks.push("…".into());
             }
+            let similar = if g.distinct > 1 {
+                format!(" (and {} similar)", count(g.distinct - 1))
+            } else {
+                String::new()
+            };
             out += &format!(
-                "  {:>5} × {} — task{} {}\n",
+                "  {:>5} × {}{similar} — task{} {}\n",
                 count(g.count),
                 g.message,
                 if g.count == 1 { "" } else { "s" },

@@ -186,12 +186,34 @@ pub struct HostSummary {
     pub busy: f64,
 }
 
+/// Failures whose errors differ only in their numbers (`bad input 13`, `bad input 110`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct FailureGroup {
+    /// The first error text of the group.
     pub message: String,
     pub count: u64,
-    /// The first failed task numbers with this error.
+    /// Distinct error texts in the group.
+    pub distinct: u64,
+    /// The first failed task numbers of the group.
     pub tasks: Vec<u64>,
+}
+
+/// What errors of one group share: the text with every run of digits as `#`.
+fn shape(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_digits = false;
+    for c in message.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push('#');
+            }
+            in_digits = true;
+        } else {
+            out.push(c);
+            in_digits = false;
+        }
+    }
+    out
 }
 
 /// Tasks finished per second, in bins of `bin` seconds from the session's start.
@@ -298,6 +320,8 @@ struct Pass {
     /// (start, end, tasks) of delivered chunks, for throughput.
     spans: Vec<(f64, f64, u32)>,
     failures: Vec<FailureGroup>,
+    /// Message index -> its group in `failures`.
+    group_of: Vec<usize>,
     now: f64,
 }
 
@@ -316,16 +340,22 @@ impl Pass {
             durations: Vec::new(),
             exact: true,
             spans: Vec::new(),
-            failures: log
-                .messages
-                .iter()
-                .map(|m| FailureGroup {
-                    message: m.clone(),
-                    ..FailureGroup::default()
-                })
-                .collect(),
+            failures: Vec::new(),
+            group_of: Vec::new(),
             now,
         };
+        let mut by_shape: HashMap<String, usize> = HashMap::new();
+        for m in &log.messages {
+            let n = p.failures.len();
+            let g = *by_shape.entry(shape(m)).or_insert(n);
+            if g == n {
+                p.failures.push(FailureGroup {
+                    message: m.clone(),
+                    ..FailureGroup::default()
+                });
+            }
+            p.group_of.push(g);
+        }
         for e in &log.events {
             p.apply(e);
         }
@@ -443,7 +473,8 @@ impl Pass {
                 message,
                 ..
             } => {
-                if let Some(g) = self.failures.get_mut(*message as usize) {
+                let group = self.group_of.get(*message as usize).copied();
+                if let Some(g) = group.and_then(|g| self.failures.get_mut(g)) {
                     g.count += u64::from(*count);
                     let room = FAILED_TASKS_KEPT.saturating_sub(g.tasks.len());
                     g.tasks
@@ -665,8 +696,20 @@ impl Summary {
             e.failed += w.failed;
             e.busy += w.busy;
         }
-        let mut failures: Vec<FailureGroup> =
-            p.failures.iter().filter(|g| g.count > 0).cloned().collect();
+        let mut distinct = vec![0u64; p.failures.len()];
+        for &g in &p.group_of {
+            distinct[g] += 1;
+        }
+        let mut failures: Vec<FailureGroup> = p
+            .failures
+            .iter()
+            .zip(distinct)
+            .filter(|(g, _)| g.count > 0)
+            .map(|(g, d)| FailureGroup {
+                distinct: d,
+                ..g.clone()
+            })
+            .collect();
         failures.sort_by(|a, b| b.count.cmp(&a.count).then(a.tasks.cmp(&b.tasks)));
         Summary {
             session: log.info.clone(),

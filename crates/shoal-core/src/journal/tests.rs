@@ -192,6 +192,7 @@ fn summary_of_the_sample() {
         [FailureGroup {
             message: "ValueError: bad 5".into(),
             count: 1,
+            distinct: 1,
             tasks: vec![5]
         }]
     );
