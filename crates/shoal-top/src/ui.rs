@@ -21,7 +21,8 @@ fn fg(app: &App, c: Color) -> Style {
 
 fn state_color(state: &str) -> Color {
     match state {
-        "running" => Color::Green,
+        "running" => Color::Cyan,
+        "finished" => Color::Green,
         "failed" | "lost" | "fenced" => Color::Red,
         "cancelled" | "interrupted" | "queued" | "starting" | "pending" => Color::Yellow,
         "orphaned" => Color::Magenta,
