@@ -622,6 +622,10 @@ pub fn history_dir() -> PathBuf {
 /// Copy a session's journal to `history` as `ID.journal`, then keep only the newest
 /// [`HISTORY_KEEP`] there (ids sort by time). Best effort: returns the copy's path.
 pub fn archive(dir: &SessionDir, history: &Path) -> Option<PathBuf> {
+    archive_keeping(dir, history, HISTORY_KEEP)
+}
+
+fn archive_keeping(dir: &SessionDir, history: &Path, keep: usize) -> Option<PathBuf> {
     let src = dir.root().join(FILE);
     if !src.exists() || crate::fsutil::create_private_dir(history).is_err() {
         return None;
@@ -635,7 +639,7 @@ pub fn archive(dir: &SessionDir, history: &Path) -> Option<PathBuf> {
         .filter(|n| n.ends_with(".journal"))
         .collect();
     names.sort();
-    let excess = names.len().saturating_sub(HISTORY_KEEP);
+    let excess = names.len().saturating_sub(keep);
     for n in &names[..excess] {
         let _ = fs::remove_file(history.join(n));
     }

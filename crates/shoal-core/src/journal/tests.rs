@@ -330,13 +330,13 @@ fn distinct_error_texts_and_failure_records_are_capped() {
 fn archive_copies_the_journal_and_keeps_the_newest() {
     let t = tempfile::tempdir().unwrap();
     let history = t.path().join("history");
-    for i in 0..(HISTORY_KEEP + 3) {
+    for i in 0..8 {
         let dir = SessionDir::create(t.path().join(format!("20260101-{i:06}-00"))).unwrap();
         drop(Journal::open(&dir, &info("x")).unwrap());
-        assert!(archive(&dir, &history).is_some());
+        assert!(archive_keeping(&dir, &history, 5).is_some());
     }
     let names = crate::fsutil::list_names(&history).unwrap();
-    assert_eq!(names.len(), HISTORY_KEEP);
+    assert_eq!(names.len(), 5);
     assert_eq!(
         names[0], "20260101-000003-00.journal",
         "the oldest went first"
