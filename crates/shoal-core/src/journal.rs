@@ -169,19 +169,7 @@ pub enum Event {
         worker: u32,
         ntasks: u32,
     },
-    ChunkFinished {
-        t: f64,
-        chunk: u64,
-        worker: u32,
-        ntasks: u32,
-        nfailed: u32,
-        /// Seconds the worker spent on the chunk (its own clock).
-        elapsed: f64,
-        /// `(task index in the chunk, seconds)` for the tasks the worker timed one by one.
-        durations: Vec<(u32, f64)>,
-        /// A requeued chunk that finished a second time: its result was not used.
-        duplicate: bool,
-    },
+    ChunkFinished(Finished),
     ChunkRequeued {
         t: f64,
         chunk: u64,
@@ -204,6 +192,22 @@ pub enum Event {
         t: f64,
         total: u64,
     },
+}
+
+/// A chunk's result arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub t: f64,
+    pub chunk: u64,
+    pub worker: u32,
+    pub ntasks: u32,
+    pub nfailed: u32,
+    /// Seconds the worker spent on the chunk (its own clock).
+    pub elapsed: f64,
+    /// `(task index in the chunk, seconds)` for the tasks the worker timed one by one.
+    pub durations: Vec<(u32, f64)>,
+    /// A requeued chunk that finished a second time: its result was not used.
+    pub duplicate: bool,
 }
 
 // ---------------------------------------------------------------- encoding
@@ -888,7 +892,7 @@ impl Decoder {
             }
             kind::CHUNK_DONE1 => {
                 let t = self.t(c)?;
-                Decoded::Event(Event::ChunkFinished {
+                Decoded::Event(Event::ChunkFinished(Finished {
                     t,
                     chunk: self.chunk(c)?,
                     worker: c.u32()?,
@@ -897,7 +901,7 @@ impl Decoder {
                     elapsed: c.duration()?,
                     durations: Vec::new(),
                     duplicate: false,
-                })
+                }))
             }
             kind::CHUNK_DONE => {
                 let t = self.t(c)?;
@@ -914,7 +918,7 @@ impl Decoder {
                     i = i.checked_add(c.u32()?)?;
                     durations.push((i, c.duration()?));
                 }
-                Decoded::Event(Event::ChunkFinished {
+                Decoded::Event(Event::ChunkFinished(Finished {
                     t,
                     chunk,
                     worker,
@@ -923,7 +927,7 @@ impl Decoder {
                     elapsed,
                     durations,
                     duplicate,
-                })
+                }))
             }
             kind::CHUNK_START1 => {
                 let t = self.t(c)?;

@@ -2,7 +2,7 @@
 //! and idle time, queue waits, hosts, throughput over time, failures grouped by error, and
 //! the timeline (`shoal show --plot`). Pure computations over a [`Log`]; no I/O.
 
-use super::{Event, Log, SessionInfo, WorkerEnd};
+use super::{Event, Finished, Log, SessionInfo, WorkerEnd};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -440,18 +440,7 @@ impl Pass {
             } => {
                 self.open.insert(*chunk, (*worker, *t, *ntasks));
             }
-            Event::ChunkFinished {
-                t,
-                chunk,
-                worker,
-                ntasks,
-                nfailed,
-                elapsed,
-                durations,
-                duplicate,
-            } => self.finished(
-                *t, *chunk, *worker, *ntasks, *nfailed, *elapsed, durations, *duplicate,
-            ),
+            Event::ChunkFinished(f) => self.finished(f),
             Event::ChunkRequeued {
                 t, chunk, ntasks, ..
             } => {
@@ -487,18 +476,17 @@ impl Pass {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finished(
-        &mut self,
-        t: f64,
-        chunk: u64,
-        worker: u32,
-        ntasks: u32,
-        nfailed: u32,
-        elapsed: f64,
-        durations: &[(u32, f64)],
-        duplicate: bool,
-    ) {
+    fn finished(&mut self, f: &Finished) {
+        let Finished {
+            t,
+            chunk,
+            worker,
+            ntasks,
+            nfailed,
+            elapsed,
+            ref durations,
+            duplicate,
+        } = *f;
         self.open.remove(&chunk);
         let start = (t - elapsed).max(0.0);
         let outcome = if duplicate {

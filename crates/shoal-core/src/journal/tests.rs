@@ -94,7 +94,7 @@ fn events_round_trip() {
     );
     assert_eq!(
         log.events[9],
-        Event::ChunkFinished {
+        Event::ChunkFinished(Finished {
             t: 22.0,
             chunk: 0,
             worker: 0,
@@ -103,7 +103,7 @@ fn events_round_trip() {
             elapsed: 10.0,
             durations: vec![(0, 1.0), (1, 2.0), (2, 7.0)],
             duplicate: false,
-        }
+        })
     );
     assert_eq!(
         log.events[11],
