@@ -196,7 +196,7 @@ mod top {
     use ratatui::Terminal;
 
     struct World {
-        _t: tempfile::TempDir,
+        tmp: tempfile::TempDir,
         loader: Loader,
         app: App,
         now: f64,
@@ -245,7 +245,7 @@ mod top {
             let mut app = App::new(color);
             app.time = fixed_time;
             let mut w = World {
-                _t: t,
+                tmp: t,
                 loader,
                 app,
                 now: STARTED + 1_000.0,
@@ -288,7 +288,7 @@ mod top {
                 out += line.trim_end();
                 out += "\n";
             }
-            out.replace(self._t.path().to_str().unwrap(), "[TMP]")
+            out.replace(self.tmp.path().to_str().unwrap(), "[TMP]")
         }
     }
 
@@ -373,6 +373,91 @@ mod top {
             .app
             .key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
         assert!(matches!(e, Effect::Quit));
+    }
+
+    #[test]
+    fn a_run_is_one_row_with_its_registry_counts_failed_tasks_and_cancel() {
+        use shoal_runs::registry::{NewRun, Outcome};
+        let mut w = World::new(true);
+        let reg = shoal_runs::Registry::open(&w.tmp.path().join("runs.db")).unwrap();
+        let run = reg
+            .create_run(
+                &NewRun {
+                    name: "sweep".into(),
+                    command: vec!["train".into(), "{lr}".into()],
+                    params: serde_json::json!({"param": ["lr=1,2,3"]}),
+                    backend: "slurm".into(),
+                    template: None,
+                    options: serde_json::json!({}),
+                    cwd: w.tmp.path().into(),
+                    results_dir: w.tmp.path().join("results"),
+                    config_path: None,
+                    git: None,
+                },
+                &[
+                    vec![("lr".into(), "1".into())],
+                    vec![("lr".into(), "2".into())],
+                    vec![("lr".into(), "3".into())],
+                ],
+            )
+            .unwrap();
+        let me = shoal_core::fsutil::hostname();
+        reg.start_driver(run.id, std::process::id(), &me).unwrap();
+        let dir = w.tmp.path().join("sessions").join(ID);
+        reg.set_session(run.id, ID, dir.to_str().unwrap()).unwrap();
+        let attempt = reg.task(run.id, 1).unwrap().unwrap().attempt;
+        reg.record(
+            run.id,
+            &[Outcome {
+                idx: 1,
+                attempt,
+                state: "failed".into(),
+                exit_code: Some(2),
+                duration: Some(1.5),
+                host: Some("node02".into()),
+                ..Outcome::default()
+            }],
+        )
+        .unwrap();
+        // The session belongs to the run: it is listed as the run, not twice.
+        let sd = SessionDir::open(&dir);
+        let mut meta = sd.read_meta().unwrap();
+        meta.metadata = serde_json::json!({"run": run.id, "name": "sweep"});
+        sd.write_meta(&meta).unwrap();
+        w.reload();
+        let names: Vec<String> = w.app.visible().iter().map(|r| r.name.clone()).collect();
+        assert_eq!(
+            names,
+            [format!("{} sweep", run.id), "0228-170000-0a0a".into()]
+        );
+        let screen = w.screen();
+        assert!(
+            screen.contains(&format!("run {} sweep", run.id)),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("1/3 33%") && screen.contains("running"),
+            "{screen}"
+        );
+        w.press(KeyCode::Enter);
+        assert!(
+            w.screen().contains("exit 2 · node02 · 1.5s"),
+            "{}",
+            w.screen()
+        );
+        w.press(KeyCode::Tab);
+        match w.press(KeyCode::Enter) {
+            Effect::OpenTask(TaskRef::Run(id, 1), title) => {
+                assert_eq!(id, run.id);
+                assert_eq!(title, format!("task 1 of run {id}"));
+            }
+            e => panic!("expected the run's task, got {e:?}"),
+        }
+        w.press(KeyCode::Char('c'));
+        match w.press(KeyCode::Char('y')) {
+            Effect::Cancel(Target::Run(id)) => assert_eq!(id, run.id),
+            e => panic!("expected the run's cancel, got {e:?}"),
+        }
     }
 
     #[test]
