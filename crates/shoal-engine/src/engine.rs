@@ -563,7 +563,13 @@ impl Runner {
             let mut st = self.shared.lock();
             for (chunk, worker) in claims {
                 if let Some(info) = st.outstanding.get_mut(&chunk) {
-                    // journal: every holder of a claim (a retried chunk starts again).
+                    // journal: every holder of a claim (a retried chunk starts again); a
+                    // worker that claims has announced itself by now.
+                    if self.journal.needs_announcement(&worker) {
+                        if let Ok(w) = read_json::<WorkerInfo>(&self.dir.worker_info(&worker)) {
+                            self.journal.worker_announced(&worker, &w.host, w.pid);
+                        }
+                    }
                     self.journal
                         .chunk_started(chunk, &worker, info.header.ntasks);
                     if !info.started {

@@ -594,6 +594,11 @@ impl Pass {
             if let Some((_, since)) = w.current {
                 w.busy += (now - since).max(0.0);
             }
+            // The backend's "running" is seen at its next poll, maybe after the worker
+            // announced itself: the job was running by then.
+            if let (Some(r), Some(a)) = (w.running, w.announced) {
+                w.running = Some(r.min(a));
+            }
             w.queue_wait = match (w.submitted, w.running) {
                 (Some(s), Some(r)) => Some((r - s).max(0.0)),
                 _ => None,
