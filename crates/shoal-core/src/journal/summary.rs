@@ -595,16 +595,17 @@ impl Pass {
                 w.busy += (now - since).max(0.0);
             }
             // The backend's "running" is seen at its next poll, maybe after the worker
-            // announced itself: the job was running by then.
+            // announced itself: the job was running by then, and its start-up is unknown
+            // (shorter than the backend's poll interval).
+            w.startup = match (w.running, w.announced) {
+                (Some(r), Some(a)) if r < a => Some(a - r),
+                _ => None,
+            };
             if let (Some(r), Some(a)) = (w.running, w.announced) {
                 w.running = Some(r.min(a));
             }
             w.queue_wait = match (w.submitted, w.running) {
                 (Some(s), Some(r)) => Some((r - s).max(0.0)),
-                _ => None,
-            };
-            w.startup = match (w.running, w.announced) {
-                (Some(r), Some(a)) => Some((a - r).max(0.0)),
                 _ => None,
             };
             if let Some(up) = w.up_since() {
