@@ -4,9 +4,11 @@ read with capture-pane, as a person over ssh would see it."""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -75,6 +77,19 @@ class Screen:
 
     def close(self) -> None:
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+    def program_pid(self) -> int:
+        """The pid of the command (the pane runs it under a shell)."""
+        shell = int(tmux("list-panes", "-t", self.name, "-F", "#{pane_pid}").split()[0])
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                with open(stat) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == shell:
+                return int(stat.split("/")[2])
+        raise AssertionError("the command is not running in its pane")
 
 
 def shlex_quote(s: str) -> str:
@@ -224,3 +239,19 @@ def test_top_only_reads_filters_and_honours_no_color(top_env) -> None:
         coloured.close()
         plain.close()
     assert tree(path) == before, "shoal top wrote to a session it only watched"
+
+
+def test_top_ends_when_its_terminal_hangs_up(top_env) -> None:
+    screen = Screen("shoal top", top_env)
+    try:
+        screen.wait(lambda s: "shoal top" in s, "top")
+        pid = screen.program_pid()
+    finally:
+        screen.close()  # the terminal goes away, as when ssh drops
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = os.path.exists(f"/proc/{pid}")
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "shoal top kept running after its terminal hung up"

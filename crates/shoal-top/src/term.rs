@@ -86,7 +86,7 @@ pub fn run(
         let actions = Arc::new(actions);
         let (tx, rx) = mpsc::channel::<String>();
         let mut last: Option<Instant> = None;
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) && !HUNG_UP.load(Ordering::Relaxed) {
             if last.is_none_or(|t| t.elapsed() >= interval) {
                 reload(&mut app, &mut loader);
                 last = Some(Instant::now());
@@ -100,37 +100,42 @@ pub fn run(
                 .draw(|f| crate::ui::draw(f, &mut app, &empty))
                 .map_err(TopError::Terminal)?;
             let wait = last.map_or(Duration::ZERO, |t| interval.saturating_sub(t.elapsed()));
-            if !event::poll(wait.min(TICK)).map_err(TopError::Terminal)? {
+            if !input_ready(wait.min(TICK)) {
                 continue;
             }
-            let Event::Key(k) = event::read().map_err(TopError::Terminal)? else {
-                continue; // a resize: redrawn above
-            };
-            if k.kind != KeyEventKind::Press {
-                continue;
-            }
-            match app.key(k) {
-                Effect::None => {}
-                Effect::Quit => break,
-                Effect::Reload => last = None,
-                Effect::OpenTask(task, title) => {
-                    let text = (actions.task_log)(&task);
-                    app.task = Some(TaskText {
-                        title,
-                        text,
-                        scroll: 0,
-                    });
-                    app.view = View::Task;
+            // Every event crossterm has read (a paste or an escape sequence brings several).
+            while event::poll(Duration::ZERO).map_err(TopError::Terminal)? {
+                let Event::Key(k) = event::read().map_err(TopError::Terminal)? else {
+                    continue; // a resize: redrawn above
+                };
+                if k.kind != KeyEventKind::Press {
+                    continue;
                 }
-                Effect::Cancel(target) => {
-                    let (actions, tx) = (actions.clone(), tx.clone());
-                    std::thread::spawn(move || {
-                        let msg = match (actions.cancel)(&target) {
-                            Ok(m) => m,
-                            Err(e) => format!("cancel failed: {}", e.lines().next().unwrap_or("")),
-                        };
-                        let _ = tx.send(msg);
-                    });
+                match app.key(k) {
+                    Effect::None => {}
+                    Effect::Quit => return Ok(()),
+                    Effect::Reload => last = None,
+                    Effect::OpenTask(task, title) => {
+                        let text = (actions.task_log)(&task);
+                        app.task = Some(TaskText {
+                            title,
+                            text,
+                            scroll: 0,
+                        });
+                        app.view = View::Task;
+                    }
+                    Effect::Cancel(target) => {
+                        let (actions, tx) = (actions.clone(), tx.clone());
+                        std::thread::spawn(move || {
+                            let msg = match (actions.cancel)(&target) {
+                                Ok(m) => m,
+                                Err(e) => {
+                                    format!("cancel failed: {}", e.lines().next().unwrap_or(""))
+                                }
+                            };
+                            let _ = tx.send(msg);
+                        });
+                    }
                 }
             }
         }
@@ -141,6 +146,36 @@ pub fn run(
     }
     result
 }
+
+/// Whether keys wait on the terminal, waiting up to `timeout`. Polled here rather than in
+/// crossterm: a terminal that hung up (ssh dropped, tmux pane killed) makes crossterm read
+/// end-of-file forever; here it is a hang-up, and the loop's stop flag is set.
+fn input_ready(timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc <= 0 {
+        return false; // timeout, or a signal (the loop checks its flag)
+    }
+    // A hung-up terminal polls readable with nothing to read (end of file).
+    let mut pending: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int.
+    let ok = unsafe { libc::ioctl(libc::STDIN_FILENO, libc::FIONREAD, &mut pending) } == 0;
+    let gone = pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+    if gone || !ok || pending == 0 {
+        HUNG_UP.store(true, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+/// Set when the terminal hung up; the loop ends.
+static HUNG_UP: AtomicBool = AtomicBool::new(false);
 
 fn reload(app: &mut App, loader: &mut Loader) {
     let now = now_secs();
