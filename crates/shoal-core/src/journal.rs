@@ -40,7 +40,6 @@ pub use summary::{
 };
 
 use crate::error::{CoreError, IoContext, Result};
-use crate::fsutil::now_secs;
 use crate::layout::SessionDir;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -325,10 +324,6 @@ impl Journal {
     /// (for tests and tools that replay a session; the engine never calls it).
     pub fn set_clock(&mut self, ms: u64) {
         self.manual_ms = Some(ms);
-    }
-
-    pub fn path(&self) -> Option<&Path> {
-        self.file.as_ref().map(|(_, p)| p.as_path())
     }
 
     pub fn worker_submitted(&mut self, worker: &str, job: Option<&str>) {
@@ -997,14 +992,6 @@ impl Decoder {
         };
         self.pending.push(rec);
         Some(true)
-    }
-}
-
-/// Wall-clock "now" for summaries of a live journal, and the journal's own end otherwise.
-pub fn now_for(log: &Log) -> f64 {
-    match &log.end {
-        Some(e) => e.at,
-        None => now_secs(),
     }
 }
 
