@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
 import cloudpickle  # type: ignore[import-untyped]
 
-from shoal import _native
+from shoal import _native, _progress
 from shoal.errors import (
     ConfigError,
     PicklingError,
@@ -287,6 +287,8 @@ class Driver:
         if idle_timeout is not None and idle_timeout < 0:
             # Local workers are cheap to keep; cluster allocations go back when work runs out.
             idle_timeout = None if backend == "local" else DEFAULT_CLUSTER_IDLE
+        # In a notebook the engine's stderr bar would print raw lines: show a live display.
+        notebook = progress and _progress.in_notebook()
         worker_env = dict(env or {})
         worker_env.setdefault("SHOAL_WORKER", "1")
         config = {
@@ -304,13 +306,18 @@ class Driver:
             worker_config=json.dumps(config),
             backend_options=json.dumps(backend_options or {}),
             work_dir=work_dir,
-            progress=progress,
+            progress=progress and not notebook,
             heartbeat_timeout=heartbeat_timeout,
             max_attempts=max_attempts,
             metadata=json.dumps(metadata) if metadata is not None else "null",
         )
         self.id: str = self._native.id
         self.path: str = str(self._native.path)
+        self._display = (
+            _progress.NotebookProgress(self.id, backend, self.stats) if notebook else None
+        )
+        if _progress.in_notebook():
+            _progress.stop_on_interrupt(lambda: _live)
         self._collector = threading.Thread(
             target=self._collect, name=f"shoal-collect-{self.id}", daemon=True
         )
@@ -336,6 +343,7 @@ class Driver:
     def put_function(self, fn: Callable[..., Any]) -> int:
         """Store a mapped function once; chunks refer to it by id. Release it with
         `release_function` once every chunk that needs it was submitted."""
+        self._check_usable()
         try:
             data = _dumps(fn)
         except Exception as e:
@@ -669,6 +677,8 @@ class Driver:
         message = str(self._broken) if self._broken is not None else None
         if ending is not None:
             state, message = ending
+        if self._display is not None:
+            self._display.close(state)
         kept = self._native.finish(state, message, self.keep_work_dir)
         _live.discard(self)
         if kept is not None and failed:

@@ -130,7 +130,12 @@ pub(crate) fn render_table(head: &[&str], rows: &[Vec<String>]) -> String {
     text
 }
 
-fn task_logs(dir: &SessionDir, task: u64, streams: &[Stream], out: &mut dyn Write) -> Result<i32> {
+pub(crate) fn task_logs(
+    dir: &SessionDir,
+    task: u64,
+    streams: &[Stream],
+    out: &mut dyn Write,
+) -> Result<i32> {
     let Some(e) = dir.index_entry(task) else {
         w(
             out,

@@ -2,6 +2,7 @@
 //! crates; this crate is also linked into the Python wheel so `pip install` provides `shoal`.
 
 mod commands;
+mod observe;
 mod runs;
 
 use clap::{Parser, Subcommand};
@@ -95,16 +96,35 @@ pub enum Command {
     Run(Box<runs::RunCmd>),
     /// List runs: id, name, backend, started, duration, status, progress, tags
     Runs(runs::RunsCmd),
-    /// Show a run: command, parameters, template, git commit, per-state counts, tasks
+    /// Show a run (command, parameters, template, git commit, tasks) or what happened in a session
+    ///
+    /// For a session (id, unique prefix, or path): tasks done, failed and retried; task
+    /// durations (p50/p95/max); throughput over time; workers with their queue wait, start-up,
+    /// busy and idle time; hosts; failures grouped by error. Works after the session's work dir
+    /// is gone (from `$SHOAL_HOME/history`). A run id or name shows the run.
     Show {
-        /// Run id or name
+        /// Run id or name, or session id (or unique prefix, or path)
+        #[arg(value_name = "RUN|SESSION")]
         run: String,
-        /// Print JSON (with every task) instead of text
+        /// Print JSON (with every task, or the session's whole summary) instead of text
         #[arg(long)]
         json: bool,
-        /// List every task (default: the first 50)
+        /// List every task (default: the first 50), or every worker of a session
         #[arg(long)]
         all: bool,
+        /// Write the session's timeline (workers × time, tasks coloured by outcome) to FILE
+        /// (.png or .svg; needs matplotlib)
+        #[arg(long, value_name = "FILE", conflicts_with = "json")]
+        plot: Option<PathBuf>,
+    },
+    /// Watch sessions and runs live: progress, rate, ETA, workers, failures, task output
+    ///
+    /// Keys: ↑/↓ or j/k move, Enter opens, Esc goes back, / filters, c cancels (after a
+    /// confirmation), q quits. Read-only except for `c`.
+    Top {
+        /// Seconds between refreshes
+        #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+        interval: f64,
     },
     /// Each task's parameters joined with the metrics it wrote (`{out}/metrics.json`)
     Results(runs::ResultsCmd),
@@ -259,7 +279,18 @@ fn dispatch(
             return runs::run(a, &groups, out);
         }
         Command::Runs(a) => return runs::runs(a, out),
-        Command::Show { run, json, all } => return runs::show(run, *json, *all, out),
+        Command::Show {
+            run,
+            json,
+            all,
+            plot,
+        } => {
+            if let Some(code) = observe::show(base, run, *json, *all, plot.as_deref(), out)? {
+                return Ok(code);
+            }
+            return runs::show(run, *json, *all, out);
+        }
+        Command::Top { interval } => return observe::top(base, *interval),
         Command::Results(a) => return runs::results(a, out),
         Command::Rerun(a) => return runs::rerun(a, out),
         Command::Resume(a) => return runs::resume(a, out),

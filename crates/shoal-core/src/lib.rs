@@ -11,6 +11,7 @@ pub mod frame;
 pub mod fskind;
 pub mod fsutil;
 pub mod index;
+pub mod journal;
 pub mod layout;
 pub mod protocol;
 pub mod session;

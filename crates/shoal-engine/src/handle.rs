@@ -10,6 +10,7 @@ use crate::runner::Runner;
 use crate::state::{Shared, Stop};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use shoal_core::fskind::FsKind;
+use shoal_core::journal::{self, Journal, SessionEnd, SessionInfo};
 use shoal_core::protocol::{ChunkHeader, ResultHeader};
 use shoal_core::session::{SessionMeta, SessionState};
 use shoal_core::watch::Waker;
@@ -51,6 +52,9 @@ pub struct EngineOptions {
     /// How long a hello from a job the scheduler has not reported may wait before it is
     /// fenced.
     pub stranger_grace: Duration,
+    /// Where ended sessions' journals are copied (`shoal show` after the work dir is gone);
+    /// None: nowhere.
+    pub history: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -68,6 +72,7 @@ impl Default for EngineOptions {
             suspend_grace: Duration::from_secs(10),
             stall_step: Duration::from_secs(2),
             stranger_grace: crate::fleet::STRANGER_GRACE,
+            history: Some(journal::history_dir()),
         }
     }
 }
@@ -113,6 +118,7 @@ pub struct Engine {
     backend: &'static str,
     metadata: serde_json::Value,
     window: usize,
+    history: Option<PathBuf>,
 }
 
 impl Engine {
@@ -139,6 +145,10 @@ impl Engine {
         let broker = FsBroker::new(dir.clone(), fs.is_network(), options.heartbeat_interval);
         meta.transport = "fs".into();
         dir.write_meta(&meta)?;
+        // The session's event record for `shoal top` and `shoal show` (never fatal).
+        let journal =
+            Journal::open(&dir, &SessionInfo::of(&meta)).unwrap_or_else(|_| Journal::disabled());
+        let history = options.history.clone();
         let waker = broker.waker();
         let window = options
             .window
@@ -158,6 +168,7 @@ impl Engine {
             meta,
             Box::new(broker),
             fs.is_network(),
+            journal,
         );
         let thread = std::thread::Builder::new()
             .name("shoal-engine".into())
@@ -176,6 +187,7 @@ impl Engine {
             backend,
             metadata,
             window,
+            history,
         })
     }
 
@@ -356,6 +368,21 @@ impl Engine {
         record::apply(&mut meta, &st.stats, &st.jobs);
         drop(st);
         let _ = self.dir.write_meta(&meta);
+        // The engine thread and its journal writer have ended: record the end, keep a copy.
+        journal::end_session(
+            &self.dir,
+            &SessionEnd {
+                at: meta.updated,
+                state: state.as_str().to_string(),
+                message: meta.message.clone(),
+                tasks_total: meta.tasks_total,
+                tasks_done: meta.tasks_done,
+                tasks_failed: meta.tasks_failed,
+            },
+        );
+        if let Some(history) = &self.history {
+            journal::archive(&self.dir, history);
+        }
         if state == SessionState::Finished && !keep {
             let _ = std::fs::remove_dir_all(self.dir.root());
             None

@@ -13,6 +13,7 @@ use crate::state::{Shared, Stop};
 use crossbeam_channel::{Sender, TrySendError};
 use shoal_core::clock::{ChangeWatch, StallClock};
 use shoal_core::index::{IndexEntry, IndexWriter};
+use shoal_core::journal::{ChunkDone, Journal, WorkerEnd};
 use shoal_core::layout::{key_id, Stream};
 use shoal_core::protocol::{ResultHeader, Ticket, TicketKind};
 use shoal_core::session::SessionMeta;
@@ -52,6 +53,8 @@ pub(crate) struct Runner {
     hints: HashMap<String, (u64, u32, u32)>,
     detached: HashSet<String>,
     index: IndexWriter,
+    /// The session's event record for `shoal top` / `shoal show`, by worker id.
+    journal: Journal,
     progress: Progress,
     start_failures: u32,
     last_submit: Option<Instant>,
@@ -71,12 +74,14 @@ impl Runner {
         meta: SessionMeta,
         broker: Box<dyn Broker>,
         network: bool,
+        journal: Journal,
     ) -> Self {
         let progress = Progress::new(options.progress, &dir.id());
         let clock = StallClock::new(options.stall_step);
         let fleet = Fleet::new(options.stranger_grace);
         Runner {
             index: IndexWriter::new(&dir),
+            journal,
             dir,
             shared,
             tx,
@@ -263,9 +268,27 @@ impl Runner {
         for ev in events {
             busy |= !matches!(ev, BrokerEvent::Beat { .. });
             match ev {
-                BrokerEvent::Hello { key, .. } => self.on_hello(sched, &key),
+                BrokerEvent::Hello { key, info } => {
+                    self.journal
+                        .worker_announced(key_id(&key), &info.host, info.pid);
+                    self.on_hello(sched, &key);
+                }
                 BrokerEvent::Claimed { chunk, attempt } => {
-                    if self.shared.lock().ledger.started(chunk, attempt) {
+                    let (first, holder, ntasks) = {
+                        let mut st = self.shared.lock();
+                        let first = st.ledger.started(chunk, attempt);
+                        let holder = st
+                            .ledger
+                            .holder(chunk)
+                            .filter(|h| h.1 == attempt)
+                            .map(|h| key_id(h.0).to_string());
+                        let ntasks = st.ledger.progress(chunk).map_or(0, |(n, c)| n - c);
+                        (first, holder, ntasks)
+                    };
+                    if let Some(worker) = holder {
+                        self.journal.chunk_started(chunk, &worker, ntasks);
+                    }
+                    if first {
                         self.emit(Event::Started { chunk });
                     }
                 }
@@ -374,10 +397,23 @@ impl Runner {
         let fate = self.shared.lock().ledger.part(info);
         self.fleet.produced(&header.worker);
         self.start_failures = 0;
+        let part_done = |duplicate| ChunkDone {
+            chunk: at.chunk,
+            worker: key_id(&header.worker),
+            ntasks: header.count,
+            nfailed: header.nfailed(),
+            elapsed: header.elapsed,
+            durations: &[],
+            duplicate,
+        };
         match fate {
             PartFate::Later => {}
-            PartFate::Stale => self.broker.consumed(at),
+            PartFate::Stale => {
+                self.journal.chunk_finished(&part_done(true));
+                self.broker.consumed(at);
+            }
             PartFate::Used(outcomes) => {
+                self.journal.chunk_finished(&part_done(false));
                 if let Err(e) = self.index.append(&IndexEntry::of(&header)) {
                     self.io_failed(sched, e);
                 }
@@ -388,6 +424,14 @@ impl Runner {
                         Outcome::Deliver {
                             from, count, skip, ..
                         } => {
+                            let first = header.first_task + u64::from(from);
+                            if let Some(e) = &header.chunk_error {
+                                self.journal.tasks_failed(first, count, e);
+                            }
+                            for f in header.failed.iter().filter(|f| f.index >= skip) {
+                                let task = first + u64::from(f.index - skip);
+                                self.journal.tasks_failed(task, 1, &f.traceback);
+                            }
                             let failed = if header.chunk_error.is_some() {
                                 count
                             } else {
@@ -460,6 +504,12 @@ impl Runner {
                     if let Err(e) = self.index.append(&entry) {
                         self.io_failed(sched, e);
                     }
+                    self.journal.chunk_lost(chunk, &who, count);
+                    self.journal.tasks_failed(
+                        header.first_task + u64::from(from),
+                        count,
+                        entry.chunk_error.as_deref().unwrap_or(""),
+                    );
                     {
                         let mut st = self.shared.lock();
                         st.stats.tasks_done += u64::from(count);
@@ -590,13 +640,25 @@ impl Runner {
     /// charged one loss).
     fn lose(&mut self, sched: &mut dyn Scheduler, key: &str, reason: &str) {
         let hint = self.hints.remove(key);
-        let outcomes = {
+        let (outcomes, requeued) = {
             let mut st = self.shared.lock();
-            if st.ledger.running().iter().any(|r| r.2 == key) {
+            let held: Vec<(u64, u32)> = st
+                .ledger
+                .running()
+                .into_iter()
+                .filter(|r| r.2 == key)
+                .filter_map(|r| st.ledger.progress(r.0).map(|(n, c)| (r.0, n - c)))
+                .collect();
+            if !held.is_empty() {
                 st.stats.workers_lost += 1;
             }
-            st.ledger.worker_gone(key, reason, hint)
+            (st.ledger.worker_gone(key, reason, hint), held)
         };
+        let id = key_id(key).to_string();
+        self.journal.worker_ended(&id, WorkerEnd::Lost, reason);
+        for (chunk, ntasks) in requeued {
+            self.journal.chunk_requeued(chunk, &id, ntasks);
+        }
         self.outcomes(sched, outcomes, Some(key));
         self.broker.forget(key);
         self.liveness.forget(&key.to_string());
@@ -606,12 +668,15 @@ impl Runner {
     /// Give up on a worker: it must never get work again and should exit. `cancel`: also
     /// cancel its job (it cannot be trusted to exit by itself).
     fn fence(&mut self, sched: &mut dyn Scheduler, key: &str, reason: &str, cancel: bool) {
+        // Counted first: whoever sees the fence file sees the count too.
+        self.shared.lock().stats.workers_fenced += 1;
         if let Err(e) = self.broker.fence(key) {
             if e_is_no_space(&e) {
                 self.io_failed(sched, e);
             }
         }
-        self.shared.lock().stats.workers_fenced += 1;
+        self.journal
+            .worker_ended(key_id(key), WorkerEnd::Fenced, reason);
         let o = self
             .shared
             .lock()
@@ -686,6 +751,8 @@ impl Runner {
                     self.lose(sched, key, &reason);
                     counted |= self.shared.lock().stats.workers_lost > before;
                 } else {
+                    self.journal
+                        .worker_ended(key_id(key), WorkerEnd::Exited, "");
                     self.broker.forget(key);
                     self.liveness.forget(key);
                 }
@@ -837,8 +904,10 @@ impl Runner {
         if !sched.keep_warm() && queued > 0 && recently {
             return;
         }
+        let jobs_before = sched.job_ids();
         match sched.submit(&self.spec, target - active) {
             Ok(ids) => {
+                self.journal_submitted(&ids, &jobs_before, &sched.job_ids());
                 self.last_submit = Some(Instant::now());
                 self.shared.lock().stats.workers_started += ids.len() as u64;
                 self.fleet.submitted(&ids, Instant::now());
@@ -857,6 +926,7 @@ impl Runner {
         let now = Instant::now();
         for id in &ids {
             self.fleet.retire(id, now);
+            self.journal.worker_ended(id, WorkerEnd::Retired, "");
         }
         self.refresh(sched);
     }
@@ -956,9 +1026,25 @@ impl Runner {
         if st.fatal.is_some() {
             self.meta.message = st.fatal.clone();
         }
+        let total = st.stats.tasks_total;
         drop(st);
         if let Err(e) = self.dir.write_meta(&self.meta) {
             self.io_failed(sched, e);
+        }
+        self.journal.tasks_total(total);
+        self.journal.flush();
+    }
+
+    /// Workers just submitted, each with the scheduler job it belongs to: the new job id
+    /// that its worker id starts with (`1234_5` is task 5 of array job 1234).
+    fn journal_submitted(&mut self, ids: &[String], before: &[String], after: &[String]) {
+        let new: Vec<&String> = after.iter().filter(|j| !before.contains(j)).collect();
+        for id in ids {
+            let job = new.iter().find(|j| {
+                id.strip_prefix(j.as_str())
+                    .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+            });
+            self.journal.worker_submitted(id, job.map(|j| j.as_str()));
         }
     }
 }

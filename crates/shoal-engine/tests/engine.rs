@@ -225,6 +225,10 @@ fn start(sched: impl Scheduler + 'static, options: EngineOptions) -> (tempfile::
         env: vec![],
         cwd: t.path().into(),
     };
+    let options = EngineOptions {
+        history: Some(t.path().join("history")),
+        ..options
+    };
     let engine = Engine::start(dir, Box::new(sched), spec, options).unwrap();
     (t, engine)
 }
@@ -556,7 +560,9 @@ fn silent_heartbeats_fence_a_worker_but_a_filesystem_stall_does_not() {
     let puppet = Puppet::start(&dir, "m0", 1);
     wait_for("the welcome", || dir.inbox(&puppet.key).is_dir());
     puppet.paused.store(true, Ordering::SeqCst);
-    wait_for("the fence", || dir.is_fenced(&puppet.key));
+    wait_for("the fence and the cancel of its job", || {
+        dir.is_fenced(&puppet.key) && !sched.shared.cancelled.lock().unwrap().is_empty()
+    });
     assert_eq!(engine.stats().workers_fenced, 1);
     assert_eq!(sched.shared.cancelled.lock().unwrap().as_slice(), ["m0"]);
 
@@ -683,4 +689,47 @@ fn finish_records_state_and_keeps_a_failed_sessions_dir() {
     let meta = SessionDir::open(&root).read_meta().unwrap();
     assert_eq!(meta.state, shoal_core::session::SessionState::Failed);
     assert_eq!(meta.transport, "fs");
+}
+
+#[test]
+fn the_journal_records_workers_chunks_retries_and_the_end() {
+    use shoal_core::journal::{Log, Summary, WorkerStatus};
+    // One worker at a time: the first claims a chunk and dies, the second does everything.
+    let plan = vec![Behaviour::DieHoldingClaim];
+    let (t, engine) = start(ThreadScheduler::new(1, plan), options());
+    for i in 0..6u32 {
+        engine.submit(format!("p{i}").as_bytes(), 3, &[]).unwrap();
+    }
+    let seen = collect(&engine, 18);
+    assert_eq!(seen.results.len(), 6);
+    engine.shutdown(Some(Duration::from_secs(2)));
+    engine.finish(shoal_core::session::SessionState::Finished, None, true);
+    let log = Log::read(&t.path().join("s").join("journal")).unwrap();
+    let s = Summary::of(&log, 0.0);
+    assert_eq!(s.state, "finished");
+    assert_eq!(
+        (s.tasks.total, s.tasks.finished, s.tasks.failed),
+        (18, 18, 0)
+    );
+    assert_eq!(
+        s.tasks.retried, 3,
+        "the dead worker's chunk ran again: {s:?}"
+    );
+    let lost: Vec<_> = s
+        .workers
+        .iter()
+        .filter(|w| w.status == WorkerStatus::Lost)
+        .collect();
+    assert_eq!(lost.len(), 1);
+    assert!(lost[0].reason.as_deref().unwrap().contains("SIGKILL"));
+    assert_eq!(s.workers.iter().map(|w| w.tasks).sum::<u64>(), 18);
+    assert!(
+        s.workers
+            .iter()
+            .all(|w| w.host.as_deref() == Some(shoal_core::fsutil::hostname().as_str())),
+        "every worker announced its host: {:?}",
+        s.workers
+    );
+    let copy = Log::read(&t.path().join("history").join("s.journal")).unwrap();
+    assert_eq!(copy.events, log.events, "the history keeps a copy");
 }

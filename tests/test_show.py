@@ -1,0 +1,87 @@
+"""`shoal show SESSION`: the summary of a session that ran here, after its work dir is gone
+(from $SHOAL_HOME/history), as JSON, and as a timeline picture."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+import shoal
+from helpers import sleep_return
+
+
+def shoal_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["shoal", *args], capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
+
+
+@pytest.fixture(scope="module")
+def finished() -> str:
+    """A session that finished cleanly: its work dir was removed, its journal kept."""
+    with shoal.Pool(2) as p:
+        assert p.map(sleep_return, [0.01] * 40, chunksize=1) == [0.01] * 40
+        session = p.session
+    assert not os.path.exists(os.path.join(os.environ["SHOAL_HOME"], "sessions", session))
+    return session
+
+
+def test_show_summarises_a_finished_session_from_history(finished: str) -> None:
+    out = shoal_cli("show", finished)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith(f"session {finished} · local · finished")
+    assert "40 of 40 done · 0 failed" in text
+    assert "durations   p50" in text and "throughput" in text and "start-up" in text
+    assert "w0001" in text and "w0002" in text
+    assert "the work dir was removed" in text
+    prefix = shoal_cli("show", finished[:-2])
+    assert prefix.returncode == 0 and prefix.stdout == text
+
+
+def test_show_json(finished: str) -> None:
+    out = shoal_cli("show", finished, "--json")
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    assert s["display_state"] == "finished" and s["work_dir"] is None
+    assert s["tasks"]["finished"] == 40 and s["tasks"]["failed"] == 0
+    assert 0.005 < s["durations"]["p50"] < 2.0
+    assert sum(w["tasks"] for w in s["workers"]) == 40
+    assert s["hosts"][0]["tasks"] == 40
+
+
+@pytest.mark.parametrize("suffix,magic", [("png", b"\x89PNG"), ("svg", b"<?xml")])
+def test_show_plot_writes_a_picture(finished: str, tmp_path, suffix: str, magic: bytes) -> None:
+    path = tmp_path / f"timeline.{suffix}"
+    out = shoal_cli("show", finished, "--plot", str(path), SHOAL_PYTHON=sys.executable)
+    assert out.returncode == 0, out.stderr
+    assert f"wrote {path}" in out.stdout
+    assert path.read_bytes().startswith(magic)
+
+
+def test_show_plot_says_how_to_install_matplotlib(finished: str, tmp_path) -> None:
+    # An interpreter on which matplotlib cannot be imported.
+    python = tmp_path / "python-without-matplotlib"
+    python.write_text(
+        "#!/bin/sh\n"
+        f"exec {sys.executable} -c \"import sys, runpy; sys.modules['matplotlib'] = None; "
+        f"sys.argv = sys.argv[2:]; runpy.run_module('shoal._plot', run_name='__main__')\" "
+        '"$@"\n'
+    )
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
+    out = shoal_cli("show", finished, "--plot", str(tmp_path / "t.png"), SHOAL_PYTHON=str(python))
+    assert out.returncode != 0
+    assert "needs matplotlib" in out.stderr and "pip install matplotlib" in out.stderr
+    assert not (tmp_path / "t.png").exists()
+
+
+def test_show_errors_name_the_problem(finished: str, tmp_path) -> None:
+    out = shoal_cli("show", "20990101-00")
+    assert out.returncode == 1 and 'no session "20990101-00"' in out.stderr
+    out = shoal_cli("show", finished, "--plot", str(tmp_path / "t.pdf"))
+    assert out.returncode == 1 and "*.png or *.svg" in out.stderr
