@@ -1,0 +1,37 @@
+"""Upstream tests that shoal does not run, each with the reason. Only two reasons count: the test
+asserts on the standard library's private internals, or shoal differs on purpose (README,
+"Differences from multiprocessing"). Entries are ``Class.test`` or ``test`` (any class) for the
+unittest suites and pytest node-id patterns (fnmatch) for joblib.
+"""
+
+from __future__ import annotations
+
+PRIVATE = "asserts on the standard library's private internals"
+
+POOL: dict[str, str] = {
+    "test_make_pool": f"{PRIVATE} (len(Pool._pool), its list of Process objects)",
+    "test_pool_worker_lifetime": f"{PRIVATE} (Pool._pool pids, Pool._repopulate_pool)",
+}
+
+FUTURES: dict[str, str] = {
+    "test_killed_child": f"{PRIVATE} (terminates a process from executor._processes)",
+    "test_saturation": f"{PRIVATE} (len(executor._processes))",
+    "test_idle_process_reuse_one": f"{PRIVATE} (len(executor._processes))",
+    "test_idle_process_reuse_multiple": f"{PRIVATE} (len(executor._processes))",
+    "test_max_tasks_per_child": f"{PRIVATE} (executor._processes)",
+    "test_max_tasks_per_child_defaults_to_spawn_context": f"{PRIVATE} (executor._mp_context)",
+    "test_max_tasks_early_shutdown": f"{PRIVATE} (executor._processes)",
+    "test_python_finalization_error": f"{PRIVATE} (patches threading._start_joinable_thread)",
+    "test_processes_terminate": f"{PRIVATE} (executor._processes)",
+    "test_context_manager_shutdown": f"{PRIVATE} (executor._processes)",
+    "test_del_shutdown": f"{PRIVATE} (executor._executor_manager_thread, _processes)",
+    "test_shutdown_no_wait": f"{PRIVATE} (executor._executor_manager_thread, _processes)",
+    "test_shutdown_deadlock": f"{PRIVATE} (patches concurrent.futures.process internals)",
+    "test_shutdown_deadlock_pickle": f"{PRIVATE} (executor._executor_manager_thread)",
+    "test_crash_big_data": f"{PRIVATE} (concurrent.futures.process._ExecutorManagerThread)",
+    "test_gh105829_should_not_deadlock_if_wakeup_pipe_full": (
+        f"{PRIVATE} (concurrent.futures.process._ThreadWakeup)"
+    ),
+}
+
+JOBLIB: dict[str, str] = {}

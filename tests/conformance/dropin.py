@@ -1,0 +1,110 @@
+"""Make the standard library's process pools be shoal's, for the upstream test suites.
+
+``install()`` replaces ``multiprocessing.Pool`` and ``concurrent.futures.ProcessPoolExecutor``
+(the names the suites construct and compare with) by thin subclasses of ``shoal.Pool`` and
+``shoal.Executor`` that carry the standard library's class names, so a suite's own subprocess
+scripts (``from concurrent.futures import ProcessPoolExecutor``) get shoal too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Where scripts/conformance unpacked a `test` suite this interpreter does not ship.
+OVERLAY = "SHOAL_CONFORMANCE_OVERLAY"
+PREAMBLE = f"import sys; sys.path.insert(0, {HERE!r}); import dropin; dropin.install()\n"
+
+
+def use_overlay() -> None:
+    """Let ``test.<suite>`` resolve to the unpacked suite, here and in workers."""
+    overlay = os.environ.get(OVERLAY)
+    if not overlay:
+        return
+    import test
+    from test import support
+
+    if overlay not in test.__path__:
+        test.__path__.append(overlay)
+    # A newer Python's suite (3.13's on 3.12) names two test.support helpers 3.12 lacks.
+    if not hasattr(support, "Py_GIL_DISABLED"):
+        support.Py_GIL_DISABLED = False  # type: ignore[attr-defined]
+    skip = support.skip_if_sanitizer
+    if "thread" not in skip.__code__.co_varnames:
+
+        def skip_if_sanitizer(*args: Any, thread: bool = False, **kw: Any) -> Any:
+            return skip(*args, **kw)
+
+        support.skip_if_sanitizer = skip_if_sanitizer
+
+
+def _worker_setup(initializer: Any, initargs: tuple) -> None:
+    use_overlay()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _with_setup(kwargs: dict[str, Any]) -> dict[str, Any]:
+    if os.environ.get(OVERLAY):
+        kwargs = dict(kwargs)
+        kwargs["initargs"] = (kwargs.get("initializer"), tuple(kwargs.get("initargs", ())))
+        kwargs["initializer"] = _worker_setup
+    return kwargs
+
+
+def install() -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    import shoal
+
+    class Pool(shoal.Pool):
+        def __init__(
+            self,
+            processes: Any = None,
+            initializer: Any = None,
+            initargs: Any = (),
+            maxtasksperchild: Any = None,
+            context: Any = None,
+            **kwargs: Any,
+        ) -> None:
+            kw = _with_setup(dict(initializer=initializer, initargs=initargs, **kwargs))
+            super().__init__(processes, maxtasksperchild=maxtasksperchild, context=context, **kw)
+
+    class ProcessPoolExecutor(shoal.Executor):
+        def __init__(self, max_workers: Any = None, mp_context: Any = None, **kwargs: Any) -> None:
+            super().__init__(max_workers, **_with_setup(kwargs))
+
+    Pool.__module__ = ProcessPoolExecutor.__module__ = __name__
+    multiprocessing.Pool = Pool  # type: ignore[assignment]
+    concurrent.futures.ProcessPoolExecutor = ProcessPoolExecutor  # type: ignore[misc]
+    use_overlay()
+    _prefix_subprocess_scripts()
+
+
+def _prefix_subprocess_scripts() -> None:
+    """The suites start Python scripts (``-c CODE``) that construct a pool: give them the
+    same replacement."""
+    from test.support import script_helper
+
+    if getattr(script_helper, "_shoal_dropin", False):
+        return
+    # assert_python_ok/_failure run their scripts through this one function.
+    original = script_helper.run_python_until_end
+
+    def run_python_until_end(*args: Any, **kw: Any) -> Any:
+        args_ = list(args)
+        if "-c" in args_:
+            i = args_.index("-c") + 1
+            args_[i] = PREAMBLE + args_[i]
+        return original(*args_, **kw)
+
+    script_helper.run_python_until_end = run_python_until_end
+    script_helper._shoal_dropin = True  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":  # pragma: no cover - a manual check
+    install()
+    print(sys.modules["multiprocessing"].Pool)
