@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from multiprocessing.pool import MaybeEncodingError
 import threading
 import time
 
@@ -143,8 +144,13 @@ def test_system_exit_in_task_fails_only_that_task(pool):
 
 
 def test_unpicklable_result_names_the_problem(pool):
-    with pytest.raises(TypeError, match="cannot be pickled"):
+    # multiprocessing's MaybeEncodingError, carrying the pickler's own exception.
+    with pytest.raises(MaybeEncodingError, match=r"\(a Unpicklable\) cannot be pickled") as info:
         pool.apply(returns_unpicklable)
+    assert isinstance(info.value, shoal.PicklingError)
+    assert isinstance(info.value.original, TypeError)
+    assert "refuses to be pickled" in info.value.exc
+    assert pool.map(square, [2]) == [4]  # the worker went on
 
 
 def test_initializer_and_initargs():

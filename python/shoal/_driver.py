@@ -19,12 +19,11 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Optional, Protocol
 
-import cloudpickle
-
 from shoal import _native
+from shoal._pickling import diagnose as _diagnose
+from shoal._pickling import dumps as _dumps
 from shoal.errors import (
     ConfigError,
-    PicklingError,
     RemoteTraceback,
     SessionError,
     TaskError,
@@ -57,45 +56,6 @@ class Job(Protocol):
 
 # A chunk's tasks map onto jobs as segments: (job, index of the first task in the job, count).
 Segment = tuple[Job, int, int]
-
-
-def _name(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
-
-
-def _dumps(obj: Any) -> bytes:
-    # The C pickler is several times faster on plain data. Anything defined in __main__
-    # (or a lambda, a closure) must travel by value, which only cloudpickle does.
-    try:
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    if b"__main__" in data:
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return data
-
-
-def _diagnose(fn: Any, items: Iterable[Any], first_index: int, exc: Exception) -> PicklingError:
-    """Say which of the function or arguments cannot be pickled."""
-    try:
-        _dumps(fn)
-    except Exception as e:
-        return PicklingError(
-            f"cannot pickle the function {_name(fn)!r}: {e}\n"
-            "hint: tasks run in other processes; pass a module-level function, a lambda, or a "
-            "closure over picklable values"
-        )
-    for i, item in enumerate(items):
-        try:
-            _dumps(item)
-        except Exception as e:
-            return PicklingError(
-                f"cannot pickle argument {first_index + i} of {_name(fn)!r} "
-                f"(a {type(item).__name__}): {e}\n"
-                "hint: open files, locks, sockets and generators cannot be sent to workers; "
-                "pass what is needed to re-create them instead"
-            )
-    return PicklingError(f"cannot pickle the work for {_name(fn)!r}: {exc}")
 
 
 def split_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -367,7 +327,7 @@ class Driver:
         else:
             try:
                 values, raw_errors = pickle.loads(payload)
-            except Exception as exc:
+            except BaseException as exc:  # dropin: even SystemExit from a __reduce__
                 failure = TaskError(
                     f"the results of tasks {first}..{first + ntasks - 1} could not be unpickled "
                     f"in the driver: {type(exc).__name__}: {exc}"
@@ -381,9 +341,11 @@ class Driver:
             self._task_failed = True
         offset = 0
         for job, start, count in segments:
+            # dropin: each front end attaches the standard library's own traceback class.
+            tb_cls = getattr(job, "_remote_traceback", RemoteTraceback)
             errors = {
                 i - offset: self._rebuild(
-                    raw_errors[i], start + i - offset, first + i, worker, err_ranges.get(i)
+                    raw_errors[i], start + i - offset, first + i, worker, err_ranges.get(i), tb_cls
                 )
                 for i in raw_errors
                 if offset <= i < offset + count
@@ -393,7 +355,13 @@ class Driver:
             offset += count
 
     def _rebuild(
-        self, rec: Any, index: int, task_no: int, worker: str, err_range: Optional[tuple[int, int]]
+        self,
+        rec: Any,
+        index: int,
+        task_no: int,
+        worker: str,
+        err_range: Optional[tuple[int, int]],
+        tb_cls: type = RemoteTraceback,
     ) -> BaseException:
         blob, tb_text, type_name, text = rec
         exc: Optional[BaseException] = None
@@ -418,7 +386,7 @@ class Driver:
         detail = f"\n{where}"
         if tail:
             detail += f"\nstderr (tail):\n{tail}"
-        exc.__cause__ = RemoteTraceback(f'\n"""\n{tb_text}"""{detail}')
+        exc.__cause__ = tb_cls(f'\n"""\n{tb_text}"""{detail}')
         if hasattr(exc, "add_note"):
             try:
                 exc.add_note(where + (f"\nstderr (tail):\n{tail}" if tail else ""))

@@ -17,6 +17,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 from shoal._batch import Batcher
 from shoal._driver import Driver, split_options
+from shoal._pickling import with_authkey
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool"]
 
@@ -266,6 +267,10 @@ class Pool:
                 raise TypeError(f"processes must be an int, not {type(processes).__name__}")
             if processes < 1:
                 raise ValueError("Number of processes must be at least 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if backend == "local":
+            initializer, initargs = with_authkey(initializer, initargs)
         self._cache_cond = threading.Condition()
         self._cache: set[int] = set()
         self._driver = Driver(
@@ -326,8 +331,12 @@ class Pool:
         error_callback: Optional[Callable[[BaseException], object]] = None,
     ) -> ApplyResult[T]:
         self._check_running()
-        blob = self._driver.pickle_call(func, tuple(args), dict(kwds or {}))
         result: ApplyResult[T] = ApplyResult(self, callback, error_callback)
+        try:
+            blob = self._driver.pickle_call(func, tuple(args), dict(kwds or {}))
+        except Exception as exc:  # as in multiprocessing, the result carries the error
+            result._set(False, exc)
+            return result
         self._batcher.add(result, 0, blob)
         return result
 
@@ -382,17 +391,21 @@ class Pool:
             chunksize = self._driver.default_chunksize(len(items))
         _check_chunksize(chunksize)
         driver = self._driver
-        fn_ref = driver.put_function(func) if items else 0
-        # Pickle everything before sending anything: a bad argument fails the call cleanly.
-        payloads = [
-            (
-                lo,
-                len(items[lo : lo + chunksize]),
-                driver.map_payload(func, fn_ref, items[lo : lo + chunksize], lo, star),
-            )
-            for lo in range(0, len(items), chunksize)
-        ]
         result = MapResult(self, len(items), callback, error_callback)
+        try:
+            fn_ref = driver.put_function(func) if items else 0
+            # Pickle everything before sending anything: a bad argument fails the call cleanly.
+            payloads = [
+                (
+                    lo,
+                    len(items[lo : lo + chunksize]),
+                    driver.map_payload(func, fn_ref, items[lo : lo + chunksize], lo, star),
+                )
+                for lo in range(0, len(items), chunksize)
+            ]
+        except Exception as exc:  # as in multiprocessing, the result carries the error
+            result._set(False, exc)
+            return result
         for lo, n, payload in payloads:
             driver.submit_payload(payload, [(result, lo, n)])
         return result
@@ -444,13 +457,14 @@ class Pool:
         star: bool,
     ) -> None:
         """Consume the iterable into chunks; without a chunksize, grow chunks 1, 2, 4 ... 64
-        so the first results come fast and long inputs still make few files."""
-        driver = self._driver
+        so the first results come fast and long inputs still make few files. If the iterable
+        raises, its exception is the last result: at the position where it raised, or, with an
+        explicit chunksize, at the start of the chunk being filled (whose items are dropped),
+        as multiprocessing does."""
         source = iter(iterable)
         index = 0
         size = chunksize or 1
-        failure: Optional[BaseException] = None
-        while failure is None:
+        while True:
             items: list[Any] = []
             try:
                 for item in source:
@@ -458,24 +472,36 @@ class Pool:
                     if len(items) >= size:
                         break
             except BaseException as exc:  # the user's iterable raised: report it in place
-                failure = exc
-            if not items and failure is None:
+                if chunksize is None:
+                    index = self._send(it, func, fn_ref, items, index, star)
+                it._deliver_many(index, [None], {0: exc})
+                index += 1
                 break
-            if items:
-                try:
-                    payload = driver.map_payload(func, fn_ref, items, index, star)
-                    driver.submit_payload(payload, [(it, index, len(items))])
-                except BaseException as exc:
-                    it._deliver_many(
-                        index, [None] * len(items), dict.fromkeys(range(len(items)), exc)
-                    )
-                index += len(items)
+            if not items:
+                break
+            index = self._send(it, func, fn_ref, items, index, star)
             if chunksize is None:
                 size = min(size * 2, 64)
-        if failure is not None:
-            it._deliver_many(index, [None], {0: failure})
-            index += 1
         it._set_length(index)
+
+    def _send(
+        self,
+        it: IMapIterator[Any],
+        func: Callable[..., Any],
+        fn_ref: int,
+        items: list[Any],
+        index: int,
+        star: bool,
+    ) -> int:
+        """Submit one chunk of an imap (a pickling error becomes its tasks' results);
+        returns the index after it."""
+        if items:
+            try:
+                payload = self._driver.map_payload(func, fn_ref, items, index, star)
+                self._driver.submit_payload(payload, [(it, index, len(items))])
+            except BaseException as exc:
+                it._deliver_many(index, [None] * len(items), dict.fromkeys(range(len(items)), exc))
+        return index + len(items)
 
     # -------------------------------------------------------------- lifecycle
 
@@ -515,7 +541,11 @@ class Pool:
     def __del__(self) -> None:
         if getattr(self, "_state", None) == RUN:
             warnings.warn(
-                f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=2
+                # The standard library's wording, which its own tests look for.
+                f"unclosed running multiprocessing pool {self!r}",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
             )
             try:
                 self._terminate(failed=False)

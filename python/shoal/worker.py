@@ -16,9 +16,9 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
-import cloudpickle
-
 from shoal import _native
+from shoal._pickling import dump_results as _dump_results
+from shoal._pickling import error_record as _error_record
 
 # Payload kinds, shared with shoal._driver: MAP chunks name one function (a blob) and carry
 # its arguments; CALLS chunks carry separately pickled (function, args, kwargs) calls.
@@ -30,18 +30,6 @@ def _offset(fd: int) -> int:
         return os.lseek(fd, 0, os.SEEK_CUR)
     except OSError:
         return 0
-
-
-def _error_record(exc: BaseException) -> tuple[Optional[bytes], str, str, str]:
-    # Skip the worker's own frame: the traceback starts in the user's function.
-    tb_start = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
-    tb = "".join(traceback.format_exception(type(exc), exc, tb_start))
-    try:
-        blob: Optional[bytes] = cloudpickle.dumps(exc)
-        pickle.loads(blob)
-    except Exception:
-        blob = None
-    return blob, tb, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc)
 
 
 class _Tracked:
@@ -208,35 +196,9 @@ class _Runner:
         failed.append((i, rec[1]))
         self.marks.append((i, *self.offsets()))
 
-    @staticmethod
-    def _dump(values: list[Any], errors: dict[int, Any], failed: list[tuple[int, str]]) -> bytes:
-        for dumps in (pickle.dumps, cloudpickle.dumps):
-            try:
-                return dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                pass
-        # Find the results that cannot travel and fail just those tasks, saying why.
-        for i, value in enumerate(values):
-            if i in errors:
-                continue
-            try:
-                cloudpickle.dumps(value)
-            except Exception as exc:
-                rec = _error_record(
-                    TypeError(
-                        f"the result of this task ({type(value).__name__}) cannot be pickled: {exc}"
-                    )
-                )
-                values[i] = None
-                errors[i] = rec
-                failed.append((i, rec[1]))
-        for i, rec in list(errors.items()):
-            try:
-                cloudpickle.dumps(rec)
-            except Exception:
-                errors[i] = (None, rec[1], rec[2], rec[3])
-        failed.sort()
-        return cloudpickle.dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL)
+    # dropin: pickling results (and failing just the tasks whose result cannot travel, with
+    # the pickler's own exception) lives in shoal._pickling.
+    _dump = staticmethod(_dump_results)
 
 
 def _setup(config: dict[str, Any], runner: _Runner) -> None:

@@ -8,12 +8,30 @@ from __future__ import annotations
 
 PRIVATE = "asserts on the standard library's private internals"
 
+PICKLES_MORE = (
+    "shoal sends results with cloudpickle, so the lambda this test returns arrives as a working "
+    "function (tests/test_pool.py checks MaybeEncodingError with a result nothing can pickle)"
+)
+MP_QUEUE = (
+    "passes a multiprocessing.Queue to the workers, which only multiprocessing's own children "
+    "can inherit (shoal workers are separate interpreters, possibly on other hosts); "
+    "tests/test_executor.py checks BrokenExecutor from a failing initializer"
+)
+UNDECODABLE = (
+    "a result that cannot be unpickled in the driver fails only its task (shoal.TaskError) and "
+    "the executor goes on, where ProcessPoolExecutor breaks the whole pool (BrokenProcessPool)"
+)
+
 POOL: dict[str, str] = {
+    "test_unpickleable_result": PICKLES_MORE,
     "test_make_pool": f"{PRIVATE} (len(Pool._pool), its list of Process objects)",
     "test_pool_worker_lifetime": f"{PRIVATE} (Pool._pool pids, Pool._repopulate_pool)",
 }
 
 FUTURES: dict[str, str] = {
+    "FailingInitializerTest.test_initializer": MP_QUEUE,
+    "test_error_during_result_unpickle_in_result_handler": UNDECODABLE,
+    "test_exit_during_result_unpickle_in_result_handler": UNDECODABLE,
     "test_killed_child": f"{PRIVATE} (terminates a process from executor._processes)",
     "test_saturation": f"{PRIVATE} (len(executor._processes))",
     "test_idle_process_reuse_one": f"{PRIVATE} (len(executor._processes))",

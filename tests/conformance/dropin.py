@@ -9,6 +9,7 @@ scripts (``from concurrent.futures import ProcessPoolExecutor``) get shoal too.
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from typing import Any
 
@@ -40,17 +41,26 @@ def use_overlay() -> None:
         support.skip_if_sanitizer = skip_if_sanitizer
 
 
-def _worker_setup(initializer: Any, initargs: tuple) -> None:
+def _worker_setup(user: Any) -> None:
     use_overlay()
-    if initializer is not None:
+    if user is not None:
+        initializer, initargs = pickle.loads(user)
         initializer(*initargs)
 
 
 def _with_setup(kwargs: dict[str, Any]) -> dict[str, Any]:
-    if os.environ.get(OVERLAY):
-        kwargs = dict(kwargs)
-        kwargs["initargs"] = (kwargs.get("initializer"), tuple(kwargs.get("initargs", ())))
-        kwargs["initializer"] = _worker_setup
+    """Workers find the unpacked suite before they unpickle anything from it (the user's
+    initializer travels pickled inside ours)."""
+    if not os.environ.get(OVERLAY):
+        return kwargs
+    from shoal._pickling import dumps
+
+    kwargs = dict(kwargs)
+    init, args = kwargs.pop("initializer", None), tuple(kwargs.pop("initargs", ()))
+    if init is not None and not callable(init):
+        raise TypeError("initializer must be a callable")
+    kwargs["initializer"] = _worker_setup
+    kwargs["initargs"] = (dumps((init, args)) if init is not None else None,)
     return kwargs
 
 
@@ -75,7 +85,7 @@ def install() -> None:
 
     class ProcessPoolExecutor(shoal.Executor):
         def __init__(self, max_workers: Any = None, mp_context: Any = None, **kwargs: Any) -> None:
-            super().__init__(max_workers, **_with_setup(kwargs))
+            super().__init__(max_workers, mp_context, **_with_setup(kwargs))
 
     Pool.__module__ = ProcessPoolExecutor.__module__ = __name__
     multiprocessing.Pool = Pool  # type: ignore[assignment]
