@@ -268,7 +268,7 @@ def test_effective_n_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
     cpus = joblib.cpu_count()
     local = ShoalBackend(_name="local")
     assert local.effective_n_jobs(-1) == cpus
-    assert local.effective_n_jobs(None) == cpus
+    assert local.effective_n_jobs(None) == 1  # joblib's meaning of None
     assert local.effective_n_jobs(5) == 5
     assert ShoalBackend(_name="local", throttle=2).effective_n_jobs(-1) == min(cpus, 2)
     assert ShoalBackend(_name="local", request_cpus=cpus).effective_n_jobs(-1) == 1
@@ -293,7 +293,7 @@ def test_backend_pickles_without_its_session() -> None:
         copy = pickle.loads(pickle.dumps(nested))
         assert isinstance(copy, ShoalBackend) and copy.settings.throttle == [3]
         assert copy.recursion_level == 1 and copy.parent_session == b.session
-        assert copy._session.driver is None and n is None
+        assert copy._session.driver is None and n == 2  # the outer call's n_jobs
         deeper, _ = copy.get_nested_backend()
         assert isinstance(deeper, joblib.parallel.SequentialBackend)
     finally:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from multiprocessing.pool import MaybeEncodingError
 import threading
 import time
+from multiprocessing.pool import MaybeEncodingError
 
 import pytest
 
@@ -229,3 +229,64 @@ def test_throughput_sanity():
         t = time.perf_counter()
         p.map(square, range(50_000))
         assert time.perf_counter() - t < 20
+
+
+def _raises_at(n: int, when: int):
+    for i in range(n):
+        if i == when:
+            raise KeyError("source broke")
+        yield i
+
+
+def test_imap_iterable_error_surfaces_at_its_position(pool):
+    # Without a chunksize: exactly where the iterable raised.
+    it = pool.imap(square, _raises_at(10, 5))
+    assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
+    with pytest.raises(KeyError, match="source broke"):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+    # With one, at the start of the chunk being filled, as multiprocessing does.
+    it = pool.imap(square, _raises_at(20, 7), 4)
+    assert [next(it) for _ in range(4)] == [0, 1, 4, 9]
+    with pytest.raises(KeyError):
+        next(it)
+
+
+class RefusesWithRuntimeError:
+    def __reduce__(self):
+        raise RuntimeError("cannot pickle me")
+
+
+def test_pickling_error_keeps_the_original_type(pool):
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match=r"argument 1 of 'square' \(a lock\)") as info:
+        pool.map(square, [1, lock])
+    assert isinstance(info.value, shoal.PicklingError)
+    with pytest.raises(RuntimeError, match="cannot pickle me") as info:
+        pool.map(square, [RefusesWithRuntimeError()] * 3)
+    assert isinstance(info.value, shoal.PicklingError) and "argument 0" in str(info.value)
+    errors: list = []
+    r = pool.apply_async(square, (lock,), error_callback=errors.append)
+    with pytest.raises(TypeError):
+        r.get(10)
+    assert len(errors) == 1 and errors[0] is r._value
+    assert pool.map(square, [3]) == [9]
+
+
+def test_remote_traceback_is_multiprocessing_own(pool):
+    with pytest.raises(ValueError) as info:
+        pool.apply(fail_on, (3,))
+    assert type(info.value.__cause__) is multiprocessing.pool.RemoteTraceback
+
+
+def test_manager_proxies_work_in_tasks_and_initializer():
+    from helpers import append_to, init_append
+
+    with multiprocessing.Manager() as mgr:
+        shared = mgr.list()
+        p = shoal.Pool(2, initializer=init_append, initargs=(shared,))
+        p.starmap(append_to, [(shared, i) for i in range(4)])
+        p.close()
+        p.join()  # both workers ran their initializer, as under multiprocessing
+        assert sorted(shared, key=str) == [0, 1, 2, 3, "init", "init"]

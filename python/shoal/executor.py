@@ -190,10 +190,10 @@ class Executor(cf.Executor):
         broken = self._driver.broken
         if broken is not None:
             raise BrokenExecutor(f"the executor's session failed: {broken}")
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
         if _exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
         with self._lock:

@@ -16,7 +16,7 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
-from shoal import _native
+from shoal import _joblib_hook, _native
 from shoal._pickling import dump_results as _dump_results
 from shoal._pickling import error_record as _error_record
 
@@ -227,6 +227,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"shoal worker: cannot join session {args[0]}: {exc}", file=sys.stderr)
         return 3
     config = json.loads(worker.config) or {}
+    # dropin: a task's own Parallel(backend="shoal"/"slurm"/...) finds shoal's joblib backends.
+    _joblib_hook.install()
     runner = _Runner(worker)
     try:
         _setup(config, runner)

@@ -116,17 +116,22 @@ def run_joblib(args: Any) -> int:
         "-p",
         "no:cacheprovider",
         "--rootdir",
-        HERE,
+        os.path.dirname(tp.__file__),
         "-o",
         f"timeout={int(TEST_TIMEOUT)}",
     ]
     if args.k:
         cmd += ["-k", args.k]
     if not args.all:
-        for pattern in allowlist.JOBLIB:
-            cmd += ["--deselect", pattern] if "*" not in pattern else []
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
-    print(f"\n== joblib: {' '.join(cmd[3:4])} with shoal as the default backend", flush=True)
+        for node in allowlist.JOBLIB:
+            cmd += ["--deselect", node]
+    path = [HERE, os.path.join(HERE, "site"), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
+    print(
+        f"\n== joblib: {tp.__file__} with shoal as the default backend, "
+        f"{len(allowlist.JOBLIB)} allow-listed",
+        flush=True,
+    )
     return subprocess.call(cmd, env=env, cwd=HERE)
 
 
