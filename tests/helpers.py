@@ -127,3 +127,11 @@ class Box:
 
 def make_box(_: Any = None) -> Box:
     return Box()
+
+
+def count_call(arg: tuple[str, float]) -> None:
+    """Leave a file in `directory` for each call, then sleep."""
+    directory, delay = arg
+    with open(os.path.join(directory, f"{os.getpid()}-{time.monotonic_ns()}"), "w"):
+        pass
+    time.sleep(delay)

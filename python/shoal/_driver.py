@@ -418,34 +418,55 @@ class Driver:
     def stats(self) -> dict[str, int]:
         return dict(self._native.stats())
 
-    def close(self, *, graceful: bool, failed: bool = False, grace: float = 10.0) -> Optional[str]:
-        """Stop workers and record the outcome. Returns the kept work dir, if any."""
+    def close(
+        self,
+        *,
+        graceful: bool,
+        failed: bool = False,
+        interrupted: bool = False,
+        grace: float = 10.0,
+    ) -> Optional[str]:
+        """Stop workers and record the outcome. Returns the kept work dir, if any.
+        `interrupted`: the user ended the session early (Ctrl-C, an exception in the driver)."""
         if self._closed:
             return None
         self._native.shutdown(grace if graceful else None)
         self._closed = True
         self._collector.join(timeout=5)
-        failed = failed or self._task_failed or self._broken is not None
-        if self._routes:
+        broken = self._broken
+        if self._routes:  # work abandoned (terminate, a break out of imap, exit)
             self._fail_all(SessionError(f"session {self.id} was shut down before this task ran"))
-            failed = True
-        state = "failed" if failed else "finished"
-        message = str(self._broken) if self._broken is not None else None
+            interrupted = True
+        state = _outcome(self, broken, failed, interrupted)
+        message = str(broken) if broken is not None else None
         kept = self._native.finish(state, message, self.keep_work_dir)
         _live.discard(self)
-        if kept is not None and failed:
+        if kept is not None and state == "failed":
             print(
-                f"shoal: session {self.id} {'failed' if failed else 'ended'}; work dir kept at "
-                f"{kept} (see `shoal logs {self.id}`)",
+                f"shoal: session {self.id} failed; work dir kept at {kept} "
+                f"(see `shoal logs {self.id}`)",
                 file=sys.stderr,
             )
         return None if kept is None else str(kept)
+
+
+def _outcome(
+    driver: Driver, broken: Optional[BaseException], failed: bool, interrupted: bool
+) -> str:
+    """dropin: how a session ended. Only a failure (a task failed, the session broke) keeps the
+    work dir; `shoal cancel`, Ctrl-C and work the user abandoned are not failures."""
+    if failed or driver._task_failed:
+        return "failed"
+    if broken is not None:
+        cancelled = os.path.exists(os.path.join(driver.path, "control", "cancel"))
+        return "cancelled" if cancelled else "failed"
+    return "interrupted" if interrupted else "finished"
 
 
 @atexit.register
 def _shutdown_all() -> None:
     for d in list(_live):
         try:
-            d.close(graceful=False, failed=True)
+            d.close(graceful=False, interrupted=True)
         except Exception:
             pass

@@ -96,7 +96,6 @@ class _Pending:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.futures: dict[cf.Future, None] = {}
-        self.failed = False
 
     def add(self, fut: cf.Future) -> None:
         with self.lock:
@@ -106,8 +105,6 @@ class _Pending:
     def done(self, fut: cf.Future) -> None:
         with self.lock:
             self.futures.pop(fut, None)
-        if not fut.cancelled() and fut.exception() is not None:
-            self.failed = True
 
     def snapshot(self) -> list[cf.Future]:
         with self.lock:
@@ -121,7 +118,7 @@ def _drain_and_close(driver: Driver, pending: _Pending) -> None:
         if not waiting or driver.broken is not None:
             break
         cf.wait(waiting, timeout=0.5)
-    driver.close(graceful=True, failed=pending.failed)
+    driver.close(graceful=True)
 
 
 class Executor(cf.Executor):
@@ -277,13 +274,14 @@ class Executor(cf.Executor):
         if exc_type is None:
             self.shutdown(wait=True)
             return None
-        # An exception or Ctrl-C in the driver: stop everything now, keep the work dir.
+        # An exception or Ctrl-C in the driver: stop everything now; the session ended as
+        # interrupted (failed, and kept, only if a task failed).
         with self._lock:
             self._shutdown = True
         for fut in self._pending.snapshot():
             fut.cancel()
         self._batcher.close()
-        self._driver.close(graceful=False, failed=True)
+        self._driver.close(graceful=False, interrupted=True)
         return None
 
 

@@ -142,7 +142,7 @@ class _Session:
         else:
             # Workers first (every scheduler job at once), then whatever was still buffered
             # fails to send and its futures get the error.
-            driver.close(graceful=False, failed=True)
+            driver.close(graceful=False, interrupted=True)
             try:
                 batcher.close()
             except Exception:

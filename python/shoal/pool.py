@@ -13,6 +13,7 @@ import multiprocessing
 import threading
 import time
 import warnings
+import weakref
 from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 from shoal._batch import Batcher
@@ -120,22 +121,17 @@ class MapResult(ApplyResult[list]):
             self._set(True, self._values)
 
 
-class IMapIterator(Generic[T]):
-    """Results of ``imap`` in order; ``next(timeout)`` raises multiprocessing.TimeoutError."""
+class _IMapResults(Generic[T]):
+    """The results of an ``imap`` as they arrive (what its chunks deliver to), in order."""
 
     def __init__(self, pool: Pool) -> None:
+        self.abandoned = False
         self._pool = pool
         self._cond = threading.Condition()
         self._items: dict[int, tuple[bool, Any]] = {}
         self._index = 0
         self._length: Optional[int] = None
         pool._register(self)
-
-    def __iter__(self) -> Iterator[T]:
-        return self
-
-    def _ready(self, index: int) -> bool:
-        return index in self._items
 
     def next(self, timeout: Optional[float] = None) -> T:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -155,8 +151,6 @@ class IMapIterator(Generic[T]):
         if ok:
             return value  # type: ignore[no-any-return]
         raise value
-
-    __next__ = next
 
     def _pop(self) -> Optional[tuple[bool, Any]]:
         item = self._items.pop(self._index, None)
@@ -198,13 +192,16 @@ class IMapIterator(Generic[T]):
     def _delivered(self) -> int:
         return self._index + len(self._items)
 
+    def finished(self) -> bool:
+        return self._length is not None and self._delivered() >= self._length
+
     def _maybe_done(self) -> None:
-        if self._length is not None and self._delivered() >= self._length:
+        if self.finished():
             self._pool._unregister(self)
 
 
-class IMapUnorderedIterator(IMapIterator[T]):
-    """Results of ``imap_unordered`` in completion order."""
+class _IMapUnorderedResults(_IMapResults[T]):
+    """The results of an ``imap_unordered``, in completion order."""
 
     def __init__(self, pool: Pool) -> None:
         self._queue: collections.deque[tuple[bool, Any]] = collections.deque()
@@ -234,6 +231,28 @@ class IMapUnorderedIterator(IMapIterator[T]):
 
     def _delivered(self) -> int:
         return self._count
+
+
+class IMapIterator(Generic[T]):
+    """What ``imap`` returns: its results in order; ``next(timeout)`` raises
+    multiprocessing.TimeoutError. Dropping it before the end (a ``break`` out of the loop)
+    withdraws the work no worker has started and stops reading the input."""
+
+    def __init__(self, pool: Pool, results: _IMapResults[T]) -> None:
+        self._results = results
+        weakref.finalize(self, pool._abandon, results).atexit = False
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def next(self, timeout: Optional[float] = None) -> T:
+        return self._results.next(timeout)
+
+    __next__ = next
+
+
+class IMapUnorderedIterator(IMapIterator[T]):
+    """What ``imap_unordered`` returns: its results in completion order."""
 
 
 class Pool:
@@ -273,6 +292,7 @@ class Pool:
             initializer, initargs = with_authkey(initializer, initargs)
         self._cache_cond = threading.Condition()
         self._cache: set[int] = set()
+        self._interrupted = False  # the user abandoned work (a break out of imap)
         self._driver = Driver(
             backend=backend,
             workers=processes,
@@ -413,21 +433,23 @@ class Pool:
     def imap(
         self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None
     ) -> IMapIterator[T]:
-        return self._imap(IMapIterator(self), func, iterable, chunksize, False)
+        results: _IMapResults[T] = _IMapResults(self)
+        return IMapIterator(self, self._imap(results, func, iterable, chunksize, False))
 
     def imap_unordered(
         self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None
     ) -> IMapIterator[T]:
-        return self._imap(IMapUnorderedIterator(self), func, iterable, chunksize, False)
+        results: _IMapResults[T] = _IMapUnorderedResults(self)
+        return IMapUnorderedIterator(self, self._imap(results, func, iterable, chunksize, False))
 
     def _imap(
         self,
-        it: IMapIterator[T],
+        it: _IMapResults[T],
         func: Callable[..., Any],
         iterable: Iterable[Any],
         chunksize: Optional[int],
         star: bool,
-    ) -> IMapIterator[T]:
+    ) -> _IMapResults[T]:
         try:
             self._check_running()
             if chunksize is not None:
@@ -436,11 +458,16 @@ class Pool:
         except BaseException:
             self._unregister(it)
             raise
-        if chunksize is None and hasattr(iterable, "__len__"):
-            chunksize = self._driver.default_chunksize(len(iterable))  # type: ignore[arg-type]
+        # Without a chunksize chunks grow 1, 2, 4 ... so the first results come at once, up to
+        # multiprocessing's map size for an input of known length (64 otherwise).
+        limit = (
+            self._driver.default_chunksize(len(iterable))  # type: ignore[arg-type]
+            if hasattr(iterable, "__len__")
+            else 64
+        )
         feeder = threading.Thread(
             target=self._feed,
-            args=(it, func, fn_ref, iterable, chunksize, star),
+            args=(it, func, fn_ref, iterable, chunksize, limit, star),
             name="shoal-imap-feeder",
             daemon=True,
         )
@@ -449,22 +476,23 @@ class Pool:
 
     def _feed(
         self,
-        it: IMapIterator[Any],
+        it: _IMapResults[Any],
         func: Callable[..., Any],
         fn_ref: int,
         iterable: Iterable[Any],
         chunksize: Optional[int],
+        limit: int,
         star: bool,
     ) -> None:
-        """Consume the iterable into chunks; without a chunksize, grow chunks 1, 2, 4 ... 64
-        so the first results come fast and long inputs still make few files. If the iterable
+        """Consume the iterable into chunks; without a chunksize, grow chunks 1, 2, 4 ... up to
+        `limit` so the first results come fast and long inputs still make few files. If the iterable
         raises, its exception is the last result: at the position where it raised, or, with an
         explicit chunksize, at the start of the chunk being filled (whose items are dropped),
         as multiprocessing does."""
         source = iter(iterable)
         index = 0
         size = chunksize or 1
-        while True:
+        while not it.abandoned:
             items: list[Any] = []
             try:
                 for item in source:
@@ -481,12 +509,12 @@ class Pool:
                 break
             index = self._send(it, func, fn_ref, items, index, star)
             if chunksize is None:
-                size = min(size * 2, 64)
+                size = min(size * 2, limit)
         it._set_length(index)
 
     def _send(
         self,
-        it: IMapIterator[Any],
+        it: _IMapResults[Any],
         func: Callable[..., Any],
         fn_ref: int,
         items: list[Any],
@@ -503,6 +531,16 @@ class Pool:
                 it._deliver_many(index, [None] * len(items), dict.fromkeys(range(len(items)), exc))
         return index + len(items)
 
+    def _abandon(self, results: _IMapResults[Any]) -> None:
+        """The user dropped an imap iterator before its end: take back its unstarted chunks."""
+        if results.finished():
+            return
+        results.abandoned = True
+        self._interrupted = True
+        self._unregister(results)
+        if not self._driver._closed:
+            self._driver.withdraw_where(lambda job, _start, _count: job is results)
+
     # -------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
@@ -511,14 +549,14 @@ class Pool:
             self._batcher.flush()
 
     def terminate(self) -> None:
-        self._terminate(failed=False)
+        self._terminate(interrupted=False)
 
-    def _terminate(self, failed: bool) -> None:
+    def _terminate(self, interrupted: bool) -> None:
         if self._state == "INIT":
             return
         self._state = TERMINATE
         self._batcher.close()
-        self._driver.close(graceful=False, failed=failed)
+        self._driver.close(graceful=False, interrupted=interrupted or self._interrupted)
 
     def join(self) -> None:
         if self._state == RUN:
@@ -529,14 +567,16 @@ class Pool:
             while self._cache and self._driver.broken is None:
                 self._cache_cond.wait(0.1)
         self._batcher.close()
-        self._driver.close(graceful=True)
+        self._driver.close(graceful=True, interrupted=self._interrupted)
 
     def __enter__(self) -> Pool:
         self._check_running()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._terminate(failed=exc_type is not None)
+        # An exception here (Ctrl-C included) that is no task's ends the session as
+        # interrupted: not a failure, nothing kept.
+        self._terminate(interrupted=exc_type is not None)
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) == RUN:
@@ -548,7 +588,7 @@ class Pool:
                 stacklevel=2,
             )
             try:
-                self._terminate(failed=False)
+                self._terminate(interrupted=False)
             except Exception:
                 pass
 

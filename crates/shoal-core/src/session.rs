@@ -14,6 +14,9 @@ pub enum SessionState {
     Finished,
     Failed,
     Cancelled,
+    /// Ended early by the user (Ctrl-C, an exception in the driver, work abandoned) with no
+    /// task failed.
+    Interrupted,
 }
 
 impl SessionState {
@@ -23,6 +26,7 @@ impl SessionState {
             SessionState::Finished => "finished",
             SessionState::Failed => "failed",
             SessionState::Cancelled => "cancelled",
+            SessionState::Interrupted => "interrupted",
         }
     }
 }

@@ -320,7 +320,9 @@ impl Engine {
         apply_stats(&mut meta, &st.stats, &st.jobs);
         drop(st);
         let _ = self.dir.write_meta(&meta);
-        if state == SessionState::Finished && !keep {
+        // Only a failure keeps the work dir (for `shoal logs`); an interrupted or cancelled
+        // session without failed tasks leaves nothing behind.
+        if state != SessionState::Failed && !keep {
             let _ = std::fs::remove_dir_all(self.dir.root());
             None
         } else {
