@@ -9,12 +9,15 @@ import io
 import pickle
 import traceback
 import types
-from collections import ChainMap
-from typing import Any, Callable, Iterable, Optional
-
-import cloudpickle
 
 from shoal.errors import PicklingError, ResultPicklingError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (~8 ms per worker)
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, Optional
+
+    ErrorRecord = tuple[Optional[bytes], str, str, str]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 _DYNAMIC = "<dynamic-code>"
@@ -24,24 +27,37 @@ def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
-def _reduce_code(code: types.CodeType) -> Any:
-    # cloudpickle (3.x) renames every function it sends by value to "<dynamic-code>"; keep
-    # the real file name so that a task's traceback points at the user's file and line.
-    rv = _cloud_reducers[types.CodeType](code)
-    return (rv[0], tuple(code.co_filename if a == _DYNAMIC else a for a in rv[1]), *rv[2:])
+_pickler: Any = None
 
 
-_cloud_reducers = cloudpickle.Pickler.dispatch_table
+def _cloud_pickler() -> Any:
+    """cloudpickle's Pickler, keeping code objects' file names: cloudpickle (3.x) renames every
+    function it sends by value to "<dynamic-code>", and a task's traceback should point at the
+    user's own file and line. Made on first use: workers seldom need cloudpickle to send
+    results, and importing it costs each worker's start ~10 ms."""
+    global _pickler
+    if _pickler is None:
+        from collections import ChainMap
 
+        import cloudpickle
 
-class _Pickler(cloudpickle.Pickler):
-    dispatch_table = ChainMap({types.CodeType: _reduce_code}, _cloud_reducers)
+        reducers = cloudpickle.Pickler.dispatch_table
+
+        def reduce_code(code: types.CodeType) -> Any:
+            rv = reducers[types.CodeType](code)
+            return (rv[0], tuple(code.co_filename if a == _DYNAMIC else a for a in rv[1]), *rv[2:])
+
+        class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+            dispatch_table = ChainMap({types.CodeType: reduce_code}, reducers)
+
+        _pickler = Pickler
+    return _pickler
 
 
 def cloud_dumps(obj: Any) -> bytes:
     """cloudpickle, keeping code objects' file names."""
     buf = io.BytesIO()
-    _Pickler(buf, protocol=PROTOCOL).dump(obj)
+    _cloud_pickler()(buf, protocol=PROTOCOL).dump(obj)
     return buf.getvalue()
 
 
@@ -151,8 +167,6 @@ def diagnose(fn: Any, items: Iterable[Any], first_index: int, exc: Exception) ->
 
 # ---------------------------------------------------------------------- worker side
 
-ErrorRecord = tuple[Optional[bytes], str, str, str]
-
 
 def error_record(exc: BaseException) -> ErrorRecord:
     """A task's exception as it travels: (pickled exception or None, traceback text, type
@@ -229,9 +243,13 @@ def with_authkey(
 
 
 def _adopt_authkey(key: bytes, user: Optional[bytes]) -> None:
-    import multiprocessing
+    from shoal._imports import when_imported
 
-    multiprocessing.current_process().authkey = key
+    def adopt(multiprocessing: Any) -> None:
+        multiprocessing.current_process().authkey = key
+
+    # Only tasks that use multiprocessing (a Manager proxy) pay for importing it.
+    when_imported("multiprocessing", adopt)
     if user is not None:
         initializer, initargs = pickle.loads(user)
         initializer(*initargs)

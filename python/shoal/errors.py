@@ -7,12 +7,12 @@ errors are also pickle.PicklingErrors, so existing `except` clauses keep working
 from __future__ import annotations
 
 import pickle
-from multiprocessing.pool import MaybeEncodingError
 
-# A task's traceback, attached as ``__cause__`` of the exception re-raised in the driver, is the
-# standard library's own class (Pool: this one; Executor: concurrent.futures.process's).
-from multiprocessing.pool import RemoteTraceback as RemoteTraceback
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (~8 ms per worker)
+
+if TYPE_CHECKING:
+    from multiprocessing.pool import RemoteTraceback as RemoteTraceback
+    from typing import Any
 
 __all__ = [
     "ConfigError",
@@ -39,17 +39,19 @@ class PicklingError(ShoalError, pickle.PicklingError):
     """A function, argument or result cannot be pickled; the message names which."""
 
 
-class ResultPicklingError(PicklingError, MaybeEncodingError):
+class ResultPicklingError(PicklingError):
     """A task's result could not be pickled on its worker. ``original`` is the exception the
-    pickler raised; ``Pool`` raises this (a ``multiprocessing.pool.MaybeEncodingError``, as
-    multiprocessing does), ``Executor`` and joblib raise ``original`` itself."""
+    pickler raised; ``exc`` and ``value`` are the reprs ``multiprocessing``'s
+    MaybeEncodingError carries. ``Pool`` raises it as a MaybeEncodingError too, as
+    multiprocessing does; ``Executor`` and joblib raise ``original`` itself."""
 
     def __init__(self, exc: Any, value: Any) -> None:
         try:
             text = repr(value)
         except Exception:
             text = f"<{type(value).__name__} object>"
-        MaybeEncodingError.__init__(self, exc, text[:200])
+        self.exc, self.value = repr(exc), text[:200]
+        super().__init__(self.exc, self.value)
         self.original = exc if isinstance(exc, BaseException) else None
         self.value_type = type(value).__name__
 
@@ -73,3 +75,15 @@ class WorkerLostError(ShoalError):
 
 class TaskError(ShoalError):
     """A task failed with an exception that could not be re-created in the driver."""
+
+
+def __getattr__(name: str) -> Any:
+    # A task's traceback, attached as ``__cause__`` of the exception re-raised in the driver,
+    # is the standard library's own class (Pool: this one; Executor: concurrent.futures's).
+    # Imported on first use: workers import this module, and multiprocessing.pool costs
+    # every worker ~15 ms of start-up.
+    if name == "RemoteTraceback":
+        from multiprocessing.pool import RemoteTraceback
+
+        return RemoteTraceback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,17 +14,42 @@ import threading
 import time
 import warnings
 import weakref
+from multiprocessing.pool import MaybeEncodingError
 from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 from shoal._batch import Batcher
 from shoal._driver import Driver, split_options
 from shoal._pickling import with_authkey
+from shoal.errors import ResultPicklingError
 
-__all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool"]
+__all__ = [
+    "ApplyResult",
+    "AsyncResult",
+    "IMapIterator",
+    "MapResult",
+    "Pool",
+    "UnpicklableResultError",
+]
 
 T = TypeVar("T")
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 TimeoutError = multiprocessing.TimeoutError
+
+
+class UnpicklableResultError(ResultPicklingError, MaybeEncodingError):
+    """A task's result could not be pickled: multiprocessing's MaybeEncodingError (``exc`` and
+    ``value`` are reprs) that is also a ``shoal.PicklingError`` carrying ``original``."""
+
+
+def _pool_errors(errors: dict[int, BaseException]) -> dict[int, BaseException]:
+    """A result that could not travel is reported as multiprocessing reports it."""
+    for k, exc in errors.items():
+        if type(exc) is ResultPicklingError:
+            err = UnpicklableResultError(exc.original, None)
+            err.exc, err.value, err.value_type = exc.exc, exc.value, exc.value_type
+            err.args, err.__cause__ = exc.args, exc.__cause__
+            errors[k] = err
+    return errors
 
 
 class ApplyResult(Generic[T]):
@@ -82,7 +107,7 @@ class ApplyResult(Generic[T]):
         self, start: int, values: list[Any], errors: dict[int, BaseException]
     ) -> None:
         if errors:
-            self._set(False, errors[min(errors)])
+            self._set(False, _pool_errors(errors)[min(errors)])
         else:
             self._set(True, values[0])
 
@@ -111,7 +136,7 @@ class MapResult(ApplyResult[list]):
         self, start: int, values: list[Any], errors: dict[int, BaseException]
     ) -> None:
         if errors:
-            self._set(False, errors[min(errors)])
+            self._set(False, _pool_errors(errors)[min(errors)])
             return
         with self._lock:
             self._values[start : start + len(values)] = values
@@ -161,6 +186,7 @@ class _IMapResults(Generic[T]):
     def _deliver_many(
         self, start: int, values: list[Any], errors: dict[int, BaseException]
     ) -> None:
+        _pool_errors(errors)
         with self._cond:
             for k, value in enumerate(values):
                 self._put(start + k, (False, errors[k]) if k in errors else (True, value))
