@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from typing import Any, Callable, Iterable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
 from shoal import _native
 from shoal._pickling import diagnose as _diagnose
@@ -206,7 +206,7 @@ class Driver:
         return int(self._native.put_blob(data))
 
     def map_payload(
-        self, fn: Callable[..., Any], fn_ref: int, items: list[Any], start: int, star: bool
+        self, fn: Callable[..., Any], fn_ref: int, items: Sequence[Any], start: int, star: bool
     ) -> bytes:
         """Pickle one chunk of a map; a PicklingError names the argument that failed."""
         try:

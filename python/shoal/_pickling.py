@@ -39,7 +39,7 @@ def _cloud_pickler() -> Any:
     if _pickler is None:
         from collections import ChainMap
 
-        import cloudpickle
+        import cloudpickle  # type: ignore[import-untyped]
 
         reducers = cloudpickle.Pickler.dispatch_table
 
@@ -47,7 +47,7 @@ def _cloud_pickler() -> Any:
             rv = reducers[types.CodeType](code)
             return (rv[0], tuple(code.co_filename if a == _DYNAMIC else a for a in rv[1]), *rv[2:])
 
-        class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        class Pickler(cloudpickle.Pickler):
             dispatch_table = ChainMap({types.CodeType: reduce_code}, reducers)
 
         _pickler = Pickler
@@ -100,7 +100,7 @@ def _keeping_type(original: BaseException, message: str) -> BaseException:
         exc = base(message) if base is not None else PicklingError(message)
     except Exception:  # the type's __init__ wants other arguments
         exc = PicklingError(message)
-    exc.original = original  # type: ignore[attr-defined]
+    exc.__dict__["original"] = original
     return exc
 
 
@@ -174,9 +174,11 @@ def error_record(exc: BaseException) -> ErrorRecord:
     # Skip the worker's own frame: the traceback starts in the user's function.
     tb_start = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
     tb = "".join(traceback.format_exception(type(exc), exc, tb_start))
+    blob: Optional[bytes] = None
     try:
-        blob: Optional[bytes] = cloud_dumps(exc)
-        pickle.loads(blob)
+        data = cloud_dumps(exc)
+        pickle.loads(data)
+        blob = data
     except BaseException:  # even SystemExit from a __reduce__ must not end the worker
         blob = None
     return blob, tb, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc)

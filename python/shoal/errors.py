@@ -11,8 +11,13 @@ import pickle
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (~8 ms per worker)
 
 if TYPE_CHECKING:
-    from multiprocessing.pool import RemoteTraceback as RemoteTraceback
     from typing import Any
+
+    class RemoteTraceback(Exception):  # multiprocessing.pool's (typeshed does not list it)
+        tb: str
+
+        def __init__(self, tb: str) -> None: ...
+
 
 __all__ = [
     "ConfigError",
@@ -83,7 +88,7 @@ def __getattr__(name: str) -> Any:
     # Imported on first use: workers import this module, and multiprocessing.pool costs
     # every worker ~15 ms of start-up.
     if name == "RemoteTraceback":
-        from multiprocessing.pool import RemoteTraceback
+        from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
 
         return RemoteTraceback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -59,8 +59,8 @@ class _FutureJob:
 
     _remote_traceback = _CFRemoteTraceback
 
-    def __init__(self, futures: list[cf.Future]) -> None:
-        self.futures: list[Optional[cf.Future]] = list(futures)
+    def __init__(self, futures: list[cf.Future[Any]]) -> None:
+        self.futures: list[Optional[cf.Future[Any]]] = list(futures)
 
     def _started(self, start: int, count: int) -> None:
         for fut in self.futures[start : start + count]:
@@ -95,18 +95,18 @@ class _Pending:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.futures: dict[cf.Future, None] = {}
+        self.futures: dict[cf.Future[Any], None] = {}
 
-    def add(self, fut: cf.Future) -> None:
+    def add(self, fut: cf.Future[Any]) -> None:
         with self.lock:
             self.futures[fut] = None
         fut.add_done_callback(self.done)
 
-    def done(self, fut: cf.Future) -> None:
+    def done(self, fut: cf.Future[Any]) -> None:
         with self.lock:
             self.futures.pop(fut, None)
 
-    def snapshot(self) -> list[cf.Future]:
+    def snapshot(self) -> list[cf.Future[Any]]:
         with self.lock:
             return list(self.futures)
 
@@ -225,7 +225,7 @@ class Executor(cf.Executor):
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         driver = self._driver
-        futures: list[cf.Future] = [cf.Future() for _ in items]
+        futures: list[cf.Future[Any]] = [cf.Future() for _ in items]
         if items:
             fn_ref = driver.put_function(fn)
             payloads = [
@@ -285,7 +285,7 @@ class Executor(cf.Executor):
         return None
 
 
-def _results(futures: list[cf.Future], end: Optional[float]) -> Iterator[Any]:
+def _results(futures: list[cf.Future[Any]], end: Optional[float]) -> Iterator[Any]:
     """Yield results in order; a yielded result is held by no one here (nor its future)."""
     try:
         futures.reverse()

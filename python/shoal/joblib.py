@@ -35,7 +35,7 @@ try:  # every joblib from 1.3 on has it; the fallback keeps batch_size=1 behavio
     from joblib._parallel_backends import AutoBatchingMixin  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover
     AutoBatchingMixin = object
-from joblib._parallel_backends import FallbackToBackend  # type: ignore[import-untyped]
+from joblib._parallel_backends import FallbackToBackend
 
 from shoal._batch import Batcher
 from shoal._driver import Driver
@@ -65,7 +65,7 @@ def engine_for(name: str, fixed: Optional[str] = None) -> str:
     return name
 
 
-class _BatchFuture(cf.Future):
+class _BatchFuture(cf.Future[Any]):
     """A joblib batch's future; ``get`` is there for joblib versions that call it."""
 
     def get(self, timeout: Optional[float] = None) -> Any:
@@ -195,7 +195,7 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         # A backend dropped without a context exit or terminate() still leaves nothing behind.
         weakref.finalize(self, self._session.close, True)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         # Nested calls ship the backend to workers: options travel, the session does not.
         return (
             _rebuild,

@@ -14,8 +14,8 @@ import threading
 import time
 import warnings
 import weakref
-from multiprocessing.pool import MaybeEncodingError
-from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
+from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
+from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar, cast
 
 from shoal._batch import Batcher
 from shoal._driver import Driver, split_options
@@ -86,7 +86,7 @@ class ApplyResult(Generic[T]):
         if not self.ready():
             raise TimeoutError
         if self._success:
-            return self._value  # type: ignore[no-any-return]
+            return cast(T, self._value)
         raise self._value
 
     def _set(self, ok: bool, value: Any) -> None:
@@ -121,7 +121,7 @@ class ApplyResult(Generic[T]):
 AsyncResult = ApplyResult
 
 
-class MapResult(ApplyResult[list]):
+class MapResult(ApplyResult[list[Any]]):
     """The result of ``map_async``/``starmap_async``; ready at the first error, as in
     multiprocessing."""
 
@@ -174,7 +174,7 @@ class _IMapResults(Generic[T]):
                 self._cond.wait(remaining)
         ok, value = item
         if ok:
-            return value  # type: ignore[no-any-return]
+            return cast(T, value)
         raise value
 
     def _pop(self) -> Optional[tuple[bool, Any]]:
@@ -364,7 +364,10 @@ class Pool:
     # -------------------------------------------------------------- apply
 
     def apply(
-        self, func: Callable[..., T], args: Iterable[Any] = (), kwds: Optional[dict] = None
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwds: Optional[dict[str, Any]] = None,
     ) -> T:
         return self.apply_async(func, args, kwds).get()
 
@@ -372,7 +375,7 @@ class Pool:
         self,
         func: Callable[..., T],
         args: Iterable[Any] = (),
-        kwds: Optional[dict] = None,
+        kwds: Optional[dict[str, Any]] = None,
         callback: Optional[Callable[[T], object]] = None,
         error_callback: Optional[Callable[[BaseException], object]] = None,
     ) -> ApplyResult[T]:

@@ -80,8 +80,8 @@ class _Runner:
         self.values: list[Any] = []
         self.marks: list[tuple[int, int, int]] = []
         self._stdout, self._stderr = sys.stdout, sys.stderr
-        sys.stdout = _Tracked(sys.stdout, self)  # type: ignore[assignment]
-        sys.stderr = _Tracked(sys.stderr, self)  # type: ignore[assignment]
+        sys.stdout = _Tracked(sys.stdout, self)
+        sys.stderr = _Tracked(sys.stderr, self)
 
     def blob(self, blob_id: int) -> Any:
         if blob_id not in self.blobs:
@@ -155,6 +155,7 @@ class _Runner:
     ) -> None:
         """Run the chunk's tasks: checked one by one (timing each) while they are slow, in a
         tight loop once the first PROBE tasks show they are tiny."""
+        call: Callable[[Any], Any]
         if kind != MAP:
             call = _call
         elif star:
