@@ -53,8 +53,11 @@ def test_python_path_without_shoal(tmp_path):
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named shoal' >&2\nexit 1\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    with pytest.raises(shoal.ConfigError, match="cannot import shoal"):
+    with pytest.raises(shoal.ConfigError, match="cannot import shoal") as info:
         shoal.Pool(1, python_path=str(fake))
+    # shoal is on no public index: the hint says how to install the project's own wheel.
+    hint = str(info.value).split("hint:")[1]
+    assert "pip install shoal " not in hint and ".whl" in hint and str(fake) in hint
 
 
 def test_work_dir_not_writable(tmp_path):

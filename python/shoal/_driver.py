@@ -85,7 +85,10 @@ def check_python(python: str) -> str:
             tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
             raise ConfigError(
                 f"python_path {python!r} cannot import shoal: {' '.join(tail)}\n"
-                f"hint: run `{path} -m pip install shoal` (same version as the driver)"
+                f"hint: install this shoal ({_native.__version__}) into it: `{path} -m pip "
+                "install shoal-*.whl` with the wheel built by `scripts/pythons` or `maturin "
+                f"build --release` in a shoal checkout, or `{path} -m pip install "
+                "/path/to/shoal-checkout` (needs Rust)"
             )
     _checked_pythons[path] = None
     return path
@@ -232,7 +235,9 @@ class Driver:
     def submit_calls(self, calls: list[tuple[Job, int, bytes]]) -> list[int]:
         """Send pre-pickled calls, spread over enough chunks to keep every worker busy."""
         self._check_usable()
-        per = max(1, math.ceil(len(calls) / (self.workers * 2)))
+        # dropin: about four chunks per worker, as for map: a claimed chunk makes all its calls
+        # running (no longer cancellable), so chunks stay small enough for cancel_futures.
+        per = max(1, math.ceil(len(calls) / (self.workers * 4)))
         if self.maxtasksperchild:
             per = min(per, self.maxtasksperchild)
         chunks = []

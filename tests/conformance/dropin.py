@@ -29,15 +29,22 @@ def use_overlay() -> None:
 
     if overlay not in test.__path__:
         test.__path__.append(overlay)
-    # A newer Python's suite (3.13's on 3.12) names two test.support helpers 3.12 lacks.
+    # A newer Python's suite (3.13's on 3.12) uses test.support helpers 3.12 lacks or takes
+    # fewer arguments of: the thread sanitizer and the free-threaded build do not exist there.
     if not hasattr(support, "Py_GIL_DISABLED"):
         support.Py_GIL_DISABLED = False  # type: ignore[attr-defined]
-    skip = support.skip_if_sanitizer
-    if "thread" not in skip.__code__.co_varnames:
+    if not hasattr(support, "requires_gil_enabled"):
+        support.requires_gil_enabled = lambda reason="": lambda f: f  # type: ignore[attr-defined]
+    check, skip = support.check_sanitizer, support.skip_if_sanitizer
+    if "thread" not in check.__code__.co_varnames:
 
-        def skip_if_sanitizer(*args: Any, thread: bool = False, **kw: Any) -> Any:
-            return skip(*args, **kw)
+        def check_sanitizer(*, thread: bool = False, **kw: Any) -> bool:
+            return bool(kw and any(kw.values()) and check(**kw))
 
+        def skip_if_sanitizer(reason: Any = None, *, thread: bool = False, **kw: Any) -> Any:
+            return skip(reason, **kw) if kw and any(kw.values()) else lambda f: f
+
+        support.check_sanitizer = check_sanitizer
         support.skip_if_sanitizer = skip_if_sanitizer
 
 
