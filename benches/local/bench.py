@@ -1,8 +1,9 @@
 """shoal's local backend against what it replaces, measured side by side in one run.
 
-cold  `with Pool(2) as p: p.map(noop, range(100))` in a running program: shoal, shoal with the
-      template prototype (template.py), multiprocessing with fork, and with forkserver
-      (Python 3.14's default; its server is started once per program, as shoal's template).
+cold  `with Pool(2) as p: p.map(noop, range(100))` in a running program (cold.py, a small
+      script of its own): shoal, shoal with the template prototype (template.py),
+      multiprocessing with fork, and with forkserver (Python 3.14's default; its server is
+      started once per program, as shoal's template).
 (a)   100,000 no-op tasks through map on warm pools: throughput.
 (c)   1,000,000 no-op tasks through map on warm pools: time.
 (b)   1,000 tasks of 10 ms on 2 workers: wall time against the ideal 5.0 s.
@@ -15,9 +16,11 @@ of --repeat runs; ratios are shoal's time over the baseline's.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable, Optional
@@ -28,7 +31,6 @@ import shoal
 
 sys.path.insert(0, os.path.dirname(__file__))
 from tasks import noop, sleep10ms, sleep200ms
-from template import Template
 
 WORKERS = 2
 
@@ -43,24 +45,15 @@ def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, 
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench_cold(repeat: int, template: Template) -> dict[str, float]:
-    def shoal_pool(**kw: object) -> None:
-        with shoal.Pool(WORKERS, **kw) as p:
-            p.map(noop, range(100))
-
-    def mp_pool(method: str) -> None:
-        with multiprocessing.get_context(method).Pool(WORKERS) as p:
-            p.map(noop, range(100))
-
-    fns = {
-        "shoal": shoal_pool,
-        "shoal+template": lambda: shoal_pool(python_path=template.python),
-        "mp fork": lambda: mp_pool("fork"),
-        "mp forkserver": lambda: mp_pool("forkserver"),
-    }
-    for fn in fns.values():  # start the forkserver and the template once, as a program would
-        fn()
-    return interleaved(fns, repeat)
+def bench_cold(repeat: int) -> dict[str, float]:
+    # In a program of its own: see cold.py.
+    out = subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "cold.py"), str(repeat)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def bench_map(n: int, fn: Callable[[int], int], repeat: int, loky: bool = True) -> dict[str, float]:
@@ -127,8 +120,7 @@ def main() -> None:
         f"{joblib.__version__} · {os.cpu_count()} CPUs · {WORKERS} workers · median of "
         f"{args.repeat} (cold: {args.repeat * 3}) · load {os.getloadavg()[0]:.1f}"
     )
-    template = Template()
-    cold = bench_cold(args.repeat * 3, template)
+    cold = bench_cold(args.repeat * 3)
     table("cold: with Pool(2) as p: p.map(noop, range(100))", cold, 100)
     a = bench_map(100_000, noop, args.repeat)
     table("(a) 100,000 no-op tasks via map (warm pool)", a, 100_000)

@@ -48,9 +48,12 @@ while True:
         # The worker: in the stub's process group, with its environment and directory.
         os.close(fifo)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.setpgid(0, int(stub))
-        with open(f"/proc/{stub}/environ", "rb") as f:
-            env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        try:
+            os.setpgid(0, int(stub))
+            with open(f"/proc/{stub}/environ", "rb") as f:
+                env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        except OSError:  # the stub was killed meanwhile (its pool ended): nothing to do
+            os._exit(0)
         os.environ.clear()
         os.environ.update({k.decode(): v.decode() for k, v in env.items()})
         os.chdir(os.readlink(f"/proc/{stub}/cwd"))

@@ -48,16 +48,12 @@ FUTURES: dict[str, str] = {
     "test_idle_process_reuse_multiple": f"{PRIVATE} (len(executor._processes))",
     "test_max_tasks_per_child": f"{PRIVATE} (executor._processes)",
     "test_max_tasks_per_child_defaults_to_spawn_context": f"{PRIVATE} (executor._mp_context)",
-    "test_python_finalization_error": f"{PRIVATE} (patches threading._start_joinable_thread)",
+    "test_python_finalization_error": f"{PRIVATE} (fails the 2nd thread the executor starts)",
     "test_processes_terminate": f"{PRIVATE} (executor._processes)",
     "test_context_manager_shutdown": f"{PRIVATE} (executor._processes)",
     "test_del_shutdown": f"{PRIVATE} (executor._executor_manager_thread, _processes)",
     "test_shutdown_no_wait": f"{PRIVATE} (executor._executor_manager_thread, _processes)",
     "test_shutdown_deadlock_pickle": f"{PRIVATE} (executor._executor_manager_thread)",
-    "test_crash_big_data": f"{PRIVATE} (concurrent.futures.process._ExecutorManagerThread)",
-    "test_gh105829_should_not_deadlock_if_wakeup_pipe_full": (
-        f"{PRIVATE} (concurrent.futures.process._ThreadWakeup)"
-    ),
 }
 
 LOKY_DEFAULT = (

@@ -63,7 +63,14 @@ impl DirWatch {
 impl Drop for DirWatch {
     fn drop(&mut self) {
         if let Some(fd) = self.fd {
-            unsafe { libc::close(fd) };
+            // Closing an inotify fd waits for the kernel to retire its watches (~20 ms, an RCU
+            // grace period): off the caller's path, or every pool's shutdown pays it.
+            let closed = std::thread::Builder::new()
+                .name("shoal-watch-close".into())
+                .spawn(move || unsafe { libc::close(fd) });
+            if closed.is_err() {
+                unsafe { libc::close(fd) };
+            }
         }
     }
 }
