@@ -135,3 +135,7 @@ def count_call(arg: tuple[str, float]) -> None:
     with open(os.path.join(directory, f"{os.getpid()}-{time.monotonic_ns()}"), "w"):
         pass
     time.sleep(delay)
+
+
+def argv(_: Any = None) -> list[str]:
+    return sys.argv

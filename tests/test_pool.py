@@ -397,3 +397,12 @@ def test_break_out_of_imap_withdraws_its_work(tmp_path, sessions_dir):
 def _alive(pid: int) -> bool:
     with open(f"/proc/{pid}/status") as f:
         return "\nState:\tZ" not in f.read()
+
+
+def test_tasks_see_the_drivers_argv(pool):
+    from helpers import argv
+
+    # As under multiprocessing: the driver script's argv, not the worker's command line.
+    assert pool.apply(argv) == sys.argv
+    with shoal.Executor(1) as ex:
+        assert ex.submit(argv).result(30) == sys.argv

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 import traceback
 import types
 
@@ -224,12 +225,12 @@ def dump_results(
 # ---------------------------------------------------------------------- worker start-up
 
 
-def with_authkey(
-    initializer: Optional[Callable[..., Any]], initargs: Iterable[Any]
-) -> tuple[Callable[..., Any], tuple]:
-    """The workers' initializer, preceded by adopting the driver's multiprocessing authkey, which
-    a multiprocessing child inherits: Manager proxies passed to tasks then connect as they do
-    under multiprocessing. Only for workers on this host (the key must not leave it)."""
+def worker_start(
+    initializer: Optional[Callable[..., Any]], initargs: Iterable[Any], *, local: bool
+) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """The workers' initializer: first what a multiprocessing child inherits — the driver's
+    ``sys.argv`` and, on this host only (the key must not leave it), its authkey, so that
+    Manager proxies passed to tasks connect — then the user's initializer."""
     import multiprocessing
 
     initargs = tuple(initargs)
@@ -240,18 +241,20 @@ def with_authkey(
             user = dumps((initializer, initargs))
         except Exception as e:
             raise diagnose(initializer, initargs, 0, e) from None
-    key = bytes(multiprocessing.current_process().authkey)
-    return _adopt_authkey, (key, user)
+    key = bytes(multiprocessing.current_process().authkey) if local else None
+    return _start_worker, (list(sys.argv), key, user)
 
 
-def _adopt_authkey(key: bytes, user: Optional[bytes]) -> None:
-    from shoal._imports import when_imported
+def _start_worker(argv: list[str], key: Optional[bytes], user: Optional[bytes]) -> None:
+    sys.argv[:] = argv
+    if key is not None:
+        from shoal._imports import when_imported
 
-    def adopt(multiprocessing: Any) -> None:
-        multiprocessing.current_process().authkey = key
+        def adopt(multiprocessing: Any) -> None:
+            multiprocessing.current_process().authkey = key
 
-    # Only tasks that use multiprocessing (a Manager proxy) pay for importing it.
-    when_imported("multiprocessing", adopt)
+        # Only tasks that use multiprocessing (a Manager proxy) pay for importing it.
+        when_imported("multiprocessing", adopt)
     if user is not None:
         initializer, initargs = pickle.loads(user)
         initializer(*initargs)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 from shoal._batch import Batcher
 from shoal._driver import Driver, split_options
-from shoal._pickling import with_authkey
+from shoal._pickling import worker_start
 from shoal.errors import ResultPicklingError, SessionError, WorkerLostError
 
 __all__ = ["BrokenExecutor", "Executor"]
@@ -149,8 +149,7 @@ class Executor(cf.Executor):
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        if backend == "local":
-            initializer, initargs = with_authkey(initializer, initargs)
+        initializer, initargs = worker_start(initializer, initargs, local=backend == "local")
         self._driver = Driver(
             backend=backend,
             workers=max_workers,

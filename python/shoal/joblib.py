@@ -40,6 +40,7 @@ from joblib._parallel_backends import FallbackToBackend
 from shoal._batch import Batcher
 from shoal._driver import Driver
 from shoal._joblib_options import DEFAULT_THROTTLE, ENGINES, Settings, parse, warn_ignored
+from shoal._pickling import worker_start
 from shoal.errors import ConfigError, SessionError
 
 __all__ = ["NAMES", "ShoalBackend", "register", "register_htcondor"]
@@ -316,11 +317,14 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
             env = {**self._thread_env(workers), **(opts.pop("env", None) or {})}
             opts["metadata"] = self._metadata(workers)
             names = {name: engine_for(name, fixed) for name, fixed in _registered.items()}
+            init, initargs = worker_start(
+                _worker_init, (names, self.settings.worker_log_level), local=self.engine == "local"
+            )
             driver = Driver(
                 backend=self.engine,
                 workers=workers,
-                initializer=_worker_init,
-                initargs=(names, self.settings.worker_log_level),
+                initializer=init,
+                initargs=initargs,
                 backend_options=dict(self.settings.backend_options),
                 env=env,
                 cwd=cwd,

@@ -19,7 +19,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 from shoal._batch import Batcher
 from shoal._driver import Driver, split_options
-from shoal._pickling import with_authkey
+from shoal._pickling import worker_start
 from shoal.errors import ResultPicklingError
 
 __all__ = [
@@ -314,8 +314,7 @@ class Pool:
                 raise ValueError("Number of processes must be at least 1")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        if backend == "local":
-            initializer, initargs = with_authkey(initializer, initargs)
+        initializer, initargs = worker_start(initializer, initargs, local=backend == "local")
         self._cache_cond = threading.Condition()
         self._cache: set[int] = set()
         self._interrupted = False  # the user abandoned work (a break out of imap)
