@@ -458,8 +458,11 @@ def test_context_func_and_worker_log_level() -> None:
 
 
 def read_session_meta(_: int) -> dict:
-    # The worker's argv names its session dir; session.json there holds the metadata.
-    path = sys.argv[1] if len(sys.argv) > 1 else ""
+    # The worker's command line names its session dir (sys.argv is the driver's, as under
+    # multiprocessing); session.json there holds the metadata.
+    with open("/proc/self/cmdline") as f:
+        cmdline = f.read().split("\0")
+    path = cmdline[cmdline.index("shoal.worker") + 1]
     with open(os.path.join(path, "session.json")) as f:
         return json.load(f)["metadata"]
 

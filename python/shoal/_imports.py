@@ -65,10 +65,23 @@ def when_imported(name: str, callback: Callable[[Any], None]) -> None:
         sys.meta_path.insert(0, _finder)
 
 
+_joblib_pending = False
+
+
 def _register_joblib(_joblib: Any) -> None:
+    global _joblib_pending
+    module = sys.modules.get("shoal.joblib")
+    if module is not None and not hasattr(module, "register"):
+        # shoal.joblib itself is importing joblib: it registers once it is complete.
+        _joblib_pending = True
+        return
     from shoal.joblib import register
 
     register()
+
+
+def joblib_registration_pending() -> bool:
+    return _joblib_pending
 
 
 def joblib_backends_on_import() -> None:

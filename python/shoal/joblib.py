@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover
     AutoBatchingMixin = object
 from joblib._parallel_backends import FallbackToBackend
 
+from shoal import _imports
 from shoal._batch import Batcher
 from shoal._driver import Driver
 from shoal._joblib_options import DEFAULT_THROTTLE, ENGINES, Settings, parse, warn_ignored
@@ -506,3 +507,8 @@ def register(
 def register_htcondor() -> None:
     """joblib-htcondor's entry point: registers the ``"htcondor"`` backend."""
     register(("htcondor",))
+
+
+# A worker asked for the backends when joblib was first imported, which was by this module.
+if _imports.joblib_registration_pending():
+    register()
