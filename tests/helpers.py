@@ -91,3 +91,51 @@ def rendezvous(directory: str, parties: int = 2, timeout: float = 60.0) -> int:
             raise TimeoutError(f"only {len(os.listdir(directory))} of {parties} tasks ran at once")
         time.sleep(0.01)
     return os.getpid()
+
+
+def append_to(shared: Any, x: Any) -> None:
+    shared.append(x)
+
+
+def init_append(shared: Any) -> None:
+    shared.append("init")
+
+
+class ExitsWhenPickled:
+    """A result whose pickling raises SystemExit (as concurrent.futures' own tests use)."""
+
+    def __reduce__(self) -> Any:
+        raise SystemExit(7)
+
+
+def returns_exits_when_pickled(counter: str) -> ExitsWhenPickled:
+    with open(counter, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return ExitsWhenPickled()
+
+
+def write_after(path: str, delay: float) -> str:
+    time.sleep(delay)
+    with open(path, "w") as f:
+        f.write("done")
+    return path
+
+
+class Box:
+    """A result that can be weakly referenced."""
+
+
+def make_box(_: Any = None) -> Box:
+    return Box()
+
+
+def count_call(arg: tuple[str, float]) -> None:
+    """Leave a file in `directory` for each call, then sleep."""
+    directory, delay = arg
+    with open(os.path.join(directory, f"{os.getpid()}-{time.monotonic_ns()}"), "w"):
+        pass
+    time.sleep(delay)
+
+
+def argv(_: Any = None) -> list[str]:
+    return sys.argv

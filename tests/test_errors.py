@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 import threading
 
@@ -19,8 +20,9 @@ def test_unpicklable_argument_is_named():
     with shoal.Pool(1) as p:
         with pytest.raises(shoal.PicklingError, match=r"argument 2 of 'square' \(a lock\)"):
             p.map(square, [1, 2, lock, 4])
+        # As in multiprocessing, apply_async's result carries the error.
         with pytest.raises(shoal.PicklingError, match="argument"):
-            p.apply_async(square, (lock,))
+            p.apply_async(square, (lock,)).get(10)
         # Nothing was submitted: the pool still works.
         assert p.map(square, [3]) == [9]
 
@@ -52,8 +54,11 @@ def test_python_path_without_shoal(tmp_path):
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named shoal' >&2\nexit 1\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    with pytest.raises(shoal.ConfigError, match="cannot import shoal"):
+    with pytest.raises(shoal.ConfigError, match="cannot import shoal") as info:
         shoal.Pool(1, python_path=str(fake))
+    # shoal is on no public index: the hint says how to install the project's own wheel.
+    hint = str(info.value).split("hint:")[1]
+    assert "pip install shoal " not in hint and ".whl" in hint and str(fake) in hint
 
 
 def test_work_dir_not_writable(tmp_path):
@@ -121,16 +126,68 @@ def test_initializer_failure_fails_session_with_its_traceback():
 
 
 def test_pickled_main_function_runs(tmp_path):
-    script = tmp_path / "main_fn.py"
-    script.write_text(
-        "import shoal\n"
-        "def cube(x):\n    return x ** 3\n"
-        "if __name__ == '__main__':\n"
-        "    with shoal.Pool(2) as p:\n"
-        "        print(p.map(cube, range(5)))\n"
+    _, out = _run_script(
+        tmp_path,
+        "main_fn.py",
+        (
+            "import shoal\n"
+            "def cube(x):\n    return x ** 3\n"
+            "if __name__ == '__main__':\n"
+            "    with shoal.Pool(2) as p:\n"
+            "        print(p.map(cube, range(5)))\n"
+        ),
     )
-    import subprocess
-
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[0, 1, 8, 27, 64]"
+
+
+def test_unpicklable_module_level_function_names_the_global(tmp_path):
+    _, out = _run_script(
+        tmp_path,
+        "uses_global.py",
+        (
+            "import threading, shoal\n"
+            "LOCK = threading.Lock()\n"
+            "def work(x):\n"
+            "    with LOCK:\n"
+            "        return x\n"
+            "if __name__ == '__main__':\n"
+            "    with shoal.Pool(1) as p:\n"
+            "        try:\n"
+            "            p.map(work, [1])\n"
+            "        except TypeError as e:\n"
+            "            print(e)\n"
+        ),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "cannot pickle the function 'work': it uses the global 'LOCK' (a lock)" in out.stdout
+
+
+def test_task_traceback_shows_the_users_file_and_line(tmp_path):
+    script, out = _run_script(
+        tmp_path,
+        "fails_here.py",
+        (
+            "import shoal\n"
+            "def boom(x):\n"
+            "    raise ValueError('boom')  # the line to show\n"
+            "if __name__ == '__main__':\n"
+            "    with shoal.Pool(1) as p:\n"
+            "        try:\n"
+            "            p.map(boom, [1])\n"
+            "        except ValueError as e:\n"
+            "            print(e.__cause__)\n"
+        ),
+    )
+    assert out.returncode == 0, out.stderr
+    assert f'File "{script}", line 3, in boom' in out.stdout
+    assert "raise ValueError('boom')  # the line to show" in out.stdout
+    assert "<dynamic-code>" not in out.stdout
+
+
+def _run_script(tmp_path, name: str, code: str) -> tuple[str, subprocess.CompletedProcess]:
+    """Run `code` as the main script `name` (functions in __main__ travel by value)."""
+    script = tmp_path / name
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    return str(script), out

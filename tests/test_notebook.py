@@ -90,21 +90,38 @@ def running_tasks(session: str) -> int:
     return json.loads(out.stdout)["tasks"]["running"] if out.returncode == 0 else 0
 
 
-def interrupt_when_running(client: NotebookClient, home: str, known: set[str]) -> threading.Thread:
+def interrupt_when_running(
+    client: NotebookClient, home: str, known: set[str], seen: dict[str, list[int]]
+) -> threading.Thread:
     """Interrupt the kernel (as Jupyter does: SIGINT to its process group) once the new
-    session's workers run their tasks."""
+    session's workers run their tasks; `seen` gets that session and its workers' pids (an
+    interrupted session leaves no work dir to read them from afterwards)."""
 
     def wait_and_interrupt() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if any(running_tasks(d) >= 2 for d in sessions(home) - known):
-                os.killpg(client.km.provisioner.pgid, signal.SIGINT)
-                return
+            for d in sessions(home) - known:
+                if running_tasks(d) >= 2:
+                    seen[d] = live_worker_pids(d)
+                    os.killpg(client.km.provisioner.pgid, signal.SIGINT)
+                    return
             time.sleep(0.2)
 
     t = threading.Thread(target=wait_and_interrupt, daemon=True)
     t.start()
     return t
+
+
+def alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
 
 
 class Watching(NotebookClient):
@@ -143,17 +160,19 @@ def test_a_notebook_on(backend: str, tmp_path) -> None:
             interrupted: dict[int, str] = {}
             for i, cell in enumerate(nb.cells):
                 known = sessions(home)
-                waiter = interrupt_when_running(client, home, known) if i in (5, 6) else None
+                seen: dict[str, list[int]] = {}
+                waiter = interrupt_when_running(client, home, known, seen) if i in (5, 6) else None
                 client.execute_cell(cell, i)
                 if waiter is not None:
                     waiter.join()
-                    (new,) = sessions(home) - known
+                    ((new, pids),) = seen.items()
                     interrupted[i] = new
+                    assert pids, f"cell {i}: no worker seen running"
                     # Every worker of the interrupted session stops (cluster jobs: cancelled).
                     deadline = time.monotonic() + 60
-                    while live_worker_pids(new) and time.monotonic() < deadline:
+                    while alive(pids) and time.monotonic() < deadline:
                         time.sleep(0.2)
-                    assert live_worker_pids(new) == [], f"cell {i}: workers still running"
+                    assert alive(pids) == [], f"cell {i}: workers still running"
     finally:
         os.environ.clear()
         os.environ.update(old)

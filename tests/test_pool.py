@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from multiprocessing.pool import MaybeEncodingError
 
 import pytest
 
@@ -22,6 +26,7 @@ from helpers import (
     sleep_return,
     square,
 )
+from procs import live_worker_pids
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +149,13 @@ def test_system_exit_in_task_fails_only_that_task(pool):
 
 
 def test_unpicklable_result_names_the_problem(pool):
-    with pytest.raises(TypeError, match="cannot be pickled"):
+    # multiprocessing's MaybeEncodingError, carrying the pickler's own exception.
+    with pytest.raises(MaybeEncodingError, match=r"\(a Unpicklable\) cannot be pickled") as info:
         pool.apply(returns_unpicklable)
+    assert isinstance(info.value, shoal.PicklingError)
+    assert isinstance(info.value.original, TypeError)
+    assert "refuses to be pickled" in info.value.exc
+    assert pool.map(square, [2]) == [4]  # the worker went on
 
 
 def test_initializer_and_initargs():
@@ -228,3 +238,175 @@ def test_throughput_sanity():
         t = time.perf_counter()
         p.map(square, range(50_000))
         assert time.perf_counter() - t < 20
+
+
+def _raises_at(n: int, when: int):
+    for i in range(n):
+        if i == when:
+            raise KeyError("source broke")
+        yield i
+
+
+def test_imap_iterable_error_surfaces_at_its_position(pool):
+    # Without a chunksize: exactly where the iterable raised.
+    it = pool.imap(square, _raises_at(10, 5))
+    assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
+    with pytest.raises(KeyError, match="source broke"):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+    # With one, at the start of the chunk being filled, as multiprocessing does.
+    it = pool.imap(square, _raises_at(20, 7), 4)
+    assert [next(it) for _ in range(4)] == [0, 1, 4, 9]
+    with pytest.raises(KeyError):
+        next(it)
+
+
+class RefusesWithRuntimeError:
+    def __reduce__(self):
+        raise RuntimeError("cannot pickle me")
+
+
+def test_pickling_error_keeps_the_original_type(pool):
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match=r"argument 1 of 'square' \(a lock\)") as info:
+        pool.map(square, [1, lock])
+    assert isinstance(info.value, shoal.PicklingError)
+    with pytest.raises(RuntimeError, match="cannot pickle me") as info:
+        pool.map(square, [RefusesWithRuntimeError()] * 3)
+    assert isinstance(info.value, shoal.PicklingError) and "argument 0" in str(info.value)
+    errors: list = []
+    r = pool.apply_async(square, (lock,), error_callback=errors.append)
+    with pytest.raises(TypeError):
+        r.get(10)
+    assert len(errors) == 1 and errors[0] is r._value
+    assert pool.map(square, [3]) == [9]
+
+
+def test_remote_traceback_is_multiprocessing_own(pool):
+    with pytest.raises(ValueError) as info:
+        pool.apply(fail_on, (3,))
+    assert type(info.value.__cause__) is multiprocessing.pool.RemoteTraceback
+
+
+def test_manager_proxies_work_in_tasks_and_initializer():
+    from helpers import append_to, init_append
+
+    with multiprocessing.Manager() as mgr:
+        shared = mgr.list()
+        p = shoal.Pool(2, initializer=init_append, initargs=(shared,))
+        p.starmap(append_to, [(shared, i) for i in range(4)])
+        p.close()
+        p.join()  # both workers ran their initializer, as under multiprocessing
+        assert sorted(shared, key=str) == [0, 1, 2, 3, "init", "init"]
+
+
+ENDING = """
+import sys, time, shoal
+sys.path.insert(0, {tests!r})
+from helpers import sleep_return
+try:
+    with shoal.Pool(2, keep_work_dir={keep}) as p:
+        print(p.session, flush=True)
+        {body}
+except RuntimeError as e:
+    print("caught", e)
+"""
+
+
+def _ending(tmp_path, body: str, keep: bool = False) -> subprocess.Popen:
+    script = tmp_path / "driver.py"
+    tests = os.path.dirname(__file__)
+    script.write_text(ENDING.format(tests=tests, keep=keep, body=body))
+    return subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _recorded_state(sessions_dir: str, session: str) -> str:
+    with open(os.path.join(sessions_dir, session, "session.json")) as f:
+        return json.load(f)["state"]
+
+
+def test_ctrl_c_ends_the_session_as_interrupted(tmp_path, sessions_dir):
+    proc = _ending(tmp_path, "p.map(sleep_return, [30.0] * 4, chunksize=1)", keep=True)
+    session = proc.stdout.readline().strip()
+    path = os.path.join(sessions_dir, session)
+    deadline = time.monotonic() + 20
+    while len(live_worker_pids(path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert "KeyboardInterrupt" in err and "failed" not in err
+    assert _recorded_state(sessions_dir, session) == "interrupted"
+    assert live_worker_pids(path) == []
+
+
+def test_an_exception_the_user_caught_is_no_failure(tmp_path, sessions_dir):
+    body = "p.map_async(sleep_return, [5.0] * 4); raise RuntimeError('mine')"
+    for keep in (False, True):
+        proc = _ending(tmp_path, body, keep=keep)
+        out, err = proc.communicate(timeout=60)
+        session = out.split()[0]
+        assert proc.returncode == 0 and "caught mine" in out and "failed" not in err, err
+        if keep:
+            assert _recorded_state(sessions_dir, session) == "interrupted"
+        else:
+            assert not os.path.exists(os.path.join(sessions_dir, session))
+
+
+def test_shoal_cancel_ends_the_session_as_cancelled(sessions_dir):
+    for keep in (False, True):
+        with shoal.Pool(2, keep_work_dir=keep) as p:
+            r = p.map_async(sleep_return, [20.0] * 4, chunksize=1)
+            out = subprocess.run(
+                [sys.executable, "-m", "shoal.cli", "cancel", p.session],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert out.returncode == 0, out.stderr
+            with pytest.raises(shoal.SessionError, match="cancelled"):
+                r.get(30)
+            session = p.session
+        path = os.path.join(sessions_dir, session)
+        if keep:
+            assert _recorded_state(sessions_dir, session) == "cancelled"
+        else:
+            assert not os.path.exists(path)  # nothing failed: nothing kept
+
+
+def test_break_out_of_imap_withdraws_its_work(tmp_path, sessions_dir):
+    # How fast the workers stop is measured in benches/local (timed tests lie on busy hosts).
+    from helpers import count_call
+
+    for how in ("with", "close"):
+        runs = tmp_path / how
+        runs.mkdir()
+        p = shoal.Pool(2)
+        path = os.path.join(sessions_dir, p.session)
+        for _ in p.imap(count_call, [(str(runs), 0.05)] * 200):
+            break
+        pids = live_worker_pids(path)
+        if how == "with":
+            p.terminate()
+        else:
+            p.close()
+            p.join()  # the dropped iterator's unstarted chunks were withdrawn: no waiting
+        assert len(os.listdir(runs)) < 40  # only chunks already started ran
+        assert not [q for q in pids if os.path.exists(f"/proc/{q}/status") and _alive(q)]
+        assert not os.path.exists(path)  # interrupted, nothing failed: nothing kept
+
+
+def _alive(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        return "\nState:\tZ" not in f.read()
+
+
+def test_tasks_see_the_drivers_argv(pool):
+    from helpers import argv
+
+    # As under multiprocessing: the driver script's argv, not the worker's command line.
+    assert pool.apply(argv) == sys.argv
+    with shoal.Executor(1) as ex:
+        assert ex.submit(argv).result(30) == sys.argv

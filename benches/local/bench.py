@@ -1,108 +1,146 @@
-"""shoal local backend vs multiprocessing.Pool(2) and joblib/loky, measured in one run.
+"""shoal's local backend against what it replaces, measured side by side in one run.
 
-(a) 100,000 no-op tasks through map: throughput on warm pools (pool start-up is reported
-    separately, since every library pays it once per pool, not per map).
-(b) 1,000 tasks of 10 ms on 2 workers: wall time against the ideal 5.0 s.
-Timings are medians of --repeat runs; ratios are shoal's time over the baseline's.
+cold  `with Pool(2) as p: p.map(noop, range(100))` in a running program (cold.py, a small
+      script of its own): shoal, shoal with the template prototype (template.py),
+      multiprocessing with fork, and with forkserver (Python 3.14's default; its server is
+      started once per program, as shoal's template).
+(a)   100,000 no-op tasks through map on warm pools: throughput.
+(c)   1,000,000 no-op tasks through map on warm pools: time.
+(b)   1,000 tasks of 10 ms on 2 workers: wall time against the ideal 5.0 s.
+stop  `break` out of an imap of 0.2 s tasks, then leave the `with` block: time until the
+      workers are gone.
+Runs of the libraries are interleaved, so a busy machine slows them alike; times are medians
+of --repeat runs; ratios are shoal's time over the baseline's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import time
+from typing import Callable, Optional
 
 import joblib
 
 import shoal
 
 sys.path.insert(0, os.path.dirname(__file__))
-from tasks import noop, sleep10ms
+from tasks import noop, sleep10ms, sleep200ms
 
 WORKERS = 2
 
 
-def timed(fn, repeat: int) -> float:
-    times = []
+def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench_startup(repeat: int) -> dict[str, float]:
-    def shoal_start():
-        with shoal.Pool(WORKERS) as p:
-            p.map(noop, range(WORKERS))
-
-    def mp_start():
-        with multiprocessing.Pool(WORKERS) as p:
-            p.map(noop, range(WORKERS))
-
-    def loky_start():
-        from joblib.externals.loky import get_reusable_executor
-
-        get_reusable_executor(max_workers=WORKERS, kill_workers=True).shutdown(wait=True)
-        joblib.Parallel(n_jobs=WORKERS)(joblib.delayed(noop)(i) for i in range(WORKERS))
-
-    return {
-        "shoal": timed(shoal_start, repeat),
-        "multiprocessing": timed(mp_start, repeat),
-        "joblib/loky": timed(loky_start, repeat),
-    }
+def bench_cold(repeat: int) -> dict[str, float]:
+    # In a program of its own: see cold.py.
+    out = subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "cold.py"), str(repeat)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def bench_map(n: int, fn, repeat: int) -> dict[str, float]:
-    out = {}
+def bench_map(n: int, fn: Callable[[int], int], repeat: int, loky: bool = True) -> dict[str, float]:
     items = range(n)
-    with shoal.Pool(WORKERS) as p:
+    with shoal.Pool(WORKERS) as p, multiprocessing.Pool(WORKERS) as q:
         p.map(noop, range(WORKERS * 4))
-        out["shoal"] = timed(lambda: p.map(fn, items), repeat)
-    with multiprocessing.Pool(WORKERS) as p:
-        p.map(noop, range(WORKERS * 4))
-        out["multiprocessing"] = timed(lambda: p.map(fn, items), repeat)
-    par = joblib.Parallel(n_jobs=WORKERS, backend="loky")
-    par(joblib.delayed(noop)(i) for i in range(WORKERS * 4))
-    out["joblib/loky"] = timed(lambda: par(joblib.delayed(fn)(i) for i in items), repeat)
-    return out
+        q.map(noop, range(WORKERS * 4))
+        fns: dict[str, Callable[[], object]] = {
+            "shoal": lambda: p.map(fn, items),
+            "multiprocessing": lambda: q.map(fn, items),
+        }
+        if loky:
+            par = joblib.Parallel(n_jobs=WORKERS, backend="loky")
+            par(joblib.delayed(noop)(i) for i in range(WORKERS * 4))
+            fns["joblib/loky"] = lambda: par(joblib.delayed(fn)(i) for i in items)
+        return interleaved(fns, repeat)
 
 
-def table(title: str, res: dict[str, float], unit_n: int, ideal: float | None = None) -> None:
+def bench_stop(repeat: int) -> dict[str, float]:
+    """From a `break` out of imap to the end of the `with` block (workers gone)."""
+
+    def shoal_stop() -> float:
+        with shoal.Pool(WORKERS) as p:
+            for _ in p.imap(sleep200ms, range(100)):
+                break
+            t = time.perf_counter()
+        return time.perf_counter() - t
+
+    def mp_stop() -> float:
+        with multiprocessing.Pool(WORKERS) as p:
+            for _ in p.imap(sleep200ms, range(100)):
+                break
+            t = time.perf_counter()
+        return time.perf_counter() - t
+
+    out: dict[str, list[float]] = {"shoal": [], "multiprocessing": []}
+    for _ in range(repeat):
+        out["shoal"].append(shoal_stop())
+        out["multiprocessing"].append(mp_stop())
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def table(title: str, res: dict[str, float], unit_n: int, ideal: Optional[float] = None) -> None:
     print(f"\n{title}")
-    print(f"  {'library':<18}{'time':>10}{'tasks/s':>14}{'shoal ÷ this':>15}")
+    print(f"  {'library':<18}{'time':>11}{'tasks/s':>14}{'shoal ÷ this':>15}")
     for name, t in res.items():
         ratio = res["shoal"] / t
-        print(f"  {name:<18}{t:>9.3f}s{unit_n / t:>14,.0f}{ratio:>14.2f}x")
+        print(f"  {name:<18}{t * 1e3:>9.1f}ms{unit_n / t:>14,.0f}{ratio:>14.2f}x")
     if ideal is not None:
         over = (res["shoal"] / ideal - 1) * 100
         print(f"  ideal {ideal:.2f} s; shoal is {over:+.1f}% from ideal (target: within 5%)")
 
 
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     print(
         f"shoal {shoal.__version__} · python {sys.version.split()[0]} · joblib "
         f"{joblib.__version__} · {os.cpu_count()} CPUs · {WORKERS} workers · median of "
-        f"{args.repeat}"
+        f"{args.repeat} (cold: {args.repeat * 3}) · load {os.getloadavg()[0]:.1f}"
     )
-    start = bench_startup(args.repeat)
-    table("pool start-up (create, run 2 no-ops, shut down)", start, WORKERS)
+    cold = bench_cold(args.repeat * 3)
+    table("cold: with Pool(2) as p: p.map(noop, range(100))", cold, 100)
     a = bench_map(100_000, noop, args.repeat)
     table("(a) 100,000 no-op tasks via map (warm pool)", a, 100_000)
-    ok_a = a["shoal"] <= a["multiprocessing"]
-    b = bench_map(1_000, sleep10ms, args.repeat)
+    c = bench_map(1_000_000, noop, args.repeat, loky=False)
+    table("(c) 1,000,000 no-op tasks via map (warm pool)", c, 1_000_000)
+    b = bench_map(1_000, sleep10ms, max(1, args.repeat // 2))
     table("(b) 1,000 tasks of 10 ms on 2 workers", b, 1_000, ideal=5.0)
-    ok_b = b["shoal"] <= 5.0 * 1.05
-    print(
-        f"\ntargets: (a) throughput >= multiprocessing: {'met' if ok_a else 'NOT met'}; "
-        f"(b) within 5% of 5.0 s: {'met' if ok_b else 'NOT met'}"
-    )
+    stop = bench_stop(args.repeat)
+    print("\nstop: break out of imap, leave the with block (until the workers are gone)")
+    for name, t in stop.items():
+        print(f"  {name:<18}{t * 1e3:>9.1f}ms")
+    print("\ntargets:")
+    print(f"  cold <= 1.5x mp fork:       {verdict(cold['shoal'] <= 1.5 * cold['mp fork'])}")
+    print(f"  cold <= mp forkserver:      {verdict(cold['shoal'] <= cold['mp forkserver'])}")
+    t_ok = cold["shoal+template"] <= cold["mp forkserver"]
+    print(f"  (template prototype <= forkserver: {verdict(t_ok)})")
+    print(f"  (a) throughput >= mp:       {verdict(a['shoal'] <= a['multiprocessing'])}")
+    print(f"  (c) time <= mp:             {verdict(c['shoal'] <= c['multiprocessing'])}")
+    print(f"  (b) within 5% of 5.0 s:     {verdict(b['shoal'] <= 5.0 * 1.05)}")
+    print(f"  stop within 0.5 s:          {verdict(stop['shoal'] <= 0.5)}")
 
 
 if __name__ == "__main__":

@@ -10,3 +10,8 @@ def noop(x):
 def sleep10ms(x):
     time.sleep(0.01)
     return x
+
+
+def sleep200ms(x):
+    time.sleep(0.2)
+    return x

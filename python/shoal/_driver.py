@@ -22,12 +22,12 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
-import cloudpickle  # type: ignore[import-untyped]
-
 from shoal import _native, _progress
+from shoal._pickling import _name
+from shoal._pickling import diagnose as _diagnose
+from shoal._pickling import dumps as _dumps
 from shoal.errors import (
     ConfigError,
-    PicklingError,
     RemoteTraceback,
     SessionError,
     TaskError,
@@ -86,45 +86,6 @@ class _Route:
         return out
 
 
-def _name(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
-
-
-def _dumps(obj: Any) -> bytes:
-    # The C pickler is several times faster on plain data. Anything defined in __main__
-    # (or a lambda, a closure) must travel by value, which only cloudpickle does.
-    try:
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    if b"__main__" in data:
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return data
-
-
-def _diagnose(fn: Any, items: Iterable[Any], first_index: int, exc: Exception) -> PicklingError:
-    """Say which of the function or arguments cannot be pickled."""
-    try:
-        _dumps(fn)
-    except Exception as e:
-        return PicklingError(
-            f"cannot pickle the function {_name(fn)!r}: {e}\n"
-            "hint: tasks run in other processes; pass a module-level function, a lambda, or a "
-            "closure over picklable values"
-        )
-    for i, item in enumerate(items):
-        try:
-            _dumps(item)
-        except Exception as e:
-            return PicklingError(
-                f"cannot pickle argument {first_index + i} of {_name(fn)!r} "
-                f"(a {type(item).__name__}): {e}\n"
-                "hint: open files, locks, sockets and generators cannot be sent to workers; "
-                "pass what is needed to re-create them instead"
-            )
-    return PicklingError(f"cannot pickle the work for {_name(fn)!r}: {exc}")
-
-
 def split_options(options: dict[str, Any]) -> dict[str, Any]:
     """Separate generic session options from the backend's own (passed as backend_options)."""
     out: dict[str, Any] = {k: options.pop(k) for k in GENERIC_OPTIONS if k in options}
@@ -152,8 +113,10 @@ def check_python(python: str) -> str:
             tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
             raise ConfigError(
                 f"python_path {python!r} cannot import shoal: {' '.join(tail)}\n"
-                f"hint: install this driver's shoal into it: `{path} -m pip install "
-                "<the shoal wheel or source tree this driver was installed from>`"
+                f"hint: install this shoal ({_native.__version__}) into it: `{path} -m pip "
+                "install shoal-*.whl` with the wheel built by `scripts/pythons` or `maturin "
+                f"build --release` in a shoal checkout, or `{path} -m pip install "
+                "/path/to/shoal-checkout` (needs Rust)"
             )
     _checked_pythons[path] = None
     return path
@@ -213,9 +176,7 @@ def _on_ending_signal(signum: int, _frame: Any) -> None:
         return
     for d in list(_live):
         try:
-            d.close(
-                graceful=False, failed=True, ending=("cancelled", f"the driver received {name}")
-            )
+            d.close(graceful=False, ending=("interrupted", f"the driver received {name}"))
         except Exception:
             pass
     # Then die of the signal, as the process would have without shoal.
@@ -412,7 +373,9 @@ class Driver:
     def submit_calls(self, calls: list[tuple[Job, int, Call]]) -> list[int]:
         """Send pre-pickled calls, spread over enough chunks to keep every worker busy."""
         self._check_usable()
-        per = max(1, math.ceil(len(calls) / (self.workers * 2)))
+        # About four chunks per worker, as for map: a claimed chunk makes all its calls
+        # running (no longer cancellable), so chunks stay small enough for cancel_futures.
+        per = max(1, math.ceil(len(calls) / (self.workers * 4)))
         if self.maxtasksperchild:
             per = min(per, self.maxtasksperchild)
         chunks = []
@@ -548,7 +511,7 @@ class Driver:
         else:
             try:
                 values, raw_errors = pickle.loads(payload)
-            except Exception as exc:
+            except BaseException as exc:  # even SystemExit from a __reduce__
                 failure = TaskError(
                     f"the results of tasks {first + frm}..{first + frm + count - 1} could not "
                     f"be unpickled in the driver: {type(exc).__name__}: {exc}"
@@ -563,6 +526,8 @@ class Driver:
         for job, index, off, n in route.pieces(frm, count):
             lo = skip + off
             part = values[lo : lo + n]
+            # Each front end attaches the standard library's own traceback class.
+            tb_cls = getattr(job, "_remote_traceback", RemoteTraceback)
             errors = {
                 i - lo: self._rebuild(
                     raw_errors[i],
@@ -570,6 +535,7 @@ class Driver:
                     first + frm + off + i - lo,
                     worker,
                     err_ranges.get(i),
+                    tb_cls,
                 )
                 for i in raw_errors
                 if lo <= i < lo + n
@@ -587,7 +553,13 @@ class Driver:
             self._deliver(job, index, part, errors)
 
     def _rebuild(
-        self, rec: Any, index: int, task_no: int, worker: str, err_range: Optional[tuple[int, int]]
+        self,
+        rec: Any,
+        index: int,
+        task_no: int,
+        worker: str,
+        err_range: Optional[tuple[int, int]],
+        tb_cls: type = RemoteTraceback,
     ) -> BaseException:
         blob, tb_text, type_name, text = rec
         exc: Optional[BaseException] = None
@@ -612,7 +584,7 @@ class Driver:
         detail = f"\n{where}"
         if tail:
             detail += f"\nstderr (tail):\n{tail}"
-        exc.__cause__ = RemoteTraceback(f'\n"""\n{tb_text}"""{detail}')
+        exc.__cause__ = tb_cls(f'\n"""\n{tb_text}"""{detail}')
         if hasattr(exc, "add_note"):
             try:
                 exc.add_note(where + (f"\nstderr (tail):\n{tail}" if tail else ""))
@@ -652,12 +624,14 @@ class Driver:
         *,
         graceful: bool,
         failed: bool = False,
+        interrupted: bool = False,
         grace: float = 10.0,
         ending: Optional[tuple[str, str]] = None,
     ) -> Optional[str]:
         """Stop workers and record the outcome. Returns the kept work dir, if any. Safe to
         call from a callback (the collector thread) and from several threads at once.
-        `ending`: (state, reason) to record instead of finished/failed (e.g. a signal)."""
+        `interrupted`: the user ended the session early (Ctrl-C, an exception in the driver).
+        `ending`: (state, reason) to record instead (e.g. a signal)."""
         with self._lock:
             if self._closing:
                 return None
@@ -669,19 +643,21 @@ class Driver:
             self._collector.join(timeout=5)
         with self._lock:
             self._dropping = True
-        failed = failed or self._task_failed or self._broken is not None
-        if self._routes:
+        broken = self._broken
+        if self._routes:  # work abandoned (terminate, a break out of imap, exit)
             self._fail_all(SessionError(f"session {self.id} was shut down before this task ran"))
-            failed = True
-        state = "failed" if failed else "finished"
-        message = str(self._broken) if self._broken is not None else None
+            interrupted = True
+        state = _outcome(self, broken, failed, interrupted)
+        message = str(broken) if broken is not None else None
         if ending is not None:
-            state, message = ending
+            # The reason is always recorded; a failure stays a failure (its logs are kept).
+            reason = ending[1] if message is None else f"{ending[1]}; {message}"
+            state, message = (state if state == "failed" else ending[0]), reason
         if self._display is not None:
             self._display.close(state)
         kept = self._native.finish(state, message, self.keep_work_dir)
         _live.discard(self)
-        if kept is not None and failed:
+        if kept is not None and state == "failed":
             print(
                 f"shoal: session {self.id} {state}; work dir kept at {kept} "
                 f"(see `shoal logs {self.id}`)",
@@ -690,10 +666,23 @@ class Driver:
         return None if kept is None else str(kept)
 
 
+def _outcome(
+    driver: Driver, broken: Optional[BaseException], failed: bool, interrupted: bool
+) -> str:
+    """How a session ended. Only a failure (a task failed, the session broke) keeps the work
+    dir; `shoal cancel`, Ctrl-C and work the user abandoned are not failures."""
+    if failed or driver._task_failed:
+        return "failed"
+    if broken is not None:
+        cancelled = os.path.exists(os.path.join(driver.path, "control", "cancel"))
+        return "cancelled" if cancelled else "failed"
+    return "interrupted" if interrupted else "finished"
+
+
 @atexit.register
 def _shutdown_all() -> None:
     for d in list(_live):
         try:
-            d.close(graceful=False, failed=True)
+            d.close(graceful=False, interrupted=True)
         except Exception:
             pass

@@ -35,10 +35,13 @@ try:  # every joblib from 1.3 on has it; the fallback keeps batch_size=1 behavio
     from joblib._parallel_backends import AutoBatchingMixin  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover
     AutoBatchingMixin = object
+from joblib._parallel_backends import FallbackToBackend
 
+from shoal import _imports
 from shoal._batch import Batcher
 from shoal._driver import Driver
 from shoal._joblib_options import DEFAULT_THROTTLE, ENGINES, Settings, parse, warn_ignored
+from shoal._pickling import worker_start
 from shoal.errors import ConfigError, SessionError
 
 __all__ = ["NAMES", "ShoalBackend", "register", "register_htcondor"]
@@ -47,6 +50,8 @@ NAMES = ("shoal", "local", "slurm", "htcondor", "sge")
 _log = logging.getLogger("shoal.joblib")
 # name -> fixed engine (None: resolved when a backend is made), as registered in this process.
 _registered: dict[str, Optional[str]] = {}
+# name -> the backend class registered for it (joblib's BACKENDS holds classes and compares them).
+_classes: dict[str, type[ShoalBackend]] = {}
 _hooked = False
 
 
@@ -62,7 +67,7 @@ def engine_for(name: str, fixed: Optional[str] = None) -> str:
     return name
 
 
-class _BatchFuture(cf.Future):
+class _BatchFuture(cf.Future[Any]):
     """A joblib batch's future; ``get`` is there for joblib versions that call it."""
 
     def get(self, timeout: Optional[float] = None) -> Any:
@@ -139,7 +144,7 @@ class _Session:
         else:
             # Workers first (every scheduler job at once), then whatever was still buffered
             # fails to send and its futures get the error.
-            driver.close(graceful=False, failed=True)
+            driver.close(graceful=False, interrupted=True)
             try:
                 batcher.close()
             except Exception:
@@ -154,7 +159,9 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
     generic ones (``work_dir``, ``env``, ``max_attempts``, ...).
     """
 
-    default_n_jobs = -1
+    # The name and fixed engine a registered class stands for (see backend_class).
+    backend_name = "shoal"
+    fixed_engine: Optional[str] = None
     supports_retrieve_callback = True
     supports_inner_max_num_threads = True
     supports_sharedmem = False
@@ -165,7 +172,7 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         nesting_level: Optional[int] = None,
         inner_max_num_threads: Optional[int] = None,
         *,
-        _name: str = "shoal",
+        _name: Optional[str] = None,
         _engine: Optional[str] = None,
         _level: int = 0,
         _parent: Optional[str] = None,
@@ -173,8 +180,8 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         **options: Any,
     ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
-        self.name = _name
-        self.engine = engine_for(_name, _engine)
+        self.name = _name or self.backend_name
+        self.engine = engine_for(self.name, _engine or self.fixed_engine)
         self.options = options
         self.settings: Settings = parse(self.engine, options)
         if not _quiet:
@@ -183,13 +190,14 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         self.parent_session = _parent
         self.parallel: Any = None
         self._n_workers = 1
+        self._requested_n_jobs: Optional[int] = None
         self._warned_throttle = False
         self._session = _Session()
         self._starting = threading.Lock()
         # A backend dropped without a context exit or terminate() still leaves nothing behind.
         weakref.finalize(self, self._session.close, True)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         # Nested calls ship the backend to workers: options travel, the session does not.
         return (
             _rebuild,
@@ -212,11 +220,11 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
     def effective_n_jobs(self, n_jobs: Optional[int]) -> int:
         """n_jobs > 0: that many workers; n_jobs < 0: as the engine allows (local: the CPUs,
         divided by request_cpus; clusters: the throttle, 1000 unless set), joblib-style (-2 is
-        one fewer). An explicit throttle caps either."""
+        one fewer); None: 1, as for joblib's own backends. An explicit throttle caps either."""
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None:
-            n_jobs = self.default_n_jobs
+            n_jobs = 1
         throttle = self._throttle()
         if n_jobs < 0:
             if self.engine == "local":
@@ -237,7 +245,12 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         # joblib_kwargs are Parallel's own settings for process backends (max_nbytes,
         # temp_folder, mmap_mode, context, verbose): shoal ships arguments by pickling.
         self.parallel = parallel
+        self._requested_n_jobs = n_jobs
         self._n_workers = self.effective_n_jobs(n_jobs)
+        if self._n_workers == 1 and self.engine == "local":
+            # As joblib's process backends do: one local worker is no better than none. (On a
+            # cluster one job still moves the work off this machine.)
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         if hasattr(self, "reset_batch_stats"):
             self.reset_batch_stats()
         return self._n_workers
@@ -305,11 +318,14 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
             env = {**self._thread_env(workers), **(opts.pop("env", None) or {})}
             opts["metadata"] = self._metadata(workers)
             names = {name: engine_for(name, fixed) for name, fixed in _registered.items()}
+            init, initargs = worker_start(
+                _worker_init, (names, self.settings.worker_log_level), local=self.engine == "local"
+            )
             driver = Driver(
                 backend=self.engine,
                 workers=workers,
-                initializer=_worker_init,
-                initargs=(names, self.settings.worker_log_level),
+                initializer=init,
+                initargs=initargs,
                 backend_options=dict(self.settings.backend_options),
                 env=env,
                 cwd=cwd,
@@ -384,8 +400,9 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def get_nested_backend(self) -> tuple[ParallelBackendBase, Optional[int]]:
         """What a Parallel call inside a task uses: the same backend one level down, with the
-        rest of a throttle list, until max_recursion_level (0 by default; -1: no limit) makes
-        nested calls sequential, as joblib-htcondor does."""
+        rest of a throttle list and this call's n_jobs as its default, until
+        max_recursion_level (0 by default; -1: no limit) makes nested calls sequential, as
+        joblib-htcondor does."""
         nesting = (self.nesting_level or 0) + 1
         limit = self.settings.max_recursion_level
         if limit != -1 and self.recursion_level >= limit:
@@ -403,7 +420,7 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
                 UserWarning,
                 stacklevel=2,
             )
-        nested = ShoalBackend(
+        nested = type(self)(
             nesting_level=nesting,
             inner_max_num_threads=self.inner_max_num_threads,
             _name=self.name,
@@ -413,29 +430,35 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
             _quiet=True,
             **opts,
         )
-        return nested, None
+        return nested, self._requested_n_jobs
 
 
 def _rebuild(
     name: str, engine: str, options: dict[str, Any], level: int, parent: Optional[str],
     nesting_level: Optional[int], inner: Optional[int],
 ) -> ShoalBackend:  # fmt: skip
-    return ShoalBackend(
+    return backend_class(name)(
         nesting_level=nesting_level, inner_max_num_threads=inner, _name=name, _engine=engine,
         _level=level, _parent=parent, _quiet=True, **options,
     )  # fmt: skip
 
 
-class _Factory:
-    """What joblib calls to make a backend for a registered name."""
-
-    def __init__(self, name: str, engine: Optional[str]) -> None:
-        self.name, self.engine = name, engine
-
-    def __call__(self, nesting_level: Optional[int] = None, **options: Any) -> ShoalBackend:
-        return ShoalBackend(
-            nesting_level=nesting_level, _name=self.name, _engine=self.engine, **options
+def backend_class(name: str, engine: Optional[str] = None) -> type[ShoalBackend]:
+    """The class joblib's BACKENDS holds for a backend name: ShoalBackend for "shoal", a
+    subclass naming the backend and its fixed engine for the others."""
+    cls = _classes.get(name)
+    if cls is not None and cls.fixed_engine == engine:
+        return cls
+    if name == "shoal" and engine is None:
+        cls = ShoalBackend
+    else:
+        cls = type(
+            f"ShoalBackend[{name}]",
+            (ShoalBackend,),
+            {"backend_name": name, "fixed_engine": engine, "__module__": __name__},
         )
+    _classes[name] = cls
+    return cls
 
 
 def _install_context_hook() -> None:
@@ -476,7 +499,7 @@ def register(
             )
         if engine is not None and engine not in ENGINES:
             raise ConfigError(f"unknown engine {engine!r}\nhint: use one of {', '.join(ENGINES)}")
-        register_parallel_backend(name, _Factory(name, engine), make_default=make_default)
+        register_parallel_backend(name, backend_class(name, engine), make_default=make_default)
         _registered[name] = engine
     _install_context_hook()
 
@@ -484,3 +507,8 @@ def register(
 def register_htcondor() -> None:
     """joblib-htcondor's entry point: registers the ``"htcondor"`` backend."""
     register(("htcondor",))
+
+
+# A worker asked for the backends when joblib was first imported, which was by this module.
+if _imports.joblib_registration_pending():
+    register()

@@ -13,16 +13,43 @@ import multiprocessing
 import threading
 import time
 import warnings
-from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
+import weakref
+from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
+from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar, cast
 
 from shoal._batch import Batcher
 from shoal._driver import Driver, split_options
+from shoal._pickling import worker_start
+from shoal.errors import ResultPicklingError
 
-__all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool"]
+__all__ = [
+    "ApplyResult",
+    "AsyncResult",
+    "IMapIterator",
+    "MapResult",
+    "Pool",
+    "UnpicklableResultError",
+]
 
 T = TypeVar("T")
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 TimeoutError = multiprocessing.TimeoutError
+
+
+class UnpicklableResultError(ResultPicklingError, MaybeEncodingError):
+    """A task's result could not be pickled: multiprocessing's MaybeEncodingError (``exc`` and
+    ``value`` are reprs) that is also a ``shoal.PicklingError`` carrying ``original``."""
+
+
+def _pool_errors(errors: dict[int, BaseException]) -> dict[int, BaseException]:
+    """A result that could not travel is reported as multiprocessing reports it."""
+    for k, exc in errors.items():
+        if type(exc) is ResultPicklingError:
+            err = UnpicklableResultError(exc.original, None)
+            err.exc, err.value, err.value_type = exc.exc, exc.value, exc.value_type
+            err.args, err.__cause__ = exc.args, exc.__cause__
+            errors[k] = err
+    return errors
 
 
 class ApplyResult(Generic[T]):
@@ -59,7 +86,7 @@ class ApplyResult(Generic[T]):
         if not self.ready():
             raise TimeoutError
         if self._success:
-            return self._value  # type: ignore[no-any-return]
+            return cast(T, self._value)
         raise self._value
 
     def _set(self, ok: bool, value: Any) -> None:
@@ -80,7 +107,7 @@ class ApplyResult(Generic[T]):
         self, start: int, values: list[Any], errors: dict[int, BaseException]
     ) -> None:
         if errors:
-            self._set(False, errors[min(errors)])
+            self._set(False, _pool_errors(errors)[min(errors)])
         else:
             self._set(True, values[0])
 
@@ -94,7 +121,7 @@ class ApplyResult(Generic[T]):
 AsyncResult = ApplyResult
 
 
-class MapResult(ApplyResult[list]):
+class MapResult(ApplyResult[list[Any]]):
     """The result of ``map_async``/``starmap_async``; ready at the first error, as in
     multiprocessing."""
 
@@ -109,7 +136,7 @@ class MapResult(ApplyResult[list]):
         self, start: int, values: list[Any], errors: dict[int, BaseException]
     ) -> None:
         if errors:
-            self._set(False, errors[min(errors)])
+            self._set(False, _pool_errors(errors)[min(errors)])
             return
         with self._lock:
             self._values[start : start + len(values)] = values
@@ -119,22 +146,17 @@ class MapResult(ApplyResult[list]):
             self._set(True, self._values)
 
 
-class IMapIterator(Generic[T]):
-    """Results of ``imap`` in order; ``next(timeout)`` raises multiprocessing.TimeoutError."""
+class _IMapResults(Generic[T]):
+    """The results of an ``imap`` as they arrive (what its chunks deliver to), in order."""
 
     def __init__(self, pool: Pool) -> None:
+        self.abandoned = False
         self._pool = pool
         self._cond = threading.Condition()
         self._items: dict[int, tuple[bool, Any]] = {}
         self._index = 0
         self._length: Optional[int] = None
         pool._register(self)
-
-    def __iter__(self) -> Iterator[T]:
-        return self
-
-    def _ready(self, index: int) -> bool:
-        return index in self._items
 
     def next(self, timeout: Optional[float] = None) -> T:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -152,10 +174,8 @@ class IMapIterator(Generic[T]):
                 self._cond.wait(remaining)
         ok, value = item
         if ok:
-            return value  # type: ignore[no-any-return]
+            return cast(T, value)
         raise value
-
-    __next__ = next
 
     def _pop(self) -> Optional[tuple[bool, Any]]:
         item = self._items.pop(self._index, None)
@@ -166,6 +186,7 @@ class IMapIterator(Generic[T]):
     def _deliver_many(
         self, start: int, values: list[Any], errors: dict[int, BaseException]
     ) -> None:
+        _pool_errors(errors)
         with self._cond:
             for k, value in enumerate(values):
                 self._put(start + k, (False, errors[k]) if k in errors else (True, value))
@@ -197,13 +218,16 @@ class IMapIterator(Generic[T]):
     def _delivered(self) -> int:
         return self._index + len(self._items)
 
+    def finished(self) -> bool:
+        return self._length is not None and self._delivered() >= self._length
+
     def _maybe_done(self) -> None:
-        if self._length is not None and self._delivered() >= self._length:
+        if self.finished():
             self._pool._unregister(self)
 
 
-class IMapUnorderedIterator(IMapIterator[T]):
-    """Results of ``imap_unordered`` in completion order."""
+class _IMapUnorderedResults(_IMapResults[T]):
+    """The results of an ``imap_unordered``, in completion order."""
 
     def __init__(self, pool: Pool) -> None:
         self._queue: collections.deque[tuple[bool, Any]] = collections.deque()
@@ -233,6 +257,28 @@ class IMapUnorderedIterator(IMapIterator[T]):
 
     def _delivered(self) -> int:
         return self._count
+
+
+class IMapIterator(Generic[T]):
+    """What ``imap`` returns: its results in order; ``next(timeout)`` raises
+    multiprocessing.TimeoutError. Dropping it before the end (a ``break`` out of the loop)
+    withdraws the work no worker has started and stops reading the input."""
+
+    def __init__(self, pool: Pool, results: _IMapResults[T]) -> None:
+        self._results = results
+        weakref.finalize(self, pool._abandon, results).atexit = False
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def next(self, timeout: Optional[float] = None) -> T:
+        return self._results.next(timeout)
+
+    __next__ = next
+
+
+class IMapUnorderedIterator(IMapIterator[T]):
+    """What ``imap_unordered`` returns: its results in completion order."""
 
 
 class Pool:
@@ -266,8 +312,12 @@ class Pool:
                 raise TypeError(f"processes must be an int, not {type(processes).__name__}")
             if processes < 1:
                 raise ValueError("Number of processes must be at least 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        initializer, initargs = worker_start(initializer, initargs, local=backend == "local")
         self._cache_cond = threading.Condition()
         self._cache: set[int] = set()
+        self._interrupted = False  # the user abandoned work (a break out of imap)
         self._driver = Driver(
             backend=backend,
             workers=processes,
@@ -313,7 +363,10 @@ class Pool:
     # -------------------------------------------------------------- apply
 
     def apply(
-        self, func: Callable[..., T], args: Iterable[Any] = (), kwds: Optional[dict] = None
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwds: Optional[dict[str, Any]] = None,
     ) -> T:
         return self.apply_async(func, args, kwds).get()
 
@@ -321,13 +374,17 @@ class Pool:
         self,
         func: Callable[..., T],
         args: Iterable[Any] = (),
-        kwds: Optional[dict] = None,
+        kwds: Optional[dict[str, Any]] = None,
         callback: Optional[Callable[[T], object]] = None,
         error_callback: Optional[Callable[[BaseException], object]] = None,
     ) -> ApplyResult[T]:
         self._check_running()
-        blob = self._driver.pickle_call(func, tuple(args), dict(kwds or {}))
         result: ApplyResult[T] = ApplyResult(self, callback, error_callback)
+        try:
+            blob = self._driver.pickle_call(func, tuple(args), dict(kwds or {}))
+        except Exception as exc:  # as in multiprocessing, the result carries the error
+            result._set(False, exc)
+            return result
         self._batcher.add(result, 0, blob)
         return result
 
@@ -384,30 +441,32 @@ class Pool:
         result = MapResult(self, len(items), callback, error_callback)
         if items:
             try:
+                # Pickled and sent chunk by chunk: no second copy of the input is made.
                 self._driver.map_chunks(func, items, chunksize, star, result)
-            except BaseException:
-                self._unregister(result)  # the caller gets the error; join must not wait
-                raise
+            except Exception as exc:  # as in multiprocessing, the result carries the error
+                result._set(False, exc)
         return result
 
     def imap(
         self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None
     ) -> IMapIterator[T]:
-        return self._imap(IMapIterator(self), func, iterable, chunksize, False)
+        results: _IMapResults[T] = _IMapResults(self)
+        return IMapIterator(self, self._imap(results, func, iterable, chunksize, False))
 
     def imap_unordered(
         self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None
     ) -> IMapIterator[T]:
-        return self._imap(IMapUnorderedIterator(self), func, iterable, chunksize, False)
+        results: _IMapResults[T] = _IMapUnorderedResults(self)
+        return IMapUnorderedIterator(self, self._imap(results, func, iterable, chunksize, False))
 
     def _imap(
         self,
-        it: IMapIterator[T],
+        it: _IMapResults[T],
         func: Callable[..., Any],
         iterable: Iterable[Any],
         chunksize: Optional[int],
         star: bool,
-    ) -> IMapIterator[T]:
+    ) -> _IMapResults[T]:
         try:
             self._check_running()
             if chunksize is not None:
@@ -416,11 +475,16 @@ class Pool:
         except BaseException:
             self._unregister(it)
             raise
-        if chunksize is None and hasattr(iterable, "__len__"):
-            chunksize = self._driver.default_chunksize(len(iterable))  # type: ignore[arg-type]
+        # Without a chunksize chunks grow 1, 2, 4 ... so the first results come at once, up to
+        # multiprocessing's map size for an input of known length (64 otherwise).
+        limit = (
+            self._driver.default_chunksize(len(iterable))  # type: ignore[arg-type]
+            if hasattr(iterable, "__len__")
+            else 64
+        )
         feeder = threading.Thread(
             target=self._feed,
-            args=(it, func, fn_ref, iterable, chunksize, star),
+            args=(it, func, fn_ref, iterable, chunksize, limit, star),
             name="shoal-imap-feeder",
             daemon=True,
         )
@@ -429,21 +493,23 @@ class Pool:
 
     def _feed(
         self,
-        it: IMapIterator[Any],
+        it: _IMapResults[Any],
         func: Callable[..., Any],
         fn_ref: int,
         iterable: Iterable[Any],
         chunksize: Optional[int],
+        limit: int,
         star: bool,
     ) -> None:
-        """Consume the iterable into chunks; without a chunksize, grow chunks 1, 2, 4 ... 64
-        so the first results come fast and long inputs still make few files."""
-        driver = self._driver
+        """Consume the iterable into chunks; without a chunksize, grow chunks 1, 2, 4 ... up to
+        `limit` so the first results come fast and long inputs still make few files. If the iterable
+        raises, its exception is the last result: at the position where it raised, or, with an
+        explicit chunksize, at the start of the chunk being filled (whose items are dropped),
+        as multiprocessing does."""
         source = iter(iterable)
         index = 0
         size = chunksize or 1
-        failure: Optional[BaseException] = None
-        while failure is None:
+        while not it.abandoned:
             items: list[Any] = []
             try:
                 for item in source:
@@ -451,26 +517,50 @@ class Pool:
                     if len(items) >= size:
                         break
             except BaseException as exc:  # the user's iterable raised: report it in place
-                failure = exc
-            if not items and failure is None:
+                if chunksize is None:
+                    index = self._send(it, func, fn_ref, items, index, star)
+                it._deliver_many(index, [None], {0: exc})
+                index += 1
                 break
-            if items:
-                try:
-                    driver.wait_room()
-                    payload = driver.map_payload(func, fn_ref, items, index, star)
-                    driver.submit_payload(payload, [(it, index, len(items))], fn_ref)
-                except BaseException as exc:
-                    it._deliver_many(
-                        index, [None] * len(items), dict.fromkeys(range(len(items)), exc)
-                    )
-                index += len(items)
+            if not items:
+                break
+            index = self._send(it, func, fn_ref, items, index, star)
             if chunksize is None:
-                size = min(size * 2, 64)
-        if failure is not None:
-            it._deliver_many(index, [None], {0: failure})
-            index += 1
+                size = min(size * 2, limit)
         it._set_length(index)
-        driver.release_function(fn_ref)
+        # Every chunk that needs the function was sent: its blob goes when they are done.
+        self._driver.release_function(fn_ref)
+
+    def _send(
+        self,
+        it: _IMapResults[Any],
+        func: Callable[..., Any],
+        fn_ref: int,
+        items: list[Any],
+        index: int,
+        star: bool,
+    ) -> int:
+        """Submit one chunk of an imap (a pickling error becomes its tasks' results);
+        returns the index after it."""
+        if items:
+            try:
+                # Backpressure: a long generator is consumed as the workers keep up.
+                self._driver.wait_room()
+                payload = self._driver.map_payload(func, fn_ref, items, index, star)
+                self._driver.submit_payload(payload, [(it, index, len(items))], fn_ref)
+            except BaseException as exc:
+                it._deliver_many(index, [None] * len(items), dict.fromkeys(range(len(items)), exc))
+        return index + len(items)
+
+    def _abandon(self, results: _IMapResults[Any]) -> None:
+        """The user dropped an imap iterator before its end: take back its unstarted chunks."""
+        if results.finished():
+            return
+        results.abandoned = True
+        self._interrupted = True
+        self._unregister(results)
+        if not self._driver._closed:
+            self._driver.withdraw_where(lambda job, _start, _count: job is results)
 
     # -------------------------------------------------------------- lifecycle
 
@@ -480,14 +570,14 @@ class Pool:
             self._batcher.flush()
 
     def terminate(self) -> None:
-        self._terminate(failed=False)
+        self._terminate(interrupted=False)
 
-    def _terminate(self, failed: bool) -> None:
+    def _terminate(self, interrupted: bool) -> None:
         if self._state == "INIT":
             return
         self._state = TERMINATE
         self._batcher.close()
-        self._driver.close(graceful=False, failed=failed)
+        self._driver.close(graceful=False, interrupted=interrupted or self._interrupted)
 
     def join(self) -> None:
         if self._state == RUN:
@@ -498,22 +588,28 @@ class Pool:
             while self._cache and self._driver.broken is None:
                 self._cache_cond.wait(0.1)
         self._batcher.close()
-        self._driver.close(graceful=True)
+        self._driver.close(graceful=True, interrupted=self._interrupted)
 
     def __enter__(self) -> Pool:
         self._check_running()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._terminate(failed=exc_type is not None)
+        # An exception here (Ctrl-C included) that is no task's ends the session as
+        # interrupted: not a failure, nothing kept.
+        self._terminate(interrupted=exc_type is not None)
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) == RUN:
             warnings.warn(
-                f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=2
+                # The standard library's wording, which its own tests look for.
+                f"unclosed running multiprocessing pool {self!r}",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
             )
             try:
-                self._terminate(failed=False)
+                self._terminate(interrupted=False)
             except Exception:
                 pass
 

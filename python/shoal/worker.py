@@ -18,11 +18,14 @@ import sys
 import time
 import traceback
 from collections import OrderedDict
-from typing import Any, Callable, Optional
 
-import cloudpickle  # type: ignore[import-untyped]
+from shoal import _imports, _native
+from shoal._pickling import dump_results as _dump
+from shoal._pickling import error_record as _error_record
 
-from shoal import _native
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~8 ms a worker)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 # Payload kinds, shared with shoal._driver: MAP chunks name one function (a blob) and carry
 # its arguments; CALLS chunks carry (name, pickled (function, args, kwargs)) per call.
@@ -51,19 +54,6 @@ def _offset(fd: int) -> int:
         return os.lseek(fd, 0, os.SEEK_CUR)
     except OSError:
         return 0
-
-
-def _error_record(exc: BaseException) -> tuple[Optional[bytes], str, str, str]:
-    # Skip the worker's own frame: the traceback starts in the user's function.
-    tb_start = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
-    tb = "".join(traceback.format_exception(type(exc), exc, tb_start))
-    blob: Optional[bytes]
-    try:
-        blob = cloudpickle.dumps(exc)
-        pickle.loads(blob)  # it must load in the driver too
-    except Exception:
-        blob = None
-    return blob, tb, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc)
 
 
 def _load_error_record(name: str, exc: BaseException) -> tuple[Optional[bytes], str, str, str]:
@@ -321,36 +311,6 @@ class _Unloadable:
         raise _LoadFailed(self.name, self.exc)
 
 
-def _dump(values: list[Any], errors: dict[int, Any], failed: list[tuple[int, str]]) -> bytes:
-    for dumps in (pickle.dumps, cloudpickle.dumps):
-        try:
-            return dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            pass
-    # Find the results that cannot travel and fail just those tasks, saying why.
-    for i, value in enumerate(values):
-        if i in errors:
-            continue
-        try:
-            cloudpickle.dumps(value)
-        except Exception as exc:
-            rec = _error_record(
-                TypeError(
-                    f"the result of this task ({type(value).__name__}) cannot be pickled: {exc}"
-                )
-            )
-            values[i] = None
-            errors[i] = rec
-            failed.append((i, rec[1]))
-    for i, rec in list(errors.items()):
-        try:
-            cloudpickle.dumps(rec)
-        except Exception:
-            errors[i] = (None, rec[1], rec[2], rec[3])
-    failed.sort()
-    return cloudpickle.dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL)
-
-
 def _setup(config: dict[str, Any]) -> None:
     for path in reversed(config.get("sys_path") or []):
         if path not in sys.path:
@@ -377,6 +337,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"shoal worker: cannot join session {args[0]}: {exc}", file=sys.stderr)
         return 3
     config = json.loads(worker.config) or {}
+    # A task's own Parallel(backend="shoal"/"slurm"/...) finds shoal's joblib backends.
+    _imports.joblib_backends_on_import()
     runner = _Runner(worker)
     try:
         _setup(config)

@@ -338,7 +338,7 @@ fn clean(base: &Path, all: bool, out: &mut dyn Write) -> Result<i32> {
     for (dir, m) in list_sessions(base)? {
         let removable = match m.state {
             SessionState::Finished => true,
-            SessionState::Failed | SessionState::Cancelled => all,
+            SessionState::Failed | SessionState::Cancelled | SessionState::Interrupted => all,
             SessionState::Running => all && !m.driver_alive(),
         };
         if removable {

@@ -17,6 +17,9 @@ pub enum SessionState {
     Finished,
     Failed,
     Cancelled,
+    /// Ended early by the user (Ctrl-C, an exception in the driver, work abandoned) with no
+    /// task failed.
+    Interrupted,
 }
 
 impl SessionState {
@@ -26,6 +29,7 @@ impl SessionState {
             SessionState::Finished => "finished",
             SessionState::Failed => "failed",
             SessionState::Cancelled => "cancelled",
+            SessionState::Interrupted => "interrupted",
         }
     }
 }

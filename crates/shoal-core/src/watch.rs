@@ -108,6 +108,21 @@ impl DirWatch {
     }
 }
 
+impl Drop for DirWatch {
+    fn drop(&mut self) {
+        // Closing an inotify fd waits for the kernel to retire its watches (~20 ms, an RCU
+        // grace period): off the caller's path, or every pool's shutdown pays it.
+        if let Some(ino) = self.inotify.take() {
+            let closing = std::thread::Builder::new()
+                .name("shoal-watch-close".into())
+                .spawn(move || drop(ino));
+            // Without a thread the inotify was moved into the failed closure and is
+            // dropped right here.
+            let _ = closing;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -383,7 +383,9 @@ impl Engine {
         if let Some(history) = &self.history {
             journal::archive(&self.dir, history);
         }
-        if state == SessionState::Finished && !keep {
+        // Only a failure keeps the work dir (for `shoal logs`); an interrupted or cancelled
+        // session without failed tasks leaves nothing behind.
+        if state != SessionState::Failed && !keep {
             let _ = std::fs::remove_dir_all(self.dir.root());
             None
         } else {

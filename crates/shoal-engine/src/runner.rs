@@ -460,7 +460,27 @@ impl Runner {
                 self.broker.consumed(at);
                 let worker = header.worker.clone();
                 self.outcomes(sched, rest, Some(&worker));
+                self.journal_still_running(&header);
             }
+        }
+    }
+
+    /// A part that is not its attempt's last: the worker still runs the chunk (the journal
+    /// closed it with the part, so `shoal top` would show the worker idle).
+    fn journal_still_running(&mut self, header: &ResultHeader) {
+        if header.last {
+            return;
+        }
+        let st = self.shared.lock();
+        let running = st
+            .ledger
+            .holder(header.chunk)
+            .is_some_and(|h| h.0 == header.worker && h.1 == header.attempt && h.2);
+        let left = st.ledger.progress(header.chunk).map_or(0, |(n, c)| n - c);
+        drop(st);
+        if running && left > 0 {
+            self.journal
+                .chunk_started(header.chunk, key_id(&header.worker), left);
         }
     }
 

@@ -357,7 +357,7 @@ impl Session {
         }
     }
 
-    /// Record the final state ("finished", "failed", "cancelled"); returns the kept work
+    /// Record the final state ("finished", "failed", "cancelled", "interrupted"); returns the kept work
     /// dir, or None when it was removed.
     #[pyo3(signature = (state, message=None, keep=false))]
     fn finish(
@@ -371,6 +371,7 @@ impl Session {
             "finished" => SessionState::Finished,
             "failed" => SessionState::Failed,
             "cancelled" => SessionState::Cancelled,
+            "interrupted" => SessionState::Interrupted,
             other => {
                 return Err(PyValueError::new_err(format!(
                     "unknown session state {other:?}"

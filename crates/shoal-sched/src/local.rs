@@ -146,12 +146,18 @@ impl Scheduler for LocalScheduler {
     }
 
     fn cancel(&mut self, workers: &[String]) -> Result<()> {
+        // Signal every worker first, then reap them: they die in parallel, so stopping a
+        // pool costs one process exit, not one per worker.
+        let mut dying = Vec::with_capacity(workers.len());
         for w in workers {
             if let Some(mut child) = self.children.remove(w) {
                 Self::signal_group(&child, libc::SIGKILL);
                 let _ = child.kill();
-                let _ = child.wait();
+                dying.push(child);
             }
+        }
+        for mut child in dying {
+            let _ = child.wait();
         }
         Ok(())
     }
