@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 
 import cloudpickle
 
-from shoal import _native
+from shoal import _backends, _native
 from shoal.errors import (
     ConfigError,
     PicklingError,
@@ -34,8 +34,6 @@ from shoal.errors import (
 MAP = "map"
 CALLS = "calls"
 STDERR_TAIL = 2000
-DEFAULT_CLUSTER_IDLE = 30.0
-DEFAULT_CLUSTER_WORKERS = 16
 # Options every backend understands; the rest go to the backend as its own options.
 GENERIC_OPTIONS = ("idle_timeout", "heartbeat_timeout", "max_attempts", "env", "metadata")
 _checked_pythons: dict[str, None] = {}
@@ -154,10 +152,11 @@ class Driver:
         metadata: Optional[dict[str, Any]] = None,
         cwd: Optional[str] = None,
     ) -> None:
+        defaults = _backends.defaults(backend)
         if workers is None:
             # Local: one worker per CPU. Clusters: an upper bound that the engine scales down
             # to the work at hand (queued workers beyond it are given back).
-            workers = (os.cpu_count() or 1) if backend == "local" else DEFAULT_CLUSTER_WORKERS
+            workers = defaults["workers"]
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ConfigError(f"invalid number of workers {workers!r}: must be an int >= 1")
         if initializer is not None and not callable(initializer):
@@ -191,13 +190,13 @@ class Driver:
             py_config["initializer"] = base64.b64encode(init).decode("ascii")
         if idle_timeout is not None and idle_timeout < 0:
             # Local workers are cheap to keep; cluster allocations go back when work runs out.
-            idle_timeout = None if backend == "local" else DEFAULT_CLUSTER_IDLE
+            idle_timeout = defaults["idle_timeout"]
         worker_env = dict(env or {})
         worker_env.setdefault("SHOAL_WORKER", "1")
         config = {
             "idle_timeout": idle_timeout,
             "heartbeat_interval": 5.0,
-            "driver_timeout": None if backend == "local" else 600.0,
+            "driver_timeout": defaults["driver_timeout"],
             "python": py_config,
         }
         self._native = _native.Session(

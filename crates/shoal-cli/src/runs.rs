@@ -8,7 +8,7 @@ use crate::commands;
 use shoal_core::fsutil::{hostname, now_secs, pid_alive};
 use shoal_core::session::SessionState;
 use shoal_core::SessionDir;
-use shoal_runs::config::{Config, INIT_TEMPLATE};
+use shoal_runs::config::{init_template, Config};
 use shoal_runs::params::{check_placeholders, Grid};
 use shoal_runs::registry::{default_path, params_json, Counts, NewRun, RunRow};
 use shoal_runs::{git_state, Registry, Result, RunError};
@@ -83,7 +83,7 @@ pub fn init(force: bool, out: &mut dyn Write) -> Result<i32> {
             "shoal.toml already exists here\nhint: edit it, or pass --force to overwrite it".into(),
         ));
     }
-    std::fs::write(&path, INIT_TEMPLATE).map_err(|e| shoal_core::CoreError::io(&path, e))?;
+    std::fs::write(&path, init_template()).map_err(|e| shoal_core::CoreError::io(&path, e))?;
     w(
         out,
         "wrote shoal.toml (defaults and backend templates for `shoal run`)\n",

@@ -72,6 +72,10 @@ pub fn resolve_worker_id(explicit: Option<&str>) -> Result<String> {
             .filter(|v| !v.is_empty() && v != "undefined")
     };
     let id = explicit.map(str::to_string).or_else(|| {
+        // What the backends' job scripts set (the lead's protocol keeps only this source).
+        if let Some(id) = env("SHOAL_WORKER_ID") {
+            return Some(id);
+        }
         if let (Some(j), Some(t)) = (env("SLURM_ARRAY_JOB_ID"), env("SLURM_ARRAY_TASK_ID")) {
             return Some(format!("{j}_{t}"));
         }

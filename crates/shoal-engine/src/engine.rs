@@ -546,17 +546,24 @@ impl Runner {
     }
 
     fn poll_workers(&mut self, sched: &mut dyn Scheduler) -> bool {
+        for note in sched.notes() {
+            self.note(&note);
+        }
         let events = match sched.poll() {
             Ok(e) => e,
             Err(e) => {
-                // A failed query is not a dead worker; the next poll may succeed.
-                self.note(&format!("scheduler query failed: {e}"));
+                // The backend retries transient failures itself: an error here is final.
+                self.fail(sched, e.to_string());
                 return false;
             }
         };
         let mut any = false;
         for ev in events {
             any = true;
+            if let WorkerState::Unsatisfiable(why) = &ev.state {
+                self.fail(sched, why.clone());
+                return true;
+            }
             let ended = matches!(ev.state, WorkerState::Exited | WorkerState::Lost(_));
             let rec = self.workers.entry(ev.worker.clone()).or_insert(WorkerRec {
                 state: WorkerState::Pending,
@@ -836,9 +843,12 @@ impl Runner {
         let _ = self.tx.send(Event::Fatal { message });
     }
 
+    /// A backend's message for the user (a site cap, an outage being ridden out), once.
     fn note(&self, msg: &str) {
-        if let Some(bar) = &self.progress {
-            bar.set_message(msg.to_string());
+        let line = format!("shoal {}: {msg}", self.dir.id());
+        match &self.progress {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
         }
     }
 
