@@ -67,7 +67,7 @@ def session_jobs(session: str) -> list[str]:
 
 
 def running_worker(pool: shoal.Pool, timeout: float = 90) -> str:
-    """A worker id (Cluster.Proc) whose process has started (it wrote its info file)."""
+    """A worker id whose process has started (it wrote its info file)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         infos = sorted(glob.glob(os.path.join(pool._driver.path, "workers", "*.json")))
@@ -75,6 +75,29 @@ def running_worker(pool: shoal.Pool, timeout: float = 90) -> str:
             return os.path.basename(infos[0])[: -len(".json")]
         time.sleep(0.2)
     raise TimeoutError("no worker started")
+
+
+def running_job(session: str, timeout: float = 90) -> str:
+    """Cluster.Proc of a running job of the session (what condor_hold and condor_rm take)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            [
+                "condor_q",
+                "-constraint",
+                f'ShoalSession == "{session}" && JobStatus == 2',
+                "-af",
+                "ClusterId",
+                "ProcId",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if out:
+            return f"{out[0]}.{out[1]}"
+        time.sleep(0.2)
+    raise TimeoutError("no job running")
 
 
 @scenario
@@ -166,7 +189,8 @@ def disturb(action: str) -> dict[str, Any]:
         session = pool.session
         n = 60
         result = pool.imap_unordered(slow_square, range(n), chunksize=2)
-        victim = running_worker(pool)
+        running_worker(pool)
+        victim = running_job(session)
         time.sleep(1.0)  # let it claim a chunk
         done = subprocess.run([f"condor_{action}", victim], capture_output=True, text=True)
         values = list(result)

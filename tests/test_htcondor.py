@@ -145,15 +145,16 @@ def test_map_imap_apply_results_from_one_cluster_of_workers(condor: Runner) -> N
     assert r["ok"], r
     assert r["left"] == []
     workers, submitted = r["workers"], r["submitted"]
-    assert workers and all(re.fullmatch(r"\d+\.\d+", w) for w in workers), workers
-    assert set(workers) <= set(submitted), (workers, submitted)
-    # Workers come as the procs of `queue N` clusters, not one job each.
+    assert workers and all(re.fullmatch(r"b\d+-\d+", w) for w in workers), workers
+    assert len(workers) <= len(submitted), (workers, submitted)
+    # Workers come as the procs of `queue N` clusters (one per batch), not one job each.
     clusters = {w.split(".")[0] for w in submitted}
     assert len(clusters) < len(submitted) <= 4, submitted
+    assert len(clusters) == len({w.split("-")[0] for w in workers}), (workers, submitted)
     sub = r["submit"]
     assert re.search(r"^queue \d+$", sub, re.M), sub
-    assert "--worker-id $(Cluster).$(Process)" in sub
-    assert "logs/$(Cluster).$(Process).out" in sub and "logs/$(Cluster).$(Process).err" in sub
+    assert re.search(r"--worker-id b\d+-\$\(Process\)", sub), sub
+    assert re.search(r"logs/b\d+-\$\(Process\)\.out", sub), sub
     assert "request_memory = 256" in sub and '+ProjectName = "shoal-tests"' in sub
     assert r["stats"]["workers_lost"] == 0
 
@@ -169,7 +170,7 @@ def test_remote_traceback(condor: Runner) -> None:
     assert r["type"] == "KeyError", r
     assert "bad item 3" in r["message"]
     assert "Traceback (most recent call last)" in r["cause"] and "in fail" in r["cause"], r
-    assert re.search(r"on worker \d+\.\d+", r["cause"]), r["cause"]
+    assert re.search(r"on worker b\d+-\d+", r["cause"]), r["cause"]
     assert r["ok_after"] == 49
     assert r["left"] == []
 

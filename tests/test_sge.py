@@ -65,8 +65,9 @@ def slow_square(x: int) -> int:
     return x * x
 
 
-def where(_: int) -> str:
-    return f"{os.environ['JOB_ID']}.{os.environ['SGE_TASK_ID']}"
+def where(_: int) -> tuple[str, str]:
+    """The worker's id and its SGE job."""
+    return os.environ["SHOAL_WORKER_ID"], os.environ["JOB_ID"]
 
 
 def nap(x: int) -> int:
@@ -98,14 +99,15 @@ def test_map_imap_apply_on_array_workers(tmp_path):
         )
         assert list(p.imap(square, range(10))) == [x * x for x in range(10)]
         assert p.apply_async(square, (7,)).get(timeout=120) == 49
-        workers = set(p.map(where, range(12)))
+        placed = set(p.map(where, range(12)))
         path = p._driver.path
-    # Worker ids are JOB.TASK of array jobs, and their output went to logs/<worker>.out|err.
-    assert all(re.fullmatch(r"\d+\.\d+", w) for w in workers), workers
+    # Worker ids are bBATCH-TASK of array jobs, and their output went to logs/<worker>.out|err.
+    workers = {w for w, _ in placed}
+    assert all(re.fullmatch(r"b\d+-\d+", w) for w in workers), workers
     logs = set(os.listdir(os.path.join(path, "logs")))
     for w in workers:
         assert f"{w}.out" in logs and f"{w}.err" in logs
-    assert len({w.split(".")[0] for w in workers}) <= 3, "one array per submission"
+    assert len({job for _, job in placed}) <= 3, "one array per submission"
     shutil.rmtree(path)
 
 

@@ -181,8 +181,10 @@ def test_bad_input_fails_before_anything_is_queued(name: str, monkeypatch) -> No
         shoal.Pool(2, backend="slurm", job_name=name, time="soon")
     with pytest.raises(ConfigError, match='"lots"'):
         shoal.Pool(2, backend="slurm", job_name=name, memory="lots")
-    with pytest.raises(ConfigError, match="unknown option"):
+    with pytest.raises(ConfigError, match='option "nodes" does not apply to the slurm backend'):
         shoal.Pool(2, backend="slurm", job_name=name, nodes=2)
+    with pytest.raises(ConfigError, match="did you mean `partition`"):
+        shoal.Pool(2, backend="slurm", job_name=name, partiton="debug")
     # Slurm itself refuses: its message reaches the user.
     with pytest.raises(SchedulerError, match="Invalid generic resource"):
         shoal.Pool(2, backend="slurm", job_name=name, gpus=1)
@@ -262,7 +264,7 @@ def test_workers_that_cannot_start_fail_the_session_with_slurms_reason(name: str
         with shoal.Pool(2, backend="slurm", job_name=name, env={"PYTHONHOME": "/nonexistent"}) as p:
             p.map(square, range(10))
     msg = str(info.value)
-    assert "worker job failed (exit code 1) [Slurm job " in msg
+    assert "worker exited with code 1 [Slurm job " in msg
     assert "No module named 'encodings'" in msg  # the worker's own stderr
     assert time.monotonic() - t < 60
 

@@ -44,8 +44,9 @@ def pilot(n: int, workers: int) -> str:
     me = os.path.abspath(__file__)
     with open("pilot/pilot.sub", "w") as f:
         f.write(
-            f"executable = {sys.executable}\narguments = {me} slice $(Process) {workers} {n} "
-            f"{os.path.abspath('pilot/out')}\nlog = pilot/events.log\noutput = pilot/$(Process).out\n"
+            f"executable = {sys.executable}\n"
+            f"arguments = {me} slice $(Process) {workers} {n} {os.path.abspath('pilot/out')}\n"
+            "log = pilot/events.log\noutput = pilot/$(Process).out\n"
             "error = pilot/$(Process).err\nshould_transfer_files = NO\nrequest_memory = 64\n"
             f"queue {workers}\n"
         )

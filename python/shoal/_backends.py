@@ -12,7 +12,7 @@ from typing import Any, Optional
 from shoal import _native
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _registry() -> dict[str, Any]:
     data: dict[str, Any] = json.loads(_native.backends_json())
     return data

@@ -97,7 +97,8 @@ pub struct WorkerEvent {
 /// - Every other method returns at once: none waits for the scheduler. `submit(n)` returns
 ///   the new workers' ids immediately (they are `Pending` until events say otherwise); the
 ///   submission happens on the backend's thread and is retried there while it fails
-///   transiently. `cancel` works for workers whose submission is still queued, too.
+///   transiently. `cancel` works for workers whose submission is still queued, too; once it
+///   returns, `poll` never reports those workers again.
 /// - `poll` drains the events that arrived since the last call; calling it more often than
 ///   `poll_interval` costs nothing. `Err` from `poll` (or `submit`) is final: the backend
 ///   cannot go on (a permanent refusal, or an outage with no worker alive); fail the session

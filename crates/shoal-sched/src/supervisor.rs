@@ -154,9 +154,17 @@ enum Request {
     CancelAll(Sender<Result<()>>),
 }
 
+/// Events for the engine, and the workers it cancelled: an event computed before a cancel
+/// reached the backend must not bring a cancelled worker back.
+#[derive(Default)]
+struct Events {
+    queue: Vec<WorkerEvent>,
+    cancelled: HashSet<String>,
+}
+
 #[derive(Default)]
 struct Shared {
-    events: Mutex<Vec<WorkerEvent>>,
+    events: Mutex<Events>,
     notes: Mutex<Vec<String>>,
     /// The error that ends the session (returned by every later `poll`).
     fatal: Mutex<Option<(String, String)>>,
@@ -319,13 +327,19 @@ impl Scheduler for Supervisor {
         if let Some((command, message)) = lock(&self.shared.fatal).clone() {
             return Err(SchedError::Command { command, message });
         }
-        Ok(std::mem::take(&mut *lock(&self.shared.events)))
+        Ok(std::mem::take(&mut lock(&self.shared.events).queue))
     }
 
     fn cancel(&mut self, workers: &[String]) -> Result<()> {
-        if !workers.is_empty() {
-            self.send(Request::Cancel(workers.to_vec()));
+        if workers.is_empty() {
+            return Ok(());
         }
+        let mut ev = lock(&self.shared.events);
+        ev.cancelled.extend(workers.iter().cloned());
+        let gone: HashSet<&String> = workers.iter().collect();
+        ev.queue.retain(|e| !gone.contains(&e.worker));
+        drop(ev);
+        self.send(Request::Cancel(workers.to_vec()));
         Ok(())
     }
 
@@ -698,7 +712,12 @@ impl<'a> Thread<'a> {
                     }
                 }
                 if !events.is_empty() {
-                    lock(&self.shared.events).extend(events);
+                    let mut ev = lock(&self.shared.events);
+                    let fresh: Vec<WorkerEvent> = events
+                        .into_iter()
+                        .filter(|e| !ev.cancelled.contains(&e.worker))
+                        .collect();
+                    ev.queue.extend(fresh);
                 }
                 self.publish();
             }

@@ -333,3 +333,17 @@ fn batches_follow_the_sites_array_cap() {
         "{notes:?}"
     );
 }
+
+#[test]
+fn a_cancelled_worker_is_never_reported_again() {
+    let f = Fake::new();
+    f.put("squeue.out", "100_0 R 0 None\n100_1 R 0 None\n");
+    let mut s = f.supervisor(Duration::from_secs(10));
+    s.submit(&f.spec, 2).unwrap();
+    // Let the backend see both running (events queued, not yet polled), then cancel one.
+    std::thread::sleep(Duration::from_millis(300));
+    s.cancel(&["b1-1".into()]).unwrap();
+    let ev = poll_until(&mut s, Duration::from_millis(500), |_| false).unwrap();
+    assert!(ev.iter().any(|e| e.worker == "b1-0"), "{ev:?}");
+    assert!(ev.iter().all(|e| e.worker != "b1-1"), "{ev:?}");
+}
