@@ -286,6 +286,114 @@ def interrupted() -> dict[str, Any]:
     return {"interrupted": False, "left": session_jobs(session)}
 
 
+def nap2(x: int) -> int:
+    time.sleep(2)
+    return x
+
+
+@scenario
+def outage() -> dict[str, Any]:
+    """A 40-s map on 3 workers; the test stops the schedd for 30 s (and kills a worker) once
+    it reads READY. Result arrival times tell whether delivery stalled."""
+    arrivals: list[float] = []
+    with shoal.Pool(3, backend="htcondor", heartbeat_timeout=120) as pool:
+        session = pool.session
+        it = pool.imap_unordered(nap2, range(60), chunksize=1)
+        got = [next(it)]
+        deadline = time.monotonic() + 90
+        while len(glob.glob(os.path.join(pool._driver.path, "workers", "*.json"))) < 3:
+            assert time.monotonic() < deadline, "3 workers never started"
+            time.sleep(0.2)
+        print(f"READY {pool._driver.path}", flush=True)
+        for v in it:
+            got.append(v)
+            arrivals.append(time.time())
+        stats = pool._driver.stats()
+    return {
+        "ok": sorted(got) == list(range(60)),
+        "arrivals": arrivals,
+        "stats": stats,
+        "left": session_jobs(session),
+    }
+
+
+@scenario
+def unsatisfiable() -> dict[str, Any]:
+    """More memory than any slot has: a clear error soon, never a silent wait."""
+    start = time.monotonic()
+    pool = shoal.Pool(2, backend="htcondor", request_memory="100G")
+    session = pool.session
+    try:
+        pool.map(square, range(4))
+        err = None
+    except SessionError as e:
+        err = e
+    finally:
+        pool.terminate()
+    return {
+        "error": type(err).__name__,
+        "message": str(err),
+        "seconds": time.monotonic() - start,
+        "left": session_jobs(session),
+    }
+
+
+@scenario
+def caps() -> dict[str, Any]:
+    """A default pool (16 workers) under MAX_JOBS_PER_SUBMISSION=4, MAX_JOBS_PER_OWNER=8."""
+    with shoal.Pool(backend="htcondor") as pool:
+        session = pool.session
+        values = pool.map(slow_square, range(64), chunksize=1)
+        stats = pool._driver.stats()
+        with open(os.path.join(pool._driver.path, "condor.log")) as f:
+            submitted = re.findall(r"^000 \((\d+)\.(\d+)\.\d+\)", f.read(), re.M)
+    per_cluster: dict[str, int] = {}
+    for c, _ in submitted:
+        per_cluster[c] = per_cluster.get(c, 0) + 1
+    return {
+        "ok": values == [i * i for i in range(64)],
+        "stats": stats,
+        "per_cluster": list(per_cluster.values()),
+        "left": session_jobs(session),
+    }
+
+
+@scenario
+def suspend() -> dict[str, Any]:
+    """condor_suspend of the only worker: it is no longer counted running; condor_continue
+    brings it back, and the map completes."""
+    with shoal.Pool(1, backend="htcondor") as pool:
+        session = pool.session
+        res = pool.map_async(nap2, range(6), chunksize=1)
+
+        def running(ok: Callable[[int], bool], timeout: float) -> bool:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if ok(pool._driver.stats()["workers_running"]):
+                    return True
+                time.sleep(0.2)
+            return False
+
+        started = running(lambda n: n == 1, 90)
+        job = running_job(session)
+        sus = subprocess.run(["condor_suspend", job], capture_output=True, text=True)
+        seen_suspended = running(lambda n: n == 0, 20)
+        cont = subprocess.run(["condor_continue", job], capture_output=True, text=True)
+        # Resumed (a replacement may have been started meanwhile).
+        seen_resumed = running(lambda n: n >= 1, 20)
+        values = res.get(timeout=120)
+    return {
+        "started": started,
+        "suspend": sus.returncode,
+        "suspend_out": sus.stdout + sus.stderr,
+        "continue": cont.returncode,
+        "seen_suspended": seen_suspended,
+        "seen_resumed": seen_resumed,
+        "ok": values == list(range(6)),
+        "left": session_jobs(session),
+    }
+
+
 def main() -> None:
     name = sys.argv[1]
     out = SCENARIOS[name]()

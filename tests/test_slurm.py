@@ -6,11 +6,15 @@ them is left in squeue afterwards.
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 
@@ -49,6 +53,29 @@ def name() -> str:
     yield job_name
     left = wait_for(lambda: not squeue(job_name), 10) or squeue(job_name)
     assert left is True, f"jobs left behind: {left}"
+
+
+@contextlib.contextmanager
+def stopped(pidfile: str, seconds: float):
+    """SIGSTOP the daemon of `pidfile` for `seconds` (a hung controller), always resumed."""
+    with open(pidfile) as f:
+        pid = int(f.read().strip())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def worker_pids(session_dir: str) -> dict[str, int]:
+    """worker id -> pid of the workers that have started."""
+    out = {}
+    for info in glob.glob(os.path.join(session_dir, "workers", "*.json")):
+        with open(info) as f:
+            w = json.load(f)
+        out[w["worker"]] = w["pid"]
+    return out
 
 
 def slurm_env(_: int) -> tuple[str, str]:
@@ -301,3 +328,84 @@ def test_shoal_cancel_of_an_orphaned_session_cancels_its_jobs(name: str, tmp_pat
     assert out.returncode == 0, out.stderr
     assert "scheduler jobs cancelled" in out.stdout and "(0 local" in out.stdout
     assert wait_for(lambda: not squeue(name), 30)
+
+
+def nap2(x: int) -> int:
+    time.sleep(2)
+    return x
+
+
+def test_a_30_s_controller_outage_mid_map_is_ridden_out(name: str) -> None:
+    """slurmctld stopped for 30 s while 3 workers run a 40-s map, and one of them killed
+    meanwhile: results keep arriving, its replacement is submitted once the controller is
+    back, and the map completes."""
+    arrivals: list[float] = []
+    with shoal.Pool(3, backend="slurm", job_name=name, poll_interval=0.5) as p:
+        it = p.imap_unordered(nap2, range(60), chunksize=1)
+        got = [next(it)]
+        reader = threading.Thread(
+            target=lambda: [(got.append(v), arrivals.append(time.monotonic())) for v in it]
+        )
+        reader.start()
+        assert wait_for(lambda: len(worker_pids(p._driver.path)) == 3, 30)
+        with stopped("/run/slurm/slurmctld.pid", 30):
+            t_stop = time.monotonic()
+            victim = sorted(worker_pids(p._driver.path).values())[0]
+            os.kill(victim, signal.SIGKILL)
+        t_cont = time.monotonic()
+        reader.join(timeout=150)
+        assert not reader.is_alive(), "the map did not complete"
+        stats = p._driver.stats()
+    assert sorted(got) == list(range(60))
+    during = [t for t in arrivals if t_stop < t < t_cont]
+    assert len(during) >= 5, f"results stalled during the outage: {len(during)}"
+    # The killed worker was seen (its exit record) and replaced once sbatch answered again.
+    assert stats["workers_lost"] >= 1 and stats["workers_started"] >= 4, stats
+
+
+def test_a_request_slurm_can_never_start_fails_fast_with_its_reason(name: str) -> None:
+    # The partition's MaxTime is 1 h; raw sbatch_args pass preflight and pend forever with
+    # reason PartitionTimeLimit.
+    t = time.monotonic()
+    with pytest.raises(shoal.SessionError) as info:
+        with shoal.Pool(
+            2, backend="slurm", job_name=name, partition="short", sbatch_args=["--time=2:00:00"]
+        ) as p:
+            p.map(square, range(4))
+    msg = str(info.value)
+    assert "PartitionTimeLimit" in msg and "MaxTime" in msg and "hint" in msg, msg
+    assert time.monotonic() - t < 20
+
+
+def test_a_suspended_worker_is_not_counted_running(name: str) -> None:
+    with shoal.Pool(1, backend="slurm", job_name=name, poll_interval=0.5) as p:
+        res = p.map_async(nap2, range(6), chunksize=1)
+        assert wait_for(lambda: p._driver.stats()["workers_running"] == 1, 30)
+        job = next(j for j, st, _ in squeue(name) if st == "R")
+        subprocess.run(["scontrol", "suspend", job], check=True)
+        try:
+            assert wait_for(lambda: p._driver.stats()["workers_running"] == 0, 10), squeue(name)
+        finally:
+            subprocess.run(["scontrol", "resume", job], check=True)
+        # Resumed: running again (a replacement may have been started meanwhile).
+        assert wait_for(lambda: p._driver.stats()["workers_running"] >= 1, 10), (
+            p._driver.stats(),
+            squeue(name),
+        )
+        assert res.get(timeout=60) == list(range(6))
+
+
+def test_a_template_constraint_reaches_sbatch(name: str, tmp_path) -> None:
+    """`constraint` in a Slurm template of shoal.toml is accepted (it was refused) and
+    becomes --constraint: this cluster has no feature a100, so Slurm refuses it."""
+    (tmp_path / "shoal.toml").write_text(f'[slurm.gpu]\nconstraint = "a100"\njob_name = "{name}"\n')
+    out = subprocess.run(
+        ["shoal", "run", "--backend", "slurm", "--template", "gpu", "--", "true"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "unknown key" not in out.stderr, out.stderr
+    assert "Invalid feature specification" in out.stderr, out.stderr
