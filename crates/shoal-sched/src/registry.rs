@@ -183,401 +183,80 @@ impl Backend {
 }
 
 /// Options every backend takes (the Pool/Executor keywords that are not the backend's own).
+#[rustfmt::skip]
 pub const GENERIC: &[Opt] = &[
-    opt(
-        "workers",
-        Kind::Count,
-        "",
-        "16",
-        "most workers at once (Pool's `processes`, Executor's `max_workers`)",
-    )
-    .default("local: CPUs; clusters: 16"),
-    opt(
-        "python_path",
-        Kind::Path,
-        "",
-        "\"/opt/env/bin/python\"",
-        "the workers' interpreter (must have shoal installed and be reachable where workers run)",
-    )
-    .default("the driver's"),
-    opt(
-        "env",
-        Kind::Table,
-        "",
-        "{ OMP_NUM_THREADS = \"1\" }",
-        "extra environment variables for workers",
-    ),
-    opt(
-        "idle_timeout",
-        Kind::Seconds,
-        "",
-        "60",
-        "a worker without work for this long exits",
-    )
-    .unit("s")
-    .default("local: never; clusters: 30"),
-    opt(
-        "heartbeat_timeout",
-        Kind::Seconds,
-        "",
-        "300",
-        "a worker silent for this long counts as lost",
-    )
-    .unit("s")
-    .default("120"),
-    opt(
-        "max_attempts",
-        Kind::Count,
-        "",
-        "3",
-        "times a chunk may be lost with its worker before its tasks fail",
-    )
-    .default("3"),
-    opt(
-        "work_dir",
-        Kind::Path,
-        "",
-        "\"/shared/scratch/shoal\"",
-        "where session dirs go (on a filesystem the workers share)",
-    )
-    .default("$SHOAL_HOME"),
+    opt("workers", Kind::Count, "", "16", "most workers at once (Pool's `processes`, Executor's `max_workers`)")
+        .default("local: CPUs; clusters: 16"),
+    opt("python_path", Kind::Path, "", "\"/opt/env/bin/python\"", "the workers' interpreter (must have shoal installed and be reachable where workers run)")
+        .default("the driver's"),
+    opt("env", Kind::Table, "", "{ OMP_NUM_THREADS = \"1\" }", "extra environment variables for workers"),
+    opt("idle_timeout", Kind::Seconds, "", "60", "a worker without work for this long exits")
+        .unit("s").default("local: never; clusters: 30"),
+    opt("heartbeat_timeout", Kind::Seconds, "", "300", "a worker silent for this long counts as lost")
+        .unit("s").default("120"),
+    opt("max_attempts", Kind::Count, "", "3", "times a chunk may be lost with its worker before its tasks fail")
+        .default("3"),
+    opt("work_dir", Kind::Path, "", "\"/shared/scratch/shoal\"", "where session dirs go (on a filesystem the workers share)")
+        .default("$SHOAL_HOME"),
 ];
 
+#[rustfmt::skip]
 const SLURM: &[Opt] = &[
-    opt(
-        "cpus",
-        Kind::Count,
-        "--cpus-per-task",
-        "1",
-        "CPUs per worker",
-    )
-    .portable("request_cpus")
-    .starter(),
-    opt(
-        "memory",
-        Kind::Memory,
-        "--mem",
-        "\"2G\"",
-        "memory per worker",
-    )
-    .unit("MB")
-    .portable("request_memory"),
-    opt(
-        "time",
-        Kind::Time,
-        "--time",
-        "\"1h\"",
-        "time limit per worker job (Slurm rounds up to minutes)",
-    )
-    .starter(),
-    opt(
-        "partition",
-        Kind::Name,
-        "--partition",
-        "\"debug\"",
-        "partition; checked against `scontrol show partition`",
-    ),
-    opt(
-        "account",
-        Kind::Name,
-        "--account",
-        "\"myproject\"",
-        "account to charge",
-    ),
-    opt(
-        "qos",
-        Kind::Name,
-        "--qos",
-        "\"normal\"",
-        "quality of service",
-    ),
-    opt(
-        "constraint",
-        Kind::Text,
-        "--constraint",
-        "\"a100\"",
-        "node features the job needs",
-    ),
-    opt(
-        "reservation",
-        Kind::Name,
-        "--reservation",
-        "\"maint\"",
-        "reservation to run in",
-    ),
-    opt(
-        "gpus",
-        Kind::Count,
-        "--gres=gpu:N",
-        "1",
-        "GPUs per worker (combined with `gres`)",
-    )
-    .portable("request_gpus"),
-    opt(
-        "gres",
-        Kind::Name,
-        "--gres",
-        "\"gpu:a100:1\"",
-        "generic resources per worker",
-    ),
-    opt(
-        "job_name",
-        Kind::Name,
-        "--job-name",
-        "\"shoal\"",
-        "job name",
-    )
-    .default("shoal"),
-    opt(
-        "export",
-        Kind::Name,
-        "--export",
-        "\"ALL\"",
-        "environment the jobs get from the driver",
-    )
-    .default("ALL"),
-    opt(
-        "sbatch_args",
-        Kind::Args,
-        "(raw)",
-        "[\"--exclusive\"]",
-        "extra sbatch arguments, placed last so they win",
-    ),
-    opt(
-        "extra_directives",
-        Kind::Lines,
-        "#SBATCH",
-        "[\"--nice=5\"]",
-        "`#SBATCH` lines for the job script (prefix added when missing)",
-    )
-    .portable("extra_directives"),
-    opt(
-        "max_workers",
-        Kind::Count,
-        "--array=...%N",
-        "8",
-        "most workers queued or running at once",
-    )
-    .default("workers"),
-    opt(
-        "poll_interval",
-        Kind::Seconds,
-        "",
-        "1",
-        "seconds between `squeue` queries",
-    )
-    .unit("s")
-    .default("1")
-    .portable("poll_interval"),
+    opt("cpus", Kind::Count, "--cpus-per-task", "1", "CPUs per worker").portable("request_cpus").starter(),
+    opt("memory", Kind::Memory, "--mem", "\"2G\"", "memory per worker").unit("MB").portable("request_memory"),
+    opt("time", Kind::Time, "--time", "\"1h\"", "time limit per worker job (Slurm rounds up to minutes)").starter(),
+    opt("partition", Kind::Name, "--partition", "\"debug\"", "partition; checked against `scontrol show partition`"),
+    opt("account", Kind::Name, "--account", "\"myproject\"", "account to charge"),
+    opt("qos", Kind::Name, "--qos", "\"normal\"", "quality of service"),
+    opt("constraint", Kind::Text, "--constraint", "\"a100\"", "node features the job needs"),
+    opt("reservation", Kind::Name, "--reservation", "\"maint\"", "reservation to run in"),
+    opt("gpus", Kind::Count, "--gres=gpu:N", "1", "GPUs per worker (combined with `gres`)").portable("request_gpus"),
+    opt("gres", Kind::Name, "--gres", "\"gpu:a100:1\"", "generic resources per worker"),
+    opt("job_name", Kind::Name, "--job-name", "\"shoal\"", "job name").default("shoal"),
+    opt("export", Kind::Name, "--export", "\"ALL\"", "environment the jobs get from the driver").default("ALL"),
+    opt("sbatch_args", Kind::Args, "(raw)", "[\"--exclusive\"]", "extra sbatch arguments, placed last so they win"),
+    opt("extra_directives", Kind::Lines, "#SBATCH", "[\"--nice=5\"]", "`#SBATCH` lines for the job script (prefix added when missing)")
+        .portable("extra_directives"),
+    opt("max_workers", Kind::Count, "--array=...%N", "8", "most workers queued or running at once").default("workers"),
+    opt("poll_interval", Kind::Seconds, "", "1", "seconds between `squeue` queries").unit("s").default("1").portable("poll_interval"),
 ];
 
+#[rustfmt::skip]
 const SGE: &[Opt] = &[
-    opt(
-        "queue",
-        Kind::Text,
-        "-q",
-        "\"all.q\"",
-        "queue(s); checked against `qconf -sql`",
-    ),
-    opt(
-        "pe",
-        Kind::Name,
-        "-pe NAME SLOTS",
-        "\"smp\"",
-        "parallel environment (with `slots`)",
-    ),
-    opt(
-        "slots",
-        Kind::Count,
-        "-pe NAME SLOTS",
-        "2",
-        "slots per worker in `pe`",
-    )
-    .portable("request_cpus"),
-    opt(
-        "resources",
-        Kind::Resources,
-        "-l",
-        "{ h_vmem = \"2G\" }",
-        "resource requests; memory and time complexes are parsed as sizes and durations",
-    ),
-    opt(
-        "time",
-        Kind::Time,
-        "-l h_rt=",
-        "\"1h\"",
-        "time limit per worker job (same as `h_rt`)",
-    )
-    .starter(),
-    opt(
-        "h_rt",
-        Kind::Time,
-        "-l h_rt=",
-        "\"1:00:00\"",
-        "time limit per worker job (same as `time`)",
-    ),
+    opt("queue", Kind::Text, "-q", "\"all.q\"", "queue(s); checked against `qconf -sql`"),
+    opt("pe", Kind::Name, "-pe NAME SLOTS", "\"smp\"", "parallel environment (with `slots`)"),
+    opt("slots", Kind::Count, "-pe NAME SLOTS", "2", "slots per worker in `pe`").portable("request_cpus"),
+    opt("resources", Kind::Resources, "-l", "{ h_vmem = \"2G\" }", "resource requests; memory and time complexes are parsed as sizes and durations"),
+    opt("time", Kind::Time, "-l h_rt=", "\"1h\"", "time limit per worker job (same as `h_rt`)").starter(),
+    opt("h_rt", Kind::Time, "-l h_rt=", "\"1:00:00\"", "time limit per worker job (same as `time`)"),
     opt("project", Kind::Name, "-P", "\"myproject\"", "project"),
     opt("job_name", Kind::Name, "-N", "\"shoal\"", "job name").default("shoal"),
-    opt(
-        "qsub_args",
-        Kind::Args,
-        "(raw)",
-        "[\"-R\", \"y\"]",
-        "extra qsub arguments (not the flags shoal sets: -t -tc -o -e -j -b -terse -sync)",
-    ),
-    opt(
-        "forward_env",
-        Kind::Names,
-        "-V / exported",
-        "true",
-        "environment from the driver: true = all (`-V`), false = none, or a list of names",
-    )
-    .default("PATH, VIRTUAL_ENV, CONDA_PREFIX, PYTHONPATH, LD_LIBRARY_PATH"),
-    opt(
-        "poll_interval",
-        Kind::Seconds,
-        "",
-        "2",
-        "seconds between `qstat` queries",
-    )
-    .unit("s")
-    .default("2")
-    .portable("poll_interval"),
-    opt(
-        "max_lost_workers",
-        Kind::Count,
-        "",
-        "20",
-        "workers lost (killed, in error state) before no more are submitted",
-    )
-    .default("2 x workers + 8"),
+    opt("qsub_args", Kind::Args, "(raw)", "[\"-R\", \"y\"]", "extra qsub arguments (not the flags shoal sets: -t -tc -o -e -j -b -terse -sync)"),
+    opt("forward_env", Kind::Names, "-V / exported", "true", "environment from the driver: true = all (`-V`), false = none, or a list of names")
+        .default("PATH, VIRTUAL_ENV, CONDA_PREFIX, PYTHONPATH, LD_LIBRARY_PATH"),
+    opt("poll_interval", Kind::Seconds, "", "2", "seconds between `qstat` queries").unit("s").default("2").portable("poll_interval"),
+    opt("max_lost_workers", Kind::Count, "", "20", "workers lost (killed, in error state) before no more are submitted")
+        .default("2 x workers + 8"),
 ];
 
+#[rustfmt::skip]
 const HTCONDOR: &[Opt] = &[
-    opt(
-        "request_cpus",
-        Kind::Count,
-        "request_cpus",
-        "1",
-        "CPUs per worker",
-    )
-    .portable("request_cpus")
-    .starter(),
-    opt(
-        "request_memory",
-        Kind::Memory,
-        "request_memory",
-        "\"1G\"",
-        "memory per worker",
-    )
-    .unit("MB")
-    .portable("request_memory")
-    .starter(),
-    opt(
-        "request_disk",
-        Kind::Memory,
-        "request_disk",
-        "\"1G\"",
-        "scratch disk per worker",
-    )
-    .unit("MB")
-    .portable("request_disk"),
-    opt(
-        "request_gpus",
-        Kind::Count,
-        "request_gpus",
-        "1",
-        "GPUs per worker",
-    )
-    .portable("request_gpus"),
-    opt(
-        "universe",
-        Kind::Name,
-        "universe",
-        "\"vanilla\"",
-        "vanilla, container or docker",
-    )
-    .default("vanilla")
-    .portable("universe"),
-    opt(
-        "requirements",
-        Kind::Text,
-        "requirements",
-        "'OpSys == \"LINUX\"'",
-        "a ClassAd expression; checked with `condor_submit -dry-run`",
-    ),
-    opt(
-        "pool",
-        Kind::Text,
-        "-pool",
-        "\"cm.example.org:9618\"",
-        "central manager to use",
-    )
-    .portable("pool"),
-    opt(
-        "schedd",
-        Kind::Text,
-        "-name",
-        "\"submit1.example.org\"",
-        "schedd to submit to",
-    )
-    .portable("schedd"),
-    opt(
-        "accounting_group",
-        Kind::Text,
-        "accounting_group",
-        "\"group_physics\"",
-        "accounting group",
-    ),
-    opt(
-        "attributes",
-        Kind::Table,
-        "+Name = value",
-        "{ ProjectName = \"x\" }",
-        "custom job attributes",
-    ),
-    opt(
-        "getenv",
-        Kind::Names,
-        "getenv",
-        "true",
-        "copy the submitter's environment: true, or variable names",
-    ),
-    opt(
-        "initial_dir",
-        Kind::Path,
-        "initialdir",
-        "\"/shared/project\"",
-        "the workers' working directory",
-    )
-    .default("the driver's"),
-    opt(
-        "extra_directives",
-        Kind::Lines,
-        "(raw)",
-        "[\"rank = Memory\"]",
-        "extra submit-description lines (not the ones shoal writes)",
-    )
-    .portable("extra_directives"),
-    opt(
-        "poll_interval",
-        Kind::Seconds,
-        "",
-        "0.5",
-        "seconds between event-log reads",
-    )
-    .unit("s")
-    .default("0.5")
-    .portable("poll_interval"),
-    opt(
-        "log_dir",
-        Kind::Path,
-        "log",
-        "\"/shared/condor-logs\"",
-        "where the job event log goes",
-    )
-    .default("the session dir")
-    .portable("log_dir_prefix"),
+    opt("request_cpus", Kind::Count, "request_cpus", "1", "CPUs per worker").portable("request_cpus").starter(),
+    opt("request_memory", Kind::Memory, "request_memory", "\"1G\"", "memory per worker").unit("MB").portable("request_memory").starter(),
+    opt("request_disk", Kind::Memory, "request_disk", "\"1G\"", "scratch disk per worker").unit("MB").portable("request_disk"),
+    opt("request_gpus", Kind::Count, "request_gpus", "1", "GPUs per worker").portable("request_gpus"),
+    opt("universe", Kind::Name, "universe", "\"vanilla\"", "vanilla, container or docker").default("vanilla").portable("universe"),
+    opt("requirements", Kind::Text, "requirements", "'OpSys == \"LINUX\"'", "a ClassAd expression; checked with `condor_submit -dry-run`"),
+    opt("pool", Kind::Text, "-pool", "\"cm.example.org:9618\"", "central manager to use").portable("pool"),
+    opt("schedd", Kind::Text, "-name", "\"submit1.example.org\"", "schedd to submit to").portable("schedd"),
+    opt("accounting_group", Kind::Text, "accounting_group", "\"group_physics\"", "accounting group"),
+    opt("attributes", Kind::Table, "+Name = value", "{ ProjectName = \"x\" }", "custom job attributes"),
+    opt("getenv", Kind::Names, "getenv", "true", "copy the submitter's environment: true, or variable names"),
+    opt("initial_dir", Kind::Path, "initialdir", "\"/shared/project\"", "the workers' working directory").default("the driver's"),
+    opt("extra_directives", Kind::Lines, "(raw)", "[\"rank = Memory\"]", "extra submit-description lines (not the ones shoal writes)")
+        .portable("extra_directives"),
+    opt("poll_interval", Kind::Seconds, "", "0.5", "seconds between event-log reads").unit("s").default("0.5").portable("poll_interval"),
+    opt("log_dir", Kind::Path, "log", "\"/shared/condor-logs\"", "where the job event log goes").default("the session dir").portable("log_dir_prefix"),
 ];
 
 pub const BACKENDS: &[Backend] = &[

@@ -860,12 +860,14 @@ impl Backend for HtcondorBackend {
         }
         let clusters: Vec<String> = live.iter().map(u64::to_string).collect();
         self.remove(&clusters, false)?;
-        // condor_rm returns before the jobs are gone. Their last events (terminated or
-        // aborted) in the job log say when; the schedd confirms once at the end. Jobs stuck
-        // in "removed" (X) are forced out after a while.
+        // condor_rm returns before the jobs are gone. Their last events (terminated, or
+        // aborted: written as the job leaves the queue) in the job log say when, without a
+        // query; without a log, or for jobs stuck in "removed" (X) after a while, the schedd
+        // is asked (and those are forced out).
         let start = Instant::now();
         let mut forced = false;
         let mut left = BTreeMap::new();
+        let mut asked: Option<Instant> = None;
         while start.elapsed() < REMOVE_WAIT {
             if let Some(log) = self.log.as_mut() {
                 if let Ok(events) = log.read_new() {
@@ -875,9 +877,15 @@ impl Backend for HtcondorBackend {
                 }
             }
             self.events.clear();
-            let logged_done = self.live_clusters().is_empty();
+            if self.log.is_some() && self.live_clusters().is_empty() {
+                return Ok(());
+            }
             let forcing = !forced && start.elapsed() > Duration::from_secs(3);
-            if logged_done || forcing || self.log.is_none() {
+            let ask = self.log.is_none()
+                || (start.elapsed() > Duration::from_secs(1)
+                    && asked.is_none_or(|t| t.elapsed() > Duration::from_secs(1)));
+            if forcing || ask {
+                asked = Some(Instant::now());
                 left = self.query(&live)?;
                 if left.is_empty() {
                     for job in self.jobs.values_mut() {
@@ -892,7 +900,7 @@ impl Backend for HtcondorBackend {
                     self.remove(&stuck, true)?;
                 }
             }
-            std::thread::sleep(Duration::from_millis(if logged_done { 100 } else { 20 }));
+            std::thread::sleep(Duration::from_millis(20));
         }
         Err(SchedError::Command {
             command: format!("condor_rm {}", clusters.join(" ")),

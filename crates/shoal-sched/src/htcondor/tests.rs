@@ -339,6 +339,32 @@ fn cancel_all_removes_and_waits_until_the_queue_is_empty() {
 }
 
 #[test]
+fn cancel_all_ends_when_the_log_says_every_job_left() {
+    let mut f = Fixture::started();
+    let t = Instant::now();
+    // What the schedd writes as it removes the jobs shoal asked it to remove.
+    for p in 0..3 {
+        f.log(&ev(
+            9,
+            p,
+            "Job was aborted.\n\tvia condor_rm (by user shoal)",
+        ));
+    }
+    f.sched.cancel_all().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    let calls = f.calls();
+    assert!(calls.contains("condor_rm 42\n"), "{calls}");
+    assert!(
+        !calls.lines().last().unwrap().starts_with("condor_q"),
+        "no query needed: {calls}"
+    );
+}
+
+#[test]
 fn preflight_errors_are_clear() {
     let mut f = Fixture::new();
     std::fs::write(
