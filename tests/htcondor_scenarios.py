@@ -248,11 +248,10 @@ def bad_requests() -> dict[str, Any]:
     }
 
 
-@scenario
-def held_forever() -> dict[str, Any]:
-    """Every worker is put on hold by policy: a clear error, never a hang."""
+def session_error(**options: Any) -> dict[str, Any]:
+    """A map on a pool whose workers can never run: the SessionError, and how soon."""
     start = time.monotonic()
-    pool = shoal.Pool(2, backend="htcondor", extra_directives=["periodic_hold = True"])
+    pool = shoal.Pool(2, backend="htcondor", **options)
     session = pool.session
     try:
         pool.map(square, range(10))
@@ -267,6 +266,12 @@ def held_forever() -> dict[str, Any]:
         "seconds": time.monotonic() - start,
         "left": session_jobs(session),
     }
+
+
+@scenario
+def held_forever() -> dict[str, Any]:
+    """Every worker is put on hold by policy: a clear error, never a hang."""
+    return session_error(extra_directives=["periodic_hold = True"])
 
 
 @scenario
@@ -320,22 +325,7 @@ def outage() -> dict[str, Any]:
 @scenario
 def unsatisfiable() -> dict[str, Any]:
     """More memory than any slot has: a clear error soon, never a silent wait."""
-    start = time.monotonic()
-    pool = shoal.Pool(2, backend="htcondor", request_memory="100G")
-    session = pool.session
-    try:
-        pool.map(square, range(4))
-        err = None
-    except SessionError as e:
-        err = e
-    finally:
-        pool.terminate()
-    return {
-        "error": type(err).__name__,
-        "message": str(err),
-        "seconds": time.monotonic() - start,
-        "left": session_jobs(session),
-    }
+    return session_error(request_memory="100G")
 
 
 @scenario

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
 import re
 import shutil
@@ -14,11 +13,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import xml.etree.ElementTree as ET
 
 import pytest
+from cluster_helpers import map_through_an_outage, nap2, wait_for
 
 import shoal
 
@@ -235,60 +234,14 @@ def test_ctrl_c_deletes_the_session_jobs(tmp_path):
     assert proc.returncode != 0
 
 
-def wait_for(cond, timeout: float, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    return cond()
-
-
-def worker_pids(session_dir: str) -> dict[str, int]:
-    """worker id -> pid of the workers that have started."""
-    out = {}
-    for info in glob.glob(os.path.join(session_dir, "workers", "*.json")):
-        with open(info) as f:
-            w = json.load(f)
-        out[w["worker"]] = w["pid"]
-    return out
-
-
-def nap2(x: int) -> int:
-    time.sleep(2)
-    return x
-
-
 def test_a_30_s_qmaster_outage_mid_map_is_ridden_out():
     """sge_qmaster stopped for 30 s while 3 workers run a 40-s map, one of them killed
     meanwhile: results keep arriving and the map completes."""
-    with open("/var/spool/gridengine/qmaster/qmaster.pid") as f:
-        qmaster = int(f.read().strip())
-    arrivals: list[float] = []
     with pool(3) as p:
-        it = p.imap_unordered(nap2, range(60), chunksize=1)
-        got = [next(it)]
-        reader = threading.Thread(
-            target=lambda: [(got.append(v), arrivals.append(time.monotonic())) for v in it]
-        )
-        reader.start()
-        assert wait_for(lambda: len(worker_pids(p._driver.path)) == 3, 60)
-        os.kill(qmaster, signal.SIGSTOP)
-        try:
-            t_stop = time.monotonic()
-            os.kill(sorted(worker_pids(p._driver.path).values())[0], signal.SIGKILL)
-            time.sleep(30)
-        finally:
-            os.kill(qmaster, signal.SIGCONT)
-        t_cont = time.monotonic()
-        reader.join(timeout=180)
-        assert not reader.is_alive(), "the map did not complete"
-        stats = p._driver.stats()
-    assert sorted(got) == list(range(60))
-    during = [t for t in arrivals if t_stop < t < t_cont]
-    assert len(during) >= 5, f"results stalled during the outage: {len(during)}"
-    assert stats["workers_lost"] >= 1, stats
+        r = map_through_an_outage(p, "/var/spool/gridengine/qmaster/qmaster.pid")
+    assert r["results"] == list(range(60))
+    assert r["during"] >= 5, f"results stalled during the outage: {r['during']}"
+    assert r["stats"]["workers_lost"] >= 1, r
 
 
 @contextlib.contextmanager

@@ -6,19 +6,16 @@ them is left in squeue afterwards.
 
 from __future__ import annotations
 
-import contextlib
-import glob
-import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 
 import pytest
+from cluster_helpers import map_through_an_outage, nap2, wait_for
 
 import shoal
 from shoal.errors import ConfigError, RemoteTraceback, SchedulerError
@@ -36,16 +33,6 @@ def squeue(name: str, *extra: str) -> list[list[str]]:
     return [line.split(None, 2) for line in out.splitlines() if line.strip()]
 
 
-def wait_for(cond, timeout: float, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    return cond()
-
-
 @pytest.fixture
 def name() -> str:
     """A unique job name for this test; no job of it may remain queued or running."""
@@ -53,29 +40,6 @@ def name() -> str:
     yield job_name
     left = wait_for(lambda: not squeue(job_name), 10) or squeue(job_name)
     assert left is True, f"jobs left behind: {left}"
-
-
-@contextlib.contextmanager
-def stopped(pidfile: str, seconds: float):
-    """SIGSTOP the daemon of `pidfile` for `seconds` (a hung controller), always resumed."""
-    with open(pidfile) as f:
-        pid = int(f.read().strip())
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-        time.sleep(seconds)
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
-def worker_pids(session_dir: str) -> dict[str, int]:
-    """worker id -> pid of the workers that have started."""
-    out = {}
-    for info in glob.glob(os.path.join(session_dir, "workers", "*.json")):
-        with open(info) as f:
-            w = json.load(f)
-        out[w["worker"]] = w["pid"]
-    return out
 
 
 def slurm_env(_: int) -> tuple[str, str]:
@@ -107,8 +71,9 @@ def test_map_imap_apply(name: str) -> None:
         jobs = {j for j, _ in where}
         # Workers are array elements of this session's jobs, never one job per task.
         assert len(where) == 8 and len(jobs) <= 3
-        # 280 tasks went through a handful of workers (a few arrays), not a job per task.
-        assert p._driver.stats()["workers_started"] <= 16
+        # 281 tasks went through a handful of workers (a few arrays), not a job per task: at
+        # most the pool's 4 per call (queued ones are given back when a call's work is done).
+        assert p._driver.stats()["workers_started"] <= 6 * 4
 
 
 def test_task_exception_carries_remote_traceback_and_is_not_retried(name: str, tmp_path) -> None:
@@ -330,37 +295,16 @@ def test_shoal_cancel_of_an_orphaned_session_cancels_its_jobs(name: str, tmp_pat
     assert wait_for(lambda: not squeue(name), 30)
 
 
-def nap2(x: int) -> int:
-    time.sleep(2)
-    return x
-
-
 def test_a_30_s_controller_outage_mid_map_is_ridden_out(name: str) -> None:
     """slurmctld stopped for 30 s while 3 workers run a 40-s map, and one of them killed
     meanwhile: results keep arriving, its replacement is submitted once the controller is
     back, and the map completes."""
-    arrivals: list[float] = []
     with shoal.Pool(3, backend="slurm", job_name=name, poll_interval=0.5) as p:
-        it = p.imap_unordered(nap2, range(60), chunksize=1)
-        got = [next(it)]
-        reader = threading.Thread(
-            target=lambda: [(got.append(v), arrivals.append(time.monotonic())) for v in it]
-        )
-        reader.start()
-        assert wait_for(lambda: len(worker_pids(p._driver.path)) == 3, 30)
-        with stopped("/run/slurm/slurmctld.pid", 30):
-            t_stop = time.monotonic()
-            victim = sorted(worker_pids(p._driver.path).values())[0]
-            os.kill(victim, signal.SIGKILL)
-        t_cont = time.monotonic()
-        reader.join(timeout=150)
-        assert not reader.is_alive(), "the map did not complete"
-        stats = p._driver.stats()
-    assert sorted(got) == list(range(60))
-    during = [t for t in arrivals if t_stop < t < t_cont]
-    assert len(during) >= 5, f"results stalled during the outage: {len(during)}"
+        r = map_through_an_outage(p, "/run/slurm/slurmctld.pid")
+    assert r["results"] == list(range(60))
+    assert r["during"] >= 5, f"results stalled during the outage: {r['during']}"
     # The killed worker was seen (its exit record) and replaced once sbatch answered again.
-    assert stats["workers_lost"] >= 1 and stats["workers_started"] >= 4, stats
+    assert r["stats"]["workers_lost"] >= 1 and r["stats"]["workers_started"] >= 4, r
 
 
 def test_a_request_slurm_can_never_start_fails_fast_with_its_reason(name: str) -> None:

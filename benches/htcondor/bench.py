@@ -16,21 +16,28 @@ import sys
 import time
 
 
+def submit_and_wait(name: str, description: str) -> float:
+    """condor_submit `description` (its event log is NAME/events.log) and wait until every
+    job has terminated; returns the seconds from submit to the last termination."""
+    with open(f"{name}/{name}.sub", "w") as f:
+        f.write(f"log = {name}/events.log\nshould_transfer_files = NO\nrequest_memory = 64\n")
+        f.write(description)
+    start = time.monotonic()
+    subprocess.run(
+        ["condor_submit", "-terse", f"{name}/{name}.sub"], check=True, capture_output=True
+    )
+    subprocess.run(
+        ["condor_wait", "-wait", "1800", f"{name}/events.log"], check=True, capture_output=True
+    )
+    return time.monotonic() - start
+
+
 def raw(n: int) -> str:
     """One condor_submit of `queue N` /bin/true jobs, until the last one has terminated."""
     os.makedirs("raw", exist_ok=True)
-    with open("raw/noop.sub", "w") as f:
-        f.write(
-            "executable = /bin/true\nlog = raw/events.log\noutput = /dev/null\n"
-            "error = /dev/null\nshould_transfer_files = NO\nrequest_memory = 64\n"
-            f"queue {n}\n"
-        )
-    start = time.monotonic()
-    subprocess.run(["condor_submit", "-terse", "raw/noop.sub"], check=True, capture_output=True)
-    subprocess.run(
-        ["condor_wait", "-wait", "1800", "raw/events.log"], check=True, capture_output=True
+    took = submit_and_wait(
+        "raw", f"executable = /bin/true\noutput = /dev/null\nerror = /dev/null\nqueue {n}\n"
     )
-    took = time.monotonic() - start
     with open("raw/events.log") as f:
         done = len(re.findall(r"^005 ", f.read(), re.M))
     assert done == n, f"{done} of {n} jobs terminated"
@@ -42,18 +49,12 @@ def pilot(n: int, workers: int) -> str:
     interpreter and writing the results to a file; submit to every result read back."""
     os.makedirs("pilot/out", exist_ok=True)
     me = os.path.abspath(__file__)
-    with open("pilot/pilot.sub", "w") as f:
-        f.write(
-            f"executable = {sys.executable}\n"
-            f"arguments = {me} slice $(Process) {workers} {n} {os.path.abspath('pilot/out')}\n"
-            "log = pilot/events.log\noutput = pilot/$(Process).out\n"
-            "error = pilot/$(Process).err\nshould_transfer_files = NO\nrequest_memory = 64\n"
-            f"queue {workers}\n"
-        )
     start = time.monotonic()
-    subprocess.run(["condor_submit", "-terse", "pilot/pilot.sub"], check=True, capture_output=True)
-    subprocess.run(
-        ["condor_wait", "-wait", "1800", "pilot/events.log"], check=True, capture_output=True
+    submit_and_wait(
+        "pilot",
+        f"executable = {sys.executable}\n"
+        f"arguments = {me} slice $(Process) {workers} {n} {os.path.abspath('pilot/out')}\n"
+        f"output = pilot/$(Process).out\nerror = pilot/$(Process).err\nqueue {workers}\n",
     )
     out: list[int] = []
     for i in range(workers):

@@ -387,6 +387,7 @@ const MAX_SLEEP: Duration = Duration::from_millis(10);
 const META_EVERY: Duration = Duration::from_millis(500);
 const BEAT_EVERY: Duration = Duration::from_secs(5);
 const CONTROL_EVERY: Duration = Duration::from_millis(250);
+const EVENTS_EVERY: Duration = Duration::from_millis(100);
 
 impl Runner {
     fn run(&mut self, sched: &mut dyn Scheduler) {
@@ -416,7 +417,9 @@ impl Runner {
             }
             let mut busy = self.collect_results();
             busy |= self.notice_claims();
-            if last_poll.elapsed() >= sched.poll_interval() {
+            // The scheduler's events are cheap to take (its queries run elsewhere, at their
+            // own pace): take them often, so running workers are not mistaken for queued ones.
+            if last_poll.elapsed() >= sched.poll_interval().min(EVENTS_EVERY) {
                 last_poll = Instant::now();
                 busy |= self.poll_workers(sched);
                 self.check_heartbeats(sched);

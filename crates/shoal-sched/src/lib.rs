@@ -21,6 +21,8 @@ pub mod sge;
 pub mod shell;
 pub mod slurm;
 pub mod supervisor;
+#[cfg(test)]
+mod testing;
 
 pub use error::{Result, SchedError};
 pub use runner::CallStats;

@@ -193,7 +193,7 @@ impl Runner {
         let mut s = parts.join(" ");
         // Long id lists make unreadable errors; the start says enough.
         if s.len() > 300 {
-            s.truncate(s.floor_char_boundary_compat(300));
+            s.truncate(floor_boundary(&s, 300));
             s.push_str(" ...");
         }
         s
@@ -311,42 +311,37 @@ impl Runner {
     pub fn stats(&self) -> BTreeMap<String, CallStats> {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
-
-    /// One line for people: `squeue 12x 18.2 ms avg (max 40.1), sbatch 1x ...`.
-    pub fn stats_line(&self) -> String {
-        self.stats()
-            .iter()
-            .map(|(name, s)| {
-                let avg = s.total.as_secs_f64() * 1000.0 / s.calls.max(1) as f64;
-                let mut line = format!(
-                    "{name} {}x {avg:.1} ms avg (max {:.1})",
-                    s.calls,
-                    s.max.as_secs_f64() * 1000.0
-                );
-                if s.failures > 0 {
-                    line.push_str(&format!(", {} failed", s.failures));
-                }
-                if s.timeouts > 0 {
-                    line.push_str(&format!(", {} timed out", s.timeouts));
-                }
-                line
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
 }
 
-trait FloorBoundary {
-    fn floor_char_boundary_compat(&self, i: usize) -> usize;
+/// One line for people: `squeue 12x 18.2 ms avg (max 40.1 ms), ...`.
+pub fn stats_line(calls: &BTreeMap<String, CallStats>) -> String {
+    calls
+        .iter()
+        .map(|(name, s)| {
+            let avg = s.total.as_secs_f64() * 1000.0 / s.calls.max(1) as f64;
+            let mut line = format!(
+                "{name} {}x {avg:.1} ms avg (max {:.1} ms)",
+                s.calls,
+                s.max.as_secs_f64() * 1000.0
+            );
+            if s.failures > 0 {
+                line.push_str(&format!(", {} failed", s.failures));
+            }
+            if s.timeouts > 0 {
+                line.push_str(&format!(", {} timed out", s.timeouts));
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
-impl FloorBoundary for String {
-    fn floor_char_boundary_compat(&self, mut i: usize) -> usize {
-        while i > 0 && !self.is_char_boundary(i) {
-            i -= 1;
-        }
-        i
+/// The largest char boundary at or below `i`.
+fn floor_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
     }
+    i
 }
 
 fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
@@ -410,7 +405,11 @@ mod tests {
         let s = r.stats();
         assert_eq!((s["ok"].calls, s["ok"].failures), (1, 0));
         assert_eq!((s["bad"].calls, s["bad"].failures), (1, 1));
-        assert!(r.stats_line().contains("bad 1x"), "{}", r.stats_line());
+        assert!(
+            stats_line(&r.stats()).contains("bad 1x"),
+            "{}",
+            stats_line(&r.stats())
+        );
     }
 
     #[test]

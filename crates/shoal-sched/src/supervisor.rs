@@ -11,7 +11,7 @@
 //! [`OUTAGE_GRACE`] failed, quoting the last error.
 
 use crate::error::{Result, SchedError};
-use crate::runner::{Abort, CallStats, ABORTED, TIMED_OUT};
+use crate::runner::{stats_line, Abort, CallStats, ABORTED, TIMED_OUT};
 use crate::{LaunchSpec, Scheduler, WorkerEvent, WorkerState};
 use backon::BackoffBuilder;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
@@ -89,7 +89,15 @@ pub trait Backend: Send + 'static {
         false
     }
 
+    /// How often the scheduler itself may be queried.
     fn poll_interval(&self) -> Duration;
+
+    /// How often `poll` is worth calling: backends that rate-limit their queries themselves
+    /// and read cheap local signals (exit records, announcements, the job log) in between
+    /// are called more often than they query.
+    fn tick(&self) -> Duration {
+        self.poll_interval()
+    }
 
     /// Most workers one submission may start (site caps on array or cluster sizes).
     fn max_batch(&self) -> usize {
@@ -400,29 +408,6 @@ impl Drop for Supervisor {
     }
 }
 
-/// One line for people: `squeue 12x 18.2 ms avg (max 40.1 ms), ...`.
-pub fn stats_line(calls: &BTreeMap<String, CallStats>) -> String {
-    calls
-        .iter()
-        .map(|(name, s)| {
-            let avg = s.total.as_secs_f64() * 1000.0 / s.calls.max(1) as f64;
-            let mut line = format!(
-                "{name} {}x {avg:.1} ms avg (max {:.1} ms)",
-                s.calls,
-                s.max.as_secs_f64() * 1000.0
-            );
-            if s.failures > 0 {
-                line.push_str(&format!(", {} failed", s.failures));
-            }
-            if s.timeouts > 0 {
-                line.push_str(&format!(", {} timed out", s.timeouts));
-            }
-            line
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// Consecutive failures of one kind of call, and when to try again.
 struct Failures {
     what: &'static str,
@@ -695,7 +680,7 @@ impl<'a> Thread<'a> {
         }
         match self.backend.poll() {
             Ok(events) => {
-                self.next_poll = Instant::now() + interval;
+                self.next_poll = Instant::now() + self.backend.tick().min(interval);
                 if let Some(msg) = self.queries.recovered() {
                     self.note(msg);
                 }

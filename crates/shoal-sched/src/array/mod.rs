@@ -27,6 +27,8 @@ pub const IDS_PER_CALL: usize = 500;
 const CANCEL_CONFIRM: Duration = Duration::from_secs(30);
 /// Queries in a row an element must be missing from before it counts as gone.
 const MISSING_ROUNDS: u32 = 2;
+/// How often exit records and announcements are looked at (no scheduler call).
+const TICK: Duration = Duration::from_millis(100);
 /// Polls an element stays pending before asking whether it can ever start (the check is
 /// about the request, not the load, so asking early is safe).
 const STUCK_POLLS: u32 = 3;
@@ -96,21 +98,27 @@ pub struct Common {
 /// A program and its arguments.
 pub type Call = (&'static str, Vec<String>);
 
+/// What an adapter says about its scheduler, once.
+#[derive(Debug, Clone, Copy)]
+pub struct Info {
+    /// The backend's registry name (`slurm`).
+    pub name: &'static str,
+    /// How the scheduler is called in messages (`Slurm`).
+    pub display: &'static str,
+    /// Client programs that must be on PATH.
+    pub tools: &'static [&'static str],
+    /// What to tell a user whose client programs are missing.
+    pub missing_hint: &'static str,
+    /// The variable with the element's array index inside a job.
+    pub index_var: &'static str,
+    /// The first array index (Slurm 0, SGE 1).
+    pub first_index: u64,
+}
+
 /// The per-scheduler part of an array backend.
 pub trait Adapter: Send + 'static {
-    fn name(&self) -> &'static str;
-    /// How the scheduler is called in messages ("Slurm", "SGE").
-    fn display(&self) -> &'static str;
+    fn info(&self) -> &'static Info;
     fn common(&self) -> &Common;
-    /// Client programs that must be on PATH.
-    fn tools(&self) -> &'static [&'static str];
-    /// What to tell a user whose client programs are missing.
-    fn missing_hint(&self) -> &'static str;
-    /// The variable with the element's array index inside a job.
-    fn index_var(&self) -> &'static str;
-    /// What the scheduler replaces with the array index in output paths (`%a`, `$TASK_ID`).
-    fn index_placeholder(&self) -> &'static str;
-    fn first_index(&self) -> u64;
     /// Lines the scheduler reads from the script before its first command (`#SBATCH ...`).
     fn directives(&self) -> Vec<String> {
         Vec::new()
@@ -149,7 +157,7 @@ pub trait Adapter: Send + 'static {
     fn never_starts(&mut self, _run: &Runner, _job: &str) -> Option<String> {
         None
     }
-    /// The scheduler's name for one element (`123_4`, `123.4`), for messages.
+    /// The scheduler's name for one element (`123_4`, `123.4`), for messages and cancels.
     fn element_id(&self, job: &str, index: u64) -> String;
     /// Errors that go away by themselves (the controller busy or down, a per-user cap).
     fn transient(&self, e: &SchedError) -> bool;
@@ -179,6 +187,7 @@ pub struct ArrayBackend<A: Adapter> {
     run: Runner,
     site: Site,
     script: Option<PathBuf>,
+    session: Option<shoal_core::SessionDir>,
     exit_dir: Option<PathBuf>,
     tracked: BTreeMap<String, Tracked>,
     /// Every job of the session, in submission order.
@@ -195,12 +204,13 @@ pub struct ArrayBackend<A: Adapter> {
 
 impl<A: Adapter> ArrayBackend<A> {
     pub fn new(adapter: A) -> Self {
-        let run = Runner::new(adapter.missing_hint());
+        let run = Runner::new(adapter.info().missing_hint);
         ArrayBackend {
             adapter,
             run,
             site: Site::default(),
             script: None,
+            session: None,
             exit_dir: None,
             tracked: BTreeMap::new(),
             jobs: Vec::new(),
@@ -276,7 +286,7 @@ impl<A: Adapter> ArrayBackend<A> {
         }
         s.push_str(&format!(
             "SHOAL_WORKER_ID=\"$1-${}\"; export SHOAL_WORKER_ID\n",
-            self.adapter.index_var()
+            self.adapter.info().index_var
         ));
         let argv: Vec<String> = spec.worker_argv(None).iter().map(|a| sh_quote(a)).collect();
         s.push_str(&argv.join(" "));
@@ -323,15 +333,15 @@ impl<A: Adapter> ArrayBackend<A> {
                 Ok(code) if code > 128 => WorkerState::Lost(format!(
                     "worker exited with code {code} (signal {}) [{} job {job}]",
                     code - 128,
-                    self.adapter.display()
+                    self.adapter.info().display
                 )),
                 Ok(code) => WorkerState::Lost(format!(
                     "worker exited with code {code} [{} job {job}]",
-                    self.adapter.display()
+                    self.adapter.info().display
                 )),
                 Err(_) => WorkerState::Lost(format!(
                     "worker left an unreadable exit record {text:?} [{} job {job}]",
-                    self.adapter.display()
+                    self.adapter.info().display
                 )),
             };
             self.track_loss(&state);
@@ -339,6 +349,26 @@ impl<A: Adapter> ArrayBackend<A> {
                 worker: name,
                 state,
             });
+        }
+    }
+
+    /// Workers that announced themselves in the session dir are running, whatever the last
+    /// listing said: seen at once, without a query.
+    fn read_announcements(&mut self, events: &mut Vec<WorkerEvent>) {
+        if !self.tracked.values().any(|t| t.seen == Seen::Pending) {
+            return;
+        }
+        let Some(session) = &self.session else {
+            return;
+        };
+        for (id, t) in self.tracked.iter_mut() {
+            if t.seen == Seen::Pending && session.worker_info(id).exists() {
+                t.seen = Seen::Running;
+                events.push(WorkerEvent {
+                    worker: id.clone(),
+                    state: WorkerState::Running,
+                });
+            }
         }
     }
 
@@ -363,7 +393,7 @@ impl<A: Adapter> ArrayBackend<A> {
     fn lose(&mut self, id: &str, t: &Tracked, reason: &str, events: &mut Vec<WorkerEvent>) {
         let state = WorkerState::Lost(format!(
             "{reason} [{} job {}]",
-            self.adapter.display(),
+            self.adapter.info().display,
             self.adapter.element_id(&t.job, t.index)
         ));
         self.track_loss(&state);
@@ -491,7 +521,7 @@ impl<A: Adapter> ArrayBackend<A> {
 
 impl<A: Adapter> Backend for ArrayBackend<A> {
     fn name(&self) -> &'static str {
-        self.adapter.name()
+        self.adapter.info().name
     }
 
     fn capacity(&self) -> usize {
@@ -506,23 +536,28 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
         self.adapter.common().poll_interval
     }
 
+    /// Exit records and announcements are files: look often; listings stay rate-limited.
+    fn tick(&self) -> Duration {
+        TICK
+    }
+
     fn max_batch(&self) -> usize {
         self.site.max_array.max(1)
     }
 
     fn ids(&self) -> IdScheme {
         IdScheme::Array {
-            first_index: self.adapter.first_index(),
+            first_index: self.adapter.info().first_index,
         }
     }
 
     fn preflight(&mut self, spec: &LaunchSpec) -> Result<Vec<String>> {
-        for tool in self.adapter.tools() {
+        for tool in self.adapter.info().tools {
             if self.run.find(tool).is_none() {
                 return Err(SchedError::Missing {
-                    what: format!("{} command {tool}", self.adapter.display()),
+                    what: format!("{} command {tool}", self.adapter.info().display),
                     detail: "it is not on PATH".into(),
-                    hint: self.adapter.missing_hint().into(),
+                    hint: self.adapter.info().missing_hint.into(),
                 });
             }
         }
@@ -537,9 +572,10 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
         create_private_dir(&exit_dir)?;
         let script = spec
             .session
-            .sub(&format!("{}-worker.sh", self.adapter.name()));
+            .sub(&format!("{}-worker.sh", self.adapter.info().name));
         write_atomic(&script, &[self.script_text(spec, &exit_dir)?.as_bytes()])?;
         self.exit_dir = Some(exit_dir);
+        self.session = Some(spec.session.clone());
         self.script = Some(script.clone());
         self.site = self.adapter.preflight(&self.run, spec, &script)?;
         Ok(std::mem::take(&mut self.site.notes))
@@ -560,7 +596,7 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
         let Some(script) = self.script.clone() else {
             return Err(SchedError::Config(format!(
                 "{} backend: submit before preflight",
-                self.adapter.name()
+                self.adapter.info().name
             )));
         };
         let n = batch.ids.len();
@@ -578,7 +614,7 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
                 ),
             )
         })?;
-        let first = self.adapter.first_index();
+        let first = self.adapter.info().first_index;
         for (k, id) in batch.ids.iter().enumerate() {
             self.tracked.insert(
                 id.clone(),
@@ -600,6 +636,7 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
     fn poll(&mut self) -> Result<Vec<WorkerEvent>> {
         let mut events = Vec::new();
         self.read_exit_records(&mut events);
+        self.read_announcements(&mut events);
         // At most one listing per interval, however often we are asked.
         if self.tracked.is_empty()
             || self
@@ -673,7 +710,7 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
                     command: self.adapter.cancel(&[], false).0.to_string(),
                     message: format!(
                         "{} jobs still listed {} s after cancelling: {}",
-                        self.adapter.display(),
+                        self.adapter.info().display,
                         self.cancel_wait.as_secs(),
                         ids.join(", ")
                     ),

@@ -696,6 +696,11 @@ impl Backend for HtcondorBackend {
         self.opts.poll_interval
     }
 
+    /// The job log is a local file and condor_q is rate-limited: read the log often.
+    fn tick(&self) -> Duration {
+        self.opts.poll_interval.min(Duration::from_millis(100))
+    }
+
     fn max_batch(&self) -> usize {
         self.limits.per_submission.unwrap_or(usize::MAX).max(1)
     }

@@ -14,7 +14,7 @@ mod parse;
 pub use options::{resources, SgeOptions, DEFAULT_FORWARD};
 pub use parse::{qacct_records, qstat_listing, Accounting, TaskState};
 
-use crate::array::{Adapter, ArrayBackend, Call, Common, Element, Listed, Site, Target};
+use crate::array::{Adapter, ArrayBackend, Call, Common, Element, Info, Listed, Site, Target};
 use crate::error::{Result, SchedError};
 use crate::runner::Runner;
 use crate::supervisor::says_any;
@@ -40,6 +40,16 @@ const TRANSIENT: [&str; 11] = [
     "timed out",
     "unable to connect",
 ];
+
+const INFO: Info = Info {
+    name: "sge",
+    display: "SGE",
+    tools: &["qsub", "qstat", "qdel"],
+    missing_hint: "run on an SGE submit host with the client environment loaded \
+                   (`. $SGE_ROOT/$SGE_CELL/common/settings.sh`)",
+    index_var: "SGE_TASK_ID",
+    first_index: 1,
+};
 
 pub struct Sge {
     opts: SgeOptions,
@@ -150,37 +160,12 @@ impl Sge {
 }
 
 impl Adapter for Sge {
-    fn name(&self) -> &'static str {
-        "sge"
-    }
-
-    fn display(&self) -> &'static str {
-        "SGE"
+    fn info(&self) -> &'static Info {
+        &INFO
     }
 
     fn common(&self) -> &Common {
         &self.common
-    }
-
-    fn tools(&self) -> &'static [&'static str] {
-        &["qsub", "qstat", "qdel"]
-    }
-
-    fn missing_hint(&self) -> &'static str {
-        "run on an SGE submit host with the client environment loaded \
-         (`. $SGE_ROOT/$SGE_CELL/common/settings.sh`)"
-    }
-
-    fn index_var(&self) -> &'static str {
-        "SGE_TASK_ID"
-    }
-
-    fn index_placeholder(&self) -> &'static str {
-        "$TASK_ID"
-    }
-
-    fn first_index(&self) -> u64 {
-        1
     }
 
     fn forwarded_env(&self) -> Vec<(String, String)> {

@@ -291,6 +291,28 @@ fn site_caps_shape_the_pool() {
 }
 
 #[test]
+fn a_worker_that_announced_itself_is_running_without_a_query() {
+    let f = Fake::new();
+    let mut s = f.sched(json!({}));
+    s.preflight(&f.spec()).unwrap();
+    s.submit(&f.spec(), &batch(1, 2)).unwrap();
+    std::fs::write(f.session.worker_info("b1-2"), "{}").unwrap();
+    let before = f.calls().matches("qstat").count();
+    assert_eq!(
+        s.poll().unwrap(),
+        vec![WorkerEvent {
+            worker: "b1-2".into(),
+            state: WorkerState::Running
+        }]
+    );
+    assert_eq!(
+        f.calls().matches("qstat").count(),
+        before + 1,
+        "only the rate-limited listing"
+    );
+}
+
+#[test]
 fn failed_exit_code_is_lost() {
     let f = Fake::new();
     let mut s = f.sched(json!({}));

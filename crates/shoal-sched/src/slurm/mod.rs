@@ -10,7 +10,7 @@ pub mod options;
 pub mod query;
 pub mod submit;
 
-use crate::array::{Adapter, ArrayBackend, Call, Common, Element, Listed, Site, Target};
+use crate::array::{Adapter, ArrayBackend, Call, Common, Element, Info, Listed, Site, Target};
 use crate::error::{Result, SchedError};
 use crate::runner::Runner;
 use crate::supervisor::says_any;
@@ -39,6 +39,15 @@ const TRANSIENT: [&str; 13] = [
     "job submit limit",
     "slurm_persist_conn_open",
 ];
+
+const INFO: Info = Info {
+    name: "slurm",
+    display: "Slurm",
+    tools: &["sbatch", "squeue", "scancel", "scontrol"],
+    missing_hint: "run on a Slurm submit host, or load Slurm first (e.g. `module load slurm`)",
+    index_var: "SLURM_ARRAY_TASK_ID",
+    first_index: 0,
+};
 
 pub struct Slurm {
     opts: SlurmOptions,
@@ -180,36 +189,12 @@ fn read_tail(path: &Path, max: u64) -> Option<String> {
 }
 
 impl Adapter for Slurm {
-    fn name(&self) -> &'static str {
-        "slurm"
-    }
-
-    fn display(&self) -> &'static str {
-        "Slurm"
+    fn info(&self) -> &'static Info {
+        &INFO
     }
 
     fn common(&self) -> &Common {
         &self.common
-    }
-
-    fn tools(&self) -> &'static [&'static str] {
-        &["sbatch", "squeue", "scancel", "scontrol"]
-    }
-
-    fn missing_hint(&self) -> &'static str {
-        "run on a Slurm submit host, or load Slurm first (e.g. `module load slurm`)"
-    }
-
-    fn index_var(&self) -> &'static str {
-        "SLURM_ARRAY_TASK_ID"
-    }
-
-    fn index_placeholder(&self) -> &'static str {
-        "%a"
-    }
-
-    fn first_index(&self) -> u64 {
-        0
     }
 
     fn directives(&self) -> Vec<String> {

@@ -7,7 +7,6 @@ use crate::{SchedError, WorkerEvent, WorkerState};
 use serde_json::json;
 use shoal_core::SessionDir;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,16 +27,7 @@ impl Fake {
         let tmp = tempfile::tempdir().unwrap();
         let bin = tmp.path().join("bin");
         fs::create_dir(&bin).unwrap();
-        let d = bin.display();
-        let tool = |name: &str, body: &str| {
-            let p = bin.join(name);
-            fs::write(
-                &p,
-                format!("#!/bin/sh\nD={d}\necho \"$*\" >> $D/{name}.log\n{body}\n"),
-            )
-            .unwrap();
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-        };
+        let tool = |name: &str, body: &str| crate::testing::fake_tool(&bin, name, body);
         tool(
             "sbatch",
             "if [ -f $D/sbatch.fail ]; then cat $D/sbatch.fail >&2; exit 1; fi\n\

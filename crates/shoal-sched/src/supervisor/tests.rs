@@ -7,7 +7,6 @@ use crate::slurm;
 use serde_json::json;
 use shoal_core::SessionDir;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 const CONFIG: &str = "AccountingStorageType = accounting_storage/none\nMaxArraySize = 1001\n\
@@ -26,18 +25,7 @@ impl Fake {
         let tmp = tempfile::tempdir().unwrap();
         let bin = tmp.path().join("bin");
         fs::create_dir(&bin).unwrap();
-        let tool = |name: &str, body: &str| {
-            let p = bin.join(name);
-            fs::write(
-                &p,
-                format!(
-                    "#!/bin/sh\nD={}\necho \"$*\" >> $D/{name}.log\n{body}\n",
-                    bin.display()
-                ),
-            )
-            .unwrap();
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-        };
+        let tool = |name: &str, body: &str| crate::testing::fake_tool(&bin, name, body);
         let failing = |name: &str| {
             format!(
                 "n=$(cat $D/{name}.left 2>/dev/null || echo 0)\n\
