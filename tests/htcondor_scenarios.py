@@ -366,8 +366,12 @@ def suspend() -> dict[str, Any]:
 
         started = running(lambda n: n == 1, 90)
         job = running_job(session)
+        before = pool._driver.stats()["workers_started"]
         sus = subprocess.run(["condor_suspend", job], capture_output=True, text=True)
-        seen_suspended = running(lambda n: n == 0, 20)
+        # No longer counted running: it drops out, or the engine starts a replacement.
+        seen_suspended = running(
+            lambda n: n == 0 or pool._driver.stats()["workers_started"] > before, 20
+        )
         cont = subprocess.run(["condor_continue", job], capture_output=True, text=True)
         # Resumed (a replacement may have been started meanwhile).
         seen_resumed = running(lambda n: n >= 1, 20)
