@@ -560,8 +560,8 @@ pub fn init_sections() -> String {
     let mut s = String::new();
     for b in BACKENDS {
         s.push_str(&format!(
-            "[{}.default]            # {}\n",
-            b.name, b.summary
+            "# {}: {}\n[{}.default]\n",
+            b.name, b.summary, b.name
         ));
         let width = b
             .options
