@@ -71,12 +71,8 @@ impl Backend for LocalBackend {
         self.workers
     }
 
-    fn keep_warm(&self) -> bool {
-        true
-    }
-
     fn poll_interval(&self) -> Duration {
-        Duration::from_millis(20)
+        crate::registry::known("local").default_poll()
     }
 
     fn ids(&self) -> IdScheme {

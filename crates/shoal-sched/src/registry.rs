@@ -180,6 +180,19 @@ impl Backend {
     pub fn option(&self, name: &str) -> Option<&'static Opt> {
         self.options.iter().find(|o| o.name == name)
     }
+
+    /// The default seconds between scheduler queries, as a duration.
+    pub fn default_poll(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.defaults.poll_interval)
+    }
+}
+
+/// The entry of a backend this crate implements (a programming error if it is missing).
+pub fn known(name: &str) -> &'static Backend {
+    BACKENDS
+        .iter()
+        .find(|b| b.name == name)
+        .unwrap_or_else(|| panic!("backend {name:?} is not in the registry"))
 }
 
 /// Options every backend takes (the Pool/Executor keywords that are not the backend's own).

@@ -85,8 +85,9 @@ pub trait Backend: Send + 'static {
     /// Most workers at once under the options and the site's limits (known after preflight).
     fn capacity(&self) -> usize;
 
+    /// Whether idle workers are kept (the registry's default for the backend).
     fn keep_warm(&self) -> bool {
-        false
+        crate::registry::known(self.name()).defaults.keep_warm
     }
 
     /// How often the scheduler itself may be queried.

@@ -73,7 +73,7 @@ impl Default for CondorOptions {
             getenv: None,
             initial_dir: None,
             extra_directives: Vec::new(),
-            poll_interval: Duration::from_millis(500),
+            poll_interval: crate::registry::known("htcondor").default_poll(),
             log_dir: None,
         }
     }

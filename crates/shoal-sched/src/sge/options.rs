@@ -176,7 +176,7 @@ impl SgeOptions {
             }),
             poll_interval: o
                 .seconds("poll_interval")?
-                .unwrap_or(Duration::from_secs(2)),
+                .unwrap_or_else(|| crate::registry::known("sge").default_poll()),
             max_lost_workers: o
                 .count("max_lost_workers")?
                 .map_or(2 * workers + 8, |n| n as usize),

@@ -59,14 +59,16 @@ impl SlurmOptions {
             extra_directives: o.lines("extra_directives")?,
             poll_interval: o
                 .seconds("poll_interval")?
-                .map_or(DEFAULT_POLL, |d| d.max(Duration::from_millis(100))),
+                .map_or(default_poll(), |d| d.max(Duration::from_millis(100))),
         })
     }
 }
 
-/// One squeue per second per session: quick enough to see a dead worker within two
-/// intervals, and a negligible load on the controller (~10-30 ms per query).
-pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+/// The registry's default: one squeue per second per session, quick enough to see a dead
+/// worker within two intervals and a negligible load on the controller (~10-30 ms a query).
+pub fn default_poll() -> Duration {
+    crate::registry::known("slurm").default_poll()
+}
 
 #[cfg(test)]
 mod tests {
@@ -94,7 +96,7 @@ mod tests {
         let d = SlurmOptions::from_json(3, &json!({})).unwrap();
         assert_eq!(
             (d.max_workers, d.poll_interval, d.job_name.as_str()),
-            (3, DEFAULT_POLL, "shoal")
+            (3, Duration::from_secs(1), "shoal")
         );
     }
 
