@@ -73,7 +73,7 @@ def _worker_id(info_path: str) -> str:
 
 
 def running_worker(pool: shoal.Pool, timeout: float = 90) -> str:
-    """A worker id (Cluster.Proc) whose process has started (it wrote its info file)."""
+    """A worker id whose process has started (it wrote its info file)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         infos = sorted(glob.glob(os.path.join(pool._driver.path, "workers", "*.json")))
@@ -81,6 +81,29 @@ def running_worker(pool: shoal.Pool, timeout: float = 90) -> str:
             return _worker_id(infos[0])
         time.sleep(0.2)
     raise TimeoutError("no worker started")
+
+
+def running_job(session: str, timeout: float = 90) -> str:
+    """Cluster.Proc of a running job of the session (what condor_hold and condor_rm take)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            [
+                "condor_q",
+                "-constraint",
+                f'ShoalSession == "{session}" && JobStatus == 2',
+                "-af",
+                "ClusterId",
+                "ProcId",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if out:
+            return f"{out[0]}.{out[1]}"
+        time.sleep(0.2)
+    raise TimeoutError("no job running")
 
 
 @scenario
@@ -171,7 +194,8 @@ def disturb(action: str) -> dict[str, Any]:
         session = pool.session
         n = 60
         result = pool.imap_unordered(slow_square, range(n), chunksize=2)
-        victim = running_worker(pool)
+        running_worker(pool)
+        victim = running_job(session)
         time.sleep(1.0)  # let it claim a chunk
         done = subprocess.run([f"condor_{action}", victim], capture_output=True, text=True)
         values = list(result)
@@ -229,11 +253,10 @@ def bad_requests() -> dict[str, Any]:
     }
 
 
-@scenario
-def held_forever() -> dict[str, Any]:
-    """Every worker is put on hold by policy: a clear error, never a hang."""
+def session_error(**options: Any) -> dict[str, Any]:
+    """A map on a pool whose workers can never run: the SessionError, and how soon."""
     start = time.monotonic()
-    pool = shoal.Pool(2, backend="htcondor", extra_directives=["periodic_hold = True"])
+    pool = shoal.Pool(2, backend="htcondor", **options)
     session = pool.session
     try:
         pool.map(square, range(10))
@@ -251,6 +274,12 @@ def held_forever() -> dict[str, Any]:
 
 
 @scenario
+def held_forever() -> dict[str, Any]:
+    """Every worker is put on hold by policy: a clear error, never a hang."""
+    return session_error(extra_directives=["periodic_hold = True"])
+
+
+@scenario
 def interrupted() -> dict[str, Any]:
     """Killed by Ctrl-C (SIGINT from the test) while workers run: they must all go."""
     pool = shoal.Pool(3, backend="htcondor")
@@ -265,6 +294,103 @@ def interrupted() -> dict[str, Any]:
         pool.terminate()
         return {"interrupted": True, "left": session_jobs(session)}
     return {"interrupted": False, "left": session_jobs(session)}
+
+
+def nap2(x: int) -> int:
+    time.sleep(2)
+    return x
+
+
+@scenario
+def outage() -> dict[str, Any]:
+    """A 40-s map on 3 workers; the test stops the schedd for 30 s (and kills a worker) once
+    it reads READY. Result arrival times tell whether delivery stalled."""
+    arrivals: list[float] = []
+    with shoal.Pool(3, backend="htcondor", heartbeat_timeout=120) as pool:
+        session = pool.session
+        it = pool.imap_unordered(nap2, range(60), chunksize=1)
+        got = [next(it)]
+        deadline = time.monotonic() + 90
+        while len(glob.glob(os.path.join(pool._driver.path, "workers", "*.json"))) < 3:
+            assert time.monotonic() < deadline, "3 workers never started"
+            time.sleep(0.2)
+        print(f"READY {pool._driver.path}", flush=True)
+        for v in it:
+            got.append(v)
+            arrivals.append(time.time())
+        stats = pool._driver.stats()
+    return {
+        "ok": sorted(got) == list(range(60)),
+        "arrivals": arrivals,
+        "stats": stats,
+        "left": session_jobs(session),
+    }
+
+
+@scenario
+def unsatisfiable() -> dict[str, Any]:
+    """More memory than any slot has: a clear error soon, never a silent wait."""
+    return session_error(request_memory="100G")
+
+
+@scenario
+def caps() -> dict[str, Any]:
+    """A default pool (16 workers) under MAX_JOBS_PER_SUBMISSION=4, MAX_JOBS_PER_OWNER=8."""
+    with shoal.Pool(backend="htcondor") as pool:
+        session = pool.session
+        values = pool.map(slow_square, range(64), chunksize=1)
+        stats = pool._driver.stats()
+        with open(os.path.join(pool._driver.path, "condor.log")) as f:
+            submitted = re.findall(r"^000 \((\d+)\.(\d+)\.\d+\)", f.read(), re.M)
+    per_cluster: dict[str, int] = {}
+    for c, _ in submitted:
+        per_cluster[c] = per_cluster.get(c, 0) + 1
+    return {
+        "ok": values == [i * i for i in range(64)],
+        "stats": stats,
+        "per_cluster": list(per_cluster.values()),
+        "left": session_jobs(session),
+    }
+
+
+@scenario
+def suspend() -> dict[str, Any]:
+    """condor_suspend of the only worker: it is no longer counted running; condor_continue
+    brings it back, and the map completes."""
+    with shoal.Pool(1, backend="htcondor") as pool:
+        session = pool.session
+        res = pool.map_async(nap2, range(6), chunksize=1)
+
+        def running(ok: Callable[[int], bool], timeout: float) -> bool:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if ok(pool._driver.stats()["workers_running"]):
+                    return True
+                time.sleep(0.2)
+            return False
+
+        started = running(lambda n: n == 1, 90)
+        job = running_job(session)
+        before = pool._driver.stats()["workers_started"]
+        sus = subprocess.run(["condor_suspend", job], capture_output=True, text=True)
+        # No longer counted running: it drops out, or the engine starts a replacement.
+        seen_suspended = running(
+            lambda n: n == 0 or pool._driver.stats()["workers_started"] > before, 20
+        )
+        cont = subprocess.run(["condor_continue", job], capture_output=True, text=True)
+        # Resumed (a replacement may have been started meanwhile).
+        seen_resumed = running(lambda n: n >= 1, 20)
+        values = res.get(timeout=120)
+    return {
+        "started": started,
+        "suspend": sus.returncode,
+        "suspend_out": sus.stdout + sus.stderr,
+        "continue": cont.returncode,
+        "seen_suspended": seen_suspended,
+        "seen_resumed": seen_resumed,
+        "ok": values == list(range(6)),
+        "left": session_jobs(session),
+    }
 
 
 def main() -> None:

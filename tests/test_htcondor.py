@@ -40,6 +40,7 @@ class Runner:
         self.python = python
         self.sandbox = sandbox
         self.as_user = as_user
+        self.stderr = ""  # of the last scenario that finished
         home = pwd.getpwnam(USER).pw_dir if as_user else os.environ.get("HOME", "/tmp")
         self.env = {
             "CONDOR_CONFIG": CONDOR_CONFIG,
@@ -74,6 +75,7 @@ class Runner:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
             pytest.fail(f"scenario {name} did not finish in {timeout} s\n--- stderr\n{err[-3000:]}")
+        self.stderr = err
         lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             pytest.fail(
@@ -145,15 +147,16 @@ def test_map_imap_apply_results_from_one_cluster_of_workers(condor: Runner) -> N
     assert r["ok"], r
     assert r["left"] == []
     workers, submitted = r["workers"], r["submitted"]
-    assert workers and all(re.fullmatch(r"\d+\.\d+", w) for w in workers), workers
-    assert set(workers) <= set(submitted), (workers, submitted)
-    # Workers come as the procs of `queue N` clusters, not one job each.
+    assert workers and all(re.fullmatch(r"b\d+-\d+", w) for w in workers), workers
+    assert len(workers) <= len(submitted), (workers, submitted)
+    # Workers come as the procs of `queue N` clusters (one per batch), not one job each.
     clusters = {w.split(".")[0] for w in submitted}
     assert len(clusters) < len(submitted) <= 4, submitted
+    assert len(clusters) == len({w.split("-")[0] for w in workers}), (workers, submitted)
     sub = r["submit"]
     assert re.search(r"^queue \d+$", sub, re.M), sub
-    assert "--worker-id $(Cluster).$(Process)" in sub
-    assert "logs/$(Cluster).$(Process).out" in sub and "logs/$(Cluster).$(Process).err" in sub
+    assert re.search(r"--worker-id b\d+-\$\(Process\)", sub), sub
+    assert re.search(r"logs/b\d+-\$\(Process\)\.out", sub), sub
     assert "request_memory = 256" in sub and '+ProjectName = "shoal-tests"' in sub
     assert r["stats"]["workers_lost"] == 0
 
@@ -169,7 +172,7 @@ def test_remote_traceback(condor: Runner) -> None:
     assert r["type"] == "KeyError", r
     assert "bad item 3" in r["message"]
     assert "Traceback (most recent call last)" in r["cause"] and "in fail" in r["cause"], r
-    assert re.search(r"on worker \d+\.\d+", r["cause"]), r["cause"]
+    assert re.search(r"on worker b\d+-\d+", r["cause"]), r["cause"]
     assert r["ok_after"] == 49
     assert r["left"] == []
 
@@ -234,3 +237,97 @@ def test_ctrl_c_removes_every_job(condor: Runner) -> None:
     assert r["interrupted"] is True
     assert r["left"] == []
     assert shoal_jobs() == []
+
+
+def schedd_pid() -> int:
+    """The condor_schedd that the chroot's condor_master runs."""
+    with open("/var/lib/shoal-condor/run/condor/master.pid") as f:
+        master = f.read().strip()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        ppid = text[text.rindex(")") + 2 :].split()[1]
+        if comm == "condor_schedd" and ppid == master:
+            return int(stat.parent.name)
+    raise RuntimeError("no condor_schedd under the test pool's condor_master")
+
+
+def test_a_30_s_schedd_outage_mid_map_is_ridden_out(condor: Runner) -> None:
+    proc = condor.popen("outage")
+    assert proc.stdout is not None
+    session_dir = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line or line.startswith("READY "):
+            session_dir = line.split(maxsplit=1)[1].strip() if line else None
+            break
+    assert session_dir, "the scenario never got 3 workers running"
+    schedd = schedd_pid()
+    os.kill(schedd, signal.SIGSTOP)
+    try:
+        t_stop = time.time()
+        infos = sorted(Path(session_dir, "workers").glob("*.json"))
+        os.kill(json.loads(infos[0].read_text())["pid"], signal.SIGKILL)
+        time.sleep(30)
+    finally:
+        os.kill(schedd, signal.SIGCONT)
+    t_cont = time.time()
+    r = condor.result("outage", proc, timeout=240)
+    assert r["ok"], r
+    during = [t for t in r["arrivals"] if t_stop < t < t_cont]
+    assert len(during) >= 5, f"results stalled during the outage: {len(during)}"
+    assert r["stats"]["workers_lost"] >= 1, r["stats"]
+    assert r["left"] == []
+
+
+def test_a_request_no_slot_can_meet_fails_fast_with_htcondors_analysis(condor: Runner) -> None:
+    r = condor.run("unsatisfiable")
+    assert r["error"] == "SessionError", r
+    msg = r["message"]
+    assert "never run" in msg and "TARGET.Memory >= RequestMemory" in msg, msg
+    assert "better-analyze" in msg and "request_memory=" in msg, msg
+    assert r["seconds"] < 60, r
+    assert r["left"] == []
+
+
+CHROOT = "/var/lib/shoal-condor"
+CAPS = f"{CHROOT}/etc/condor/config.d/90-shoal-test-caps.conf"
+
+
+def test_schedd_caps_shape_a_default_pool(condor: Runner) -> None:
+    def reconfig() -> None:
+        # An administrator's command: host root maps to the job user, so run it inside.
+        subprocess.run(
+            ["chroot", CHROOT, "condor_reconfig", "-schedd"],
+            capture_output=True,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"},
+            check=True,
+        )
+        time.sleep(1)
+
+    with open(CAPS, "w") as f:
+        f.write("MAX_JOBS_PER_SUBMISSION = 4\nMAX_JOBS_PER_OWNER = 8\n")
+    try:
+        reconfig()
+        r = condor.run("caps")
+    finally:
+        os.remove(CAPS)
+        reconfig()
+    assert r["ok"], r
+    assert r["per_cluster"] and max(r["per_cluster"]) <= 4, r
+    assert r["stats"]["workers_started"] >= 1, r
+    assert "MAX_JOBS_PER_SUBMISSION=4" in condor.stderr, condor.stderr[-2000:]
+    assert "at most 8 workers" in condor.stderr, condor.stderr[-2000:]
+    assert r["left"] == []
+
+
+def test_a_suspended_worker_is_not_counted_running(condor: Runner) -> None:
+    r = condor.run("suspend")
+    assert r["started"] and r["suspend"] == 0, r
+    assert r["seen_suspended"] and r["seen_resumed"], r
+    assert r["ok"], r
+    assert r["left"] == []

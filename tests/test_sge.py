@@ -4,6 +4,8 @@ job of any session left in the queue afterwards."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import re
 import shutil
@@ -15,6 +17,7 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
+from cluster_helpers import map_through_an_outage, nap2, wait_for
 
 import shoal
 
@@ -65,8 +68,9 @@ def slow_square(x: int) -> int:
     return x * x
 
 
-def where(_: int) -> str:
-    return f"{os.environ['JOB_ID']}.{os.environ['SGE_TASK_ID']}"
+def where(_: int) -> tuple[str, str]:
+    """The worker's id and its SGE job."""
+    return os.environ["SHOAL_WORKER_ID"], os.environ["JOB_ID"]
 
 
 def nap(x: int) -> int:
@@ -98,14 +102,15 @@ def test_map_imap_apply_on_array_workers(tmp_path):
         )
         assert list(p.imap(square, range(10))) == [x * x for x in range(10)]
         assert p.apply_async(square, (7,)).get(timeout=120) == 49
-        workers = set(p.map(where, range(12)))
+        placed = set(p.map(where, range(12)))
         path = p._driver.path
-    # Worker ids are JOB.TASK of array jobs, and their output went to logs/<worker>.out|err.
-    assert all(re.fullmatch(r"\d+\.\d+", w) for w in workers), workers
+    # Worker ids are bBATCH-TASK of array jobs, and their output went to logs/<worker>.out|err.
+    workers = {w for w, _ in placed}
+    assert all(re.fullmatch(r"b\d+-\d+", w) for w in workers), workers
     logs = set(os.listdir(os.path.join(path, "logs")))
     for w in workers:
         assert f"{w}.out" in logs and f"{w}.err" in logs
-    assert len({w.split(".")[0] for w in workers}) <= 3, "one array per submission"
+    assert len({job for _, job in placed}) <= 3, "one array per submission"
     shutil.rmtree(path)
 
 
@@ -227,3 +232,156 @@ def test_ctrl_c_deletes_the_session_jobs(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
+
+
+def test_a_30_s_qmaster_outage_mid_map_is_ridden_out():
+    """sge_qmaster stopped for 30 s while 3 workers run a 40-s map, one of them killed
+    meanwhile: results keep arriving and the map completes."""
+    with pool(3) as p:
+        r = map_through_an_outage(p, "/var/spool/gridengine/qmaster/qmaster.pid")
+    assert r["results"] == list(range(60))
+    assert r["during"] >= 5, f"results stalled during the outage: {r['during']}"
+    assert r["stats"]["workers_lost"] >= 1, r
+
+
+@contextlib.contextmanager
+def global_config(**values: int):
+    """Set global configuration values (max_aj_tasks, max_u_jobs) for the block."""
+    original = subprocess.run(
+        ["qconf", "-sconf", "global"], capture_output=True, text=True, check=True
+    ).stdout
+    conf = original
+    for k, v in values.items():
+        conf = re.sub(rf"^{k}\s+\S+", f"{k} {v}", conf, flags=re.M)
+
+    def load(text: str) -> None:
+        with open("/tmp/global", "w") as f:
+            f.write(text)
+        subprocess.run(["qconf", "-Mconf", "/tmp/global"], capture_output=True, check=True)
+
+    load(conf)
+    try:
+        yield
+    finally:
+        load(original)
+        os.remove("/tmp/global")
+
+
+def test_site_caps_shape_a_default_pool(capfd):
+    """A default 16-worker pool on a site with max_aj_tasks=4 and max_u_jobs=2 works: arrays
+    of at most 4 tasks, at most 8 workers, and the user is told why."""
+    with global_config(max_aj_tasks=4, max_u_jobs=2):
+        with shoal.Pool(backend="sge", job_name=NAME, poll_interval=0.5) as p:
+            assert p.map(slow_square, range(64), chunksize=1) == [x * x for x in range(64)]
+            stats = p._driver.stats()
+        err = capfd.readouterr().err
+    assert 1 <= stats["workers_started"], stats
+    assert "max_aj_tasks=4" in err and "at most 8 workers" in err, err[-2000:]
+
+
+def test_a_job_no_queue_can_run_fails_fast_with_sges_reason():
+    """A parallel environment that is detached from every queue after the pool started:
+    the jobs can never run, and `qalter -w v` says why."""
+    pe = "shoalunsat"
+    spec = f"pe_name {pe}\nslots 16\nuser_lists NONE\nxuser_lists NONE\nstart_proc_args NONE\n"
+    spec += "stop_proc_args NONE\nallocation_rule $pe_slots\ncontrol_slaves FALSE\n"
+    spec += "job_is_first_task TRUE\nurgency_slots min\naccounting_summary FALSE\n"
+    spec += "qsort_args NONE\n"
+    with open("/tmp/shoalunsat.pe", "w") as f:
+        f.write(spec)
+    subprocess.run(["qconf", "-Ap", "/tmp/shoalunsat.pe"], capture_output=True, check=True)
+    try:
+        subprocess.run(
+            ["qconf", "-aattr", "queue", "pe_list", pe, "all.q"], check=True, capture_output=True
+        )
+        p = pool(2, pe=pe, slots=2)
+        try:
+            subprocess.run(
+                ["qconf", "-dattr", "queue", "pe_list", pe, "all.q"],
+                check=True,
+                capture_output=True,
+            )
+            start = time.time()
+            with pytest.raises(shoal.SessionError) as info:
+                p.map(square, range(4))
+            assert time.time() - start < 30
+        finally:
+            p.terminate()
+        msg = str(info.value)
+        assert "never start" in msg and pe in msg and "qalter -w v" in msg, msg
+    finally:
+        subprocess.run(["qconf", "-dattr", "queue", "pe_list", pe, "all.q"], capture_output=True)
+        subprocess.run(["qconf", "-dp", pe], capture_output=True)
+        os.remove("/tmp/shoalunsat.pe")
+
+
+def not_running_any_more(p: shoal.Pool, started_before: int) -> bool:
+    s = p._driver.stats()
+    return s["workers_running"] == 0 or s["workers_started"] > started_before
+
+
+def test_a_suspended_task_is_not_counted_running():
+    with pool(1) as p:
+        res = p.map_async(nap2, range(6), chunksize=1)
+        assert wait_for(lambda: p._driver.stats()["workers_running"] == 1, 60)
+        running = wait_for(lambda: [j for j, st in our_jobs().items() if st == "r"], 30)
+        assert running, our_jobs()
+        job = running[0]
+        before = p._driver.stats()["workers_started"]
+        subprocess.run(["qmod", "-sj", job], check=True, capture_output=True)
+        try:
+            # No longer counted running: it drops out, or the engine starts a replacement.
+            assert wait_for(lambda: not_running_any_more(p, before), 15), our_jobs()
+        finally:
+            subprocess.run(["qmod", "-usj", job], check=True, capture_output=True)
+        assert wait_for(lambda: p._driver.stats()["workers_running"] >= 1, 15), our_jobs()
+        assert res.get(timeout=120) == list(range(6))
+
+
+def which_python(_: int) -> str:
+    out = subprocess.run(
+        ["python", "-c", "import sys; print(sys.executable)"], capture_output=True, text=True
+    )
+    return f"{out.returncode} {out.stdout.strip()}"
+
+
+def test_tasks_find_the_submit_shells_python(monkeypatch):
+    # The driver's shell finds this interpreter as `python`; SGE jobs start with a bare PATH
+    # unless the backend forwards it (before: `python` was missing and tasks exited 127).
+    bin_dir = os.path.dirname(sys.executable)
+    monkeypatch.setenv("PATH", bin_dir + ":" + os.environ["PATH"])
+    want = shutil.which("python")
+    with pool(1) as p:
+        assert p.map(which_python, [0]) == [f"0 {want}"]
+
+
+def test_forward_env_in_a_template_reaches_the_tasks(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOAL_TEST_MARK", "from the submit shell")
+    (tmp_path / "shoal.toml").write_text(
+        '[defaults]\nresults_dir = "results"\n\n'
+        f'[sge.default]\njob_name = "{NAME}"\npoll_interval = 0.5\n'
+        'forward_env = ["PATH", "SHOAL_TEST_MARK"]\n'
+    )
+    out = subprocess.run(
+        [
+            "shoal",
+            "run",
+            "--backend",
+            "sge",
+            "--name",
+            "mark",
+            "--",
+            "sh",
+            "-c",
+            "echo $SHOAL_TEST_MARK > {out}/mark",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    marks = glob.glob(str(tmp_path / "results" / "**" / "mark"), recursive=True)
+    assert marks, out.stdout
+    with open(marks[0]) as f:
+        assert f.read().strip() == "from the submit shell"

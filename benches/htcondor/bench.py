@@ -1,6 +1,7 @@
 """One contender of benches/htcondor/run, timed end to end.
 
-Usage: `bench.py raw|shoal|joblib-htcondor N [WORKERS]`.
+Usage: `bench.py raw|pilot|shoal|joblib-htcondor N [WORKERS]` (and `bench.py slice I K N OUT`,
+what each pilot job runs).
 
 Runs as the job user (HTCondor never runs root's jobs) and prints `TIME <seconds> <note>`.
 The task is the builtin `abs` (a no-op that pickles by reference for every contender).
@@ -15,25 +16,61 @@ import sys
 import time
 
 
+def submit_and_wait(name: str, description: str) -> float:
+    """condor_submit `description` (its event log is NAME/events.log) and wait until every
+    job has terminated; returns the seconds from submit to the last termination."""
+    with open(f"{name}/{name}.sub", "w") as f:
+        f.write(f"log = {name}/events.log\nshould_transfer_files = NO\nrequest_memory = 64\n")
+        f.write(description)
+    start = time.monotonic()
+    subprocess.run(
+        ["condor_submit", "-terse", f"{name}/{name}.sub"], check=True, capture_output=True
+    )
+    subprocess.run(
+        ["condor_wait", "-wait", "1800", f"{name}/events.log"], check=True, capture_output=True
+    )
+    return time.monotonic() - start
+
+
 def raw(n: int) -> str:
     """One condor_submit of `queue N` /bin/true jobs, until the last one has terminated."""
     os.makedirs("raw", exist_ok=True)
-    with open("raw/noop.sub", "w") as f:
-        f.write(
-            "executable = /bin/true\nlog = raw/events.log\noutput = /dev/null\n"
-            "error = /dev/null\nshould_transfer_files = NO\nrequest_memory = 64\n"
-            f"queue {n}\n"
-        )
-    start = time.monotonic()
-    subprocess.run(["condor_submit", "-terse", "raw/noop.sub"], check=True, capture_output=True)
-    subprocess.run(
-        ["condor_wait", "-wait", "1800", "raw/events.log"], check=True, capture_output=True
+    took = submit_and_wait(
+        "raw", f"executable = /bin/true\noutput = /dev/null\nerror = /dev/null\nqueue {n}\n"
     )
-    took = time.monotonic() - start
     with open("raw/events.log") as f:
         done = len(re.findall(r"^005 ", f.read(), re.M))
     assert done == n, f"{done} of {n} jobs terminated"
     return f"{took:.2f} {n} jobs"
+
+
+def pilot(n: int, workers: int) -> str:
+    """A hand-written pilot: `queue WORKERS` jobs, each running its slice of the N tasks in one
+    interpreter and writing the results to a file; submit to every result read back."""
+    os.makedirs("pilot/out", exist_ok=True)
+    me = os.path.abspath(__file__)
+    start = time.monotonic()
+    submit_and_wait(
+        "pilot",
+        f"executable = {sys.executable}\n"
+        f"arguments = {me} slice $(Process) {workers} {n} {os.path.abspath('pilot/out')}\n"
+        f"output = pilot/$(Process).out\nerror = pilot/$(Process).err\nqueue {workers}\n",
+    )
+    out: list[int] = []
+    for i in range(workers):
+        with open(f"pilot/out/{i}") as f:
+            out.extend(int(v) for v in f.read().split())
+    took = time.monotonic() - start
+    assert sorted(out) == list(range(1, n + 1)), "pilot results are wrong"
+    return f"{took:.2f} {workers} jobs"
+
+
+def run_slice(i: int, k: int, n: int, out: str) -> None:
+    """One pilot job: tasks i, i+k, i+2k, ... of abs over range(-n, 0), in this interpreter."""
+    values = [abs(x) for x in range(-n, 0)[i::k]]
+    with open(os.path.join(out, f".{i}"), "w") as f:
+        f.write(" ".join(map(str, values)))
+    os.rename(os.path.join(out, f".{i}"), os.path.join(out, str(i)))
 
 
 def shoal_run(n: int, workers: int) -> str:
@@ -73,10 +110,15 @@ def joblib_htcondor(n: int, workers: int) -> str:
 
 
 def main() -> None:
+    if sys.argv[1] == "slice":
+        run_slice(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+        return
     which, n = sys.argv[1], int(sys.argv[2])
     workers = int(sys.argv[3]) if len(sys.argv) > 3 else 16
     if which == "raw":
         res = raw(n)
+    elif which == "pilot":
+        res = pilot(n, workers)
     elif which == "shoal":
         res = shoal_run(n, workers)
     elif which == "joblib-htcondor":

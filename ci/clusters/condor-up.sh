@@ -223,10 +223,11 @@ exec "\$R/lib64/ld-linux-x86-64.so.2" --argv0 "\$tool" \\
   --library-path "\$R/usr/lib/x86_64-linux-gnu:\$R/usr/lib:\$R/lib/x86_64-linux-gnu" "\$bin" "\$@"
 WRAP
 chmod 0755 "$R/host/bin/condor-host-exec"
-# (ELF tools only; condor_hold/release/vacate_job are links to condor_rm: --argv0 keeps the name)
+# (ELF tools only; condor_hold/release/vacate_job/suspend/continue are links to condor_rm:
+# --argv0 keeps the name)
 TOOLS="condor_submit condor_q condor_rm condor_hold condor_release condor_history condor_status
        condor_wait condor_qedit condor_config_val condor_ping condor_reschedule condor_userprio
-       condor_version condor_tail condor_vacate_job"
+       condor_version condor_tail condor_vacate_job condor_suspend condor_continue"
 mkdir -p "$HOST_BIN"
 for t in $TOOLS; do ln -sfn "$R/host/bin/condor-host-exec" "$HOST_BIN/$t"; done
 

@@ -22,7 +22,7 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
-from shoal import _native, _progress
+from shoal import _backends, _native, _progress
 from shoal._pickling import _name
 from shoal._pickling import diagnose as _diagnose
 from shoal._pickling import dumps as _dumps
@@ -37,8 +37,6 @@ from shoal.errors import (
 MAP = "map"
 CALLS = "calls"
 STDERR_TAIL = 2000
-DEFAULT_CLUSTER_IDLE = 30.0
-DEFAULT_CLUSTER_WORKERS = 16
 # Options every backend understands; the rest go to the backend as its own options.
 GENERIC_OPTIONS = ("idle_timeout", "heartbeat_timeout", "max_attempts", "env", "metadata")
 _checked_pythons: dict[str, None] = {}
@@ -207,10 +205,11 @@ class Driver:
         metadata: Optional[dict[str, Any]] = None,
         cwd: Optional[str] = None,
     ) -> None:
+        defaults = _backends.defaults(backend)
         if workers is None:
             # Local: one worker per CPU. Clusters: an upper bound that the engine scales down
             # to the work at hand (queued workers beyond it are given back).
-            workers = (os.cpu_count() or 1) if backend == "local" else DEFAULT_CLUSTER_WORKERS
+            workers = defaults["workers"]
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ConfigError(f"invalid number of workers {workers!r}: must be an int >= 1")
         if initializer is not None and not callable(initializer):
@@ -247,7 +246,7 @@ class Driver:
             py_config["initializer"] = base64.b64encode(init).decode("ascii")
         if idle_timeout is not None and idle_timeout < 0:
             # Local workers are cheap to keep; cluster allocations go back when work runs out.
-            idle_timeout = None if backend == "local" else DEFAULT_CLUSTER_IDLE
+            idle_timeout = defaults["idle_timeout"]
         # In a notebook the engine's stderr bar would print raw lines: show a live display.
         notebook = progress and _progress.in_notebook()
         worker_env = dict(env or {})
@@ -255,7 +254,7 @@ class Driver:
         config = {
             "idle_timeout": idle_timeout,
             "heartbeat_interval": heartbeat_interval(heartbeat_timeout),
-            "driver_timeout": None if backend == "local" else 600.0,
+            "driver_timeout": defaults["driver_timeout"],
             "python": py_config,
         }
         self._native = _native.Session(

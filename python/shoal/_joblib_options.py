@@ -12,28 +12,13 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
+from shoal import _backends
 from shoal.errors import ConfigError
 
-ENGINES = ("local", "slurm", "htcondor", "sge")
+ENGINES = _backends.names()
 
 # Each engine's own option names (its Scheduler implementation reads them); passed unchanged.
-NATIVE: dict[str, tuple[str, ...]] = {
-    "local": (),
-    "slurm": (
-        "cpus", "memory", "time", "partition", "account", "qos", "gpus", "gres", "job_name",
-        "sbatch_args", "extra_directives", "max_workers", "poll_interval", "export",
-        "constraint", "reservation",
-    ),
-    "sge": (
-        "queue", "pe", "slots", "resources", "h_rt", "time", "project", "job_name", "qsub_args",
-        "forward_env", "poll_interval", "max_lost_workers",
-    ),
-    "htcondor": (
-        "request_cpus", "request_memory", "request_disk", "request_gpus", "universe",
-        "requirements", "pool", "schedd", "accounting_group", "attributes", "getenv",
-        "initial_dir", "extra_directives", "poll_interval", "log_dir",
-    ),
-}  # fmt: skip
+NATIVE: dict[str, tuple[str, ...]] = {e: _backends.option_names(e) for e in ENGINES}
 
 
 def _sge_mem(value: Any) -> tuple[str, str]:
@@ -41,26 +26,22 @@ def _sge_mem(value: Any) -> tuple[str, str]:
     return ("h_vmem", f"{memory_mib('request_memory', value)}M")
 
 
-# joblib-htcondor's scheduler options -> the option each engine understands. None: the engine
-# has no equivalent and the option is ignored with a warning. A (name, fn) pair converts the
-# value; for "resources" fn returns one (key, value) resource request. LOCAL: on the
-# local engine request_cpus means CPUs per worker (n_jobs=-1 starts cpu_count // it workers).
+# joblib-htcondor's scheduler options -> the option each engine understands, from the
+# registry's `portable` names. None: the engine has no equivalent and the option is ignored
+# with a warning. A (name, fn) pair converts the value; for "resources" fn returns one
+# (key, value) resource request. LOCAL: on the local engine request_cpus means CPUs per
+# worker (n_jobs=-1 starts cpu_count // it workers).
 LOCAL = "<cpus per local worker>"
 Target = Union[None, str, tuple[str, Callable[[Any], Any]]]
 COLUMNS = ("htcondor", "slurm", "sge", "local")
-TABLE: dict[str, tuple[Target, Target, Target, Target]] = {
-    # joblib-htcondor   htcondor            slurm               sge                     local
-    "request_cpus":     ("request_cpus",     "cpus",             "slots",                LOCAL),
-    "request_memory":   ("request_memory",   "memory",           ("resources", _sge_mem), None),
-    "request_disk":     ("request_disk",     None,               None,                   None),
-    "request_gpus":     ("request_gpus",     "gpus",             None,                   None),
-    "pool":             ("pool",             None,               None,                   None),
-    "schedd":           ("schedd",           None,               None,                   None),
-    "universe":         ("universe",         None,               None,                   None),
-    "extra_directives": ("extra_directives", "extra_directives", None,                   None),
-    "poll_interval":    ("poll_interval",    "poll_interval",    "poll_interval",        None),
-    "log_dir_prefix":   ("log_dir",          None,               None,                   None),
-}  # fmt: skip
+_CONVERTED: dict[tuple[str, str], Target] = {
+    ("sge", "request_memory"): ("resources", _sge_mem),
+    ("local", "request_cpus"): LOCAL,
+}
+TABLE: dict[str, tuple[Target, ...]] = {
+    name: tuple(_CONVERTED.get((e, name), _backends.portable(e).get(name)) for e in COLUMNS)
+    for name in _backends.portable("htcondor")
+}
 
 # Options of the joblib backend itself (same meaning on every engine).
 BEHAVIOUR = (

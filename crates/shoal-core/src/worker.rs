@@ -133,6 +133,15 @@ impl SessionDir {
             .collect()
     }
 
+    /// Ids of the workers that announced themselves (any incarnation), from one listing.
+    pub fn announced_ids(&self) -> std::collections::HashSet<String> {
+        self.hellos()
+            .unwrap_or_default()
+            .iter()
+            .map(|k| crate::layout::key_id(k).to_string())
+            .collect()
+    }
+
     pub fn read_hello(&self, key: &str) -> Option<WorkerInfo> {
         read_json(&self.hello(key)).ok()
     }

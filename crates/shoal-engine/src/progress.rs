@@ -39,6 +39,14 @@ impl Progress {
         Progress::Bar(bar)
     }
 
+    /// A line for the user above the bar (or on stderr without one), once.
+    pub fn println(&self, line: &str) {
+        match self {
+            Progress::Bar(bar) => bar.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+
     /// A short note beside the bar (e.g. a failed scheduler query).
     pub fn note(&self, msg: &str) {
         if let Progress::Bar(bar) = self {

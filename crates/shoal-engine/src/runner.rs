@@ -31,6 +31,9 @@ const CONTROL_EVERY: Duration = Duration::from_millis(250);
 const BEAT_EVERY: Duration = Duration::from_secs(2);
 /// How often assignments are checked for vanished files (a miss must repeat to count).
 const AUDIT_EVERY: Duration = Duration::from_secs(2);
+/// The scheduler's events are cheap to take (its queries run on its own thread, at their own
+/// pace): take them this often, so a running worker is not mistaken for a queued one.
+const EVENTS_EVERY: Duration = Duration::from_millis(100);
 /// Queued workers are given back only after the work has been short of them this long:
 /// back-to-back maps must not make the engine cancel and resubmit jobs in between.
 const GIVE_BACK_AFTER: Duration = Duration::from_secs(3);
@@ -130,7 +133,7 @@ impl Runner {
             let mut busy = self.flush_outbox();
             busy |= self.serve_requests(sched);
             busy |= self.poll_broker(sched);
-            if last_poll.is_none_or(|t| t.elapsed() >= sched.poll_interval()) {
+            if last_poll.is_none_or(|t| t.elapsed() >= sched.poll_interval().min(EVENTS_EVERY)) {
                 last_poll = Some(Instant::now());
                 busy |= self.poll_scheduler(sched);
                 self.check_liveness(sched);
@@ -715,11 +718,17 @@ impl Runner {
     }
 
     fn poll_scheduler(&mut self, sched: &mut dyn Scheduler) -> bool {
+        for note in sched.notes() {
+            self.progress
+                .println(&format!("shoal {}: {note}", self.dir.id()));
+        }
         let events = match sched.poll() {
             Ok(e) => e,
             Err(e) => {
-                // A failed query is not a dead worker; the next poll may succeed.
-                self.progress.note(&format!("scheduler query failed: {e}"));
+                // The backend rides out transient failures itself: an error here is final.
+                if !self.failed() {
+                    self.fail(sched, e.to_string());
+                }
                 return false;
             }
         };

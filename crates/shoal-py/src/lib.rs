@@ -1,6 +1,7 @@
 //! `shoal._native`: converts between Python and the library crates, maps errors onto the
 //! `shoal.errors` hierarchy and releases the GIL whenever Rust waits. No logic lives here.
 
+mod backends;
 mod registry;
 
 use pyo3::exceptions::PyValueError;
@@ -542,6 +543,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Session>()?;
     m.add_class::<Worker>()?;
     m.add_class::<registry::Registry>()?;
+    backends::register(m)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(default_work_dir, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

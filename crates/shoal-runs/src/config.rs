@@ -19,85 +19,21 @@ use crate::error::{Result, RunError};
 use crate::experiments::{self, Action, Dataset, Experiment, RawAction, RawExperiment};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
-use shoal_core::units::{MemSize, TimeLimit};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 pub const BACKENDS: [&str; 4] = ["local", "slurm", "sge", "htcondor"];
 
-/// What a template key holds; values are checked against it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Kind {
-    PosInt,
-    Number,
-    Str,
-    Time,
-    Memory,
-    /// A string or a list of strings (extra arguments and directives).
-    Strings,
-    /// A table of strings (env, attributes) or one string.
-    Table,
-    Bool,
-    IntOrStr,
-}
-
-const COMMON: [(&str, Kind); 5] = [
-    ("workers", Kind::PosInt),
-    ("python_path", Kind::Str),
-    ("env", Kind::Table),
-    ("idle_timeout", Kind::Number),
-    ("max_attempts", Kind::PosInt),
-];
-
-fn backend_keys(backend: &str) -> &'static [(&'static str, Kind)] {
-    match backend {
-        "slurm" => &[
-            ("cpus", Kind::PosInt),
-            ("memory", Kind::Memory),
-            ("time", Kind::Time),
-            ("partition", Kind::Str),
-            ("account", Kind::Str),
-            ("qos", Kind::Str),
-            ("gpus", Kind::IntOrStr),
-            ("gres", Kind::Str),
-            ("job_name", Kind::Str),
-            ("sbatch_args", Kind::Strings),
-            ("extra_directives", Kind::Strings),
-        ],
-        "sge" => &[
-            ("queue", Kind::Str),
-            ("pe", Kind::Str),
-            ("slots", Kind::PosInt),
-            ("resources", Kind::Table),
-            ("time", Kind::Time),
-            ("project", Kind::Str),
-            ("job_name", Kind::Str),
-            ("qsub_args", Kind::Strings),
-        ],
-        "htcondor" => &[
-            ("request_cpus", Kind::PosInt),
-            ("request_memory", Kind::Memory),
-            ("request_disk", Kind::Memory),
-            ("request_gpus", Kind::PosInt),
-            ("universe", Kind::Str),
-            ("requirements", Kind::Str),
-            ("accounting_group", Kind::Str),
-            ("attributes", Kind::Table),
-            ("getenv", Kind::Bool),
-            ("initial_dir", Kind::Str),
-            ("extra_directives", Kind::Strings),
-        ],
-        _ => &[],
-    }
-}
-
-/// Valid keys of a backend's templates, in documentation order.
+/// Valid keys of a backend's templates (its options, then the generic ones), from the
+/// backend registry.
 pub fn template_keys(backend: &str) -> Vec<&'static str> {
-    backend_keys(backend)
-        .iter()
-        .chain(COMMON.iter())
-        .map(|(k, _)| *k)
+    let own = shoal_sched::registry::backend(backend)
+        .map(|b| b.options)
+        .unwrap_or(&[]);
+    own.iter()
+        .chain(shoal_sched::registry::GENERIC)
+        .map(|o| o.name)
         .collect()
 }
 
@@ -199,80 +135,6 @@ fn toml_to_json(v: &toml::Value) -> Json {
     }
 }
 
-/// Check one value against its kind; Err holds the reason and a hint.
-fn check_value(key: &str, kind: Kind, v: &Json) -> std::result::Result<(), (String, String)> {
-    let type_err = |want: &str, example: &str| {
-        Err((
-            format!("{key} must be {want}, not {v}"),
-            format!("write e.g. {key} = {example}"),
-        ))
-    };
-    match kind {
-        Kind::PosInt => match v.as_i64() {
-            Some(n) if n >= 1 => Ok(()),
-            _ => type_err("an integer >= 1", "2"),
-        },
-        Kind::Number => match v.as_f64() {
-            Some(_) => Ok(()),
-            None => type_err("a number of seconds", "60"),
-        },
-        Kind::Str => match v {
-            Json::String(_) => Ok(()),
-            _ => type_err("a string", "\"value\""),
-        },
-        Kind::Bool => match v {
-            Json::Bool(_) => Ok(()),
-            _ => type_err("true or false", "true"),
-        },
-        Kind::IntOrStr => match v {
-            Json::String(_) => Ok(()),
-            Json::Number(n) if n.as_i64().is_some_and(|n| n >= 0) => Ok(()),
-            _ => type_err("a count or a string", "1"),
-        },
-        Kind::Strings => match v {
-            Json::String(_) => Ok(()),
-            Json::Array(a) if a.iter().all(Json::is_string) => Ok(()),
-            _ => type_err("a string or a list of strings", "[\"--exclusive\"]"),
-        },
-        Kind::Table => match v {
-            Json::String(_) => Ok(()),
-            Json::Object(_) => Ok(()),
-            _ => type_err("a table", "{ NAME = \"value\" }"),
-        },
-        Kind::Time => {
-            let text = match v {
-                Json::String(s) => s.clone(),
-                Json::Number(n) => n.to_string(),
-                _ => return type_err("a time limit", "\"1h\""),
-            };
-            TimeLimit::parse(key, &text).map(|_| ()).map_err(|e| {
-                (
-                    e.to_string(),
-                    format!("write e.g. {key} = \"2h\" or \"1-00:00:00\""),
-                )
-            })
-        }
-        Kind::Memory => {
-            let text = match v {
-                Json::String(s) => s.clone(),
-                Json::Number(n) => n.to_string(),
-                _ => return type_err("a size", "\"4G\""),
-            };
-            MemSize::parse(key, &text)
-                .map(|_| ())
-                .map_err(|e| (e.to_string(), format!("write e.g. {key} = \"4G\"")))
-        }
-    }
-}
-
-fn kind_of(backend: &str, key: &str) -> Option<Kind> {
-    backend_keys(backend)
-        .iter()
-        .chain(COMMON.iter())
-        .find(|(k, _)| *k == key)
-        .map(|(_, kind)| *kind)
-}
-
 /// Why `check_option` refused an option.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OptionError {
@@ -283,18 +145,22 @@ pub enum OptionError {
 }
 
 /// The one check of a backend option, for templates in shoal.toml and for `--opt` alike: the
-/// key must be one of `backend`'s options and the value of that option's kind.
+/// backend registry judges the key (one of *that* backend's options) and the value.
 pub fn check_option(
     backend: &str,
     key: &str,
     value: &Json,
 ) -> std::result::Result<(), OptionError> {
-    let Some(kind) = kind_of(backend, key) else {
-        return Err(OptionError::Unknown {
-            hint: format!("{backend} takes: {}", template_keys(backend).join(", ")),
-        });
-    };
-    check_value(key, kind, value).map_err(|(message, hint)| OptionError::Invalid { message, hint })
+    shoal_sched::registry::check_option(backend, key, value).map_err(|p| {
+        if p.message.contains("does not apply") {
+            OptionError::Unknown { hint: p.hint }
+        } else {
+            OptionError::Invalid {
+                message: p.message,
+                hint: p.hint,
+            }
+        }
+    })
 }
 
 /// Parse `--opt KEY=VALUE` for `backend`. VALUE is read as a TOML value when it is one
@@ -431,6 +297,7 @@ impl Config {
             let mut templates = BTreeMap::new();
             for (name, body) in table {
                 let mut options = Map::new();
+                let mut spans = BTreeMap::new();
                 for (key, value) in body.into_inner() {
                     let json = toml_to_json(value.get_ref());
                     match check_option(backend, key.get_ref(), &json) {
@@ -450,7 +317,17 @@ impl Config {
                             return Err(ctx.err(value.span(), message, hint))
                         }
                     }
+                    spans.insert(key.get_ref().clone(), key.span());
                     options.insert(key.into_inner(), json);
+                }
+                // Combinations (e.g. SGE's slots without pe) by the backend's own parser.
+                if let Err(p) = shoal_sched::registry::check_options(backend, &options) {
+                    let span = p
+                        .key
+                        .as_ref()
+                        .and_then(|k| spans.get(k).cloned())
+                        .unwrap_or_else(|| name.span());
+                    return Err(ctx.err(span, p.message, p.hint));
                 }
                 templates.insert(
                     name.get_ref().clone(),
@@ -570,10 +447,13 @@ impl Config {
     }
 }
 
-/// The commented config that `shoal init` writes.
-pub const INIT_TEMPLATE: &str = r#"# shoal project config: defaults and named templates for `shoal run`.
+/// The commented config that `shoal init` writes: the defaults, then a `default` template
+/// per backend with every option of the backend registry, the usual ones set.
+pub fn init_template() -> String {
+    format!(
+        r#"# shoal project config: defaults and named templates for `shoal run`.
 # shoal finds this file by walking up from the current directory (or [tool.shoal] in
-# pyproject.toml). Full reference: docs/runs.md.
+# pyproject.toml). Full reference: docs/runs.md; backend options: docs/backends/.
 
 [defaults]
 backend = "local"          # local, slurm, sge or htcondor (overridden by --backend)
@@ -581,74 +461,43 @@ backend = "local"          # local, slurm, sge or htcondor (overridden by --back
 results_dir = "results"    # runs write to RESULTS_DIR/RUN-NAME/TASK/ (relative to this file)
 
 # Templates: [BACKEND.NAME] with that backend's options. `default` is used when --template is
-# not given. Every backend also takes: workers, python_path, env, idle_timeout, max_attempts.
+# not given. Every backend also takes:
+#   {}.
 
-[local.default]
-# workers = 4
-
-[slurm.default]
-cpus = 1
-time = "1h"
-# memory = "2G"
-# partition = "debug"
-# account = "myproject"
-# qos = "normal"
-# gpus = 1
-# gres = "gpu:1"
-# job_name = "shoal"
-# sbatch_args = ["--exclusive"]
-# extra_directives = ["--constraint=avx2"]
-# workers = 16
-
-# [slurm.two_cpus]
-# cpus = 2
-# memory = "4G"
-
-[sge.default]
-time = "1h"
-# queue = "all.q"
-# pe = "smp"
-# slots = 2
-# resources = { h_vmem = "2G" }
-# project = "myproject"
-# qsub_args = ["-R", "y"]
-
-[htcondor.default]
-request_cpus = 1
-request_memory = "1G"
-# request_disk = "1G"
-# request_gpus = 1
-# universe = "vanilla"
-# requirements = 'OpSys == "LINUX"'
-# accounting_group = "group_physics"
-# attributes = { WishedAcctGroup = "group_x" }   # +WishedAcctGroup in a submit file
-# getenv = true
-
-# Datasets: every task gets each path as {dataset:NAME} and $SHOAL_DATASET_NAME.
+{}
+# Datasets: every task gets each path as {{dataset:NAME}} and $SHOAL_DATASET_NAME.
 # [datasets]
 # iris = "data/iris.csv"                 # relative to this file
-# mnist = { path = "/shared/mnist", description = "digits", tags = ["images"] }
+# mnist = {{ path = "/shared/mnist", description = "digits", tags = ["images"] }}
 
 # Experiments: `shoal run NAME -P lr=0.1,0.01` runs INTERPRETER SCRIPT ARGS...; parameters the
-# args do not name as {placeholders} are passed as --NAME VALUE.
+# args do not name as {{placeholders}} are passed as --NAME VALUE.
 # [experiments.train]
 # description = "train the baseline"
 # tags = ["baseline"]
 # script = "train.py"                    # relative to this file
 # interpreter = "python"                 # default for .py scripts
-# args = ["--data", "{dataset:iris}", "--out", "{out}"]
+# args = ["--data", "{{dataset:iris}}", "--out", "{{out}}"]
 # datasets = ["iris"]
 # backend = "slurm"                      # defaults for its runs (--backend/--template win)
 # template = "default"
 
 # Actions: `shoal action RUN NAME` runs a command over a finished run's outputs, in this
-# directory. Placeholders: {run_dir}, {run}, {name}, {results} (a CSV of every task's
-# parameters and metrics), {dataset:NAME}; with --task N also {out} and {task}.
+# directory. Placeholders: {{run_dir}}, {{run}}, {{name}}, {{results}} (a CSV of every task's
+# parameters and metrics), {{dataset:NAME}}; with --task N also {{out}} and {{task}}.
 # [experiments.train.actions.plot]
-# command = "python plot.py {results} {run_dir}/plot.png"
+# command = "python plot.py {{results}} {{run_dir}}/plot.png"
 # [actions.summary]                      # for the runs of any experiment, or of none
-# command = ["python", "summary.py", "{results}"]
-"#;
+# command = ["python", "summary.py", "{{results}}"]
+"#,
+        shoal_sched::registry::GENERIC
+            .iter()
+            .map(|o| o.name)
+            .collect::<Vec<_>>()
+            .join(", "),
+        shoal_sched::registry::init_sections()
+    )
+}
 
 #[cfg(test)]
 mod tests {
@@ -676,28 +525,31 @@ mod tests {
 
     #[test]
     fn init_template_is_valid() {
-        let c = parse(INIT_TEMPLATE).unwrap();
+        let c = parse(&init_template()).unwrap();
         assert_eq!(c.backend.as_deref(), Some("local"));
         assert!(c.templates["htcondor"].contains_key("default"));
-        // Every commented-out example is valid too, once uncommented.
-        let uncommented: String = INIT_TEMPLATE
-            .lines()
-            .map(|l| match l.strip_prefix("# ") {
-                Some(rest)
-                    if rest.starts_with('[')
-                        || rest.split_once(" = ").is_some_and(|(k, _)| {
-                            k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                        }) =>
-                {
-                    rest.to_string() + "\n"
-                }
-                _ => l.to_string() + "\n",
-            })
-            .collect();
+        // The commented-out datasets, experiments and actions are valid once uncommented (the
+        // backend sections above them list alternatives, e.g. SGE's time and h_rt).
+        let text = init_template();
+        let (backends, ours) = text.split_at(text.find("# Datasets:").unwrap());
+        let uncommented: String = backends.to_string()
+            + &ours
+                .lines()
+                .map(|l| match l.strip_prefix("# ") {
+                    Some(rest)
+                        if rest.starts_with('[')
+                            || rest.split_once(" = ").is_some_and(|(k, _)| {
+                                k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                            }) =>
+                    {
+                        rest.to_string() + "\n"
+                    }
+                    _ => l.to_string() + "\n",
+                })
+                .collect::<String>();
         let c = parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
         assert_eq!(c.experiments["train"].datasets, ["iris"]);
         assert!(c.action(Some("train"), "plot").is_some() && c.actions.contains_key("summary"));
-        assert_eq!(c.templates["slurm"]["two_cpus"].options["cpus"], 2);
     }
 
     #[test]
@@ -717,9 +569,18 @@ mod tests {
         assert!(e.contains("10x"), "{e}");
         let e = parse("[sge.a]\nslots = 0\n").unwrap_err().to_string();
         assert!(
-            e.starts_with("/p/shoal.toml:2:9: slots must be an integer >= 1"),
+            e.starts_with("/p/shoal.toml:2:9: invalid value \"0\" for slots"),
             "{e}"
         );
+        let e = parse("[sge.a]\nslots = 2\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("/p/shoal.toml:2:1: slots=2 needs a parallel environment"),
+            "{e}"
+        );
+        let e = parse("[slurm.default]\npartiton = \"debug\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean `partition`?"), "{e}");
         let e = parse("[defaults]\nbakend = \"x\"\n")
             .unwrap_err()
             .to_string();
@@ -738,6 +599,23 @@ mod tests {
         assert!(e.contains(":2:11: unknown backend"), "{e}");
         let e = parse("[slurm.default\n").unwrap_err().to_string();
         assert!(e.starts_with("/p/shoal.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn templates_take_what_the_backends_take() {
+        // The Slurm backend accepts constraint=, and SGE forward_env=: so do templates.
+        let c =
+            parse("[slurm.gpu]\nconstraint = \"a100\"\n\n[sge.env]\nforward_env = true\n").unwrap();
+        assert_eq!(
+            c.template("slurm", Some("gpu")).unwrap().unwrap().options["constraint"],
+            "a100"
+        );
+        let names: Vec<&str> = shoal_sched::registry::names();
+        let mut ours = BACKENDS.to_vec();
+        ours.sort_unstable();
+        let mut theirs = names.clone();
+        theirs.sort_unstable();
+        assert_eq!(ours, theirs, "BACKENDS lists the registry's backends");
     }
 
     #[test]
@@ -780,9 +658,10 @@ mod tests {
         );
         assert_eq!(parse_opt("slurm", "cpus=2").unwrap().1, Json::from(2));
         assert_eq!(parse_opt("slurm", "time=10m").unwrap().1, Json::from("10m"));
+        // The registry takes a number for a name (the backend writes it as text).
         assert_eq!(
             parse_opt("slurm", "job_name=123").unwrap().1,
-            Json::from("123")
+            Json::from(123)
         );
         assert_eq!(
             parse_opt("slurm", "sbatch_args=[\"--exclusive\"]")
@@ -798,21 +677,22 @@ mod tests {
             parse_opt("htcondor", "getenv=true").unwrap().1,
             Json::from(true)
         );
+        // The registry's words, with the hint in --opt form.
         let e = parse_opt("slurm", "cpus=0").unwrap_err().to_string();
         assert!(
-            e.contains("cpus must be an integer >= 1") && e.contains("--opt cpus=2"),
+            e.contains("for cpus: must be a whole number >= 1") && e.contains("--opt cpus=1"),
             "{e}"
         );
         let e = parse_opt("slurm", "time=forever").unwrap_err().to_string();
         assert!(e.contains("forever"), "{e}");
         let e = parse_opt("slurm", "cpu=2").unwrap_err().to_string();
         assert!(
-            e.contains("slurm has no option \"cpu\"") && e.contains("cpus, memory"),
+            e.contains("slurm has no option \"cpu\"") && e.contains("did you mean `cpus`?"),
             "{e}"
         );
-        // The same key and value are refused the same way in a template.
+        // The same key is refused the same way in a template, with the same hint.
         let t = parse("[slurm.default]\ncpu = 2\n").unwrap_err().to_string();
-        assert!(t.contains("slurm takes: cpus, memory"), "{t}");
+        assert!(t.contains("did you mean `cpus`?"), "{t}");
         let e = parse_opt("sge", "partition").unwrap_err().to_string();
         assert!(e.contains("expected KEY=VALUE"), "{e}");
         let tpl = Template {

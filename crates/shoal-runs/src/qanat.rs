@@ -343,7 +343,10 @@ mod tests {
         let out = import(&p);
         // request_gpus = 0 is not a valid shoal value (>= 1): the import says so, with a line.
         let e = out.unwrap_err().to_string();
-        assert!(e.contains("request_gpus must be an integer >= 1"), "{e}");
+        assert!(
+            e.contains("for request_gpus: must be a whole number >= 1"),
+            "{e}"
+        );
         let text = std::fs::read_to_string(&p)
             .unwrap()
             .replace("    request_gpus: 0\n", "");

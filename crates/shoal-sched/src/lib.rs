@@ -1,19 +1,34 @@
 //! shoal-sched: the one interface the engine uses to get workers from a backend, and its
 //! implementations. A backend starts, watches and cancels *workers*; it never sees tasks.
 //!
-//! Adding a backend means one module here implementing [`Scheduler`]; the engine, the
-//! work-dir protocol and the Python API stay unchanged.
+//! - [`registry`]: every backend's name, options, defaults, worker-id rule and cancel rule,
+//!   read by everything else (Python, templates, docs, `shoal init`).
+//! - [`Scheduler`]: what the engine calls; [`build`] returns a [`supervisor::Supervisor`]
+//!   that runs the backend on its own thread, so scheduler calls never stall the engine.
+//! - [`supervisor::Backend`]: what a backend implements (blocking calls). [`local`] and
+//!   [`htcondor`] implement it directly; the array-job schedulers ([`slurm`], [`sge`]) are
+//!   small [`array::Adapter`]s of the generic [`array::ArrayBackend`].
+//! - [`runner`]: the one command runner (timeouts, error format, call statistics).
 
+pub mod array;
 pub mod error;
 pub mod htcondor;
 pub mod local;
+pub mod options;
+pub mod registry;
+pub mod runner;
 pub mod sge;
 pub mod shell;
 pub mod slurm;
+pub mod supervisor;
+#[cfg(test)]
+mod testing;
 
 pub use error::{Result, SchedError};
+pub use runner::CallStats;
 
 use shoal_core::SessionDir;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,8 +45,9 @@ pub struct LaunchSpec {
 }
 
 impl LaunchSpec {
-    /// The worker command line; `worker_id` is passed explicitly or derived by the worker
-    /// from its scheduler's environment (array index) when `None`.
+    /// The worker command line, the only place it is built. `worker_id` is passed as
+    /// `--worker-id` when given; otherwise the job sets `SHOAL_WORKER_ID` (the registry's
+    /// [`registry::WorkerId`] says which a backend does).
     pub fn worker_argv(&self, worker_id: Option<&str>) -> Vec<String> {
         let mut argv = vec![
             self.python.display().to_string(),
@@ -50,17 +66,20 @@ impl LaunchSpec {
 /// How a worker stands, as far as its backend can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerState {
-    /// Submitted, not yet running (queued, held for scheduling).
+    /// Submitted, not yet running (queued, held for scheduling, or still being submitted).
     Pending,
     Running,
+    /// Stopped by the scheduler (Slurm `SUSPENDED`, SGE `s`/`S`/`T`, HTCondor `SUSPENDED`)
+    /// or, locally, by a signal (SIGSTOP): alive, but running nothing. A later `Running`
+    /// event says it resumed.
+    Suspended,
     /// Ended on its own (no work left, or asked to stop).
     Exited,
     /// Ended abnormally or will never run: the reason is for the user.
     Lost(String),
-    /// Stopped by the scheduler (or SIGSTOP): its chunks run elsewhere after a short grace.
-    Suspended,
-    /// Can never start: no slot, node or queue can satisfy the request (the scheduler's own
-    /// explanation). The session fails with it.
+    /// The request can never be met as given (no node, slot or queue offers it); the
+    /// scheduler's explanation. The backend has cancelled the jobs; the session should fail
+    /// with this message. Every worker of the request gets the event.
     Unsatisfiable(String),
 }
 
@@ -70,7 +89,26 @@ pub struct WorkerEvent {
     pub state: WorkerState,
 }
 
-/// A source of workers. Implementations are driven from the engine's thread only.
+/// A source of workers, as the engine sees it. Implemented by [`supervisor::Supervisor`]
+/// (what [`build`] returns), which runs the backend on a thread of its own.
+///
+/// The contract, for the engine:
+/// - `preflight` blocks (it runs while the user waits for `Pool(...)`), is bounded by the
+///   command timeouts, and must succeed before anything else is called; it reads the site's
+///   limits, so call `capacity` after it.
+/// - Every other method returns at once: none waits for the scheduler. `submit(n)` returns
+///   the new workers' ids immediately (they are `Pending` until events say otherwise); the
+///   submission happens on the backend's thread and is retried there while it fails
+///   transiently. `cancel` works for workers whose submission is still queued, too; once it
+///   returns, `poll` never reports those workers again.
+/// - `poll` drains the events that arrived since the last call; calling it more often than
+///   `poll_interval` costs nothing. `Err` from `poll` (or `submit`) is final: the backend
+///   cannot go on (a permanent refusal, or an outage with no worker alive); fail the session
+///   with its message. A worker may go `Running` -> `Suspended` -> `Running`.
+/// - `cancel_all` blocks until the scheduler confirms every job is gone (bounded; it first
+///   kills any scheduler call in flight). Dropping the scheduler does the same.
+/// - `notes` are messages for the user (a site cap that shapes the session, an outage being
+///   ridden out): show each once.
 pub trait Scheduler: Send {
     fn name(&self) -> &'static str;
 
@@ -105,76 +143,108 @@ pub trait Scheduler: Send {
     fn job_ids(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Messages for the user since the last call.
+    fn notes(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Scheduler commands run so far, per program (count, failures, time).
+    fn calls(&self) -> BTreeMap<String, CallStats> {
+        BTreeMap::new()
+    }
 }
 
 /// The backends this build knows, for error messages.
-pub const BACKENDS: [&str; 4] = ["local", "slurm", "htcondor", "sge"];
+pub fn backends() -> Vec<&'static str> {
+    registry::names()
+}
+
+/// Parse a backend's options (the JSON object of its own keys) without any I/O: what
+/// [`registry::check_options`] runs to judge a template.
+pub fn parse_options(name: &str, workers: usize, options: &serde_json::Value) -> Result<()> {
+    match name {
+        "local" => options::Opts::new("local", options).map(drop),
+        "slurm" => slurm::SlurmOptions::from_json(workers, options).map(drop),
+        "sge" => sge::SgeOptions::parse(workers, options).map(drop),
+        "htcondor" => htcondor::CondorOptions::from_json(options).map(drop),
+        other => Err(registry::backend(other).unwrap_err().into()),
+    }
+}
+
+/// The user the scheduler sees (whose jobs `qstat -u` and `scontrol show assoc_mgr` list).
+pub fn current_user() -> String {
+    let uid = rustix::process::geteuid().as_raw();
+    // SAFETY: getpwuid returns a pointer into static storage or null; it is read at once.
+    unsafe {
+        let pw = libc::getpwuid(uid);
+        if !pw.is_null() && !(*pw).pw_name.is_null() {
+            return std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    std::env::var("USER").unwrap_or_else(|_| "root".into())
+}
+
+fn check_workers(workers: usize) -> Result<()> {
+    if workers == 0 {
+        return Err(SchedError::Config(
+            "invalid value 0 for workers: a pool needs at least 1 worker".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The backend itself (blocking), for tests and tools that drive it directly.
+pub fn backend(
+    name: &str,
+    workers: usize,
+    options: &serde_json::Value,
+) -> Result<Box<dyn supervisor::Backend>> {
+    check_workers(workers)?;
+    Ok(match name {
+        "local" => {
+            options::Opts::new("local", options)?;
+            Box::new(local::LocalBackend::new(workers)?)
+        }
+        "slurm" => Box::new(slurm::backend(workers, options)?),
+        "sge" => Box::new(sge::backend(workers, options)?),
+        "htcondor" => Box::new(htcondor::HtcondorBackend::new(workers, options)?),
+        other => return Err(registry::backend(other).unwrap_err().into()),
+    })
+}
 
 /// Build a backend from its name, the number of workers wanted and its own options (JSON
-/// object: backend-specific keys). Unknown names and options are errors that list the choices.
+/// object: backend-specific keys), supervised on its own thread. Unknown names and options
+/// are errors whose hints come from the registry.
 pub fn build(
     name: &str,
     workers: usize,
     options: &serde_json::Value,
 ) -> Result<Box<dyn Scheduler>> {
-    let extra: Vec<&String> = options
-        .as_object()
-        .map(|o| o.keys().collect())
-        .unwrap_or_default();
-    match name {
-        "local" => {
-            if let Some(k) = extra.first() {
-                return Err(SchedError::Config(format!(
-                    "option {k:?} does not apply to the local backend\nhint: remove it, or choose a cluster backend ({})",
-                    BACKENDS[1..].join(", ")
-                )));
-            }
-            Ok(Box::new(local::LocalScheduler::new(workers)?))
-        }
-        "sge" => Ok(Box::new(sge::SgeScheduler::new(workers, options)?)),
-        "slurm" => Ok(Box::new(slurm::SlurmScheduler::new(workers, options)?)),
-        "htcondor" => Ok(Box::new(htcondor::HtcondorScheduler::new(
-            workers, options,
-        )?)),
-        other => Err(SchedError::Config(format!(
-            "unknown backend {other:?}\nhint: choose one of {}",
-            BACKENDS.join(", ")
-        ))),
-    }
+    Ok(Box::new(supervisor::Supervisor::new(backend(
+        name, workers, options,
+    )?)))
 }
 
-/// Cancel scheduler jobs recorded in a session file whose driver is gone (`shoal cancel`).
-/// Jobs that already ended are not an error; returns how many ids were handed over.
+/// Cancel scheduler jobs recorded in a session file whose driver is gone (`shoal cancel`),
+/// as the registry says for that backend. Jobs that already ended are not an error; returns
+/// how many ids were handed over.
 pub fn cancel_recorded(backend: &str, jobs: &[String]) -> Result<usize> {
-    let program = match backend {
-        "slurm" => "scancel",
-        "sge" => "qdel",
-        "htcondor" => "condor_rm",
-        _ => return Ok(0),
+    let Some(rule) = registry::backend(backend).ok().and_then(|b| b.cancel) else {
+        return Ok(0);
     };
     if jobs.is_empty() {
         return Ok(0);
     }
-    let out = std::process::Command::new(program)
-        .args(jobs)
-        .output()
-        .map_err(|e| SchedError::Missing {
-            what: program.into(),
-            detail: e.to_string(),
-            hint: format!("run `shoal cancel` where the {backend} client commands are on PATH"),
-        })?;
-    let text = String::from_utf8_lossy(&out.stderr);
-    let gone = [
-        "not exist",
-        "Invalid job id",
-        "does not exist",
-        "Couldn't find",
-    ];
-    if !out.status.success() && !gone.iter().any(|g| text.contains(g)) {
-        return Err(SchedError::Command {
-            command: format!("{program} {}", jobs.join(" ")),
-            message: text.trim().to_string(),
-        });
+    let run = runner::Runner::new(format!(
+        "run `shoal cancel` where the {backend} client commands are on PATH"
+    ));
+    let out = run.run(rule.program, jobs)?;
+    let text = out.message();
+    if !out.ok && !rule.gone.iter().any(|g| text.contains(g)) {
+        return Err(run.failed(rule.program, jobs, &text));
     }
     Ok(jobs.len())
 }

@@ -2,10 +2,13 @@
 //! cluster workers, so local tests exercise what cluster runs use.
 //!
 //! Each worker gets its own process group (a terminal's Ctrl-C reaches only the driver, which
-//! then decides) and dies with the driver thread that spawned it (PR_SET_PDEATHSIG).
+//! then decides) and dies with the thread that spawned it (PR_SET_PDEATHSIG): the
+//! supervisor's, which lives as long as the session. A worker stopped by a signal (state `T`
+//! in /proc/PID/stat, e.g. after SIGSTOP) is reported `Suspended` until it runs again.
 
 use crate::error::{Result, SchedError};
-use crate::{LaunchSpec, Scheduler, WorkerEvent, WorkerState};
+use crate::supervisor::{Backend, Batch, IdScheme};
+use crate::{LaunchSpec, WorkerEvent, WorkerState};
 use shoal_core::layout::Stream;
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -13,38 +16,53 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub struct LocalScheduler {
-    workers: usize,
-    children: BTreeMap<String, Child>,
-    /// Started since the last poll: reported as Running then.
-    fresh: Vec<String>,
-    seq: u64,
+struct Worker {
+    child: Child,
+    stopped: bool,
 }
 
-impl LocalScheduler {
+pub struct LocalBackend {
+    workers: usize,
+    children: BTreeMap<String, Worker>,
+    /// Started since the last poll: reported as Running then.
+    fresh: Vec<String>,
+}
+
+/// Whether the process is stopped by a signal (`T`) or a tracer (`t`), from /proc/PID/stat.
+pub fn is_stopped(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "PID (COMM) STATE ...": COMM may hold spaces and parentheses; the state follows the
+    // last ')'.
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .is_some_and(|state| state == "T" || state == "t")
+}
+
+impl LocalBackend {
     pub fn new(workers: usize) -> Result<Self> {
         if workers == 0 {
             return Err(SchedError::Config(
                 "invalid value 0 for processes: a pool needs at least 1 worker".into(),
             ));
         }
-        Ok(LocalScheduler {
+        Ok(LocalBackend {
             workers,
             children: BTreeMap::new(),
             fresh: Vec::new(),
-            seq: 0,
         })
     }
 
-    fn signal_group(child: &Child, sig: libc::c_int) {
-        // Negative pid: the worker's whole process group, so subprocesses of tasks go too.
-        unsafe {
-            libc::kill(-(child.id() as libc::pid_t), sig);
+    /// Kill the worker's whole process group, so subprocesses of tasks go too.
+    fn kill_group(child: &Child) {
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
     }
 }
 
-impl Scheduler for LocalScheduler {
+impl Backend for LocalBackend {
     fn name(&self) -> &'static str {
         "local"
     }
@@ -53,15 +71,15 @@ impl Scheduler for LocalScheduler {
         self.workers
     }
 
-    fn keep_warm(&self) -> bool {
-        true
-    }
-
     fn poll_interval(&self) -> Duration {
-        Duration::from_millis(20)
+        crate::registry::known("local").default_poll()
     }
 
-    fn preflight(&mut self, spec: &LaunchSpec) -> Result<()> {
+    fn ids(&self) -> IdScheme {
+        IdScheme::Sequential
+    }
+
+    fn preflight(&mut self, spec: &LaunchSpec) -> Result<Vec<String>> {
         if !spec.python.exists() {
             return Err(SchedError::Missing {
                 what: "python_path".into(),
@@ -69,14 +87,12 @@ impl Scheduler for LocalScheduler {
                 hint: "pass python_path= an interpreter that has shoal installed".into(),
             });
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
-    fn submit(&mut self, spec: &LaunchSpec, n: usize) -> Result<Vec<String>> {
-        let mut ids = Vec::with_capacity(n);
-        for _ in 0..n {
-            self.seq += 1;
-            let id = format!("w{:04}", self.seq);
+    fn submit(&mut self, spec: &LaunchSpec, batch: &Batch) -> Result<()> {
+        for id in &batch.ids {
+            let id = id.clone();
             let argv = spec.worker_argv(Some(&id));
             let open = |stream| {
                 let path = spec.session.log(&id, stream);
@@ -93,22 +109,30 @@ impl Scheduler for LocalScheduler {
                 .stdin(Stdio::null())
                 .stdout(open(Stream::Stdout)?)
                 .stderr(open(Stream::Stderr)?);
+            cmd.process_group(0);
+            // SAFETY: one async-signal-safe syscall between fork and exec.
             unsafe {
                 cmd.pre_exec(|| {
-                    libc::setpgid(0, 0);
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
+                    rustix::process::set_parent_process_death_signal(Some(
+                        rustix::process::Signal::KILL,
+                    ))
+                    .map_err(std::io::Error::from)
                 });
             }
             let child = spawn_retrying(&mut cmd).map_err(|e| SchedError::Command {
                 command: argv.join(" "),
                 message: e.to_string(),
             })?;
-            self.children.insert(id.clone(), child);
-            self.fresh.push(id.clone());
-            ids.push(id);
+            self.children.insert(
+                id.clone(),
+                Worker {
+                    child,
+                    stopped: false,
+                },
+            );
+            self.fresh.push(id);
         }
-        Ok(ids)
+        Ok(())
     }
 
     fn poll(&mut self) -> Result<Vec<WorkerEvent>> {
@@ -121,8 +145,8 @@ impl Scheduler for LocalScheduler {
             })
             .collect();
         let mut ended = Vec::new();
-        for (id, child) in self.children.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
+        for (id, w) in self.children.iter_mut() {
+            if let Ok(Some(status)) = w.child.try_wait() {
                 let state = match (status.code(), status.signal()) {
                     (Some(0), _) => WorkerState::Exited,
                     (Some(code), _) => WorkerState::Lost(format!("worker exited with code {code}")),
@@ -137,6 +161,19 @@ impl Scheduler for LocalScheduler {
                     state,
                 });
                 ended.push(id.clone());
+                continue;
+            }
+            let stopped = is_stopped(w.child.id());
+            if stopped != w.stopped {
+                w.stopped = stopped;
+                events.push(WorkerEvent {
+                    worker: id.clone(),
+                    state: if stopped {
+                        WorkerState::Suspended
+                    } else {
+                        WorkerState::Running
+                    },
+                });
             }
         }
         for id in ended {
@@ -150,10 +187,10 @@ impl Scheduler for LocalScheduler {
         // pool costs one process exit, not one per worker.
         let mut dying = Vec::with_capacity(workers.len());
         for w in workers {
-            if let Some(mut child) = self.children.remove(w) {
-                Self::signal_group(&child, libc::SIGKILL);
-                let _ = child.kill();
-                dying.push(child);
+            if let Some(mut w) = self.children.remove(w) {
+                Self::kill_group(&w.child);
+                let _ = w.child.kill();
+                dying.push(w.child);
             }
         }
         for mut child in dying {
@@ -166,9 +203,13 @@ impl Scheduler for LocalScheduler {
         let all: Vec<String> = self.children.keys().cloned().collect();
         self.cancel(&all)
     }
+
+    fn job_ids(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
-impl Drop for LocalScheduler {
+impl Drop for LocalBackend {
     fn drop(&mut self) {
         let _ = self.cancel_all();
     }
@@ -216,7 +257,14 @@ mod tests {
         }
     }
 
-    fn wait_events(s: &mut LocalScheduler, n: usize) -> Vec<WorkerEvent> {
+    fn batch(ids: &[&str]) -> Batch {
+        Batch {
+            number: 1,
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn wait_events(s: &mut LocalBackend, n: usize) -> Vec<WorkerEvent> {
         let mut all = vec![];
         for _ in 0..500 {
             all.extend(s.poll().unwrap());
@@ -228,37 +276,64 @@ mod tests {
         all
     }
 
+    fn sleeper(t: &tempfile::TempDir) -> String {
+        let script = t.path().join("sleeper");
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        script.display().to_string()
+    }
+
     #[test]
     fn exit_codes_become_events() {
         let t = tempfile::tempdir().unwrap();
         let d = SessionDir::create(t.path().join("s")).unwrap();
         // `sh -m shoal.worker DIR --worker-id ID` is an error in sh: exercises the Lost path
         // with a real process; `true` ignores its arguments and exits 0.
-        let mut s = LocalScheduler::new(2).unwrap();
-        s.submit(&spec(&d, "/bin/true"), 1).unwrap();
+        let mut s = LocalBackend::new(2).unwrap();
+        s.submit(&spec(&d, "/bin/true"), &batch(&["w0001"]))
+            .unwrap();
         let ev = wait_events(&mut s, 2);
         assert_eq!(ev[0].state, WorkerState::Running);
         assert_eq!(ev[1].state, WorkerState::Exited);
-        s.submit(&spec(&d, "/bin/false"), 1).unwrap();
+        s.submit(&spec(&d, "/bin/false"), &batch(&["w0002"]))
+            .unwrap();
         let ev = wait_events(&mut s, 2);
         assert_eq!(
-            ev[1].state,
-            WorkerState::Lost("worker exited with code 1".into())
+            ev[1],
+            WorkerEvent {
+                worker: "w0002".into(),
+                state: WorkerState::Lost("worker exited with code 1".into())
+            }
         );
+    }
+
+    #[test]
+    fn a_stopped_worker_is_suspended_until_it_runs_again() {
+        let t = tempfile::tempdir().unwrap();
+        let d = SessionDir::create(t.path().join("s")).unwrap();
+        let mut s = LocalBackend::new(1).unwrap();
+        s.submit(&spec(&d, &sleeper(&t)), &batch(&["w0001"]))
+            .unwrap();
+        assert_eq!(wait_events(&mut s, 1)[0].state, WorkerState::Running);
+        let pid = rustix::process::Pid::from_raw(s.children["w0001"].child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+        assert_eq!(wait_events(&mut s, 1)[0].state, WorkerState::Suspended);
+        assert!(is_stopped(pid.as_raw_nonzero().get() as u32));
+        rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+        assert_eq!(wait_events(&mut s, 1)[0].state, WorkerState::Running);
+        s.cancel_all().unwrap();
     }
 
     #[test]
     fn cancel_all_kills_and_leaves_nothing() {
         let t = tempfile::tempdir().unwrap();
         let d = SessionDir::create(t.path().join("s")).unwrap();
-        let script = t.path().join("sleeper");
-        std::fs::write(&script, "#!/bin/sh\nsleep 30\n").unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        let mut s = LocalBackend::new(2).unwrap();
+        s.submit(&spec(&d, &sleeper(&t)), &batch(&["w0001", "w0002"]))
             .unwrap();
-        let mut s = LocalScheduler::new(2).unwrap();
-        let ids = s.submit(&spec(&d, script.to_str().unwrap()), 2).unwrap();
-        assert_eq!(ids.len(), 2);
-        let pids: Vec<u32> = s.children.values().map(|c| c.id()).collect();
+        let pids: Vec<u32> = s.children.values().map(|w| w.child.id()).collect();
+        assert_eq!(pids.len(), 2);
         s.cancel_all().unwrap();
         for pid in pids {
             assert!(!shoal_core::fsutil::pid_alive(pid));
@@ -275,12 +350,12 @@ mod tests {
     fn missing_python_is_a_clear_error() {
         let t = tempfile::tempdir().unwrap();
         let d = SessionDir::create(t.path().join("s")).unwrap();
-        let mut s = LocalScheduler::new(1).unwrap();
+        let mut s = LocalBackend::new(1).unwrap();
         let e = s
             .preflight(&spec(&d, "/no/such/python"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("/no/such/python") && e.contains("hint"), "{e}");
-        assert!(LocalScheduler::new(0).is_err());
+        assert!(LocalBackend::new(0).is_err());
     }
 }

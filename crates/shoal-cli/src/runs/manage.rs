@@ -3,7 +3,7 @@
 
 use super::{check_not_running, open_registry, stop_old_session, table, w};
 use shoal_core::fsutil::{hostname, pid_alive};
-use shoal_runs::config::{Config, INIT_TEMPLATE};
+use shoal_runs::config::{init_template, Config};
 use shoal_runs::params::{check_placeholders, placeholders, render};
 use shoal_runs::registry::{dataset_vars, default_path, RunFilter, RunRow};
 use shoal_runs::results::{collect, DEFAULT_METRICS};
@@ -20,7 +20,7 @@ pub fn init(force: bool, out: &mut dyn Write) -> Result<i32> {
             "shoal.toml already exists here\nhint: edit it, or pass --force to overwrite it".into(),
         ));
     }
-    std::fs::write(&path, INIT_TEMPLATE).map_err(|e| shoal_core::CoreError::io(&path, e))?;
+    std::fs::write(&path, init_template()).map_err(|e| shoal_core::CoreError::io(&path, e))?;
     w(
         out,
         "wrote shoal.toml (defaults, backend templates, experiments for `shoal run`)\n",

@@ -61,6 +61,10 @@ pub enum EventKind {
     },
     /// 013
     Released,
+    /// 010: the job's processes were stopped (condor_suspend, or a machine policy).
+    Suspended,
+    /// 011
+    Unsuspended,
     /// Any other event (image size, file transfer, disconnects, ...).
     Other(u16),
 }
@@ -128,6 +132,8 @@ pub fn parse_event(text: &str) -> Option<Event> {
             }
         }
         13 => EventKind::Released,
+        10 => EventKind::Suspended,
+        11 => EventKind::Unsuspended,
         other => EventKind::Other(other),
     };
     Some(Event { job, kind })
@@ -283,6 +289,11 @@ mod tests {
 009 (007.001.000) 2026-11-26 05:23:27 Job was aborted.
 \tvia condor_rm (by user shoal)
 ...
+010 (008.000.000) 2026-11-26 05:23:28 Job was suspended.
+\tNumber of processes actually suspended: 1
+...
+011 (008.000.000) 2026-11-26 05:23:29 Job was unsuspended.
+...
 007 (008.002.000) 11/26 05:23:30 Shadow exception!
 \tError from slot1@vm: Failed to execute '/no/python'
 \t0  -  Run Bytes Sent By Job
@@ -338,6 +349,8 @@ mod tests {
                         reason: "via condor_rm (by user shoal)".into()
                     }
                 ),
+                (id(8, 0), EventKind::Suspended),
+                (id(8, 0), EventKind::Unsuspended),
                 (
                     id(8, 2),
                     EventKind::RunFailed {
@@ -368,7 +381,7 @@ mod tests {
             rest += r.read_new().unwrap().len();
         }
         // Everything after the first event was seen exactly once across the reads.
-        assert_eq!(rest, 9);
+        assert_eq!(rest, 11);
         assert!(r.read_new().unwrap().is_empty());
     }
 
@@ -382,7 +395,7 @@ mod tests {
             f.flush().unwrap();
             seen += r.read_new().unwrap().len();
         }
-        assert_eq!(seen, 10);
+        assert_eq!(seen, 12);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The HTCondor backend: workers are the procs of `queue N` clusters submitted with
-//! condor_submit; their states come from the session's job event log, not from polling.
+//! condor_submit (one cluster per batch); their states come from the session's job event
+//! log, not from polling.
 //!
-//! Worker id = `Cluster.Proc`, passed on the worker's command line. A worker has one life:
+//! Worker id = `bBATCH-PROC`, passed on the worker's command line. A worker has one life:
 //! when its process dies (evicted, held while running, shadow exception) its job is removed
 //! and it is reported Lost, so its chunks are requeued and the engine submits a replacement
 //! if work remains — a restarted job would truncate its output file, which per-task output
@@ -9,17 +10,24 @@
 //! (up to a limit); every other hold is reported with HTCondor's HoldReason and removed.
 //! A condor_q query (only the session's clusters, a few attributes) runs at most every
 //! [`QUERY_EVERY`] as a safety net for what the log cannot say: jobs held or gone without
-//! an event.
+//! an event; while no worker has started yet it runs every [`QUERY_WAITING`] and also tells
+//! whether the negotiator found no match, in which case `condor_q -better-analyze` and the
+//! slots' full sizes decide whether the request can ever run (else the session fails with
+//! HTCondor's analysis). The schedd's MAX_JOBS_PER_SUBMISSION and MAX_JOBS_PER_OWNER are
+//! read in preflight and respected.
 
+pub mod analyze;
 pub mod eventlog;
 pub mod submit;
 
 use crate::error::{Result, SchedError};
-use crate::{LaunchSpec, Scheduler, WorkerEvent, WorkerState};
+use crate::runner::{Abort, CallStats, Output, Runner};
+use crate::supervisor::{says_any, Backend, Batch, IdScheme};
+use crate::{LaunchSpec, WorkerEvent, WorkerState};
 use eventlog::{EventKind, JobId, LogReader};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use submit::CondorOptions;
 
@@ -33,9 +41,31 @@ pub const MAX_RELEASES: u32 = 3;
 const MAX_RUN_FAILURES: u32 = 3;
 /// Least time between two condor_q queries of one session.
 pub const QUERY_EVERY: Duration = Duration::from_secs(10);
+/// ...while no worker of the session has started yet (is the request matchable?).
+pub const QUERY_WAITING: Duration = Duration::from_secs(2);
+/// Least time between two analyses of a request the negotiator did not match.
+const ANALYZE_EVERY: Duration = Duration::from_secs(30);
 /// condor_q rounds in a row a job must be missing from before it counts as gone.
 const MISSING_ROUNDS: u32 = 2;
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `cancel_all` waits for removed jobs to leave the queue.
+const REMOVE_WAIT: Duration = Duration::from_secs(20);
+/// What HTCondor says when the schedd is busy or unreachable, or a per-owner cap is full.
+const TRANSIENT: [&str; 14] = [
+    "Failed to connect",
+    "Can't find address",
+    "SECMAN:2003",
+    "Failed to fetch ads",
+    "Connection refused",
+    "timed out",
+    "Timeout",
+    "Failed to end classad message",
+    "Failed to send",
+    "Can't connect",
+    "Unable to connect",
+    "MAX_JOBS_PER_OWNER",
+    "MAX_JOBS_SUBMITTED",
+    "Too many jobs",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -62,6 +92,9 @@ struct Job {
     ended_run: Option<(String, u64)>,
     hold: Option<Hold>,
     missing: u32,
+    /// The shoal worker id (`bBATCH-PROC`).
+    worker: String,
+    suspended: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -73,8 +106,10 @@ struct Hold {
 }
 
 impl Job {
-    fn new() -> Self {
+    fn new(worker: String) -> Self {
         Job {
+            worker,
+            suspended: false,
             phase: Phase::Idle,
             ran: false,
             alive: true,
@@ -88,21 +123,32 @@ impl Job {
     }
 }
 
-pub struct HtcondorScheduler {
+/// Caps of the schedd, read in preflight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// MAX_JOBS_PER_SUBMISSION: most procs in one condor_submit.
+    pub per_submission: Option<usize>,
+    /// Room left under MAX_JOBS_PER_OWNER for this user (the limit minus jobs queued now).
+    pub owner_room: Option<usize>,
+}
+
+pub struct HtcondorBackend {
     workers: usize,
     opts: CondorOptions,
+    run: Runner,
     jobs: BTreeMap<JobId, Job>,
-    clusters: BTreeSet<u64>,
     log: Option<LogReader>,
     polls: u64,
     last_query: Option<Instant>,
     events: Vec<WorkerEvent>,
-    /// Where the condor_* tools are (None: PATH). Tests point it at fakes.
-    bin_dir: Option<PathBuf>,
     query_every: Duration,
+    limits: Limits,
+    /// A job of the session has started: its request can be met.
+    started: bool,
+    last_analysis: Option<Instant>,
 }
 
-impl HtcondorScheduler {
+impl HtcondorBackend {
     /// Clusters with at least one job not yet done.
     fn live_clusters(&self) -> BTreeSet<u64> {
         self.jobs
@@ -118,18 +164,35 @@ impl HtcondorScheduler {
                 "invalid value 0 for workers: a pool needs at least 1 worker".into(),
             ));
         }
-        Ok(HtcondorScheduler {
+        let opts = CondorOptions::from_json(options)?;
+        let run = Runner::new(
+            "install the HTCondor client tools and put them on PATH (and set CONDOR_CONFIG for your pool)",
+        )
+        .with_prefix(opts.target_args());
+        Ok(HtcondorBackend {
             workers,
-            opts: CondorOptions::from_json(options)?,
+            opts,
+            run,
             jobs: BTreeMap::new(),
-            clusters: BTreeSet::new(),
             log: None,
             polls: 0,
             last_query: None,
             events: Vec::new(),
-            bin_dir: None,
             query_every: QUERY_EVERY,
+            limits: Limits::default(),
+            started: false,
+            last_analysis: None,
         })
+    }
+
+    /// Use the condor_* tools in `dir` instead of PATH (fault-injection tests).
+    pub fn with_tools(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.run = self.run.clone().in_dir(dir);
+        self
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     fn event_log_path(&self, spec: &LaunchSpec) -> PathBuf {
@@ -140,18 +203,15 @@ impl HtcondorScheduler {
     }
 
     fn condor(&self, tool: &str, args: &[String]) -> Result<Output> {
-        let mut all = self.opts.target_args();
-        all.extend_from_slice(args);
-        let program = match &self.bin_dir {
-            Some(d) => d.join(tool).display().to_string(),
-            None => tool.to_string(),
-        };
-        run(&program, &all, COMMAND_TIMEOUT)
+        self.run.run(tool, args)
     }
 
     fn emit(&mut self, id: JobId, state: WorkerState) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
         self.events.push(WorkerEvent {
-            worker: id.to_string(),
+            worker: job.worker.clone(),
             state,
         });
     }
@@ -187,6 +247,8 @@ impl HtcondorScheduler {
             EventKind::Executing => {
                 job.phase = Phase::Running;
                 job.ran = true;
+                job.suspended = false;
+                self.started = true;
                 if !job.removed {
                     job.alive = true;
                     self.emit(id, WorkerState::Running);
@@ -268,6 +330,18 @@ impl HtcondorScheduler {
                     job.phase = Phase::Idle;
                 }
             }
+            EventKind::Suspended | EventKind::Unsuspended => {
+                let suspended = ev.kind == EventKind::Suspended;
+                if job.phase == Phase::Running && job.suspended != suspended && job.alive {
+                    job.suspended = suspended;
+                    let state = if suspended {
+                        WorkerState::Suspended
+                    } else {
+                        WorkerState::Running
+                    };
+                    self.emit(id, state);
+                }
+            }
         }
     }
 
@@ -292,7 +366,7 @@ impl HtcondorScheduler {
                 }
                 if can_release {
                     let released = self.condor("condor_release", &[id.to_string()]);
-                    if released.as_ref().is_ok_and(|o| o.status.success()) {
+                    if released.as_ref().is_ok_and(|o| o.ok) {
                         if let Some(j) = self.jobs.get_mut(&id) {
                             j.releases += 1;
                         }
@@ -314,10 +388,12 @@ impl HtcondorScheduler {
 
     /// Cross-check the log against the schedd, at most every QUERY_EVERY.
     fn reconcile(&mut self) -> Result<()> {
-        if self
-            .last_query
-            .is_some_and(|t| t.elapsed() < self.query_every)
-        {
+        let every = if self.started {
+            self.query_every
+        } else {
+            QUERY_WAITING.min(self.query_every)
+        };
+        if self.last_query.is_some_and(|t| t.elapsed() < every) {
             return Ok(());
         }
         let live = self.live_clusters();
@@ -327,6 +403,7 @@ impl HtcondorScheduler {
         self.last_query = Some(Instant::now());
         let queue = self.query(&live)?;
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        let mut unmatched = None;
         for id in ids {
             let Some(job) = self.jobs.get_mut(&id) else {
                 continue;
@@ -350,6 +427,9 @@ impl HtcondorScheduler {
                 }
                 Some(q) => {
                     job.missing = 0;
+                    if q.rejected && q.status == 1 && !job.ran && !job.removed {
+                        unmatched.get_or_insert(id);
+                    }
                     if q.status == 5 && job.phase != Phase::Held && !job.removed {
                         job.phase = Phase::Held;
                         job.hold = Some(Hold {
@@ -363,7 +443,88 @@ impl HtcondorScheduler {
             }
         }
         self.settle();
+        if let Some(id) = unmatched.filter(|_| !self.started) {
+            self.judge_match(id);
+        }
         Ok(())
+    }
+
+    /// The negotiator found no slot for an idle job of a session none of whose jobs ever
+    /// ran: ask HTCondor's analysis whether any slot could ever run it, and if none can,
+    /// fail every worker with that explanation and remove the jobs.
+    fn judge_match(&mut self, id: JobId) {
+        if self
+            .last_analysis
+            .is_some_and(|t| t.elapsed() < ANALYZE_EVERY)
+        {
+            return;
+        }
+        self.last_analysis = Some(Instant::now());
+        let Ok(out) = self.condor("condor_q", &["-better-analyze".into(), id.to_string()]) else {
+            return;
+        };
+        let Some(a) = analyze::parse_analysis(&out.stdout).filter(|a| a.nothing_matches()) else {
+            return;
+        };
+        if a.only_sizes() && self.some_slot_fits() != Some(false) {
+            return; // a slot that big exists (busy now), or the sizes are unknown
+        }
+        let why = format!(
+            "HTCondor will never run the worker jobs as requested: {} (`condor_q -better-analyze {id}`)\n\
+             hint: ask for what a slot offers (request_cpus=, request_memory=, request_disk=, request_gpus=, requirements=); \
+             `condor_status -af Name TotalSlotCpus TotalSlotMemory` lists the slots",
+            a.explain()
+        );
+        let ids: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.alive && !j.removed && j.phase != Phase::Done)
+            .map(|(id, _)| *id)
+            .collect();
+        let clusters: Vec<String> = self.live_clusters().iter().map(u64::to_string).collect();
+        for id in ids {
+            if let Some(j) = self.jobs.get_mut(&id) {
+                j.alive = false;
+                j.removed = true;
+            }
+            self.emit(id, WorkerState::Unsatisfiable(why.clone()));
+        }
+        let _ = self.remove(&clusters, false);
+    }
+
+    /// Whether any slot, at its full size, can give what one worker asks for (None: the
+    /// sizes could not be read).
+    fn some_slot_fits(&self) -> Option<bool> {
+        let args = [
+            "-af",
+            "TotalSlotCpus",
+            "TotalSlotMemory",
+            "TotalSlotDisk",
+            "TotalSlotGPUs",
+            "DynamicSlot",
+        ]
+        .map(String::from);
+        let pool = self
+            .opts
+            .pool
+            .iter()
+            .flat_map(|p| ["-pool".to_string(), p.clone()])
+            .collect();
+        let out = self.run.prefixed(pool).run("condor_status", &args).ok()?;
+        let slots = analyze::parse_slot_sizes(&out.stdout);
+        if !out.ok || slots.is_empty() {
+            return None;
+        }
+        let o = &self.opts;
+        let cpus = u64::from(o.request_cpus.unwrap_or(1));
+        let mem = o.request_memory.map_or(0, |m| m.megabytes());
+        let disk = o.request_disk.map_or(0, |d| d.0.div_ceil(1024));
+        let gpus = u64::from(o.request_gpus.unwrap_or(0));
+        Some(
+            slots.iter().any(|s| {
+                s.cpus >= cpus && s.memory_mb >= mem && s.disk_kb >= disk && s.gpus >= gpus
+            }),
+        )
     }
 
     /// `condor_q -json` of the given clusters, a few attributes only.
@@ -373,15 +534,12 @@ impl HtcondorScheduler {
             [
                 "-json",
                 "-attributes",
-                "ClusterId,ProcId,JobStatus,HoldReason,HoldReasonCode,HoldReasonSubCode",
+                "ClusterId,ProcId,JobStatus,HoldReason,HoldReasonCode,HoldReasonSubCode,LastRejMatchReason",
             ]
             .map(String::from),
         );
-        let out = self.condor("condor_q", &args)?;
-        if !out.status.success() {
-            return Err(command_error("condor_q", &out));
-        }
-        parse_queue(&String::from_utf8_lossy(&out.stdout))
+        let out = self.run.check("condor_q", &args)?;
+        parse_queue(&out.stdout)
     }
 
     fn remove(&mut self, ids: &[String], force: bool) -> Result<()> {
@@ -406,6 +564,8 @@ struct QueueJob {
     hold_reason: String,
     hold_code: Option<i32>,
     hold_subcode: Option<i32>,
+    /// The negotiator considered the job and found no match (LastRejMatchReason is set).
+    rejected: bool,
 }
 
 /// condor_q -json prints a JSON array, or nothing at all when no job matches.
@@ -441,6 +601,7 @@ fn parse_queue(text: &str) -> Result<BTreeMap<JobId, QueueJob>> {
                     .to_string(),
                 hold_code: num("HoldReasonCode").map(|v| v as i32),
                 hold_subcode: num("HoldReasonSubCode").map(|v| v as i32),
+                rejected: ad.get("LastRejMatchReason").is_some_and(|v| v.is_string()),
             },
         );
     }
@@ -474,66 +635,6 @@ fn hold_message(h: &Hold, ran: bool) -> String {
     msg
 }
 
-fn command_error(tool: &str, out: &Output) -> SchedError {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let text = if stderr.trim().is_empty() {
-        stdout
-    } else {
-        stderr
-    };
-    SchedError::Command {
-        command: tool.to_string(),
-        message: format!("{} ({})", text.trim(), out.status),
-    }
-}
-
-/// Run a condor tool with a deadline: a schedd that does not answer must not hang the engine.
-fn run(tool: &str, args: &[String], timeout: Duration) -> Result<Output> {
-    let child = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                SchedError::Missing {
-                    what: tool.to_string(),
-                    detail: "not on PATH".into(),
-                    hint: "install the HTCondor client tools and put them on PATH (for the test pool: `. ci/clusters/env.sh`)".into(),
-                }
-            } else {
-                SchedError::Command {
-                    command: tool.to_string(),
-                    message: e.to_string(),
-                }
-            }
-        })?;
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let waited = match rx.recv_timeout(timeout) {
-        Ok(r) => r,
-        Err(_) => {
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
-            let _ = rx.recv();
-            return Err(SchedError::Command {
-                command: format!("{tool} {}", args.join(" ")),
-                message: format!("no answer within {} s", timeout.as_secs()),
-            });
-        }
-    };
-    waited.map_err(|e| SchedError::Command {
-        command: tool.to_string(),
-        message: e.to_string(),
-    })
-}
-
 /// `condor_submit -terse` prints `FIRST - LAST` (e.g. `12.0 - 12.15`).
 fn parse_terse(text: &str) -> Option<Vec<JobId>> {
     let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
@@ -564,20 +665,51 @@ fn check_dir_writable(dir: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
-impl Scheduler for HtcondorScheduler {
+/// `condor_config_val -schedd MAX_JOBS_PER_SUBMISSION MAX_JOBS_PER_OWNER`: one value per
+/// line, in that order.
+fn parse_caps(text: &str) -> (Option<usize>, Option<usize>) {
+    let mut values = text.lines().map(|l| l.trim().parse::<usize>().ok());
+    (values.next().flatten(), values.next().flatten())
+}
+
+/// `condor_q -totals`: `Total for query: N jobs; ...` (the caller's own jobs).
+fn parse_own_jobs(text: &str) -> Option<usize> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Total for query:"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+impl Backend for HtcondorBackend {
     fn name(&self) -> &'static str {
         "htcondor"
     }
 
     fn capacity(&self) -> usize {
-        self.workers
+        match self.limits.owner_room {
+            Some(room) => self.workers.min(room.max(1)),
+            None => self.workers,
+        }
     }
 
     fn poll_interval(&self) -> Duration {
         self.opts.poll_interval
     }
 
-    fn preflight(&mut self, spec: &LaunchSpec) -> Result<()> {
+    /// The job log is a local file and condor_q is rate-limited: read the log often.
+    fn tick(&self) -> Duration {
+        self.opts.poll_interval.min(Duration::from_millis(100))
+    }
+
+    fn max_batch(&self) -> usize {
+        self.limits.per_submission.unwrap_or(usize::MAX).max(1)
+    }
+
+    fn ids(&self) -> IdScheme {
+        IdScheme::Array { first_index: 0 }
+    }
+
+    fn preflight(&mut self, spec: &LaunchSpec) -> Result<Vec<String>> {
         if !spec.python.is_absolute() || !spec.python.exists() {
             return Err(SchedError::Missing {
                 what: "python_path".into(),
@@ -589,10 +721,10 @@ impl Scheduler for HtcondorScheduler {
             check_dir_writable(dir, "log_dir")?;
         }
         // The description is checked by condor_submit (universe, requirements, ...) without
-        // queueing anything, while condor_q checks that a schedd answers: both at once, as
-        // each costs a round trip.
+        // queueing anything, while condor_q checks that a schedd answers and the schedd's
+        // caps are read: all at once, as each costs a round trip.
         let log = self.event_log_path(spec);
-        let desc = submit::description(&self.opts, spec, &log, 1);
+        let desc = submit::description(&self.opts, spec, &log, "b0", 1);
         let file = spec.session.sub("condor.sub");
         std::fs::write(&file, &desc).map_err(|e| shoal_core::CoreError::io(&file, e))?;
         let dry_run = [
@@ -600,73 +732,92 @@ impl Scheduler for HtcondorScheduler {
             "/dev/null".into(),
             file.display().to_string(),
         ];
-        let (queue, out) = std::thread::scope(|s| {
+        let caps_args: Vec<String> = ["-schedd", "MAX_JOBS_PER_SUBMISSION", "MAX_JOBS_PER_OWNER"]
+            .map(String::from)
+            .to_vec();
+        let (queue, out, caps) = std::thread::scope(|s| {
             let queue = s.spawn(|| self.condor("condor_q", &["-totals".into()]));
+            let caps = s.spawn(|| self.condor("condor_config_val", &caps_args));
             let out = self.condor("condor_submit", &dry_run);
-            (
-                queue
-                    .join()
-                    .unwrap_or_else(|_| Err(SchedError::Config("condor_q check panicked".into()))),
-                out,
-            )
+            let joined = |h: std::thread::ScopedJoinHandle<'_, Result<Output>>| {
+                h.join()
+                    .unwrap_or_else(|_| Err(SchedError::Config("a condor check panicked".into())))
+            };
+            (joined(queue), out, joined(caps))
         });
         let queue = queue?;
-        if !queue.status.success() {
-            let SchedError::Command { message, .. } = command_error("condor_q", &queue) else {
-                unreachable!()
-            };
-            return Err(SchedError::Command {
-                command: format!("condor_q {} -totals", self.opts.target_args().join(" ")).replace("  ", " "),
+        if !queue.ok {
+            let message = queue.message();
+            let e = SchedError::Command {
+                command: format!("condor_q {} -totals", self.opts.target_args().join(" "))
+                    .replace("  ", " "),
                 message: format!(
                     "no HTCondor schedd reachable: {message}\nhint: check CONDOR_CONFIG and the pool= / schedd= options (`condor_q -totals` must work)"
                 ),
-            });
+            };
+            return Err(e);
         }
         let out = out?;
-        if !out.status.success() {
-            let msg = String::from_utf8_lossy(&out.stderr);
-            let msg = if msg.trim().is_empty() {
-                String::from_utf8_lossy(&out.stdout)
-            } else {
-                msg
-            };
+        if !out.ok {
             return Err(SchedError::Config(format!(
                 "condor_submit rejected the worker submit description:\n{}\nhint: fix the option it names (requirements=, request_*=, universe=, extra_directives=)",
-                msg.trim()
+                out.message()
             )));
         }
         self.log = Some(LogReader::new(log));
-        Ok(())
+        let mut notes = Vec::new();
+        if let Some(caps) = caps.ok().filter(|o| o.ok) {
+            let (per_submission, per_owner) = parse_caps(&caps.stdout);
+            if let Some(n) = per_submission.filter(|n| *n < self.workers) {
+                notes.push(format!(
+                    "workers are submitted as clusters of at most {n} jobs (the schedd's MAX_JOBS_PER_SUBMISSION={n})"
+                ));
+            }
+            self.limits.per_submission = per_submission;
+            if let Some(max) = per_owner {
+                let own = parse_own_jobs(&queue.stdout).unwrap_or(0);
+                let room = max.saturating_sub(own);
+                if room < self.workers {
+                    notes.push(format!(
+                        "the pool runs at most {} workers instead of {}: the schedd's MAX_JOBS_PER_OWNER={max} \
+                         leaves room for {room} more job(s) of yours ({own} queued now)",
+                        room.max(1),
+                        self.workers
+                    ));
+                    self.limits.owner_room = Some(room);
+                }
+            }
+        }
+        Ok(notes)
     }
 
-    fn submit(&mut self, spec: &LaunchSpec, n: usize) -> Result<Vec<String>> {
+    fn submit(&mut self, spec: &LaunchSpec, batch: &Batch) -> Result<()> {
+        let n = batch.ids.len();
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         if self.log.is_none() {
             self.log = Some(LogReader::new(self.event_log_path(spec)));
         }
         let log = self.event_log_path(spec);
-        let desc = submit::description(&self.opts, spec, &log, n);
-        let file = spec.session.sub("condor.sub");
+        let desc = submit::description(&self.opts, spec, &log, &batch.tag(), n);
+        let file = spec.session.sub(&format!("condor-{}.sub", batch.tag()));
         std::fs::write(&file, &desc).map_err(|e| shoal_core::CoreError::io(&file, e))?;
-        let out = self.condor(
-            "condor_submit",
-            &["-terse".into(), file.display().to_string()],
-        )?;
-        if !out.status.success() {
-            return Err(command_error("condor_submit", &out));
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let ids = parse_terse(&stdout).ok_or_else(|| SchedError::Command {
-            command: "condor_submit -terse".into(),
-            message: format!("unexpected output {:?}", stdout.trim()),
+        // The latest description also under a fixed name, for people and tests.
+        let _ = std::fs::copy(&file, spec.session.sub("condor.sub"));
+        let args = ["-terse".into(), file.display().to_string()];
+        let out = self.run.check("condor_submit", &args)?;
+        let ids = parse_terse(&out.stdout).ok_or_else(|| {
+            self.run.failed(
+                "condor_submit",
+                &args,
+                &format!("unexpected output {:?}", out.stdout.trim()),
+            )
         })?;
-        for id in &ids {
-            self.jobs.insert(*id, Job::new());
-            self.clusters.insert(id.cluster);
+        for (id, worker) in ids.iter().zip(&batch.ids) {
+            self.jobs.insert(*id, Job::new(worker.clone()));
         }
-        Ok(ids.iter().map(JobId::to_string).collect())
+        Ok(())
     }
 
     fn poll(&mut self) -> Result<Vec<WorkerEvent>> {
@@ -691,15 +842,13 @@ impl Scheduler for HtcondorScheduler {
     }
 
     fn cancel(&mut self, workers: &[String]) -> Result<()> {
+        let wanted: BTreeSet<&String> = workers.iter().collect();
         let mut ids = Vec::new();
-        for w in workers {
-            let Some(id) = JobId::parse(w) else { continue };
-            if let Some(job) = self.jobs.get_mut(&id) {
-                if job.phase != Phase::Done {
-                    job.removed = true;
-                    job.alive = false;
-                    ids.push(id.to_string());
-                }
+        for (id, job) in self.jobs.iter_mut() {
+            if wanted.contains(&job.worker) && job.phase != Phase::Done {
+                job.removed = true;
+                job.alive = false;
+                ids.push(id.to_string());
             }
         }
         self.remove(&ids, false)
@@ -716,32 +865,54 @@ impl Scheduler for HtcondorScheduler {
         }
         let clusters: Vec<String> = live.iter().map(u64::to_string).collect();
         self.remove(&clusters, false)?;
-        // condor_rm returns before the jobs are gone: wait until the schedd no longer lists
-        // them, and force out those stuck in "removed" (X) after a while.
+        // condor_rm returns before the jobs are gone. Their last events (terminated, or
+        // aborted: written as the job leaves the queue) in the job log say when, without a
+        // query; without a log, or for jobs stuck in "removed" (X) after a while, the schedd
+        // is asked (and those are forced out).
         let start = Instant::now();
         let mut forced = false;
         let mut left = BTreeMap::new();
-        while start.elapsed() < Duration::from_secs(20) {
-            left = self.query(&live)?;
-            if left.is_empty() {
-                for job in self.jobs.values_mut() {
-                    job.phase = Phase::Done;
+        let mut asked: Option<Instant> = None;
+        while start.elapsed() < REMOVE_WAIT {
+            if let Some(log) = self.log.as_mut() {
+                if let Ok(events) = log.read_new() {
+                    for ev in events {
+                        self.apply(ev);
+                    }
                 }
+            }
+            self.events.clear();
+            if self.log.is_some() && self.live_clusters().is_empty() {
                 return Ok(());
             }
-            if !forced && start.elapsed() > Duration::from_secs(3) {
-                forced = true;
-                let stuck: Vec<String> = left.keys().map(JobId::to_string).collect();
-                let _ = self.remove(&stuck, false);
-                self.remove(&stuck, true)?;
+            let forcing = !forced && start.elapsed() > Duration::from_secs(3);
+            let ask = self.log.is_none()
+                || (start.elapsed() > Duration::from_secs(1)
+                    && asked.is_none_or(|t| t.elapsed() > Duration::from_secs(1)));
+            if forcing || ask {
+                asked = Some(Instant::now());
+                left = self.query(&live)?;
+                if left.is_empty() {
+                    for job in self.jobs.values_mut() {
+                        job.phase = Phase::Done;
+                    }
+                    return Ok(());
+                }
+                if forcing {
+                    forced = true;
+                    let stuck: Vec<String> = left.keys().map(JobId::to_string).collect();
+                    let _ = self.remove(&stuck, false);
+                    self.remove(&stuck, true)?;
+                }
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(20));
         }
         Err(SchedError::Command {
             command: format!("condor_rm {}", clusters.join(" ")),
             message: format!(
-                "{} job(s) still in the queue after 20 s: {}\nhint: remove them with `condor_rm -forcex {}`",
+                "{} job(s) still in the queue after {} s: {}\nhint: remove them with `condor_rm -forcex {}`",
                 left.len(),
+                REMOVE_WAIT.as_secs(),
                 left.keys().map(JobId::to_string).collect::<Vec<_>>().join(" "),
                 clusters.join(" ")
             ),
@@ -749,12 +920,23 @@ impl Scheduler for HtcondorScheduler {
     }
 
     fn job_ids(&self) -> Vec<String> {
-        let live = self.live_clusters();
-        live.iter().map(u64::to_string).collect()
+        self.live_clusters().iter().map(u64::to_string).collect()
+    }
+
+    fn transient(&self, e: &SchedError) -> bool {
+        crate::supervisor::generic_transient(e) || says_any(e, &TRANSIENT)
+    }
+
+    fn abort_handle(&self) -> Option<Arc<Abort>> {
+        Some(self.run.abort_handle())
+    }
+
+    fn calls(&self) -> BTreeMap<String, CallStats> {
+        self.run.stats()
     }
 }
 
-impl Drop for HtcondorScheduler {
+impl Drop for HtcondorBackend {
     fn drop(&mut self) {
         let _ = self.cancel_all();
     }

@@ -2,9 +2,10 @@
 //! they turn into. Everything is validated here, once, before anything reaches condor_submit.
 
 use crate::error::{Result, SchedError};
+use crate::options::{EnvChoice, Opts};
 use crate::LaunchSpec;
 use shoal_core::layout::Stream;
-use shoal_core::units::{MemSize, TimeLimit};
+use shoal_core::units::MemSize;
 use shoal_core::CoreError;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,25 +13,6 @@ use std::time::Duration;
 
 /// Universes a shoal worker (a Python process on a shared file system) can run in.
 pub const UNIVERSES: [&str; 3] = ["vanilla", "container", "docker"];
-
-/// Option names this backend accepts (the Pool/Executor keyword arguments).
-pub const OPTIONS: [&str; 15] = [
-    "request_cpus",
-    "request_memory",
-    "request_disk",
-    "request_gpus",
-    "universe",
-    "requirements",
-    "pool",
-    "schedd",
-    "accounting_group",
-    "attributes",
-    "getenv",
-    "initial_dir",
-    "extra_directives",
-    "poll_interval",
-    "log_dir",
-];
 
 /// Submit commands shoal writes itself: setting them again would break the worker protocol.
 const RESERVED: [&str; 12] = [
@@ -91,7 +73,7 @@ impl Default for CondorOptions {
             getenv: None,
             initial_dir: None,
             extra_directives: Vec::new(),
-            poll_interval: Duration::from_millis(500),
+            poll_interval: crate::registry::known("htcondor").default_poll(),
             log_dir: None,
         }
     }
@@ -103,42 +85,6 @@ fn invalid(option: &str, value: &serde_json::Value, reason: &str) -> SchedError 
         other => other.to_string(),
     };
     SchedError::Core(CoreError::invalid(option, shown, reason))
-}
-
-fn text(option: &str, v: &serde_json::Value) -> Result<String> {
-    match v {
-        serde_json::Value::String(s) if !s.trim().is_empty() && !s.contains('\n') => {
-            Ok(s.trim().to_string())
-        }
-        _ => Err(invalid(option, v, "expected a non-empty one-line string")),
-    }
-}
-
-fn count(option: &str, v: &serde_json::Value) -> Result<u32> {
-    let n = match v {
-        serde_json::Value::Number(n) => n.as_u64(),
-        serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
-        _ => None,
-    };
-    match n {
-        Some(n) if n >= 1 && n <= u64::from(u32::MAX) => Ok(n as u32),
-        _ => Err(invalid(option, v, "expected a whole number >= 1")),
-    }
-}
-
-fn size(option: &str, v: &serde_json::Value) -> Result<MemSize> {
-    match v {
-        // A bare number means MB, as in HTCondor's request_memory.
-        serde_json::Value::Number(n) => {
-            MemSize::parse(option, &n.to_string()).map_err(SchedError::from)
-        }
-        serde_json::Value::String(s) => MemSize::parse(option, s).map_err(SchedError::from),
-        _ => Err(invalid(
-            option,
-            v,
-            "expected a size like \"2G\" or a number of MB",
-        )),
-    }
 }
 
 /// A ClassAd literal for a JSON value: strings are quoted, numbers and booleans are not.
@@ -167,112 +113,72 @@ fn valid_attr_name(name: &str) -> bool {
 }
 
 impl CondorOptions {
-    /// Parse the backend's JSON options; unknown names are errors that list the known ones.
+    /// Parse the backend's JSON options (keys and kinds from the registry).
     pub fn from_json(options: &serde_json::Value) -> Result<CondorOptions> {
-        let mut o = CondorOptions::default();
-        let Some(map) = options.as_object() else {
-            return Ok(o);
+        let opts = Opts::new("htcondor", options)?;
+        let mut o = CondorOptions {
+            request_cpus: opts.count("request_cpus")?,
+            request_gpus: opts.count("request_gpus")?,
+            request_memory: opts.memory("request_memory")?,
+            request_disk: opts.memory("request_disk")?,
+            requirements: opts.text("requirements")?,
+            pool: opts.text("pool")?,
+            schedd: opts.text("schedd")?,
+            accounting_group: opts.text("accounting_group")?,
+            initial_dir: opts.path("initial_dir")?,
+            log_dir: opts.path("log_dir")?,
+            ..CondorOptions::default()
         };
-        for (key, v) in map {
-            if v.is_null() {
+        if let Some(v) = opts.get("universe") {
+            let u = v.name()?.to_ascii_lowercase();
+            if !UNIVERSES.contains(&u.as_str()) {
+                return Err(v.invalid(&format!(
+                    "shoal workers run in one of: {} (a worker is a Python process on a shared file system)",
+                    UNIVERSES.join(", ")
+                )));
+            }
+            o.universe = u;
+        }
+        if let Some(v) = opts.get("attributes") {
+            for (name, value) in v.table()? {
+                let name = name.trim_start_matches('+').trim_start_matches("My.");
+                if !valid_attr_name(name) {
+                    return Err(invalid(
+                        "attributes",
+                        &serde_json::Value::String(name.into()),
+                        "not a ClassAd attribute name (letters, digits, '_')",
+                    ));
+                }
+                o.attributes
+                    .insert(name.to_string(), classad_literal("attributes", value)?);
+            }
+        }
+        o.getenv = opts.names("getenv")?.map(|c| match c {
+            EnvChoice::All(b) => GetEnv::All(b),
+            EnvChoice::Names(n) => GetEnv::Names(n.join(", ")),
+        });
+        if let Some(t) = opts.seconds("poll_interval")? {
+            o.poll_interval = t.max(Duration::from_millis(50));
+        }
+        for line in opts.lines("extra_directives")? {
+            let line = line.trim().to_string();
+            if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            match key.as_str() {
-                "request_cpus" => o.request_cpus = Some(count(key, v)?),
-                "request_gpus" => o.request_gpus = Some(count(key, v)?),
-                "request_memory" => o.request_memory = Some(size(key, v)?),
-                "request_disk" => o.request_disk = Some(size(key, v)?),
-                "universe" => {
-                    let u = text(key, v)?.to_ascii_lowercase();
-                    if !UNIVERSES.contains(&u.as_str()) {
-                        return Err(invalid(
-                            key,
-                            v,
-                            &format!(
-                                "shoal workers run in one of: {} (a worker is a Python process on a shared file system)",
-                                UNIVERSES.join(", ")
-                            ),
-                        ));
-                    }
-                    o.universe = u;
-                }
-                "requirements" => o.requirements = Some(text(key, v)?),
-                "pool" => o.pool = Some(text(key, v)?),
-                "schedd" => o.schedd = Some(text(key, v)?),
-                "accounting_group" => o.accounting_group = Some(text(key, v)?),
-                "attributes" => {
-                    let Some(attrs) = v.as_object() else {
-                        return Err(invalid(key, v, "expected a dict of job attributes, e.g. {\"ProjectName\": \"x\"}"));
-                    };
-                    for (name, value) in attrs {
-                        let name = name.trim_start_matches('+').trim_start_matches("My.");
-                        if !valid_attr_name(name) {
-                            return Err(invalid(key, &serde_json::Value::String(name.into()), "not a ClassAd attribute name (letters, digits, '_')"));
-                        }
-                        o.attributes.insert(name.to_string(), classad_literal(key, value)?);
-                    }
-                }
-                "getenv" => {
-                    o.getenv = Some(match v {
-                        serde_json::Value::Bool(b) => GetEnv::All(*b),
-                        serde_json::Value::String(_) => GetEnv::Names(text(key, v)?),
-                        serde_json::Value::Array(items) => {
-                            let names: Vec<String> = items.iter().map(|i| text(key, i)).collect::<Result<_>>()?;
-                            GetEnv::Names(names.join(", "))
-                        }
-                        _ => return Err(invalid(key, v, "expected True/False or variable names")),
-                    })
-                }
-                "initial_dir" => o.initial_dir = Some(PathBuf::from(text(key, v)?)),
-                "log_dir" => o.log_dir = Some(PathBuf::from(text(key, v)?)),
-                "poll_interval" => {
-                    let t = match v {
-                        serde_json::Value::Number(n) => TimeLimit::parse(key, &n.to_string()),
-                        serde_json::Value::String(s) => TimeLimit::parse(key, s),
-                        _ => return Err(invalid(key, v, "expected seconds")),
-                    }?;
-                    o.poll_interval = t.0.max(Duration::from_millis(50));
-                }
-                "extra_directives" => {
-                    let lines: Vec<String> = match v {
-                        serde_json::Value::String(s) => s.lines().map(str::to_string).collect(),
-                        serde_json::Value::Array(items) => items
-                            .iter()
-                            .map(|i| match i {
-                                serde_json::Value::String(s) => Ok(s.clone()),
-                                _ => Err(invalid(key, i, "expected submit-description lines (strings)")),
-                            })
-                            .collect::<Result<_>>()?,
-                        _ => return Err(invalid(key, v, "expected a string or a list of submit-description lines")),
-                    };
-                    for line in lines {
-                        let line = line.trim().to_string();
-                        if line.is_empty() || line.starts_with('#') {
-                            continue;
-                        }
-                        let command = line
-                            .split(['=', ' ', '\t'])
-                            .next()
-                            .unwrap_or("")
-                            .trim()
-                            .to_ascii_lowercase();
-                        if RESERVED.contains(&command.as_str()) {
-                            return Err(invalid(
-                                key,
-                                &serde_json::Value::String(line.clone()),
-                                &format!("shoal writes {command:?} itself (the worker command, its logs and the event log must be where shoal reads them); use the matching option instead if there is one"),
-                            ));
-                        }
-                        o.extra_directives.push(line);
-                    }
-                }
-                other => {
-                    return Err(SchedError::Config(format!(
-                        "option {other:?} is not an HTCondor backend option\nhint: known options: {}, and the generic ones (python_path, work_dir, idle_timeout, heartbeat_timeout, max_attempts, env)",
-                        OPTIONS.join(", ")
-                    )))
-                }
+            let command = line
+                .split(['=', ' ', '\t'])
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if RESERVED.contains(&command.as_str()) {
+                return Err(invalid(
+                    "extra_directives",
+                    &serde_json::Value::String(line.clone()),
+                    &format!("shoal writes {command:?} itself (the worker command, its logs and the event log must be where shoal reads them); use the matching option instead if there is one"),
+                ));
             }
+            o.extra_directives.push(line);
         }
         Ok(o)
     }
@@ -309,16 +215,17 @@ pub fn quote_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     format!("\"{}\"", parts.join(" "))
 }
 
-/// The submit description for `n` workers of a session: one cluster, `queue n`, worker id
-/// `$(Cluster).$(Process)`, output and error exactly where `SessionDir::log` says.
+/// The submit description for `n` workers of batch `tag`: one cluster, `queue n`, worker
+/// id `TAG-$(Process)`, output and error exactly where `SessionDir::log` says.
 pub fn description(
     o: &CondorOptions,
     spec: &LaunchSpec,
     event_log: &std::path::Path,
+    tag: &str,
     n: usize,
 ) -> String {
-    const ID: &str = "$(Cluster).$(Process)";
-    let argv = spec.worker_argv(Some(ID));
+    let id = format!("{tag}-$(Process)");
+    let argv = spec.worker_argv(Some(&id));
     let mut d = String::new();
     let mut line = |k: &str, v: &str| {
         d.push_str(k);
@@ -337,11 +244,11 @@ pub fn description(
     line("initialdir", &iwd.display().to_string());
     line(
         "output",
-        &spec.session.log(ID, Stream::Stdout).display().to_string(),
+        &spec.session.log(&id, Stream::Stdout).display().to_string(),
     );
     line(
         "error",
-        &spec.session.log(ID, Stream::Stderr).display().to_string(),
+        &spec.session.log(&id, Stream::Stderr).display().to_string(),
     );
     line("log", &event_log.display().to_string());
     // shoal parses the classic text format; never let a site default switch it to XML.
@@ -421,15 +328,16 @@ mod tests {
             &o,
             &spec(),
             std::path::Path::new("/tmp/shoal s/sess-1/condor.log"),
+            "b2",
             16,
         );
         let expected = r#"universe = vanilla
 executable = /opt/py/bin/python
 transfer_executable = False
-arguments = "-m shoal.worker '/tmp/shoal s/sess-1' --worker-id $(Cluster).$(Process)"
+arguments = "-m shoal.worker '/tmp/shoal s/sess-1' --worker-id b2-$(Process)"
 initialdir = /home/u
-output = /tmp/shoal s/sess-1/logs/$(Cluster).$(Process).out
-error = /tmp/shoal s/sess-1/logs/$(Cluster).$(Process).err
+output = /tmp/shoal s/sess-1/logs/b2-$(Process).out
+error = /tmp/shoal s/sess-1/logs/b2-$(Process).err
 log = /tmp/shoal s/sess-1/condor.log
 log_xml = False
 should_transfer_files = NO
@@ -488,6 +396,7 @@ queue 16
             &CondorOptions::default(),
             &spec(),
             std::path::Path::new("/l"),
+            "b1",
             1,
         );
         assert!(

@@ -3,6 +3,7 @@
 //! tests/test_htcondor.py).
 
 use super::*;
+use crate::supervisor::Backend;
 use serde_json::json;
 use shoal_core::SessionDir;
 use std::io::Write;
@@ -12,7 +13,7 @@ struct Fixture {
     _tmp: tempfile::TempDir,
     bin: PathBuf,
     spec: LaunchSpec,
-    sched: HtcondorScheduler,
+    sched: HtcondorBackend,
 }
 
 const FAKES: [(&str, &str); 4] = [
@@ -52,8 +53,9 @@ impl Fixture {
             env: vec![],
             cwd: tmp.path().to_path_buf(),
         };
-        let mut sched = HtcondorScheduler::new(3, &json!({})).unwrap();
-        sched.bin_dir = Some(bin.clone());
+        let mut sched = HtcondorBackend::new(3, &json!({}))
+            .unwrap()
+            .with_tools(&bin);
         sched.query_every = Duration::ZERO;
         Fixture {
             _tmp: tmp,
@@ -93,8 +95,7 @@ impl Fixture {
     fn started() -> Fixture {
         let mut f = Fixture::new();
         f.sched.preflight(&f.spec).unwrap();
-        let ids = f.sched.submit(&f.spec, 3).unwrap();
-        assert_eq!(ids, vec!["42.0", "42.1", "42.2"]);
+        f.sched.submit(&f.spec, &batch(3)).unwrap();
         f.queue(r#"[{"ClusterId":42,"ProcId":0,"JobStatus":2},{"ClusterId":42,"ProcId":1,"JobStatus":2},{"ClusterId":42,"ProcId":2,"JobStatus":2}]"#);
         for p in 0..3 {
             f.log(&ev(
@@ -110,6 +111,13 @@ impl Fixture {
             "{got:?}"
         );
         f
+    }
+}
+
+fn batch(n: usize) -> Batch {
+    Batch {
+        number: 1,
+        ids: (0..n).map(|i| format!("b1-{i}")).collect(),
     }
 }
 
@@ -140,18 +148,18 @@ fn exits_become_exited_or_lost() {
         "Job terminated.\n\t(0) Abnormal termination (signal 9)",
     ));
     let got = f.poll();
-    assert_eq!(got[0], ("42.0".into(), WorkerState::Exited));
+    assert_eq!(got[0], ("b1-0".into(), WorkerState::Exited));
     assert_eq!(
         got[1],
         (
-            "42.1".into(),
+            "b1-1".into(),
             WorkerState::Lost("worker exited with code 2".into())
         )
     );
     assert_eq!(
         got[2],
         (
-            "42.2".into(),
+            "b1-2".into(),
             WorkerState::Lost("worker killed by signal 9".into())
         )
     );
@@ -159,7 +167,7 @@ fn exits_become_exited_or_lost() {
     // The submit description went to condor_submit with queue 3.
     let sub = std::fs::read_to_string(f.spec.session.sub("condor.sub")).unwrap();
     assert!(
-        sub.contains("queue 3") && sub.contains("--worker-id $(Cluster).$(Process)"),
+        sub.contains("queue 3") && sub.contains("--worker-id b1-$(Process)"),
         "{sub}"
     );
 }
@@ -175,7 +183,7 @@ fn user_hold_of_a_running_worker_is_reported_and_removed() {
     ));
     let got = f.poll();
     assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0].0, "42.1");
+    assert_eq!(got[0].0, "b1-1");
     assert!(
         lost(
             "held by HTCondor while running: via condor_hold (by user shoal) (HoldReasonCode 1",
@@ -222,7 +230,7 @@ fn eviction_followed_by_a_hold_reports_the_hold() {
 fn transient_holds_are_released_up_to_a_limit() {
     let mut f = Fixture::new();
     f.sched.preflight(&f.spec).unwrap();
-    f.sched.submit(&f.spec, 3).unwrap();
+    f.sched.submit(&f.spec, &batch(3)).unwrap();
     f.queue(r#"[{"ClusterId":42,"ProcId":0,"JobStatus":1},{"ClusterId":42,"ProcId":1,"JobStatus":1},{"ClusterId":42,"ProcId":2,"JobStatus":1}]"#);
     let hold = ev(
         12,
@@ -281,7 +289,7 @@ fn removal_by_someone_else_is_a_loss_but_cancel_is_not() {
         ),
         "{got:?}"
     );
-    f.sched.cancel(&["42.1".into()]).unwrap();
+    f.sched.cancel(&["b1-1".into()]).unwrap();
     assert!(f.calls().contains("condor_rm 42.1"));
     f.log(&ev(
         9,
@@ -304,7 +312,7 @@ fn schedd_query_catches_holds_and_vanished_jobs() {
     );
     let got = f.poll();
     assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0].0, "42.1");
+    assert_eq!(got[0].0, "b1-1");
     assert!(lost("left the HTCondor queue", &got[0].1), "{got:?}");
 }
 
@@ -321,13 +329,39 @@ fn cancel_all_removes_and_waits_until_the_queue_is_empty() {
             .last()
             .unwrap()
             .starts_with("condor_q 42 -json"),
-        "{calls}"
+        "confirmed with the schedd: {calls}"
     );
     assert!(f.sched.job_ids().is_empty());
     // Nothing left: a second cancel_all does not call anything.
     let n = f.calls().lines().count();
     f.sched.cancel_all().unwrap();
     assert_eq!(f.calls().lines().count(), n);
+}
+
+#[test]
+fn cancel_all_ends_when_the_log_says_every_job_left() {
+    let mut f = Fixture::started();
+    let t = Instant::now();
+    // What the schedd writes as it removes the jobs shoal asked it to remove.
+    for p in 0..3 {
+        f.log(&ev(
+            9,
+            p,
+            "Job was aborted.\n\tvia condor_rm (by user shoal)",
+        ));
+    }
+    f.sched.cancel_all().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    let calls = f.calls();
+    assert!(calls.contains("condor_rm 42\n"), "{calls}");
+    assert!(
+        !calls.lines().last().unwrap().starts_with("condor_q"),
+        "no query needed: {calls}"
+    );
 }
 
 #[test]
@@ -355,7 +389,9 @@ fn preflight_errors_are_clear() {
         "{e}"
     );
     let mut f = Fixture::new();
-    f.sched.bin_dir = Some("/nonexistent".into());
+    f.sched = HtcondorBackend::new(3, &json!({}))
+        .unwrap()
+        .with_tools("/nonexistent");
     let e = f.sched.preflight(&f.spec).unwrap_err().to_string();
     assert!(e.contains("condor_q") && e.contains("not found"), "{e}");
     f.spec.python = "relative/python".into();
@@ -376,4 +412,122 @@ fn terse_output_and_queue_json() {
     assert!(parse_terse("garbage").is_none());
     assert!(parse_queue("").unwrap().is_empty());
     assert!(parse_queue("not json").is_err());
+}
+
+#[test]
+fn suspension_is_reported_and_resumed() {
+    let mut f = Fixture::started();
+    f.log(&ev(
+        10,
+        1,
+        "Job was suspended.\n\tNumber of processes actually suspended: 1",
+    ));
+    assert_eq!(f.poll(), vec![("b1-1".to_string(), WorkerState::Suspended)]);
+    f.log(&ev(11, 1, "Job was unsuspended."));
+    assert_eq!(f.poll(), vec![("b1-1".to_string(), WorkerState::Running)]);
+}
+
+const NO_MATCH: &str = "Job 42.000 defines the following attributes:\n\n    RequestMemory = 100000 (mb)\n\n\
+[0]          13  TARGET.Arch == \"X86_64\"\n[5]           0  TARGET.Memory >= RequestMemory\n\n\
+042.000:  Run analysis summary ignoring user priority.  Of 13 machines,\n\
+     13 are rejected by your job's requirements\n      0 reject your job because of their own requirements\n\
+      0 match and are already running your jobs\n      0 match but are serving other users\n\
+      0 are able to run your job\n";
+
+#[test]
+fn a_request_no_slot_can_meet_is_unsatisfiable_with_htcondors_analysis() {
+    let mut f = Fixture::new();
+    std::fs::write(f.bin.join("analysis"), NO_MATCH).unwrap();
+    let q = "#!/bin/sh\nD=$(dirname $0)\necho \"condor_q $*\" >> \"$D/calls\"\n\
+             case \"$*\" in -totals*) exit 0;; *-better-analyze*) cat \"$D/analysis\"; exit 0;; esac\n\
+             cat \"$D/queue.json\" 2>/dev/null; true\n";
+    std::fs::write(f.bin.join("condor_q"), q).unwrap();
+    // The largest slot, whole: 4 CPUs and 6000 MB.
+    let status = "#!/bin/sh\necho \"condor_status $*\" >> \"$(dirname $0)/calls\"\nprintf '1 1536 100000 0 false\\n4 6000 100000 0 false\\n'\n";
+    std::fs::write(f.bin.join("condor_status"), status).unwrap();
+    std::fs::set_permissions(
+        f.bin.join("condor_status"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    f.sched = HtcondorBackend::new(3, &json!({"request_memory": "100G"}))
+        .unwrap()
+        .with_tools(&f.bin);
+    f.sched.query_every = Duration::ZERO;
+    f.sched.preflight(&f.spec).unwrap();
+    f.sched.submit(&f.spec, &batch(3)).unwrap();
+    f.queue(r#"[{"ClusterId":42,"ProcId":0,"JobStatus":1,"LastRejMatchReason":"no match found"},{"ClusterId":42,"ProcId":1,"JobStatus":1},{"ClusterId":42,"ProcId":2,"JobStatus":1}]"#);
+    let got = f.poll();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got.iter().all(|(_, s)| matches!(s, WorkerState::Unsatisfiable(r)
+            if r.contains("never run") && r.contains("TARGET.Memory >= RequestMemory") && r.contains("request_memory="))),
+        "{got:?}"
+    );
+    let calls = f.calls();
+    assert!(calls.contains("condor_q -better-analyze 42.0"), "{calls}");
+    assert!(calls.contains("condor_rm 42"), "{calls}");
+    assert!(f.poll().is_empty(), "reported once");
+}
+
+#[test]
+fn a_request_that_fits_a_busy_slot_just_waits() {
+    let mut f = Fixture::new();
+    std::fs::write(f.bin.join("analysis"), NO_MATCH).unwrap();
+    let q = "#!/bin/sh\nD=$(dirname $0)\ncase \"$*\" in -totals*) exit 0;; *-better-analyze*) cat \"$D/analysis\"; exit 0;; esac\n\
+             cat \"$D/queue.json\" 2>/dev/null; true\n";
+    std::fs::write(f.bin.join("condor_q"), q).unwrap();
+    // The partitionable slot is 6000 MB whole, though busy now: a 3 GB request can wait.
+    let status = "#!/bin/sh\nprintf '4 6000 100000 0 false\\n1 2000 100 0 true\\n'\n";
+    std::fs::write(f.bin.join("condor_status"), status).unwrap();
+    std::fs::set_permissions(
+        f.bin.join("condor_status"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    f.sched = HtcondorBackend::new(1, &json!({"request_memory": "3G"}))
+        .unwrap()
+        .with_tools(&f.bin);
+    f.sched.query_every = Duration::ZERO;
+    f.sched.preflight(&f.spec).unwrap();
+    f.sched.submit(&f.spec, &batch(1)).unwrap();
+    f.queue(r#"[{"ClusterId":42,"ProcId":0,"JobStatus":1,"LastRejMatchReason":"no match found"}]"#);
+    assert!(f.poll().is_empty());
+}
+
+#[test]
+fn schedd_caps_are_read_ahead() {
+    let mut f = Fixture::new();
+    let q = "#!/bin/sh\ncase \"$*\" in -totals*) echo 'Total for query: 3 jobs; 0 completed, 0 removed, 3 idle'; exit 0;; esac\ntrue\n";
+    std::fs::write(f.bin.join("condor_q"), q).unwrap();
+    let ccv = "#!/bin/sh\nprintf '4\\n8\\n'\n";
+    std::fs::write(f.bin.join("condor_config_val"), ccv).unwrap();
+    std::fs::set_permissions(
+        f.bin.join("condor_config_val"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    f.sched = HtcondorBackend::new(16, &json!({}))
+        .unwrap()
+        .with_tools(&f.bin);
+    let notes = f.sched.preflight(&f.spec).unwrap();
+    assert_eq!(f.sched.max_batch(), 4);
+    assert_eq!(f.sched.capacity(), 5, "MAX_JOBS_PER_OWNER=8 with 3 queued");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("MAX_JOBS_PER_SUBMISSION=4")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("at most 5 workers") && n.contains("MAX_JOBS_PER_OWNER=8")),
+        "{notes:?}"
+    );
+    let e = SchedError::Command {
+        command: "condor_submit".into(),
+        message: "ERROR: Number of submitted jobs would exceed MAX_JOBS_PER_OWNER".into(),
+    };
+    assert!(f.sched.transient(&e));
 }

@@ -2,24 +2,20 @@
 //! become: the `qsub` arguments of a worker array and the worker job script. No I/O here.
 
 use crate::error::{Result, SchedError};
+use crate::options::{EnvChoice, Opts};
 use crate::LaunchSpec;
 use shoal_core::units::{MemSize, TimeLimit};
 use std::time::Duration;
 
-/// Keys this backend accepts, for error messages.
-pub const KEYS: [&str; 12] = [
-    "queue",
-    "pe",
-    "slots",
-    "resources",
-    "h_rt",
-    "time",
-    "project",
-    "job_name",
-    "qsub_args",
-    "forward_env",
-    "poll_interval",
-    "max_lost_workers",
+/// What the job gets of the driver's environment unless `forward_env` says otherwise: enough
+/// to find the same interpreter and tools as the submit shell (SGE starts jobs with a bare
+/// PATH, so `python` in a task would otherwise be the system's, or missing).
+pub const DEFAULT_FORWARD: [&str; 5] = [
+    "PATH",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "PYTHONPATH",
+    "LD_LIBRARY_PATH",
 ];
 
 /// `-l` resources whose values are memory sizes (rendered in MB) or times (`H:MM:SS`).
@@ -51,8 +47,9 @@ pub struct SgeOptions {
     pub project: Option<String>,
     pub job_name: String,
     pub qsub_args: Vec<String>,
-    /// `-V`: the driver's whole environment goes to the workers.
-    pub forward_env: bool,
+    /// What the workers get of the driver's environment: everything (`-V`), nothing, or
+    /// these variables (exported in the job script).
+    pub forward_env: EnvChoice,
     pub poll_interval: Duration,
     /// Workers lost (killed, in error state, failed to start) before no more are submitted.
     pub max_lost_workers: usize,
@@ -64,33 +61,6 @@ fn invalid(option: &str, value: &serde_json::Value, reason: &str) -> SchedError 
         other => other.to_string(),
     };
     SchedError::Core(shoal_core::CoreError::invalid(option, v, reason))
-}
-
-fn string(key: &str, v: &serde_json::Value) -> Result<String> {
-    match v {
-        serde_json::Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-        _ => Err(invalid(key, v, "expected a non-empty string")),
-    }
-}
-
-/// A number of seconds or a time string (`"90s"`, `"0:10:00"`).
-fn duration(key: &str, v: &serde_json::Value) -> Result<Duration> {
-    match v {
-        serde_json::Value::Number(n) => {
-            let s = n.as_f64().unwrap_or(-1.0);
-            if s.is_finite() && s > 0.0 {
-                Ok(Duration::from_secs_f64(s))
-            } else {
-                Err(invalid(key, v, "must be positive"))
-            }
-        }
-        serde_json::Value::String(s) => Ok(TimeLimit::parse(key, s)?.0),
-        _ => Err(invalid(
-            key,
-            v,
-            "expected seconds or a time string like \"10m\"",
-        )),
-    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -132,7 +102,7 @@ pub fn resource(name: &str, value: &str) -> Result<(String, String)> {
 }
 
 /// `resources` as `"h_vmem=2G,mem_free=1G"`, `["h_vmem=2G"]` or `{"h_vmem": "2G"}`.
-fn resources(v: &serde_json::Value) -> Result<Vec<(String, String)>> {
+pub fn resources(v: &serde_json::Value) -> Result<Vec<(String, String)>> {
     let item = |s: &str| -> Result<(String, String)> {
         match s.split_once('=') {
             Some((n, val)) => resource(n, val),
@@ -188,107 +158,64 @@ impl SgeOptions {
                 "invalid value 0 for workers: a pool needs at least 1 worker".into(),
             ));
         }
-        let empty = serde_json::Map::new();
-        let map = match options {
-            serde_json::Value::Object(m) => m,
-            serde_json::Value::Null => &empty,
-            other => return Err(invalid("backend options", other, "expected a JSON object")),
-        };
-        for key in map.keys() {
-            if !KEYS.contains(&key.as_str()) {
-                return Err(SchedError::Config(format!(
-                    "option {key:?} does not apply to the sge backend\nhint: sge options are {}; \
-                     raw qsub flags go in qsub_args=[...]",
-                    KEYS.join(", ")
-                )));
-            }
-        }
-        let get = |k: &str| map.get(k).filter(|v| !v.is_null());
+        let o = Opts::new("sge", options)?;
         let mut opts = SgeOptions {
             workers,
-            queue: get("queue").map(|v| string("queue", v)).transpose()?,
+            queue: o.text("queue")?,
             pe: None,
-            resources: get("resources")
-                .map(resources)
+            resources: o
+                .get("resources")
+                .map(|v| resources(v.raw()))
                 .transpose()?
                 .unwrap_or_default(),
-            project: get("project").map(|v| string("project", v)).transpose()?,
-            job_name: get("job_name")
-                .map(|v| string("job_name", v))
-                .transpose()?
-                .unwrap_or_else(|| "shoal".into()),
-            qsub_args: Vec::new(),
-            forward_env: false,
-            poll_interval: Duration::from_secs(2),
-            max_lost_workers: 2 * workers + 8,
+            project: o.name("project")?,
+            job_name: o.name("job_name")?.unwrap_or_else(|| "shoal".into()),
+            qsub_args: o.args("qsub_args")?,
+            forward_env: o.names("forward_env")?.unwrap_or_else(|| {
+                EnvChoice::Names(DEFAULT_FORWARD.iter().map(|s| s.to_string()).collect())
+            }),
+            poll_interval: o
+                .seconds("poll_interval")?
+                .unwrap_or_else(|| crate::registry::known("sge").default_poll()),
+            max_lost_workers: o
+                .count("max_lost_workers")?
+                .map_or(2 * workers + 8, |n| n as usize),
         };
-        if let Some(v) = get("pe") {
-            let name = string("pe", v)?;
-            let slots = match get("slots") {
-                None => 1,
-                Some(s) => s
-                    .as_u64()
-                    .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
-                    .ok_or_else(|| invalid("slots", s, "expected a whole number >= 1"))?
-                    as u32,
-            };
-            opts.pe = Some((name, slots));
-        } else if let Some(s) = get("slots") {
+        if let Some(name) = o.name("pe")? {
+            opts.pe = Some((name, o.count("slots")?.unwrap_or(1)));
+        } else if let Some(s) = o.get("slots") {
+            s.count()?;
             return Err(SchedError::Config(format!(
-                "slots={s} needs a parallel environment\nhint: pass pe=\"smp\" (or your site's PE; `qconf -spl` lists them) with slots"
+                "slots={} needs a parallel environment\nhint: pass pe=\"smp\" (or your site's PE; `qconf -spl` lists them) with slots",
+                s.raw()
             )));
         }
-        let h_rt = match (get("h_rt"), get("time")) {
+        let h_rt = match (o.time("h_rt")?, o.time("time")?) {
             (Some(_), Some(_)) => {
                 return Err(SchedError::Config(
                     "both h_rt and time are given\nhint: they are the same limit; pass one".into(),
                 ))
             }
-            (Some(v), None) => Some(("h_rt", v)),
-            (None, Some(v)) => Some(("time", v)),
+            (Some(t), None) => Some(("h_rt", t)),
+            (None, Some(t)) => Some(("time", t)),
             (None, None) => None,
         };
-        if let Some((key, v)) = h_rt {
+        if let Some((key, limit)) = h_rt {
             if opts.resources.iter().any(|(n, _)| n == "h_rt") {
                 return Err(SchedError::Config(format!(
                     "h_rt is given both as {key}= and in resources\nhint: pass it once"
                 )));
             }
-            let limit = TimeLimit(duration(key, v)?);
             opts.resources.push(("h_rt".into(), limit.to_hms()));
         }
         if opts.job_name.starts_with(|c: char| c.is_ascii_digit())
-            || opts
-                .job_name
-                .contains(|c: char| c.is_whitespace() || "/:@\\*?".contains(c))
+            || opts.job_name.contains(|c: char| "/:@\\*?".contains(c))
         {
             return Err(SchedError::Core(shoal_core::CoreError::invalid(
                 "job_name",
                 &opts.job_name,
                 "SGE job names cannot start with a digit or contain spaces, '/', ':', '@', '\\', '*' or '?'",
             )));
-        }
-        if let Some(v) = get("qsub_args") {
-            opts.qsub_args = match v {
-                serde_json::Value::String(s) => {
-                    shlex::split(s).ok_or_else(|| invalid("qsub_args", v, "unbalanced quotes"))?
-                }
-                serde_json::Value::Array(a) => a
-                    .iter()
-                    .map(|x| {
-                        x.as_str()
-                            .map(str::to_string)
-                            .ok_or_else(|| invalid("qsub_args", x, "expected strings"))
-                    })
-                    .collect::<Result<_>>()?,
-                other => {
-                    return Err(invalid(
-                        "qsub_args",
-                        other,
-                        "expected a string or a list of strings",
-                    ))
-                }
-            };
         }
         if let Some(flag) = opts
             .qsub_args
@@ -300,21 +227,18 @@ impl SgeOptions {
                  the worker count sets -t/-tc; logs go to the session's logs/ dir"
             )));
         }
-        if let Some(v) = get("forward_env") {
-            opts.forward_env = v
-                .as_bool()
-                .ok_or_else(|| invalid("forward_env", v, "expected true or false"))?;
-        }
-        if let Some(v) = get("poll_interval") {
-            opts.poll_interval = duration("poll_interval", v)?;
-        }
-        if let Some(v) = get("max_lost_workers") {
-            opts.max_lost_workers = v
-                .as_u64()
-                .ok_or_else(|| invalid("max_lost_workers", v, "expected a whole number"))?
-                as usize;
-        }
         Ok(opts)
+    }
+
+    /// The driver's variables the job script exports (none with `-V`, which forwards all).
+    pub fn forwarded(&self) -> Vec<(String, String)> {
+        match &self.forward_env {
+            EnvChoice::All(_) => Vec::new(),
+            EnvChoice::Names(names) => names
+                .iter()
+                .filter_map(|n| std::env::var(n).ok().map(|v| (n.clone(), v)))
+                .collect(),
+        }
     }
 
     /// The queue names to check against `qconf -sql` (`a.q@host,b.q` -> a.q, b.q); names
@@ -328,8 +252,9 @@ impl SgeOptions {
             .collect()
     }
 
-    /// Everything `qsub` needs except the task range, shared by submissions and `-w v`.
-    pub fn qsub_common(&self, spec: &LaunchSpec) -> Vec<String> {
+    /// Everything `qsub` needs except the task range, shared by submissions and `-w v`;
+    /// `tag` is the batch's, which the worker ids and log names start with.
+    pub fn qsub_common(&self, spec: &LaunchSpec, tag: &str) -> Vec<String> {
         let logs = spec.session.sub("logs");
         let mut a: Vec<String> = vec![
             "-terse".into(),
@@ -341,11 +266,11 @@ impl SgeOptions {
             "n".into(),
             "-wd".into(),
             spec.cwd.display().to_string(),
-            // SGE expands $JOB_ID/$TASK_ID in these paths: logs/<worker id>.out|.err
+            // SGE expands $TASK_ID in these paths: logs/<worker id>.out|.err
             "-o".into(),
-            format!("{}/$JOB_ID.$TASK_ID.out", logs.display()),
+            format!("{}/{tag}-$TASK_ID.out", logs.display()),
             "-e".into(),
-            format!("{}/$JOB_ID.$TASK_ID.err", logs.display()),
+            format!("{}/{tag}-$TASK_ID.err", logs.display()),
             "-j".into(),
             "n".into(),
         ];
@@ -373,59 +298,34 @@ impl SgeOptions {
         if let Some(p) = &self.project {
             a.extend(["-P".into(), p.clone()]);
         }
-        if self.forward_env {
+        if self.forward_env == EnvChoice::All(true) {
             a.push("-V".into());
         }
         a.extend(self.qsub_args.iter().cloned());
         a
     }
 
-    /// Arguments of one array submission of `n` workers (the script path comes last).
-    pub fn qsub_array(&self, spec: &LaunchSpec, n: usize, script: &str) -> Vec<String> {
-        let mut a = self.qsub_common(spec);
+    /// Arguments of one array submission of `n` workers, at most `throttle` at once (the
+    /// script and its argument, the batch tag, come last).
+    pub fn qsub_array(
+        &self,
+        spec: &LaunchSpec,
+        tag: &str,
+        n: usize,
+        throttle: usize,
+        script: &str,
+    ) -> Vec<String> {
+        let mut a = self.qsub_common(spec, tag);
         a.extend([
             "-t".into(),
             format!("1-{n}"),
             "-tc".into(),
-            n.min(self.workers).to_string(),
+            throttle.max(1).to_string(),
             script.into(),
+            tag.into(),
         ]);
         a
     }
-}
-
-pub use crate::shell::sh_quote;
-
-/// The worker job script. It exports the session's worker environment (values may hold
-/// commas and quotes, which `qsub -v` cannot carry), runs the worker with the id SGE gives
-/// (`$JOB_ID.$SGE_TASK_ID`), and records the exit status where the driver looks for it, so a
-/// finished worker is known without asking `qacct`.
-pub fn job_script(spec: &LaunchSpec, exit_dir: &std::path::Path) -> Result<String> {
-    let mut s = String::from(
-        "#!/bin/sh\n# shoal worker (one SGE array task = one worker); generated by shoal\n",
-    );
-    for (k, v) in &spec.env {
-        if !valid_name(k) || k.contains(['.', '-']) {
-            return Err(SchedError::Core(shoal_core::CoreError::invalid(
-                "env",
-                k,
-                "environment variable names are letters, digits and '_'",
-            )));
-        }
-        s.push_str(&format!("{k}={}; export {k}\n", sh_quote(v)));
-    }
-    // The worker's id is its array task, as qdel and qstat name it.
-    s.push_str("SHOAL_WORKER_ID=\"$JOB_ID.$SGE_TASK_ID\"; export SHOAL_WORKER_ID\n");
-    let argv: Vec<String> = spec.worker_argv(None).iter().map(|a| sh_quote(a)).collect();
-    let exit = sh_quote(&exit_dir.display().to_string());
-    s.push_str(&argv.join(" "));
-    s.push('\n');
-    s.push_str("rc=$?\n");
-    s.push_str(&format!(
-        "printf '%s\\n' \"$rc\" > {exit}/.\"$JOB_ID.$SGE_TASK_ID\" && mv -f {exit}/.\"$JOB_ID.$SGE_TASK_ID\" {exit}/\"$JOB_ID.$SGE_TASK_ID\"\n"
-    ));
-    s.push_str("exit $rc\n");
-    Ok(s)
 }
 
 #[cfg(test)]
@@ -450,19 +350,21 @@ mod tests {
     fn defaults_and_array_args() {
         let o = SgeOptions::parse(16, &json!({})).unwrap();
         assert_eq!(o.poll_interval, Duration::from_secs(2));
-        let a = o.qsub_array(&spec(), 5, "/w/s1/sge/worker.sh");
+        let a = o.qsub_array(&spec(), "b3", 5, 5, "/w/s1/sge-worker.sh");
         let joined = a.join(" ");
         assert!(
             joined.starts_with("-terse -N shoal -S /bin/sh -b n -wd /home/u/proj"),
             "{joined}"
         );
-        assert!(joined
-            .contains("-o /w/s1/logs/$JOB_ID.$TASK_ID.out -e /w/s1/logs/$JOB_ID.$TASK_ID.err"));
+        assert!(joined.contains("-o /w/s1/logs/b3-$TASK_ID.out -e /w/s1/logs/b3-$TASK_ID.err"));
         assert!(
-            joined.ends_with("-t 1-5 -tc 5 /w/s1/sge/worker.sh"),
+            joined.ends_with("-t 1-5 -tc 5 /w/s1/sge-worker.sh b3"),
             "{joined}"
         );
         assert!(!a.contains(&"-V".to_string()));
+        // By default the job finds the submit shell's programs (PATH and the interpreter's
+        // environment), exported in the script rather than with -V.
+        assert!(o.forwarded().iter().any(|(k, _)| k == "PATH"));
     }
 
     #[test]
@@ -474,7 +376,8 @@ mod tests {
                      "forward_env": true, "poll_interval": 0.5}),
         )
         .unwrap();
-        let a = o.qsub_array(&spec(), 10, "s.sh").join(" ");
+        let a = o.qsub_array(&spec(), "b1", 10, 4, "s.sh").join(" ");
+        assert!(o.forwarded().is_empty(), "-V forwards everything itself");
         for part in [
             "-N sweep",
             "-q all.q",
@@ -483,7 +386,7 @@ mod tests {
             "-P p1",
             "-V",
             "-p -10 -m n",
-            "-t 1-10 -tc 4 s.sh",
+            "-t 1-10 -tc 4 s.sh b1",
         ] {
             assert!(a.contains(part), "{part:?} missing from {a}");
         }
@@ -524,6 +427,8 @@ mod tests {
         assert!(e.contains("pe=") && e.contains("hint"), "{e}");
         let e = err(json!({"partition": "x"}));
         assert!(e.contains("partition") && e.contains("qsub_args"), "{e}");
+        let e = err(json!({"forward_env": ["PATH", "A B"]}));
+        assert!(e.contains("forward_env"), "{e}");
         let e = err(json!({"time": "1h", "h_rt": "2h"}));
         assert!(e.contains("h_rt and time"), "{e}");
         let e = err(json!({"job_name": "1st"}));
@@ -532,6 +437,11 @@ mod tests {
         assert!(e.contains("-t") && e.contains("hint"), "{e}");
         let e = err(json!({"qsub_args": "-l 'x"}));
         assert!(e.contains("quotes"), "{e}");
+        let o =
+            SgeOptions::parse(1, &json!({"forward_env": ["SHOAL_NO_SUCH_VAR", "PATH"]})).unwrap();
+        assert_eq!(o.forwarded().len(), 1, "unset variables are skipped");
+        let o = SgeOptions::parse(1, &json!({"forward_env": false})).unwrap();
+        assert!(o.forwarded().is_empty() && !o.request().contains(&"-V".to_string()));
         assert!(SgeOptions::parse(0, &json!({})).is_err());
     }
 
@@ -539,31 +449,5 @@ mod tests {
     fn queue_names_for_checking() {
         let o = SgeOptions::parse(1, &json!({"queue": "a.q@host1,b.q,*.q"})).unwrap();
         assert_eq!(o.queue_names(), vec!["a.q", "b.q"]);
-    }
-
-    #[test]
-    fn script_exports_env_and_records_exit() {
-        let s = job_script(&spec(), std::path::Path::new("/w/s1/sge/exit")).unwrap();
-        assert!(s.starts_with("#!/bin/sh\n"));
-        assert!(s.contains("SHOAL_WORKER=1; export SHOAL_WORKER\n"));
-        assert!(s.contains("ODD='a,b '\\''c'\\'''; export ODD\n"), "{s}");
-        assert!(
-            s.contains("/opt/py/bin/python -m shoal.worker /w/s1\n"),
-            "{s}"
-        );
-        assert!(!s.contains("--worker-id"));
-        assert!(s.contains("mv -f /w/s1/sge/exit/.\"$JOB_ID.$SGE_TASK_ID\" /w/s1/sge/exit/\"$JOB_ID.$SGE_TASK_ID\""));
-        assert!(s.ends_with("exit $rc\n"));
-        let mut bad = spec();
-        bad.env.push(("A B".into(), "x".into()));
-        assert!(job_script(&bad, std::path::Path::new("/x")).is_err());
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(sh_quote("/a/b"), "/a/b");
-        assert_eq!(sh_quote("a b"), "'a b'");
-        assert_eq!(sh_quote(""), "''");
-        assert_eq!(sh_quote("$HOME"), "'$HOME'");
     }
 }

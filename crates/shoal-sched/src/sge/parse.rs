@@ -12,6 +12,8 @@ pub enum TaskState {
     Error,
     /// `d`: qdel was issued, the task is on its way out.
     Deleting,
+    /// `s` (suspended), `S` (its queue suspended), `T` (suspended by a load threshold).
+    Suspended,
 }
 
 impl TaskState {
@@ -24,8 +26,10 @@ impl TaskState {
             TaskState::Deleting
         } else if s.contains('q') || s.contains('w') {
             TaskState::Pending
+        } else if s.contains(['s', 'S', 'T']) {
+            TaskState::Suspended
         } else {
-            // r, t, Rr, s, S, T: started (suspension keeps the worker and its claims).
+            // r, t (transferring), Rr (restarted)
             TaskState::Running
         }
     }
@@ -141,6 +145,47 @@ fn strip_stamp(msg: &str) -> String {
         Some(i) if msg[..i].contains('[') => msg[i + 3..].to_string(),
         _ => msg.to_string(),
     }
+}
+
+/// The limits of the global configuration (`qconf -sconf`) that shape submissions: most
+/// tasks per array job (`max_aj_tasks`) and most jobs per user (`max_u_jobs`); 0 is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    pub max_aj_tasks: Option<usize>,
+    pub max_u_jobs: Option<usize>,
+}
+
+pub fn global_limits(sconf: &str) -> Limits {
+    let value = |key: &str| {
+        sconf
+            .lines()
+            .filter_map(|l| l.split_once(char::is_whitespace))
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+    };
+    Limits {
+        max_aj_tasks: value("max_aj_tasks"),
+        max_u_jobs: value("max_u_jobs"),
+    }
+}
+
+/// `qalter -w v JOB`: SGE checks the job against the cluster as if it were empty. None if
+/// some queue could run it; else SGE's reasons (`cannot run in PE "smp" because ...`).
+pub fn verification_failure(output: &str) -> Option<String> {
+    if !output.contains("no suitable queues") {
+        return None;
+    }
+    let reasons: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("verification:"))
+        .collect();
+    Some(if reasons.is_empty() {
+        "no queue instance offers what the job requests".to_string()
+    } else {
+        reasons.join("; ")
+    })
 }
 
 /// One task's accounting record (`qacct -j`).
@@ -270,6 +315,37 @@ mod tests {
         let held: Vec<u64> = l.keys().filter(|k| k.0 == 10).map(|k| k.1).collect();
         assert_eq!(held, vec![1, 5, 9, 20]);
         assert_eq!(l[&(10, 1)], TaskState::Pending);
+    }
+
+    #[test]
+    fn suspension_letters() {
+        for s in ["s", "S", "T", "rs"] {
+            assert_eq!(TaskState::from_letters(s), TaskState::Suspended, "{s}");
+        }
+        assert_eq!(TaskState::from_letters("t"), TaskState::Running);
+        assert_eq!(TaskState::from_letters("Rr"), TaskState::Running);
+        assert_eq!(TaskState::from_letters("hqw"), TaskState::Pending);
+    }
+
+    #[test]
+    fn global_limits_and_verification() {
+        let conf = "execd_spool_dir  /var/spool\nmax_aj_instances 2000\nmax_aj_tasks     4\nmax_u_jobs       0\n";
+        assert_eq!(
+            global_limits(conf),
+            Limits {
+                max_aj_tasks: Some(4),
+                max_u_jobs: None
+            }
+        );
+        let out = "Job 40 cannot run in PE \"smp\" because it only offers 0 slots\nverification: no suitable queues\n";
+        assert_eq!(
+            verification_failure(out).as_deref(),
+            Some("Job 40 cannot run in PE \"smp\" because it only offers 0 slots")
+        );
+        assert_eq!(
+            verification_failure("verification: found possible assignment with 1 slots"),
+            None
+        );
     }
 
     #[test]

@@ -3,8 +3,13 @@
 //! demand. The real Grid Engine runs are in tests/test_sge.py.
 
 use super::*;
+use crate::supervisor::{Backend, Batch};
+use crate::{SchedError, WorkerEvent, WorkerState};
 use serde_json::json;
+use shoal_core::SessionDir;
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Instant;
 
 struct Fake {
     _tmp: tempfile::TempDir,
@@ -90,10 +95,21 @@ impl Fake {
         }
     }
 
-    fn sched(&self, options: serde_json::Value) -> SgeScheduler {
+    fn sched(&self, options: serde_json::Value) -> SgeBackend {
         let mut opts = options;
         opts["poll_interval"] = json!(0.01);
-        SgeScheduler::with_bins(3, &opts, Bins::in_dir(&self.bin)).unwrap()
+        backend(3, &opts).unwrap().with_tools(&self.bin)
+    }
+
+    fn exit(&self, worker: &str, code: &str) {
+        std::fs::write(self.session.sub("exit").join(worker), code).unwrap();
+    }
+}
+
+fn batch(number: u64, n: usize) -> Batch {
+    Batch {
+        number,
+        ids: (1..=n).map(|i| format!("b{number}-{i}")).collect(),
     }
 }
 
@@ -109,7 +125,7 @@ fn listing(running: &[(u64, u64, &str)], pending: &[(u64, &str, &str)]) -> Strin
     s + "</job_info></job_info>\n"
 }
 
-fn poll_now(s: &mut SgeScheduler) -> Vec<WorkerEvent> {
+fn poll_now(s: &mut SgeBackend) -> Vec<WorkerEvent> {
     std::thread::sleep(Duration::from_millis(15));
     s.poll().unwrap()
 }
@@ -119,10 +135,15 @@ fn submit_writes_script_and_one_array() {
     let f = Fake::new();
     let mut s = f.sched(json!({"queue": "all.q", "resources": "h_vmem=1G"}));
     s.preflight(&f.spec()).unwrap();
-    let script = std::fs::read_to_string(f.session.sub("sge/worker.sh")).unwrap();
+    let script = std::fs::read_to_string(f.session.sub("sge-worker.sh")).unwrap();
     assert!(script.contains("-m shoal.worker"), "{script}");
-    let ids = s.submit(&f.spec(), 3).unwrap();
-    assert_eq!(ids, vec!["42.1", "42.2", "42.3"]);
+    assert!(
+        script.contains("SHOAL_WORKER_ID=\"$1-$SGE_TASK_ID\"; export SHOAL_WORKER_ID"),
+        "{script}"
+    );
+    // The submit shell's PATH goes along, so tasks find the same programs (exit 127 else).
+    assert!(script.contains("PATH="), "{script}");
+    s.submit(&f.spec(), &batch(1, 3)).unwrap();
     assert_eq!(s.job_ids(), vec!["42"]);
     let calls = f.calls();
     assert!(calls.contains("qconf -sql"), "{calls}");
@@ -131,10 +152,11 @@ fn submit_writes_script_and_one_array() {
     assert!(
         submit.contains("-q all.q")
             && submit.contains("-l h_vmem=1024M")
-            && submit.contains("-tc 3"),
+            && submit.contains("-tc 3")
+            && submit.contains("/logs/b1-$TASK_ID.out"),
         "{submit}"
     );
-    assert!(submit.ends_with("sge/worker.sh"), "{submit}");
+    assert!(submit.ends_with("sge-worker.sh b1"), "{submit}");
 }
 
 #[test]
@@ -142,7 +164,7 @@ fn states_exit_records_errors_and_kills() {
     let f = Fake::new();
     let mut s = f.sched(json!({}));
     s.preflight(&f.spec()).unwrap();
-    s.submit(&f.spec(), 3).unwrap();
+    s.submit(&f.spec(), &batch(1, 3)).unwrap();
     f.put(
         "qstat.xml",
         &listing(&[(42, 1, "r")], &[(42, "2-3:1", "qw")]),
@@ -151,13 +173,13 @@ fn states_exit_records_errors_and_kills() {
     assert_eq!(
         ev,
         vec![WorkerEvent {
-            worker: "42.1".into(),
+            worker: "b1-1".into(),
             state: WorkerState::Running
         }]
     );
 
-    // 42.1 ends normally (exit record), 42.2 goes to Eqw, 42.3 is killed (no record).
-    std::fs::write(f.session.sub("sge/exit/42.1"), "0\n").unwrap();
+    // b1-1 ends normally (exit record), b1-2 goes to Eqw, b1-3 is killed (no record).
+    f.exit("b1-1", "0\n");
     f.put("qstat.xml", &listing(&[], &[(42, "2", "Eqw")]));
     f.put(
         "qstat-j.xml",
@@ -170,29 +192,124 @@ fn states_exit_records_errors_and_kills() {
     assert_eq!(
         ev[0],
         WorkerEvent {
-            worker: "42.1".into(),
+            worker: "b1-1".into(),
             state: WorkerState::Exited
         }
     );
-    assert_eq!(ev[1].worker, "42.2");
+    assert_eq!(ev[1].worker, "b1-2");
     match &ev[1].state {
         WorkerState::Lost(r) => assert!(
-            r.contains("Eqw") && r.contains("can't chdir to /nope"),
+            r.contains("Eqw") && r.contains("can't chdir to /nope") && r.contains("42.2"),
             "{r}"
         ),
         other => panic!("{other:?}"),
     }
     assert!(f.calls().contains("qdel 42.2"), "{}", f.calls());
-    assert_eq!(ev.len(), 2, "42.3 waits for its accounting record: {ev:?}");
-    std::thread::sleep(ACCOUNTING_DELAY);
+    assert_eq!(ev.len(), 2, "b1-3 is missing once: not yet gone: {ev:?}");
     let ev = poll_now(&mut s);
-    assert_eq!(ev.len(), 1);
+    assert_eq!(ev.len(), 1, "{ev:?}");
     match &ev[0].state {
         WorkerState::Lost(r) => assert!(r.contains("42.3") && r.contains("signal 9"), "{r}"),
         other => panic!("{other:?}"),
     }
     assert!(poll_now(&mut s).is_empty());
-    assert_eq!(s.lost, 2);
+    assert_eq!(s.lost(), 2);
+}
+
+#[test]
+fn suspended_tasks_are_reported_and_resumed() {
+    let f = Fake::new();
+    let mut s = f.sched(json!({}));
+    s.preflight(&f.spec()).unwrap();
+    s.submit(&f.spec(), &batch(1, 1)).unwrap();
+    f.put("qstat.xml", &listing(&[(42, 1, "r")], &[]));
+    assert_eq!(poll_now(&mut s)[0].state, WorkerState::Running);
+    f.put("qstat.xml", &listing(&[(42, 1, "s")], &[]));
+    assert_eq!(poll_now(&mut s)[0].state, WorkerState::Suspended);
+    f.put("qstat.xml", &listing(&[(42, 1, "r")], &[]));
+    assert_eq!(poll_now(&mut s)[0].state, WorkerState::Running);
+}
+
+#[test]
+fn a_job_no_queue_can_run_is_unsatisfiable() {
+    let f = Fake::new();
+    f.script(
+        "qalter",
+        "echo 'Job 42 cannot run in PE \"smp\" because it only offers 0 slots'; echo 'verification: no suitable queues'; exit 1",
+    );
+    let mut s = f.sched(json!({}));
+    s.preflight(&f.spec()).unwrap();
+    s.submit(&f.spec(), &batch(1, 2)).unwrap();
+    f.put("qstat.xml", &listing(&[], &[(42, "1-2:1", "qw")]));
+    let start = Instant::now();
+    let ev = loop {
+        let ev = poll_now(&mut s);
+        if !ev.is_empty() || start.elapsed() > Duration::from_secs(15) {
+            break ev;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert!(
+        matches!(&ev[0].state, WorkerState::Unsatisfiable(r) if r.contains("only offers 0 slots") && r.contains("qalter -w v 42")),
+        "{ev:?}"
+    );
+    assert!(f.calls().contains("qdel 42\n"), "{}", f.calls());
+}
+
+#[test]
+fn site_caps_shape_the_pool() {
+    let f = Fake::new();
+    f.script(
+        "qconf",
+        &format!(
+            "echo \"qconf $*\" >> {st}/calls\ncase \"$*\" in -sconf) printf 'max_aj_tasks 4\\nmax_u_jobs 3\\n';; *) printf 'all.q\\n';; esac",
+            st = f.state.display()
+        ),
+    );
+    // One job of the user is queued already: two more array jobs of 4 tasks fit.
+    f.put("qstat.xml", &listing(&[(7, 1, "r")], &[]));
+    let mut s = backend(16, &json!({})).unwrap().with_tools(&f.bin);
+    let notes = s.preflight(&f.spec()).unwrap();
+    assert_eq!(s.max_batch(), 4);
+    assert_eq!(s.capacity(), 8);
+    assert!(
+        notes.iter().any(|n| n.contains("max_aj_tasks=4")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("at most 8 workers") && n.contains("max_u_jobs=3")),
+        "{notes:?}"
+    );
+    let e = SchedError::Command {
+        command: "qsub".into(),
+        message: "Unable to run job: job rejected: only 3 jobs are allowed per user (current job count: 3)".into(),
+    };
+    assert!(s.transient(&e), "a full per-user cap clears as jobs finish");
+}
+
+#[test]
+fn a_worker_that_announced_itself_is_running_without_a_query() {
+    let f = Fake::new();
+    let mut s = f.sched(json!({}));
+    s.preflight(&f.spec()).unwrap();
+    s.submit(&f.spec(), &batch(1, 2)).unwrap();
+    std::fs::write(f.session.hello("b1-2+0000000000000001"), "{}").unwrap();
+    let before = f.calls().matches("qstat").count();
+    assert_eq!(
+        s.poll().unwrap(),
+        vec![WorkerEvent {
+            worker: "b1-2".into(),
+            state: WorkerState::Running
+        }]
+    );
+    assert_eq!(
+        f.calls().matches("qstat").count(),
+        before + 1,
+        "only the rate-limited listing"
+    );
 }
 
 #[test]
@@ -200,13 +317,13 @@ fn failed_exit_code_is_lost() {
     let f = Fake::new();
     let mut s = f.sched(json!({}));
     s.preflight(&f.spec()).unwrap();
-    s.submit(&f.spec(), 1).unwrap();
-    std::fs::write(f.session.sub("sge/exit/42.1"), "1\n").unwrap();
+    s.submit(&f.spec(), &batch(1, 1)).unwrap();
+    f.exit("b1-1", "1\n");
     // Exit records are read on every call, without waiting for the next qstat.
     let ev = s.poll().unwrap();
     assert_eq!(
         ev[0].state,
-        WorkerState::Lost("worker exited with code 1".into())
+        WorkerState::Lost("worker exited with code 1 [SGE job 42.1]".into())
     );
 }
 
@@ -219,8 +336,12 @@ fn refused_submission_shows_sge_message() {
         "qsub.fail",
         "Unable to run job: job rejected: no such project\nExiting.\n",
     );
-    let e = s.submit(&f.spec(), 2).unwrap_err().to_string();
-    assert!(e.contains("no such project") && e.contains("qsub"), "{e}");
+    let e = s.submit(&f.spec(), &batch(1, 2)).unwrap_err();
+    assert!(
+        e.to_string().contains("no such project") && e.to_string().contains("qsub"),
+        "{e}"
+    );
+    assert!(!s.transient(&e));
     let mut s = f.sched(json!({}));
     let e = s.preflight(&f.spec()).unwrap_err().to_string();
     assert!(
@@ -256,7 +377,7 @@ fn preflight_checks_queue_and_programs() {
     std::fs::remove_file(f.bin.join("qsub")).unwrap();
     let e = f.sched(json!({})).preflight(&f.spec()).unwrap_err();
     assert!(matches!(e, SchedError::Missing { .. }), "{e}");
-    assert!(e.to_string().contains("qsub not found"), "{e}");
+    assert!(e.to_string().contains("qsub"), "{e}");
 }
 
 #[test]
@@ -264,12 +385,12 @@ fn lost_worker_cap_stops_resubmission() {
     let f = Fake::new();
     let mut s = f.sched(json!({"max_lost_workers": 1}));
     s.preflight(&f.spec()).unwrap();
-    s.submit(&f.spec(), 3).unwrap();
+    s.submit(&f.spec(), &batch(1, 3)).unwrap();
     for t in 1..=3 {
-        std::fs::write(f.session.sub(&format!("sge/exit/42.{t}")), "2\n").unwrap();
+        f.exit(&format!("b1-{t}"), "2\n");
     }
     assert_eq!(s.poll().unwrap().len(), 3);
-    let e = s.submit(&f.spec(), 1).unwrap_err().to_string();
+    let e = s.submit(&f.spec(), &batch(2, 1)).unwrap_err().to_string();
     assert!(
         e.contains("max_lost_workers=1") && e.contains("code 2"),
         "{e}"
@@ -277,33 +398,15 @@ fn lost_worker_cap_stops_resubmission() {
 }
 
 #[test]
-fn stop_request_deletes_queued_workers() {
-    let f = Fake::new();
-    let mut s = f.sched(json!({}));
-    s.preflight(&f.spec()).unwrap();
-    s.submit(&f.spec(), 3).unwrap();
-    f.put(
-        "qstat.xml",
-        &listing(&[(42, 1, "r")], &[(42, "2-3:1", "qw")]),
-    );
-    poll_now(&mut s);
-    std::fs::write(f.session.control("stop"), "").unwrap();
-    let ev = s.poll().unwrap();
-    let gone: Vec<&str> = ev.iter().map(|e| e.worker.as_str()).collect();
-    assert_eq!(gone, vec!["42.2", "42.3"]);
-    assert!(ev.iter().all(|e| e.state == WorkerState::Exited));
-    assert!(f.calls().contains("qdel 42.2 42.3"), "{}", f.calls());
-}
-
-#[test]
 fn cancel_all_waits_and_forces_stuck_jobs() {
     let f = Fake::new();
-    let mut s = f.sched(json!({}));
+    let mut s = f
+        .sched(json!({}))
+        .with_cancel_wait(Duration::from_millis(900));
     s.preflight(&f.spec()).unwrap();
-    s.submit(&f.spec(), 3).unwrap();
+    s.submit(&f.spec(), &batch(1, 3)).unwrap();
     f.put("qstat.xml", &listing(&[(42, 1, "dr"), (7, 1, "r")], &[]));
     f.put("stuck", "");
-    s.delete_wait = Duration::from_millis(900);
     let t = Instant::now();
     s.cancel_all().unwrap();
     assert!(
@@ -312,7 +415,7 @@ fn cancel_all_waits_and_forces_stuck_jobs() {
     );
     let calls = f.calls();
     assert!(
-        calls.contains("qdel 42\n") && calls.contains("qdel -f 42\n"),
+        calls.contains("qdel 42\n") && calls.contains("qdel -f 42.1\n"),
         "{calls}"
     );
     assert!(
@@ -330,10 +433,10 @@ fn cancel_deletes_particular_tasks() {
     let f = Fake::new();
     let mut s = f.sched(json!({}));
     s.preflight(&f.spec()).unwrap();
-    s.submit(&f.spec(), 3).unwrap();
-    s.cancel(&["42.2".into(), "nonsense".into()]).unwrap();
+    s.submit(&f.spec(), &batch(1, 3)).unwrap();
+    s.cancel(&["b1-2".into(), "nonsense".into()]).unwrap();
     assert!(f.calls().contains("qdel 42.2\n"), "{}", f.calls());
     // A cancelled worker's late exit record produces no event.
-    std::fs::write(f.session.sub("sge/exit/42.2"), "137\n").unwrap();
-    assert!(s.poll().unwrap().iter().all(|e| e.worker != "42.2"));
+    f.exit("b1-2", "137\n");
+    assert!(s.poll().unwrap().iter().all(|e| e.worker != "b1-2"));
 }

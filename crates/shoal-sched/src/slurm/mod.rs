@@ -1,172 +1,90 @@
-//! The Slurm backend: workers are elements of array jobs (one `sbatch --array` per
-//! `submit(n)`), watched with one `squeue` per poll interval limited to the session's own
-//! arrays, and cancelled as `ARRAYID_TASKID` (one worker) or `ARRAYID` (the whole array).
+//! The Slurm adapter of the generic array backend: workers are elements of array jobs (one
+//! `sbatch --array` per batch), watched with one `squeue` per poll interval limited to the
+//! session's own arrays, cancelled as `ARRAYID_TASKID` (one worker) or `ARRAYID` (a whole
+//! array), and classified from `sacct` or the jobcomp log once they leave the queue.
 //!
-//! A worker's id is `ARRAYID_TASKID`, which the worker derives itself from
-//! SLURM_ARRAY_JOB_ID/SLURM_ARRAY_TASK_ID, and Slurm writes its output straight to
-//! `logs/ARRAYID_TASKID.out|err` (`--output=logs/%A_%a.out`).
+//! A worker's id is `bBATCH-TASKID` (`SHOAL_WORKER_ID`, set by the job script from
+//! `SLURM_ARRAY_TASK_ID`); Slurm writes its output straight to `logs/bBATCH-TASKID.out|err`.
 
 pub mod options;
 pub mod query;
-pub mod script;
+pub mod submit;
 
+use crate::array::{Adapter, ArrayBackend, Call, Common, Element, Info, Listed, Site, Target};
 use crate::error::{Result, SchedError};
-use crate::{LaunchSpec, Scheduler, WorkerEvent, WorkerState};
-use options::SlurmOptions;
-use query::{Phase, SiteConfig};
-use std::collections::{BTreeMap, BTreeSet};
+use crate::runner::Runner;
+use crate::supervisor::says_any;
+use crate::LaunchSpec;
+pub use options::SlurmOptions;
+use query::SiteConfig;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-/// How long `cancel_all` waits for Slurm to confirm the session's jobs are gone.
-const CANCEL_CONFIRM: Duration = Duration::from_secs(15);
-/// scancel/squeue arguments per call (command lines have limits).
-const IDS_PER_CALL: usize = 500;
 /// Bytes of the jobcomp text log searched for a vanished job (its end is recent).
 const JOBCOMP_TAIL: u64 = 8 << 20;
 
-/// The Slurm commands, found on PATH or (for fault-injection tests) in one directory.
-#[derive(Debug, Clone, Default)]
-pub struct Tools {
-    pub bin: Option<PathBuf>,
-}
+/// What Slurm says when it is busy or unreachable, or a per-user cap is full for now.
+const TRANSIENT: [&str; 13] = [
+    "Socket timed out",
+    "Unable to contact slurm controller",
+    "Connection refused",
+    "temporarily unable",
+    "Resource temporarily unavailable",
+    "Zero Bytes were transmitted",
+    "Communication connection failure",
+    "Transport endpoint is not connected",
+    "QOSMaxSubmitJobPerUserLimit",
+    "AssocMaxSubmitJobLimit",
+    "MaxSubmitJobs",
+    "job submit limit",
+    "slurm_persist_conn_open",
+];
 
-/// What a command printed.
-#[derive(Debug)]
-pub struct Output {
-    pub ok: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
+const INFO: Info = Info {
+    name: "slurm",
+    display: "Slurm",
+    tools: &["sbatch", "squeue", "scancel", "scontrol"],
+    missing_hint: "run on a Slurm submit host, or load Slurm first (e.g. `module load slurm`)",
+    index_var: "SLURM_ARRAY_TASK_ID",
+    first_index: 0,
+};
 
-impl Tools {
-    fn program(&self, name: &str) -> PathBuf {
-        match &self.bin {
-            Some(dir) => dir.join(name),
-            None => PathBuf::from(name),
-        }
-    }
-
-    /// Where `name` would run from, if anywhere.
-    pub fn find(&self, name: &str) -> Option<PathBuf> {
-        let dirs: Vec<PathBuf> = match &self.bin {
-            Some(d) => vec![d.clone()],
-            None => std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect(),
-        };
-        dirs.into_iter()
-            .map(|d| d.join(name))
-            .find(|p| is_executable(p))
-    }
-
-    pub fn run(&self, name: &str, args: &[String]) -> Result<Output> {
-        let out = Command::new(self.program(name))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| SchedError::Command {
-                command: name.to_string(),
-                message: format!("{e}\nhint: is Slurm's {name} on PATH on this host?"),
-            })?;
-        Ok(Output {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
-
-    /// Run and require success; the error carries Slurm's own message.
-    fn check(&self, name: &str, args: &[String]) -> Result<Output> {
-        let out = self.run(name, args)?;
-        if out.ok {
-            Ok(out)
-        } else {
-            let msg = if out.stderr.is_empty() {
-                out.stdout.trim().to_string()
-            } else {
-                out.stderr.clone()
-            };
-            Err(SchedError::Command {
-                command: format!("{name} {}", args.join(" ")),
-                message: msg,
-            })
-        }
-    }
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// A worker the backend still watches.
-#[derive(Debug, Clone)]
-struct Tracked {
-    array: String,
-    running: bool,
-    /// Consecutive queries that did not list it.
-    missing: u32,
-}
-
-pub struct SlurmScheduler {
+pub struct Slurm {
     opts: SlurmOptions,
-    tools: Tools,
-    site: SiteConfig,
-    script: Option<PathBuf>,
-    tracked: BTreeMap<String, Tracked>,
-    /// Every array of the session, in submission order (for `shoal cancel`).
-    arrays: Vec<String>,
-    /// Arrays that may still have queued or running elements.
-    open_arrays: BTreeSet<String>,
-    last_query: Option<Instant>,
-    /// Slurm queries made by `poll` (for measurements and tests).
-    pub queries: u64,
+    common: Common,
+    config: SiteConfig,
+    user: String,
 }
 
-impl SlurmScheduler {
-    pub fn new(workers: usize, options: &serde_json::Value) -> Result<Self> {
-        Ok(SlurmScheduler {
-            opts: SlurmOptions::from_json(workers, options)?,
-            tools: Tools::default(),
-            site: SiteConfig::default(),
-            script: None,
-            tracked: BTreeMap::new(),
-            arrays: Vec::new(),
-            open_arrays: BTreeSet::new(),
-            last_query: None,
-            queries: 0,
-        })
-    }
+/// The Slurm backend: the generic array backend over this adapter.
+pub type SlurmBackend = ArrayBackend<Slurm>;
 
-    /// Use the Slurm commands in `dir` instead of PATH (fault-injection tests).
-    pub fn with_tools(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.tools.bin = Some(dir.into());
-        self
-    }
+pub fn backend(workers: usize, options: &serde_json::Value) -> Result<SlurmBackend> {
+    let opts = SlurmOptions::from_json(workers, options)?;
+    let common = Common {
+        workers: opts.max_workers,
+        poll_interval: opts.poll_interval,
+        max_lost_workers: None,
+    };
+    Ok(ArrayBackend::new(Slurm {
+        opts,
+        common,
+        config: SiteConfig::default(),
+        user: crate::current_user(),
+    }))
+}
 
+impl Slurm {
     pub fn options(&self) -> &SlurmOptions {
         &self.opts
     }
 
-    pub fn site(&self) -> &SiteConfig {
-        &self.site
+    pub fn config(&self) -> &SiteConfig {
+        &self.config
     }
 
-    fn write_script(&mut self, spec: &LaunchSpec) -> Result<PathBuf> {
-        if let Some(p) = &self.script {
-            return Ok(p.clone());
-        }
-        let path = spec.session.sub("slurm-worker.sh");
-        let text = script::worker_script(spec, &self.opts);
-        shoal_core::fsutil::write_atomic(&path, &[text.as_bytes()])?;
-        self.script = Some(path.clone());
-        Ok(path)
-    }
-
-    fn check_partition(&self) -> Result<()> {
-        let out = self.tools.check(
+    fn check_partition(&self, run: &Runner) -> Result<()> {
+        let out = run.check(
             "scontrol",
             &["show".into(), "partition".into(), "-o".into()],
         )?;
@@ -211,69 +129,53 @@ impl SlurmScheduler {
         Ok(())
     }
 
-    /// `squeue` for the session's own arrays; every state so finished jobs are seen too.
-    fn query(&mut self, arrays: &[String], all_states: bool) -> Result<Vec<query::JobLine>> {
-        let mut lines = Vec::new();
-        for part in arrays.chunks(IDS_PER_CALL) {
-            let mut args: Vec<String> = vec!["-h".into(), "-r".into()];
-            if all_states {
-                args.extend(["-t".into(), "all".into()]);
-            }
-            args.extend([
-                "-j".into(),
-                part.join(","),
-                "-O".into(),
-                query::SQUEUE_FORMAT.into(),
-            ]);
-            let out = self.tools.run("squeue", &args)?;
-            if !out.ok {
-                // Every id of the list purged (MinJobAge passed): squeue calls them invalid.
-                if out.stderr.contains("Invalid job id") {
-                    continue;
-                }
-                return Err(SchedError::Command {
-                    command: format!("squeue {}", args.join(" ")),
-                    message: out.stderr,
-                });
-            }
-            lines.extend(query::parse_squeue(&out.stdout));
-        }
-        Ok(lines)
-    }
-
-    /// How a worker that left squeue ended: sacct where the site has accounting, else the
-    /// jobcomp text log, else an honest "unknown" (never silently a success).
-    fn classify_vanished(&self, id: &str) -> WorkerState {
-        let record = if self.site.accounting {
-            let args = ["-n", "-P", "-X", "-j", id, "-o", "JobID,State,ExitCode"].map(String::from);
-            self.tools
-                .run("sacct", &args)
-                .ok()
-                .and_then(|o| query::parse_sacct(&o.stdout, id))
-        } else {
-            None
+    /// The site's caps on what this user may submit, with a message when one shapes the pool.
+    fn limits(&self, run: &Runner) -> Site {
+        let mut site = Site {
+            max_array: self.config.max_array_size.max(1),
+            ..Site::default()
         };
-        let record = record.or_else(|| {
-            let (array, task) = id.split_once('_')?;
-            let text = read_tail(Path::new(self.site.jobcomp_log.as_deref()?), JOBCOMP_TAIL)?;
-            query::parse_jobcomp(&text, array, task)
-        });
-        match record.map(|(state, status)| query::phase(&state, status, "")) {
-            Some(Phase::Completed) => WorkerState::Exited,
-            Some(Phase::Ended(r)) => WorkerState::Lost(format!("{r} [Slurm job {id}]")),
-            _ => WorkerState::Lost(format!(
-                "worker job {id} left the Slurm queue and no record says how it ended \
-                 (finished jobs stay in squeue for MinJobAge={} s; this site has no sacct)",
-                self.site.min_job_age.as_secs()
-            )),
+        // Leave room in the controller's job table for everybody else.
+        let mut cap = (self.config.max_job_count / 2).max(1);
+        let mut why = format!(
+            "half of the controller's MaxJobCount={}",
+            self.config.max_job_count
+        );
+        // MaxSubmitJobs lives in the accounting associations and QOS (sites with slurmdbd).
+        if self.config.accounting {
+            let args = [
+                "show".to_string(),
+                "assoc_mgr".into(),
+                format!("users={}", self.user),
+                "flags=assoc,qos".into(),
+            ];
+            if let Some((room, limit)) = run
+                .run("scontrol", &args)
+                .ok()
+                .filter(|o| o.ok)
+                .and_then(|o| query::submit_room(&o.stdout))
+            {
+                if room < cap {
+                    cap = room;
+                    why = format!("Slurm's {limit} for user {}", self.user);
+                }
+            }
         }
-    }
-
-    fn scancel(&self, ids: &[String]) {
-        for part in ids.chunks(IDS_PER_CALL) {
-            // Errors are expected for elements that just ended; cancel_all confirms with squeue.
-            let _ = self.tools.run("scancel", part);
+        let workers = self.common.workers;
+        if cap < workers {
+            site.notes.push(format!(
+                "the pool runs at most {} workers instead of {workers}: {why}",
+                cap.max(1)
+            ));
+            site.max_workers = Some(cap);
         }
+        if site.max_array < workers.min(cap) {
+            site.notes.push(format!(
+                "workers are submitted as arrays of at most {} elements (MaxArraySize={})",
+                site.max_array, self.config.max_array_size
+            ));
+        }
+        site
     }
 }
 
@@ -286,256 +188,150 @@ fn read_tail(path: &Path, max: u64) -> Option<String> {
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
-impl Scheduler for SlurmScheduler {
-    fn name(&self) -> &'static str {
-        "slurm"
+impl Adapter for Slurm {
+    fn info(&self) -> &'static Info {
+        &INFO
     }
 
-    fn capacity(&self) -> usize {
-        // Leave room in the controller's job table for everybody else.
-        self.opts
-            .max_workers
-            .min((self.site.max_job_count / 2).max(1))
+    fn common(&self) -> &Common {
+        &self.common
     }
 
-    fn poll_interval(&self) -> Duration {
-        self.opts.poll_interval
+    fn directives(&self) -> Vec<String> {
+        submit::directives(&self.opts)
     }
 
-    fn preflight(&mut self, spec: &LaunchSpec) -> Result<()> {
-        for tool in ["sbatch", "squeue", "scancel", "scontrol"] {
-            if self.tools.find(tool).is_none() {
-                return Err(SchedError::Missing {
-                    what: format!("Slurm command {tool}"),
-                    detail: "it is not on PATH".into(),
-                    hint:
-                        "run on a Slurm submit host, or load Slurm first (e.g. `module load slurm`)"
-                            .into(),
-                });
-            }
-        }
-        if !spec.python.exists() {
-            return Err(SchedError::Missing {
-                what: "python_path".into(),
-                detail: format!("{} does not exist", spec.python.display()),
-                hint: "pass python_path= an interpreter on a shared filesystem that has shoal installed".into(),
-            });
-        }
-        let config = self
-            .tools
-            .check("scontrol", &["show".into(), "config".into()])?;
-        self.site = query::parse_config(&config.stdout);
-        self.check_partition()?;
+    fn preflight(&mut self, run: &Runner, spec: &LaunchSpec, script: &Path) -> Result<Site> {
+        let config = run.check("scontrol", &["show".into(), "config".into()])?;
+        self.config = query::parse_config(&config.stdout);
+        self.check_partition(run)?;
         // Let Slurm judge the rest (account, qos, gres, memory, cpus, raw sbatch_args)
         // without queueing anything.
-        let script = self.write_script(spec)?;
-        let mut args = script::sbatch_argv(spec, &self.opts, &script.display().to_string(), 1, 1);
+        let script = script.display().to_string();
+        let mut args = submit::sbatch_argv(spec, &self.opts, &script, "b0", 1, 1);
         args.insert(0, "--test-only".into());
-        self.tools.check("sbatch", &args).map_err(|e| match e {
-            SchedError::Command { message, .. } => SchedError::Command {
+        if let Err(e) = run.check("sbatch", &args) {
+            if self.transient(&e) {
+                return Err(e);
+            }
+            let message = match e {
+                SchedError::Command { message, .. } => message,
+                other => return Err(other),
+            };
+            return Err(SchedError::Command {
                 command: "sbatch --test-only".into(),
-                message: format!("Slurm refuses the worker job: {message}\nhint: check partition=, account=, qos=, time=, memory=, cpus=, gres=/gpus= and sbatch_args="),
-            },
-            other => other,
-        })?;
-        Ok(())
+                message: format!("Slurm refuses the worker job: {message}\nhint: check partition=, account=, qos=, time=, memory=, cpus=, gres=/gpus=, constraint= and sbatch_args="),
+            });
+        }
+        Ok(self.limits(run))
     }
 
-    fn submit(&mut self, spec: &LaunchSpec, n: usize) -> Result<Vec<String>> {
-        let script = self.write_script(spec)?.display().to_string();
-        let mut ids = Vec::with_capacity(n);
-        for size in script::split_arrays(n, self.site.max_array_size) {
-            let args = script::sbatch_argv(spec, &self.opts, &script, size, self.capacity());
-            let out = self.tools.check("sbatch", &args)?;
-            // --parsable prints "JOBID" or "JOBID;CLUSTER".
-            let array = out
-                .stdout
-                .trim()
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .to_string();
-            if array.is_empty() || !array.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(SchedError::Command {
-                    command: "sbatch --parsable".into(),
-                    message: format!(
-                        "unexpected output {:?} (expected a job id)",
-                        out.stdout.trim()
-                    ),
-                });
-            }
-            for task in 0..size {
-                let id = format!("{array}_{task}");
-                self.tracked.insert(
-                    id.clone(),
-                    Tracked {
-                        array: array.clone(),
-                        running: false,
-                        missing: 0,
-                    },
-                );
-                ids.push(id);
-            }
-            self.arrays.push(array.clone());
-            self.open_arrays.insert(array);
-        }
-        Ok(ids)
+    fn submit(
+        &self,
+        spec: &LaunchSpec,
+        script: &Path,
+        tag: &str,
+        n: usize,
+        throttle: usize,
+    ) -> Call {
+        let script = script.display().to_string();
+        (
+            "sbatch",
+            submit::sbatch_argv(spec, &self.opts, &script, tag, n, throttle),
+        )
     }
 
-    fn poll(&mut self) -> Result<Vec<WorkerEvent>> {
-        if self.tracked.is_empty() {
-            return Ok(Vec::new());
+    fn job_id(&self, stdout: &str) -> Option<String> {
+        // --parsable prints "JOBID" or "JOBID;CLUSTER".
+        let id = stdout.trim().split(';').next()?.to_string();
+        (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then_some(id)
+    }
+
+    /// `squeue` for the session's own arrays; every state, so finished elements are seen
+    /// too (for MinJobAge).
+    fn query(&mut self, run: &Runner, jobs: &[String]) -> Result<Vec<Listed>> {
+        let args: Vec<String> = vec![
+            "-h".into(),
+            "-r".into(),
+            "-t".into(),
+            "all".into(),
+            "-j".into(),
+            jobs.join(","),
+            "-O".into(),
+            query::SQUEUE_FORMAT.into(),
+        ];
+        let out = run.run("squeue", &args)?;
+        if !out.ok {
+            // Every id of the list purged (MinJobAge passed): squeue calls them invalid.
+            if out.stderr.contains("Invalid job id") {
+                return Ok(Vec::new());
+            }
+            return Err(run.failed("squeue", &args, &out.message()));
         }
-        // At most one query per interval, however often the engine asks.
-        if self
-            .last_query
-            .is_some_and(|t| t.elapsed() < self.opts.poll_interval)
-        {
-            return Ok(Vec::new());
-        }
-        self.last_query = Some(Instant::now());
-        self.queries += 1;
-        let arrays: Vec<String> = self
-            .tracked
-            .values()
-            .map(|t| t.array.clone())
-            .collect::<BTreeSet<_>>()
+        Ok(query::parse_squeue(&out.stdout)
             .into_iter()
-            .collect();
-        let lines: BTreeMap<String, query::JobLine> = self
-            .query(&arrays, true)?
-            .into_iter()
-            .map(|l| (l.id.clone(), l))
-            .collect();
-        let mut events = Vec::new();
-        // None: vanished from squeue, to be classified from the site's records.
-        let mut ended: Vec<(String, Option<WorkerState>)> = Vec::new();
-        let mut stuck = Vec::new();
-        for (id, t) in self.tracked.iter_mut() {
-            let Some(line) = lines.get(id) else {
-                // Seen missing twice in a row: gone from the controller's memory.
-                t.missing += 1;
-                if t.missing >= 2 {
-                    ended.push((id.clone(), None));
-                }
-                continue;
-            };
-            t.missing = 0;
-            match query::phase(&line.state, line.status, &line.reason) {
-                Phase::Pending => {}
-                Phase::Running => {
-                    if !t.running {
-                        t.running = true;
-                        events.push(WorkerEvent {
-                            worker: id.clone(),
-                            state: WorkerState::Running,
-                        });
-                    }
-                }
-                Phase::Completed => ended.push((id.clone(), Some(WorkerState::Exited))),
-                Phase::Ended(r) => ended.push((
-                    id.clone(),
-                    Some(WorkerState::Lost(format!("{r} [Slurm job {id}]"))),
-                )),
-                Phase::Stuck(r) => {
-                    stuck.push(id.clone());
-                    ended.push((
-                        id.clone(),
-                        Some(WorkerState::Lost(format!("{r} [Slurm job {id}]"))),
-                    ));
-                }
-            }
-        }
-        if !stuck.is_empty() {
-            self.scancel(&stuck);
-        }
-        for (id, state) in ended {
-            let state = state.unwrap_or_else(|| self.classify_vanished(&id));
-            self.tracked.remove(&id);
-            events.push(WorkerEvent { worker: id, state });
-        }
-        let live: BTreeSet<&String> = self.tracked.values().map(|t| &t.array).collect();
-        let stuck_arrays: BTreeSet<String> = stuck
+            .filter_map(|l| {
+                let (job, task) = l.id.split_once('_')?;
+                Some(Listed {
+                    job: job.to_string(),
+                    index: task.parse().ok()?,
+                    element: query::element(&l.state, l.status, &l.reason),
+                })
+            })
+            .collect())
+    }
+
+    fn cancel(&self, targets: &[Target], _force: bool) -> Call {
+        // Elements as ARRAYID_TASKID: the raw job id of an element is rejected by the
+        // controller (or, for the last one, hits the whole array).
+        let ids = targets
             .iter()
-            .filter_map(|s| s.split('_').next())
-            .map(String::from)
+            .map(|t| match t {
+                Target::Element(job, index) => format!("{job}_{index}"),
+                Target::Job(job) => job.clone(),
+            })
             .collect();
-        self.open_arrays
-            .retain(|a| live.contains(a) || stuck_arrays.contains(a));
-        Ok(events)
+        ("scancel", ids)
     }
 
-    fn cancel(&mut self, workers: &[String]) -> Result<()> {
-        let ids: Vec<String> = workers
-            .iter()
-            .filter(|w| self.tracked.remove(*w).is_some())
-            .cloned()
-            .collect();
-        // The array stays open until cancel_all has confirmed the elements are gone.
-        self.scancel(&ids);
-        Ok(())
+    /// sacct where the site has accounting, else the jobcomp text log.
+    fn accounting(&mut self, run: &Runner, job: &str, index: u64) -> Option<Element> {
+        let id = format!("{job}_{index}");
+        let record = if self.config.accounting {
+            let args =
+                ["-n", "-P", "-X", "-j", &id, "-o", "JobID,State,ExitCode"].map(String::from);
+            run.run("sacct", &args)
+                .ok()
+                .and_then(|o| query::parse_sacct(&o.stdout, &id))
+        } else {
+            None
+        };
+        let record = record.or_else(|| {
+            let text = read_tail(Path::new(self.config.jobcomp_log.as_deref()?), JOBCOMP_TAIL)?;
+            query::parse_jobcomp(&text, job, &index.to_string())
+        });
+        record.map(|(state, status)| query::element(&state, status, ""))
     }
 
-    fn cancel_all(&mut self) -> Result<()> {
-        self.tracked.clear();
-        let arrays: Vec<String> = std::mem::take(&mut self.open_arrays).into_iter().collect();
-        if arrays.is_empty() {
-            return Ok(());
-        }
-        self.scancel(&arrays);
-        let deadline = Instant::now() + CANCEL_CONFIRM;
-        loop {
-            // Default states only: what a user's squeue shows (pending, running, completing).
-            let left = match self.query(&arrays, false) {
-                Ok(l) => l,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
-                }
-                Err(e) => {
-                    self.open_arrays.extend(arrays);
-                    return Err(e);
-                }
-            };
-            if left.is_empty() {
-                return Ok(());
+    fn no_record(&self, _job: &str, _index: u64) -> String {
+        format!(
+            "worker job left the Slurm queue and no record says how it ended \
+             (finished jobs stay in squeue for MinJobAge={} s; {})",
+            self.config.min_job_age.as_secs(),
+            if self.config.accounting {
+                "sacct has no record either"
+            } else {
+                "this site has no sacct"
             }
-            if Instant::now() >= deadline {
-                let ids: Vec<String> = left
-                    .iter()
-                    .map(|l| format!("{} ({})", l.id, l.state))
-                    .collect();
-                self.open_arrays.extend(arrays);
-                return Err(SchedError::Command {
-                    command: "scancel".into(),
-                    message: format!(
-                        "Slurm jobs still in the queue after cancelling: {}",
-                        ids.join(", ")
-                    ),
-                });
-            }
-            // Elements still queued or running did not get the message: ask again for those.
-            let again: Vec<String> = left
-                .iter()
-                .filter(|l| l.state != "CG")
-                .map(|l| l.id.clone())
-                .collect();
-            if !again.is_empty() {
-                self.scancel(&again);
-            }
-            std::thread::sleep(Duration::from_millis(150));
-        }
+        )
     }
 
-    fn job_ids(&self) -> Vec<String> {
-        self.arrays.clone()
+    fn element_id(&self, job: &str, index: u64) -> String {
+        format!("{job}_{index}")
     }
-}
 
-impl Drop for SlurmScheduler {
-    fn drop(&mut self) {
-        let _ = self.cancel_all();
+    fn transient(&self, e: &SchedError) -> bool {
+        says_any(e, &TRANSIENT)
     }
 }
 

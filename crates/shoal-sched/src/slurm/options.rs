@@ -2,30 +2,10 @@
 //! types, so that a bad time, size or list fails before anything is submitted.
 
 use crate::error::{Result, SchedError};
+use crate::options::Opts;
 use serde_json::Value;
 use shoal_core::units::{MemSize, TimeLimit};
-use shoal_core::CoreError;
 use std::time::Duration;
-
-/// Keywords this backend understands, for error messages.
-pub const KNOWN: [&str; 16] = [
-    "cpus",
-    "memory",
-    "time",
-    "partition",
-    "account",
-    "qos",
-    "gpus",
-    "gres",
-    "job_name",
-    "sbatch_args",
-    "extra_directives",
-    "max_workers",
-    "poll_interval",
-    "export",
-    "constraint",
-    "reservation",
-];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlurmOptions {
@@ -52,146 +32,42 @@ pub struct SlurmOptions {
 }
 
 impl SlurmOptions {
+    /// Keys and their types come from the registry; this only turns them into fields.
     pub fn from_json(workers: usize, options: &Value) -> Result<Self> {
-        let empty = serde_json::Map::new();
-        let map = match options {
-            Value::Object(m) => m,
-            Value::Null => &empty,
-            other => {
-                return Err(config(format!(
-                    "backend options must be a mapping, not {other}"
-                )))
-            }
-        };
-        for key in map.keys() {
-            if !KNOWN.contains(&key.as_str()) {
-                return Err(config(format!(
-                    "unknown option {key:?} for the slurm backend\nhint: the slurm backend accepts {}; raw sbatch flags go in sbatch_args=[...]",
-                    KNOWN.join(", ")
-                )));
-            }
-        }
-        // null means "not given", so callers can pass `partition=None`.
-        let get = |k: &str| map.get(k).filter(|v| !v.is_null());
-        let max_workers = match get("max_workers") {
-            Some(v) => positive(v, "max_workers")? as usize,
-            None => workers,
-        };
+        let o = Opts::new("slurm", options)?;
+        let max_workers = o.count("max_workers")?.map_or(workers, |n| n as usize);
         if max_workers == 0 {
-            return Err(config(
+            return Err(SchedError::Config(
                 "invalid value 0 for workers: a pool needs at least 1 worker".into(),
             ));
         }
-        let poll_interval = match get("poll_interval") {
-            Some(v) => {
-                let secs = v
-                    .as_f64()
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .ok_or_else(|| {
-                        invalid("poll_interval", v, "must be a positive number of seconds")
-                    })?;
-                Duration::from_secs_f64(secs.max(0.1))
-            }
-            None => DEFAULT_POLL,
-        };
         Ok(SlurmOptions {
             max_workers,
-            cpus: get("cpus").map(|v| positive(v, "cpus")).transpose()?,
-            memory: get("memory")
-                .map(|v| MemSize::parse("memory", &scalar(v, "memory")?).map_err(SchedError::from))
-                .transpose()?,
-            time: get("time")
-                .map(|v| TimeLimit::parse("time", &scalar(v, "time")?).map_err(SchedError::from))
-                .transpose()?,
-            partition: get("partition").map(|v| word(v, "partition")).transpose()?,
-            account: get("account").map(|v| word(v, "account")).transpose()?,
-            qos: get("qos").map(|v| word(v, "qos")).transpose()?,
-            gpus: get("gpus").map(|v| positive(v, "gpus")).transpose()?,
-            gres: get("gres").map(|v| word(v, "gres")).transpose()?,
-            constraint: get("constraint")
-                .map(|v| scalar(v, "constraint"))
-                .transpose()?,
-            reservation: get("reservation")
-                .map(|v| word(v, "reservation"))
-                .transpose()?,
-            job_name: match get("job_name") {
-                Some(v) => word(v, "job_name")?,
-                None => "shoal".into(),
-            },
-            export: match get("export") {
-                Some(v) => word(v, "export")?,
-                None => "ALL".into(),
-            },
-            sbatch_args: get("sbatch_args")
-                .map(|v| strings(v, "sbatch_args"))
-                .transpose()?
-                .unwrap_or_default(),
-            extra_directives: get("extra_directives")
-                .map(|v| strings(v, "extra_directives"))
-                .transpose()?
-                .unwrap_or_default(),
-            poll_interval,
+            cpus: o.count("cpus")?,
+            memory: o.memory("memory")?,
+            time: o.time("time")?,
+            partition: o.name("partition")?,
+            account: o.name("account")?,
+            qos: o.name("qos")?,
+            gpus: o.count("gpus")?,
+            gres: o.name("gres")?,
+            constraint: o.text("constraint")?,
+            reservation: o.name("reservation")?,
+            job_name: o.name("job_name")?.unwrap_or_else(|| "shoal".into()),
+            export: o.name("export")?.unwrap_or_else(|| "ALL".into()),
+            sbatch_args: o.args("sbatch_args")?,
+            extra_directives: o.lines("extra_directives")?,
+            poll_interval: o
+                .seconds("poll_interval")?
+                .map_or(default_poll(), |d| d.max(Duration::from_millis(100))),
         })
     }
 }
 
-/// One squeue per second per session: quick enough to see a dead worker within two
-/// intervals, and a negligible load on the controller (~10-30 ms per query).
-pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
-
-fn config(msg: String) -> SchedError {
-    SchedError::Config(msg)
-}
-
-fn invalid(option: &str, value: &Value, reason: &str) -> SchedError {
-    SchedError::Core(CoreError::invalid(option, value, reason))
-}
-
-fn positive(v: &Value, option: &str) -> Result<u32> {
-    v.as_u64()
-        .filter(|n| *n > 0 && *n <= u64::from(u32::MAX))
-        .map(|n| n as u32)
-        .ok_or_else(|| invalid(option, v, "must be a positive integer"))
-}
-
-/// A string option; numbers are accepted as their text (`time=90`, `memory=512`).
-fn scalar(v: &Value, option: &str) -> Result<String> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        _ => Err(invalid(option, v, "must be a string")),
-    }
-}
-
-/// A name that goes into one sbatch argument: no whitespace, not empty.
-fn word(v: &Value, option: &str) -> Result<String> {
-    let s = scalar(v, option)?;
-    let s = s.trim();
-    if s.is_empty() || s.contains(char::is_whitespace) {
-        return Err(invalid(
-            option,
-            v,
-            "must be a non-empty name without spaces",
-        ));
-    }
-    Ok(s.to_string())
-}
-
-fn strings(v: &Value, option: &str) -> Result<Vec<String>> {
-    match v {
-        Value::Array(items) => items
-            .iter()
-            .map(|i| match i {
-                Value::String(s) => Ok(s.clone()),
-                _ => Err(invalid(option, v, "must be a list of strings")),
-            })
-            .collect(),
-        _ => Err(invalid(
-            option,
-            v,
-            "must be a list of strings (e.g. [\"--exclusive\", \"--nice=10\"])",
-        )),
-    }
+/// The registry's default: one squeue per second per session, quick enough to see a dead
+/// worker within two intervals and a negligible load on the controller (~10-30 ms a query).
+pub fn default_poll() -> Duration {
+    crate::registry::known("slurm").default_poll()
 }
 
 #[cfg(test)]
@@ -220,7 +96,7 @@ mod tests {
         let d = SlurmOptions::from_json(3, &json!({})).unwrap();
         assert_eq!(
             (d.max_workers, d.poll_interval, d.job_name.as_str()),
-            (3, DEFAULT_POLL, "shoal")
+            (3, Duration::from_secs(1), "shoal")
         );
     }
 
@@ -232,9 +108,10 @@ mod tests {
             (json!({"cpus": 0}), "cpus"),
             (json!({"cpus": "two"}), "cpus"),
             (json!({"partition": "a b"}), "partition"),
-            (json!({"sbatch_args": "--exclusive"}), "list of strings"),
+            (json!({"sbatch_args": 3}), "list of strings"),
             (json!({"poll_interval": -1}), "poll_interval"),
-            (json!({"nodes": 2}), "unknown option \"nodes\""),
+            (json!({"nodes": 2}), "option \"nodes\" does not apply"),
+            (json!({"partiton": "x"}), "did you mean `partition`?"),
         ] {
             let e = SlurmOptions::from_json(1, &opts).unwrap_err().to_string();
             assert!(e.contains(needle), "{opts}: {e}");

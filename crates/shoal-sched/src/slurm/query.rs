@@ -2,6 +2,7 @@
 //! and partition records, and the end-of-job records of `sacct` and the jobcomp text log.
 //! Pure functions over text, so every format is unit-tested without a cluster.
 
+use crate::array::Element;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -48,64 +49,76 @@ pub fn parse_squeue(text: &str) -> Vec<JobLine> {
         .collect()
 }
 
-/// A job state reduced to what the engine needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Phase {
-    Pending,
-    /// Pending for a reason that will not go away by waiting: give up on this worker.
-    Stuck(String),
-    Running,
-    Completed,
-    /// Ended abnormally; the text is for the user.
-    Ended(String),
-}
-
-/// Pending reasons that mean the job will never start as submitted.
-const HOPELESS: [&str; 10] = [
-    "PartitionTimeLimit",
-    "PartitionNodeLimit",
-    "PartitionDown",
-    "PartitionInactive",
-    "BadConstraints",
-    "InvalidAccount",
-    "InvalidQOS",
-    "QOSJobLimit",
-    "AssocMaxWallDurationPerJobLimit",
-    "QOSMaxWallDurationPerJobLimit",
+/// Pending reasons that mean the job will never start as submitted, and what each means.
+/// (Reasons such as `PartitionDown`, `ReqNodeNotAvail` or `QOSJobLimit` clear by themselves
+/// or by an administrator's hand: those jobs wait.)
+const NEVER: [(&str, &str); 9] = [
+    (
+        "PartitionTimeLimit",
+        "its time limit is longer than the partition's MaxTime",
+    ),
+    (
+        "PartitionNodeLimit",
+        "it asks for more nodes than the partition allows",
+    ),
+    (
+        "PartitionConfig",
+        "no node of the partition can give what it asks for",
+    ),
+    (
+        "BadConstraints",
+        "no node has the features (or resources) it asks for",
+    ),
+    ("InvalidAccount", "the account is invalid"),
+    ("InvalidQOS", "the QOS is invalid"),
+    (
+        "AssocMaxWallDurationPerJobLimit",
+        "its time limit is over the association's MaxWall",
+    ),
+    (
+        "QOSMaxWallDurationPerJobLimit",
+        "its time limit is over the QOS's MaxWall",
+    ),
+    ("QOSMinGRES", "it asks for fewer GRES than the QOS requires"),
 ];
 
-/// Map a compact (`squeue %t`) or long (`sacct`, jobcomp) state name.
-pub fn phase(state: &str, status: i32, reason: &str) -> Phase {
+/// Map a compact (`squeue %t`) or long (`sacct`, jobcomp) state name to an element state.
+pub fn element(state: &str, status: i32, reason: &str) -> Element {
     // sacct writes "CANCELLED by 0"; the first word is the state.
     let state = state.split_whitespace().next().unwrap_or("");
+    let ended = |r: &str| Element::Failed(r.to_string());
     match state {
         "PD" | "PENDING" | "CF" | "CONFIGURING" | "RQ" | "REQUEUED" | "RF" | "REQUEUE_FED" | "RH"
         | "REQUEUE_HOLD" | "RD" | "RESV_DEL_HOLD" => {
             let first = reason.split([',', ' ']).next().unwrap_or("");
-            if HOPELESS.contains(&first) {
-                Phase::Stuck(format!("Slurm will not start the worker job: pending with reason {reason}"))
-            } else {
-                Phase::Pending
+            match NEVER.iter().find(|(r, _)| *r == first) {
+                Some((_, why)) => Element::Unsatisfiable(format!(
+                    "Slurm will never start the worker jobs as requested: they are pending with reason {reason} ({why})\nhint: change the request (partition=, time=, cpus=, memory=, constraint=, sbatch_args=)"
+                )),
+                None => Element::Pending(reason.to_string()),
             }
         }
-        "R" | "RUNNING" | "CG" | "COMPLETING" | "S" | "SUSPENDED" | "ST" | "STOPPED" | "SI" | "SIGNALING"
-        | "SO" | "STAGE_OUT" | "RS" | "RESIZING" => Phase::Running,
-        "CD" | "COMPLETED" => Phase::Completed,
-        "F" | "FAILED" => Phase::Ended(format!("worker job failed ({})", describe_status(status))),
-        "TO" | "TIMEOUT" => Phase::Ended(
-            "worker job reached its time limit and was killed by Slurm\nhint: raise time=... or use shorter tasks".into(),
+        "R" | "RUNNING" | "SI" | "SIGNALING" | "RS" | "RESIZING" => Element::Running,
+        "S" | "SUSPENDED" | "ST" | "STOPPED" => Element::Suspended,
+        "CG" | "COMPLETING" | "SO" | "STAGE_OUT" => Element::Leaving,
+        "CD" | "COMPLETED" => Element::Completed,
+        "F" | "FAILED" => ended(&format!("worker job failed ({})", describe_status(status))),
+        "TO" | "TIMEOUT" => ended(
+            "worker job reached its time limit and was killed by Slurm\nhint: raise time=... or use shorter tasks",
         ),
-        "OOM" | "OUT_OF_MEMORY" => Phase::Ended(
-            "worker job ran out of memory and was killed by Slurm\nhint: raise memory=...".into(),
-        ),
-        "NF" | "NODE_FAIL" => Phase::Ended("worker job's node failed".into()),
-        "CA" | "CANCELLED" => Phase::Ended("worker job was cancelled (scancel or an administrator)".into()),
-        "PR" | "PREEMPTED" => Phase::Ended("worker job was preempted".into()),
-        "BF" | "BOOT_FAIL" => Phase::Ended("worker job's node failed to boot".into()),
-        "DL" | "DEADLINE" => Phase::Ended("worker job reached its deadline".into()),
-        "RV" | "REVOKED" | "SE" | "SPECIAL_EXIT" => Phase::Ended(format!("worker job ended in state {state}")),
+        "OOM" | "OUT_OF_MEMORY" => {
+            ended("worker job ran out of memory and was killed by Slurm\nhint: raise memory=...")
+        }
+        "NF" | "NODE_FAIL" => ended("worker job's node failed"),
+        "CA" | "CANCELLED" => ended("worker job was cancelled (scancel or an administrator)"),
+        "PR" | "PREEMPTED" => ended("worker job was preempted"),
+        "BF" | "BOOT_FAIL" => ended("worker job's node failed to boot"),
+        "DL" | "DEADLINE" => ended("worker job reached its deadline"),
+        "RV" | "REVOKED" | "SE" | "SPECIAL_EXIT" => {
+            ended(&format!("worker job ended in state {state}"))
+        }
         // Unknown to this version: treat as still there and look again next poll.
-        _ => Phase::Running,
+        _ => Element::Running,
     }
 }
 
@@ -188,6 +201,36 @@ pub fn parse_config(text: &str) -> SiteConfig {
             .map(|v| v.to_string());
     }
     c
+}
+
+/// How many more jobs the user may submit under MaxSubmitJobs limits, from
+/// `scontrol show assoc_mgr users=USER flags=assoc,qos`: each limit is printed as
+/// `MaxSubmitJobs=LIMIT(USED)` (associations) or `MaxSubmitJobsPU=LIMIT(USED)` (QOS, per
+/// user); an empty limit is none. The tightest one wins; None: no limit.
+pub fn submit_room(assoc_mgr: &str) -> Option<(usize, String)> {
+    let mut best: Option<(usize, String)> = None;
+    for word in assoc_mgr.split_whitespace() {
+        let Some((key, value)) = word.split_once('=') else {
+            continue;
+        };
+        if !matches!(
+            key,
+            "MaxSubmitJobs" | "MaxSubmitJobsPU" | "MaxSubmitJobsPerUser"
+        ) {
+            continue;
+        }
+        let Some((limit, used)) = value.strip_suffix(')').and_then(|v| v.split_once('(')) else {
+            continue;
+        };
+        let (Ok(limit), Ok(used)) = (limit.parse::<usize>(), used.parse::<usize>()) else {
+            continue;
+        };
+        let room = limit.saturating_sub(used);
+        if best.as_ref().is_none_or(|(b, _)| room < *b) {
+            best = Some((room, format!("{key}={limit} ({used} in use)")));
+        }
+    }
+    best
 }
 
 /// One partition, from `scontrol show partition -o`.
@@ -281,23 +324,51 @@ mod tests {
     }
 
     #[test]
-    fn states_map_to_phases() {
-        assert_eq!(phase("PD", 0, "Resources"), Phase::Pending);
-        assert!(
-            matches!(phase("PD", 0, "PartitionTimeLimit"), Phase::Stuck(r) if r.contains("PartitionTimeLimit"))
+    fn states_map_to_elements() {
+        assert_eq!(
+            element("PD", 0, "Resources"),
+            Element::Pending("Resources".into())
         );
-        assert_eq!(phase("R", 0, "None"), Phase::Running);
-        assert_eq!(phase("CG", 0, "None"), Phase::Running);
-        assert_eq!(phase("CD", 0, "None"), Phase::Completed);
-        assert_eq!(phase("COMPLETED", 0, ""), Phase::Completed);
-        assert!(matches!(phase("F", 768, ""), Phase::Ended(r) if r.contains("exit code 3")));
-        assert!(matches!(phase("F", 9, ""), Phase::Ended(r) if r.contains("signal 9")));
-        assert!(matches!(phase("TO", 0, ""), Phase::Ended(r) if r.contains("time limit")));
-        assert!(matches!(phase("OOM", 0, ""), Phase::Ended(r) if r.contains("memory")));
-        assert!(matches!(phase("NF", 0, ""), Phase::Ended(r) if r.contains("node")));
-        assert!(
-            matches!(phase("CANCELLED by 0", 0, ""), Phase::Ended(r) if r.contains("cancelled"))
+        assert_eq!(
+            element("PD", 0, "QOSJobLimit"),
+            Element::Pending("QOSJobLimit".into())
         );
+        for reason in ["PartitionTimeLimit", "PartitionConfig", "BadConstraints"] {
+            assert!(
+                matches!(element("PD", 0, reason), Element::Unsatisfiable(r) if r.contains(reason) && r.contains("hint")),
+                "{reason}"
+            );
+        }
+        assert_eq!(element("R", 0, "None"), Element::Running);
+        assert_eq!(element("S", 0, "None"), Element::Suspended);
+        assert_eq!(element("SUSPENDED", 0, ""), Element::Suspended);
+        assert_eq!(element("CG", 0, "None"), Element::Leaving);
+        assert_eq!(element("CD", 0, "None"), Element::Completed);
+        assert_eq!(element("COMPLETED", 0, ""), Element::Completed);
+        let failed = |s, st| match element(s, st, "") {
+            Element::Failed(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert!(failed("F", 768).contains("exit code 3"));
+        assert!(failed("F", 9).contains("signal 9"));
+        assert!(failed("TO", 0).contains("time limit"));
+        assert!(failed("OOM", 0).contains("memory"));
+        assert!(failed("NF", 0).contains("node"));
+        assert!(failed("CANCELLED by 0", 0).contains("cancelled"));
+    }
+
+    #[test]
+    fn submit_limits_from_assoc_mgr() {
+        let text = "Current Association Manager state\n\nAssociation Records\n\n\
+            ClusterName=shoal Account=root UserName=root(0) Partition= Priority=0 ID=1\n    \
+            GrpJobs=N(0) GrpSubmitJobs=N(0) MaxJobs= MaxSubmitJobs=10(3) MaxWallPJ=\n\n\
+            QOS Records\n\nQOS=normal(1)\n    MaxJobsPU=N(0) MaxSubmitJobsPU=4(1) MaxTRESPA=\n";
+        assert_eq!(
+            submit_room(text),
+            Some((3, "MaxSubmitJobsPU=4 (1 in use)".into()))
+        );
+        assert_eq!(submit_room("MaxSubmitJobs= MaxJobs=N(0)"), None);
+        assert_eq!(submit_room(""), None);
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! and print canned answers). Behaviour against the real controller is in tests/test_slurm.py.
 
 use super::*;
+use crate::supervisor::{Backend, Batch};
+use crate::{SchedError, WorkerEvent, WorkerState};
 use serde_json::json;
 use shoal_core::SessionDir;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
 
 struct Fake {
     _tmp: tempfile::TempDir,
@@ -24,16 +27,7 @@ impl Fake {
         let tmp = tempfile::tempdir().unwrap();
         let bin = tmp.path().join("bin");
         fs::create_dir(&bin).unwrap();
-        let d = bin.display();
-        let tool = |name: &str, body: &str| {
-            let p = bin.join(name);
-            fs::write(
-                &p,
-                format!("#!/bin/sh\nD={d}\necho \"$*\" >> $D/{name}.log\n{body}\n"),
-            )
-            .unwrap();
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-        };
+        let tool = |name: &str, body: &str| crate::testing::fake_tool(&bin, name, body);
         tool(
             "sbatch",
             "if [ -f $D/sbatch.fail ]; then cat $D/sbatch.fail >&2; exit 1; fi\n\
@@ -45,7 +39,11 @@ impl Fake {
             "if [ -f $D/squeue.fail ]; then cat $D/squeue.fail >&2; exit 1; fi\n\
              case \"$*\" in *'-t all'*) cat $D/squeue.all 2>/dev/null;; *) cat $D/squeue.live 2>/dev/null;; esac; exit 0",
         );
-        tool("scancel", "exit 0");
+        // Cancelling a whole array empties the listing (elements alone stay listed).
+        tool(
+            "scancel",
+            "case \"$*\" in *_*) ;; *) rm -f $D/squeue.all;; esac; exit 0",
+        );
         tool("sacct", "cat $D/sacct.out 2>/dev/null");
         tool(
             "scontrol",
@@ -67,10 +65,8 @@ impl Fake {
         }
     }
 
-    fn sched(&self, options: serde_json::Value) -> SlurmScheduler {
-        SlurmScheduler::new(4, &options)
-            .unwrap()
-            .with_tools(&self.bin)
+    fn sched(&self, options: serde_json::Value) -> SlurmBackend {
+        backend(4, &options).unwrap().with_tools(&self.bin)
     }
 
     fn put(&self, name: &str, text: &str) {
@@ -82,6 +78,14 @@ impl Fake {
     }
 }
 
+/// Batch `number` of `n` workers, as the supervisor would hand it over.
+fn batch(number: u64, n: usize) -> Batch {
+    Batch {
+        number,
+        ids: (0..n).map(|i| format!("b{number}-{i}")).collect(),
+    }
+}
+
 fn state_of(events: &[WorkerEvent], worker: &str) -> Option<WorkerState> {
     events
         .iter()
@@ -90,17 +94,26 @@ fn state_of(events: &[WorkerEvent], worker: &str) -> Option<WorkerState> {
 }
 
 #[test]
-fn submit_is_one_array_per_call_split_by_max_array_size() {
+fn submit_is_one_array_per_batch_capped_by_max_array_size() {
     let f = Fake::new();
     f.put("config", &CONFIG.replace("1001", "2"));
     let mut s = f.sched(json!({"partition": "short", "time": "10m"}));
-    s.preflight(&f.spec).unwrap();
+    let notes = s.preflight(&f.spec).unwrap();
     assert!(
         f.log("sbatch").contains("--test-only"),
         "preflight asks Slurm first"
     );
-    let ids = s.submit(&f.spec, 3).unwrap();
-    assert_eq!(ids, ["100_0", "100_1", "101_0"]);
+    assert_eq!(
+        s.max_batch(),
+        2,
+        "the supervisor splits batches by MaxArraySize"
+    );
+    assert!(
+        notes.iter().any(|n| n.contains("MaxArraySize=2")),
+        "{notes:?}"
+    );
+    s.submit(&f.spec, &batch(1, 2)).unwrap();
+    s.submit(&f.spec, &batch(2, 1)).unwrap();
     assert_eq!(s.job_ids(), ["100", "101"]);
     let log = f.log("sbatch");
     let calls: Vec<&str> = log.lines().filter(|l| !l.contains("--test-only")).collect();
@@ -111,12 +124,20 @@ fn submit_is_one_array_per_call_split_by_max_array_size() {
         calls[0]
     );
     assert!(calls[0].contains("--partition=short") && calls[0].contains("--time=0-00:10:00"));
+    assert!(calls[0].contains("/logs/b1-%a.out") && calls[0].ends_with("slurm-worker.sh b1"));
     assert!(calls[1].contains("--array=0-0 "));
     let script = fs::read_to_string(f.spec.session.sub("slurm-worker.sh")).unwrap();
-    assert!(script.ends_with(&format!(
-        "exec /bin/sh -m shoal.worker {}\n",
-        f.spec.session.root().display()
-    )));
+    assert!(
+        script.contains("SHOAL_WORKER_ID=\"$1-$SLURM_ARRAY_TASK_ID\"; export SHOAL_WORKER_ID\n"),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!(
+            "/bin/sh -m shoal.worker {}\nrc=$?\n",
+            f.spec.session.root().display()
+        )),
+        "{script}"
+    );
 }
 
 #[test]
@@ -124,7 +145,7 @@ fn throttle_is_the_worker_count() {
     let f = Fake::new();
     let mut s = f.sched(json!({"max_workers": 2}));
     s.preflight(&f.spec).unwrap();
-    s.submit(&f.spec, 5).unwrap();
+    s.submit(&f.spec, &batch(1, 5)).unwrap();
     assert!(f.log("sbatch").contains("--array=0-4%2 "));
     assert_eq!(s.capacity(), 2);
 }
@@ -139,8 +160,9 @@ fn refused_submission_shows_slurms_message() {
         e.contains("Invalid account or account/partition") && e.contains("hint"),
         "{e}"
     );
-    let e = s.submit(&f.spec, 1).unwrap_err().to_string();
-    assert!(e.contains("Invalid account"), "{e}");
+    let e = s.submit(&f.spec, &batch(1, 1)).unwrap_err();
+    assert!(e.to_string().contains("Invalid account"), "{e}");
+    assert!(!s.transient(&e), "a bad account is the user's to fix");
     assert!(s.job_ids().is_empty());
 }
 
@@ -176,30 +198,35 @@ fn poll_maps_states_once_per_interval() {
     let f = Fake::new();
     let mut s = f.sched(json!({"poll_interval": 0.1}));
     s.preflight(&f.spec).unwrap();
-    s.submit(&f.spec, 4).unwrap();
+    s.submit(&f.spec, &batch(1, 4)).unwrap();
     f.put(
         "squeue.all",
         "100_0  R   0    None\n100_1  F   768  NonZeroExitCode\n100_2  PD  0    Resources\n100_3  TO  15   TimeLimit\n",
     );
     let ev = s.poll().unwrap();
-    assert_eq!(state_of(&ev, "100_0"), Some(WorkerState::Running));
+    assert_eq!(state_of(&ev, "b1-0"), Some(WorkerState::Running));
     assert!(
-        matches!(state_of(&ev, "100_1"), Some(WorkerState::Lost(r)) if r.contains("exit code 3") && r.contains("100_1"))
+        matches!(state_of(&ev, "b1-1"), Some(WorkerState::Lost(r)) if r.contains("exit code 3") && r.contains("100_1"))
     );
-    assert_eq!(state_of(&ev, "100_2"), None);
+    assert_eq!(state_of(&ev, "b1-2"), None);
     assert!(
-        matches!(state_of(&ev, "100_3"), Some(WorkerState::Lost(r)) if r.contains("time limit"))
+        matches!(state_of(&ev, "b1-3"), Some(WorkerState::Lost(r)) if r.contains("time limit"))
     );
     assert!(s.poll().unwrap().is_empty(), "rate-limited");
     assert_eq!(f.log("squeue").lines().count(), 1);
     let q = f.log("squeue");
     assert!(q.contains("-h -r -t all -j 100 -O"), "{q}");
     std::thread::sleep(Duration::from_millis(120));
-    f.put("squeue.all", "100_0  CD  0    None\n100_2  R   0    None\n");
+    f.put("squeue.all", "100_0  S   0    None\n100_2  R   0    None\n");
     let ev = s.poll().unwrap();
-    assert_eq!(state_of(&ev, "100_0"), Some(WorkerState::Exited));
-    assert_eq!(state_of(&ev, "100_2"), Some(WorkerState::Running));
-    assert_eq!(s.queries, 2);
+    assert_eq!(state_of(&ev, "b1-0"), Some(WorkerState::Suspended));
+    assert_eq!(state_of(&ev, "b1-2"), Some(WorkerState::Running));
+    std::thread::sleep(Duration::from_millis(120));
+    f.put("squeue.all", "100_0  R   0    None\n100_2  CD  0    None\n");
+    let ev = s.poll().unwrap();
+    assert_eq!(state_of(&ev, "b1-0"), Some(WorkerState::Running), "resumed");
+    assert_eq!(state_of(&ev, "b1-2"), Some(WorkerState::Exited));
+    assert_eq!(s.runner().stats()["squeue"].calls, 3);
 }
 
 #[test]
@@ -220,7 +247,7 @@ fn vanished_jobs_are_classified_from_site_records() {
     );
     let mut s = f.sched(json!({"poll_interval": 0.1}));
     s.preflight(&f.spec).unwrap();
-    s.submit(&f.spec, 2).unwrap();
+    s.submit(&f.spec, &batch(1, 2)).unwrap();
     // Purged from the controller: squeue says the ids are invalid.
     f.put(
         "squeue.fail",
@@ -230,22 +257,21 @@ fn vanished_jobs_are_classified_from_site_records() {
     std::thread::sleep(Duration::from_millis(120));
     let ev = s.poll().unwrap();
     assert!(
-        matches!(state_of(&ev, "100_0"), Some(WorkerState::Lost(r)) if r.contains("out of memory"))
+        matches!(state_of(&ev, "b1-0"), Some(WorkerState::Lost(r)) if r.contains("out of memory"))
     );
-    assert!(
-        matches!(state_of(&ev, "100_1"), Some(WorkerState::Lost(r)) if r.contains("no record"))
-    );
+    assert!(matches!(state_of(&ev, "b1-1"), Some(WorkerState::Lost(r)) if r.contains("no record")));
 
-    // A controller that does not answer is a failed query, not dead workers.
+    // A controller that does not answer is a failed query (transient), not dead workers.
     let f = Fake::new();
     let mut s = f.sched(json!({"poll_interval": 0.1}));
     s.preflight(&f.spec).unwrap();
-    s.submit(&f.spec, 1).unwrap();
+    s.submit(&f.spec, &batch(1, 1)).unwrap();
     f.put(
         "squeue.fail",
         "slurm_load_jobs error: Unable to contact slurm controller",
     );
-    assert!(s.poll().is_err());
+    let e = s.poll().unwrap_err();
+    assert!(s.transient(&e), "{e}");
     fs::remove_file(f.bin.join("squeue.fail")).unwrap();
 }
 
@@ -259,13 +285,13 @@ fn sacct_is_used_where_the_site_has_accounting() {
     f.put("sacct.out", "100_0|COMPLETED|0:0\n");
     let mut s = f.sched(json!({"poll_interval": 0.1}));
     s.preflight(&f.spec).unwrap();
-    s.submit(&f.spec, 1).unwrap();
+    s.submit(&f.spec, &batch(1, 1)).unwrap();
     s.poll().unwrap();
     std::thread::sleep(Duration::from_millis(120));
     assert_eq!(
         s.poll().unwrap(),
         [WorkerEvent {
-            worker: "100_0".into(),
+            worker: "b1-0".into(),
             state: WorkerState::Exited
         }]
     );
@@ -277,17 +303,18 @@ fn cancel_addresses_elements_and_cancel_all_whole_arrays() {
     let f = Fake::new();
     let mut s = f.sched(json!({}));
     s.preflight(&f.spec).unwrap();
-    s.submit(&f.spec, 3).unwrap();
-    s.submit(&f.spec, 1).unwrap();
-    s.cancel(&["100_2".into()]).unwrap();
+    s.submit(&f.spec, &batch(1, 3)).unwrap();
+    s.submit(&f.spec, &batch(2, 1)).unwrap();
+    s.cancel(&["b1-2".into()]).unwrap();
     assert_eq!(f.log("scancel"), "100_2\n");
-    f.put("squeue.live", "");
+    // Cancelled elements stay listed (CA) for MinJobAge: they do not hold cancel_all up.
+    f.put("squeue.all", "100_0 CA 0 None\n100_1 CA 0 None\n");
     s.cancel_all().unwrap();
     assert_eq!(f.log("scancel"), "100_2\n100 101\n");
     let q = f.log("squeue");
     assert!(
-        q.contains("-h -r -j 100,101 -O") && !q.contains("-t all"),
-        "confirmed with default states: {q}"
+        q.contains("-h -r -t all -j 100,101 -O"),
+        "confirmed with squeue: {q}"
     );
     s.cancel_all().unwrap();
     assert_eq!(
@@ -302,15 +329,92 @@ fn cancel_all_retries_until_the_queue_is_clear() {
     let f = Fake::new();
     let mut s = f.sched(json!({}));
     s.preflight(&f.spec).unwrap();
-    s.submit(&f.spec, 2).unwrap();
+    s.submit(&f.spec, &batch(1, 2)).unwrap();
     // The first confirmation still lists an element; the fake clears it after the retry.
     let bin = f.bin.display().to_string();
-    f.put("squeue.live", "100_1 PD 0 None\n");
+    f.put("squeue.all", "100_0 CA 0 None\n100_1 PD 0 None\n");
     fs::write(
         f.bin.join("scancel"),
-        format!("#!/bin/sh\necho \"$*\" >> {bin}/scancel.log\ncase \"$*\" in 100_1) : > {bin}/squeue.live;; esac\n"),
+        format!("#!/bin/sh\necho \"$*\" >> {bin}/scancel.log\ncase \"$*\" in 100_1) echo '100_1 CA 0 None' > {bin}/squeue.all;; esac\n"),
     )
     .unwrap();
     s.cancel_all().unwrap();
     assert_eq!(f.log("scancel"), "100\n100_1\n");
+}
+
+#[test]
+fn pending_reasons_that_cannot_clear_make_the_request_unsatisfiable() {
+    let f = Fake::new();
+    let mut s = f.sched(json!({"poll_interval": 0.1}));
+    s.preflight(&f.spec).unwrap();
+    s.submit(&f.spec, &batch(1, 2)).unwrap();
+    f.put(
+        "squeue.all",
+        "100_0  PD  0  PartitionTimeLimit\n100_1  PD  0  PartitionTimeLimit\n",
+    );
+    let ev = s.poll().unwrap();
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    for e in &ev {
+        assert!(
+            matches!(&e.state, WorkerState::Unsatisfiable(r) if r.contains("PartitionTimeLimit") && r.contains("MaxTime")),
+            "{e:?}"
+        );
+    }
+    assert!(f.log("scancel").contains("100"), "the jobs are cancelled");
+    assert!(s.poll().unwrap().is_empty(), "reported once");
+}
+
+#[test]
+fn max_submit_jobs_caps_the_pool_with_a_message() {
+    let f = Fake::new();
+    f.put(
+        "config",
+        &CONFIG.replace("accounting_storage/none", "accounting_storage/slurmdbd"),
+    );
+    let body = "case \"$*\" in 'show config') cat $D/config;; 'show partition -o') cat $D/partitions;; \
+                *assoc_mgr*) echo 'ClusterName=c Account=a UserName=u(1) MaxSubmitJobs=5(2) MaxJobs='; echo 'QOS=normal(1) MaxSubmitJobsPU=N(0)';; esac";
+    fs::write(
+        f.bin.join("scontrol"),
+        format!(
+            "#!/bin/sh\nD={}\necho \"$*\" >> $D/scontrol.log\n{body}\n",
+            f.bin.display()
+        ),
+    )
+    .unwrap();
+    let mut s = backend(16, &json!({})).unwrap().with_tools(&f.bin);
+    let notes = s.preflight(&f.spec).unwrap();
+    assert_eq!(s.capacity(), 3);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("at most 3 workers instead of 16")
+                && n.contains("MaxSubmitJobs=5 (2 in use)")),
+        "{notes:?}"
+    );
+    assert!(f.log("scontrol").contains("show assoc_mgr users="));
+}
+
+#[test]
+fn busy_or_capped_controllers_are_transient() {
+    let f = Fake::new();
+    let s = f.sched(json!({}));
+    let e = |m: &str| SchedError::Command {
+        command: "sbatch".into(),
+        message: m.into(),
+    };
+    for m in [
+        "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation",
+        "sbatch: error: QOSMaxSubmitJobPerUserLimit",
+        "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)",
+        "squeue: error: slurm_load_jobs error: Unable to contact slurm controller (connect failure)",
+        "no answer within 60 s (timed out)",
+    ] {
+        assert!(s.transient(&e(m)), "{m}");
+    }
+    for m in [
+        "sbatch: error: invalid partition specified: nope",
+        "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified",
+    ] {
+        assert!(!s.transient(&e(m)), "{m}");
+    }
 }
