@@ -127,7 +127,14 @@ def run_joblib(args: Any) -> int:
         for node in allowlist.JOBLIB:
             cmd += ["--deselect", node]
     path = [HERE, os.path.join(HERE, "site"), os.environ.get("PYTHONPATH", "")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
+    # joblib's tests run every registered backend name, shoal's cluster names included: on
+    # this machine's engine they all run locally (with a scheduler on PATH they would submit
+    # real jobs, as the user running the suite).
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(p for p in path if p),
+        SHOAL_JOBLIB_ENGINE="local",
+    )
     print(
         f"\n== joblib: {tp.__file__} with shoal as the default backend, "
         f"{len(allowlist.JOBLIB)} allow-listed",
