@@ -405,7 +405,7 @@ def test_opt_overrides_the_template_and_is_checked_like_it(tmp_path, own_home):
     # Bad keys and values fail before anything is registered, with the template's rules.
     for opt, needle in [
         ("cpu=2", 'slurm has no option "cpu"'),
-        ("cpus=0", "cpus must be an integer >= 1"),
+        ("cpus=0", "for cpus: must be a whole number >= 1"),
         ("time=forever", "forever"),
     ]:
         bad = shoal("run", "--backend", "slurm", "-X", opt, "--", "true", cwd=str(tmp_path))

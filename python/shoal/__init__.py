@@ -16,6 +16,7 @@ from shoal.errors import (
     SessionError,
     ShoalError,
     TaskError,
+    TaskLoadError,
     WorkerLostError,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "SessionError",
     "ShoalError",
     "TaskError",
+    "TaskLoadError",
     "WorkerLostError",
     "__version__",
 ]

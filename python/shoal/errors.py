@@ -28,6 +28,7 @@ __all__ = [
     "SessionError",
     "ShoalError",
     "TaskError",
+    "TaskLoadError",
     "WorkerLostError",
 ]
 
@@ -80,6 +81,11 @@ class WorkerLostError(ShoalError):
 
 class TaskError(ShoalError):
     """A task failed with an exception that could not be re-created in the driver."""
+
+
+class TaskLoadError(TaskError):
+    """A call could not be unpickled on its worker (a class missing there, a version
+    mismatch, a ``__reduce__`` that raises there): that call fails, the others go on."""
 
 
 def __getattr__(name: str) -> Any:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 from shoal._batch import Batcher
 from shoal._driver import Driver, split_options
 from shoal._pickling import worker_start
-from shoal.errors import ResultPicklingError, SessionError, WorkerLostError
+from shoal.errors import ResultPicklingError, SessionError, TaskLoadError, WorkerLostError
 
 __all__ = ["BrokenExecutor", "Executor"]
 
@@ -40,6 +40,12 @@ class _LostWorker(WorkerLostError, BrokenProcessPool):
     dies does in a ProcessPoolExecutor (shoal retries the task first, and only it fails)."""
 
 
+class _UnloadableCall(TaskLoadError, BrokenProcessPool):
+    """A ``TaskLoadError`` that ``except BrokenProcessPool`` catches too, as a task that
+    cannot be unpickled in a worker does in a ProcessPoolExecutor (here only that call fails;
+    the executor and its other calls go on)."""
+
+
 def _as_executor_error(exc: BaseException) -> BaseException:
     if isinstance(exc, ResultPicklingError) and exc.original is not None:
         # The pickler's own exception, as ProcessPoolExecutor reports it.
@@ -50,6 +56,10 @@ def _as_executor_error(exc: BaseException) -> BaseException:
         lost = _LostWorker(*exc.args)
         lost.__cause__ = exc.__cause__
         return lost
+    if type(exc) is TaskLoadError:
+        unloadable = _UnloadableCall(*exc.args)
+        unloadable.__cause__ = exc.__cause__
+        return unloadable
     return exc
 
 

@@ -57,17 +57,17 @@ def _offset(fd: int) -> int:
 
 
 def _load_error_record(name: str, exc: BaseException) -> tuple[Optional[bytes], str, str, str]:
-    """A TaskError naming the call and why it could not be loaded here."""
-    from shoal.errors import TaskError
+    """A TaskLoadError naming the call and why it could not be loaded here."""
+    from shoal.errors import TaskLoadError
 
     reason = f"{type(exc).__name__}: {exc}"
-    err = TaskError(
+    err = TaskLoadError(
         f"the call {name} could not be unpickled on the worker (host {os.uname().nodename}): "
         f"{reason}\nhint: the worker's Python must be able to import what the call refers "
         "to (the same packages and versions as the driver's)"
     )
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return pickle.dumps(err), tb, "shoal.errors.TaskError", str(err)
+    return pickle.dumps(err), tb, "shoal.errors.TaskLoadError", str(err)
 
 
 class _Tracked:
