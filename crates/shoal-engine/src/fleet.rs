@@ -198,14 +198,20 @@ impl Fleet {
         out
     }
 
-    /// (queued, running) jobs. A job is running once the scheduler or a hello says so.
+    /// (queued, running) jobs. A job is running once the scheduler or a hello says so; a
+    /// suspended job is neither (it runs nothing, and work may need a replacement).
     pub fn counts(&self) -> (usize, usize) {
         let queued = self
             .jobs
             .values()
             .filter(|j| j.state == WorkerState::Pending && j.keys.is_empty())
             .count();
-        (queued, self.jobs.len() - queued)
+        let suspended = self
+            .jobs
+            .values()
+            .filter(|j| j.state == WorkerState::Suspended)
+            .count();
+        (queued, self.jobs.len() - queued - suspended)
     }
 
     /// The newest `n` jobs that are still queued and never announced a worker: the only

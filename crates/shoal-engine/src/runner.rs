@@ -34,6 +34,9 @@ const AUDIT_EVERY: Duration = Duration::from_secs(2);
 /// The scheduler's events are cheap to take (its queries run on its own thread, at their own
 /// pace): take them this often, so a running worker is not mistaken for a queued one.
 const EVENTS_EVERY: Duration = Duration::from_millis(100);
+/// A cluster scale-up waits this long after the work first asked for more workers, so that a
+/// burst of chunks (a map sends its chunks one by one) becomes one submission.
+const GATHER: Duration = Duration::from_millis(50);
 /// Queued workers are given back only after the work has been short of them this long:
 /// back-to-back maps must not make the engine cancel and resubmit jobs in between.
 const GIVE_BACK_AFTER: Duration = Duration::from_secs(3);
@@ -63,6 +66,8 @@ pub(crate) struct Runner {
     last_submit: Option<Instant>,
     /// Since when there have been more queued workers than work (see GIVE_BACK_AFTER).
     surplus_since: Option<Instant>,
+    /// Since when the work has wanted more workers than there are (see GATHER).
+    wanted_since: Option<Instant>,
     driver_seq: u64,
 }
 
@@ -103,6 +108,7 @@ impl Runner {
             start_failures: 0,
             last_submit: None,
             surplus_since: None,
+            wanted_since: None,
             driver_seq: 0,
         }
     }
@@ -923,8 +929,16 @@ impl Runner {
         }
         let active = queued + running;
         if active >= target {
+            self.wanted_since = None;
             return;
         }
+        if !sched.keep_warm() {
+            let since = *self.wanted_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < GATHER {
+                return;
+            }
+        }
+        self.wanted_since = None;
         // While workers are still queued, work arriving in a trickle (single submits) is
         // grouped into one submission per poll interval instead of one array per chunk.
         let recently = self

@@ -141,6 +141,12 @@ pub trait Adapter: Send + 'static {
     ) -> Call;
     /// The job id in the submission's output.
     fn job_id(&self, stdout: &str) -> Option<String>;
+    /// After a submission of batch `tag` failed (a timeout may still have created the job):
+    /// the job that submission created, if the scheduler lists one, so that the batch is
+    /// adopted rather than submitted twice. None where the scheduler cannot tell.
+    fn find_batch(&mut self, _run: &Runner, _spec: &LaunchSpec, _tag: &str) -> Option<String> {
+        None
+    }
     /// Every element of these jobs the scheduler still lists.
     fn query(&mut self, run: &Runner, jobs: &[String]) -> Result<Vec<Listed>>;
     /// The call that cancels `targets` (`force`: also those stuck on their way out).
@@ -200,6 +206,8 @@ pub struct ArrayBackend<A: Adapter> {
     lost: usize,
     last_loss: String,
     cancel_wait: Duration,
+    /// Batches whose submission failed: before trying again, look for what it created.
+    failed_batches: BTreeSet<String>,
 }
 
 impl<A: Adapter> ArrayBackend<A> {
@@ -220,6 +228,7 @@ impl<A: Adapter> ArrayBackend<A> {
             lost: 0,
             last_loss: String::new(),
             cancel_wait: CANCEL_CONFIRM,
+            failed_batches: BTreeSet::new(),
         }
     }
 
@@ -601,20 +610,35 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
             )));
         };
         let n = batch.ids.len();
-        let (program, args) =
-            self.adapter
-                .submit(spec, &script, &batch.tag(), n, n.min(self.capacity()));
-        let out = self.run.check(program, &args)?;
-        let job = self.adapter.job_id(&out.stdout).ok_or_else(|| {
-            self.run.failed(
-                program,
-                &args,
-                &format!(
-                    "unexpected output {:?} (expected a job id)",
-                    out.stdout.trim()
-                ),
-            )
-        })?;
+        let tag = batch.tag();
+        // A submission that timed out may have been carried out all the same: adopt its job.
+        let found = if self.failed_batches.contains(&tag) {
+            self.adapter.find_batch(&self.run, spec, &tag)
+        } else {
+            None
+        };
+        let job = match found {
+            Some(job) => job,
+            None => {
+                let (program, args) =
+                    self.adapter
+                        .submit(spec, &script, &tag, n, n.min(self.capacity()));
+                let out = self.run.check(program, &args).inspect_err(|_| {
+                    self.failed_batches.insert(tag.clone());
+                })?;
+                self.adapter.job_id(&out.stdout).ok_or_else(|| {
+                    self.run.failed(
+                        program,
+                        &args,
+                        &format!(
+                            "unexpected output {:?} (expected a job id)",
+                            out.stdout.trim()
+                        ),
+                    )
+                })?
+            }
+        };
+        self.failed_batches.remove(&tag);
         let first = self.adapter.info().first_index;
         for (k, id) in batch.ids.iter().enumerate() {
             self.tracked.insert(

@@ -247,6 +247,19 @@ impl Adapter for Slurm {
         (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then_some(id)
     }
 
+    /// The array whose comment names this session's batch (see `submit::batch_comment`).
+    fn find_batch(&mut self, run: &Runner, spec: &LaunchSpec, tag: &str) -> Option<String> {
+        let want = submit::batch_comment(spec, tag);
+        let args: Vec<String> = ["-h", "--me", "-t", "all", "-o", "%F|%k"]
+            .map(String::from)
+            .to_vec();
+        let out = run.run("squeue", &args).ok().filter(|o| o.ok)?;
+        out.stdout.lines().find_map(|line| {
+            let (job, comment) = line.trim().split_once('|')?;
+            (comment == want && !job.is_empty()).then(|| job.to_string())
+        })
+    }
+
     /// `squeue` for the session's own arrays; every state, so finished elements are seen
     /// too (for MinJobAge).
     fn query(&mut self, run: &Runner, jobs: &[String]) -> Result<Vec<Listed>> {

@@ -418,3 +418,41 @@ fn busy_or_capped_controllers_are_transient() {
         assert!(!s.transient(&e(m)), "{m}");
     }
 }
+
+#[test]
+fn a_submission_that_timed_out_but_was_carried_out_is_adopted_not_repeated() {
+    let f = Fake::new();
+    // The controller took the first sbatch, but its answer timed out.
+    crate::testing::fake_tool(
+        &f.bin,
+        "sbatch",
+        "case \"$*\" in *--test-only*) echo 'sbatch: Job 7 to start' >&2; exit 0;; esac\n\
+         for a in \"$@\"; do case $a in --comment=*) c=${a#--comment=};; esac; done\n\
+         if [ ! -f $D/made ]; then touch $D/made; echo \"100|$c\" > $D/squeue.me\n\
+           echo 'sbatch: error: Batch job submission failed: Socket timed out on send/recv operation' >&2; exit 1; fi\n\
+         echo '101;shoal'",
+    );
+    crate::testing::fake_tool(
+        &f.bin,
+        "squeue",
+        "case \"$*\" in *--me*) cat $D/squeue.me 2>/dev/null;; *'-t all'*) cat $D/squeue.all 2>/dev/null;; *) cat $D/squeue.live 2>/dev/null;; esac; exit 0",
+    );
+    let mut s = f.sched(json!({}));
+    s.preflight(&f.spec).unwrap();
+    let e = s.submit(&f.spec, &batch(1, 2)).unwrap_err();
+    assert!(s.transient(&e), "a timeout is worth retrying: {e}");
+    s.submit(&f.spec, &batch(1, 2)).unwrap();
+    assert_eq!(
+        s.job_ids(),
+        ["100"],
+        "the array the timed-out call made is adopted"
+    );
+    let log = f.log("sbatch");
+    let calls: Vec<&str> = log.lines().filter(|l| !l.contains("--test-only")).collect();
+    assert_eq!(calls.len(), 1, "submitted once: {calls:?}");
+    assert!(
+        calls[0].contains(&format!("--comment=shoal:{}:b1", f.spec.session.id())),
+        "{}",
+        calls[0]
+    );
+}
