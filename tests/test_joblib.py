@@ -276,6 +276,13 @@ def test_effective_n_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert slurm.effective_n_jobs(-1) == jo.DEFAULT_THROTTLE == 1000
     assert slurm.effective_n_jobs(-2) == 999
     assert slurm.effective_n_jobs(40) == 40
+    # joblib would run a 1-job Parallel here, in the driver: unset n_jobs uses the cluster.
+    assert slurm.effective_n_jobs(None) == 1000
+    assert ShoalBackend(_name="sge", throttle=[25, 5]).effective_n_jobs(None) == 25
+    with parallel_config(backend="slurm", throttle=3):
+        assert Parallel()._effective_n_jobs() == 3  # joblib reads default_n_jobs, not None
+    with parallel_config(backend="local"):
+        assert Parallel()._effective_n_jobs() == 1
     assert ShoalBackend(_name="sge", throttle=[25, 5]).effective_n_jobs(-1) == 25
     assert ShoalBackend(_name="sge", throttle=[25, 5]).effective_n_jobs(100) == 25
     with pytest.raises(ValueError, match="n_jobs == 0"):

@@ -148,7 +148,9 @@ def drive_top(backend: str, env: dict[str, str]) -> None:
         )
         assert f"session {session}" in s and "ValueError: bad input 3" in s, s
         if backend != "local":
-            jobs = [ln for ln in s.splitlines() if re.search(r"│\d+_\d+\s+\d+\s+\S+\s+running", ln)]
+            jobs = [
+                ln for ln in s.splitlines() if re.search(r"│b\d+-\d+\s+\d+_\d+\s+\S+\s+running", ln)
+            ]
             assert jobs, f"no worker row with an array job id and a host:\n{s}"
         # Enter moves to the failed tasks, Enter again opens the task's output.
         screen.keys("Enter")

@@ -217,14 +217,21 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         t = self.settings.throttle
         return t[0] if t else None
 
+    @property
+    def default_n_jobs(self) -> int:
+        """What Parallel() takes when n_jobs is unset (joblib reads it, as for its dask backend)."""
+        return 1 if self.engine == "local" else -1
+
     def effective_n_jobs(self, n_jobs: Optional[int]) -> int:
         """n_jobs > 0: that many workers; n_jobs < 0: as the engine allows (local: the CPUs,
         divided by request_cpus; clusters: the throttle, 1000 unless set), joblib-style (-2 is
-        one fewer); None: 1, as for joblib's own backends. An explicit throttle caps either."""
+        one fewer). None: 1 locally, as for joblib's own backends; on a cluster -1, because
+        joblib runs a 1-job Parallel in this process, and naming a cluster backend means the
+        work should go to the cluster. An explicit throttle caps either."""
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None:
-            n_jobs = 1
+            n_jobs = self.default_n_jobs
         throttle = self._throttle()
         if n_jobs < 0:
             if self.engine == "local":

@@ -19,7 +19,8 @@
 //! [ntasks] · CHUNK_DONE1 time chunk worker secs (one task, succeeded) · CHUNK_DONE time chunk
 //! worker duplicate ntasks nfailed secs n (index-delta secs)* · REQUEUED / LOST time chunk
 //! worker ntasks · FAILED time task count message · TOTAL time tasks · END wall-ms state
-//! message total done failed.
+//! message total done failed. SUBMITTED comes twice on a cluster: when the engine asks for the
+//! worker (job empty), and once the submission went through, with the scheduler's name for it.
 //!
 //! A record is only ever appended whole by one writer (the driver); a reader that meets a
 //! record cut short (the writer is mid-write, or crashed) stops before it and resumes there on

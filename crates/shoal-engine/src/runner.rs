@@ -728,6 +728,9 @@ impl Runner {
             self.progress
                 .println(&format!("shoal {}: {note}", self.dir.id()));
         }
+        for (worker, job) in sched.placed() {
+            self.journal.worker_submitted(&worker, Some(&job));
+        }
         let events = match sched.poll() {
             Ok(e) => e,
             Err(e) => {
@@ -947,10 +950,12 @@ impl Runner {
         if !sched.keep_warm() && queued > 0 && recently {
             return;
         }
-        let jobs_before = sched.job_ids();
         match sched.submit(&self.spec, target - active) {
             Ok(ids) => {
-                self.journal_submitted(&ids, &jobs_before, &sched.job_ids());
+                // Their jobs are named when the submission goes through (`placed`).
+                for id in &ids {
+                    self.journal.worker_submitted(id, None);
+                }
                 self.last_submit = Some(Instant::now());
                 self.shared.lock().stats.workers_started += ids.len() as u64;
                 self.fleet.submitted(&ids, Instant::now());
@@ -1076,19 +1081,6 @@ impl Runner {
         }
         self.journal.tasks_total(total);
         self.journal.flush();
-    }
-
-    /// Workers just submitted, each with the scheduler job it belongs to: the new job id
-    /// that its worker id starts with (`1234_5` is task 5 of array job 1234).
-    fn journal_submitted(&mut self, ids: &[String], before: &[String], after: &[String]) {
-        let new: Vec<&String> = after.iter().filter(|j| !before.contains(j)).collect();
-        for id in ids {
-            let job = new.iter().find(|j| {
-                id.strip_prefix(j.as_str())
-                    .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
-            });
-            self.journal.worker_submitted(id, job.map(|j| j.as_str()));
-        }
     }
 }
 

@@ -149,6 +149,12 @@ pub trait Scheduler: Send {
         Vec::new()
     }
 
+    /// Workers whose submission went through since the last call, each with the
+    /// scheduler's name for its job (`1234_5`).
+    fn placed(&mut self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// Scheduler commands run so far, per program (count, failures, time).
     fn calls(&self) -> BTreeMap<String, CallStats> {
         BTreeMap::new()

@@ -125,6 +125,12 @@ pub trait Backend: Send + 'static {
     /// Scheduler job ids to record in the session file, for `shoal cancel`.
     fn job_ids(&self) -> Vec<String>;
 
+    /// The scheduler's own name for a submitted worker (`1234_5`, `1234.5`, `77.5`), shown
+    /// next to it (`shoal top`, `shoal show`) so users can find it in squeue/qstat/condor_q.
+    fn job_of(&self, _worker: &str) -> Option<String> {
+        None
+    }
+
     /// Whether an error may go away by itself (retry) rather than needing the user.
     fn transient(&self, e: &SchedError) -> bool {
         generic_transient(e)
@@ -178,6 +184,8 @@ struct Shared {
     /// The error that ends the session (returned by every later `poll`).
     fatal: Mutex<Option<(String, String)>>,
     jobs: Mutex<Vec<String>>,
+    /// Workers submitted since the last `placed()`, with their scheduler job.
+    placed: Mutex<Vec<(String, String)>>,
     calls: Mutex<BTreeMap<String, CallStats>>,
 }
 
@@ -375,6 +383,10 @@ impl Scheduler for Supervisor {
 
     fn notes(&mut self) -> Vec<String> {
         std::mem::take(&mut *lock(&self.shared.notes))
+    }
+
+    fn placed(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut *lock(&self.shared.placed))
     }
 
     fn calls(&self) -> BTreeMap<String, CallStats> {
@@ -636,6 +648,11 @@ impl<'a> Thread<'a> {
                     .cloned()
                     .collect();
                 self.submitted.extend(batch.ids.iter().cloned());
+                let placed = batch
+                    .ids
+                    .iter()
+                    .filter_map(|id| Some((id.clone(), self.backend.job_of(id)?)));
+                lock(&self.shared.placed).extend(placed);
                 if !holes.is_empty() {
                     self.cancel(holes);
                 }

@@ -384,8 +384,11 @@ impl Pass {
         match e {
             Event::WorkerSubmitted { t, worker, job } => {
                 if let Some(w) = self.worker(*worker) {
-                    w.submitted = Some(*t);
-                    w.job = Some(job.clone()).filter(|j| !j.is_empty());
+                    // Recorded again, with its job, once the submission went through.
+                    w.submitted.get_or_insert(*t);
+                    if !job.is_empty() {
+                        w.job = Some(job.clone());
+                    }
                 }
             }
             Event::WorkerRunning { t, worker } => {

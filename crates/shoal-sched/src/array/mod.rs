@@ -765,6 +765,11 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
             .collect()
     }
 
+    fn job_of(&self, worker: &str) -> Option<String> {
+        let t = self.tracked.get(worker)?;
+        Some(self.adapter.element_id(&t.job, t.index))
+    }
+
     fn transient(&self, e: &SchedError) -> bool {
         crate::supervisor::generic_transient(e) || self.adapter.transient(e)
     }

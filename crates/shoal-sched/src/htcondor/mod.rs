@@ -923,6 +923,11 @@ impl Backend for HtcondorBackend {
         self.live_clusters().iter().map(u64::to_string).collect()
     }
 
+    fn job_of(&self, worker: &str) -> Option<String> {
+        let (id, _) = self.jobs.iter().find(|(_, j)| j.worker == worker)?;
+        Some(format!("{}.{}", id.cluster, id.proc))
+    }
+
     fn transient(&self, e: &SchedError) -> bool {
         crate::supervisor::generic_transient(e) || says_any(e, &TRANSIENT)
     }

@@ -447,6 +447,9 @@ fn a_submission_that_timed_out_but_was_carried_out_is_adopted_not_repeated() {
         ["100"],
         "the array the timed-out call made is adopted"
     );
+    // Users find each worker in squeue by its array element.
+    assert_eq!(s.job_of("b1-1").as_deref(), Some("100_1"));
+    assert_eq!(s.job_of("b9-0"), None);
     let log = f.log("sbatch");
     let calls: Vec<&str> = log.lines().filter(|l| !l.contains("--test-only")).collect();
     assert_eq!(calls.len(), 1, "submitted once: {calls:?}");
