@@ -249,14 +249,15 @@ impl Adapter for Slurm {
 
     /// The array whose comment names this session's batch (see `submit::batch_comment`).
     fn find_batch(&mut self, run: &Runner, spec: &LaunchSpec, tag: &str) -> Option<String> {
-        let want = submit::batch_comment(spec, tag);
-        let args: Vec<String> = ["-h", "--me", "-t", "all", "-o", "%F|%k"]
+        let want = submit::batch_stdout(spec, tag);
+        let args: Vec<String> = ["-h", "--me", "-t", "all", "-O", "ArrayJobID:|,STDOUT:|"]
             .map(String::from)
             .to_vec();
         let out = run.run("squeue", &args).ok().filter(|o| o.ok)?;
         out.stdout.lines().find_map(|line| {
-            let (job, comment) = line.trim().split_once('|')?;
-            (comment == want && !job.is_empty()).then(|| job.to_string())
+            let mut f = line.trim().split('|');
+            let (job, stdout) = (f.next()?.trim(), f.next()?.trim());
+            (stdout == want && !job.is_empty()).then(|| job.to_string())
         })
     }
 

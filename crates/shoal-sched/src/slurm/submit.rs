@@ -22,9 +22,13 @@ pub fn directives(opts: &SlurmOptions) -> Vec<String> {
         .collect()
 }
 
-/// The comment that identifies a batch's array: `shoal:SESSION:TAG`.
-pub fn batch_comment(spec: &LaunchSpec, tag: &str) -> String {
-    format!("shoal:{}:{tag}", spec.session.id())
+/// The stdout path of batch `tag`'s elements (`%a` unexpanded, as squeue shows it): it names
+/// the session dir and the batch, so it identifies the array (the comment is the user's).
+pub fn batch_stdout(spec: &LaunchSpec, tag: &str) -> String {
+    spec.session
+        .log(&format!("{tag}-%a"), Stream::Stdout)
+        .display()
+        .to_string()
 }
 
 /// sbatch arguments for an array of `n` workers of batch `tag`, at most `throttle` running at
@@ -39,9 +43,6 @@ pub fn sbatch_argv(
 ) -> Vec<String> {
     let mut a = vec!["--parsable".to_string(), array_spec(n, throttle)];
     a.push(format!("--job-name={}", opts.job_name));
-    // Names the session and the batch, so a submission that timed out but was carried out
-    // is found (and adopted) rather than submitted twice.
-    a.push(format!("--comment={}", batch_comment(spec, tag)));
     // Worker ids are TAG-INDEX, so TAG-%a is exactly logs/<worker>.out|err.
     let log = |stream| {
         spec.session
@@ -142,7 +143,6 @@ mod tests {
                 "--parsable",
                 "--array=0-9%4",
                 "--job-name=jn",
-                "--comment=shoal:abc:b2",
                 "--output=/shared/s/abc/logs/b2-%a.out",
                 "--error=/shared/s/abc/logs/b2-%a.err",
                 "--chdir=/home/u/proj",
