@@ -98,9 +98,10 @@ def test_many_calls_reuse_few_workers_and_errors_stop_them(engine: str) -> None:
     with parallel_config(backend=engine, n_jobs=4, job_name=name, **SITE[engine]) as cfg:
         assert Parallel()(delayed(neg)(i) for i in range(500)) == [-i for i in range(500)]
         stats = cfg["backend"]._session.driver.stats()
-        # joblib batches many calls per task, and workers run many tasks: a handful of
-        # scheduler jobs (the engine may replace a few it gave back), not one per call.
-        assert stats["tasks_total"] < 500 and stats["workers_started"] < stats["tasks_total"]
+        # Workers run many tasks: a handful of scheduler jobs (the engine may replace a few it
+        # gave back), not one per call. (How many calls joblib batches per task depends on the
+        # round-trip time it measures: on a network filesystem it may stay at one.)
+        assert stats["workers_started"] < stats["tasks_total"] <= 500
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # joblib's "tasks were cancelled"
             with pytest.raises(ValueError, match="boom 3") as info:

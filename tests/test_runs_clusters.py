@@ -72,6 +72,13 @@ def _shoal_cmd() -> list[str]:
 
 
 @pytest.mark.slurm
+@pytest.mark.xfail(
+    condition=os.environ.get("SHOAL_MN_WORK") is not None,
+    strict=True,
+    reason="on GlusterFS with its default client caches (write-behind, io-cache, quick-read), "
+    "SQLite writers on two nodes corrupt runs.db even in DELETE journal mode "
+    "('database disk image is malformed'); being fixed",
+)
 def test_registry_is_shared_with_a_compute_node(tmp_path):
     home = os.environ["SHOAL_HOME"]
     (tmp_path / "shoal.toml").write_text(

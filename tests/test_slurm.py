@@ -298,6 +298,7 @@ def test_shoal_cancel_of_an_orphaned_session_cancels_its_jobs(name: str, tmp_pat
     assert wait_for(lambda: not squeue(name), 30)
 
 
+@pytest.mark.admin
 def test_a_30_s_controller_outage_mid_map_is_ridden_out(name: str) -> None:
     """slurmctld stopped for 30 s while 3 workers run a 40-s map, and one of them killed
     meanwhile: results keep arriving, its replacement is submitted once the controller is
@@ -331,6 +332,7 @@ def not_running_any_more(p: shoal.Pool, started_before: int) -> bool:
     return s["workers_running"] == 0 or s["workers_started"] > started_before
 
 
+@pytest.mark.admin
 def test_a_suspended_worker_is_not_counted_running(name: str) -> None:
     with shoal.Pool(1, backend="slurm", job_name=name, poll_interval=0.5) as p:
         res = p.map_async(nap2, range(6), chunksize=1)

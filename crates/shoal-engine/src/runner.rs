@@ -69,6 +69,9 @@ pub(crate) struct Runner {
     /// Since when the work has wanted more workers than there are (see GATHER).
     wanted_since: Option<Instant>,
     driver_seq: u64,
+    /// New scheduler jobs since the record was last written: write it now, so that a driver
+    /// killed right after a submission leaves jobs `shoal cancel` can find.
+    jobs_changed: bool,
 }
 
 impl Runner {
@@ -110,6 +113,7 @@ impl Runner {
             surplus_since: None,
             wanted_since: None,
             driver_seq: 0,
+            jobs_changed: false,
         }
     }
 
@@ -171,7 +175,7 @@ impl Runner {
                     self.io_failed(sched, e);
                 }
             }
-            if last_meta.elapsed() >= meta_every {
+            if last_meta.elapsed() >= meta_every || std::mem::take(&mut self.jobs_changed) {
                 last_meta = Instant::now();
                 self.write_meta(sched);
             }
@@ -697,8 +701,15 @@ impl Runner {
     /// Give up on a worker: it must never get work again and should exit. `cancel`: also
     /// cancel its job (it cannot be trusted to exit by itself).
     fn fence(&mut self, sched: &mut dyn Scheduler, key: &str, reason: &str, cancel: bool) {
-        // Counted first: whoever sees the fence file sees the count too.
-        self.shared.lock().stats.workers_fenced += 1;
+        // Counted first: whoever sees the fence file sees the count too. A fenced worker that
+        // held a claimed chunk is also a lost one (docs/protocol.md: every such loss counts).
+        {
+            let mut st = self.shared.lock();
+            st.stats.workers_fenced += 1;
+            if st.ledger.running().iter().any(|r| r.2 == key) {
+                st.stats.workers_lost += 1;
+            }
+        }
         if let Err(e) = self.broker.fence(key) {
             if e_is_no_space(&e) {
                 self.io_failed(sched, e);
@@ -711,8 +722,6 @@ impl Runner {
             .lock()
             .ledger
             .fence(key, reason, self.hints.get(key).copied());
-        let running = !o.is_empty();
-        let _ = running;
         self.outcomes(sched, o, Some(key));
         self.hints.remove(key);
         self.liveness.forget(&key.to_string());
@@ -730,6 +739,7 @@ impl Runner {
         }
         for (worker, job) in sched.placed() {
             self.journal.worker_submitted(&worker, Some(&job));
+            self.jobs_changed = true;
         }
         let events = match sched.poll() {
             Ok(e) => e,
@@ -775,7 +785,11 @@ impl Runner {
                 _ => None,
             };
             let produced = was.as_ref().is_some_and(|j| j.produced);
-            let mut counted = false;
+            // A fenced incarnation was counted when it was fenced.
+            let mut counted = {
+                let st = self.shared.lock();
+                keys.iter().any(|k| st.ledger.is_fenced(k))
+            };
             for key in &keys {
                 let (known, holds) = {
                     let st = self.shared.lock();

@@ -31,6 +31,8 @@ enum Behaviour {
     Foreign,
     /// Publish the last part, then die before retiring the claim.
     DieAfterPublish,
+    /// Claim one assignment, then hang without a heartbeat or a result (a cut-off node).
+    HangHoldingClaim,
 }
 
 #[derive(Default)]
@@ -196,6 +198,14 @@ fn run_worker(
                 let head = frame::encode(&h, &a.payload);
                 write_atomic(&dir.part(h.chunk, h.attempt, h.from), &[&head, &a.payload]).unwrap();
                 return WorkerState::Lost("killed by signal 9 (SIGKILL)".into());
+            }
+            Behaviour::HangHoldingClaim => {
+                // Its heartbeat stops (the session's beat thread ends); the claim stays.
+                drop(w);
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                return WorkerState::Exited;
             }
             Behaviour::DieAtStart => unreachable!(),
         }
@@ -593,6 +603,24 @@ fn silent_heartbeats_fence_a_worker_but_a_filesystem_stall_does_not() {
         "a stall killed a healthy worker"
     );
     assert_eq!(engine.stats().workers_fenced, 0);
+}
+
+#[test]
+fn a_worker_fenced_while_it_holds_a_chunk_counts_as_lost_and_its_chunk_runs_elsewhere() {
+    // A partitioned or killed node: its worker stops beating mid-chunk and the scheduler says
+    // nothing for minutes. The fence is the loss (docs/protocol.md: every loss of a worker
+    // holding a claimed chunk counts in `workers_lost`).
+    let plan = vec![Behaviour::HangHoldingClaim];
+    let (_t, engine) = start(ThreadScheduler::new(2, plan), liveness_options());
+    for i in 0..4u32 {
+        engine.submit(format!("p{i}").as_bytes(), 1, &[]).unwrap();
+    }
+    let seen = collect(&engine, 4);
+    assert!(seen.failed.is_empty(), "{seen:?}");
+    assert_eq!(seen.results.len(), 4);
+    let stats = engine.stats();
+    assert!(stats.workers_fenced >= 1, "{stats:?}");
+    assert_eq!(stats.workers_lost, 1, "{stats:?}");
 }
 
 #[test]
