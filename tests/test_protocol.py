@@ -313,6 +313,35 @@ def test_sigterm_and_sighup_end_the_session_and_its_workers(sig, sessions_dir) -
         time.sleep(0.05)
 
 
+def test_shoal_inside_forked_pool_workers_does_not_stop_pool_terminate() -> None:
+    # joblib's test_nested_loop[multiprocessing-local] hung ~1 run in 4: each fork-pool worker
+    # ran a shoal session, which left shoal's Python SIGTERM handler installed after it ended.
+    # Pool.terminate() SIGTERMs the workers; a signal that lands on another thread of a worker
+    # whose main thread waits in C for its next task never runs that handler, so the worker
+    # lived on and terminate() joined it forever. A process without sessions has SIG_DFL.
+    script = textwrap.dedent(
+        """
+        import multiprocessing, signal, shoal
+        def square(x): return x * x
+        def nested(_):
+            with shoal.Pool(1) as pool:
+                pool.map(square, range(2))
+            return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        ctx = multiprocessing.get_context("fork")
+        for _ in range(12):
+            pool = ctx.Pool(2)
+            assert pool.map(nested, range(2)) == [True, True]
+            pool.terminate()
+        print("done")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "done", out.stdout
+
+
 def test_a_forked_multiprocessing_pool_after_shoal_terminates_cleanly() -> None:
     # Its workers inherit the driver's SIGTERM handler and session list across fork; when the
     # pool terminates them with SIGTERM they must just die, not try to shut down a copy of our

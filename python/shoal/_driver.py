@@ -147,20 +147,29 @@ def _install_signal_handlers() -> None:
             pass
 
 
+def _release_signal_handlers() -> None:
+    """Give the process back the default SIGTERM/SIGHUP once it holds no session. A Python
+    handler runs only when the main thread gets back to the interpreter: a process whose main
+    thread then waits in C (a multiprocessing pool worker waiting for its next task, when the
+    signal lands on another thread) would survive `Pool.terminate()` and hang its parent."""
+    global _handlers_pid
+    if _handlers_pid is None or threading.current_thread() is not threading.main_thread():
+        return
+    _handlers_pid = None
+    for name in _ENDING_SIGNALS:
+        sig = getattr(signal, name, None)
+        try:
+            if sig is not None and signal.getsignal(sig) is _on_ending_signal:
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+
+
 def _after_fork_in_child() -> None:
     """A forked child (multiprocessing's fork start method, a user's os.fork) owns none of
     the parent's sessions: forget them, and give it back the default signal handlers."""
-    global _handlers_pid
     _live.clear()
-    if _handlers_pid is not None:
-        _handlers_pid = None
-        for name in _ENDING_SIGNALS:
-            sig = getattr(signal, name, None)
-            try:
-                if sig is not None and signal.getsignal(sig) is _on_ending_signal:
-                    signal.signal(sig, signal.SIG_DFL)
-            except (OSError, ValueError):
-                pass
+    _release_signal_handlers()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -656,6 +665,8 @@ class Driver:
             self._display.close(state)
         kept = self._native.finish(state, message, self.keep_work_dir)
         _live.discard(self)
+        if not _live:
+            _release_signal_handlers()
         if kept is not None and state == "failed":
             print(
                 f"shoal: session {self.id} {state}; work dir kept at {kept} "
