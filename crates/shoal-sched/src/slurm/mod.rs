@@ -247,7 +247,7 @@ impl Adapter for Slurm {
         (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then_some(id)
     }
 
-    /// The array whose comment names this session's batch (see `submit::batch_comment`).
+    /// The array whose stdout path is this session's batch (see `submit::batch_stdout`).
     fn find_batch(&mut self, run: &Runner, spec: &LaunchSpec, tag: &str) -> Option<String> {
         let want = submit::batch_stdout(spec, tag);
         let args: Vec<String> = ["-h", "--me", "-t", "all", "-O", "ArrayJobID:|,STDOUT:|"]
