@@ -102,12 +102,24 @@ def test_failed_session_keeps_work_dir_and_says_where(sessions_dir, capfd):
     assert kept in err and f"shoal logs {session}" in err
 
 
-def test_successful_session_removes_work_dir(sessions_dir):
+def test_successful_session_keeps_only_what_logs_need(sessions_dir, monkeypatch):
     with shoal.Pool(1) as p:
         p.map(square, range(3))
         session = p.session
         assert os.path.isdir(os.path.join(sessions_dir, session))
-    assert not os.path.exists(os.path.join(sessions_dir, session))
+    kept = os.path.join(sessions_dir, session)
+    assert sorted(os.listdir(kept)) == ["index", "journal", "logs", "session.json"]
+    # SHOAL_KEEP_LOGS=0 keeps nothing; a size budget lets the oldest go first.
+    monkeypatch.setenv("SHOAL_KEEP_LOGS", "0")
+    with shoal.Pool(1) as p:
+        p.map(square, range(3))
+        session2 = p.session
+    assert not os.path.exists(os.path.join(sessions_dir, session2))
+    monkeypatch.delenv("SHOAL_KEEP_LOGS")
+    monkeypatch.setenv("SHOAL_KEEP_LOGS_SIZE", "1K")
+    with shoal.Pool(1) as p:
+        p.map(square, range(3))
+    assert not os.path.exists(kept)  # the older one went to make room
 
 
 def test_session_dir_is_private(sessions_dir):

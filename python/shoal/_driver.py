@@ -22,7 +22,7 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
-from shoal import _backends, _native, _progress
+from shoal import _backends, _native, _output, _progress
 from shoal._pickling import _name
 from shoal._pickling import diagnose as _diagnose
 from shoal._pickling import dumps as _dumps
@@ -38,7 +38,9 @@ MAP = "map"
 CALLS = "calls"
 STDERR_TAIL = 2000
 # Options every backend understands; the rest go to the backend as its own options.
-GENERIC_OPTIONS = ("idle_timeout", "heartbeat_timeout", "max_attempts", "env", "metadata")
+GENERIC_OPTIONS = (
+    "idle_timeout", "heartbeat_timeout", "max_attempts", "env", "metadata", "forward_output",
+)  # fmt: skip
 _checked_pythons: dict[str, None] = {}
 _live: weakref.WeakSet[Driver] = weakref.WeakSet()
 _log = logging.getLogger("shoal")
@@ -204,6 +206,7 @@ class Driver:
         max_attempts: int = 3,
         metadata: Optional[dict[str, Any]] = None,
         cwd: Optional[str] = None,
+        forward_output: bool = True,
     ) -> None:
         defaults = _backends.defaults(backend)
         if workers is None:
@@ -278,6 +281,11 @@ class Driver:
         )
         if _progress.in_notebook():
             _progress.stop_on_interrupt(lambda: _live)
+        # Tasks' print()s reach this process's stdout/stderr (a cluster's logs are on a
+        # shared filesystem, looked at less often).
+        self.output = (
+            _output.Forwarder(self.path, shared=backend != "local") if forward_output else None
+        )
         self._collector = threading.Thread(
             target=self._collect, name=f"shoal-collect-{self.id}", daemon=True
         )
@@ -409,6 +417,8 @@ class Driver:
                 events = self._native.events(0.1)
             except Exception:
                 return  # the session ended
+            if self.output is not None and events:
+                self.output.pump(catch_up=True)  # tasks' output before their results
             for ev in events:
                 try:
                     self._handle(ev)
@@ -654,6 +664,8 @@ class Driver:
             state, message = (state if state == "failed" else ending[0]), reason
         if self._display is not None:
             self._display.close(state)
+        if self.output is not None:
+            self.output.drain()  # the workers have stopped: what they wrote is complete
         kept = self._native.finish(state, message, self.keep_work_dir)
         _live.discard(self)
         if kept is not None and state == "failed":

@@ -3,7 +3,9 @@
 use crate::Command;
 use shoal_core::fsutil::{hostname, now_secs, pid_alive};
 use shoal_core::layout::Stream;
+use shoal_core::retention;
 use shoal_core::session::{find_session, list_sessions, SessionMeta, SessionState};
+use shoal_core::units::TimeLimit;
 use shoal_core::{fsutil, CoreError, SessionDir};
 use std::io::Write;
 use std::path::Path;
@@ -34,7 +36,7 @@ pub fn dispatch(cmd: &Command, base: &Path, out: &mut dyn Write) -> Result<i32> 
             }
         }
         Command::Cancel { session } => cancel(&find_session(base, session)?, out),
-        Command::Clean { all } => clean(base, *all, out),
+        Command::Clean { all, dry_run } => clean(base, *all, *dry_run, out),
         // The run subcommands are dispatched in lib.rs before reaching here.
         _ => Ok(2),
     }
@@ -333,20 +335,57 @@ fn kill_local_workers(dir: &SessionDir) -> usize {
     n
 }
 
-fn clean(base: &Path, all: bool, out: &mut dyn Write) -> Result<i32> {
-    let mut n = 0;
+fn clean(base: &Path, all: bool, dry_run: bool, out: &mut dyn Write) -> Result<i32> {
+    let (mut n, mut freed) = (0, 0);
+    let mut rows = Vec::new();
     for (dir, m) in list_sessions(base)? {
         let removable = match m.state {
             SessionState::Finished => true,
             SessionState::Failed | SessionState::Cancelled | SessionState::Interrupted => all,
             SessionState::Running => all && !m.driver_alive(),
         };
-        if removable {
-            std::fs::remove_dir_all(dir.root()).map_err(|e| CoreError::io(dir.root(), e))?;
-            n += 1;
+        if !removable {
+            continue;
         }
+        let bytes = retention::size_of(dir.root());
+        if dry_run {
+            rows.push(vec![
+                m.id.clone(),
+                m.display_state().to_string(),
+                retention::human_bytes(bytes),
+                age(m.updated),
+                dir.root().display().to_string(),
+            ]);
+        } else {
+            std::fs::remove_dir_all(dir.root()).map_err(|e| CoreError::io(dir.root(), e))?;
+        }
+        n += 1;
+        freed += bytes;
     }
-    w(out, format!("removed {n} session work dirs\n"))?;
+    let freed = retention::human_bytes(freed);
+    if !dry_run {
+        w(
+            out,
+            format!("removed {n} session work dirs, freed {freed}\n"),
+        )?;
+        return Ok(0);
+    }
+    if !rows.is_empty() {
+        let head = ["SESSION", "STATE", "SIZE", "ENDED", "PATH"];
+        w(out, render_table(&head, &rows))?;
+    }
+    let policy = retention::Policy::from_env()?;
+    w(
+        out,
+        format!(
+            "would remove {n} session work dirs, freeing {freed} (dry run: nothing removed)\n\
+             finished sessions keep their logs for {} and {} in all ({}, {})\n",
+            TimeLimit(policy.max_age).to_slurm(),
+            retention::human_bytes(policy.max_bytes),
+            retention::AGE_VAR,
+            retention::SIZE_VAR,
+        ),
+    )?;
     Ok(0)
 }
 
@@ -480,10 +519,20 @@ mod tests {
     fn clean_keeps_failed_unless_all() {
         let t = tempfile::tempdir().unwrap();
         session_with_failure(t.path());
-        let (_, text) = run(Command::Clean { all: false }, t.path());
+        let clean = |all, dry_run| Command::Clean { all, dry_run };
+        let (_, text) = run(clean(false, false), t.path());
         assert!(text.contains("removed 0"));
-        let (_, text) = run(Command::Clean { all: true }, t.path());
-        assert!(text.contains("removed 1"));
+        let (_, text) = run(clean(true, true), t.path());
+        assert!(
+            text.contains("would remove 1 session work dirs, freeing")
+                && text.contains("20260101-000000-abcd")
+                && text.contains("nothing removed"),
+            "{text}"
+        );
+        assert!(t.path().join("20260101-000000-abcd").exists());
+        let (_, text) = run(clean(true, false), t.path());
+        assert!(text.contains("removed 1"), "{text}");
+        assert!(!t.path().join("20260101-000000-abcd").exists());
     }
 
     #[test]

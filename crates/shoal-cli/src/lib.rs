@@ -70,9 +70,13 @@ pub enum Command {
     },
     /// Remove kept work dirs of sessions that are no longer running
     Clean {
-        /// Also remove sessions that failed or were cancelled (default: only finished ones)
+        /// Also remove sessions that failed or were cancelled (default: only finished ones,
+        /// which keep their logs for SHOAL_KEEP_LOGS, default 7 days)
         #[arg(long)]
         all: bool,
+        /// Say what would be removed and how much it would free; remove nothing
+        #[arg(long, short = 'n')]
+        dry_run: bool,
     },
     /// Write a commented shoal.toml (run defaults and backend templates) here
     Init {

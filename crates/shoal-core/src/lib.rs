@@ -14,6 +14,7 @@ pub mod index;
 pub mod journal;
 pub mod layout;
 pub mod protocol;
+pub mod retention;
 pub mod session;
 pub mod units;
 pub mod watch;
