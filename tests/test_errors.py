@@ -108,7 +108,7 @@ def test_successful_session_keeps_only_what_logs_need(sessions_dir, monkeypatch)
         session = p.session
         assert os.path.isdir(os.path.join(sessions_dir, session))
     kept = os.path.join(sessions_dir, session)
-    assert sorted(os.listdir(kept)) == ["index", "journal", "logs", "session.json"]
+    assert sorted(os.listdir(kept)) == ["calls", "index", "journal", "logs", "session.json"]
     # SHOAL_KEEP_LOGS=0 keeps nothing; a size budget lets the oldest go first.
     monkeypatch.setenv("SHOAL_KEEP_LOGS", "0")
     with shoal.Pool(1) as p:
@@ -203,3 +203,34 @@ def _run_script(tmp_path, name: str, code: str) -> tuple[str, subprocess.Complet
     script.write_text(code)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     return str(script), out
+
+
+def _shoal(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "shoal.cli", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_one_number_for_one_task_in_errors_logs_and_show(capfd):
+    from helpers import printer
+
+    with shoal.Pool(2, keep_work_dir=True) as p:
+        assert p.map(printer, range(20)) == list(range(20))  # call 1
+        p.apply(square, (3,))  # call 2
+        with pytest.raises(ValueError) as info:
+            p.map(fail_on, range(8), chunksize=3)  # call 3: its task 3 fails
+        session = p.session
+    # The error names the task by its place in the user's map, and `shoal logs` takes that.
+    note = str(info.value.__cause__)
+    assert "task 3:3 failed on worker" in note and f"`shoal logs {session} 3:3`" in note
+    logs = _shoal("logs", session, "3:3")
+    assert logs.stdout.startswith("task 3:3 ·") and "ValueError" in logs.stdout, logs
+    first = _shoal("logs", session, "7")  # the first call's task 7
+    assert "stdout of task 7" in first.stdout and "task 17" not in first.stdout, first
+    listing = _shoal("logs", session)
+    assert "task 3:3 failed on" in listing.stdout, listing
+    shown = _shoal("show", session)
+    assert "— task 3:3" in shown.stdout and f"shoal logs {session} 3:3" in shown.stdout, shown
+    bad = _shoal("logs", session, "3:99")
+    assert bad.returncode != 0 and "no such task" in bad.stderr and "CALL:N" in bad.stderr
+    capfd.readouterr()

@@ -165,7 +165,7 @@ def test_garbage_collected_executor_shuts_down(tmp_path, sessions_dir):
     while os.path.exists(config) and time.monotonic() < deadline:
         time.sleep(0.05)
     # Ended as finished: only its logs are kept (for `shoal logs`), its workers are gone.
-    assert sorted(os.listdir(session)) == ["index", "journal", "logs", "session.json"]
+    assert sorted(os.listdir(session)) == ["calls", "index", "journal", "logs", "session.json"]
 
 
 def test_failing_initializer_breaks_the_executor():

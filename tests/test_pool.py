@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,7 +128,8 @@ def test_task_exception_is_same_type_with_remote_traceback(pool):
     assert isinstance(cause, shoal.RemoteTraceback)
     text = str(cause)
     assert "fail_on" in text and 'raise ValueError(f"bad value {x}")' in text
-    assert "task 3 failed" in text
+    # Task 3 of this map (CALL:3 when the module's pool ran other calls first).
+    assert re.search(r"task (\d+:)?3 failed", text), text
     assert "about to fail on 3" in text  # the task's own stderr tail
 
 

@@ -23,12 +23,28 @@ def shoal_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def finished() -> str:
-    """A session that finished cleanly: its work dir was removed, its journal kept."""
-    with shoal.Pool(2) as p:
-        assert p.map(sleep_return, [0.01] * 40, chunksize=1) == [0.01] * 40
-        session = p.session
+    """A session that finished cleanly and whose logs expired at once (SHOAL_KEEP_LOGS=0):
+    its work dir was removed, its journal kept."""
+    os.environ["SHOAL_KEEP_LOGS"] = "0"
+    try:
+        with shoal.Pool(2) as p:
+            assert p.map(sleep_return, [0.01] * 40, chunksize=1) == [0.01] * 40
+            session = p.session
+    finally:
+        del os.environ["SHOAL_KEEP_LOGS"]
     assert not os.path.exists(os.path.join(os.environ["SHOAL_HOME"], "sessions", session))
     return session
+
+
+def test_show_of_a_finished_session_whose_logs_are_kept() -> None:
+    with shoal.Pool(2) as p:
+        p.map(sleep_return, [0.01] * 4, chunksize=1)
+        session = p.session
+    out = shoal_cli("show", session)
+    assert out.returncode == 0, out.stderr
+    assert "4 of 4 done" in out.stdout and f"shoal logs {session} TASK" in out.stdout
+    s = json.loads(shoal_cli("show", session, "--json").stdout)
+    assert s["work_dir"] == os.path.join(os.environ["SHOAL_HOME"], "sessions", session)
 
 
 def test_show_summarises_a_finished_session_from_history(finished: str) -> None:

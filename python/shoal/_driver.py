@@ -22,7 +22,7 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
-from shoal import _backends, _native, _output, _progress
+from shoal import _backends, _calls, _native, _output, _progress
 from shoal._pickling import _name
 from shoal._pickling import diagnose as _diagnose
 from shoal._pickling import dumps as _dumps
@@ -276,6 +276,7 @@ class Driver:
         )
         self.id: str = self._native.id
         self.path: str = str(self._native.path)
+        self.calls = _calls.Calls(self.path)  # tasks named as the user sees them
         self._display = (
             _progress.NotebookProgress(self.id, backend, self.stats) if notebook else None
         )
@@ -341,8 +342,9 @@ class Driver:
         ntasks = sum(seg[2] for seg in segments)
         # Under the lock: the route exists before the collector can see any event of it.
         with self._lock:
-            chunk, _first = self._native.submit(payload, ntasks, [blob] if blob else [])
+            chunk, first = self._native.submit(payload, ntasks, [blob] if blob else [])
             self._routes[chunk] = _Route(segments)
+            self.calls.record(first, segments)
             return int(chunk)
 
     def wait_room(self) -> None:
@@ -481,20 +483,19 @@ class Driver:
         if route is None:
             return
         self._task_failed = True
-        for job, index, off, n in route.pieces(frm, count):
+        self.calls.flush()  # so that `shoal logs` finds the tasks these errors name
+        for job, index, _off, n in route.pieces(frm, count):
             errors: dict[int, BaseException] = {}
             for k in range(n):
-                number = first + frm + off + k
+                task = self._label(job, index + k)
                 where = f"[session {self.id}" + (f", worker {worker}]" if worker else "]")
                 if kind == "lost":
-                    text = f"task {index + k} (session task {number}) was lost: {message} {where}"
+                    text = f"task {task} was lost: {message} {where}"
                     if tail.strip():
                         text += f"\nworker stderr (tail):\n{tail.rstrip()}"
                     errors[k] = WorkerLostError(text)
                 else:
-                    errors[k] = TaskError(
-                        f"task {index + k} (session task {number}) failed: {message} {where}"
-                    )
+                    errors[k] = TaskError(f"task {task} failed: {message} {where}")
             self._deliver(job, index, [None] * n, errors)
 
     def _on_result(
@@ -521,9 +522,13 @@ class Driver:
             try:
                 values, raw_errors = pickle.loads(payload)
             except BaseException as exc:  # even SystemExit from a __reduce__
+                pieces = route.pieces(frm, count)
+                head, tail = pieces[0], pieces[-1]
+                span = f"{self._label(head[0], head[1])}.."
+                span += self._label(tail[0], tail[1] + tail[3] - 1)
                 failure = TaskError(
-                    f"the results of tasks {first + frm}..{first + frm + count - 1} could not "
-                    f"be unpickled in the driver: {type(exc).__name__}: {exc}"
+                    f"the results of tasks {span} could not be unpickled in the driver: "
+                    f"{type(exc).__name__}: {exc}"
                 )
         if failure is not None:
             self._task_failed = True
@@ -532,6 +537,7 @@ class Driver:
             return
         if raw_errors:
             self._task_failed = True
+            self.calls.flush()  # so that `shoal logs` finds the tasks these errors name
         for job, index, off, n in route.pieces(frm, count):
             lo = skip + off
             part = values[lo : lo + n]
@@ -540,8 +546,7 @@ class Driver:
             errors = {
                 i - lo: self._rebuild(
                     raw_errors[i],
-                    index + i - lo,
-                    first + frm + off + i - lo,
+                    self._label(job, index + i - lo),
                     worker,
                     err_ranges.get(i),
                     tb_cls,
@@ -561,11 +566,13 @@ class Driver:
                 part = part + [None] * (n - len(part))
             self._deliver(job, index, part, errors)
 
+    def _label(self, job: Job, index: int) -> str:
+        return _calls.label(self.calls.number(job), index)
+
     def _rebuild(
         self,
         rec: Any,
-        index: int,
-        task_no: int,
+        task: str,
         worker: str,
         err_range: Optional[tuple[int, int]],
         tb_cls: type = RemoteTraceback,
@@ -587,8 +594,8 @@ class Driver:
             except Exception:
                 tail = ""
         where = (
-            f"task {index} failed on worker {worker} (session {self.id}, task {task_no}; "
-            f"`shoal logs {self.id} {task_no}`)"
+            f"task {task} failed on worker {worker} (session {self.id}; "
+            f"`shoal logs {self.id} {task}`)"
         )
         detail = f"\n{where}"
         if tail:
@@ -664,6 +671,7 @@ class Driver:
             state, message = (state if state == "failed" else ending[0]), reason
         if self._display is not None:
             self._display.close(state)
+        self.calls.flush()
         if self.output is not None:
             self.output.drain()  # the workers have stopped: what they wrote is complete
         kept = self._native.finish(state, message, self.keep_work_dir)

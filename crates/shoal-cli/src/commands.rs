@@ -1,6 +1,7 @@
 //! One function per subcommand. Each writes to the given output so tests can capture it.
 
 use crate::Command;
+use shoal_core::calls::Calls;
 use shoal_core::fsutil::{hostname, now_secs, pid_alive};
 use shoal_core::layout::Stream;
 use shoal_core::retention;
@@ -30,7 +31,7 @@ pub fn dispatch(cmd: &Command, base: &Path, out: &mut dyn Write) -> Result<i32> 
                 _ => &[Stream::Stdout, Stream::Stderr],
             };
             match (task, worker) {
-                (Some(t), _) => task_logs(&dir, *t, streams, out),
+                (Some(t), _) => task_logs(&dir, Calls::read(&dir).resolve(t)?, streams, out),
                 (None, Some(w)) => worker_logs(&dir, w, streams, out),
                 (None, None) => session_summary(&dir, out),
             }
@@ -138,11 +139,12 @@ pub(crate) fn task_logs(
     streams: &[Stream],
     out: &mut dyn Write,
 ) -> Result<i32> {
+    let label = Calls::read(dir).label(task);
     let Some(e) = dir.index_entry(task) else {
         w(
             out,
             format!(
-                "task {task} of session {} has no recorded result yet (pending, running, or lost)\n",
+                "task {label} of session {} has no recorded result yet (pending, running, or lost)\n",
                 dir.id()
             ),
         )?;
@@ -150,7 +152,7 @@ pub(crate) fn task_logs(
     };
     w(
         out,
-        format!("task {task} · worker {} · chunk {}\n", e.worker, e.chunk),
+        format!("task {label} · worker {} · chunk {}\n", e.worker, e.chunk),
     )?;
     for &s in streams {
         let (start, end) = e.range(task, s).unwrap_or((0, 0));
@@ -219,15 +221,17 @@ fn session_summary(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
         w(out, format!("message: {m}\n"))?;
     }
     let mut failed = 0;
+    let calls = Calls::read(dir);
     for e in dir.index_entries() {
         if let Some(err) = &e.chunk_error {
             failed += 1;
+            let last = (e.first + u64::from(e.count)).saturating_sub(1);
             w(
                 out,
                 format!(
                     "tasks {}..{} failed: {}\n",
-                    e.first,
-                    e.first + u64::from(e.count),
+                    calls.label(e.first),
+                    calls.label(last),
                     first_line(err)
                 ),
             )?;
@@ -239,7 +243,7 @@ fn session_summary(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
                 out,
                 format!(
                     "task {} failed on {}: {last}\n",
-                    e.first + u64::from(f.index),
+                    calls.label(e.first + u64::from(f.index)),
                     e.worker
                 ),
             )?;
@@ -442,7 +446,7 @@ mod tests {
         let (code, text) = run(
             Command::Logs {
                 session: "20260101".into(),
-                task: Some(1),
+                task: Some("1".into()),
                 stdout: false,
                 stderr: false,
                 worker: None,
@@ -463,7 +467,7 @@ mod tests {
         let (code, text) = run(
             Command::Logs {
                 session: "20260101".into(),
-                task: Some(0),
+                task: Some("0".into()),
                 stdout: true,
                 stderr: false,
                 worker: None,

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// What a slimmed session keeps: what `shoal logs`, `shoal sessions` and `shoal show` read.
-pub const KEPT: [&str; 4] = ["session.json", "journal", "index", "logs"];
+pub const KEPT: [&str; 5] = ["session.json", "journal", "index", "calls", "logs"];
 pub const AGE_VAR: &str = "SHOAL_KEEP_LOGS";
 pub const SIZE_VAR: &str = "SHOAL_KEEP_LOGS_SIZE";
 pub const DEFAULT_AGE: Duration = Duration::from_secs(7 * 86400);
