@@ -101,3 +101,28 @@ def test_show_errors_name_the_problem(finished: str, tmp_path) -> None:
     assert out.returncode == 1 and 'no session "20990101-00"' in out.stderr
     out = shoal_cli("show", finished, "--plot", str(tmp_path / "t.pdf"))
     assert out.returncode == 1 and "*.png or *.svg" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("slurm", marks=pytest.mark.slurm), pytest.param("sge", marks=pytest.mark.sge)],
+)
+def test_output_and_summary_on_a_real_scheduler(backend: str, capsys) -> None:
+    from helpers import chatty
+
+    with shoal.Pool(2, backend=backend, time="10m") as p:
+        assert p.map(chatty, range(6), chunksize=1) == list(range(6))
+        session = p.session
+    # Task output reaches the driver from the cluster's worker logs, as on the local backend.
+    captured = capsys.readouterr()
+    for x in range(6):
+        assert f"stdout of task {x}" in captured.out and f"stderr of task {x}" in captured.err
+    # The summary has what issue 16 asks of every backend: jobs, hosts, queue wait, start-up.
+    s = json.loads(shoal_cli("show", session, "--json").stdout)
+    assert s["tasks"]["finished"] == 6 and s["durations"]["max"] > 0
+    assert s["queue_wait"] is not None and s["startup"] is not None
+    ran = [w for w in s["workers"] if w["tasks"]]
+    assert ran and all(w["job"] and w["host"] and w["queue_wait"] is not None for w in ran)
+    assert sum(h["tasks"] for h in s["hosts"]) == 6
+    text = shoal_cli("show", session).stdout
+    assert "queue wait" in text and "start-up" in text and str(ran[0]["job"]) in text

@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod index;
 pub mod journal;
 pub mod layout;
+pub mod logstore;
 pub mod protocol;
 pub mod retention;
 pub mod session;
