@@ -155,13 +155,53 @@ pub fn expired(
     out
 }
 
+/// Where expired sessions are moved (one rename, so that no half-removed session is ever
+/// listed) before they are removed; what a process could not finish removing is removed by
+/// the next enforcement.
+const EXPIRED_DIR: &str = ".expired";
+
 /// Remove the finished sessions under `base` that `policy` no longer keeps.
 pub fn enforce(base: &Path, policy: &Policy) {
-    let Ok(all) = list_sessions(base) else {
+    let graveyard = base.join(EXPIRED_DIR);
+    if let Ok(all) = list_sessions(base) {
+        for e in expired(all, policy, crate::fsutil::now_secs()) {
+            let _ = std::fs::create_dir_all(&graveyard);
+            let to = graveyard.join(format!(
+                "{}.{:016x}",
+                e.meta.id,
+                crate::fsutil::random_u64()
+            ));
+            // Another process may have taken it first: then there is nothing to do.
+            if std::fs::rename(e.dir.root(), &to).is_err() {
+                continue;
+            }
+        }
+    }
+    if let Ok(left) = std::fs::read_dir(&graveyard) {
+        for entry in left.flatten() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// [`enforce`] on a thread of its own, so that ending a session never waits for a scan of
+/// every kept session (one at a time per process; a process that exits first leaves the
+/// rest to the next one).
+pub fn enforce_in_background(base: &Path, policy: &Policy) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+    if RUNNING.swap(true, Ordering::AcqRel) {
         return;
-    };
-    for e in expired(all, policy, crate::fsutil::now_secs()) {
-        let _ = std::fs::remove_dir_all(e.dir.root());
+    }
+    let (base, policy) = (base.to_path_buf(), *policy);
+    let spawned = std::thread::Builder::new()
+        .name("shoal-retention".into())
+        .spawn(move || {
+            enforce(&base, &policy);
+            RUNNING.store(false, Ordering::Release);
+        });
+    if spawned.is_err() {
+        RUNNING.store(false, Ordering::Release);
     }
 }
 
@@ -261,5 +301,9 @@ mod tests {
         enforce(t.path(), &Policy { ..policy });
         // `enforce` reads the real clock: everything here is older than an hour.
         assert!(!t.path().join("d").exists() && t.path().join("c-failed").exists());
+        let left = std::fs::read_dir(t.path().join(EXPIRED_DIR))
+            .unwrap()
+            .count();
+        assert_eq!(left, 0, "expired sessions are removed, not only moved");
     }
 }

@@ -403,7 +403,7 @@ fn retire(dir: &SessionDir, state: SessionState) {
     }
     retention::slim(dir);
     if let Some(base) = dir.root().parent() {
-        retention::enforce(base, &policy);
+        retention::enforce_in_background(base, &policy);
     }
 }
 
