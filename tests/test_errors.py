@@ -239,3 +239,13 @@ def test_one_number_for_one_task_in_errors_logs_and_show(capfd):
     bad = _shoal("logs", session, "3:99")
     assert bad.returncode != 0 and "no such task" in bad.stderr and "CALL:N" in bad.stderr
     capfd.readouterr()
+
+
+def test_a_bare_number_for_memory_is_warned_about_with_its_unit():
+    # Warned before anything starts (the bad python_path then stops it, so no cluster is used).
+    with pytest.warns(UserWarning, match=r'memory=2 is read as 2 MB on slurm; write memory="2G"'):
+        with pytest.raises(shoal.ConfigError):
+            shoal.Pool(2, backend="slurm", memory=2, python_path="/nonexistent/python")
+    with pytest.warns(UserWarning, match=r"request_memory=512 is read as 512 MB on htcondor"):
+        with pytest.raises(shoal.ConfigError):
+            shoal.Executor(1, backend="htcondor", request_memory=512, python_path="/nope")

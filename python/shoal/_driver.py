@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 import weakref
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
@@ -209,6 +210,8 @@ class Driver:
         forward_output: bool = True,
     ) -> None:
         defaults = _backends.defaults(backend)
+        for text in _backends.bare_sizes(backend, backend_options or {}):
+            warnings.warn(text, UserWarning, stacklevel=3)  # the caller's Pool(...) line
         if workers is None:
             # Local: one worker per CPU. Clusters: an upper bound that the engine scales down
             # to the work at hand (queued workers beyond it are given back).
