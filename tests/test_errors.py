@@ -249,3 +249,21 @@ def test_a_bare_number_for_memory_is_warned_about_with_its_unit():
     with pytest.warns(UserWarning, match=r"request_memory=512 is read as 512 MB on htcondor"):
         with pytest.raises(shoal.ConfigError):
             shoal.Executor(1, backend="htcondor", request_memory=512, python_path="/nope")
+
+
+def test_a_loop_of_submits_is_numbered_by_call_in_one_line_per_run():
+    with shoal.Executor(2) as ex:
+        assert ex.submit(square, 2).result(30) == 4  # call 1
+        futs = [ex.submit(fail_on, i) for i in range(40)]  # calls 2..41; fail_on(3) raises
+        for f in futs[:3] + futs[4:]:
+            f.result(30)
+        err = futs[3].exception(30)
+        session = ex.session
+    note = str(err.__cause__)
+    assert f"`shoal logs {session} 5:0`" in note, note  # the 5th call, its only task
+    logs = _shoal("logs", session, "5:0")
+    assert logs.stdout.startswith("task 5:0 ·") and "bad value 3" in logs.stdout, logs
+    path = os.path.join(os.environ["SHOAL_HOME"], "sessions", session, "calls")
+    with open(path) as f:
+        lines = f.read().splitlines()
+    assert len(lines) < 10, lines  # runs of one-task calls share a line

@@ -4,9 +4,10 @@ by its position in its call — ``5`` for the first call's task 5, ``3:5`` for t
 in error messages, ``shoal logs SESSION 3:5``, ``shoal show`` and ``shoal top``.
 
 The engine numbers tasks across the whole session; the ``calls`` file in the session dir maps
-those ranges onto calls, one line ``SESSION_FIRST COUNT CALL CALL_FIRST`` per run of tasks
-(a map's consecutive chunks make one line), for the ``shoal`` command to read
-(``shoal_core::calls``).
+those ranges onto calls, one line ``SESSION_FIRST COUNT CALL CALL_FIRST [NCALLS]`` per run of
+tasks — a map's consecutive chunks make one line, and so do consecutive one-task calls (a
+loop of ``submit``: NCALLS calls CALL, CALL+1, ... of one task each) — for the ``shoal``
+command to read (``shoal_core::calls``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class Calls:
         self._path = os.path.join(session_path, FILE)
         self._lock = threading.Lock()
         self._next = 1
-        self._run: Optional[list[int]] = None  # [session first, count, call, call first]
+        # [session first, count, call, call first, calls]
+        self._run: Optional[list[int]] = None
         self._since = 0.0
 
     def number(self, job: Any) -> int:
@@ -54,13 +56,18 @@ class Calls:
             for job, start, count in segments:
                 call = self._number(job)
                 run = self._run
-                if run is not None and run[2] == call and run[0] + run[1] == first:
-                    if run[3] + run[1] == start:
+                if run is not None and run[0] + run[1] == first:
+                    more_of_one = run[4] == 1 and run[2] == call and run[3] + run[1] == start
+                    next_single = (
+                        count == 1 and start == 0 and run[3] == 0 and run[1] == run[4]
+                    ) and call == run[2] + run[4]
+                    if more_of_one or next_single:
                         run[1] += count
+                        run[4] += 1 if next_single else 0
                         first += count
                         continue
                 self._write()
-                self._run, self._since = [first, count, call, start], time.monotonic()
+                self._run, self._since = [first, count, call, start, 1], time.monotonic()
                 first += count
             if time.monotonic() - self._since >= FLUSH_EVERY:
                 self._write()
@@ -73,7 +80,7 @@ class Calls:
         run, self._run = self._run, None
         if run is None:
             return
-        line = " ".join(map(str, run)) + "\n"
+        line = " ".join(map(str, run if run[4] > 1 else run[:4])) + "\n"
         try:
             fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             try:

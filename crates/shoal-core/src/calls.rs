@@ -1,7 +1,8 @@
 //! One number for one task: how the user's calls map onto the session's task numbers. The
 //! Python driver numbers its calls (a `map`, an `apply_async`, a `submit`) 1, 2, ... and writes
-//! `calls` in the session dir, one line `SESSION_FIRST COUNT CALL CALL_FIRST` per run of
-//! tasks; a task is shown as its position in its call — `5` in the first call, `3:5` in the
+//! `calls` in the session dir, one line `SESSION_FIRST COUNT CALL CALL_FIRST [NCALLS]` per
+//! run of tasks (NCALLS > 1: that many consecutive calls CALL, CALL+1, ... of one task each, as
+//! a loop of `submit` makes); a task is shown as its position in its call — `5` in the first call, `3:5` in the
 //! third — and `shoal logs SESSION 3:5` takes that form back. A session task no line covers
 //! (an older session, a line not written yet) is shown as `#N`, its session number.
 
@@ -16,6 +17,19 @@ struct Span {
     count: u64,
     call: u64,
     call_first: u64,
+    /// Consecutive one-task calls this span holds (1: tasks of one call).
+    calls: u64,
+}
+
+impl Span {
+    /// (call, index in it) of the span's `k`th task.
+    fn at(&self, k: u64) -> (u64, u64) {
+        if self.calls > 1 {
+            (self.call + k, 0)
+        } else {
+            (self.call, self.call_first + k)
+        }
+    }
 }
 
 /// The calls of one session (empty when it has no `calls` file).
@@ -40,15 +54,18 @@ impl Calls {
                     .map(str::parse)
                     .collect::<std::result::Result<_, _>>()
                     .ok()?;
-                match v[..] {
-                    [first, count, call, call_first] if call >= 1 => Some(Span {
-                        first,
-                        count,
-                        call,
-                        call_first,
-                    }),
-                    _ => None,
-                }
+                let (first, count, call, call_first, calls) = match v[..] {
+                    [f, n, c, i] => (f, n, c, i, 1),
+                    [f, n, c, 0, k] if k == n => (f, n, c, 0, k),
+                    _ => return None,
+                };
+                (call >= 1).then_some(Span {
+                    first,
+                    count,
+                    call,
+                    call_first,
+                    calls,
+                })
             })
             .collect();
         spans.sort_by_key(|s| s.first);
@@ -66,14 +83,10 @@ impl Calls {
         }
         let i = self.spans.partition_point(|s| s.first <= task);
         match i.checked_sub(1).map(|i| self.spans[i]) {
-            Some(s) if task < s.first + s.count => {
-                let index = s.call_first + (task - s.first);
-                if s.call == 1 {
-                    index.to_string()
-                } else {
-                    format!("{}:{index}", s.call)
-                }
-            }
+            Some(s) if task < s.first + s.count => match s.at(task - s.first) {
+                (1, index) => index.to_string(),
+                (call, index) => format!("{call}:{index}"),
+            },
             _ => format!("#{task}"),
         }
     }
@@ -106,8 +119,16 @@ impl Calls {
         }
         self.spans
             .iter()
-            .find(|s| s.call == call && (s.call_first..s.call_first + s.count).contains(&index))
-            .map(|s| s.first + (index - s.call_first))
+            .find_map(|s| {
+                let k = if s.calls > 1 {
+                    (index == 0 && (s.call..s.call + s.calls).contains(&call))
+                        .then(|| call - s.call)
+                } else {
+                    (s.call == call && (s.call_first..s.call_first + s.count).contains(&index))
+                        .then(|| index - s.call_first)
+                };
+                k.map(|k| s.first + k)
+            })
             .ok_or_else(|| bad("this session has no such task"))
     }
 }
@@ -119,12 +140,14 @@ mod tests {
     #[test]
     fn labels_and_resolves_both_ways() {
         // call 1: a map of 10 in two lines; call 2: one apply; call 3: a map interleaved.
-        let c = Calls::parse("0 6 1 0\n6 4 1 6\n10 1 2 0\n11 3 3 0\n14 2 3 3\ntorn 1");
+        // Then calls 4..6 of one task each (a loop of submit), in one line.
+        let c = Calls::parse("0 6 1 0\n6 4 1 6\n10 1 2 0\n11 3 3 0\n14 2 3 3\n16 3 4 0 3\ntorn");
         assert_eq!(c.label(7), "7");
         assert_eq!(c.label(10), "2:0");
         assert_eq!(c.label(15), "3:4");
+        assert_eq!((c.label(16), c.label(18)), ("4:0".into(), "6:0".into()));
         assert_eq!(c.label(99), "#99");
-        for t in 0..16 {
+        for t in 0..19 {
             assert_eq!(c.resolve(&c.label(t)).unwrap(), t);
         }
         assert_eq!(c.resolve("#12").unwrap(), 12);
