@@ -139,3 +139,21 @@ def count_call(arg: tuple[str, float]) -> None:
 
 def argv(_: Any = None) -> list[str]:
     return sys.argv
+
+
+def chatty(x: int) -> int:
+    """Writes to stdout and stderr and warns, as a task of a user's script would."""
+    import warnings
+
+    print(f"stdout of task {x}")
+    print(f"stderr of task {x}", file=sys.stderr)
+    warnings.warn(f"warning of task {x}", stacklevel=1)
+    return x
+
+
+def flood(mb: int) -> int:
+    """Prints `mb` MB in numbered 1 KB lines."""
+    line = "x" * 1017
+    for i in range(mb * 1024):
+        print(f"{i:06d}", line)
+    return mb

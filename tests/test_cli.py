@@ -57,11 +57,12 @@ def test_logs_of_a_task_and_of_a_failed_session(capfd):
     assert out.returncode == 0, out.stderr
     assert "stdout of task 1" in out.stdout and "stderr of task 1" in out.stdout
     assert "task 0" not in out.stdout.split("---", 1)[1]
-    out = shoal_cli("logs", session, "3")
+    # The apply is the session's second call: its task is 2:0, as its error says.
+    out = shoal_cli("logs", session, "2:0")
     assert out.returncode == 1
     assert "ZeroDivisionError" in out.stdout and "traceback" in out.stdout
     summary = shoal_cli("logs", session)
-    assert "task 3 failed" in summary.stdout and "ZeroDivisionError" in summary.stdout
+    assert "task 2:0 failed" in summary.stdout and "ZeroDivisionError" in summary.stdout
 
 
 def test_cancel_fails_pending_work_and_stops_workers(sessions_dir):

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -102,12 +103,28 @@ def test_failed_session_keeps_work_dir_and_says_where(sessions_dir, capfd):
     assert kept in err and f"shoal logs {session}" in err
 
 
-def test_successful_session_removes_work_dir(sessions_dir):
+def test_successful_session_keeps_only_what_logs_need(sessions_dir, monkeypatch):
     with shoal.Pool(1) as p:
         p.map(square, range(3))
         session = p.session
         assert os.path.isdir(os.path.join(sessions_dir, session))
-    assert not os.path.exists(os.path.join(sessions_dir, session))
+    kept = os.path.join(sessions_dir, session)
+    assert sorted(os.listdir(kept)) == ["calls", "index", "journal", "logs", "session.json"]
+    # SHOAL_KEEP_LOGS=0 keeps nothing; a size budget lets the oldest go first.
+    monkeypatch.setenv("SHOAL_KEEP_LOGS", "0")
+    with shoal.Pool(1) as p:
+        p.map(square, range(3))
+        session2 = p.session
+    assert not os.path.exists(os.path.join(sessions_dir, session2))
+    monkeypatch.delenv("SHOAL_KEEP_LOGS")
+    monkeypatch.setenv("SHOAL_KEEP_LOGS_SIZE", "1K")
+    with shoal.Pool(1) as p:
+        p.map(square, range(3))
+    # The older one goes to make room (on a thread of its own: ending never waits for it).
+    deadline = time.monotonic() + 30
+    while os.path.exists(kept) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.path.exists(kept)
 
 
 def test_session_dir_is_private(sessions_dir):
@@ -191,3 +208,62 @@ def _run_script(tmp_path, name: str, code: str) -> tuple[str, subprocess.Complet
     script.write_text(code)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     return str(script), out
+
+
+def _shoal(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "shoal.cli", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_one_number_for_one_task_in_errors_logs_and_show(capfd):
+    from helpers import printer
+
+    with shoal.Pool(2, keep_work_dir=True) as p:
+        assert p.map(printer, range(20)) == list(range(20))  # call 1
+        p.apply(square, (3,))  # call 2
+        with pytest.raises(ValueError) as info:
+            p.map(fail_on, range(8), chunksize=3)  # call 3: its task 3 fails
+        session = p.session
+    # The error names the task by its place in the user's map, and `shoal logs` takes that.
+    note = str(info.value.__cause__)
+    assert "task 3:3 failed on worker" in note and f"`shoal logs {session} 3:3`" in note
+    logs = _shoal("logs", session, "3:3")
+    assert logs.stdout.startswith("task 3:3 ·") and "ValueError" in logs.stdout, logs
+    first = _shoal("logs", session, "7")  # the first call's task 7
+    assert "stdout of task 7" in first.stdout and "task 17" not in first.stdout, first
+    listing = _shoal("logs", session)
+    assert "task 3:3 failed on" in listing.stdout, listing
+    shown = _shoal("show", session)
+    assert "— task 3:3" in shown.stdout and f"shoal logs {session} 3:3" in shown.stdout, shown
+    bad = _shoal("logs", session, "3:99")
+    assert bad.returncode != 0 and "no such task" in bad.stderr and "CALL:N" in bad.stderr
+    capfd.readouterr()
+
+
+def test_a_bare_number_for_memory_is_warned_about_with_its_unit():
+    # Warned before anything starts (the bad python_path then stops it, so no cluster is used).
+    with pytest.warns(UserWarning, match=r'memory=2 is read as 2 MB on slurm; write memory="2G"'):
+        with pytest.raises(shoal.ConfigError):
+            shoal.Pool(2, backend="slurm", memory=2, python_path="/nonexistent/python")
+    with pytest.warns(UserWarning, match=r"request_memory=512 is read as 512 MB on htcondor"):
+        with pytest.raises(shoal.ConfigError):
+            shoal.Executor(1, backend="htcondor", request_memory=512, python_path="/nope")
+
+
+def test_a_loop_of_submits_is_numbered_by_call_in_one_line_per_run():
+    with shoal.Executor(2) as ex:
+        assert ex.submit(square, 2).result(30) == 4  # call 1
+        futs = [ex.submit(fail_on, i) for i in range(40)]  # calls 2..41; fail_on(3) raises
+        for f in futs[:3] + futs[4:]:
+            f.result(30)
+        err = futs[3].exception(30)
+        session = ex.session
+    note = str(err.__cause__)
+    assert f"`shoal logs {session} 5:0`" in note, note  # the 5th call, its only task
+    logs = _shoal("logs", session, "5:0")
+    assert logs.stdout.startswith("task 5:0 ·") and "bad value 3" in logs.stdout, logs
+    path = os.path.join(os.environ["SHOAL_HOME"], "sessions", session, "calls")
+    with open(path) as f:
+        lines = f.read().splitlines()
+    assert len(lines) < 10, lines  # runs of one-task calls share a line

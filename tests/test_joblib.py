@@ -320,7 +320,8 @@ def test_session_is_reused_within_a_context_and_gone_after(capfd: pytest.Capture
         assert backend.session == first
     assert backend.session is None
     assert wait_gone(path) == []
-    assert not os.path.exists(path)  # a finished session leaves no work dir
+    # A finished session leaves only its logs (for `shoal logs`).
+    assert sorted(os.listdir(path)) == ["calls", "index", "journal", "logs", "session.json"]
     assert "shoal:" not in capfd.readouterr().err  # no internal errors, no kept work dir
 
 

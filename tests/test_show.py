@@ -23,12 +23,28 @@ def shoal_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def finished() -> str:
-    """A session that finished cleanly: its work dir was removed, its journal kept."""
-    with shoal.Pool(2) as p:
-        assert p.map(sleep_return, [0.01] * 40, chunksize=1) == [0.01] * 40
-        session = p.session
+    """A session that finished cleanly and whose logs expired at once (SHOAL_KEEP_LOGS=0):
+    its work dir was removed, its journal kept."""
+    os.environ["SHOAL_KEEP_LOGS"] = "0"
+    try:
+        with shoal.Pool(2) as p:
+            assert p.map(sleep_return, [0.01] * 40, chunksize=1) == [0.01] * 40
+            session = p.session
+    finally:
+        del os.environ["SHOAL_KEEP_LOGS"]
     assert not os.path.exists(os.path.join(os.environ["SHOAL_HOME"], "sessions", session))
     return session
+
+
+def test_show_of_a_finished_session_whose_logs_are_kept() -> None:
+    with shoal.Pool(2) as p:
+        p.map(sleep_return, [0.01] * 4, chunksize=1)
+        session = p.session
+    out = shoal_cli("show", session)
+    assert out.returncode == 0, out.stderr
+    assert "4 of 4 done" in out.stdout and f"shoal logs {session} TASK" in out.stdout
+    s = json.loads(shoal_cli("show", session, "--json").stdout)
+    assert s["work_dir"] == os.path.join(os.environ["SHOAL_HOME"], "sessions", session)
 
 
 def test_show_summarises_a_finished_session_from_history(finished: str) -> None:
@@ -85,3 +101,28 @@ def test_show_errors_name_the_problem(finished: str, tmp_path) -> None:
     assert out.returncode == 1 and 'no session "20990101-00"' in out.stderr
     out = shoal_cli("show", finished, "--plot", str(tmp_path / "t.pdf"))
     assert out.returncode == 1 and "*.png or *.svg" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("slurm", marks=pytest.mark.slurm), pytest.param("sge", marks=pytest.mark.sge)],
+)
+def test_output_and_summary_on_a_real_scheduler(backend: str, capsys) -> None:
+    from helpers import chatty
+
+    with shoal.Pool(2, backend=backend, time="10m") as p:
+        assert p.map(chatty, range(6), chunksize=1) == list(range(6))
+        session = p.session
+    # Task output reaches the driver from the cluster's worker logs, as on the local backend.
+    captured = capsys.readouterr()
+    for x in range(6):
+        assert f"stdout of task {x}" in captured.out and f"stderr of task {x}" in captured.err
+    # The summary has what issue 16 asks of every backend: jobs, hosts, queue wait, start-up.
+    s = json.loads(shoal_cli("show", session, "--json").stdout)
+    assert s["tasks"]["finished"] == 6 and s["durations"]["max"] > 0
+    assert s["queue_wait"] is not None and s["startup"] is not None
+    ran = [w for w in s["workers"] if w["tasks"]]
+    assert ran and all(w["job"] and w["host"] and w["queue_wait"] is not None for w in ran)
+    assert sum(h["tasks"] for h in s["hosts"]) == 6
+    text = shoal_cli("show", session).stdout
+    assert "queue wait" in text and "start-up" in text and str(ran[0]["job"]) in text

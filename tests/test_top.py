@@ -159,7 +159,7 @@ def drive_top(backend: str, env: dict[str, str]) -> None:
             lambda s: "--- traceback ---" in s and "ValueError: bad input 3" in s,
             "the task's traceback",
         )
-        assert "task 3 of session" in s
+        assert "task 4:0 of session" in s  # apply_async(work, (3,)) is the session's 4th call
         screen.keys("Escape")
         screen.wait(lambda s: "Workers (" in s, "the session again")
         # c asks first; y cancels the way `shoal cancel` does.

@@ -54,3 +54,20 @@ def defaults(name: str) -> dict[str, Any]:
     workers = d["workers"]
     d["workers"] = (os.cpu_count() or 1) if workers == "cpus" else int(workers["fixed"])
     return d
+
+
+def bare_sizes(name: str, options: dict[str, Any]) -> list[str]:
+    """What to warn about: size options given as a bare number, which the backend reads in
+    the option's unit (``memory=2`` is 2 MB on Slurm), naming that unit and how to be sure."""
+    b = _backend(name)
+    out = []
+    for o in b["options"] if b else ():
+        value = options.get(o["name"])
+        bare = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if o["kind"] == "memory" and bare:
+            unit = o["unit"] or "MB"
+            out.append(
+                f"{o['name']}={value!r} is read as {value} {unit} on {name}; write "
+                f'{o["name"]}="{value}G" for gigabytes, or "{value}M" to say {unit}'
+            )
+    return out

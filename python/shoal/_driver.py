@@ -19,10 +19,11 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 import weakref
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
-from shoal import _backends, _native, _progress
+from shoal import _backends, _calls, _native, _output, _progress
 from shoal._pickling import _name
 from shoal._pickling import diagnose as _diagnose
 from shoal._pickling import dumps as _dumps
@@ -38,7 +39,9 @@ MAP = "map"
 CALLS = "calls"
 STDERR_TAIL = 2000
 # Options every backend understands; the rest go to the backend as its own options.
-GENERIC_OPTIONS = ("idle_timeout", "heartbeat_timeout", "max_attempts", "env", "metadata")
+GENERIC_OPTIONS = (
+    "idle_timeout", "heartbeat_timeout", "max_attempts", "env", "metadata", "forward_output",
+)  # fmt: skip
 _checked_pythons: dict[str, None] = {}
 _live: weakref.WeakSet[Driver] = weakref.WeakSet()
 _log = logging.getLogger("shoal")
@@ -213,8 +216,11 @@ class Driver:
         max_attempts: int = 3,
         metadata: Optional[dict[str, Any]] = None,
         cwd: Optional[str] = None,
+        forward_output: bool = True,
     ) -> None:
         defaults = _backends.defaults(backend)
+        for text in _backends.bare_sizes(backend, backend_options or {}):
+            warnings.warn(text, UserWarning, stacklevel=3)  # the caller's Pool(...) line
         if workers is None:
             # Local: one worker per CPU. Clusters: an upper bound that the engine scales down
             # to the work at hand (queued workers beyond it are given back).
@@ -282,11 +288,17 @@ class Driver:
         )
         self.id: str = self._native.id
         self.path: str = str(self._native.path)
+        self.calls = _calls.Calls(self.path)  # tasks named as the user sees them
         self._display = (
             _progress.NotebookProgress(self.id, backend, self.stats) if notebook else None
         )
         if _progress.in_notebook():
             _progress.stop_on_interrupt(lambda: _live)
+        # Tasks' print()s reach this process's stdout/stderr (a cluster's logs are on a
+        # shared filesystem, looked at less often).
+        self.output = (
+            _output.Forwarder(self.path, shared=backend != "local") if forward_output else None
+        )
         self._collector = threading.Thread(
             target=self._collect, name=f"shoal-collect-{self.id}", daemon=True
         )
@@ -342,8 +354,9 @@ class Driver:
         ntasks = sum(seg[2] for seg in segments)
         # Under the lock: the route exists before the collector can see any event of it.
         with self._lock:
-            chunk, _first = self._native.submit(payload, ntasks, [blob] if blob else [])
+            chunk, first = self._native.submit(payload, ntasks, [blob] if blob else [])
             self._routes[chunk] = _Route(segments)
+            self.calls.record(first, segments)
             return int(chunk)
 
     def wait_room(self) -> None:
@@ -418,6 +431,8 @@ class Driver:
                 events = self._native.events(0.1)
             except Exception:
                 return  # the session ended
+            if self.output is not None and events:
+                self.output.pump(catch_up=True)  # tasks' output before their results
             for ev in events:
                 try:
                     self._handle(ev)
@@ -480,20 +495,19 @@ class Driver:
         if route is None:
             return
         self._task_failed = True
-        for job, index, off, n in route.pieces(frm, count):
+        self.calls.flush()  # so that `shoal logs` finds the tasks these errors name
+        for job, index, _off, n in route.pieces(frm, count):
             errors: dict[int, BaseException] = {}
             for k in range(n):
-                number = first + frm + off + k
+                task = self._label(job, index + k)
                 where = f"[session {self.id}" + (f", worker {worker}]" if worker else "]")
                 if kind == "lost":
-                    text = f"task {index + k} (session task {number}) was lost: {message} {where}"
+                    text = f"task {task} was lost: {message} {where}"
                     if tail.strip():
                         text += f"\nworker stderr (tail):\n{tail.rstrip()}"
                     errors[k] = WorkerLostError(text)
                 else:
-                    errors[k] = TaskError(
-                        f"task {index + k} (session task {number}) failed: {message} {where}"
-                    )
+                    errors[k] = TaskError(f"task {task} failed: {message} {where}")
             self._deliver(job, index, [None] * n, errors)
 
     def _on_result(
@@ -520,9 +534,13 @@ class Driver:
             try:
                 values, raw_errors = pickle.loads(payload)
             except BaseException as exc:  # even SystemExit from a __reduce__
+                pieces = route.pieces(frm, count)
+                head, tail = pieces[0], pieces[-1]
+                span = f"{self._label(head[0], head[1])}.."
+                span += self._label(tail[0], tail[1] + tail[3] - 1)
                 failure = TaskError(
-                    f"the results of tasks {first + frm}..{first + frm + count - 1} could not "
-                    f"be unpickled in the driver: {type(exc).__name__}: {exc}"
+                    f"the results of tasks {span} could not be unpickled in the driver: "
+                    f"{type(exc).__name__}: {exc}"
                 )
         if failure is not None:
             self._task_failed = True
@@ -531,6 +549,7 @@ class Driver:
             return
         if raw_errors:
             self._task_failed = True
+            self.calls.flush()  # so that `shoal logs` finds the tasks these errors name
         for job, index, off, n in route.pieces(frm, count):
             lo = skip + off
             part = values[lo : lo + n]
@@ -539,8 +558,7 @@ class Driver:
             errors = {
                 i - lo: self._rebuild(
                     raw_errors[i],
-                    index + i - lo,
-                    first + frm + off + i - lo,
+                    self._label(job, index + i - lo),
                     worker,
                     err_ranges.get(i),
                     tb_cls,
@@ -560,11 +578,13 @@ class Driver:
                 part = part + [None] * (n - len(part))
             self._deliver(job, index, part, errors)
 
+    def _label(self, job: Job, index: int) -> str:
+        return _calls.label(self.calls.number(job), index)
+
     def _rebuild(
         self,
         rec: Any,
-        index: int,
-        task_no: int,
+        task: str,
         worker: str,
         err_range: Optional[tuple[int, int]],
         tb_cls: type = RemoteTraceback,
@@ -586,8 +606,8 @@ class Driver:
             except Exception:
                 tail = ""
         where = (
-            f"task {index} failed on worker {worker} (session {self.id}, task {task_no}; "
-            f"`shoal logs {self.id} {task_no}`)"
+            f"task {task} failed on worker {worker} (session {self.id}; "
+            f"`shoal logs {self.id} {task}`)"
         )
         detail = f"\n{where}"
         if tail:
@@ -663,6 +683,9 @@ class Driver:
             state, message = (state if state == "failed" else ending[0]), reason
         if self._display is not None:
             self._display.close(state)
+        self.calls.flush()
+        if self.output is not None:
+            self.output.drain()  # the workers have stopped: what they wrote is complete
         kept = self._native.finish(state, message, self.keep_work_dir)
         _live.discard(self)
         if not _live:

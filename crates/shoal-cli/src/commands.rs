@@ -1,9 +1,12 @@
 //! One function per subcommand. Each writes to the given output so tests can capture it.
 
 use crate::Command;
+use shoal_core::calls::Calls;
 use shoal_core::fsutil::{hostname, now_secs, pid_alive};
 use shoal_core::layout::Stream;
+use shoal_core::retention;
 use shoal_core::session::{find_session, list_sessions, SessionMeta, SessionState};
+use shoal_core::units::TimeLimit;
 use shoal_core::{fsutil, CoreError, SessionDir};
 use std::io::Write;
 use std::path::Path;
@@ -28,13 +31,13 @@ pub fn dispatch(cmd: &Command, base: &Path, out: &mut dyn Write) -> Result<i32> 
                 _ => &[Stream::Stdout, Stream::Stderr],
             };
             match (task, worker) {
-                (Some(t), _) => task_logs(&dir, *t, streams, out),
+                (Some(t), _) => task_logs(&dir, Calls::read(&dir).resolve(t)?, streams, out),
                 (None, Some(w)) => worker_logs(&dir, w, streams, out),
                 (None, None) => session_summary(&dir, out),
             }
         }
         Command::Cancel { session } => cancel(&find_session(base, session)?, out),
-        Command::Clean { all } => clean(base, *all, out),
+        Command::Clean { all, dry_run } => clean(base, *all, *dry_run, out),
         // The run subcommands are dispatched in lib.rs before reaching here.
         _ => Ok(2),
     }
@@ -136,11 +139,12 @@ pub(crate) fn task_logs(
     streams: &[Stream],
     out: &mut dyn Write,
 ) -> Result<i32> {
+    let label = Calls::read(dir).label(task);
     let Some(e) = dir.index_entry(task) else {
         w(
             out,
             format!(
-                "task {task} of session {} has no recorded result yet (pending, running, or lost)\n",
+                "task {label} of session {} has no recorded result yet (pending, running, or lost)\n",
                 dir.id()
             ),
         )?;
@@ -148,7 +152,7 @@ pub(crate) fn task_logs(
     };
     w(
         out,
-        format!("task {task} · worker {} · chunk {}\n", e.worker, e.chunk),
+        format!("task {label} · worker {} · chunk {}\n", e.worker, e.chunk),
     )?;
     for &s in streams {
         let (start, end) = e.range(task, s).unwrap_or((0, 0));
@@ -217,15 +221,17 @@ fn session_summary(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
         w(out, format!("message: {m}\n"))?;
     }
     let mut failed = 0;
+    let calls = Calls::read(dir);
     for e in dir.index_entries() {
         if let Some(err) = &e.chunk_error {
             failed += 1;
+            let last = (e.first + u64::from(e.count)).saturating_sub(1);
             w(
                 out,
                 format!(
                     "tasks {}..{} failed: {}\n",
-                    e.first,
-                    e.first + u64::from(e.count),
+                    calls.label(e.first),
+                    calls.label(last),
                     first_line(err)
                 ),
             )?;
@@ -237,7 +243,7 @@ fn session_summary(dir: &SessionDir, out: &mut dyn Write) -> Result<i32> {
                 out,
                 format!(
                     "task {} failed on {}: {last}\n",
-                    e.first + u64::from(f.index),
+                    calls.label(e.first + u64::from(f.index)),
                     e.worker
                 ),
             )?;
@@ -333,20 +339,57 @@ fn kill_local_workers(dir: &SessionDir) -> usize {
     n
 }
 
-fn clean(base: &Path, all: bool, out: &mut dyn Write) -> Result<i32> {
-    let mut n = 0;
+fn clean(base: &Path, all: bool, dry_run: bool, out: &mut dyn Write) -> Result<i32> {
+    let (mut n, mut freed) = (0, 0);
+    let mut rows = Vec::new();
     for (dir, m) in list_sessions(base)? {
         let removable = match m.state {
             SessionState::Finished => true,
             SessionState::Failed | SessionState::Cancelled | SessionState::Interrupted => all,
             SessionState::Running => all && !m.driver_alive(),
         };
-        if removable {
-            std::fs::remove_dir_all(dir.root()).map_err(|e| CoreError::io(dir.root(), e))?;
-            n += 1;
+        if !removable {
+            continue;
         }
+        let bytes = retention::size_of(dir.root());
+        if dry_run {
+            rows.push(vec![
+                m.id.clone(),
+                m.display_state().to_string(),
+                retention::human_bytes(bytes),
+                age(m.updated),
+                dir.root().display().to_string(),
+            ]);
+        } else {
+            std::fs::remove_dir_all(dir.root()).map_err(|e| CoreError::io(dir.root(), e))?;
+        }
+        n += 1;
+        freed += bytes;
     }
-    w(out, format!("removed {n} session work dirs\n"))?;
+    let freed = retention::human_bytes(freed);
+    if !dry_run {
+        w(
+            out,
+            format!("removed {n} session work dirs, freed {freed}\n"),
+        )?;
+        return Ok(0);
+    }
+    if !rows.is_empty() {
+        let head = ["SESSION", "STATE", "SIZE", "ENDED", "PATH"];
+        w(out, render_table(&head, &rows))?;
+    }
+    let policy = retention::Policy::from_env()?;
+    w(
+        out,
+        format!(
+            "would remove {n} session work dirs, freeing {freed} (dry run: nothing removed)\n\
+             finished sessions keep their logs for {} and {} in all ({}, {})\n",
+            TimeLimit(policy.max_age).to_slurm(),
+            retention::human_bytes(policy.max_bytes),
+            retention::AGE_VAR,
+            retention::SIZE_VAR,
+        ),
+    )?;
     Ok(0)
 }
 
@@ -403,7 +446,7 @@ mod tests {
         let (code, text) = run(
             Command::Logs {
                 session: "20260101".into(),
-                task: Some(1),
+                task: Some("1".into()),
                 stdout: false,
                 stderr: false,
                 worker: None,
@@ -424,7 +467,7 @@ mod tests {
         let (code, text) = run(
             Command::Logs {
                 session: "20260101".into(),
-                task: Some(0),
+                task: Some("0".into()),
                 stdout: true,
                 stderr: false,
                 worker: None,
@@ -480,10 +523,20 @@ mod tests {
     fn clean_keeps_failed_unless_all() {
         let t = tempfile::tempdir().unwrap();
         session_with_failure(t.path());
-        let (_, text) = run(Command::Clean { all: false }, t.path());
+        let clean = |all, dry_run| Command::Clean { all, dry_run };
+        let (_, text) = run(clean(false, false), t.path());
         assert!(text.contains("removed 0"));
-        let (_, text) = run(Command::Clean { all: true }, t.path());
-        assert!(text.contains("removed 1"));
+        let (_, text) = run(clean(true, true), t.path());
+        assert!(
+            text.contains("would remove 1 session work dirs, freeing")
+                && text.contains("20260101-000000-abcd")
+                && text.contains("nothing removed"),
+            "{text}"
+        );
+        assert!(t.path().join("20260101-000000-abcd").exists());
+        let (_, text) = run(clean(true, false), t.path());
+        assert!(text.contains("removed 1"), "{text}");
+        assert!(!t.path().join("20260101-000000-abcd").exists());
     }
 
     #[test]

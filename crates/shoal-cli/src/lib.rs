@@ -44,8 +44,9 @@ pub enum Command {
         /// Run id or name, or session id (or unique prefix, or path)
         #[arg(value_name = "RUN|SESSION")]
         session: String,
-        /// Task number (`shoal show RUN` lists them; errors name them for sessions)
-        task: Option<u64>,
+        /// Task: a run's task number (`shoal show RUN` lists them); a session's task as errors
+        /// name it — N in the session's first call (a map), CALL:N in a later one
+        task: Option<String>,
         /// Only stdout
         #[arg(long, conflicts_with = "stderr")]
         stdout: bool,
@@ -70,9 +71,13 @@ pub enum Command {
     },
     /// Remove kept work dirs of sessions that are no longer running
     Clean {
-        /// Also remove sessions that failed or were cancelled (default: only finished ones)
+        /// Also remove sessions that failed or were cancelled (default: only finished ones,
+        /// which keep their logs for SHOAL_KEEP_LOGS, default 7 days)
         #[arg(long)]
         all: bool,
+        /// Say what would be removed and how much it would free; remove nothing
+        #[arg(long, short = 'n')]
+        dry_run: bool,
     },
     /// Write a commented shoal.toml (run defaults and backend templates) here
     Init {
@@ -249,7 +254,7 @@ fn dispatch(
         } => {
             if let Some((reg, run)) = runs::lookup(session, base)? {
                 let how = runs::LogsArgs {
-                    task: *task,
+                    task: task.as_deref().map(runs::task_number).transpose()?,
                     stdout: *stdout,
                     stderr: *stderr,
                     worker_log: *worker_log,

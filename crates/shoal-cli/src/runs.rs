@@ -39,6 +39,16 @@ pub fn open_registry() -> Result<Registry> {
 /// Session ids begin with an 8-digit date; shorter digit strings are always run ids.
 const DATE_DIGITS: usize = 8;
 
+/// A run's task number as `shoal logs RUN TASK` takes it.
+pub fn task_number(text: &str) -> Result<u64> {
+    text.parse().map_err(|_| {
+        RunError::Command(format!(
+            "{text:?} is not a task number of a run\nhint: `shoal show RUN` lists its tasks \
+             (0, 1, 2, ...)"
+        ))
+    })
+}
+
 /// The run a `logs`/`cancel` argument names, if it names one: digits are a run id, a key
 /// starting with a letter is a run name. Anything else (or no such run) is left to sessions.
 /// A long digit string that is both a run id and a prefix of sessions is refused with both.

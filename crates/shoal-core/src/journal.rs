@@ -19,7 +19,8 @@
 //! [ntasks] · CHUNK_DONE1 time chunk worker secs (one task, succeeded) · CHUNK_DONE time chunk
 //! worker duplicate ntasks nfailed secs n (index-delta secs)* · REQUEUED / LOST time chunk
 //! worker ntasks · FAILED time task count message · TOTAL time tasks · END wall-ms state
-//! message total done failed. SUBMITTED comes twice on a cluster: when the engine asks for the
+//! message total done failed · STARTUP time worker secs (the worker's own measure of its
+//! start-up, process start to announcement). SUBMITTED comes twice on a cluster: when the engine asks for the
 //! worker (job empty), and once the submission went through, with the scheduler's name for it.
 //!
 //! A record is only ever appended whole by one writer (the driver); a reader that meets a
@@ -79,6 +80,7 @@ mod kind {
     pub const TOTAL: u8 = 14;
     pub const END: u8 = 15;
     pub const CHUNK_START1: u8 = 16;
+    pub const STARTUP: u8 = 17;
 }
 
 /// How a worker's life ended.
@@ -162,6 +164,11 @@ pub enum Event {
         worker: u32,
         how: WorkerEnd,
         reason: String,
+    },
+    WorkerStartup {
+        t: f64,
+        worker: u32,
+        secs: f64,
     },
     ChunkStarted {
         t: f64,
@@ -350,6 +357,14 @@ impl Journal {
         put_varint(&mut self.buf, w);
         put_str(&mut self.buf, host, MAX_TEXT);
         put_varint(&mut self.buf, u64::from(pid));
+    }
+
+    /// The worker's own measure of its start-up (process start to announcement), recorded
+    /// with its first announcement.
+    pub fn worker_startup(&mut self, worker: &str, secs: f64) {
+        let w = self.head(kind::STARTUP, worker);
+        put_varint(&mut self.buf, w);
+        put_duration(&mut self.buf, secs);
     }
 
     /// Whether `worker` is known and its announcement not recorded yet (so the driver knows
@@ -875,6 +890,14 @@ impl Decoder {
                     worker: c.u32()?,
                     host: c.string()?,
                     pid: c.u32()?,
+                })
+            }
+            kind::STARTUP => {
+                let t = self.t(c)?;
+                Decoded::Event(Event::WorkerStartup {
+                    t,
+                    worker: c.u32()?,
+                    secs: c.duration()?,
                 })
             }
             kind::ENDED => {

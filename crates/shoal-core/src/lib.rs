@@ -5,6 +5,7 @@
 //! opaque byte payloads with a small typed header, moved through a directory with atomic
 //! renames so that the same protocol works on a local disk and on a cluster's shared FS.
 
+pub mod calls;
 pub mod clock;
 pub mod error;
 pub mod frame;
@@ -13,7 +14,9 @@ pub mod fsutil;
 pub mod index;
 pub mod journal;
 pub mod layout;
+pub mod logstore;
 pub mod protocol;
+pub mod retention;
 pub mod session;
 pub mod units;
 pub mod watch;

@@ -184,13 +184,22 @@ pub fn list_sessions(base: &Path) -> Result<Vec<(SessionDir, SessionMeta)>> {
     Ok(out)
 }
 
-/// Find a session by id, unique id prefix, or path.
+/// What names the newest session (`shoal show last`), where an id is expected.
+pub const LAST: &str = "last";
+
+/// Find a session by id, unique id prefix, path, or [`LAST`] (the newest).
 pub fn find_session(base: &Path, key: &str) -> Result<SessionDir> {
     let as_path = Path::new(key);
     if as_path.join("session.json").exists() {
         return Ok(SessionDir::open(as_path));
     }
     let all = list_sessions(base)?;
+    if key == LAST {
+        return all
+            .last()
+            .map(|(d, _)| d.clone())
+            .ok_or_else(|| CoreError::NoSuchSession(key.to_string()));
+    }
     if let Some((d, _)) = all.iter().find(|(_, m)| m.id == key) {
         return Ok(d.clone());
     }

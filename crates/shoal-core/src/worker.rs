@@ -121,6 +121,28 @@ pub struct WorkerInfo {
     pub pid: u32,
     #[serde(default)]
     pub started: f64,
+    /// Seconds from the worker process's start to this announcement, on its own host's clock
+    /// (interpreter start-up and imports): what `shoal show` reports as start-up where the
+    /// backend saw the job running only after the worker announced itself.
+    #[serde(default)]
+    pub startup: Option<f64>,
+}
+
+/// How long this process has been running (from /proc; None elsewhere).
+fn process_age() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (in parentheses, which may hold spaces); starttime is
+    // field 22 of the whole line, in clock ticks since boot.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let ticks: f64 = rest.split(' ').nth(19)?.parse().ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()?;
+    // Linux reports /proc times in USER_HZ, which its ABI fixes at 100.
+    Some((uptime - ticks / 100.0).max(0.0))
 }
 
 impl SessionDir {
@@ -236,6 +258,7 @@ impl WorkerSession {
             host: hostname(),
             pid: std::process::id(),
             started: now_secs(),
+            startup: process_age(),
         };
         let shared = Arc::new(Shared {
             dir: dir.clone(),

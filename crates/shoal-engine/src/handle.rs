@@ -12,6 +12,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use shoal_core::fskind::FsKind;
 use shoal_core::journal::{self, Journal, SessionEnd, SessionInfo};
 use shoal_core::protocol::{ChunkHeader, ResultHeader};
+use shoal_core::retention;
 use shoal_core::session::{SessionMeta, SessionState};
 use shoal_core::watch::Waker;
 use shoal_core::SessionDir;
@@ -383,14 +384,26 @@ impl Engine {
         if let Some(history) = &self.history {
             journal::archive(&self.dir, history);
         }
-        // Only a failure keeps the work dir (for `shoal logs`); an interrupted or cancelled
-        // session without failed tasks leaves nothing behind.
-        if state != SessionState::Failed && !keep {
-            let _ = std::fs::remove_dir_all(self.dir.root());
-            None
-        } else {
-            Some(self.dir.root().to_path_buf())
+        if state == SessionState::Failed || keep {
+            return Some(self.dir.root().to_path_buf());
         }
+        retire(&self.dir, state);
+        None
+    }
+}
+
+/// What a session that did not fail leaves behind: a finished one keeps what `shoal logs`
+/// needs for a while (`shoal_core::retention`); an interrupted or cancelled one without
+/// failed tasks, nothing.
+fn retire(dir: &SessionDir, state: SessionState) {
+    let policy = retention::Policy::from_env().unwrap_or_default();
+    if state != SessionState::Finished || !policy.keeps() {
+        let _ = std::fs::remove_dir_all(dir.root());
+        return;
+    }
+    retention::slim(dir);
+    if let Some(base) = dir.root().parent() {
+        retention::enforce_in_background(base, &policy);
     }
 }
 

@@ -282,6 +282,7 @@ impl Runner {
             busy |= !matches!(ev, BrokerEvent::Beat { .. });
             match ev {
                 BrokerEvent::Hello { key, info } => {
+                    self.journal_startup(key_id(&key), info.startup);
                     self.journal
                         .worker_announced(key_id(&key), &info.host, info.pid);
                     self.on_hello(sched, &key);
@@ -334,6 +335,13 @@ impl Runner {
             }
         }
         busy
+    }
+
+    /// A worker's own measure of its start-up, with its first announcement only.
+    fn journal_startup(&mut self, worker: &str, startup: Option<f64>) {
+        if let Some(secs) = startup.filter(|_| self.journal.needs_announcement(worker)) {
+            self.journal.worker_startup(worker, secs);
+        }
     }
 
     fn on_hello(&mut self, sched: &mut dyn Scheduler, key: &str) {

@@ -513,6 +513,7 @@ impl Puppet {
             host: "elsewhere".into(),
             pid: 1,
             started: 0.0,
+            startup: None,
         };
         let beat = |seq| Beat { seq, running: None }.encode();
         write_atomic(&dir.heartbeat(&key), &[beat(0).as_bytes()]).unwrap();

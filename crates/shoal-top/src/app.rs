@@ -4,6 +4,7 @@
 
 use crate::data::{Detail, Key, Row};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use shoal_core::calls::Calls;
 use shoal_core::journal::WorkerSummary;
 use shoal_core::SessionDir;
 use std::time::{Duration, Instant};
@@ -207,10 +208,12 @@ impl App {
             }
         } else if let Some(s) = &d.summary {
             let dir = d.row.session.as_ref().and_then(|r| r.dir.clone());
+            // Tasks as the user's calls number them (a small file, read per refresh).
+            let calls = dir.as_ref().map(Calls::read).unwrap_or_default();
             for g in &s.failures {
                 for &t in &g.tasks {
                     let task = dir.clone().map(|dir| TaskRef::Session(dir, t));
-                    out.push((task, format!("{t:>5}  {}", g.message)));
+                    out.push((task, format!("{:>5}  {}", calls.label(t), g.message)));
                 }
                 if g.count > g.tasks.len() as u64 {
                     let more = g.count - g.tasks.len() as u64;
@@ -385,7 +388,9 @@ impl App {
                 match line {
                     Some((Some(task), text)) => {
                         let title = match &task {
-                            TaskRef::Session(d, t) => format!("task {t} of session {}", d.id()),
+                            TaskRef::Session(d, t) => {
+                                format!("task {} of session {}", Calls::read(d).label(*t), d.id())
+                            }
                             TaskRef::Run(r, t) => format!("task {t} of run {r}"),
                         };
                         let _ = text;

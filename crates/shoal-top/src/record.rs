@@ -91,7 +91,8 @@ pub fn list(base: &Path, history: &Path) -> Vec<Record> {
 }
 
 /// The session `key` names: a path to its work dir or to a history journal, its id, or a
-/// unique prefix of its id, among the work dirs under `base` and the journals in `history`.
+/// unique prefix of its id, among the work dirs under `base` and the journals in `history`;
+/// `last` is the newest.
 pub fn find(base: &Path, history: &Path, key: &str) -> Option<Record> {
     let as_path = Path::new(key);
     if as_path.join("session.json").is_file() {
@@ -106,6 +107,9 @@ pub fn find(base: &Path, history: &Path, key: &str) -> Option<Record> {
         return None;
     }
     let all = list(base, history);
+    if key == shoal_core::session::LAST {
+        return all.into_iter().next(); // newest first
+    }
     if let Some(r) = all.iter().find(|r| r.id == key) {
         return Some(r.clone());
     }

@@ -4,6 +4,7 @@
 
 use crate::fmt::{self, count, dur, opt_dur, rate, table};
 use crate::record::Record;
+use shoal_core::calls::Calls;
 use shoal_core::journal::{Dist, Log, Summary};
 
 /// Workers and failure groups listed without `--all`.
@@ -199,6 +200,8 @@ pub fn text(rec: &Record, log: &Log, s: &Summary, o: &Options<'_>) -> String {
             &[1, 2, 3, 4],
         );
     }
+    // Tasks as the user's calls number them (the journal has session task numbers).
+    let calls = rec.dir.as_ref().map(Calls::read).unwrap_or_default();
     if !s.failures.is_empty() {
         let recorded: u64 = s.failures.iter().map(|g| g.count).sum();
         let distinct: u64 = s.failures.iter().map(|g| g.distinct).sum();
@@ -209,7 +212,7 @@ pub fn text(rec: &Record, log: &Log, s: &Summary, o: &Options<'_>) -> String {
         );
         let shown = if o.all { s.failures.len() } else { SHOWN };
         for g in s.failures.iter().take(shown) {
-            let mut tasks: Vec<String> = g.tasks.iter().map(|t| t.to_string()).collect();
+            let mut tasks: Vec<String> = g.tasks.iter().map(|&t| calls.label(t)).collect();
             if g.count > g.tasks.len() as u64 {
                 tasks.push("…".into());
             }
@@ -233,10 +236,11 @@ pub fn text(rec: &Record, log: &Log, s: &Summary, o: &Options<'_>) -> String {
     out += "\n";
     let first_failed = s.failures.first().and_then(|g| g.tasks.first());
     if rec.dir.is_some() {
-        let task = first_failed.map_or_else(|| "TASK".to_string(), |t| t.to_string());
+        let task = first_failed.map_or_else(|| "TASK".to_string(), |&t| calls.label(t));
         out += &format!("one task's output: shoal logs {} {task}\n", info.id);
     } else {
-        out += "the work dir was removed (the session finished); task output is not kept\n";
+        out += "the work dir was removed (`shoal clean`, or its logs expired): task output is \
+                not kept\n";
     }
     out += &format!(
         "timeline picture:  shoal show {} --plot timeline.png\n",
@@ -255,5 +259,17 @@ pub fn json(rec: &Record, log: &Log, s: &Summary) -> serde_json::Value {
         .map(|d| d.root().display().to_string())
         .into();
     v["journal"] = rec.journal.as_ref().map(|p| p.display().to_string()).into();
+    // Each failure group's tasks also as the user sees them (`shoal logs SESSION LABEL`).
+    let calls = rec.dir.as_ref().map(Calls::read).unwrap_or_default();
+    if let Some(groups) = v["failures"].as_array_mut() {
+        for (g, f) in groups.iter_mut().zip(&s.failures) {
+            g["task_labels"] = f
+                .tasks
+                .iter()
+                .map(|&t| calls.label(t))
+                .collect::<Vec<_>>()
+                .into();
+        }
+    }
     v
 }

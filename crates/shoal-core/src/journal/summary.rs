@@ -132,7 +132,8 @@ pub struct WorkerSummary {
     pub reason: Option<String>,
     /// From submission to its job running.
     pub queue_wait: Option<f64>,
-    /// From its job running to the worker announcing itself (interpreter start, imports).
+    /// From its job running to the worker announcing itself (interpreter start, imports);
+    /// where the backend saw the job running only after that, the worker's own measure.
     pub startup: Option<f64>,
     pub chunks: u64,
     pub tasks: u64,
@@ -396,6 +397,11 @@ impl Pass {
                     w.running.get_or_insert(*t);
                 }
             }
+            Event::WorkerStartup { worker, secs, .. } => {
+                if let Some(w) = self.worker(*worker) {
+                    w.startup = Some(*secs);
+                }
+            }
             Event::WorkerAnnounced {
                 t,
                 worker,
@@ -598,11 +604,11 @@ impl Pass {
                 w.busy += (now - since).max(0.0);
             }
             // The backend's "running" is seen at its next poll, maybe after the worker
-            // announced itself: the job was running by then, and its start-up is unknown
-            // (shorter than the backend's poll interval).
+            // announced itself: then the worker's own measure (process start to hello,
+            // recorded as WorkerStartup) stands for it, or it is unknown.
             w.startup = match (w.running, w.announced) {
                 (Some(r), Some(a)) if r < a => Some(a - r),
-                _ => None,
+                _ => w.startup,
             };
             if let (Some(r), Some(a)) = (w.running, w.announced) {
                 w.running = Some(r.min(a));

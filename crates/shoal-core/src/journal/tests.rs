@@ -499,3 +499,28 @@ fn repeated_sightings_record_nothing_new() {
     let s = Summary::of(&log, 0.0);
     assert_eq!(s.workers[0].status, WorkerStatus::Fenced);
 }
+
+#[test]
+fn start_up_is_the_workers_own_measure_when_the_backend_saw_it_running_late() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = session(&t);
+    let mut j = Journal::open(&dir, &info("startup")).unwrap();
+    j.set_clock(0);
+    j.worker_submitted("b1-0", Some("7001_0"));
+    j.worker_submitted("b1-1", Some("7001_1"));
+    j.set_clock(1000);
+    j.worker_running("b1-0"); // seen running before it announced itself: measured here
+    j.set_clock(1800);
+    j.worker_startup("b1-0", 0.5);
+    j.worker_announced("b1-0", "node1", 1);
+    j.worker_startup("b1-1", 0.25); // announced before its backend's poll saw it running
+    j.worker_announced("b1-1", "node1", 2);
+    j.set_clock(2500);
+    j.worker_running("b1-1");
+    j.flush();
+    let log = Log::of(&dir).unwrap();
+    let s = Summary::of(&log, log.info.started + 3.0);
+    assert_eq!(s.workers[0].startup, Some(0.8));
+    assert_eq!(s.workers[1].startup, Some(0.25));
+    assert_eq!(s.workers[1].queue_wait, Some(1.8));
+}
