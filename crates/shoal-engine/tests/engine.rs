@@ -174,7 +174,7 @@ fn run_worker(
             .or_default() += 1;
         let h = header_for(&w, &a);
         match behaviour {
-            Behaviour::Echo => w.publish(&h, &a.payload).unwrap(),
+            Behaviour::Echo => w.publish(&h, &a.payload, None).unwrap(),
             Behaviour::DieHoldingClaim => {
                 return WorkerState::Lost("killed by signal 9 (SIGKILL)".into())
             }
@@ -612,7 +612,7 @@ fn give_backs_never_cancel_a_worker_that_announced_itself() {
     while done < 4 {
         if let Ok(a) = w.next(Some(Duration::from_millis(50))).unwrap() {
             let h = header_for(&w, &a);
-            w.publish(&h, &a.payload).unwrap();
+            w.publish(&h, &a.payload, None).unwrap();
             done += 1;
         }
     }
@@ -666,7 +666,7 @@ fn a_stranger_is_fenced_and_a_rerun_supersedes_its_first_incarnation() {
         "requeued to the rerun"
     );
     let h = header_for(&rerun, &b);
-    rerun.publish(&h, &b.payload).unwrap();
+    rerun.publish(&h, &b.payload, None).unwrap();
     let seen = collect(&engine, 2);
     assert_eq!(seen.results[&0], b"work");
     assert_eq!(

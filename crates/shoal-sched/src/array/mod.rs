@@ -98,6 +98,30 @@ pub struct Common {
 /// A program and its arguments.
 pub type Call = (&'static str, Vec<String>);
 
+/// A job's time limit as the worker is told it (docs/checkpoints.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Walltime {
+    /// Whole seconds the scheduler lets the job run (as it rounds them).
+    pub seconds: u64,
+    /// The option that set it, as the user should raise it (`time=0-00:01:00`).
+    pub option: String,
+}
+
+impl Walltime {
+    /// The job-script lines that tell the worker when its job ends: the limit, the start
+    /// (taken when the script starts, the job's own start within a second), the option.
+    pub fn script_lines(&self, display: &str) -> String {
+        use crate::shell::sh_quote;
+        format!(
+            "SHOAL_WALLTIME_START=$(date +%s); export SHOAL_WALLTIME_START\n\
+             SHOAL_WALLTIME={}; export SHOAL_WALLTIME\n\
+             SHOAL_WALLTIME_OPTION={}; export SHOAL_WALLTIME_OPTION\n",
+            self.seconds,
+            sh_quote(&format!("{} ({display})", self.option))
+        )
+    }
+}
+
 /// What an adapter says about its scheduler, once.
 #[derive(Debug, Clone, Copy)]
 pub struct Info {
@@ -126,6 +150,11 @@ pub trait Adapter: Send + 'static {
     /// Environment written into the script besides the session's own (`LaunchSpec::env`).
     fn forwarded_env(&self) -> Vec<(String, String)> {
         Vec::new()
+    }
+    /// The time limit each job gets, if the options set one (the registry's `time_limit`
+    /// options): the job script passes it to the worker, which stops in time.
+    fn walltime(&self) -> Option<Walltime> {
+        None
     }
     /// Check the environment and options, and read the site's limits; `script` exists.
     fn preflight(&mut self, run: &Runner, spec: &LaunchSpec, script: &Path) -> Result<Site>;
@@ -297,13 +326,19 @@ impl<A: Adapter> ArrayBackend<A> {
             "SHOAL_WORKER_ID=\"$1-${}\"; export SHOAL_WORKER_ID\n",
             self.adapter.info().index_var
         ));
+        if let Some(w) = self.adapter.walltime() {
+            s.push_str(&w.script_lines(self.adapter.info().display));
+        }
         let argv: Vec<String> = spec.worker_argv(None).iter().map(|a| sh_quote(a)).collect();
+        // A preemption (or the time limit) sends SIGTERM to the script, and on some sites to
+        // every process of the job: the script passes it on to the worker, which gives its
+        // work back (docs/checkpoints.md), and waits on to record the worker's own exit.
         s.push_str(&argv.join(" "));
-        s.push('\n');
+        s.push_str(" &\npid=$!\ntrap 'kill -TERM \"$pid\" 2>/dev/null' TERM\n");
+        s.push_str("while :; do wait \"$pid\"; rc=$?; [ \"$rc\" -gt 128 ] && kill -0 \"$pid\" 2>/dev/null || break; done\n");
         // The exit status where the driver looks for it: a normal end is known at once,
         // without a query.
         let exit = sh_quote(&exit_dir.display().to_string());
-        s.push_str("rc=$?\n");
         s.push_str(&format!(
             "printf '%s\\n' \"$rc\" > {exit}/.\"$SHOAL_WORKER_ID\" && mv -f {exit}/.\"$SHOAL_WORKER_ID\" {exit}/\"$SHOAL_WORKER_ID\"\n"
         ));

@@ -172,6 +172,15 @@ impl Adapter for Sge {
         self.opts.forwarded()
     }
 
+    fn walltime(&self) -> Option<crate::array::Walltime> {
+        let (_, value) = self.opts.resources.iter().find(|(n, _)| n == "h_rt")?;
+        let t = shoal_core::units::TimeLimit::parse("h_rt", value).ok()?;
+        Some(crate::array::Walltime {
+            seconds: t.0.as_secs().max(1),
+            option: format!("h_rt={value}"),
+        })
+    }
+
     fn preflight(&mut self, run: &Runner, spec: &LaunchSpec, script: &Path) -> Result<Site> {
         if run.bin_dir().is_none() && std::env::var_os("SGE_ROOT").is_none() {
             return Err(SchedError::Missing {

@@ -10,7 +10,9 @@ pub mod options;
 pub mod query;
 pub mod submit;
 
-use crate::array::{Adapter, ArrayBackend, Call, Common, Element, Info, Listed, Site, Target};
+use crate::array::{
+    Adapter, ArrayBackend, Call, Common, Element, Info, Listed, Site, Target, Walltime,
+};
 use crate::error::{Result, SchedError};
 use crate::runner::Runner;
 use crate::supervisor::says_any;
@@ -195,6 +197,16 @@ impl Adapter for Slurm {
 
     fn common(&self) -> &Common {
         &self.common
+    }
+
+    fn walltime(&self) -> Option<Walltime> {
+        // Slurm keeps limits in whole minutes, rounded up.
+        let t = self.opts.time?;
+        let seconds = t.0.as_secs().div_ceil(60).max(1) * 60;
+        Some(Walltime {
+            seconds,
+            option: format!("time={}", t.to_slurm()),
+        })
     }
 
     fn directives(&self) -> Vec<String> {

@@ -133,9 +133,16 @@ fn submit_is_one_array_per_batch_capped_by_max_array_size() {
     );
     assert!(
         script.contains(&format!(
-            "/bin/sh -m shoal.worker {}\nrc=$?\n",
+            "/bin/sh -m shoal.worker {} &\npid=$!\ntrap 'kill -TERM \"$pid\" 2>/dev/null' TERM\n",
             f.spec.session.root().display()
         )),
+        "{script}"
+    );
+    // time=10m: the worker is told when its job ends, and which option set it.
+    assert!(
+        script.contains("SHOAL_WALLTIME=600; export SHOAL_WALLTIME\n")
+            && script.contains("SHOAL_WALLTIME_OPTION='time=0-00:10:00 (Slurm)'")
+            && script.contains("SHOAL_WALLTIME_START=$(date +%s)"),
         "{script}"
     );
 }

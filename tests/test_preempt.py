@@ -1,0 +1,64 @@
+"""Preemption and checkpoints (docs/checkpoints.md): a worker that gets the scheduler's
+signal gives its task back without costing an attempt, and a task with a `checkpoint()`
+resumes where it was. Local workers get the signal from the task itself here; the Slurm
+tests preempt real jobs through the test cluster's preempting partition."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+
+import pytest
+from checkpoint_tasks import NoCheckpoint, Steps, starts, steps_done
+
+import shoal
+
+
+def test_a_preempted_task_resumes_from_its_checkpoint_at_no_cost(tmp_path) -> None:
+    log = str(tmp_path / "log")
+    # max_attempts=1: a preemption that cost an attempt would fail the task.
+    with shoal.Pool(1, max_attempts=1) as p:
+        out = p.starmap(Steps(), [(10, 0.05, log, str(tmp_path / "once"))], chunksize=1)
+    assert out == [10]
+    assert steps_done(log) == list(range(10)), "every step ran exactly once"
+    assert starts(log) == [0, 5], "the second run resumed from the checkpoint"
+
+
+def test_a_preempted_task_without_checkpoint_reruns_at_no_cost(tmp_path) -> None:
+    log = str(tmp_path / "log")
+    with shoal.Pool(1, max_attempts=1) as p:
+        fut = p.apply_async(NoCheckpoint(), (6, 0.05, log, str(tmp_path / "once")))
+        assert fut.get(timeout=60) == 6
+        stats = p._driver.stats()
+    assert starts(log) == [0, 0]
+    assert steps_done(log) == [0, 1, 2] + list(range(6))
+    assert stats["workers_lost"] == 0
+
+
+def test_executor_submit_checkpoints_too(tmp_path) -> None:
+    log = str(tmp_path / "log")
+    with shoal.Executor(max_workers=1, max_attempts=1) as ex:
+        f = ex.submit(Steps(), 8, 0.05, log, str(tmp_path / "once"))
+        assert f.result(timeout=60) == 8
+    assert starts(log) == [0, 4]
+    assert steps_done(log) == list(range(8))
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX signals")
+def test_sigterm_to_an_idle_worker_ends_it_and_work_goes_on(tmp_path) -> None:
+    with shoal.Pool(1) as p:
+        pid = p.apply_async(os.getpid).get(timeout=30)
+        subprocess.run(["kill", "-TERM", str(pid)], check=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the idle worker did not exit on SIGTERM")
+        assert p.apply_async(os.getpid).get(timeout=30) != pid
+        assert uuid.uuid4()  # the pool is still usable
