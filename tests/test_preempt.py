@@ -62,3 +62,50 @@ def test_sigterm_to_an_idle_worker_ends_it_and_work_goes_on(tmp_path) -> None:
             pytest.fail("the idle worker did not exit on SIGTERM")
         assert p.apply_async(os.getpid).get(timeout=30) != pid
         assert uuid.uuid4()  # the pool is still usable
+
+
+# ---------------------------------------------------------------------- real schedulers
+
+
+def _wait_for(pred, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _steps(log: str) -> int:
+    return len(steps_done(log)) if os.path.exists(log) else 0
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_slurm_preemption_costs_no_attempt_and_the_task_resumes(tmp_path) -> None:
+    """A job in the test cluster's `urgent` partition takes the whole node: the worker's job
+    is preempted (SIGTERM, GraceTime, cancel); its task checkpoints and resumes in a new job."""
+    log = str(tmp_path / "ck")
+    name = f"shoal-p-{uuid.uuid4().hex[:8]}"
+    cpus = subprocess.run(
+        ["sinfo", "-h", "-p", "urgent", "-o", "%c"], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    t0 = time.monotonic()
+    with shoal.Pool(1, backend="slurm", job_name=name, time="10m", max_attempts=1) as p:
+        fut = p.apply_async(Steps(), (30, 1.0, log))
+        assert _wait_for(lambda: _steps(log) >= 8, 120), "the task did not start"
+        subprocess.run(
+            ["sbatch", "--parsable", "-p", "urgent", "-J", f"{name}-urgent", "-c", cpus]
+            + ["-o", "/dev/null", "--wrap", "sleep 5"],
+            check=True,
+            capture_output=True,
+        )
+        assert fut.get(timeout=240) == 30
+        stats = p._driver.stats()
+    wall = time.monotonic() - t0
+    assert steps_done(log) == list(range(30)), "no step ran twice"
+    assert len(starts(log)) == 2 and starts(log)[1] >= 8
+    assert stats["workers_lost"] == 0
+    print(f"\nSlurm preemption: 30 s checkpointing task, 2 jobs, {wall:.0f} s wall")
+    left = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True).stdout
+    assert not left.strip(), left

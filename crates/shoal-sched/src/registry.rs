@@ -242,6 +242,8 @@ const SGE: &[Opt] = &[
     opt("resources", Kind::Resources, "-l", "{ h_vmem = \"2G\" }", "resource requests; memory and time complexes are parsed as sizes and durations"),
     opt("time", Kind::Time, "-l h_rt=", "\"1h\"", "time limit per worker job (same as `h_rt`)").starter(),
     opt("h_rt", Kind::Time, "-l h_rt=", "\"1:00:00\"", "time limit per worker job (same as `time`)"),
+    opt("gpus", Kind::Count, "-l gpu=N", "1", "GPUs per worker, requested as the site's GPU complex (`gpu_resource`)").portable("request_gpus"),
+    opt("gpu_resource", Kind::Name, "-l NAME=N", "\"gpu\"", "the site's consumable complex for GPUs (`qconf -sc` lists them)").default("gpu"),
     opt("project", Kind::Name, "-P", "\"myproject\"", "project"),
     opt("job_name", Kind::Name, "-N", "\"shoal\"", "job name").default("shoal"),
     opt("qsub_args", Kind::Args, "(raw)", "[\"-R\", \"y\"]", "extra qsub arguments (not the flags shoal sets: -t -tc -o -e -j -b -terse -sync)"),
