@@ -231,6 +231,7 @@ const SLURM: &[Opt] = &[
     opt("extra_directives", Kind::Lines, "#SBATCH", "[\"--nice=5\"]", "`#SBATCH` lines for the job script (prefix added when missing)")
         .portable("extra_directives"),
     opt("max_workers", Kind::Count, "--array=...%N", "8", "most workers queued or running at once").default("workers"),
+    opt("workers_per_job", Kind::Count, "N x --cpus-per-task, --mem", "4", "worker processes in one job (ids `bB-I.K`); the job asks for N times `cpus` and `memory`").default("1"),
     opt("poll_interval", Kind::Seconds, "", "1", "seconds between `squeue` queries").unit("s").default("1").portable("poll_interval"),
 ];
 
@@ -250,6 +251,7 @@ const SGE: &[Opt] = &[
     opt("forward_env", Kind::Names, "-V / exported", "true", "environment from the driver: true = all (`-V`), false = none, or a list of names")
         .default("PATH, VIRTUAL_ENV, CONDA_PREFIX, PYTHONPATH, LD_LIBRARY_PATH"),
     opt("poll_interval", Kind::Seconds, "", "2", "seconds between `qstat` queries").unit("s").default("2").portable("poll_interval"),
+    opt("workers_per_job", Kind::Count, "-pe NAME N x SLOTS", "4", "worker processes in one job (ids `bB-I.K`); needs `pe`, the job asks for N times `slots`").default("1"),
     opt("max_lost_workers", Kind::Count, "", "20", "workers lost (killed, in error state) before no more are submitted")
         .default("2 x workers + 8"),
 ];

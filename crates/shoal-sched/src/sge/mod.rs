@@ -68,6 +68,7 @@ pub fn backend(workers: usize, options: &serde_json::Value) -> Result<SgeBackend
         workers,
         poll_interval: opts.poll_interval,
         max_lost_workers: Some(opts.max_lost_workers),
+        per_job: opts.per_job,
     };
     Ok(ArrayBackend::new(Sge {
         opts,

@@ -53,6 +53,9 @@ pub struct SgeOptions {
     pub poll_interval: Duration,
     /// Workers lost (killed, in error state, failed to start) before no more are submitted.
     pub max_lost_workers: usize,
+    /// Worker processes per job (`workers_per_job`): the PE's slots are this many times
+    /// `slots`.
+    pub per_job: usize,
 }
 
 fn invalid(option: &str, value: &serde_json::Value, reason: &str) -> SchedError {
@@ -180,9 +183,16 @@ impl SgeOptions {
             max_lost_workers: o
                 .count("max_lost_workers")?
                 .map_or(2 * workers + 8, |n| n as usize),
+            per_job: o.count("workers_per_job")?.map_or(1, |n| n as usize),
         };
         if let Some(name) = o.name("pe")? {
-            opts.pe = Some((name, o.count("slots")?.unwrap_or(1)));
+            let slots = o.count("slots")?.unwrap_or(1);
+            opts.pe = Some((name, slots * opts.per_job as u32));
+        } else if opts.per_job > 1 {
+            return Err(SchedError::Config(format!(
+                "workers_per_job={} needs a parallel environment for its slots\nhint: pass pe=\"smp\" (or your site's PE; `qconf -spl` lists them) with workers_per_job",
+                opts.per_job
+            )));
         } else if let Some(s) = o.get("slots") {
             s.count()?;
             return Err(SchedError::Config(format!(
@@ -415,15 +425,16 @@ mod tests {
     #[test]
     fn gpus_are_the_sites_complex() {
         let a = |v: serde_json::Value| {
-            SgeOptions::parse(1, &v)
-                .map(|o| o.qsub_array(&spec(), "b1", 1, 1, "s.sh").join(" "))
+            SgeOptions::parse(1, &v).map(|o| o.qsub_array(&spec(), "b1", 1, 1, "s.sh").join(" "))
         };
         assert!(a(json!({"gpus": 2})).unwrap().contains("-l gpu=2"));
         let s = a(json!({"gpus": 1, "gpu_resource": "nvidia", "resources": "h_vmem=1G"})).unwrap();
         assert!(s.contains("-l h_vmem=1024M,nvidia=1"), "{s}");
         let e = a(json!({"gpu_resource": "gpu"})).unwrap_err().to_string();
         assert!(e.contains("gpus=N"), "{e}");
-        let e = a(json!({"gpus": 1, "resources": "gpu=2"})).unwrap_err().to_string();
+        let e = a(json!({"gpus": 1, "resources": "gpu=2"}))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("pass it once"), "{e}");
     }
 

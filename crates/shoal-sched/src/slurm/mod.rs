@@ -67,6 +67,7 @@ pub fn backend(workers: usize, options: &serde_json::Value) -> Result<SlurmBacke
         workers: opts.max_workers,
         poll_interval: opts.poll_interval,
         max_lost_workers: None,
+        per_job: opts.per_job,
     };
     Ok(ArrayBackend::new(Slurm {
         opts,
