@@ -33,7 +33,7 @@ def test_a_preempted_task_without_checkpoint_reruns_at_no_cost(tmp_path) -> None
         assert fut.get(timeout=60) == 6
         stats = p._driver.stats()
     assert starts(log) == [0, 0]
-    assert steps_done(log) == [0, 1, 2] + list(range(6))
+    assert steps_done(log) == [0, 1, 2, 0, 1, 2, 3, 4, 5]
     assert stats["workers_lost"] == 0
 
 
@@ -94,12 +94,8 @@ def test_slurm_preemption_costs_no_attempt_and_the_task_resumes(tmp_path) -> Non
     with shoal.Pool(1, backend="slurm", job_name=name, time="10m", max_attempts=1) as p:
         fut = p.apply_async(Steps(), (30, 1.0, log))
         assert _wait_for(lambda: _steps(log) >= 8, 120), "the task did not start"
-        subprocess.run(
-            ["sbatch", "--parsable", "-p", "urgent", "-J", f"{name}-urgent", "-c", cpus]
-            + ["-o", "/dev/null", "--wrap", "sleep 5"],
-            check=True,
-            capture_output=True,
-        )
+        urgent = ["sbatch", "--parsable", "-p", "urgent", "-J", f"{name}-urgent", "-c", cpus]
+        subprocess.run([*urgent, "-o", "/dev/null", "--wrap", "sleep 5"], check=True)
         assert fut.get(timeout=240) == 30
         stats = p._driver.stats()
     wall = time.monotonic() - t0

@@ -67,7 +67,8 @@ def _name() -> str:
 
 def _figures(log: str, work: float, wall: float, what: str) -> None:
     done = len(steps_done(log))
-    print(f"\n{what}: {len(starts(log))} jobs, {done} steps of work ({work:.0f} s), {wall:.0f} s wall")
+    jobs = len(starts(log))
+    print(f"\n{what}: {jobs} jobs, {done} steps of work ({work:.0f} s), {wall:.0f} s wall")
 
 
 @pytest.mark.slurm

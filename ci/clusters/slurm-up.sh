@@ -90,7 +90,7 @@ PreemptType=preempt/partition_prio
 PreemptMode=CANCEL
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=$GRACE
 PartitionName=short Nodes=ALL Default=NO MaxTime=01:00:00 State=UP PriorityTier=1 GraceTime=$GRACE
-PartitionName=urgent Nodes=ALL Default=NO MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
+PartitionName=urgent Nodes=ALL Default=NO MaxTime=INFINITE State=UP PriorityTier=10
 CONF
 CHANGED=0
 if install_if_changed "$NEW" "$CONF"; then CHANGED=1; log "wrote $CONF"; fi

@@ -62,8 +62,6 @@ def _margin(limit: float) -> float:
     return max(3.0, min(60.0, 0.1 * limit))
 
 
-
-
 class _LoadFailed(Exception):
     """A call of a CALLS chunk could not be unpickled on this worker."""
 
@@ -142,6 +140,8 @@ class _Runner:
         # The running task as (callable, args, kwargs), for its checkpoint; None between
         # tasks. `in_chunk`: an attempt is claimed and not yet published to its end.
         self.current: Optional[tuple[Any, tuple, dict]] = None
+        # How to find a task's (callable, args, kwargs) from its item, per chunk kind.
+        self.target: Callable[[Any], tuple[Any, tuple, dict]] = lambda _: (None, (), {})
         self.in_chunk = False
         # A signal that came between tasks: (kind, reason), acted on at the next boundary.
         self.leaving: Optional[tuple[str, str]] = None
@@ -302,7 +302,7 @@ class _Runner:
         else:
             call = _call
             todo = _LazyCalls(todo)
-            self.target = lambda item: item if isinstance(item, tuple) else None
+            self.target = lambda item: item if isinstance(item, tuple) else (None, (), {})
         self.resume_fn = None
         if resume:
             try:
