@@ -262,6 +262,7 @@ const HTCONDOR: &[Opt] = &[
     opt("request_memory", Kind::Memory, "request_memory", "\"1G\"", "memory per worker").unit("MB").portable("request_memory").starter(),
     opt("request_disk", Kind::Memory, "request_disk", "\"1G\"", "scratch disk per worker").unit("MB").portable("request_disk"),
     opt("request_gpus", Kind::Count, "request_gpus", "1", "GPUs per worker").portable("request_gpus"),
+    opt("allowed_job_duration", Kind::Time, "allowed_job_duration", "\"1h\"", "time limit per worker job; the worker stops before it (docs/checkpoints.md)"),
     opt("universe", Kind::Name, "universe", "\"vanilla\"", "vanilla, container or docker").default("vanilla").portable("universe"),
     opt("requirements", Kind::Text, "requirements", "'OpSys == \"LINUX\"'", "a ClassAd expression; checked with `condor_submit -dry-run`"),
     opt("pool", Kind::Text, "-pool", "\"cm.example.org:9618\"", "central manager to use").portable("pool"),
