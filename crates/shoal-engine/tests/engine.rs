@@ -6,7 +6,7 @@
 use shoal_core::frame;
 use shoal_core::fsutil::{write_atomic, write_exclusive};
 use shoal_core::layout::worker_key;
-use shoal_core::protocol::{Beat, ResultHeader};
+use shoal_core::protocol::{Beat, Release, ReleaseKind, ResultHeader};
 use shoal_core::worker::{ExitReason, WorkerConfig, WorkerInfo, WorkerSession};
 use shoal_core::SessionDir;
 use shoal_engine::{Cause, Engine, EngineOptions, Event};
@@ -31,6 +31,9 @@ enum Behaviour {
     Foreign,
     /// Publish the last part, then die before retiring the claim.
     DieAfterPublish,
+    /// Give the first claimed chunk back (preempted) with a checkpoint, then exit cleanly;
+    /// a resume ticket is echoed with the checkpoint's bytes instead of the payload.
+    Preempted,
 }
 
 #[derive(Default)]
@@ -173,8 +176,27 @@ fn run_worker(
             .entry(a.header.chunk)
             .or_default() += 1;
         let h = header_for(&w, &a);
+        let payload = if a.ticket.resume {
+            w.read_checkpoint(a.header.chunk, a.ticket.from).unwrap()
+        } else {
+            a.payload.clone()
+        };
         match behaviour {
-            Behaviour::Echo => w.publish(&h, &a.payload, None).unwrap(),
+            Behaviour::Echo => w.publish(&h, &payload, None).unwrap(),
+            Behaviour::Preempted => {
+                let h = ResultHeader {
+                    count: 0,
+                    last: false,
+                    release: Some(Release {
+                        kind: ReleaseKind::Preempted,
+                        reason: "preempted (SIGTERM)".into(),
+                        checkpoint: true,
+                    }),
+                    ..h
+                };
+                w.publish(&h, &[], Some(b"resumed")).unwrap();
+                return WorkerState::Exited;
+            }
             Behaviour::DieHoldingClaim => {
                 return WorkerState::Lost("killed by signal 9 (SIGKILL)".into())
             }
@@ -314,6 +336,35 @@ fn every_chunk_delivered_once() {
     for sub in ["chunks", "results", "claimed"] {
         let left = std::fs::read_dir(dir.sub(sub)).unwrap().count();
         assert_eq!(left, 0, "{sub}/ still holds {left} files");
+    }
+}
+
+#[test]
+fn a_preempted_chunk_resumes_from_its_checkpoint_at_no_cost() {
+    let plan = vec![Behaviour::Preempted, Behaviour::Preempted];
+    let options = EngineOptions {
+        max_attempts: 1,
+        ..options()
+    };
+    let (_t, engine) = start(ThreadScheduler::new(1, plan), options);
+    engine.submit(b"p0", 1, &[]).unwrap();
+    let seen = collect(&engine, 1);
+    assert!(seen.failed.is_empty() && seen.fatal.is_none(), "{seen:?}");
+    assert_eq!(
+        seen.results[&0], b"resumed",
+        "the last attempt ran the checkpoint"
+    );
+    let stats = engine.stats();
+    assert_eq!((stats.workers_lost, stats.workers_started), (0, 3));
+    // The chunk ended: its checkpoint went with it.
+    let wait = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(engine.dir().sub("checkpoints"))
+        .unwrap()
+        .count()
+        > 0
+    {
+        assert!(Instant::now() < wait, "checkpoint left behind");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
