@@ -221,6 +221,70 @@ def remove() -> dict[str, Any]:
     return disturb("rm")
 
 
+class Steps:
+    """`n` one-second steps, logged to `log`; checkpointable (docs/checkpoints.md). The same
+    task as tests/checkpoint_tasks.py's, here because this file runs on its own."""
+
+    def __init__(self) -> None:
+        self.done = 0
+
+    def __call__(self, n: int, log: str) -> int:
+        return self.resume(0, n, log)
+
+    def resume(self, start: int, n: int, log: str) -> int:
+        self.done = start
+        with open(log, "a") as f:
+            f.write(f"start {start}\n")
+        for i in range(start, n):
+            time.sleep(1.0)
+            self.done = i + 1
+            with open(log, "a") as f:
+                f.write(f"step {i}\n")
+        return n
+
+    def checkpoint(self, n: int, log: str) -> Any:
+        return Rest(self, n, log)
+
+
+class Rest:
+    def __init__(self, steps: Steps, n: int, log: str) -> None:
+        self.steps, self.n, self.log = steps, n, log
+
+    def __call__(self) -> int:
+        return self.steps.resume(self.steps.done, self.n, self.log)
+
+
+@scenario
+def vacate() -> dict[str, Any]:
+    """condor_vacate_job of the worker running a checkpointing task: the job goes back to
+    idle and runs again; the task resumes there, and no attempt is charged."""
+    log = os.path.abspath("vacate.log")
+    if os.path.exists(log):
+        os.remove(log)
+    with shoal.Pool(1, backend="htcondor", max_attempts=1) as pool:
+        session = pool.session
+        fut = pool.apply_async(Steps(), (20, log))
+        victim = running_job(session)
+        end = time.monotonic() + 60
+        while time.monotonic() < end and open(log).read().count("step") < 5:
+            time.sleep(0.2)
+        done = subprocess.run(["condor_vacate_job", victim], capture_output=True, text=True)
+        value = fut.get(timeout=240)
+        stats = pool._driver.stats()
+    lines = open(log).read().split()
+    starts = [int(lines[i + 1]) for i, w in enumerate(lines) if w == "start"]
+    steps = [int(lines[i + 1]) for i, w in enumerate(lines) if w == "step"]
+    return {
+        "ok": value == 20,
+        "action_rc": done.returncode,
+        "action_out": done.stdout + done.stderr,
+        "starts": starts,
+        "steps": steps,
+        "stats": stats,
+        "left": session_jobs(session),
+    }
+
+
 def error_of(make: Callable[[], Any]) -> dict[str, Any]:
     start = time.monotonic()
     try:

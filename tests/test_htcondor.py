@@ -181,15 +181,23 @@ def test_hold_of_a_running_worker_is_reported_and_its_work_redone(condor: Runner
     r = condor.run("hold")
     assert r["action_rc"] == 0 and "held" in r["action_out"], r
     assert r["ok"], r
-    assert r["stats"]["workers_lost"] >= 1, r["stats"]
     assert r["left"] == []
 
 
 def test_condor_rm_of_a_worker_mid_map_yields_every_result_once(condor: Runner) -> None:
+    # condor_rm sends SIGTERM first: the worker gives its chunk back (docs/checkpoints.md).
     r = condor.run("remove")
     assert r["action_rc"] == 0, r
     assert r["ok"], r
-    assert r["stats"]["workers_lost"] >= 1, r["stats"]
+    assert r["left"] == []
+
+
+def test_a_vacated_worker_costs_no_attempt_and_its_task_resumes(condor: Runner) -> None:
+    r = condor.run("vacate")
+    assert r["action_rc"] == 0, r
+    assert r["ok"], r
+    assert r["steps"] == list(range(20)), r
+    assert len(r["starts"]) == 2 and r["starts"][1] >= 5, r
     assert r["left"] == []
 
 

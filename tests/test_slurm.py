@@ -108,14 +108,11 @@ def test_scancel_of_a_running_worker_mid_map_loses_nothing(name: str, tmp_path) 
         wait_for(lambda: len(os.listdir(tmp_path)) >= 6, 30)
         victim = running[0]
         assert "_" in victim
+        # scancel sends SIGTERM: the worker gives its chunk back (docs/checkpoints.md), so
+        # nothing is charged and nothing is lost.
         subprocess.run(["scancel", victim], check=True)
-        t = time.monotonic()
-        # Seen dead from Slurm's state within two poll intervals (plus the kill itself).
-        assert wait_for(lambda: p._driver.stats()["workers_lost"] >= 1, 10, every=0.05)
-        assert time.monotonic() - t < 2 * 0.5 + 1.0
         assert res.get(timeout=120) == list(range(60))
         stats = p._driver.stats()
-        assert stats["workers_lost"] >= 1
         assert stats["tasks_done"] == 60 and stats["tasks_failed"] == 0
     states = {j: st for j, st, _ in squeue(name, "-t", "all")}
     assert states[victim] == "CA"
@@ -151,9 +148,29 @@ def test_worker_over_its_time_limit_is_recovered(name: str, tmp_path) -> None:
         done = wait_for(lambda: end_now().returncode == 0, 10, every=1.0)
         assert done, end_now().stderr
         assert res.get(timeout=90) == [0, 1, 2, 3]
-        assert p._driver.stats()["workers_lost"] >= 1
+        # Slurm's SIGTERM at the (moved) limit: the task was given back, not lost.
+        assert p._driver.stats()["workers_lost"] == 0
     states = {j: (st, r) for j, st, r in squeue(name, "-t", "all")}
     assert states[worker] == ("TO", "TimeLimit")
+
+
+def job_and_pid(_: int) -> tuple[str, int]:
+    time.sleep(0.5)
+    job = os.environ["SLURM_ARRAY_JOB_ID"] + "_" + os.environ["SLURM_ARRAY_TASK_ID"]
+    return job, os.getpid()
+
+
+def test_workers_per_job_runs_several_workers_in_one_allocation(name: str) -> None:
+    with shoal.Pool(4, backend="slurm", job_name=name, workers_per_job=2) as p:
+        where = p.map(job_and_pid, range(16), chunksize=1)
+        jobs = {j for j, _ in where}
+        pids = {pid for _, pid in where}
+        assert len(jobs) <= 2 and len(pids) > len(jobs), where
+        cpus = subprocess.run(
+            ["squeue", "-h", "-n", name, "-o", "%C"], capture_output=True, text=True
+        ).stdout.split()
+        assert cpus and all(c == "2" for c in cpus), cpus
+        assert p._driver.stats()["workers_started"] % 2 == 0
 
 
 def test_queued_workers_beyond_the_work_are_given_back(name: str) -> None:

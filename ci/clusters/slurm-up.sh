@@ -4,6 +4,7 @@
 #
 # Knobs: SHOAL_SLURM_CPUS [16]   CPUs declared for the node (more than the real cores, on purpose)
 #        SHOAL_SLURM_MIN_JOB_AGE [300]  seconds finished jobs stay visible (there is no sacct)
+#        SHOAL_SLURM_GRACE [30]  seconds a preempted job has to give its work back
 #        SHOAL_CLUSTER_FORCE_SMOKE=1    run the smoke jobs even when everything looks healthy
 # Last line of stdout: the environment a client needs.
 set -euo pipefail
@@ -13,6 +14,7 @@ need_root
 
 CPUS=${SHOAL_SLURM_CPUS:-16}
 MIN_JOB_AGE=${SHOAL_SLURM_MIN_JOB_AGE:-300}
+GRACE=${SHOAL_SLURM_GRACE:-30}
 CONF=/etc/slurm/slurm.conf
 OKSTAMP=/run/slurm/shoal-ci-ok
 LOGS="/var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log /var/log/slurm/start.err"
@@ -82,8 +84,13 @@ SelectTypeParameters=CR_CPU
 # declare more CPUs than the machine has (else the node goes INVAL/DRAIN)
 SlurmdParameters=config_overrides
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-PartitionName=short Nodes=ALL Default=NO MaxTime=01:00:00 State=UP
+# preemption (tests/test_preempt.py): a job in partition urgent takes CPUs from jobs of the other
+# partitions, which get SIGTERM at once and GraceTime seconds before they are cancelled
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=$GRACE
+PartitionName=short Nodes=ALL Default=NO MaxTime=01:00:00 State=UP PriorityTier=1 GraceTime=$GRACE
+PartitionName=urgent Nodes=ALL Default=NO MaxTime=INFINITE State=UP PriorityTier=10
 CONF
 CHANGED=0
 if install_if_changed "$NEW" "$CONF"; then CHANGED=1; log "wrote $CONF"; fi

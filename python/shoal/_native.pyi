@@ -1,7 +1,7 @@
 """Type stubs for the Rust extension module shoal._native."""
 
 from os import PathLike
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 __version__: str
 
@@ -54,9 +54,14 @@ class Worker:
     @property
     def config(self) -> str: ...
     def read_blob(self, blob: int) -> bytes: ...
+    def read_checkpoint(self, chunk: int, task: int) -> bytes: ...
+    @property
+    def walltime(self) -> Optional[tuple[float, str]]: ...
     def claim(
-        self, timeout: Optional[float] = None
-    ) -> Union[tuple[int, int, int, int, int, bool, bytes], str]: ...
+        self,
+        timeout: Optional[float] = None,
+        stop: Optional[Callable[[], bool]] = None,
+    ) -> Union[tuple[int, int, int, int, int, bool, bool, bytes], str]: ...
     def running(self, chunk: int, attempt: int, task: int) -> None: ...
     def publish(
         self,
@@ -74,6 +79,8 @@ class Worker:
         failed: list[tuple[int, str]],
         chunk_error: Optional[str] = None,
         elapsed: float = 0.0,
+        release: Optional[tuple[str, str]] = None,
+        checkpoint: Optional[bytes] = None,
     ) -> None: ...
 
 class Registry:

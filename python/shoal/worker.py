@@ -5,6 +5,10 @@ parts with per-task stdout/stderr offsets and tracebacks. A task's exception (ev
 fails that task only, and so does a call that cannot be unpickled here; the worker goes on.
 Results of slow tasks are published as the chunk goes, so a worker lost mid-chunk loses only
 the task it was running (docs/protocol.md).
+
+A worker whose job has a time limit (the job script exports it) stops before a task it could
+not finish in time, and one that is preempted (SIGTERM) or reaches the limit gives the rest
+of its attempt back, asking the running task for a checkpoint first (docs/checkpoints.md).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import itertools
 import json
 import os
 import pickle
+import signal
 import sys
 import time
 import traceback
@@ -21,6 +26,7 @@ from collections import OrderedDict
 
 from shoal import _imports, _native
 from shoal._pickling import dump_results as _dump
+from shoal._pickling import dumps as _dumps
 from shoal._pickling import error_record as _error_record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~8 ms a worker)
@@ -43,6 +49,17 @@ PUBLISH_EVERY = 1.0
 # pile up in the worker.
 BLOB_CACHE = 4
 EXIT_NO_SPACE = 74
+# The scheduler's "you are being taken off this node" signal: Slurm preemption (and the
+# walltime's first signal), HTCondor vacate, SGE -notify before a kill.
+PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR2")
+# A task is started only if the longest task seen so far, times this, ends before the
+# job's time limit less the margin.
+WALLTIME_SLACK = 1.25
+
+
+def _margin(limit: float) -> float:
+    """Seconds before its job's end a worker stops (time to checkpoint and publish)."""
+    return max(3.0, min(60.0, 0.1 * limit))
 
 
 class _LoadFailed(Exception):
@@ -120,6 +137,113 @@ class _Runner:
         self._stdout, self._stderr = sys.stdout, sys.stderr
         sys.stdout = _Tracked(sys.stdout, self)
         sys.stderr = _Tracked(sys.stderr, self)
+        # The running task as (callable, args, kwargs), for its checkpoint; None between
+        # tasks. `in_chunk`: an attempt is claimed and not yet published to its end.
+        self.current: Optional[tuple[Any, tuple, dict]] = None
+        # How to find a task's (callable, args, kwargs) from its item, per chunk kind.
+        self.target: Callable[[Any], tuple[Any, tuple, dict]] = lambda _: (None, (), {})
+        self.in_chunk = False
+        # A signal that came between tasks: (kind, reason), acted on at the next boundary.
+        self.leaving: Optional[tuple[str, str]] = None
+        self.resume_fn: Optional[Callable[[], Any]] = None
+        self.releasing = False
+        self.longest = 0.0
+        walltime = worker.walltime
+        self.deadline: Optional[float] = None
+        self.limit_option = ""
+        if walltime is not None:
+            end, self.limit_option = walltime
+            self.deadline = end - _margin(max(end - time.time(), 0.0))
+
+    # ------------------------------------------------------------ time and signals
+
+    def arm(self) -> None:
+        """Catch the scheduler's preemption signals, and wake at this job's deadline."""
+        for name in PREEMPT_SIGNALS:
+            signal.signal(getattr(signal, name), self._on_signal)
+        if self.deadline is not None:
+            signal.signal(signal.SIGALRM, self._on_signal)
+            signal.setitimer(signal.ITIMER_REAL, max(self.deadline - time.time(), 0.01))
+
+    def _walltime_reason(self) -> str:
+        name = self.limit_option.split("=", 1)[0].strip() or "time"
+        return (
+            f"it ran into its worker job's time limit ({self.limit_option}); raise `{name}`, "
+            "or let the task checkpoint (docs/checkpoints.md)"
+        )
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.releasing:
+            return  # the job's processes may all get the signal, and the script passes it on
+        if signum == signal.SIGALRM:
+            kind, reason = "walltime", self._walltime_reason()
+        else:
+            kind = "preempted"
+            reason = f"its worker was preempted ({signal.Signals(signum).name})"
+        if self.in_chunk and self.current is not None:
+            self.releasing = True
+            self._release_now(kind, reason)  # does not return
+        if self.leaving is None:
+            self.leaving = (kind, reason)  # acted on at the next task boundary or claim
+
+    def out_of_time(self) -> Optional[str]:
+        """Why the next task should not start here (its job would end first), if so."""
+        if self.deadline is None or self.longest <= 0:
+            return None
+        left = self.deadline - time.time()
+        if left >= self.longest * WALLTIME_SLACK:
+            return None
+        return (
+            f"{max(left, 0):.0f} s left before its job's time limit ({self.limit_option}) "
+            f"and tasks here take up to {self.longest:.0f} s"
+        )
+
+    def _checkpoint(self) -> Optional[bytes]:
+        """The running task's checkpoint (`checkpoint(*args, **kwargs) -> callable | None`
+        on its callable), pickled; None when it has none or it failed."""
+        if self.current is None:
+            return None
+        target, args, kwargs = self.current
+        method = getattr(target, "checkpoint", None)
+        if not callable(method):
+            return None
+        try:
+            resume = method(*args, **kwargs)
+            return None if resume is None else _dumps(resume)
+        except BaseException:
+            print("shoal worker: the task's checkpoint() failed:", file=sys.stderr)
+            traceback.print_exc()
+            return None
+
+    def _release_now(self, kind: str, reason: str) -> None:
+        """Give the rest of the attempt back from inside a running task, and exit."""
+        checkpoint = self._checkpoint()
+        self._publish(
+            count=len(self.part.values),
+            payload=None,
+            last=False,
+            release=(kind, reason),
+            checkpoint=checkpoint,
+        )
+        what = "with a checkpoint" if checkpoint is not None else "without a checkpoint"
+        print(f"shoal worker: {reason}: task given back {what}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    def _release_between(self) -> bool:
+        """At a task boundary: give the rest back if a signal came or time is short."""
+        why = self.out_of_time()
+        if self.leaving is None and why is None:
+            return False
+        if self.leaving is not None:
+            kind, reason = self.leaving
+            kind = "preempted" if kind == "preempted" else "yield"
+        else:
+            kind, reason = "yield", f"its worker stopped: {why}"
+            self.leaving = (kind, reason)
+        self._publish(count=len(self.part.values), payload=None, last=False, release=(kind, reason))
+        return True
 
     def blob(self, blob_id: int) -> Any:
         if blob_id in self.blobs:
@@ -153,6 +277,7 @@ class _Runner:
         ntasks: int,
         start: int,
         careful: bool,
+        resume: bool,
         payload: bytes,
     ) -> None:
         self.chunk, self.attempt, self.first, self.ntasks = chunk, attempt, first, ntasks
@@ -173,35 +298,62 @@ class _Runner:
         if kind == MAP:
             assert fn is not None
             call = _star(fn) if star else fn
+            self.target = lambda item: (fn, tuple(item) if star else (item,), {})
         else:
             call = _call
             todo = _LazyCalls(todo)
-        self._run(call, todo)
-        self._publish(count=len(self.part.values), payload=None, last=True)
+            self.target = lambda item: item if isinstance(item, tuple) else (None, (), {})
+        self.resume_fn = None
+        if resume:
+            try:
+                self.resume_fn = pickle.loads(self.worker.read_checkpoint(chunk, start))
+            except BaseException:
+                print("shoal worker: the task's checkpoint cannot be loaded:", file=sys.stderr)
+                traceback.print_exc()
+        self.in_chunk = True
+        try:
+            if self._run(call, todo):
+                return  # given back (preempted, out of time): not the attempt's end
+            self._publish(count=len(self.part.values), payload=None, last=True)
+        finally:
+            self.in_chunk = False
 
-    def _run(self, call: Callable[[Any], Any], todo: Any) -> None:
+    def _run(self, call: Callable[[Any], Any], todo: Any) -> bool:
         """Run the tasks: checked one by one (timing each) while they are slow, in a tight
-        loop once the first PROBE tasks show they are tiny (unless careful)."""
+        loop once the first PROBE tasks show they are tiny (unless careful or resuming).
+        True if the attempt was given back before its end."""
         clock = time.perf_counter
         items = iter(todo)
-        probing = not self.careful
+        probing = not self.careful and self.resume_fn is None
         t_probe = clock()
         n = 0
         for item in items:
+            if self._release_between():
+                return True
             index = self.part.start + len(self.part.values)
             self.worker.running(self.chunk, self.attempt, index)
             t0 = clock()
+            resume, self.resume_fn = self.resume_fn, None
             try:
-                value = call(item)
+                if resume is not None:
+                    self.current = (resume, (), {})
+                    value = resume()
+                else:
+                    self.current = self.target(item)
+                    value = call(item)
             except _LoadFailed as exc:
+                self.current = None
                 self._failed_with(_load_error_record(*exc.args))
                 continue
             except BaseException as exc:  # a task's SystemExit fails only that task
+                self.current = None
                 self._failed(exc)
                 self._after_slow_task(clock() - t0)
                 continue
+            self.current = None
             self.part.values.append(value)
             took = clock() - t0
+            self.longest = max(self.longest, took)
             if took > SLOW_TASK:
                 self.mark()
             self._after_slow_task(took)
@@ -216,6 +368,8 @@ class _Runner:
         per_task = max((clock() - t_probe) / max(n, 1), 1e-7)
         size = max(PROBE, min(1_000_000, int(PUBLISH_SLOW / per_task)))
         while True:
+            if self._release_between():
+                return True
             values = self.part.values
             before = len(values)
             try:
@@ -227,7 +381,7 @@ class _Runner:
                 self._failed(exc)
                 continue
             if len(values) - before < size:
-                return  # the slice ran short: the chunk is done
+                return False  # the slice ran short: the chunk is done
             if time.monotonic() - self.last_publish >= PUBLISH_EVERY:
                 self._publish(count=len(values), payload=None, last=False)
 
@@ -253,9 +407,11 @@ class _Runner:
         payload: Optional[bytes],
         last: bool,
         chunk_error: Optional[str] = None,
+        release: Optional[tuple[str, str]] = None,
+        checkpoint: Optional[bytes] = None,
     ) -> None:
         part = self.part
-        if count == 0 and not last:
+        if count == 0 and not last and release is None:
             return
         if payload is None:
             if part.values and (not part.marks or part.marks[-1][0] < len(part.values) - 1):
@@ -277,6 +433,8 @@ class _Runner:
                 part.failed,
                 chunk_error,
                 time.perf_counter() - self.started,
+                release,
+                checkpoint,
             )
         except Exception as exc:
             if "No space left" in str(exc) or "full" in str(exc):
@@ -346,14 +504,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("shoal worker: the pool's initializer failed:", file=sys.stderr)
         traceback.print_exc()
         return 4
+    runner.arm()
     max_tasks = config.get("maxtasksperchild")
     done = 0
     while True:
-        item = worker.claim(None)
+        why = runner.leaving[1] if runner.leaving else runner.out_of_time()
+        if why is not None:
+            # Tickets still in the inbox go back to the queue at no cost when the job ends.
+            print(f"shoal worker: stopping: {why}", file=sys.stderr)
+            break
+        item = worker.claim(None, lambda: runner.leaving is not None)
         if isinstance(item, str):
             break
-        chunk, attempt, first, ntasks, start, careful, payload = item
-        runner.run_chunk(chunk, attempt, first, ntasks, start, careful, payload)
+        chunk, attempt, first, ntasks, start, careful, resume, payload = item
+        runner.run_chunk(chunk, attempt, first, ntasks, start, careful, resume, payload)
         done += ntasks - start
         if max_tasks and done >= max_tasks:
             break

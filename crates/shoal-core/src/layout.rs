@@ -33,9 +33,18 @@ pub struct SessionDir {
     root: PathBuf,
 }
 
-pub const SUBDIRS: [&str; 10] = [
-    "chunks", "blobs", "workers", "inbox", "claimed", "results", "fence", "logs", "control",
+pub const SUBDIRS: [&str; 11] = [
+    "chunks",
+    "blobs",
+    "workers",
+    "inbox",
+    "claimed",
+    "results",
+    "fence",
+    "logs",
+    "control",
     "corrupt",
+    "checkpoints",
 ];
 
 impl SessionDir {
@@ -109,6 +118,12 @@ impl SessionDir {
         self.root
             .join("results")
             .join(part_name(chunk, attempt, from))
+    }
+    /// The checkpoint an interrupted task left (a pickled callable to run instead).
+    pub fn checkpoint(&self, chunk: u64, task: u32) -> PathBuf {
+        self.root
+            .join("checkpoints")
+            .join(format!("{}.{task}", chunk_name(chunk)))
     }
     pub fn fence(&self, key: &str) -> PathBuf {
         self.root.join("fence").join(key)

@@ -55,9 +55,48 @@ pub struct Ticket {
     /// publish after every task and record each task before starting it.
     #[serde(default)]
     pub careful: bool,
+    /// Task `from` was interrupted last time and left a checkpoint
+    /// (`checkpoints/CHUNK.TASK`): run that instead of the task (docs/checkpoints.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resume: bool,
     /// The worker key the ticket was written for.
     #[serde(default)]
     pub worker: String,
+}
+
+/// Why a worker gives back the rest of an attempt (a part with a [`Release`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseKind {
+    /// The scheduler is taking the job back (Slurm preemption, HTCondor eviction, a
+    /// SIGTERM): the interrupted task runs again elsewhere without costing an attempt.
+    Preempted,
+    /// The job's time limit came while the task ran: an attempt of that task, unless it
+    /// left a checkpoint (then it resumes from it at no cost).
+    Walltime,
+    /// The worker stopped before a task it could not finish in the time its job has left;
+    /// nothing was interrupted and nothing is charged.
+    Yield,
+}
+
+/// The worker stops after this part: the attempt's tasks from `from + count` on go back to
+/// the queue. The first of them was interrupted (unless `kind` is `Yield`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Release {
+    pub kind: ReleaseKind,
+    /// For the user (`preempted by Slurm (SIGTERM)`, `its job's time limit (Slurm time=1m)`).
+    pub reason: String,
+    /// The interrupted task's checkpoint was written before this part.
+    #[serde(default)]
+    pub checkpoint: bool,
+}
+
+impl Release {
+    /// Whether the interrupted task is charged an attempt (it outlived its job, and cannot
+    /// resume).
+    pub fn charged(&self) -> bool {
+        self.kind == ReleaseKind::Walltime && !self.checkpoint
+    }
 }
 
 /// A task that raised: its index inside the part and the remote traceback text.
@@ -101,6 +140,9 @@ pub struct ResultHeader {
     pub chunk_error: Option<String>,
     #[serde(default)]
     pub elapsed: f64,
+    /// The worker gives the rest of the attempt back after this part (it is not `last`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
 }
 
 impl ResultHeader {
@@ -234,6 +276,11 @@ impl SessionDir {
     /// Accept a worker: create its inbox (the worker waits for it before claiming).
     pub fn welcome(&self, key: &str) -> Result<()> {
         crate::fsutil::create_private_dir(&self.inbox(key))
+    }
+
+    /// Remove the checkpoint task `task` of `chunk` left (its chunk ended or moved past it).
+    pub fn remove_checkpoint(&self, chunk: u64, task: u32) -> Result<()> {
+        remove_if_exists(&self.checkpoint(chunk, task))
     }
 
     /// Put a ticket in a worker's inbox.

@@ -244,6 +244,17 @@ pub struct WorkerSession {
     watch: Option<DirWatch>,
     claim: Option<(u64, u32)>,
     careful: bool,
+    /// This worker's wait for work so far: `next` may be called in slices (so that the
+    /// caller can handle signals in between) without restarting the idle clock or the
+    /// backoff of its lookups.
+    idle: Option<Idle>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Idle {
+    since: Instant,
+    sleep: Duration,
+    last_control: Instant,
 }
 
 impl WorkerSession {
@@ -298,6 +309,7 @@ impl WorkerSession {
             watch: None,
             claim: None,
             careful: false,
+            idle: None,
         })
     }
 
@@ -332,10 +344,17 @@ impl WorkerSession {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = None;
         let start = Instant::now();
+        let Idle {
+            since: idle_start,
+            mut sleep,
+            mut last_control,
+        } = *self.idle.get_or_insert(Idle {
+            since: start,
+            sleep: Duration::from_micros(200),
+            last_control: start - Duration::from_secs(60),
+        });
         let idle = self.config.idle_timeout.map(Duration::from_secs_f64);
         let poll_max = Duration::from_secs_f64(self.config.poll_max.max(0.001));
-        let mut sleep = Duration::from_micros(200);
-        let mut last_control = Instant::now() - Duration::from_secs(60);
         loop {
             if let Some(reason) = self
                 .shared
@@ -356,6 +375,7 @@ impl WorkerSession {
             if self.welcomed {
                 match self.try_ticket()? {
                     Some(Ok(a)) => {
+                        self.idle = None;
                         self.shared.busy.store(true, Ordering::Relaxed);
                         return Ok(Ok(a));
                     }
@@ -370,11 +390,16 @@ impl WorkerSession {
                     return Ok(Err(ExitReason::Stopped));
                 }
             }
-            let waited = start.elapsed();
-            if idle.is_some_and(|i| waited >= i) {
+            if idle.is_some_and(|i| idle_start.elapsed() >= i) {
                 return Ok(Err(ExitReason::Idle));
             }
+            let waited = start.elapsed();
             if wait.is_some_and(|w| waited >= w) {
+                self.idle = Some(Idle {
+                    since: idle_start,
+                    sleep,
+                    last_control,
+                });
                 return Ok(Err(ExitReason::Timeout));
             }
             let woke = match &self.watch {
@@ -478,14 +503,24 @@ impl WorkerSession {
         Ok(())
     }
 
-    /// Publish a result part; the attempt's last part also retires the claim. The order
-    /// matters: a crash in between leaves a claim whose results exist, which the driver
-    /// resolves by the results.
-    pub fn publish(&mut self, header: &ResultHeader, payload: &[u8]) -> Result<()> {
+    /// Publish a result part; the attempt's last part (or a release) also retires the claim.
+    /// The order matters: a crash in between leaves a claim whose results exist, which the
+    /// driver resolves by the results. A release's `checkpoint` is written before its part,
+    /// so the driver never sends a `resume` ticket for a checkpoint that is not there.
+    pub fn publish(
+        &mut self,
+        header: &ResultHeader,
+        payload: &[u8],
+        checkpoint: Option<&[u8]>,
+    ) -> Result<()> {
+        if let Some(bytes) = checkpoint {
+            let task = header.from + header.count;
+            write_atomic(&self.dir.checkpoint(header.chunk, task), &[bytes])?;
+        }
         let head = crate::frame::encode(header, payload);
         let path = self.dir.part(header.chunk, header.attempt, header.from);
         write_atomic(&path, &[&head, payload])?;
-        if header.last {
+        if header.last || header.release.is_some() {
             if let Some((c, a)) = self.claim.take() {
                 remove_if_exists(&self.dir.claimed(c, a))?;
             }
@@ -496,6 +531,39 @@ impl WorkerSession {
 
     pub fn careful(&self) -> bool {
         self.careful
+    }
+
+    /// The checkpoint that task `task` of `chunk` left (a `resume` ticket names it).
+    pub fn read_checkpoint(&self, chunk: u64, task: u32) -> Result<Vec<u8>> {
+        let path = self.dir.checkpoint(chunk, task);
+        fs::read(&path).map_err(|e| CoreError::io(&path, e))
+    }
+}
+
+/// When this worker's job must end, as its job script says (docs/walltime.md): the job's
+/// start and time limit, and the option that set it (named when a task outlives it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Walltime {
+    /// Seconds since the epoch when the scheduler ends the job.
+    pub end: f64,
+    /// What set the limit, as the user wrote it (`Slurm time=1m`, `SGE h_rt=0:0:30`).
+    pub option: String,
+}
+
+impl Walltime {
+    /// From the job's environment: `SHOAL_WALLTIME` (seconds the job may run),
+    /// `SHOAL_WALLTIME_START` (epoch seconds when the job started; default: now, for a
+    /// worker started by hand) and `SHOAL_WALLTIME_OPTION`.
+    pub fn from_env() -> Option<Walltime> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let limit: f64 = var("SHOAL_WALLTIME")?.trim().parse().ok()?;
+        let start = var("SHOAL_WALLTIME_START")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(now_secs);
+        Some(Walltime {
+            end: start + limit,
+            option: var("SHOAL_WALLTIME_OPTION").unwrap_or_else(|| format!("{limit} s")),
+        })
     }
 }
 
@@ -623,7 +691,7 @@ mod tests {
             worker: key.clone(),
             ..Default::default()
         };
-        w.publish(&r, b"r").unwrap();
+        w.publish(&r, b"r", None).unwrap();
         assert!(d.claims().unwrap().is_empty());
         assert_eq!(d.parts().unwrap(), vec![(4, 1, 0)]);
         d.put_ticket(&Ticket {

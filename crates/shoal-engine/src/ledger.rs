@@ -8,7 +8,10 @@
 //! - a task is charged at most `max_attempts` losses of its worker before it fails; a lost
 //!   worker costs only the task it was running (tasks it finished and published are kept,
 //!   tasks it finished but had not yet published run again: execution is at-least-once);
-//! - nothing stays pending forever while a healthy worker is there to take it.
+//! - nothing stays pending forever while a healthy worker is there to take it;
+//! - a worker that gives an attempt back (preempted, out of time: a part with a release)
+//!   costs nothing unless its task outlived the job's time limit without a checkpoint, and
+//!   a task released [`MAX_RELEASES`] times in a row fails, so a preemption storm ends.
 //!
 //! A chunk's tasks run in order, so what is resolved is always a prefix `0..cursor`. An
 //! attempt runs `cursor..ntasks` on one worker and publishes its results in *parts*; a part
@@ -22,6 +25,11 @@ pub type ChunkId = u64;
 /// What a worker last said it was running: (chunk, attempt, task index in the chunk).
 pub type Hint = (ChunkId, u32, u32);
 
+/// Releases of one task (preemptions, checkpointed walltime ends, yields) before it fails:
+/// generous, since each one with a checkpoint is progress, but finite, so that a
+/// preemption storm ends (docs/protocol.md, "Preemption and walltime").
+pub const MAX_RELEASES: u32 = 50;
+
 /// Why tasks failed for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
@@ -33,6 +41,10 @@ pub enum Cause {
     Incomplete(String),
     /// The chunk's files disappeared from the work dir and its master copy with them.
     Vanished(String),
+    /// The task ran past its worker job's time limit `attempts` times (the worker's words).
+    Walltime(String),
+    /// The task was given back (preempted, its job out of time) [`MAX_RELEASES`] times.
+    Preempted(String),
 }
 
 /// Run tasks `from..` of `chunk` on `worker` as attempt `attempt` (ticket number `seq`).
@@ -44,6 +56,8 @@ pub struct Assign {
     pub seq: u64,
     pub from: u32,
     pub careful: bool,
+    /// Task `from` left a checkpoint: run it instead of the task.
+    pub resume: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,13 +90,25 @@ pub enum Outcome {
 }
 
 /// What a part says about itself, checked by the ledger.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartInfo {
     pub chunk: ChunkId,
     pub attempt: u32,
     pub from: u32,
     pub count: u32,
     pub last: bool,
+    /// The worker gives the rest of the attempt back after this part.
+    pub release: Option<Released>,
+}
+
+/// A release, as the ledger needs it (from `shoal_core::protocol::Release`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// The interrupted task is charged an attempt (it outlived its job, no checkpoint).
+    pub charged: bool,
+    /// It left a checkpoint: the next attempt resumes from it.
+    pub checkpoint: bool,
+    pub reason: String,
 }
 
 /// What became of a part.
@@ -125,6 +151,10 @@ struct Chunk {
     corrupt: u32,
     /// Attempt numbers handed out so far.
     attempts_made: u32,
+    /// Releases of the task at the prefix (reset when the prefix moves).
+    releases: u32,
+    /// The task whose checkpoint the next attempt resumes from.
+    checkpoint: Option<u32>,
     careful: bool,
     place: Place,
     started: bool,
@@ -182,6 +212,8 @@ impl Ledger {
                 blind: 0,
                 corrupt: 0,
                 attempts_made: 0,
+                releases: 0,
+                checkpoint: None,
                 careful: false,
                 place: Place::Queued,
                 started: false,
@@ -333,6 +365,7 @@ impl Ledger {
                 seq,
             };
             let (from, careful) = (chunk.cursor, chunk.careful);
+            let resume = chunk.checkpoint == Some(from);
             self.workers
                 .get_mut(&worker)
                 .expect("chosen above")
@@ -345,6 +378,7 @@ impl Ledger {
                 seq,
                 from,
                 careful,
+                resume,
             });
         }
         out
@@ -392,6 +426,7 @@ impl Ledger {
             });
             c.cursor = end;
             c.corrupt = 0;
+            c.releases = 0;
             if c.cursor > c.suspect {
                 c.attempts = 0;
             }
@@ -402,7 +437,18 @@ impl Ledger {
             }
             Place::Queued => false,
         };
-        if p.last && current && c.cursor < c.ntasks {
+        // A release counts only from the current attempt, cut exactly at the prefix (an
+        // earlier attempt's, or one another part already went past, says nothing new).
+        if let Some(r) = p.release.as_ref().filter(|_| current && end == c.cursor) {
+            if c.cursor < c.ntasks {
+                self.give_back(p.chunk, r, &mut out);
+                return if out.is_empty() {
+                    PartFate::Stale
+                } else {
+                    PartFate::Used(out)
+                };
+            }
+        } else if p.last && current && c.cursor < c.ntasks {
             // The worker says it is done, yet tasks are missing: fail them loudly.
             let missing = c.ntasks - c.cursor;
             out.push(Outcome::Fail {
@@ -425,6 +471,48 @@ impl Ledger {
         } else {
             PartFate::Used(out)
         }
+    }
+
+    /// The current attempt of `chunk` was given back at its prefix: queue the chunk again,
+    /// charging the interrupted task only if it outlived its job without a checkpoint.
+    fn give_back(&mut self, chunk: ChunkId, r: &Released, out: &mut Vec<Outcome>) {
+        let max = self.max_attempts;
+        let c = self.chunks.get_mut(&chunk).expect("outstanding");
+        let at = c.cursor;
+        if r.checkpoint {
+            c.checkpoint = Some(at);
+        }
+        let failed = if r.charged {
+            if c.suspect != at || c.attempts == 0 {
+                c.suspect = at;
+                c.attempts = std::mem::take(&mut c.blind);
+            }
+            c.attempts = (c.attempts + 1).min(max);
+            (c.attempts >= max).then(|| (Cause::Walltime(r.reason.clone()), c.attempts))
+        } else {
+            c.releases += 1;
+            (c.releases >= MAX_RELEASES).then(|| {
+                let why = format!("{}; given back {MAX_RELEASES} times", r.reason);
+                (Cause::Preempted(why), 0)
+            })
+        };
+        if let Some((cause, attempts)) = failed {
+            out.push(Outcome::Fail {
+                chunk,
+                from: at,
+                count: 1,
+                cause,
+                attempts,
+            });
+            c.cursor += 1;
+            c.attempts = 0;
+            c.releases = 0;
+            if c.cursor >= c.ntasks {
+                self.end(chunk, out);
+                return;
+            }
+        }
+        self.requeue(chunk);
     }
 
     /// A part of `chunk`'s attempt `attempt` failed verification. The current attempt counts
@@ -734,6 +822,7 @@ mod tests {
             from,
             count,
             last,
+            release: None,
         }
     }
 
@@ -957,5 +1046,103 @@ mod tests {
         // the suspended worker resumes and finishes first
         let o = used(l.part(part(5, 1, 0, 2, true)));
         assert_eq!(o.last(), Some(&Outcome::Ended { chunk: 5 }));
+    }
+
+    fn released(charged: bool, checkpoint: bool) -> Option<Released> {
+        Some(Released {
+            charged,
+            checkpoint,
+            reason: "preempted".into(),
+        })
+    }
+
+    #[test]
+    fn preemption_costs_no_attempt_and_a_checkpoint_is_resumed() {
+        let mut l = Ledger::new(1, 0);
+        l.submit(0, 3);
+        for k in 0..5 {
+            let w = format!("w{k}");
+            l.join(&w);
+            let a = l.assign().pop().unwrap();
+            assert_eq!((a.from, a.resume), (1.min(k), k > 1), "attempt {k}");
+            l.started(0, a.attempt);
+            // the first attempt finishes task 0; every attempt is preempted in task 1,
+            // from the second on with a checkpoint
+            let count = u32::from(k == 0);
+            let mut p = part(0, a.attempt, a.from, count, false);
+            p.release = released(false, k >= 1);
+            assert!(matches!(l.part(p), PartFate::Used(_) | PartFate::Stale));
+            assert!(l.worker_gone(&w, "exited", None).is_empty());
+            assert_eq!(l.attempts(0), Some(0));
+        }
+        l.join("last");
+        let a = l.assign().pop().unwrap();
+        assert!(a.resume);
+        l.started(0, a.attempt);
+        let o = used(l.part(part(0, a.attempt, 1, 2, true)));
+        assert_eq!(o.last(), Some(&Outcome::Ended { chunk: 0 }));
+    }
+
+    #[test]
+    fn a_task_that_outlives_the_walltime_is_charged_and_fails() {
+        let mut l = Ledger::new(2, 0);
+        l.submit(0, 2);
+        for k in 0..2 {
+            let w = format!("w{k}");
+            l.join(&w);
+            let a = l.assign().pop().unwrap();
+            l.started(0, a.attempt);
+            let mut p = part(0, a.attempt, 0, 0, false);
+            p.release = released(true, false);
+            let o = match l.part(p) {
+                PartFate::Used(o) => o,
+                _ => Vec::new(),
+            };
+            if k == 1 {
+                assert!(
+                    matches!(
+                        &o[0],
+                        Outcome::Fail {
+                            from: 0,
+                            count: 1,
+                            cause: Cause::Walltime(_),
+                            attempts: 2,
+                            ..
+                        }
+                    ),
+                    "{o:?}"
+                );
+            } else {
+                assert!(o.is_empty());
+            }
+        }
+        l.join("w9");
+        assert_eq!(l.assign()[0].from, 1, "the next task goes on");
+    }
+
+    #[test]
+    fn a_preemption_storm_ends() {
+        let mut l = Ledger::new(3, 0);
+        l.submit(0, 1);
+        let mut n = 0;
+        while l.contains(0) {
+            let w = format!("w{n}");
+            n += 1;
+            l.join(&w);
+            let a = l.assign().pop().unwrap();
+            l.started(0, a.attempt);
+            let mut p = part(0, a.attempt, 0, 0, false);
+            p.release = released(false, true);
+            if let PartFate::Used(o) = l.part(p) {
+                assert!(matches!(
+                    &o[0],
+                    Outcome::Fail {
+                        cause: Cause::Preempted(_),
+                        ..
+                    }
+                ));
+            }
+        }
+        assert_eq!(n, MAX_RELEASES);
     }
 }

@@ -6,7 +6,7 @@
 use crate::broker::{Broker, BrokerEvent, PartRef};
 use crate::fleet::{self, Fleet, Welcome};
 use crate::handle::{EngineOptions, Event, EVENTS_CAP};
-use crate::ledger::{Cause, Outcome, PartFate, PartInfo};
+use crate::ledger::{Cause, Outcome, PartFate, PartInfo, Released};
 use crate::progress::Progress;
 use crate::record;
 use crate::state::{Shared, Stop};
@@ -58,6 +58,8 @@ pub(crate) struct Runner {
     /// What each worker last said it runs (from its heartbeat).
     hints: HashMap<String, (u64, u32, u32)>,
     detached: HashSet<String>,
+    /// Checkpoints interrupted tasks left, by chunk (removed when the chunk ends).
+    checkpoints: HashMap<u64, Vec<u32>>,
     index: IndexWriter,
     /// The session's event record for `shoal top` / `shoal show`, by worker id.
     journal: Journal,
@@ -107,6 +109,7 @@ impl Runner {
             clock,
             hints: HashMap::new(),
             detached: HashSet::new(),
+            checkpoints: HashMap::new(),
             progress,
             start_failures: 0,
             last_submit: None,
@@ -414,7 +417,15 @@ impl Runner {
             from: header.from,
             count: header.count,
             last: header.last,
+            release: header.release.as_ref().map(|r| Released {
+                charged: r.charged(),
+                checkpoint: r.checkpoint,
+                reason: r.reason.clone(),
+            }),
         };
+        if header.release.is_some() {
+            self.released(sched, &header);
+        }
         let fate = self.shared.lock().ledger.part(info);
         self.fleet.produced(&header.worker);
         self.start_failures = 0;
@@ -484,6 +495,24 @@ impl Runner {
                 self.journal_still_running(&header);
             }
         }
+    }
+
+    /// A worker gave an attempt back (preempted, or its job is out of time): it is leaving,
+    /// so it gets no more work and its unclaimed tickets go to others now. The checkpoint
+    /// it may have left is remembered for removal when its chunk ends.
+    fn released(&mut self, sched: &mut dyn Scheduler, header: &ResultHeader) {
+        if header.release.as_ref().is_some_and(|r| r.checkpoint) {
+            self.checkpoints
+                .entry(header.chunk)
+                .or_default()
+                .push(header.from + header.count);
+        }
+        let steals = {
+            let mut st = self.shared.lock();
+            st.ledger.drain(&header.worker);
+            st.ledger.steal_from(&header.worker)
+        };
+        self.outcomes(sched, steals, None);
     }
 
     /// A part that is not its attempt's last: the worker still runs the chunk (the journal
@@ -601,6 +630,9 @@ impl Runner {
 
     fn end_chunk(&mut self, chunk: u64) {
         self.broker.ended(chunk);
+        for task in self.checkpoints.remove(&chunk).unwrap_or_default() {
+            let _ = self.dir.remove_checkpoint(chunk, task);
+        }
         let free = {
             let mut st = self.shared.lock();
             match st.chunks.remove(&chunk) {
@@ -658,6 +690,7 @@ impl Runner {
                 attempt: a.attempt,
                 from: a.from,
                 careful: a.careful,
+                resume: a.resume,
                 worker: a.worker.clone(),
             };
             if let Err(e) = self.broker.assign(&ticket) {
@@ -811,6 +844,8 @@ impl Runner {
                     self.lose(sched, key, &reason);
                     counted |= self.shared.lock().stats.workers_lost > before;
                 } else {
+                    // It held nothing: gone without cost, but gone (no ticket may go to it).
+                    let _ = self.shared.lock().ledger.worker_gone(key, "exited", None);
                     self.journal
                         .worker_ended(key_id(key), WorkerEnd::Exited, "");
                     self.broker.forget(key);
@@ -1122,5 +1157,10 @@ pub fn describe(cause: &Cause, attempts: u32) -> String {
         }
         Cause::Incomplete(r) => r.clone(),
         Cause::Vanished(r) => r.clone(),
+        Cause::Walltime(r) if attempts > 1 => format!(
+            "{r}, {attempts} times: it alone needs longer than one job may run (not retried again)"
+        ),
+        Cause::Walltime(r) => format!("{r} (not retried)"),
+        Cause::Preempted(r) => format!("{r}, without finishing (not retried again)"),
     }
 }

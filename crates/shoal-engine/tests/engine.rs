@@ -6,7 +6,7 @@
 use shoal_core::frame;
 use shoal_core::fsutil::{write_atomic, write_exclusive};
 use shoal_core::layout::worker_key;
-use shoal_core::protocol::{Beat, ResultHeader};
+use shoal_core::protocol::{Beat, Release, ReleaseKind, ResultHeader};
 use shoal_core::worker::{ExitReason, WorkerConfig, WorkerInfo, WorkerSession};
 use shoal_core::SessionDir;
 use shoal_engine::{Cause, Engine, EngineOptions, Event};
@@ -33,6 +33,9 @@ enum Behaviour {
     DieAfterPublish,
     /// Claim one assignment, then hang without a heartbeat or a result (a cut-off node).
     HangHoldingClaim,
+    /// Give the first claimed chunk back (preempted) with a checkpoint, then exit cleanly;
+    /// a resume ticket is echoed with the checkpoint's bytes instead of the payload.
+    Preempted,
 }
 
 #[derive(Default)]
@@ -175,8 +178,27 @@ fn run_worker(
             .entry(a.header.chunk)
             .or_default() += 1;
         let h = header_for(&w, &a);
+        let payload = if a.ticket.resume {
+            w.read_checkpoint(a.header.chunk, a.ticket.from).unwrap()
+        } else {
+            a.payload.clone()
+        };
         match behaviour {
-            Behaviour::Echo => w.publish(&h, &a.payload).unwrap(),
+            Behaviour::Echo => w.publish(&h, &payload, None).unwrap(),
+            Behaviour::Preempted => {
+                let h = ResultHeader {
+                    count: 0,
+                    last: false,
+                    release: Some(Release {
+                        kind: ReleaseKind::Preempted,
+                        reason: "preempted (SIGTERM)".into(),
+                        checkpoint: true,
+                    }),
+                    ..h
+                };
+                w.publish(&h, &[], Some(b"resumed")).unwrap();
+                return WorkerState::Exited;
+            }
             Behaviour::DieHoldingClaim => {
                 return WorkerState::Lost("killed by signal 9 (SIGKILL)".into())
             }
@@ -324,6 +346,35 @@ fn every_chunk_delivered_once() {
     for sub in ["chunks", "results", "claimed"] {
         let left = std::fs::read_dir(dir.sub(sub)).unwrap().count();
         assert_eq!(left, 0, "{sub}/ still holds {left} files");
+    }
+}
+
+#[test]
+fn a_preempted_chunk_resumes_from_its_checkpoint_at_no_cost() {
+    let plan = vec![Behaviour::Preempted, Behaviour::Preempted];
+    let options = EngineOptions {
+        max_attempts: 1,
+        ..options()
+    };
+    let (_t, engine) = start(ThreadScheduler::new(1, plan), options);
+    engine.submit(b"p0", 1, &[]).unwrap();
+    let seen = collect(&engine, 1);
+    assert!(seen.failed.is_empty() && seen.fatal.is_none(), "{seen:?}");
+    assert_eq!(
+        seen.results[&0], b"resumed",
+        "the last attempt ran the checkpoint"
+    );
+    let stats = engine.stats();
+    assert_eq!((stats.workers_lost, stats.workers_started), (0, 3));
+    // The chunk ended: its checkpoint went with it.
+    let wait = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(engine.dir().sub("checkpoints"))
+        .unwrap()
+        .count()
+        > 0
+    {
+        assert!(Instant::now() < wait, "checkpoint left behind");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -641,7 +692,7 @@ fn give_backs_never_cancel_a_worker_that_announced_itself() {
     while done < 4 {
         if let Ok(a) = w.next(Some(Duration::from_millis(50))).unwrap() {
             let h = header_for(&w, &a);
-            w.publish(&h, &a.payload).unwrap();
+            w.publish(&h, &a.payload, None).unwrap();
             done += 1;
         }
     }
@@ -695,7 +746,7 @@ fn a_stranger_is_fenced_and_a_rerun_supersedes_its_first_incarnation() {
         "requeued to the rerun"
     );
     let h = header_for(&rerun, &b);
-    rerun.publish(&h, &b.payload).unwrap();
+    rerun.publish(&h, &b.payload, None).unwrap();
     let seen = collect(&engine, 2);
     assert_eq!(seen.results[&0], b"work");
     assert_eq!(

@@ -8,7 +8,7 @@
 //! at the end: once a healthy worker is there, every chunk ends.
 
 use proptest::prelude::*;
-use shoal_engine::ledger::{Assign, Cause, ChunkId, Ledger, Outcome, PartFate, PartInfo};
+use shoal_engine::ledger::{Assign, Cause, ChunkId, Ledger, Outcome, PartFate, PartInfo, Released};
 use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone)]
@@ -23,6 +23,13 @@ enum Op {
         count: u32,
         last: bool,
         seen: bool,
+    },
+    /// The worker publishes `count` tasks and gives the rest back (preempted, out of time).
+    Release {
+        run: usize,
+        count: u32,
+        charged: bool,
+        checkpoint: bool,
     },
     Reveal(usize),
     Duplicate(usize),
@@ -53,6 +60,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0usize..16).prop_map(Op::Claim),
         6 => (0usize..16, 1u32..4, any::<bool>(), prop::bool::weighted(0.7))
             .prop_map(|(run, count, last, seen)| Op::Publish { run, count, last, seen }),
+        2 => (0usize..16, 0u32..3, any::<bool>(), any::<bool>())
+            .prop_map(|(run, count, charged, checkpoint)| Op::Release { run, count, charged, checkpoint }),
         3 => (0usize..16).prop_map(Op::Reveal),
         1 => (0usize..16).prop_map(Op::Duplicate),
         1 => (0usize..16).prop_map(Op::Corrupt),
@@ -165,7 +174,7 @@ impl World {
 
     /// Hand a part to the ledger; one it cannot use yet stays unseen (the file stays).
     fn feed(&mut self, p: PartInfo) -> Result<(), TestCaseError> {
-        match self.ledger.part(p) {
+        match self.ledger.part(p.clone()) {
             PartFate::Used(o) => self.apply(o),
             PartFate::Stale => Ok(()),
             PartFate::Later => {
@@ -258,9 +267,10 @@ impl World {
                     from: r.next,
                     count,
                     last,
+                    release: None,
                 };
                 r.next += count;
-                r.last_part = Some(p);
+                r.last_part = Some(p.clone());
                 if last {
                     self.runs
                         .retain(|x| !(x.chunk == p.chunk && x.attempt == p.attempt));
@@ -270,6 +280,32 @@ impl World {
                 } else {
                     self.unseen.push(p);
                 }
+            }
+            Op::Release {
+                run,
+                count,
+                charged,
+                checkpoint,
+            } => {
+                if self.runs.is_empty() {
+                    return Ok(());
+                }
+                let r = self.runs.remove(run % self.runs.len());
+                let n = self.ntasks[&r.chunk];
+                let count = count.min(n - r.next.min(n));
+                let p = PartInfo {
+                    chunk: r.chunk,
+                    attempt: r.attempt,
+                    from: r.next,
+                    count,
+                    last: false,
+                    release: Some(Released {
+                        charged,
+                        checkpoint,
+                        reason: "preempted".into(),
+                    }),
+                };
+                self.feed(p)?;
             }
             Op::Reveal(i) => {
                 if !self.unseen.is_empty() {
@@ -281,7 +317,7 @@ impl World {
                 if let Some(p) = self
                     .runs
                     .get(run % self.runs.len().max(1))
-                    .and_then(|r| r.last_part)
+                    .and_then(|r| r.last_part.clone())
                 {
                     if let PartFate::Used(o) = self.ledger.part(p) {
                         self.apply(o)?;
@@ -437,6 +473,7 @@ impl World {
                     from: a.from,
                     count: n - a.from,
                     last: true,
+                    release: None,
                 };
                 if let PartFate::Used(o) = self.ledger.part(p) {
                     self.apply(o)?;
@@ -500,6 +537,7 @@ fn a_deterministic_killer_runs_max_attempts_times() {
                     from: t,
                     count: 1,
                     last: t == 4,
+                    release: None,
                 }) {
                     delivered += o
                         .iter()

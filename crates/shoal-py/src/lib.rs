@@ -8,7 +8,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use shoal_core::layout::Stream;
-use shoal_core::protocol::{FailedTask, ResultHeader};
+use shoal_core::protocol::{FailedTask, Release, ReleaseKind, ResultHeader};
 use shoal_core::session::{default_base, SessionState};
 use shoal_core::worker::{DriverInfo, WorkerConfig, WorkerSession};
 use shoal_core::{CoreError, SessionDir};
@@ -282,7 +282,8 @@ impl Session {
                     stderr_tail,
                 } => {
                     let kind = match &cause {
-                        Cause::Lost(_) => "lost",
+                        // Out of time or preempted for good: its workers were lost to it.
+                        Cause::Lost(_) | Cause::Walltime(_) | Cause::Preempted(_) => "lost",
                         Cause::Corrupt(_) => "corrupt",
                         Cause::Incomplete(_) => "incomplete",
                         Cause::Vanished(_) => "vanished",
@@ -442,14 +443,42 @@ impl Worker {
         Ok(PyBytes::new(py, &bytes))
     }
 
-    /// Next assignment as (chunk, attempt, first_task, ntasks, from, careful, payload), or a
-    /// str saying why to exit: "stopped", "idle", "driver-gone", "timeout", "fenced".
-    #[pyo3(signature = (timeout=None))]
-    fn claim(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
-        let r = py.detach(|| {
-            let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            w.next(timeout.map(Duration::from_secs_f64))
-        });
+    /// Next assignment as (chunk, attempt, first_task, ntasks, from, careful, resume,
+    /// payload), or a str saying why to exit: "stopped", "idle", "driver-gone", "timeout",
+    /// "fenced", "leaving". The wait is cut in slices with Python's signal handlers run in
+    /// between, so an idle worker handles a preemption or walltime signal within a second:
+    /// "leaving" when `stop()` then says so (no ticket was claimed).
+    #[pyo3(signature = (timeout=None, stop=None))]
+    fn claim(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        stop: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        const SLICE: Duration = Duration::from_secs(1);
+        let until = timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t));
+        let r = loop {
+            let slice = match until {
+                Some(u) => u
+                    .saturating_duration_since(std::time::Instant::now())
+                    .min(SLICE),
+                None => SLICE,
+            };
+            let r = py.detach(|| {
+                let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                w.next(Some(slice))
+            });
+            let timed_out = matches!(r, Ok(Err(shoal_core::worker::ExitReason::Timeout)));
+            if !timed_out || until.is_some_and(|u| std::time::Instant::now() >= u) {
+                break r;
+            }
+            py.check_signals()?;
+            if let Some(f) = &stop {
+                if f.call0(py)?.is_truthy(py)? {
+                    return Ok("leaving".into_pyobject(py)?.into_any().unbind());
+                }
+            }
+        };
         match r.map_err(|e| core_err(py, e))? {
             Ok(a) => Ok((
                 a.header.chunk,
@@ -458,6 +487,7 @@ impl Worker {
                 a.header.ntasks,
                 a.ticket.from,
                 a.ticket.careful,
+                a.ticket.resume,
                 PyBytes::new(py, &a.payload),
             )
                 .into_pyobject(py)?
@@ -465,6 +495,29 @@ impl Worker {
                 .unbind()),
             Err(reason) => Ok(reason.as_str().into_pyobject(py)?.into_any().unbind()),
         }
+    }
+
+    /// The checkpoint task `task` of `chunk` left (a resume ticket names it): pickled bytes.
+    fn read_checkpoint<'py>(
+        &self,
+        py: Python<'py>,
+        chunk: u64,
+        task: u32,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = py
+            .detach(|| {
+                let w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                w.read_checkpoint(chunk, task)
+            })
+            .map_err(|e| core_err(py, e))?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// When the scheduler ends this worker's job: (epoch seconds, the option that set the
+    /// limit, e.g. "Slurm time=1m"), or None when the job has no known limit.
+    #[getter]
+    fn walltime(&self) -> Option<(f64, String)> {
+        shoal_core::worker::Walltime::from_env().map(|w| (w.end, w.option))
     }
 
     /// Task `task` of the claimed chunk starts now (written out at once in careful mode).
@@ -479,8 +532,10 @@ impl Worker {
     /// Publish the results of tasks `from..from+count` of an attempt. `out`/`err` hold the
     /// log offsets before the part's first task; `marks` are (index in the part, stdout
     /// offset, stderr offset) after the tasks where output may have moved. `last`: the
-    /// attempt is done (its claim is retired).
-    #[pyo3(signature = (chunk, attempt, first_task, ntasks, from_, count, last, payload, out, err, marks, failed, chunk_error=None, elapsed=0.0))]
+    /// attempt is done (its claim is retired). `release`: (kind, reason) — the worker gives
+    /// the rest of the attempt back ("preempted", "walltime", "yield"), with the interrupted
+    /// task's `checkpoint` (pickled bytes), if it made one.
+    #[pyo3(signature = (chunk, attempt, first_task, ntasks, from_, count, last, payload, out, err, marks, failed, chunk_error=None, elapsed=0.0, release=None, checkpoint=None))]
     #[allow(clippy::too_many_arguments)]
     fn publish(
         &self,
@@ -499,7 +554,26 @@ impl Worker {
         failed: Vec<(u32, String)>,
         chunk_error: Option<String>,
         elapsed: f64,
+        release: Option<(String, String)>,
+        checkpoint: Option<&[u8]>,
     ) -> PyResult<()> {
+        let release = match release {
+            None => None,
+            Some((kind, reason)) => Some(Release {
+                kind: match kind.as_str() {
+                    "preempted" => ReleaseKind::Preempted,
+                    "walltime" => ReleaseKind::Walltime,
+                    "yield" => ReleaseKind::Yield,
+                    other => {
+                        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                            "unknown release kind {other:?}"
+                        )))
+                    }
+                },
+                reason,
+                checkpoint: checkpoint.is_some(),
+            }),
+        };
         let header = ResultHeader {
             chunk,
             attempt,
@@ -517,10 +591,11 @@ impl Worker {
                 .collect(),
             chunk_error,
             elapsed,
+            release,
         };
         py.detach(|| {
             let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            w.publish(&header, payload)
+            w.publish(&header, payload, checkpoint)
         })
         .map_err(|e| core_err(py, e))
     }

@@ -231,6 +231,7 @@ const SLURM: &[Opt] = &[
     opt("extra_directives", Kind::Lines, "#SBATCH", "[\"--nice=5\"]", "`#SBATCH` lines for the job script (prefix added when missing)")
         .portable("extra_directives"),
     opt("max_workers", Kind::Count, "--array=...%N", "8", "most workers queued or running at once").default("workers"),
+    opt("workers_per_job", Kind::Count, "N x --cpus-per-task, --mem", "4", "worker processes in one job (ids `bB-I.K`); the job asks for N times `cpus` and `memory`").default("1"),
     opt("poll_interval", Kind::Seconds, "", "1", "seconds between `squeue` queries").unit("s").default("1").portable("poll_interval"),
 ];
 
@@ -242,12 +243,15 @@ const SGE: &[Opt] = &[
     opt("resources", Kind::Resources, "-l", "{ h_vmem = \"2G\" }", "resource requests; memory and time complexes are parsed as sizes and durations"),
     opt("time", Kind::Time, "-l h_rt=", "\"1h\"", "time limit per worker job (same as `h_rt`)").starter(),
     opt("h_rt", Kind::Time, "-l h_rt=", "\"1:00:00\"", "time limit per worker job (same as `time`)"),
+    opt("gpus", Kind::Count, "-l gpu=N", "1", "GPUs per worker, requested as the site's GPU complex (`gpu_resource`)").portable("request_gpus"),
+    opt("gpu_resource", Kind::Name, "-l NAME=N", "\"gpu\"", "the site's consumable complex for GPUs (`qconf -sc` lists them)").default("gpu"),
     opt("project", Kind::Name, "-P", "\"myproject\"", "project"),
     opt("job_name", Kind::Name, "-N", "\"shoal\"", "job name").default("shoal"),
     opt("qsub_args", Kind::Args, "(raw)", "[\"-R\", \"y\"]", "extra qsub arguments (not the flags shoal sets: -t -tc -o -e -j -b -terse -sync)"),
     opt("forward_env", Kind::Names, "-V / exported", "true", "environment from the driver: true = all (`-V`), false = none, or a list of names")
         .default("PATH, VIRTUAL_ENV, CONDA_PREFIX, PYTHONPATH, LD_LIBRARY_PATH"),
     opt("poll_interval", Kind::Seconds, "", "2", "seconds between `qstat` queries").unit("s").default("2").portable("poll_interval"),
+    opt("workers_per_job", Kind::Count, "-pe NAME N x SLOTS", "4", "worker processes in one job (ids `bB-I.K`); needs `pe`, the job asks for N times `slots`").default("1"),
     opt("max_lost_workers", Kind::Count, "", "20", "workers lost (killed, in error state) before no more are submitted")
         .default("2 x workers + 8"),
 ];
@@ -258,6 +262,7 @@ const HTCONDOR: &[Opt] = &[
     opt("request_memory", Kind::Memory, "request_memory", "\"1G\"", "memory per worker").unit("MB").portable("request_memory").starter(),
     opt("request_disk", Kind::Memory, "request_disk", "\"1G\"", "scratch disk per worker").unit("MB").portable("request_disk"),
     opt("request_gpus", Kind::Count, "request_gpus", "1", "GPUs per worker").portable("request_gpus"),
+    opt("allowed_job_duration", Kind::Time, "allowed_job_duration", "\"1h\"", "time limit per worker job; the worker stops before it (docs/checkpoints.md)"),
     opt("universe", Kind::Name, "universe", "\"vanilla\"", "vanilla, container or docker").default("vanilla").portable("universe"),
     opt("requirements", Kind::Text, "requirements", "'OpSys == \"LINUX\"'", "a ClassAd expression; checked with `condor_submit -dry-run`"),
     opt("pool", Kind::Text, "-pool", "\"cm.example.org:9618\"", "central manager to use").portable("pool"),

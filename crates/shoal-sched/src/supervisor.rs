@@ -58,8 +58,9 @@ pub enum IdScheme {
     Sequential,
     /// `b{batch}-{index}`: one submission (an array, a cluster) per batch; indices start at
     /// `first_index` (0 for Slurm and HTCondor, 1 for Grid Engine) and are the scheduler's
-    /// array index, so the job finds its own id.
-    Array { first_index: u64 },
+    /// array index, so the job finds its own id. With `per_job` > 1 each element runs that
+    /// many workers, `b{batch}-{index}.{k}` (`workers_per_job`).
+    Array { first_index: u64, per_job: u64 },
 }
 
 /// Workers to start with one submission.
@@ -273,7 +274,14 @@ impl Supervisor {
                     format!("w{:04}", self.next_seq)
                 })
                 .collect(),
-            IdScheme::Array { first_index } => (0..n as u64)
+            IdScheme::Array {
+                first_index,
+                per_job,
+            } if per_job > 1 => (0..(n as u64).div_ceil(per_job))
+                .flat_map(|e| (0..per_job).map(move |k| (e, k)))
+                .map(|(e, k)| format!("b{}-{}.{k}", self.next_batch, first_index + e))
+                .collect(),
+            IdScheme::Array { first_index, .. } => (0..n as u64)
                 .map(|k| format!("b{}-{}", self.next_batch, first_index + k))
                 .collect(),
         };
@@ -333,9 +341,11 @@ impl Scheduler for Supervisor {
         while left > 0 {
             let k = left.min(self.max_batch);
             let batch = self.batch_ids(k);
+            // workers_per_job rounds a batch up to whole jobs: it may hold more than k.
+            let got = batch.ids.len();
             ids.extend(batch.ids.iter().cloned());
             self.send(Request::Submit(batch));
-            left -= k;
+            left = left.saturating_sub(got);
         }
         Ok(ids)
     }

@@ -93,10 +93,36 @@ pub struct Common {
     pub poll_interval: Duration,
     /// Workers lost before no more are submitted (None: no limit beyond the engine's own).
     pub max_lost_workers: Option<usize>,
+    /// Worker processes per array element (`workers_per_job`; their ids end in `.K`).
+    pub per_job: usize,
 }
 
 /// A program and its arguments.
 pub type Call = (&'static str, Vec<String>);
+
+/// A job's time limit as the worker is told it (docs/checkpoints.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Walltime {
+    /// Whole seconds the scheduler lets the job run (as it rounds them).
+    pub seconds: u64,
+    /// The option that set it, as the user should raise it (`time=0-00:01:00`).
+    pub option: String,
+}
+
+impl Walltime {
+    /// The job-script lines that tell the worker when its job ends: the limit, the start
+    /// (taken when the script starts, the job's own start within a second), the option.
+    pub fn script_lines(&self, display: &str) -> String {
+        use crate::shell::sh_quote;
+        format!(
+            "SHOAL_WALLTIME_START=$(date +%s); export SHOAL_WALLTIME_START\n\
+             SHOAL_WALLTIME={}; export SHOAL_WALLTIME\n\
+             SHOAL_WALLTIME_OPTION={}; export SHOAL_WALLTIME_OPTION\n",
+            self.seconds,
+            sh_quote(&format!("{} ({display})", self.option))
+        )
+    }
+}
 
 /// What an adapter says about its scheduler, once.
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +152,11 @@ pub trait Adapter: Send + 'static {
     /// Environment written into the script besides the session's own (`LaunchSpec::env`).
     fn forwarded_env(&self) -> Vec<(String, String)> {
         Vec::new()
+    }
+    /// The time limit each job gets, if the options set one (the registry's `time_limit`
+    /// options): the job script passes it to the worker, which stops in time.
+    fn walltime(&self) -> Option<Walltime> {
+        None
     }
     /// Check the environment and options, and read the site's limits; `script` exists.
     fn preflight(&mut self, run: &Runner, spec: &LaunchSpec, script: &Path) -> Result<Site>;
@@ -238,6 +269,10 @@ impl<A: Adapter> ArrayBackend<A> {
         self
     }
 
+    fn per_job(&self) -> usize {
+        self.adapter.common().per_job.max(1)
+    }
+
     /// Workers lost so far (counted against `max_lost_workers`).
     pub fn lost(&self) -> usize {
         self.lost
@@ -297,17 +332,46 @@ impl<A: Adapter> ArrayBackend<A> {
             "SHOAL_WORKER_ID=\"$1-${}\"; export SHOAL_WORKER_ID\n",
             self.adapter.info().index_var
         ));
+        if let Some(w) = self.adapter.walltime() {
+            s.push_str(&w.script_lines(self.adapter.info().display));
+        }
         let argv: Vec<String> = spec.worker_argv(None).iter().map(|a| sh_quote(a)).collect();
-        s.push_str(&argv.join(" "));
-        s.push('\n');
+        let argv = argv.join(" ");
         // The exit status where the driver looks for it: a normal end is known at once,
         // without a query.
         let exit = sh_quote(&exit_dir.display().to_string());
-        s.push_str("rc=$?\n");
-        s.push_str(&format!(
+        let record = format!(
             "printf '%s\\n' \"$rc\" > {exit}/.\"$SHOAL_WORKER_ID\" && mv -f {exit}/.\"$SHOAL_WORKER_ID\" {exit}/\"$SHOAL_WORKER_ID\"\n"
+        );
+        // A preemption (or the time limit) sends SIGTERM to the script, and on some sites to
+        // every process of the job: the script passes it on to the workers, which give their
+        // work back (docs/checkpoints.md), and waits on to record each worker's own exit.
+        let wait = "while :; do wait \"$pid\"; rc=$?; [ \"$rc\" -gt 128 ] && kill -0 \"$pid\" 2>/dev/null || break; done\n";
+        let per_job = self.per_job();
+        if per_job == 1 {
+            s.push_str(&argv);
+            s.push_str(" &\npid=$!\ntrap 'kill -TERM \"$pid\" 2>/dev/null' TERM\n");
+            s.push_str(wait);
+            s.push_str(&record);
+            s.push_str("exit $rc\n");
+            return Ok(s);
+        }
+        // workers_per_job: N workers `ELEMENT.K`, each with its own log files.
+        let logs = sh_quote(&spec.session.sub("logs").display().to_string());
+        s.push_str("element=$SHOAL_WORKER_ID; pids=\nk=0\n");
+        s.push_str(&format!("while [ $k -lt {per_job} ]; do\n"));
+        s.push_str("  SHOAL_WORKER_ID=\"$element.$k\"; export SHOAL_WORKER_ID\n");
+        s.push_str(&format!(
+            "  {argv} >>{logs}/\"$SHOAL_WORKER_ID.out\" 2>>{logs}/\"$SHOAL_WORKER_ID.err\" &\n"
         ));
-        s.push_str("exit $rc\n");
+        s.push_str("  pids=\"$pids $!\"; k=$((k + 1))\ndone\n");
+        s.push_str("trap 'kill -TERM $pids 2>/dev/null' TERM\n");
+        s.push_str("k=0; worst=0\nfor pid in $pids; do\n");
+        s.push_str(&format!("  {wait}"));
+        s.push_str("  SHOAL_WORKER_ID=\"$element.$k\"\n");
+        s.push_str(&format!("  {record}"));
+        s.push_str("  [ \"$rc\" -ne 0 ] && worst=$rc; k=$((k + 1))\ndone\n");
+        s.push_str("exit $worst\n");
         Ok(s)
     }
 
@@ -552,12 +616,13 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
     }
 
     fn max_batch(&self) -> usize {
-        self.site.max_array.max(1)
+        self.site.max_array.max(1).saturating_mul(self.per_job())
     }
 
     fn ids(&self) -> IdScheme {
         IdScheme::Array {
             first_index: self.adapter.info().first_index,
+            per_job: self.per_job() as u64,
         }
     }
 
@@ -609,7 +674,8 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
                 self.adapter.info().name
             )));
         };
-        let n = batch.ids.len();
+        let per_job = self.per_job();
+        let n = batch.ids.len().div_ceil(per_job);
         let tag = batch.tag();
         // A submission that timed out may have been carried out all the same: adopt its job.
         let found = if self.failed_batches.contains(&tag) {
@@ -620,9 +686,8 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
         let job = match found {
             Some(job) => job,
             None => {
-                let (program, args) =
-                    self.adapter
-                        .submit(spec, &script, &tag, n, n.min(self.capacity()));
+                let throttle = self.capacity().div_ceil(per_job);
+                let (program, args) = self.adapter.submit(spec, &script, &tag, n, n.min(throttle));
                 let out = self.run.check(program, &args).inspect_err(|_| {
                     self.failed_batches.insert(tag.clone());
                 })?;
@@ -645,7 +710,7 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
                 id.clone(),
                 Tracked {
                     job: job.clone(),
-                    index: first + k as u64,
+                    index: first + (k / per_job) as u64,
                     seen: Seen::Pending,
                     missing: 0,
                     vanished: None,
@@ -679,10 +744,23 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
     }
 
     fn cancel(&mut self, workers: &[String]) -> Result<()> {
-        let targets: Vec<Target> = workers
+        let elements: BTreeSet<(String, u64)> = workers
             .iter()
             .filter_map(|w| self.tracked.remove(w))
-            .map(|t| Target::Element(t.job, t.index))
+            .map(|t| (t.job, t.index))
+            .collect();
+        // An element is cancelled only once none of its workers is wanted: with
+        // workers_per_job a sibling may be working (a fenced or given-back worker of a
+        // running element exits by itself when it sees its fence).
+        let targets: Vec<Target> = elements
+            .into_iter()
+            .filter(|(job, index)| {
+                !self
+                    .tracked
+                    .values()
+                    .any(|t| &t.job == job && t.index == *index)
+            })
+            .map(|(job, index)| Target::Element(job, index))
             .collect();
         if targets.is_empty() {
             return Ok(());

@@ -706,7 +706,10 @@ impl Backend for HtcondorBackend {
     }
 
     fn ids(&self) -> IdScheme {
-        IdScheme::Array { first_index: 0 }
+        IdScheme::Array {
+            first_index: 0,
+            per_job: 1,
+        }
     }
 
     fn preflight(&mut self, spec: &LaunchSpec) -> Result<Vec<String>> {

@@ -5,7 +5,7 @@ use crate::error::{Result, SchedError};
 use crate::options::{EnvChoice, Opts};
 use crate::LaunchSpec;
 use shoal_core::layout::Stream;
-use shoal_core::units::MemSize;
+use shoal_core::units::{MemSize, TimeLimit};
 use shoal_core::CoreError;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,6 +43,8 @@ pub struct CondorOptions {
     pub request_memory: Option<MemSize>,
     pub request_disk: Option<MemSize>,
     pub request_gpus: Option<u32>,
+    /// `allowed_job_duration`: the job's time limit (the worker is told it, and stops in time).
+    pub allowed_job_duration: Option<TimeLimit>,
     pub universe: String,
     pub requirements: Option<String>,
     pub pool: Option<String>,
@@ -64,6 +66,7 @@ impl Default for CondorOptions {
             request_memory: None,
             request_disk: None,
             request_gpus: None,
+            allowed_job_duration: None,
             universe: "vanilla".into(),
             requirements: None,
             pool: None,
@@ -119,6 +122,7 @@ impl CondorOptions {
         let mut o = CondorOptions {
             request_cpus: opts.count("request_cpus")?,
             request_gpus: opts.count("request_gpus")?,
+            allowed_job_duration: opts.time("allowed_job_duration")?,
             request_memory: opts.memory("request_memory")?,
             request_disk: opts.memory("request_disk")?,
             requirements: opts.text("requirements")?,
@@ -255,8 +259,17 @@ pub fn description(
     line("log_xml", "False");
     // Workers read and write the session dir in place: it must be on a shared file system.
     line("should_transfer_files", "NO");
-    if !spec.env.is_empty() {
-        let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if let Some(t) = o.allowed_job_duration {
+        // No job script here: the worker counts the limit from its own start (the job's).
+        let secs = t.0.as_secs().max(1);
+        line("allowed_job_duration", &secs.to_string());
+        env.push(format!("SHOAL_WALLTIME={secs}"));
+        env.push(format!(
+            "SHOAL_WALLTIME_OPTION=allowed_job_duration={secs} (HTCondor)"
+        ));
+    }
+    if !env.is_empty() {
         line("environment", &quote_list(env.iter().map(String::as_str)));
     }
     match &o.getenv {
@@ -358,6 +371,15 @@ rank = Memory
 queue 16
 "#;
         assert_eq!(d, expected);
+        let o = CondorOptions::from_json(&json!({"allowed_job_duration": "2m"})).unwrap();
+        let d = description(&o, &spec(), std::path::Path::new("/l"), "b1", 1);
+        assert!(d.contains("allowed_job_duration = 120\n"), "{d}");
+        assert!(
+            d.contains(
+                "SHOAL_WALLTIME=120 'SHOAL_WALLTIME_OPTION=allowed_job_duration=120 (HTCondor)'"
+            ),
+            "{d}"
+        );
     }
 
     #[test]

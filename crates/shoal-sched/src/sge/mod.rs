@@ -68,6 +68,7 @@ pub fn backend(workers: usize, options: &serde_json::Value) -> Result<SgeBackend
         workers,
         poll_interval: opts.poll_interval,
         max_lost_workers: Some(opts.max_lost_workers),
+        per_job: opts.per_job,
     };
     Ok(ArrayBackend::new(Sge {
         opts,
@@ -170,6 +171,15 @@ impl Adapter for Sge {
 
     fn forwarded_env(&self) -> Vec<(String, String)> {
         self.opts.forwarded()
+    }
+
+    fn walltime(&self) -> Option<crate::array::Walltime> {
+        let (_, value) = self.opts.resources.iter().find(|(n, _)| n == "h_rt")?;
+        let t = shoal_core::units::TimeLimit::parse("h_rt", value).ok()?;
+        Some(crate::array::Walltime {
+            seconds: t.0.as_secs().max(1),
+            option: format!("h_rt={value}"),
+        })
     }
 
     fn preflight(&mut self, run: &Runner, spec: &LaunchSpec, script: &Path) -> Result<Site> {

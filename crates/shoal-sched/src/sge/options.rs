@@ -53,6 +53,9 @@ pub struct SgeOptions {
     pub poll_interval: Duration,
     /// Workers lost (killed, in error state, failed to start) before no more are submitted.
     pub max_lost_workers: usize,
+    /// Worker processes per job (`workers_per_job`): the PE's slots are this many times
+    /// `slots`.
+    pub per_job: usize,
 }
 
 fn invalid(option: &str, value: &serde_json::Value, reason: &str) -> SchedError {
@@ -180,9 +183,16 @@ impl SgeOptions {
             max_lost_workers: o
                 .count("max_lost_workers")?
                 .map_or(2 * workers + 8, |n| n as usize),
+            per_job: o.count("workers_per_job")?.map_or(1, |n| n as usize),
         };
         if let Some(name) = o.name("pe")? {
-            opts.pe = Some((name, o.count("slots")?.unwrap_or(1)));
+            let slots = o.count("slots")?.unwrap_or(1);
+            opts.pe = Some((name, slots * opts.per_job as u32));
+        } else if opts.per_job > 1 {
+            return Err(SchedError::Config(format!(
+                "workers_per_job={} needs a parallel environment for its slots\nhint: pass pe=\"smp\" (or your site's PE; `qconf -spl` lists them) with workers_per_job",
+                opts.per_job
+            )));
         } else if let Some(s) = o.get("slots") {
             s.count()?;
             return Err(SchedError::Config(format!(
@@ -207,6 +217,25 @@ impl SgeOptions {
                 )));
             }
             opts.resources.push(("h_rt".into(), limit.to_hms()));
+        }
+        // GPUs are a site-defined consumable complex in Grid Engine: `-l gpu=N` by default.
+        let complex = o.name("gpu_resource")?;
+        match o.count("gpus")? {
+            Some(n) => {
+                let complex = complex.unwrap_or_else(|| "gpu".into());
+                if opts.resources.iter().any(|(r, _)| *r == complex) {
+                    return Err(SchedError::Config(format!(
+                        "{complex} is given both as gpus= and in resources\nhint: pass it once"
+                    )));
+                }
+                opts.resources.push((complex, n.to_string()));
+            }
+            None if complex.is_some() => {
+                return Err(SchedError::Config(
+                    "gpu_resource names the complex that gpus= requests, but gpus= is not given\nhint: pass gpus=N with it".into(),
+                ))
+            }
+            None => {}
         }
         if opts.job_name.starts_with(|c: char| c.is_ascii_digit())
             || opts.job_name.contains(|c: char| "/:@\\*?".contains(c))
@@ -391,6 +420,22 @@ mod tests {
             assert!(a.contains(part), "{part:?} missing from {a}");
         }
         assert_eq!(o.poll_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn gpus_are_the_sites_complex() {
+        let a = |v: serde_json::Value| {
+            SgeOptions::parse(1, &v).map(|o| o.qsub_array(&spec(), "b1", 1, 1, "s.sh").join(" "))
+        };
+        assert!(a(json!({"gpus": 2})).unwrap().contains("-l gpu=2"));
+        let s = a(json!({"gpus": 1, "gpu_resource": "nvidia", "resources": "h_vmem=1G"})).unwrap();
+        assert!(s.contains("-l h_vmem=1024M,nvidia=1"), "{s}");
+        let e = a(json!({"gpu_resource": "gpu"})).unwrap_err().to_string();
+        assert!(e.contains("gpus=N"), "{e}");
+        let e = a(json!({"gpus": 1, "resources": "gpu=2"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pass it once"), "{e}");
     }
 
     #[test]

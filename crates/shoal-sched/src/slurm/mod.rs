@@ -10,7 +10,9 @@ pub mod options;
 pub mod query;
 pub mod submit;
 
-use crate::array::{Adapter, ArrayBackend, Call, Common, Element, Info, Listed, Site, Target};
+use crate::array::{
+    Adapter, ArrayBackend, Call, Common, Element, Info, Listed, Site, Target, Walltime,
+};
 use crate::error::{Result, SchedError};
 use crate::runner::Runner;
 use crate::supervisor::says_any;
@@ -65,6 +67,7 @@ pub fn backend(workers: usize, options: &serde_json::Value) -> Result<SlurmBacke
         workers: opts.max_workers,
         poll_interval: opts.poll_interval,
         max_lost_workers: None,
+        per_job: opts.per_job,
     };
     Ok(ArrayBackend::new(Slurm {
         opts,
@@ -195,6 +198,16 @@ impl Adapter for Slurm {
 
     fn common(&self) -> &Common {
         &self.common
+    }
+
+    fn walltime(&self) -> Option<Walltime> {
+        // Slurm keeps limits in whole minutes, rounded up.
+        let t = self.opts.time?;
+        let seconds = t.0.as_secs().div_ceil(60).max(1) * 60;
+        Some(Walltime {
+            seconds,
+            option: format!("time={}", t.to_slurm()),
+        })
     }
 
     fn directives(&self) -> Vec<String> {

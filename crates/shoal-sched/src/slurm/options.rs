@@ -29,6 +29,8 @@ pub struct SlurmOptions {
     /// Raw `#SBATCH` lines for the script (the prefix is added when missing).
     pub extra_directives: Vec<String>,
     pub poll_interval: Duration,
+    /// Worker processes per job (`workers_per_job`).
+    pub per_job: usize,
 }
 
 impl SlurmOptions {
@@ -60,6 +62,7 @@ impl SlurmOptions {
             poll_interval: o
                 .seconds("poll_interval")?
                 .map_or(default_poll(), |d| d.max(Duration::from_millis(100))),
+            per_job: o.count("workers_per_job")?.map_or(1, |n| n as usize),
         })
     }
 }

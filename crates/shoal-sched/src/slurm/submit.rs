@@ -58,11 +58,14 @@ pub fn sbatch_argv(
     // engine already buried.
     a.push("--no-requeue".into());
     a.push("--ntasks=1".into());
-    if let Some(c) = opts.cpus {
+    // workers_per_job: one allocation for N workers of `cpus` and `memory` each.
+    let n = opts.per_job.max(1) as u64;
+    if opts.cpus.is_some() || n > 1 {
+        let c = u64::from(opts.cpus.unwrap_or(1)) * n;
         a.push(format!("--cpus-per-task={c}"));
     }
     if let Some(m) = opts.memory {
-        a.push(format!("--mem={}M", m.megabytes()));
+        a.push(format!("--mem={}M", m.megabytes() * n));
     }
     if let Some(t) = opts.time {
         a.push(format!("--time={}", t.to_slurm()));
@@ -162,6 +165,18 @@ mod tests {
                 "b2",
             ]
         );
+    }
+
+    #[test]
+    fn workers_per_job_scales_the_allocation() {
+        let o = SlurmOptions::from_json(8, &json!({"workers_per_job": 4, "memory": "1G"})).unwrap();
+        let a = sbatch_argv(&spec(), &o, "s.sh", "b1", 2, 2);
+        assert!(a.contains(&"--cpus-per-task=4".to_string()), "{a:?}");
+        assert!(a.contains(&"--mem=4096M".to_string()), "{a:?}");
+        assert!(a.contains(&"--array=0-1".to_string()), "{a:?}");
+        let o = SlurmOptions::from_json(8, &json!({"workers_per_job": 2, "cpus": 3})).unwrap();
+        let a = sbatch_argv(&spec(), &o, "s.sh", "b1", 1, 1);
+        assert!(a.contains(&"--cpus-per-task=6".to_string()), "{a:?}");
     }
 
     #[test]

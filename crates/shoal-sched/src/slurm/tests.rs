@@ -133,9 +133,16 @@ fn submit_is_one_array_per_batch_capped_by_max_array_size() {
     );
     assert!(
         script.contains(&format!(
-            "/bin/sh -m shoal.worker {}\nrc=$?\n",
+            "/bin/sh -m shoal.worker {} &\npid=$!\ntrap 'kill -TERM \"$pid\" 2>/dev/null' TERM\n",
             f.spec.session.root().display()
         )),
+        "{script}"
+    );
+    // time=10m: the worker is told when its job ends, and which option set it.
+    assert!(
+        script.contains("SHOAL_WALLTIME=600; export SHOAL_WALLTIME\n")
+            && script.contains("SHOAL_WALLTIME_OPTION='time=0-00:10:00 (Slurm)'")
+            && script.contains("SHOAL_WALLTIME_START=$(date +%s)"),
         "{script}"
     );
 }
@@ -453,4 +460,78 @@ fn a_submission_that_timed_out_but_was_carried_out_is_adopted_not_repeated() {
     let log = f.log("sbatch");
     let calls: Vec<&str> = log.lines().filter(|l| !l.contains("--test-only")).collect();
     assert_eq!(calls.len(), 1, "submitted once: {calls:?}");
+}
+
+/// The job script itself, run by sh: workers_per_job starts N workers `ELEMENT.K` with their
+/// own logs and exit records; a SIGTERM to the script reaches every worker, and the script
+/// records each worker's own exit status.
+#[test]
+fn the_job_script_fans_out_and_passes_sigterm_on() {
+    let mut f = Fake::new();
+    let python = f.bin.join("fake-python");
+    // A "worker" that says who it is, then waits for SIGTERM and exits 0 (as shoal's does
+    // after giving its work back); worker .1 exits 3 at once.
+    fs::write(
+        &python,
+        "#!/bin/sh\necho \"out of $SHOAL_WORKER_ID walltime=$SHOAL_WALLTIME\"\n\
+         case $SHOAL_WORKER_ID in *.1) exit 3;; esac\n\
+         trap 'echo term; exit 0' TERM\nwhile :; do sleep 0.05; done\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&python, fs::Permissions::from_mode(0o755)).unwrap();
+    f.spec.python = python;
+    let mut s = f.sched(json!({"workers_per_job": 3, "time": "2m"}));
+    s.preflight(&f.spec).unwrap();
+    let mut b = batch(1, 0);
+    b.ids = (0..3).map(|k| format!("b1-0.{k}")).collect();
+    s.submit(&f.spec, &b).unwrap();
+    assert!(
+        f.log("sbatch").contains("--cpus-per-task=3"),
+        "{}",
+        f.log("sbatch")
+    );
+    let script = f.spec.session.sub("slurm-worker.sh");
+    let mut job = std::process::Command::new("/bin/sh")
+        .arg(&script)
+        .arg("b1")
+        .env("SLURM_ARRAY_TASK_ID", "0")
+        .spawn()
+        .unwrap();
+    let logs = f.spec.session.sub("logs");
+    let started = |k: u32| {
+        fs::read_to_string(logs.join(format!("b1-0.{k}.out")))
+            .is_ok_and(|t| t.contains(&format!("out of b1-0.{k} walltime=120")))
+    };
+    let t0 = std::time::Instant::now();
+    while !(started(0) && started(2)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "workers did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100)); // the traps are set
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(job.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = job.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the script exits with a worker's failure"
+    );
+    let exit = f.spec.session.sub("exit");
+    let rc = |k: u32| fs::read_to_string(exit.join(format!("b1-0.{k}"))).unwrap();
+    assert_eq!((rc(0).trim(), rc(1).trim(), rc(2).trim()), ("0", "3", "0"));
+    let out0 = fs::read_to_string(logs.join("b1-0.0.out")).unwrap();
+    assert!(out0.contains("term"), "SIGTERM reached the worker: {out0}");
+    // The element's workers are tracked on one array element; cancelling one of them
+    // leaves the element (its siblings work on), cancelling all cancels it.
+    s.cancel(&["b1-0.0".into()]).unwrap();
+    assert!(!f.log("scancel").contains("100_0"), "{}", f.log("scancel"));
+    s.cancel(&["b1-0.1".into(), "b1-0.2".into()]).unwrap();
+    assert!(f.log("scancel").contains("100_0"), "{}", f.log("scancel"));
 }

@@ -335,3 +335,30 @@ fn a_cancelled_worker_is_never_reported_again() {
     assert!(ev.iter().any(|e| e.worker == "b1-0"), "{ev:?}");
     assert!(ev.iter().all(|e| e.worker != "b1-1"), "{ev:?}");
 }
+
+#[test]
+fn workers_per_job_rounds_batches_up_to_whole_jobs_within_the_cap() {
+    let f = Fake::new();
+    f.put("config", &CONFIG.replace("1001", "2"));
+    let backend = slurm::backend(8, &json!({"poll_interval": 0.05, "workers_per_job": 2}))
+        .unwrap()
+        .with_tools(&f.bin);
+    let mut s = Supervisor::new(Box::new(backend));
+    s.preflight(&f.spec).unwrap();
+    // 5 workers: 3 jobs of 2; an array holds at most 2 jobs (4 workers).
+    let ids = s.submit(&f.spec, 5).unwrap();
+    assert_eq!(
+        ids,
+        ["b1-0.0", "b1-0.1", "b1-1.0", "b1-1.1", "b2-0.0", "b2-0.1"]
+    );
+    poll_until(&mut s, Duration::from_secs(3), |_| {
+        f.calls("sbatch").len() >= 2
+    })
+    .unwrap();
+    let calls = f.calls("sbatch");
+    assert!(
+        calls[0].contains("--array=0-1 ") && calls[1].contains("--array=0-0 "),
+        "{calls:?}"
+    );
+    s.cancel_all().unwrap();
+}

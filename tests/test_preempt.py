@@ -1,0 +1,114 @@
+"""Preemption and checkpoints (docs/checkpoints.md): a worker that gets the scheduler's
+signal gives its task back without costing an attempt, and a task with a `checkpoint()`
+resumes where it was. Local workers get the signal from the task itself here; the Slurm
+tests preempt real jobs through the test cluster's preempting partition."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+
+import pytest
+from checkpoint_tasks import NoCheckpoint, Steps, starts, steps_done
+
+import shoal
+
+
+def test_a_preempted_task_resumes_from_its_checkpoint_at_no_cost(tmp_path) -> None:
+    log = str(tmp_path / "log")
+    # max_attempts=1: a preemption that cost an attempt would fail the task.
+    with shoal.Pool(1, max_attempts=1) as p:
+        out = p.starmap(Steps(), [(10, 0.05, log, str(tmp_path / "once"))], chunksize=1)
+    assert out == [10]
+    assert steps_done(log) == list(range(10)), "every step ran exactly once"
+    assert starts(log) == [0, 5], "the second run resumed from the checkpoint"
+
+
+def test_a_preempted_task_without_checkpoint_reruns_at_no_cost(tmp_path) -> None:
+    log = str(tmp_path / "log")
+    with shoal.Pool(1, max_attempts=1) as p:
+        fut = p.apply_async(NoCheckpoint(), (6, 0.05, log, str(tmp_path / "once")))
+        assert fut.get(timeout=60) == 6
+        stats = p._driver.stats()
+    assert starts(log) == [0, 0]
+    assert steps_done(log) == [0, 1, 2, 0, 1, 2, 3, 4, 5]
+    assert stats["workers_lost"] == 0
+
+
+def test_executor_submit_checkpoints_too(tmp_path) -> None:
+    log = str(tmp_path / "log")
+    with shoal.Executor(max_workers=1, max_attempts=1) as ex:
+        f = ex.submit(Steps(), 8, 0.05, log, str(tmp_path / "once"))
+        assert f.result(timeout=60) == 8
+    assert starts(log) == [0, 4]
+    assert steps_done(log) == list(range(8))
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX signals")
+def test_sigterm_to_an_idle_worker_ends_it_and_work_goes_on(tmp_path) -> None:
+    with shoal.Pool(1) as p:
+        pid = p.apply_async(os.getpid).get(timeout=30)
+        subprocess.run(["kill", "-TERM", str(pid)], check=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the idle worker did not exit on SIGTERM")
+        assert p.apply_async(os.getpid).get(timeout=30) != pid
+        assert uuid.uuid4()  # the pool is still usable
+
+
+# ---------------------------------------------------------------------- real schedulers
+
+
+def _wait_for(pred, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _steps(log: str) -> int:
+    return len(steps_done(log)) if os.path.exists(log) else 0
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_slurm_preemption_signal_costs_no_attempt_and_the_task_resumes(tmp_path) -> None:
+    """What Slurm's preemption with GraceTime does first: SIGTERM to the job's batch script
+    and processes (`scancel --signal=TERM --full`, which does not end the job). The worker
+    gives its task back with a checkpoint and exits; the task resumes in a new job.
+
+    The test cluster also has a preempting partition (`urgent`), but in this round's runs
+    its jobs did not preempt shoal's array elements (see docs/checkpoints.md)."""
+    log = str(tmp_path / "ck")
+    name = f"shoal-p-{uuid.uuid4().hex[:8]}"
+    t0 = time.monotonic()
+    with shoal.Pool(1, backend="slurm", job_name=name, time="10m", max_attempts=1) as p:
+        fut = p.apply_async(Steps(), (30, 1.0, log))
+        assert _wait_for(lambda: _steps(log) >= 8, 120), "the task did not start"
+        jobs = subprocess.run(
+            ["squeue", "-h", "-n", name, "-t", "R", "-o", "%i"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert len(jobs) == 1, jobs
+        subprocess.run(["scancel", "--signal=TERM", "--full", jobs[0]], check=True)
+        assert fut.get(timeout=240) == 30
+        stats = p._driver.stats()
+    wall = time.monotonic() - t0
+    assert steps_done(log) == list(range(30)), "no step ran twice"
+    assert len(starts(log)) == 2 and starts(log)[1] >= 8, starts(log)
+    assert stats["workers_lost"] == 0 and stats["workers_started"] >= 2, stats
+    print(f"\nSlurm preemption signal: 30 s checkpointing task, 2 jobs, {wall:.0f} s wall")
+    left = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True).stdout
+    assert not left.strip(), left
