@@ -88,8 +88,9 @@ mounted() { [ "$(timeout 10 nsenter -t "$(holder_pid "$1")" -m -- stat -f -c %T 
 client_healthy() {
   holder_ready "$1" || return 1
   [ "$MN_GLUSTER" = 0 ] || { mounted "$1" "$MN_SHARED" && mounted "$1" "$MN_SCRATCH"; } || return 1
-  # the software bound back (a bind on a directory another machine replaced vanishes)
-  timeout 10 nsenter -t "$(holder_pid "$1")" -m -- test -x "$VENV/bin/python"
+  # the software bound back, usable by the user (a bind on a directory another machine
+  # replaced vanishes)
+  timeout 10 nsenter -t "$(holder_pid "$1")" -m -- runuser -u "$MN_USER" -- test -x "$VENV/bin/python"
 }
 alive_pidfile() { [ -s "$1" ] && pid_live "$(cat "$1")"; }
 munge_ok() { on ctl sh -c "munge -S $MN_MUNGE_SOCKET -n | unmunge -S $MN_MUNGE_SOCKET" >/dev/null 2>&1; }
@@ -217,7 +218,7 @@ EOF
       [ -d $MN_SHARED/home/$MN_USER ] || install -d -o $uid -g $gid -m 0755 $MN_SHARED/home/$MN_USER
     fi
     mount --bind $MN_SHARED/home /home
-    mount -t tmpfs -o size=512m,mode=0700 $NS_PREFIX-root-$m /root
+    mount -t tmpfs -o size=512m,mode=0755 $NS_PREFIX-root-$m /root
 EOF
   else
     for h in $HIDDEN; do
