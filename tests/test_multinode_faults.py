@@ -142,11 +142,6 @@ def test_file_server_stall_declares_no_healthy_worker_lost(job_name: str) -> Non
     assert lost == 0, f"healthy workers declared lost or fenced: {stats}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol rewrite: a full work dir fails the session as '5 workers in a row ended "
-    "before finishing any task; last: worker job failed (killed by signal 53)', without ENOSPC",
-)
 def test_full_volume_fails_with_an_error_naming_the_work_dir(job_name: str) -> None:
     n = 300
     work = on_login(NAME, "sh", "-c", 'mktemp -d "$SHOAL_MN_SCRATCH/enospc-XXXXXX"').strip()
