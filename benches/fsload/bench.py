@@ -113,6 +113,13 @@ def classify(trace: str, path: str) -> dict[str, int]:
         call = m.group(1)
         if call == "openat":
             c["listings" if "O_DIRECTORY" in line else "opens"] += 1
+            if "O_DIRECTORY" in line and (d := re.search(re.escape(path) + r"/?([^\"<>]*)", line)):
+                # which dir: inbox/KEY and other per-worker dirs under one name
+                c[
+                    "dir " + re.sub(r"/[^/]+$", "/*", d.group(1))
+                    if "/" in d.group(1)
+                    else "dir " + (d.group(1) or ".")
+                ] += 1
         elif call == "getdents64":
             c["getdents64"] += 1
         elif call in STATS:
@@ -218,6 +225,10 @@ def orchestrate(args: argparse.Namespace) -> None:
     ]
     for name, value, target in rows:
         print(f"{name:44}{value:>12.1f}  {target}")
+    dirs = sorted(
+        ((k[4:], v) for k, v in driver_c.items() if k.startswith("dir ")), key=lambda kv: -kv[1]
+    )
+    print("  ... by directory: " + ", ".join(f"{k} {v / window:.1f}" for k, v in dirs[:8]))
     total = sum(server.values())
     busiest = sorted(server.items(), key=lambda kv: -kv[1])[:6]
     top = ", ".join(f"{k} {v / server_window:.0f}" for k, v in busiest)
