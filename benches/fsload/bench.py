@@ -73,6 +73,10 @@ def session_role(workers: int, cpus: int) -> None:
                     t = time.time()
                     lat.append(pool.apply_async(started_at).get(timeout=120) - t)
                 say(event="pickup", latencies=lat)
+            elif cmd[0] == "wave":
+                t = time.time()
+                pool.map(started_at, range(int(cmd[1])), chunksize=1)
+                say(event="wave", seconds=time.time() - t)
             elif cmd[0] == "end":
                 break
     say(event="closed")
@@ -109,22 +113,35 @@ def classify(trace: str, path: str) -> dict[str, int]:
         call = m.group(1)
         if call == "openat":
             c["listings" if "O_DIRECTORY" in line else "opens"] += 1
+            if "O_DIRECTORY" in line and (d := re.search(re.escape(path) + r"/?([^\"<>]*)", line)):
+                # which dir: inbox/KEY and other per-worker dirs under one name
+                c[
+                    "dir " + re.sub(r"/[^/]+$", "/*", d.group(1))
+                    if "/" in d.group(1)
+                    else "dir " + (d.group(1) or ".")
+                ] += 1
         elif call == "getdents64":
             c["getdents64"] += 1
         elif call in STATS:
             c["stats"] += 1
         elif call in WRITES:
             c["writes"] += 1
+            if call.startswith("rename"):
+                c["renames"] += 1
+                c["failed renames"] += " = -1 E" in line
     return c
 
 
-def trace(pids: list[int], seconds: float, out: str) -> list[str]:
+def trace(pids: list[int], seconds: float, out: str, during: Any = None) -> list[str]:
+    """strace `pids` for `seconds`, or while `during()` runs."""
     procs = []
     for p in pids:
         argv = ["strace", "-f", "-qq", "-y", "-e", f"trace={TRACED}", "-o", f"{out}.{p}"]
         argv += ["-p", str(p)]
         procs.append(subprocess.Popen(argv, stderr=subprocess.DEVNULL))
-    time.sleep(seconds)
+    time.sleep(1.0 if during else seconds)  # strace attached
+    if during:
+        during()
     for pr in procs:
         pr.send_signal(2)
     for pr in procs:
@@ -164,6 +181,14 @@ def orchestrate(args: argparse.Namespace) -> None:
         t = time.monotonic()
         texts = trace([ready["driver"], *workers], args.window, os.path.join(tmp, "trace"))
         window = time.monotonic() - t
+        wave_tasks = len(workers) * args.wave
+
+        def wave() -> None:
+            drv.stdin.write(f"wave {wave_tasks}\n")  # type: ignore[union-attr]
+            drv.stdin.flush()  # type: ignore[union-attr]
+            recv()
+
+        wave_texts = trace(workers, 0, os.path.join(tmp, "wave"), during=wave)
         drv.stdin.write(f"pickup {args.pickups}\n")
         drv.stdin.flush()
         lat = recv()["latencies"]
@@ -200,12 +225,26 @@ def orchestrate(args: argparse.Namespace) -> None:
     ]
     for name, value, target in rows:
         print(f"{name:44}{value:>12.1f}  {target}")
+    dirs = sorted(
+        ((k[4:], v) for k, v in driver_c.items() if k.startswith("dir ")), key=lambda kv: -kv[1]
+    )
+    print("  ... by directory: " + ", ".join(f"{k} {v / window:.1f}" for k, v in dirs[:8]))
     total = sum(server.values())
     busiest = sorted(server.items(), key=lambda kv: -kv[1])[:6]
     top = ", ".join(f"{k} {v / server_window:.0f}" for k, v in busiest)
     print(f"\nGlusterFS server profile, same idle state, {server_window:.0f} s without strace:")
     print(f"{'FOPs/s (driver + workers)':44}{total / server_window:>12.1f}  ({top})")
     print(f"{'  ... divided by the idle workers':44}{total / server_window / nw:>12.1f}")
+    waves = [classify(x, path) for x in wave_texts]
+    renames = sum(c["renames"] for c in waves)
+    failed = sum(c["failed renames"] for c in waves)
+    print(f"\nA wave of {wave_tasks} one-task chunks for {nw} workers (claim herd):")
+    herd = [
+        ("worker renames per chunk (claim, part, beats)", renames / wave_tasks, ""),
+        ("failed renames per chunk (lost races)", failed / wave_tasks, "~0, not O(W)"),
+    ]
+    for name, value, target in herd:
+        print(f"{name:44}{value:>12.2f}  {target}")
     p50 = statistics.median(lat)
     print(f"\n{'idle worker picks up a new task, p50':44}{p50:>11.3f}s  <= 1 s")
     p90 = sorted(lat)[int(0.9 * (len(lat) - 1))]
@@ -220,6 +259,7 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=20.0, help="seconds of idle tracing")
     ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--pickups", type=int, default=15)
+    ap.add_argument("--wave", type=int, default=20, help="chunks per worker in the claim wave")
     ap.add_argument("--user", default=os.environ.get("SHOAL_USER", "shoal"))
     args = ap.parse_args()
     if args.session:

@@ -11,8 +11,8 @@
 #   login    shoalmn-login  10.217.0.4    where the driver runs (`cluster exec slurm-multinode`)
 #   n1..nN   shoalmn-nI     10.217.0.1I   slurmd (8 CPUs declared each)
 #   hub      shoalmn-hub    -             the bridge joining them; nothing else
-# Every client machine (login, nodes) has a private /tmp, /var/tmp and /dev/shm, and sees
-# /home and /root only through its own GlusterFS FUSE mount of "shared".
+# Every client machine (login, nodes) has a private /tmp, /var/tmp, /dev/shm and /root, and sees
+# /home only through its own GlusterFS FUSE mount of "shared".
 #
 # isolated: nothing shared but the software (the checkout's venv and its Python)
 #   ctl      shoaliso-ctl   10.218.0.3    munged + slurmctld; HTCondor collector + negotiator

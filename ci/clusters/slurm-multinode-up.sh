@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # slurm-multinode-up.sh — a multi-node cluster on one host, each machine in its own network
 # namespace (own address) and mount namespace (private /tmp). MN_LAYOUT (slurm-multinode-env.sh):
-#   multinode: a GlusterFS server, a controller, a login machine and N Slurm nodes; /home, /root
-#              and the work dirs only through each machine's own GlusterFS FUSE mount
+#   multinode: a GlusterFS server, a controller, a login machine and N Slurm nodes; /home and
+#              the work dirs only through each machine's own GlusterFS FUSE mount (/root private)
 #   isolated:  controller, login, Slurm nodes and HTCondor execute nodes that share nothing but
 #              the software (venv + Python): private /tmp, /home and /root everywhere
 # Independent of the single-host Slurm of slurm-up.sh (own munged socket and key, own slurm.conf,
@@ -49,7 +49,7 @@ python_base() {
   [ -x "$py" ] || py=$(command -v python3)
   "$py" -c 'import os, sys; print(os.path.realpath(sys.base_prefix))'
 }
-# hidden on client machines: the private /tmp, /var/tmp, /dev/shm, and /root and /home (the
+# hidden on client machines: the private /tmp, /var/tmp, /dev/shm and /root, and /home (the
 # Gluster homes, or private ones); isolated also /work, /srv and /mnt. Software under them is
 # bound back: the checkout (login only when isolated), the venv and the venv's base Python
 # (a checkout under /tmp, as a CI clone may be, stays usable).
@@ -87,7 +87,10 @@ fs_healthy() { holder_ready fs && bricks_online; }
 mounted() { [ "$(timeout 10 nsenter -t "$(holder_pid "$1")" -m -- stat -f -c %T "$2" 2>/dev/null)" = fuseblk ]; }
 client_healthy() {
   holder_ready "$1" || return 1
-  [ "$MN_GLUSTER" = 0 ] || { mounted "$1" "$MN_SHARED" && mounted "$1" "$MN_SCRATCH"; }
+  [ "$MN_GLUSTER" = 0 ] || { mounted "$1" "$MN_SHARED" && mounted "$1" "$MN_SCRATCH"; } || return 1
+  # the software bound back, usable by the user (a bind on a directory another machine
+  # replaced vanishes)
+  timeout 10 nsenter -t "$(holder_pid "$1")" -m -- runuser -u "$MN_USER" -- test -x "$VENV/bin/python"
 }
 alive_pidfile() { [ -s "$1" ] && pid_live "$(cat "$1")"; }
 munge_ok() { on ctl sh -c "munge -S $MN_MUNGE_SOCKET -n | unmunge -S $MN_MUNGE_SOCKET" >/dev/null 2>&1; }
@@ -209,13 +212,13 @@ EOF
     mount -t glusterfs -o log-file=$MN_LOG/gluster/$m-shared.log $MN_FS_IP:/shared $MN_SHARED
     mount -t glusterfs -o log-file=$MN_LOG/gluster/$m-scratch.log $MN_FS_IP:/scratch $MN_SCRATCH
     if [ $m = login ]; then
-      mkdir -p $MN_SHARED/home $MN_SHARED/root $MN_WORK $MN_WORK_SCRATCH
-      chmod 0755 $MN_SHARED/home $MN_SHARED/root
+      mkdir -p $MN_SHARED/home $MN_WORK $MN_WORK_SCRATCH
+      chmod 0755 $MN_SHARED/home
       chmod 1777 $MN_WORK $MN_WORK_SCRATCH
       [ -d $MN_SHARED/home/$MN_USER ] || install -d -o $uid -g $gid -m 0755 $MN_SHARED/home/$MN_USER
     fi
     mount --bind $MN_SHARED/home /home
-    mount --bind $MN_SHARED/root /root
+    mount -t tmpfs -o size=512m,mode=0755 $NS_PREFIX-root-$m /root
 EOF
   else
     for h in $HIDDEN; do
@@ -479,10 +482,16 @@ open('/tmp/.iso-seen', 'w').write(' '.join(sorted(seen)))
     out=$(as_user login timeout 60 srun -w "$n" -N1 -t 1 bash -c "$probe" 2>&1) || die "smoke: job on $n failed: $out"
   done
   if [ "$MN_CONDOR_NODES" -gt 0 ]; then
+    # HTCondor jobs also prove file transfer both ways: the job reads a token that came with it
+    # (transfer_input_files), must not see the submit dir or the checkout at their login paths,
+    # and writes a result into its sandbox that comes back to the submit dir (renamed per node)
+    local token=$RANDOM$RANDOM$$
     d=$(as_user login mktemp -d /tmp/iso-condor.XXXXXX)
-    printf '#!/bin/bash\n%s\n' "$probe" | as_user login sh -c "cat > $d/job.sh && chmod +x $d/job.sh"
+    echo "$token" | as_user login sh -c "cat > $d/token"
+    printf '#!/bin/bash\n%s\nif [ -e %s ] || [ -e %s ]; then echo "sees the submit machine" > result; exit 3; fi\necho "$(hostname) $(cat token)" > result\n' \
+      "$probe" "$d/token" "$REPO/ci" | as_user login sh -c "cat > $d/job.sh && chmod +x $d/job.sh"
     for n in $(mn_condor_nodes); do
-      printf 'executable = job.sh\noutput = out.%s\nerror = err.%s\nlog = events.log\nshould_transfer_files = YES\nwhen_to_transfer_output = ON_EXIT\nrequirements = Machine == "%s"\nqueue\n' "$n" "$n" "$n" |
+      printf 'executable = job.sh\noutput = out.%s\nerror = err.%s\nlog = events.log\nshould_transfer_files = YES\nwhen_to_transfer_output = ON_EXIT\ntransfer_input_files = token\ntransfer_output_files = result\ntransfer_output_remaps = "result = result.%s"\nrequirements = Machine == "%s"\nqueue\n' "$n" "$n" "$n" "$n" |
         as_user login sh -c "cat > $d/$n.sub"
       out=$(on login runuser -u "$MN_USER" -- env -i HOME="/home/$MN_USER" PATH=/usr/bin:/bin CONDOR_CONFIG="$MN_ETC/condor/client.conf" \
         sh -c "cd $d && $MN_CONDOR_ROOT/host/bin/condor-host-exec condor_submit $n.sub" 2>&1) || die "smoke: condor_submit for $n: $out"
@@ -490,6 +499,10 @@ open('/tmp/.iso-seen', 'w').write(' '.join(sorted(seen)))
     on login runuser -u "$MN_USER" -- env -i PATH=/usr/bin:/bin CONDOR_CONFIG="$MN_ETC/condor/client.conf" \
       sh -c "cd $d && $MN_CONDOR_ROOT/host/bin/condor-host-exec condor_wait -wait 120 events.log" >/dev/null 2>&1 ||
       { show_logs "$MN_STATE/condor/login/local/log/SchedLog" "$MN_STATE/condor/c1/local/log/StartLog"; die "smoke: HTCondor jobs did not finish"; }
+    for n in $(mn_condor_nodes); do
+      out=$(on login cat "$d/result.$n" 2>&1) || die "smoke: no output of the HTCondor job on $n came back by file transfer: $out"
+      [ "$out" = "$n $token" ] || die "smoke: the HTCondor job on $n returned '$out' (want '$n $token')"
+    done
     as_user login rm -rf "$d"
   fi
   wait_for 15 on login test -e /tmp/.iso-seen || die "smoke: not every node reached login over TCP"
@@ -509,7 +522,7 @@ open('/tmp/.iso-seen', 'w').write(' '.join(sorted(seen)))
   on n1 ip route get "$MN_LOGIN_IP" | grep -q "dev eth0" || die "smoke: n1 does not route to login over eth0"
   if on n1 ip route get 1.1.1.1 >/dev/null 2>&1; then die "smoke: n1 has a route out of the cluster"; fi
   if on n1 test -e "$REPO/ci"; then die "smoke: the checkout is visible on n1"; fi
-  log "smoke: jobs on $( (mn_nodes; mn_condor_nodes) | paste -sd, ) reached login over TCP; /tmp and homes private"
+  log "smoke: jobs on $( (mn_nodes; mn_condor_nodes) | paste -sd, ) reached login over TCP; /tmp and homes private; HTCondor file transfer in and out, submit dir unseen"
 }
 
 # ------------------------------------------------------------------ main

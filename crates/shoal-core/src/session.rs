@@ -135,6 +135,73 @@ pub fn shoal_home() -> PathBuf {
     PathBuf::from(home).join(".shoal")
 }
 
+/// Where the local backend keeps session work dirs when neither `work_dir` nor `SHOAL_HOME`
+/// says otherwise: node-local storage (`$XDG_RUNTIME_DIR`, `$TMPDIR`, `/dev/shm`: the first
+/// that is a local filesystem and where a private dir of ours can be made), not `~/.shoal`,
+/// which is NFS or another network filesystem on most clusters. Local workers never need to
+/// see it from another node. `None`: none is usable (the caller keeps the default base).
+pub fn node_local_base() -> Option<PathBuf> {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let candidates = [
+        // per user already (0700, owned by us): no name of ours needed
+        env("XDG_RUNTIME_DIR").map(|d| d.join("shoal")),
+        env("TMPDIR").map(|d| d.join(format!("shoal-{uid}"))),
+        Some(PathBuf::from(format!("/dev/shm/shoal-{uid}"))),
+    ];
+    candidates.into_iter().flatten().find_map(|dir| {
+        let parent = dir.parent()?;
+        if !parent.is_dir() || crate::fskind::detect(parent).is_network() {
+            return None;
+        }
+        private_dir_of(&dir, uid).then(|| dir.join("sessions"))
+    })
+}
+
+/// The local backend's default base for new session dirs: node-local storage, unless
+/// `SHOAL_HOME` names where shoal's state goes (then its `sessions`, as for every backend).
+pub fn local_backend_base() -> Option<PathBuf> {
+    let home_set = std::env::var_os("SHOAL_HOME").is_some_and(|h| !h.is_empty());
+    if home_set {
+        None
+    } else {
+        node_local_base()
+    }
+}
+
+/// Make `dir` (mode 0700) if missing and check that it is ours alone: in a world-writable
+/// parent (`/dev/shm`, a shared `$TMPDIR`) another user could have made it first, or made it
+/// a symlink.
+fn private_dir_of(dir: &Path, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if create_private_dir(dir).is_err() {
+        return false;
+    }
+    std::fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0)
+}
+
+/// Create a session dir under the node-local `local_base` and record it in `base` (where
+/// `shoal sessions` looks) as a symlink of the same name, so that the CLI finds it like any
+/// other. Returns the session dir (its real, node-local path) and the link.
+pub fn create_node_local(local_base: &Path, base: &Path) -> Result<(SessionDir, PathBuf)> {
+    let dir = SessionDir::create_new(local_base)?;
+    let link = base.join(dir.id());
+    let linked = create_private_dir(base).and_then(|()| {
+        std::os::unix::fs::symlink(dir.root(), &link).map_err(|e| CoreError::io(&link, e))
+    });
+    if let Err(e) = linked {
+        let _ = std::fs::remove_dir_all(dir.root());
+        return Err(e);
+    }
+    Ok((dir, link))
+}
+
 /// A new, sortable session id such as `20261201-090501-4f2a9c0e1b3d5a77`: local time to the
 /// second, then 64 random bits, so drivers starting in the same second never share one.
 pub fn new_session_id() -> String {
@@ -260,6 +327,47 @@ mod tests {
         assert_eq!(
             find_session(t.path(), "20261201-000000-ab").unwrap().id(),
             "20261201-000000-ab"
+        );
+    }
+
+    #[test]
+    fn node_local_sessions_are_listed_through_their_link() {
+        let (local, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let base = home.path().join("sessions");
+        let (dir, link) = create_node_local(local.path(), &base).unwrap();
+        assert!(dir.root().starts_with(local.path()));
+        assert_eq!(link, base.join(dir.id()));
+        dir.write_meta(&SessionMeta::new(dir.id(), "local"))
+            .unwrap();
+        let listed = list_sessions(&base).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].1.id, dir.id());
+        assert_eq!(find_session(&base, &dir.id()).unwrap().id(), dir.id());
+        // once the work dir is gone (session ended, node rebooted) the link lists nothing
+        std::fs::remove_dir_all(dir.root()).unwrap();
+        assert!(list_sessions(&base).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_node_local_dir_must_be_ours_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        assert!(private_dir_of(&t.path().join("fresh"), uid));
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(!private_dir_of(&open, uid), "readable by others");
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(t.path().join("fresh"), &link).unwrap();
+        assert!(
+            !private_dir_of(&link, uid),
+            "a symlink someone else may have planted"
+        );
+        assert!(
+            !private_dir_of(&t.path().join("fresh"), uid + 1),
+            "someone else's"
         );
     }
 

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use shoal_core::layout::Stream;
 use shoal_core::protocol::{FailedTask, Release, ReleaseKind, ResultHeader};
-use shoal_core::session::{default_base, SessionState};
+use shoal_core::session::{create_node_local, default_base, local_backend_base, SessionState};
 use shoal_core::worker::{DriverInfo, WorkerConfig, WorkerSession};
 use shoal_core::{CoreError, SessionDir};
 use shoal_engine::{Cause, Engine, EngineError, EngineOptions, Event};
@@ -68,6 +68,8 @@ struct Session {
     engine: Mutex<Option<Arc<Engine>>>,
     id: String,
     path: PathBuf,
+    /// The record in the sessions dir of a session kept on node-local storage (a symlink).
+    link: Option<PathBuf>,
 }
 
 impl Session {
@@ -116,8 +118,15 @@ impl Session {
         let metadata = json("metadata", metadata)?;
         let scheduler =
             shoal_sched::build(backend, workers, &backend_options).map_err(|e| sched_err(py, e))?;
+        let node_local = (work_dir.is_none() && backend == "local")
+            .then(local_backend_base)
+            .flatten();
         let base = work_dir.unwrap_or_else(default_base);
-        let dir = SessionDir::create_new(&base).map_err(|e| match e {
+        let created = match &node_local {
+            Some(local) => create_node_local(local, &base).map(|(d, l)| (d, Some(l))),
+            None => SessionDir::create_new(&base).map(|d| (d, None)),
+        };
+        let (dir, link) = created.map_err(|e| match e {
             CoreError::Io { source, .. } => core_err(
                 py,
                 CoreError::WorkDirNotWritable {
@@ -136,7 +145,7 @@ impl Session {
         }
         // On a shared filesystem idle workers poll gently (about once a second, jittered);
         // on a local disk inotify wakes them and the ceiling only bounds a missed event.
-        let network = shoal_core::fskind::detect(&base).is_network();
+        let network = shoal_core::fskind::detect(dir.root()).is_network();
         worker_config.poll_max = if network { 1.0 } else { 0.05 };
         let heartbeat_interval = Duration::from_secs_f64(worker_config.heartbeat_interval);
         let setup = (|| {
@@ -163,10 +172,14 @@ impl Session {
                 engine: Mutex::new(Some(Arc::new(engine))),
                 id,
                 path: root,
+                link,
             }),
             Err(e) => {
                 // Nothing ran: leave no trace of a session that never started.
                 let _ = std::fs::remove_dir_all(&root);
+                if let Some(link) = &link {
+                    let _ = std::fs::remove_file(link);
+                }
                 Err(engine_err(py, e))
             }
         }
@@ -382,7 +395,14 @@ impl Session {
         };
         let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
         match engine {
-            Some(e) => Ok(py.detach(|| e.finish(state, message, keep))),
+            Some(e) => {
+                let kept = py.detach(|| e.finish(state, message, keep));
+                if let (None, Some(link)) = (&kept, &self.link) {
+                    // the work dir is gone: so goes its record
+                    let _ = std::fs::remove_file(link);
+                }
+                Ok(kept)
+            }
             None => Ok(None),
         }
     }
