@@ -9,6 +9,7 @@ pub mod params;
 pub mod params_file;
 pub mod progress;
 pub mod qanat;
+pub mod records;
 pub mod registry;
 pub mod results;
 pub mod schema;

@@ -1,0 +1,536 @@
+//! The run registry's store on a network filesystem: immutable change records, one file per
+//! write, merged by every reader into a node-local SQLite cache.
+//!
+//! Why not SQLite there: its locking is only as good as the client's caches. GlusterFS's
+//! write-behind, io-cache and quick-read (all on by default) do not honour POSIX lock
+//! boundaries, so two nodes writing one `runs.db` in DELETE journal mode corrupt it within
+//! seconds. So nothing on the shared filesystem is ever modified in place:
+//!
+//! - `runs.d/ID/` is run ID's directory, allocated by an exclusive `mkdir` (the server decides
+//!   who gets an id; a stale listing only costs a retry);
+//! - every write is one record `runs.d/ID/STAMP-WRITER.json` holding the SQL statements it
+//!   executed and their values, written under a random dot-name, fsynced (a full disk shows
+//!   there, not later) and renamed into place. A new file is a new inode that no client has
+//!   cached, so a reader sees all of it or nothing; a killed writer leaves only a dot-file;
+//! - a reader lists the run directories it needs, reads the records it has not seen, and
+//!   replays them in (stamp, writer) order into a cache on node-local disk (WAL, the same
+//!   schema and queries as a local registry). Stamps are hybrid clocks (wall-clock
+//!   microseconds, at least one past every stamp the writer has seen for that run), so a
+//!   record made after another was seen sorts after it; concurrent writes from two nodes get
+//!   one order that every reader agrees on. A record that arrives late with a smaller stamp
+//!   makes that run's cache be rebuilt from all its records.
+//!
+//! A directory is listed again only when its mtime has changed, or until a listing has been
+//! made 2 s after this mtime was first seen (entries created in the same timestamp tick); the
+//! mtime is only ever compared with itself, never with a local clock.
+
+use crate::error::{Result, RunError};
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension, ToSql};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The record format this shoal writes; a newer one is refused rather than misread.
+const FORMAT: u32 = 1;
+
+/// How long after first seeing a directory's mtime a listing must have been made before an
+/// unchanged mtime is trusted to mean "no new records".
+const SETTLE_SECS: f64 = 2.0;
+
+/// The cache's own tables (beside the registry schema): every record replayed, and when each
+/// run directory was last listed.
+const CACHE_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS record_ops (
+    run_id INTEGER NOT NULL,
+    stamp INTEGER NOT NULL,
+    writer TEXT NOT NULL,
+    name TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (run_id, stamp, writer)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS record_dirs (
+    run_id INTEGER PRIMARY KEY,
+    mtime INTEGER NOT NULL,
+    seen_since REAL NOT NULL,
+    listed_at REAL NOT NULL
+);
+";
+
+/// One SQL statement and the values of each time it was executed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Stmt {
+    pub sql: String,
+    pub rows: Vec<Vec<Json>>,
+}
+
+/// One record: a write's statements, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    format: u32,
+    /// The registry schema version the statements were written against.
+    schema: usize,
+    run: i64,
+    stamp: i64,
+    writer: String,
+    stmts: Vec<Stmt>,
+}
+
+/// The statements a write executes, collected as it runs them.
+#[derive(Debug, Default)]
+pub(crate) struct Log(Vec<Stmt>);
+
+impl Log {
+    pub fn push(&mut self, sql: &str, row: Vec<Json>) {
+        match self.0.last_mut() {
+            Some(s) if s.sql == sql => s.rows.push(row),
+            _ => self.0.push(Stmt {
+                sql: sql.to_string(),
+                rows: vec![row],
+            }),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// An SQL value as JSON (the registry stores no blobs).
+pub(crate) fn to_json(v: &Value) -> Json {
+    match v {
+        Value::Null | Value::Blob(_) => Json::Null,
+        Value::Integer(i) => Json::from(*i),
+        Value::Real(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        Value::Text(s) => Json::String(s.clone()),
+    }
+}
+
+/// The SQL value a record's JSON holds: integers stay integers, `1.0` stays a real.
+fn from_json(j: &Json) -> Value {
+    match j {
+        Json::Number(n) => n
+            .as_i64()
+            .map(Value::Integer)
+            .unwrap_or_else(|| Value::Real(n.as_f64().unwrap_or(0.0))),
+        Json::String(s) => Value::Text(s.clone()),
+        Json::Bool(b) => Value::Integer(*b as i64),
+        _ => Value::Null,
+    }
+}
+
+/// A parameter as the value it binds.
+pub(crate) fn value_of(p: &dyn ToSql) -> rusqlite::Result<Value> {
+    use rusqlite::types::ToSqlOutput;
+    Ok(match p.to_sql()? {
+        ToSqlOutput::Borrowed(v) => v.into(),
+        ToSqlOutput::Owned(v) => v,
+        _ => Value::Null,
+    })
+}
+
+fn random_u64() -> u64 {
+    // RandomState is seeded randomly per process: no crate needed for a name suffix.
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+fn now_micros() -> i64 {
+    (shoal_core::fsutil::now_secs() * 1e6) as i64
+}
+
+/// The shared record directory (`runs.d` beside `runs.db`) and this process's writer name.
+pub(crate) struct Store {
+    root: PathBuf,
+    pub(crate) writer: String,
+}
+
+/// An io error of the record store, naming the path.
+fn io(path: &Path, e: std::io::Error) -> RunError {
+    shoal_core::CoreError::io(path, e).into()
+}
+
+/// Network filesystems answer ENOENT or ESTALE for a file another node just renamed into
+/// place (or replaced); a few short retries ride it out.
+fn read_retrying(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut wait = Duration::from_millis(5);
+    for _ in 0..5 {
+        match std::fs::read(path) {
+            Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESTALE) => {
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            r => return r,
+        }
+    }
+    std::fs::read(path)
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+}
+
+impl Store {
+    pub fn new(root: PathBuf) -> Store {
+        let writer = format!(
+            "{}-{}-{:08x}",
+            shoal_core::fsutil::hostname(),
+            std::process::id(),
+            random_u64() as u32
+        );
+        Store { root, writer }
+    }
+
+    fn run_dir(&self, id: i64) -> PathBuf {
+        self.root.join(id.to_string())
+    }
+
+    /// Run ids that have a directory, with each directory's mtime (ns).
+    fn run_dirs(&self) -> Result<Vec<(i64, i64)>> {
+        let rd = std::fs::read_dir(&self.root).map_err(|e| io(&self.root, e))?;
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| io(&self.root, e))?;
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            match entry.metadata() {
+                Ok(m) => out.push((id, mtime_ns(&m))),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&entry.path(), e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A new run id: one past the largest seen, claimed by an exclusive mkdir.
+    pub fn allocate(&self) -> Result<i64> {
+        std::fs::create_dir_all(&self.root).map_err(|e| io(&self.root, e))?;
+        let mut id = self.run_dirs()?.iter().map(|r| r.0).max().unwrap_or(0) + 1;
+        loop {
+            let dir = self.run_dir(id);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return Ok(id),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => id += 1,
+                Err(e) => return Err(io(&dir, e)),
+            }
+        }
+    }
+
+    /// Names of a run's published records.
+    fn records(&self, id: i64) -> Result<Vec<String>> {
+        let dir = self.run_dir(id);
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&dir, e)),
+        };
+        let mut names = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| io(&dir, e))?;
+            if let Some(n) = entry.file_name().to_str() {
+                if !n.starts_with('.') && n.ends_with(".json") {
+                    names.push(n.to_string());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// Write `log` as run `id`'s next record; returns its stamp.
+    fn publish(&self, id: i64, stamp: i64, log: &Log) -> Result<(String, String)> {
+        let rec = Record {
+            format: FORMAT,
+            schema: crate::schema::LATEST,
+            run: id,
+            stamp,
+            writer: self.writer.clone(),
+            stmts: log.0.clone(),
+        };
+        let body = serde_json::to_string(&rec).expect("records serialise");
+        let dir = self.run_dir(id);
+        let name = format!("{stamp:020}-{}.json", self.writer);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".rec-")
+            .tempfile_in(&dir)
+            .map_err(|e| io(&dir, e))?;
+        let path = tmp.path().to_path_buf();
+        tmp.write_all(body.as_bytes()).map_err(|e| io(&path, e))?;
+        // A full or over-quota volume may accept write() and fail only here (or at close).
+        tmp.as_file().sync_all().map_err(|e| io(&path, e))?;
+        tmp.persist(dir.join(&name))
+            .map_err(|e| io(&dir.join(&name), e.error))?;
+        Ok((name, body))
+    }
+}
+
+/// Where this node keeps its cache of a record store: node-local (`$XDG_RUNTIME_DIR`, else
+/// the temp dir), one file per store.
+pub(crate) fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    // SAFETY: getuid cannot fail.
+    base.join(format!("shoal-{}", unsafe { libc::getuid() }))
+}
+
+/// The cache file for the store at `root` inside `dir`.
+pub(crate) fn cache_file(dir: &Path, root: &Path) -> PathBuf {
+    // FNV-1a: stable across processes and shoal versions, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in root.as_os_str().as_encoded_bytes() {
+        h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    dir.join(format!("registry-{h:016x}.db"))
+}
+
+pub(crate) fn create_cache_tables(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(CACHE_TABLES)
+}
+
+/// Execute one record's statements in a savepoint: a record that no longer applies (it lost a
+/// race, e.g. two launches numbered alike) is skipped whole, the same way on every reader.
+fn apply(conn: &Connection, stmts: &[Stmt]) -> rusqlite::Result<()> {
+    conn.execute_batch("SAVEPOINT rec")?;
+    let r: rusqlite::Result<()> = (|| {
+        for s in stmts {
+            let mut st = conn.prepare_cached(&s.sql)?;
+            for row in &s.rows {
+                st.execute(rusqlite::params_from_iter(row.iter().map(from_json)))?;
+            }
+        }
+        Ok(())
+    })();
+    if r.is_err() {
+        conn.execute_batch("ROLLBACK TO rec")?;
+    }
+    conn.execute_batch("RELEASE rec")
+}
+
+/// Forget what the cache holds of run `id` and replay all its records in order.
+fn rebuild(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    for t in ["attempts", "tasks", "launches", "run_tags"] {
+        conn.execute(&format!("DELETE FROM {t} WHERE run_id = ?1"), [id])?;
+    }
+    conn.execute("DELETE FROM runs WHERE id = ?1", [id])?;
+    let bodies: Vec<String> = {
+        let mut st =
+            conn.prepare("SELECT body FROM record_ops WHERE run_id = ?1 ORDER BY stamp, writer")?;
+        let rows = st.query_map([id], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for b in bodies {
+        if let Ok(rec) = serde_json::from_str::<Record>(&b) {
+            apply(conn, &rec.stmts)?;
+        }
+    }
+    Ok(())
+}
+
+/// The newest (stamp, writer) the cache has replayed for run `id`.
+fn newest(conn: &Connection, id: i64) -> rusqlite::Result<Option<(i64, String)>> {
+    conn.query_row(
+        "SELECT stamp, writer FROM record_ops WHERE run_id = ?1 ORDER BY stamp DESC, writer DESC \
+         LIMIT 1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
+
+impl Store {
+    fn check(&self, rec: &Record) -> Result<()> {
+        if rec.format > FORMAT || rec.schema > crate::schema::LATEST {
+            return Err(RunError::Command(format!(
+                "run registry {}: run {} has a record of format {} (schema {}), newer than this \
+                 shoal's {FORMAT} (schema {})\nhint: upgrade shoal on this node",
+                self.root.display(),
+                rec.run,
+                rec.format,
+                rec.schema,
+                crate::schema::LATEST
+            )));
+        }
+        Ok(())
+    }
+
+    /// Read run `id`'s records the cache has not seen and replay them (inside the caller's
+    /// transaction). `mtime` is the directory's, as just observed.
+    fn ingest(&self, conn: &Connection, id: i64, mtime: i64) -> Result<()> {
+        let db = |e| RunError::Db {
+            path: self.root.clone(),
+            source: e,
+        };
+        let now = shoal_core::fsutil::now_secs();
+        let seen: Option<(i64, f64, f64)> = conn
+            .query_row(
+                "SELECT mtime, seen_since, listed_at FROM record_dirs WHERE run_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(db)?;
+        let seen_since = match seen {
+            Some((m, since, listed)) if m == mtime => {
+                if listed >= since + SETTLE_SECS {
+                    return Ok(());
+                }
+                since
+            }
+            _ => now,
+        };
+        let names = self.records(id)?;
+        let known: std::collections::HashSet<String> = {
+            let mut st = conn
+                .prepare_cached("SELECT name FROM record_ops WHERE run_id = ?1")
+                .map_err(db)?;
+            let rows = st.query_map([id], |r| r.get(0)).map_err(db)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(db)?
+        };
+        let mut fresh = Vec::new();
+        for name in names.into_iter().filter(|n| !known.contains(n)) {
+            let path = self.run_dir(id).join(&name);
+            let body = match read_retrying(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&path, e)),
+            };
+            // Published records are complete; anything unparsable is not one of ours.
+            let Ok(rec) = serde_json::from_slice::<Record>(&body) else {
+                continue;
+            };
+            self.check(&rec)?;
+            if rec.run == id {
+                fresh.push((name, String::from_utf8_lossy(&body).into_owned(), rec));
+            }
+        }
+        if !fresh.is_empty() {
+            fresh.sort_by(|a, b| (a.2.stamp, &a.2.writer).cmp(&(b.2.stamp, &b.2.writer)));
+            let before = newest(conn, id).map_err(db)?;
+            for (name, body, rec) in &fresh {
+                conn.execute(
+                    "INSERT OR IGNORE INTO record_ops (run_id, stamp, writer, name, body) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id, rec.stamp, rec.writer, name, body],
+                )
+                .map_err(db)?;
+            }
+            let in_order = before
+                .as_ref()
+                .is_none_or(|(s, w)| (fresh[0].2.stamp, &fresh[0].2.writer) > (*s, w));
+            if in_order {
+                for (_, _, rec) in &fresh {
+                    apply(conn, &rec.stmts).map_err(db)?;
+                }
+            } else {
+                rebuild(conn, id).map_err(db)?;
+            }
+        }
+        conn.execute(
+            "INSERT OR REPLACE INTO record_dirs (run_id, mtime, seen_since, listed_at) \
+             VALUES (?1, ?2, ?3, ?4)",
+            params![id, mtime, seen_since, now],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Bring the cache up to date with run `id` (every run when None), inside the caller's
+    /// transaction.
+    pub fn refresh(&self, conn: &Connection, id: Option<i64>) -> Result<()> {
+        match id {
+            Some(id) => {
+                let dir = self.run_dir(id);
+                match std::fs::metadata(&dir) {
+                    Ok(m) => self.ingest(conn, id, mtime_ns(&m)),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(io(&dir, e)),
+                }
+            }
+            None => {
+                if !self.root.exists() {
+                    return Ok(());
+                }
+                for (id, mtime) in self.run_dirs()? {
+                    self.ingest(conn, id, mtime)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Publish `log` (already executed on the cache by the caller's transaction) as a record
+    /// of run `id`, and note it in the cache as replayed.
+    pub fn commit(&self, conn: &Connection, id: i64, log: &Log) -> Result<()> {
+        let db = |e| RunError::Db {
+            path: self.root.clone(),
+            source: e,
+        };
+        let after = newest(conn, id).map_err(db)?.map_or(0, |(s, _)| s + 1);
+        let stamp = now_micros().max(after);
+        let (name, body) = self.publish(id, stamp, log)?;
+        conn.execute(
+            "INSERT INTO record_ops (run_id, stamp, writer, name, body) VALUES (?1, ?2, ?3, ?4, \
+             ?5)",
+            params![id, stamp, self.writer, name, body],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_survive_a_record() {
+        for v in [
+            Value::Null,
+            Value::Integer(-3),
+            Value::Integer(i64::MAX),
+            Value::Real(1.0),
+            Value::Real(1.7e9 + 0.123_456),
+            Value::Text("a \"b\"\n".into()),
+        ] {
+            let j = serde_json::to_string(&to_json(&v)).unwrap();
+            assert_eq!(from_json(&serde_json::from_str(&j).unwrap()), v, "{j}");
+        }
+    }
+
+    #[test]
+    fn a_log_groups_repeated_statements() {
+        let mut log = Log::default();
+        log.push("A", vec![Json::from(1)]);
+        log.push("A", vec![Json::from(2)]);
+        log.push("B", vec![]);
+        log.push("A", vec![Json::from(3)]);
+        let sqls: Vec<_> = log
+            .0
+            .iter()
+            .map(|s| (s.sql.as_str(), s.rows.len()))
+            .collect();
+        assert_eq!(sqls, [("A", 2), ("B", 1), ("A", 1)]);
+    }
+
+    #[test]
+    fn ids_are_claimed_exclusively() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Store::new(t.path().join("runs.d"));
+        let b = Store::new(t.path().join("runs.d"));
+        assert_eq!(a.allocate().unwrap(), 1);
+        assert_eq!(b.allocate().unwrap(), 2);
+        std::fs::create_dir(t.path().join("runs.d/4")).unwrap();
+        assert_eq!(a.allocate().unwrap(), 5);
+        assert_ne!(a.writer, b.writer);
+    }
+}
