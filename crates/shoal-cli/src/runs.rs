@@ -45,7 +45,7 @@ const DATE_DIGITS: usize = 8;
 pub fn lookup(key: &str, sessions: &Path) -> Result<Option<(Registry, RunRow)>> {
     let first = key.chars().next().unwrap_or(' ');
     let digits = !key.is_empty() && key.chars().all(|c| c.is_ascii_digit());
-    if !(digits || first.is_ascii_alphabetic()) || !default_path().exists() {
+    if !(digits || first.is_ascii_alphabetic()) || !shoal_runs::registry::exists(&default_path()) {
         return Ok(None);
     }
     let reg = open_registry()?;
