@@ -42,8 +42,8 @@ const FORMAT: u32 = 1;
 /// unchanged mtime is trusted to mean "no new records".
 const SETTLE_SECS: f64 = 2.0;
 
-/// The cache's own tables (beside the registry schema): every record replayed, and when each
-/// run directory was last listed.
+/// The cache's own tables (beside the registry schema): the records replayed on top of each
+/// run's base, the base, and when each run directory was last listed.
 const CACHE_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS record_ops (
     run_id INTEGER NOT NULL,
@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS record_ops (
     body TEXT NOT NULL,
     PRIMARY KEY (run_id, stamp, writer)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS record_bases (
+    run_id INTEGER PRIMARY KEY,
+    stamp INTEGER NOT NULL,
+    writer TEXT NOT NULL,
+    name TEXT NOT NULL,
+    body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS record_dirs (
     run_id INTEGER PRIMARY KEY,
     mtime INTEGER NOT NULL,
@@ -78,6 +85,9 @@ struct Record {
     stamp: i64,
     writer: String,
     stmts: Vec<Stmt>,
+    /// A base (the run's whole state) names the records it includes; readers skip those.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    covers: Vec<String>,
 }
 
 /// The statements a write executes, collected as it runs them.
@@ -154,11 +164,12 @@ fn io(path: &Path, e: std::io::Error) -> RunError {
     shoal_core::CoreError::io(path, e).into()
 }
 
-/// Network filesystems answer ENOENT or ESTALE for a file another node just renamed into
-/// place (or replaced); a few short retries ride it out.
+/// Network filesystems answer ESTALE (and, with caching off, ENOENT) for a file another node
+/// just renamed into place; a few short retries ride it out. A record still missing then was
+/// folded into a base and removed.
 fn read_retrying(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut wait = Duration::from_millis(5);
-    for _ in 0..5 {
+    for _ in 0..3 {
         match std::fs::read(path) {
             Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESTALE) => {
                 std::thread::sleep(wait);
@@ -245,19 +256,32 @@ impl Store {
         Ok(names)
     }
 
-    /// Write `log` as run `id`'s next record; returns its stamp.
-    fn publish(&self, id: i64, stamp: i64, log: &Log) -> Result<(String, String)> {
+    /// Write run `id`'s record of `stmts` (a base when it `covers` records); returns its name
+    /// and body.
+    fn publish(
+        &self,
+        id: i64,
+        stamp: i64,
+        stmts: Vec<Stmt>,
+        covers: Vec<String>,
+    ) -> Result<(String, String)> {
+        let suffix = if covers.is_empty() {
+            "json"
+        } else {
+            "base.json"
+        };
         let rec = Record {
             format: FORMAT,
             schema: crate::schema::LATEST,
             run: id,
             stamp,
             writer: self.writer.clone(),
-            stmts: log.0.clone(),
+            stmts,
+            covers,
         };
         let body = serde_json::to_string(&rec).expect("records serialise");
         let dir = self.run_dir(id);
-        let name = format!("{stamp:020}-{}.json", self.writer);
+        let name = format!("{stamp:020}-{}.{suffix}", self.writer);
         let mut tmp = tempfile::Builder::new()
             .prefix(".rec-")
             .tempfile_in(&dir)
@@ -297,6 +321,31 @@ pub(crate) fn create_cache_tables(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(CACHE_TABLES)
 }
 
+/// A record's order: (stamp, writer), from its name `STAMP-WRITER.json` (or `.base.json`).
+fn key(name: &str) -> Option<(i64, &str)> {
+    let stem = name
+        .strip_suffix(".base.json")
+        .or_else(|| name.strip_suffix(".json"))?;
+    let (stamp, writer) = stem.split_once('-')?;
+    Some((stamp.parse().ok()?, writer))
+}
+
+fn is_base(name: &str) -> bool {
+    name.ends_with(".base.json")
+}
+
+/// How many records on top of its base make a run's driver fold them into a new base.
+pub(crate) const COMPACT_AFTER: i64 = 64;
+
+/// The tables holding a run's rows, with the column naming the run.
+const RUN_TABLES: [(&str, &str); 5] = [
+    ("runs", "id"),
+    ("tasks", "run_id"),
+    ("attempts", "run_id"),
+    ("launches", "run_id"),
+    ("run_tags", "run_id"),
+];
+
 /// Execute one record's statements in a savepoint: a record that no longer applies (it lost a
 /// race, e.g. two launches numbered alike) is skipped whole, the same way on every reader.
 fn apply(conn: &Connection, stmts: &[Stmt]) -> rusqlite::Result<()> {
@@ -316,15 +365,18 @@ fn apply(conn: &Connection, stmts: &[Stmt]) -> rusqlite::Result<()> {
     conn.execute_batch("RELEASE rec")
 }
 
-/// Forget what the cache holds of run `id` and replay all its records in order.
+/// Forget what the cache holds of run `id` and replay it: its base, then the records on top
+/// in (stamp, writer) order.
 fn rebuild(conn: &Connection, id: i64) -> rusqlite::Result<()> {
-    for t in ["attempts", "tasks", "launches", "run_tags"] {
-        conn.execute(&format!("DELETE FROM {t} WHERE run_id = ?1"), [id])?;
+    for (t, col) in RUN_TABLES {
+        conn.execute(&format!("DELETE FROM {t} WHERE {col} = ?1"), [id])?;
     }
-    conn.execute("DELETE FROM runs WHERE id = ?1", [id])?;
     let bodies: Vec<String> = {
-        let mut st =
-            conn.prepare("SELECT body FROM record_ops WHERE run_id = ?1 ORDER BY stamp, writer")?;
+        let mut st = conn.prepare(
+            "SELECT body FROM record_bases WHERE run_id = ?1 UNION ALL \
+             SELECT body FROM (SELECT body FROM record_ops WHERE run_id = ?1 \
+             ORDER BY stamp, writer)",
+        )?;
         let rows = st.query_map([id], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
@@ -336,15 +388,50 @@ fn rebuild(conn: &Connection, id: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The newest (stamp, writer) the cache has replayed for run `id`.
-fn newest(conn: &Connection, id: i64) -> rusqlite::Result<Option<(i64, String)>> {
-    conn.query_row(
+/// Every row of run `id` as the statements that recreate it (a base's body).
+fn dump(conn: &Connection, id: i64) -> rusqlite::Result<Vec<Stmt>> {
+    let mut out = Vec::new();
+    for (t, col) in RUN_TABLES {
+        let mut st = conn.prepare(&format!("SELECT * FROM {t} WHERE {col} = ?1"))?;
+        let cols: Vec<String> = st.column_names().iter().map(|c| c.to_string()).collect();
+        let n = cols.len();
+        let mut rows = Vec::new();
+        let mut q = st.query([id])?;
+        while let Some(r) = q.next()? {
+            let mut row = Vec::with_capacity(n);
+            for i in 0..n {
+                row.push(to_json(&r.get::<_, Value>(i)?));
+            }
+            rows.push(row);
+        }
+        if !rows.is_empty() {
+            let marks: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
+            out.push(Stmt {
+                sql: format!(
+                    "INSERT OR REPLACE INTO {t} ({}) VALUES ({})",
+                    cols.join(", "),
+                    marks.join(", ")
+                ),
+                rows,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The newest (stamp, writer) of what the cache holds for run `id`: records on top when
+/// `on_top`, else also its base.
+fn newest(conn: &Connection, id: i64, on_top: bool) -> rusqlite::Result<Option<(i64, String)>> {
+    let sql = if on_top {
         "SELECT stamp, writer FROM record_ops WHERE run_id = ?1 ORDER BY stamp DESC, writer DESC \
-         LIMIT 1",
-        [id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .optional()
+         LIMIT 1"
+    } else {
+        "SELECT stamp, writer FROM (SELECT stamp, writer FROM record_ops WHERE run_id = ?1 \
+         UNION ALL SELECT stamp, writer FROM record_bases WHERE run_id = ?1) \
+         ORDER BY stamp DESC, writer DESC LIMIT 1"
+    };
+    conn.query_row(sql, [id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
 }
 
 impl Store {
@@ -363,13 +450,33 @@ impl Store {
         Ok(())
     }
 
-    /// Read run `id`'s records the cache has not seen and replay them (inside the caller's
-    /// transaction). `mtime` is the directory's, as just observed.
-    fn ingest(&self, conn: &Connection, id: i64, mtime: i64) -> Result<()> {
-        let db = |e| RunError::Db {
+    fn db(&self) -> impl Fn(rusqlite::Error) -> RunError + '_ {
+        |e| RunError::Db {
             path: self.root.clone(),
             source: e,
+        }
+    }
+
+    /// Run `id`'s record `name`: None when it is gone (folded into a base) or not a record.
+    fn read(&self, id: i64, name: &str) -> Result<Option<(String, Record)>> {
+        let path = self.run_dir(id).join(name);
+        let body = match read_retrying(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path, e)),
         };
+        // Published records are complete; anything unparsable is not one of ours.
+        let Ok(rec) = serde_json::from_slice::<Record>(&body) else {
+            return Ok(None);
+        };
+        self.check(&rec)?;
+        Ok((rec.run == id).then(|| (String::from_utf8_lossy(&body).into_owned(), rec)))
+    }
+
+    /// Read run `id`'s records the cache has not seen and replay them (inside the caller's
+    /// transaction). `mtime` is the directory's, as just observed; `force` lists it anyway.
+    fn ingest(&self, conn: &Connection, id: i64, mtime: i64, force: bool) -> Result<()> {
+        let db = self.db();
         let now = shoal_core::fsutil::now_secs();
         let seen: Option<(i64, f64, f64)> = conn
             .query_row(
@@ -378,112 +485,215 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
-            .map_err(db)?;
+            .map_err(&db)?;
         let seen_since = match seen {
             Some((m, since, listed)) if m == mtime => {
-                if listed >= since + SETTLE_SECS {
+                if listed >= since + SETTLE_SECS && !force {
                     return Ok(());
                 }
                 since
             }
             _ => now,
         };
-        let names = self.records(id)?;
+        let mut names = self.records(id)?;
+        names.retain(|n| key(n).is_some());
+        names.sort_by(|a, b| key(a).cmp(&key(b)));
+        let base: Option<(String, Vec<String>)> = conn
+            .query_row(
+                "SELECT name, body FROM record_bases WHERE run_id = ?1",
+                [id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(&db)?
+            .map(|(n, b)| {
+                let covers = serde_json::from_str::<Record>(&b).map_or(vec![], |r| r.covers);
+                (n, covers)
+            });
+        let mut rebuild_it = false;
+        let mut covers: std::collections::HashSet<String> = base
+            .as_ref()
+            .map(|b| b.1.iter().cloned().collect())
+            .unwrap_or_default();
+        // A newer base than the cache's replaces it and all it includes.
+        let newer = names
+            .iter()
+            .rev()
+            .filter(|n| is_base(n))
+            .find(|n| base.as_ref().is_none_or(|(b, _)| key(n) > key(b)));
+        if let Some(name) = newer {
+            if let Some((body, rec)) = self.read(id, name)? {
+                conn.execute(
+                    "INSERT OR REPLACE INTO record_bases (run_id, stamp, writer, name, body) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id, rec.stamp, rec.writer, name, body],
+                )
+                .map_err(&db)?;
+                let mut st = conn
+                    .prepare_cached("DELETE FROM record_ops WHERE run_id = ?1 AND name = ?2")
+                    .map_err(&db)?;
+                for c in &rec.covers {
+                    st.execute(params![id, c]).map_err(&db)?;
+                }
+                covers = rec.covers.into_iter().collect();
+                rebuild_it = true;
+            }
+        }
         let known: std::collections::HashSet<String> = {
             let mut st = conn
                 .prepare_cached("SELECT name FROM record_ops WHERE run_id = ?1")
-                .map_err(db)?;
-            let rows = st.query_map([id], |r| r.get(0)).map_err(db)?;
-            rows.collect::<rusqlite::Result<_>>().map_err(db)?
+                .map_err(&db)?;
+            let rows = st.query_map([id], |r| r.get(0)).map_err(&db)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(&db)?
         };
         let mut fresh = Vec::new();
-        for name in names.into_iter().filter(|n| !known.contains(n)) {
-            let path = self.run_dir(id).join(&name);
-            let body = match read_retrying(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(&path, e)),
-            };
-            // Published records are complete; anything unparsable is not one of ours.
-            let Ok(rec) = serde_json::from_slice::<Record>(&body) else {
-                continue;
-            };
-            self.check(&rec)?;
-            if rec.run == id {
-                fresh.push((name, String::from_utf8_lossy(&body).into_owned(), rec));
+        let mut complete = true;
+        for name in names
+            .iter()
+            .filter(|n| !is_base(n) && !covers.contains(*n) && !known.contains(*n))
+        {
+            match self.read(id, name)? {
+                Some((body, rec)) => fresh.push((name, body, rec)),
+                // Folded into a base this listing did not show yet: stop at a prefix (an
+                // earlier state of the run) and list again next time.
+                None if !self.run_dir(id).join(name).exists() => {
+                    complete = false;
+                    break;
+                }
+                None => {}
             }
         }
         if !fresh.is_empty() {
-            fresh.sort_by(|a, b| (a.2.stamp, &a.2.writer).cmp(&(b.2.stamp, &b.2.writer)));
-            let before = newest(conn, id).map_err(db)?;
+            let before = newest(conn, id, true).map_err(&db)?;
             for (name, body, rec) in &fresh {
                 conn.execute(
                     "INSERT OR IGNORE INTO record_ops (run_id, stamp, writer, name, body) \
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![id, rec.stamp, rec.writer, name, body],
                 )
-                .map_err(db)?;
+                .map_err(&db)?;
             }
+            let first = (fresh[0].2.stamp, fresh[0].2.writer.as_str());
             let in_order = before
                 .as_ref()
-                .is_none_or(|(s, w)| (fresh[0].2.stamp, &fresh[0].2.writer) > (*s, w));
-            if in_order {
+                .is_none_or(|(s, w)| first > (*s, w.as_str()));
+            if in_order && !rebuild_it {
                 for (_, _, rec) in &fresh {
-                    apply(conn, &rec.stmts).map_err(db)?;
+                    apply(conn, &rec.stmts).map_err(&db)?;
                 }
             } else {
-                rebuild(conn, id).map_err(db)?;
+                rebuild_it = true;
             }
         }
-        conn.execute(
-            "INSERT OR REPLACE INTO record_dirs (run_id, mtime, seen_since, listed_at) \
-             VALUES (?1, ?2, ?3, ?4)",
-            params![id, mtime, seen_since, now],
-        )
-        .map_err(db)?;
+        if rebuild_it {
+            rebuild(conn, id).map_err(&db)?;
+        }
+        if complete {
+            conn.execute(
+                "INSERT OR REPLACE INTO record_dirs (run_id, mtime, seen_since, listed_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![id, mtime, seen_since, now],
+            )
+            .map_err(&db)?;
+        }
         Ok(())
+    }
+
+    fn refresh_run(&self, conn: &Connection, id: i64, force: bool) -> Result<()> {
+        let dir = self.run_dir(id);
+        match std::fs::metadata(&dir) {
+            Ok(m) => self.ingest(conn, id, mtime_ns(&m), force),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&dir, e)),
+        }
     }
 
     /// Bring the cache up to date with run `id` (every run when None), inside the caller's
     /// transaction.
     pub fn refresh(&self, conn: &Connection, id: Option<i64>) -> Result<()> {
         match id {
-            Some(id) => {
-                let dir = self.run_dir(id);
-                match std::fs::metadata(&dir) {
-                    Ok(m) => self.ingest(conn, id, mtime_ns(&m)),
-                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(io(&dir, e)),
-                }
-            }
+            Some(id) => self.refresh_run(conn, id, false),
             None => {
                 if !self.root.exists() {
                     return Ok(());
                 }
                 for (id, mtime) in self.run_dirs()? {
-                    self.ingest(conn, id, mtime)?;
+                    self.ingest(conn, id, mtime, false)?;
                 }
                 Ok(())
             }
         }
     }
 
+    fn stamp(&self, conn: &Connection, id: i64) -> Result<i64> {
+        let after = newest(conn, id, false)
+            .map_err(self.db())?
+            .map_or(0, |(s, _)| s + 1);
+        Ok(now_micros().max(after))
+    }
+
     /// Publish `log` (already executed on the cache by the caller's transaction) as a record
-    /// of run `id`, and note it in the cache as replayed.
-    pub fn commit(&self, conn: &Connection, id: i64, log: &Log) -> Result<()> {
-        let db = |e| RunError::Db {
-            path: self.root.clone(),
-            source: e,
-        };
-        let after = newest(conn, id).map_err(db)?.map_or(0, |(s, _)| s + 1);
-        let stamp = now_micros().max(after);
-        let (name, body) = self.publish(id, stamp, log)?;
+    /// of run `id`, and note it in the cache as replayed. Returns how many records the run
+    /// now has on top of its base.
+    pub fn commit(&self, conn: &Connection, id: i64, log: &Log) -> Result<i64> {
+        let db = self.db();
+        let stamp = self.stamp(conn, id)?;
+        let (name, body) = self.publish(id, stamp, log.0.clone(), vec![])?;
         conn.execute(
             "INSERT INTO record_ops (run_id, stamp, writer, name, body) VALUES (?1, ?2, ?3, ?4, \
              ?5)",
             params![id, stamp, self.writer, name, body],
         )
-        .map_err(db)?;
+        .map_err(&db)?;
+        conn.query_row(
+            "SELECT COUNT(*) FROM record_ops WHERE run_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .map_err(&db)
+    }
+
+    /// Fold run `id`'s records into one base (its whole state as this cache has it, after a
+    /// fresh listing), then remove the records and bases it includes, so a reader that has
+    /// never seen the run reads one file. Only the run's driver compacts (one at a time), so
+    /// no base leaves out what another removed.
+    pub fn compact(&self, conn: &Connection, id: i64) -> Result<()> {
+        let db = self.db();
+        self.refresh_run(conn, id, true)?;
+        let mut covers: Vec<String> = {
+            let mut st = conn
+                .prepare("SELECT name FROM record_ops WHERE run_id = ?1 ORDER BY stamp, writer")
+                .map_err(&db)?;
+            let rows = st.query_map([id], |r| r.get(0)).map_err(&db)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(&db)?
+        };
+        let old_base: Option<String> = conn
+            .query_row(
+                "SELECT name FROM record_bases WHERE run_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(&db)?;
+        if covers.is_empty() {
+            return Ok(());
+        }
+        covers.extend(old_base);
+        let stmts = dump(conn, id).map_err(&db)?;
+        let stamp = self.stamp(conn, id)?;
+        let (name, body) = self.publish(id, stamp, stmts, covers.clone())?;
+        conn.execute(
+            "INSERT OR REPLACE INTO record_bases (run_id, stamp, writer, name, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, stamp, self.writer, name, body],
+        )
+        .map_err(&db)?;
+        conn.execute("DELETE FROM record_ops WHERE run_id = ?1", [id])
+            .map_err(&db)?;
+        // Best effort: a record left behind is skipped by every reader (the base names it).
+        for c in covers {
+            let _ = std::fs::remove_file(self.run_dir(id).join(c));
+        }
         Ok(())
     }
 }

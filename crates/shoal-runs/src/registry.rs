@@ -226,6 +226,8 @@ pub struct Registry {
     fs: FsKind,
     /// The shared record store (`runs.d`), when the registry lives on a network filesystem.
     store: Option<Store>,
+    /// Runs this registry drives (`start_driver`): their records are folded into bases here.
+    drives: RefCell<std::collections::HashSet<i64>>,
 }
 
 /// A write's transaction: executes statements on the database and, on a record store, keeps
@@ -550,6 +552,7 @@ impl Registry {
                 journal,
                 fs,
                 store: Some(Store::new(store_dir)),
+                drives: RefCell::default(),
             });
         }
         Ok(Registry {
@@ -558,6 +561,7 @@ impl Registry {
             journal,
             fs,
             store: None,
+            drives: RefCell::default(),
         })
     }
 
@@ -593,14 +597,33 @@ impl Registry {
             log: self.store.as_ref().map(|_| RefCell::default()),
         };
         let v = f(&w).map_err(|e| self.db(e))?;
+        let mut on_top = 0;
         if let (Some(store), Some(id), Some(log)) = (&self.store, run, w.log) {
             let log = log.into_inner();
             if !log.is_empty() {
-                store.commit(&tx, id, &log)?;
+                on_top = store.commit(&tx, id, &log)?;
             }
         }
         tx.commit().map_err(|e| self.db(e))?;
+        if let Some(id) = run.filter(|_| on_top >= records::COMPACT_AFTER) {
+            self.compact(id)?;
+        }
         Ok(v)
+    }
+
+    /// On a record store, fold the records of a run this registry drives into one base.
+    fn compact(&self, id: i64) -> Result<()> {
+        let Some(store) = self
+            .store
+            .as_ref()
+            .filter(|_| self.drives.borrow().contains(&id))
+        else {
+            return Ok(());
+        };
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(|e| self.db(e))?;
+        store.compact(&tx, id)?;
+        tx.commit().map_err(|e| self.db(e))
     }
 
     /// On a record store, bring the cache up to date with run `id` (every run when None)
@@ -1013,6 +1036,7 @@ impl Registry {
 
     /// The driver took the run: record its pid and host, mark the run running.
     pub fn start_driver(&self, id: i64, pid: u32, host: &str) -> Result<()> {
+        self.drives.borrow_mut().insert(id);
         self.write(Some(id), |tx| {
             tx.execute(
                 "UPDATE runs SET status = 'running', driver_pid = ?2, driver_host = ?3, \
@@ -1153,6 +1177,10 @@ impl Registry {
                 params![id, status, ended],
             )
         })?;
+        if ended.is_some() {
+            // The driver is done with the run: leave one file for readers to start from.
+            self.compact(id)?;
+        }
         Ok(())
     }
 
@@ -1547,6 +1575,63 @@ mod tests {
         let fresh = open_as(t.path(), Some("c"));
         for reg in [&a, &b, &fresh] {
             assert_eq!(reg.get(run.id).unwrap().note.as_deref(), Some("from a"));
+        }
+    }
+
+    #[test]
+    fn a_driver_folds_its_records_into_a_base() {
+        let t = tempfile::tempdir().unwrap();
+        let files = |id: i64| -> Vec<String> {
+            let dir = t.path().join("runs.d").join(id.to_string());
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        let driver = open_as(t.path(), Some("login"));
+        let run = driver
+            .create_run(&new_run(t.path(), "big"), &[vec![], vec![], vec![]])
+            .unwrap();
+        driver.start_driver(run.id, 1, "login").unwrap();
+        let other = open_as(t.path(), Some("n1"));
+        other.add_tags(run.id, &["seen".into()]).unwrap();
+        for k in 0..records::COMPACT_AFTER {
+            driver.set_session(run.id, &format!("S{k}"), "/s").unwrap();
+        }
+        // One base (which took in the other node's tag), and what came after it.
+        let now = files(run.id);
+        assert_eq!(
+            now.iter().filter(|f| f.ends_with(".base.json")).count(),
+            1,
+            "{now:?}"
+        );
+        assert!(now.len() < 4, "{now:?}");
+        other.set_note(run.id, Some("on top")).unwrap();
+        let cold = open_as(t.path(), Some("n2"));
+        let r = cold.get(run.id).unwrap();
+        assert_eq!(
+            (r.tags.clone(), r.note.as_deref()),
+            (vec!["seen".to_string()], Some("on top"))
+        );
+        assert_eq!(
+            r.session.as_deref(),
+            Some(format!("S{}", records::COMPACT_AFTER - 1).as_str())
+        );
+        assert_eq!(cold.tasks(run.id, None).unwrap().len(), 3);
+        // The driver's end leaves a single file, and every node agrees on it.
+        driver.record(run.id, &done(3)).unwrap();
+        assert_eq!(driver.settle(run.id).unwrap(), "done");
+        let end = files(run.id);
+        assert_eq!(end.len(), 1, "{end:?}");
+        assert!(end[0].ends_with(".base.json"));
+        let want = view(&open_as(t.path(), Some("n3")));
+        assert_eq!(want[0].2, "done");
+        assert_eq!(want[0].3, 3);
+        for reg in [&driver, &other, &cold] {
+            assert_eq!(view(reg), want);
+            assert_eq!(reg.get(run.id).unwrap().note.as_deref(), Some("on top"));
         }
     }
 
