@@ -698,6 +698,53 @@ impl Store {
     }
 }
 
+/// Turn the SQLite registry at `db` (left on a network filesystem by an older shoal) into the
+/// record store `root`: one record per run holding all its rows, ids kept. It is built in a
+/// hidden directory renamed into place, so of two nodes importing at once one wins and the
+/// other uses its store; `db` becomes `runs.db.imported`.
+pub(crate) fn import(db: &Path, root: &Path) -> Result<()> {
+    let parent = root.parent().unwrap_or(Path::new("."));
+    let err = |e| RunError::Db {
+        path: db.to_path_buf(),
+        source: e,
+    };
+    // Read a private copy, brought to the latest schema like any registry being opened.
+    let local = tempfile::NamedTempFile::new().map_err(|e| io(db, e))?;
+    std::fs::copy(db, local.path()).map_err(|e| io(db, e))?;
+    let mut conn = Connection::open(local.path()).map_err(err)?;
+    crate::schema::upgrade(&mut conn)
+        .map_err(|e| RunError::Command(format!("run registry {}: {e}", db.display())))?;
+    let building = tempfile::Builder::new()
+        .prefix(".runs.d-import-")
+        .tempdir_in(parent)
+        .map_err(|e| io(parent, e))?;
+    let store = Store::new(building.path().to_path_buf());
+    let ids: Vec<i64> = {
+        let mut st = conn
+            .prepare("SELECT id FROM runs ORDER BY id")
+            .map_err(err)?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(err)?
+    };
+    for id in ids {
+        let dir = store.run_dir(id);
+        std::fs::create_dir(&dir).map_err(|e| io(&dir, e))?;
+        store.publish(id, now_micros(), dump(&conn, id).map_err(err)?, vec![])?;
+    }
+    let built = building.keep();
+    match std::fs::rename(&built, root) {
+        Ok(()) => {
+            let _ = std::fs::rename(db, db.with_extension("db.imported"));
+        }
+        // Another node imported first.
+        Err(_) if root.is_dir() => {
+            let _ = std::fs::remove_dir_all(&built);
+        }
+        Err(e) => return Err(io(root, e)),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

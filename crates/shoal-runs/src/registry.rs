@@ -544,6 +544,9 @@ impl Registry {
             journal = JournalMode::Records;
         }
         if journal == JournalMode::Records {
+            if !store_dir.is_dir() && path.is_file() {
+                records::import(path, &store_dir)?;
+            }
             std::fs::create_dir_all(&store_dir)
                 .map_err(|e| shoal_core::CoreError::io(&store_dir, e))?;
             return Ok(Registry {
@@ -1484,6 +1487,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(forced.journal().0, JournalMode::Records);
+    }
+
+    #[test]
+    fn a_registry_left_on_a_network_filesystem_is_imported() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("runs.db");
+        {
+            // What an older shoal wrote on NFS: a DELETE-mode SQLite registry with two runs.
+            let old = Registry::open_on(&path, FsKind::Local, Some("delete")).unwrap();
+            let a = old
+                .create_run(&new_run(t.path(), "a"), &[vec![], vec![]])
+                .unwrap();
+            old.create_run(&new_run(t.path(), "b"), &[vec![]]).unwrap();
+            old.record(a.id, &done(2)).unwrap();
+            old.add_tags(a.id, &["kept".into()]).unwrap();
+            old.delete(2).unwrap();
+            old.create_run(&new_run(t.path(), "c"), &[vec![]]).unwrap();
+        }
+        let reg = open_as(t.path(), Some("n1"));
+        assert_eq!(reg.journal().0, JournalMode::Records);
+        let runs = view(&reg);
+        assert_eq!(
+            runs,
+            [
+                (1, "a".into(), "pending".into(), 2, vec!["kept".into()]),
+                (3, "c".into(), "pending".into(), 0, vec![]),
+            ]
+        );
+        assert!(!path.exists() && t.path().join("runs.db.imported").is_file());
+        // Ids go on from the imported ones.
+        let d = reg.create_run(&new_run(t.path(), "d"), &[vec![]]).unwrap();
+        assert_eq!(d.id, 4);
+        assert_eq!(view(&open_as(t.path(), Some("n2"))).len(), 3);
     }
 
     #[test]
