@@ -18,7 +18,10 @@
 //!   microseconds, at least one past every stamp the writer has seen for that run), so a
 //!   record made after another was seen sorts after it; concurrent writes from two nodes get
 //!   one order that every reader agrees on. A record that arrives late with a smaller stamp
-//!   makes that run's cache be rebuilt from all its records.
+//!   makes that run's cache be rebuilt from all its records;
+//! - a run's driver (only it, so two never race) folds the records into a base
+//!   `STAMP-WRITER.base.json`: the run's rows, and the names of the records they include,
+//!   which it then removes. A run is its newest base plus the records it does not name.
 //!
 //! A directory is listed again only when its mtime has changed, or until a listing has been
 //! made 2 s after this mtime was first seen (entries created in the same timestamp tick); the
