@@ -1,5 +1,5 @@
 //! shoal-runs: experiment runs for `shoal run` — the project config and its templates,
-//! parameter grids, and the SQLite run registry shared by the CLI and the Python driver.
+//! parameter grids, and the run registry shared by the CLI and the Python driver.
 
 pub mod config;
 pub mod error;

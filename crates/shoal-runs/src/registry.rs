@@ -4,9 +4,10 @@
 //!
 //! Many processes use it at once (several drivers, `shoal runs` in a loop, possibly on other
 //! nodes): writes are short IMMEDIATE transactions and a busy timeout makes a writer wait for
-//! another instead of failing. On a local filesystem the journal is WAL (readers run beside a
-//! writer); on a network filesystem it is a rollback journal, which needs only POSIX locks
-//! (see `netfs`). The schema is versioned (see `schema`).
+//! another instead of failing. On a local filesystem that database is the registry (WAL:
+//! readers run beside a writer); on a network filesystem it is this node's cache of a record
+//! store (see `records`, and `netfs` for the choice), and every write is also published as a
+//! record. The schema is versioned (see `schema`).
 
 use crate::error::{Result, RunError};
 use crate::netfs::{self, FsKind, JournalMode};
