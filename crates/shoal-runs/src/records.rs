@@ -620,12 +620,34 @@ impl Store {
                 if !self.root.exists() {
                     return Ok(());
                 }
-                for (id, mtime) in self.run_dirs()? {
+                let dirs = self.run_dirs()?;
+                for &(id, mtime) in &dirs {
                     self.ingest(conn, id, mtime, false)?;
                 }
-                Ok(())
+                self.forget_missing(conn, &dirs)
             }
         }
+    }
+
+    /// Drop from the cache the runs whose directory is gone (removed by hand).
+    fn forget_missing(&self, conn: &Connection, dirs: &[(i64, i64)]) -> Result<()> {
+        let db = self.db();
+        let listed: std::collections::HashSet<i64> = dirs.iter().map(|d| d.0).collect();
+        let cached: Vec<i64> = {
+            let mut st = conn
+                .prepare("SELECT run_id FROM record_dirs")
+                .map_err(&db)?;
+            let rows = st.query_map([], |r| r.get(0)).map_err(&db)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(&db)?
+        };
+        for id in cached.into_iter().filter(|id| !listed.contains(id)) {
+            for t in ["record_ops", "record_bases", "record_dirs"] {
+                conn.execute(&format!("DELETE FROM {t} WHERE run_id = ?1"), [id])
+                    .map_err(&db)?;
+            }
+            rebuild(conn, id).map_err(&db)?;
+        }
+        Ok(())
     }
 
     fn stamp(&self, conn: &Connection, id: i64) -> Result<i64> {

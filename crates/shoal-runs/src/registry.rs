@@ -1695,6 +1695,9 @@ mod tests {
         reg.delete(run.id).unwrap();
         assert_eq!(view(&other).iter().map(|r| r.0).collect::<Vec<_>>(), [3]);
         assert!(matches!(other.get(run.id), Err(RunError::NoSuchRun(_))));
+        // A run directory removed by hand leaves the caches too.
+        std::fs::remove_dir_all(dir.join("3")).unwrap();
+        assert!(view(&other).is_empty());
     }
 
     #[test]
