@@ -1524,6 +1524,31 @@ mod tests {
     }
 
     #[test]
+    fn a_record_of_a_newer_shoal_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let reg = open_as(t.path(), Some("n1"));
+        let run = reg.create_run(&new_run(t.path(), "a"), &[vec![]]).unwrap();
+        let newer = serde_json::json!({
+            "format": 1, "schema": crate::schema::LATEST + 1, "run": run.id,
+            "stamp": 9_000_000_000_000_000_i64, "writer": "future-1-0", "stmts": []
+        });
+        let dir = t.path().join("runs.d").join(run.id.to_string());
+        std::fs::write(
+            dir.join("09000000000000000000-future-1-0.json"),
+            newer.to_string(),
+        )
+        .unwrap();
+        let e = open_as(t.path(), Some("n2"))
+            .list()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("newer than this shoal's") && e.contains("hint:"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn nodes_writing_at_once_agree() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().to_path_buf();
