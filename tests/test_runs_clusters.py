@@ -6,7 +6,7 @@ here.
 Everything comes from the environment, so the same tests run on the single-host clusters and on
 a multi-node one: there, give pytest a `--basetemp` on the shared filesystem (the tasks write
 their {out} dirs from other nodes) and a SHOAL_HOME on it too (with SHOAL_TEST_KEEP_HOME=1),
-which is where a registry must not use SQLite's WAL mode."""
+which is where the registry is kept as records (runs.d), not SQLite."""
 
 from __future__ import annotations
 
