@@ -1473,7 +1473,13 @@ mod tests {
             .count();
         assert_eq!(recs, 1);
         // Once there, the store is used also from a host that sees the disk as local.
-        let here = Registry::open_on(&t.path().join("runs.db"), FsKind::Local, None).unwrap();
+        let here = Registry::open_with_cache(
+            &t.path().join("runs.db"),
+            FsKind::Local,
+            None,
+            &t.path().join("cache/server"),
+        )
+        .unwrap();
         assert_eq!(here.journal().0, JournalMode::Records);
         assert_eq!(here.get(run.id).unwrap().name, "a");
         // SQLite is refused there; `records` may be asked for anywhere.
