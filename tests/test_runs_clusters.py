@@ -6,7 +6,7 @@ here.
 Everything comes from the environment, so the same tests run on the single-host clusters and on
 a multi-node one: there, give pytest a `--basetemp` on the shared filesystem (the tasks write
 their {out} dirs from other nodes) and a SHOAL_HOME on it too (with SHOAL_TEST_KEEP_HOME=1),
-which is where a registry must not use SQLite's WAL mode."""
+which is where the registry is kept as records (runs.d), not SQLite."""
 
 from __future__ import annotations
 
@@ -72,13 +72,6 @@ def _shoal_cmd() -> list[str]:
 
 
 @pytest.mark.slurm
-@pytest.mark.xfail(
-    condition=os.environ.get("SHOAL_MN_WORK") is not None,
-    strict=True,
-    reason="on GlusterFS with its default client caches (write-behind, io-cache, quick-read), "
-    "SQLite writers on two nodes corrupt runs.db even in DELETE journal mode "
-    "('database disk image is malformed'); being fixed",
-)
 def test_registry_is_shared_with_a_compute_node(tmp_path):
     home = os.environ["SHOAL_HOME"]
     (tmp_path / "shoal.toml").write_text(
@@ -109,10 +102,101 @@ def test_registry_is_shared_with_a_compute_node(tmp_path):
         assert by_name["login-side"]["status"] == "done", by_name["login-side"]
         assert by_name["login-side"]["counts"]["done"] == 20
         assert by_name["node-side"]["counts"]["done"] == 30
+    _assert_store(home)
+    _assert_queue_drains(["squeue", "-h", "-o", "%j"], JOB_NAME)
+
+
+def _assert_store(home: str) -> None:
+    """SQLite (WAL) on a local disk; on a network filesystem only records (runs.d), no
+    runs.db for two nodes' caches to corrupt."""
     fstype = subprocess.run(["stat", "-f", "-c", "%T", home], capture_output=True,
                             text=True).stdout.strip()  # fmt: skip
-    mode = _journal(os.path.join(home, "runs.db"))
-    assert mode == ("delete" if fstype in NETWORK_FS else "wal"), (fstype, mode)
+    if fstype in NETWORK_FS:
+        assert os.path.isdir(os.path.join(home, "runs.d")), fstype
+        assert not os.path.exists(os.path.join(home, "runs.db")), fstype
+    else:
+        assert _journal(os.path.join(home, "runs.db")) == "wal", fstype
+
+
+def _runs(cmd: list[str], prefix: str) -> dict:
+    out = subprocess.run([*cmd, "runs", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "malformed" not in out.stderr and "I/O error" not in out.stderr, out.stderr
+    return {r["name"]: r for r in json.loads(out.stdout) if r["name"].startswith(prefix)}
+
+
+@pytest.mark.slurm
+def test_registry_writers_on_two_nodes_at_once(tmp_path):
+    # The reproduction of the GlusterFS corruption: drivers on the login machine and on a
+    # compute node register and record runs at the same moment, then both list them.
+    srun = ["srun", "--quiet", "-N1", "-n1", "-t", "5", f"--job-name={JOB_NAME}",
+            f"--chdir={tmp_path}"]  # fmt: skip
+    loop = "for k in 1 2 3; do {shoal} run --name {side}$k --backend local -j 2 -P i=0..29 -- true >/dev/null || exit 1; done"  # noqa: E501
+    shoal = " ".join(_shoal_cmd())
+    there = subprocess.Popen([*srun, "sh", "-c", loop.format(shoal=shoal, side="twoN")],
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    here = subprocess.run(["sh", "-c", loop.format(shoal=shoal, side="twoL")], cwd=str(tmp_path),
+                          stderr=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
+    _, there_err = there.communicate(timeout=300)
+    assert here.returncode == 0, here.stderr
+    assert there.returncode == 0, there_err
+    views = [_runs([*srun, *_shoal_cmd()], "two"), _runs(_shoal_cmd(), "two")]
+    for runs in views:
+        assert sorted(runs) == [f"two{s}{k}" for s in "LN" for k in (1, 2, 3)], runs
+        assert all(r["status"] == "done" and r["counts"]["done"] == 30 for r in runs.values())
+    # One id each, the same on both nodes.
+    assert len({r["id"] for r in views[0].values()}) == 6
+    assert {n: r["id"] for n, r in views[0].items()} == {n: r["id"] for n, r in views[1].items()}
+    _assert_store(os.environ["SHOAL_HOME"])
+    _assert_queue_drains(["squeue", "-h", "-o", "%j"], JOB_NAME)
+
+
+@pytest.mark.slurm
+def test_registry_survives_a_killed_driver(tmp_path):
+    # A driver killed (SIGKILL) in the middle of recording, while a compute node lists the
+    # registry: both sides keep a consistent registry, and `shoal resume` finishes the run.
+    srun = ["srun", "--quiet", "-N1", "-n1", "-t", "5", f"--job-name={JOB_NAME}",
+            f"--chdir={tmp_path}"]  # fmt: skip
+    drv = subprocess.Popen(
+        [*_shoal_cmd(), "run", "--name", "killme", "--backend", "local", "-j", "2",
+         "-P", "i=0..199", "--", "sleep", "0.02"],
+        cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    reader = subprocess.Popen(
+        [*srun, "sh", "-c", f"for k in $(seq 40); do {' '.join(_shoal_cmd())} runs >/dev/null "
+         "|| exit 1; sleep 0.1; done"], stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while True:
+        run = _runs(_shoal_cmd(), "killme").get("killme")
+        if run and run["counts"]["done"] >= 20:
+            break
+        assert time.time() < deadline and drv.poll() is None, run
+        time.sleep(0.2)
+    os.killpg(drv.pid, 9)
+    drv.wait()
+    _, reader_err = reader.communicate(timeout=300)
+    assert reader.returncode == 0, reader_err
+    killed = _runs(_shoal_cmd(), "killme")["killme"]
+    assert killed["display_status"] == "interrupted", killed
+    assert sum(killed["counts"].values()) == 200
+    # The compute node's view converges on the same counts (its listing may lag ~1 s).
+    for _ in range(10):
+        there = _runs([*srun, *_shoal_cmd()], "killme")["killme"]
+        if there["counts"] == killed["counts"]:
+            break
+    assert there["counts"] == killed["counts"], (there, killed)
+    out = subprocess.run([*_shoal_cmd(), "resume", str(killed["id"])], cwd=str(tmp_path),
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    for cmd in (_shoal_cmd(), [*srun, *_shoal_cmd()]):
+        # Another node may lag the resume's last records by ~1 s (its attribute cache).
+        for _ in range(10):
+            done = _runs(cmd, "killme")["killme"]
+            if done["status"] == "done":
+                break
+        assert done["status"] == "done" and done["counts"]["done"] == 200, done
     _assert_queue_drains(["squeue", "-h", "-o", "%j"], JOB_NAME)
 
 

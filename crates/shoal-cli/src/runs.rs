@@ -55,7 +55,7 @@ pub fn task_number(text: &str) -> Result<u64> {
 pub fn lookup(key: &str, sessions: &Path) -> Result<Option<(Registry, RunRow)>> {
     let first = key.chars().next().unwrap_or(' ');
     let digits = !key.is_empty() && key.chars().all(|c| c.is_ascii_digit());
-    if !(digits || first.is_ascii_alphabetic()) || !default_path().exists() {
+    if !(digits || first.is_ascii_alphabetic()) || !shoal_runs::registry::exists(&default_path()) {
         return Ok(None);
     }
     let reg = open_registry()?;

@@ -1,5 +1,5 @@
 //! shoal-runs: experiment runs for `shoal run` — the project config and its templates,
-//! parameter grids, and the SQLite run registry shared by the CLI and the Python driver.
+//! parameter grids, and the run registry shared by the CLI and the Python driver.
 
 pub mod config;
 pub mod error;
@@ -9,6 +9,7 @@ pub mod params;
 pub mod params_file;
 pub mod progress;
 pub mod qanat;
+pub mod records;
 pub mod registry;
 pub mod results;
 pub mod schema;

@@ -1,10 +1,11 @@
-//! Which filesystem holds the run registry, and the SQLite journal mode that is safe on it.
+//! Which filesystem holds the run registry, and how the registry is stored there.
 //!
-//! WAL needs shared memory (`runs.db-shm`, mmap'ed) that every process sees coherently, which
-//! only a local filesystem gives: on NFS, Lustre, GPFS, GlusterFS (FUSE), BeeGFS or CIFS, a
-//! `shoal runs` on another node would read a stale or torn index and can corrupt the database.
-//! There the registry uses the rollback journal (DELETE), whose only requirement is working
-//! POSIX locks, and a busy timeout so writers from several nodes wait for each other.
+//! SQLite is correct only where every process sees one coherent file and working locks: a
+//! local disk. There the registry is one database in WAL mode. On NFS, Lustre, GPFS,
+//! GlusterFS (FUSE), BeeGFS or CIFS, client-side caches need not honour lock boundaries
+//! (GlusterFS's write-behind and io-cache do not, and two writers on two nodes corrupt a
+//! DELETE-mode database within seconds), so there the registry is a record store (see
+//! `records`), whose correctness needs only atomic rename and exclusive create.
 
 use crate::error::{Result, RunError};
 use std::path::Path;
@@ -56,57 +57,66 @@ pub fn kind_of(dir: &Path) -> std::io::Result<FsKind> {
     Ok(classify(st.f_type as i64))
 }
 
-/// SQLite journal modes the registry uses.
+/// How the registry is stored: one SQLite database in one of its journal modes (local
+/// filesystems), or a record store (any filesystem; the default on a network one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JournalMode {
-    /// Write-ahead log: readers never block the writer. Local filesystems only.
+    /// Write-ahead log: readers never block the writer.
     Wal,
-    /// Rollback journal deleted at each commit: needs only POSIX locks.
+    /// Rollback journal deleted at each commit.
     Delete,
     /// Rollback journal truncated at each commit (fewer metadata operations than DELETE).
     Truncate,
+    /// Immutable per-write records in `runs.d`, merged into a node-local cache.
+    Records,
 }
 
 impl JournalMode {
+    /// The name SHOAL_REGISTRY_JOURNAL takes (and SQLite's journal_mode, for its modes).
     pub fn pragma(self) -> &'static str {
         match self {
             JournalMode::Wal => "WAL",
             JournalMode::Delete => "DELETE",
             JournalMode::Truncate => "TRUNCATE",
+            JournalMode::Records => "RECORDS",
         }
     }
 }
 
-/// Overrides the choice, for a registry served from a host that sees it as local while other
-/// hosts reach it over the network (the one case statfs cannot tell).
+/// Overrides the choice: `records` for a registry served from a host that sees it as local
+/// while other hosts reach it over the network (the one case statfs cannot tell).
 pub const JOURNAL_ENV: &str = "SHOAL_REGISTRY_JOURNAL";
 
-/// The journal mode for a registry on `kind`, unless `requested` (the value of
-/// SHOAL_REGISTRY_JOURNAL) names one. WAL is refused on a network filesystem.
+/// The store for a registry on `kind`, unless `requested` (the value of
+/// SHOAL_REGISTRY_JOURNAL) names one. SQLite is refused on a network filesystem.
 pub fn choose(kind: FsKind, requested: Option<&str>) -> Result<JournalMode> {
     let requested = requested.map(str::trim).filter(|s| !s.is_empty());
     let mode = match requested.map(str::to_ascii_lowercase).as_deref() {
         None => {
             return Ok(match kind {
                 FsKind::Local => JournalMode::Wal,
-                FsKind::Network(_) => JournalMode::Delete,
+                FsKind::Network(_) => JournalMode::Records,
             })
         }
         Some("wal") => JournalMode::Wal,
         Some("delete") => JournalMode::Delete,
         Some("truncate") => JournalMode::Truncate,
+        Some("records") => JournalMode::Records,
         Some(other) => {
             return Err(RunError::Command(format!(
-                "{JOURNAL_ENV}={other:?} is not a journal mode\nhint: use wal (local \
-                 filesystems), delete or truncate (network filesystems), or unset it"
+                "{JOURNAL_ENV}={other:?} is not a journal mode\nhint: use records (any \
+                 filesystem), or wal, delete or truncate (SQLite, local filesystems only), or \
+                 unset it"
             )))
         }
     };
-    if let (JournalMode::Wal, FsKind::Network(name)) = (mode, kind) {
+    if let (false, FsKind::Network(name)) = (mode == JournalMode::Records, kind) {
         return Err(RunError::Command(format!(
-            "{JOURNAL_ENV}=wal, but the run registry is on {name}: SQLite's WAL mode does not \
-             work on a network filesystem\nhint: unset {JOURNAL_ENV} (shoal then uses delete \
-             there), or set SHOAL_HOME to a local directory"
+            "{JOURNAL_ENV}={}, but the run registry is on {name}: SQLite is not safe on a \
+             network filesystem (client caches do not honour its locks, and writers on two \
+             nodes corrupt the database)\nhint: unset {JOURNAL_ENV} (shoal then keeps the \
+             registry as records there), or set SHOAL_HOME to a local directory",
+            mode.pragma().to_ascii_lowercase()
         )));
     }
     Ok(mode)
@@ -144,18 +154,20 @@ mod tests {
     fn journal_mode_follows_the_filesystem() {
         let nfs = FsKind::Network("NFS");
         assert_eq!(choose(FsKind::Local, None).unwrap(), JournalMode::Wal);
-        assert_eq!(choose(nfs, None).unwrap(), JournalMode::Delete);
-        assert_eq!(choose(nfs, Some("")).unwrap(), JournalMode::Delete);
+        assert_eq!(choose(nfs, None).unwrap(), JournalMode::Records);
+        assert_eq!(choose(nfs, Some("")).unwrap(), JournalMode::Records);
         assert_eq!(
-            choose(nfs, Some("Truncate")).unwrap(),
+            choose(FsKind::Local, Some("Truncate")).unwrap(),
             JournalMode::Truncate
         );
         assert_eq!(
-            choose(FsKind::Local, Some("delete")).unwrap(),
-            JournalMode::Delete
+            choose(FsKind::Local, Some("records")).unwrap(),
+            JournalMode::Records
         );
-        let e = choose(nfs, Some("wal")).unwrap_err().to_string();
-        assert!(e.contains("on NFS") && e.contains("hint:"), "{e}");
+        for sqlite in ["wal", "delete", "truncate"] {
+            let e = choose(nfs, Some(sqlite)).unwrap_err().to_string();
+            assert!(e.contains("on NFS") && e.contains("hint:"), "{e}");
+        }
         let e = choose(FsKind::Local, Some("memory"))
             .unwrap_err()
             .to_string();

@@ -4,17 +4,20 @@
 //!
 //! Many processes use it at once (several drivers, `shoal runs` in a loop, possibly on other
 //! nodes): writes are short IMMEDIATE transactions and a busy timeout makes a writer wait for
-//! another instead of failing. On a local filesystem the journal is WAL (readers run beside a
-//! writer); on a network filesystem it is a rollback journal, which needs only POSIX locks
-//! (see `netfs`). The schema is versioned (see `schema`).
+//! another instead of failing. On a local filesystem that database is the registry (WAL:
+//! readers run beside a writer); on a network filesystem it is this node's cache of a record
+//! store (see `records`, and `netfs` for the choice), and every write is also published as a
+//! record. The schema is versioned (see `schema`).
 
 use crate::error::{Result, RunError};
 use crate::netfs::{self, FsKind, JournalMode};
 use crate::params::{render, typed, Combination};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use crate::records::{self, Log, Store};
+use rusqlite::{params, Connection, OptionalExtension, ToSql, TransactionBehavior};
 use serde::Serialize;
 use serde_json::Value as Json;
 use shoal_core::fsutil::{hostname, now_secs, pid_alive};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -217,10 +220,54 @@ impl Counts {
 }
 
 pub struct Registry {
+    /// The database queried: the registry itself, or on a record store its node-local cache.
     conn: Connection,
     path: PathBuf,
     journal: JournalMode,
     fs: FsKind,
+    /// The shared record store (`runs.d`), when the registry lives on a network filesystem.
+    store: Option<Store>,
+    /// Runs this registry drives (`start_driver`): their records are folded into bases here.
+    drives: RefCell<std::collections::HashSet<i64>>,
+}
+
+/// A write's transaction: executes statements on the database and, on a record store, keeps
+/// them (with their values) for the record that publishes the write.
+struct Tx<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    log: Option<RefCell<Log>>,
+}
+
+impl Tx<'_> {
+    fn execute(&self, sql: &str, params: &[&dyn ToSql]) -> rusqlite::Result<usize> {
+        let values = params
+            .iter()
+            .map(|p| records::value_of(*p))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let n = self
+            .tx
+            .prepare_cached(sql)?
+            .execute(rusqlite::params_from_iter(values.iter()))?;
+        if let Some(log) = &self.log {
+            log.borrow_mut()
+                .push(sql, values.iter().map(records::to_json).collect());
+        }
+        Ok(n)
+    }
+
+    /// A read inside the write (not recorded: a record holds only what changes).
+    fn query_row<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn ToSql],
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.tx.query_row(sql, params, f)
+    }
+
+    fn last_insert_rowid(&self) -> i64 {
+        self.tx.last_insert_rowid()
+    }
 }
 
 fn json_col(s: String) -> Json {
@@ -382,6 +429,87 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// The record store of the registry at `path` (`runs.d` beside `runs.db`).
+pub fn records_dir(path: &Path) -> PathBuf {
+    path.with_extension("d")
+}
+
+/// Whether a registry exists at `path` (a SQLite file or a record store).
+pub fn exists(path: &Path) -> bool {
+    path.exists() || records_dir(path).is_dir()
+}
+
+/// The SQLite registry at `path` in `journal` mode, its schema brought up to date.
+fn open_sqlite(path: &Path, journal: JournalMode) -> Result<Connection> {
+    let db = |source| RunError::Db {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(db)?;
+    // Writers from other processes hold the lock only for short transactions; a minute
+    // covers a loaded machine too.
+    conn.busy_timeout(Duration::from_secs(60)).map_err(db)?;
+    // journal_mode answers with the mode in force: a rollback-journal database stays so
+    // until a WAL request, and leaving WAL needs every other connection closed.
+    let mode: String = conn
+        .query_row(
+            &format!("PRAGMA journal_mode={}", journal.pragma()),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    if !mode.eq_ignore_ascii_case(journal.pragma()) {
+        return Err(RunError::Command(format!(
+            "run registry {}: journal mode is {mode}, could not switch to {}\nhint: another \
+             process holds it open in {mode} mode; retry when no shoal command is using it",
+            path.display(),
+            journal.pragma()
+        )));
+    }
+    // WAL is durable enough with NORMAL; a rollback journal needs FULL to survive a crash.
+    let sync = if journal == JournalMode::Wal {
+        "NORMAL"
+    } else {
+        "FULL"
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"
+    ))
+    .map_err(db)?;
+    crate::schema::upgrade(&mut conn)
+        .map_err(|e| RunError::Command(format!("run registry {}: {e}", path.display())))?;
+    Ok(conn)
+}
+
+/// This node's cache of the record store at `root`: a WAL database in `dir` when that is a
+/// local disk, else (or when the file cannot be used) one in memory, rebuilt from the records
+/// by every process. It holds nothing the records do not.
+fn open_cache(dir: &Path, root: &Path) -> Result<Connection> {
+    use std::os::unix::fs::DirBuilderExt;
+    let local = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| netfs::kind_of(dir))
+        .is_ok_and(|k| k == FsKind::Local);
+    let file = records::cache_file(dir, root);
+    let on_disk = local
+        .then(|| open_sqlite(&file, JournalMode::Wal))
+        .and_then(Result::ok)
+        .filter(|c| records::create_cache_tables(c).is_ok());
+    if let Some(conn) = on_disk {
+        return Ok(conn);
+    }
+    let db = |source| RunError::Db {
+        path: root.to_path_buf(),
+        source,
+    };
+    let mut conn = Connection::open_in_memory().map_err(db)?;
+    crate::schema::upgrade(&mut conn).map_err(RunError::Command)?;
+    records::create_cache_tables(&conn).map_err(db)?;
+    Ok(conn)
+}
+
 impl Registry {
     /// Open (creating, or upgrading the schema of) the registry at `path`, with the journal
     /// mode its filesystem supports (SHOAL_REGISTRY_JOURNAL overrides it).
@@ -398,49 +526,46 @@ impl Registry {
 
     /// `open` for a filesystem kind given by the caller (tests inject a network filesystem).
     pub fn open_on(path: &Path, fs: FsKind, requested: Option<&str>) -> Result<Registry> {
-        let journal = netfs::choose(fs, requested)?;
-        let db = |source| RunError::Db {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut conn = Connection::open(path).map_err(db)?;
-        // Writers from other processes (or nodes) hold the lock only for short transactions;
-        // a minute covers a stalled network filesystem too.
-        conn.busy_timeout(Duration::from_secs(60)).map_err(db)?;
-        // journal_mode answers with the mode in force: a rollback-journal database stays so
-        // until a WAL request, and leaving WAL needs every other connection closed.
-        let mode: String = conn
-            .query_row(
-                &format!("PRAGMA journal_mode={}", journal.pragma()),
-                [],
-                |r| r.get(0),
-            )
-            .map_err(db)?;
-        if !mode.eq_ignore_ascii_case(journal.pragma()) {
-            return Err(RunError::Command(format!(
-                "run registry {}: journal mode is {mode}, could not switch to {}\nhint: another \
-                 process holds it open in {mode} mode; retry when no shoal command is using it",
-                path.display(),
-                journal.pragma()
-            )));
+        Registry::open_with_cache(path, fs, requested, &records::default_cache_dir())
+    }
+
+    /// `open_on` with the node-local directory that holds a record store's cache (tests give
+    /// each simulated node its own).
+    pub fn open_with_cache(
+        path: &Path,
+        fs: FsKind,
+        requested: Option<&str>,
+        cache_dir: &Path,
+    ) -> Result<Registry> {
+        let store_dir = records_dir(path);
+        let mut journal = netfs::choose(fs, requested)?;
+        // Once made, a record store decides for every node, also for the one that serves the
+        // filesystem and sees it as a local disk.
+        if store_dir.is_dir() && requested.is_none_or(|r| r.trim().is_empty()) {
+            journal = JournalMode::Records;
         }
-        // WAL is durable enough with NORMAL; a rollback journal needs FULL to survive a crash.
-        let sync = if journal == JournalMode::Wal {
-            "NORMAL"
-        } else {
-            "FULL"
-        };
-        conn.execute_batch(&format!(
-            "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"
-        ))
-        .map_err(db)?;
-        crate::schema::upgrade(&mut conn)
-            .map_err(|e| RunError::Command(format!("run registry {}: {e}", path.display())))?;
+        if journal == JournalMode::Records {
+            if !store_dir.is_dir() && path.is_file() {
+                records::import(path, &store_dir)?;
+            }
+            std::fs::create_dir_all(&store_dir)
+                .map_err(|e| shoal_core::CoreError::io(&store_dir, e))?;
+            return Ok(Registry {
+                conn: open_cache(cache_dir, &store_dir)?,
+                path: path.to_path_buf(),
+                journal,
+                fs,
+                store: Some(Store::new(store_dir)),
+                drives: RefCell::default(),
+            });
+        }
         Ok(Registry {
-            conn,
+            conn: open_sqlite(path, journal)?,
             path: path.to_path_buf(),
             journal,
             fs,
+            store: None,
+            drives: RefCell::default(),
         })
     }
 
@@ -461,16 +586,60 @@ impl Registry {
     }
 
     /// One IMMEDIATE transaction: takes the write lock up front, so the busy timeout applies
-    /// (a deferred transaction upgrading to a writer can fail at once under WAL).
+    /// (a deferred transaction upgrading to a writer can fail at once under WAL). On a record
+    /// store the statements are also published as a record of run `run` before the cache
+    /// commits them, so a failed publish leaves the cache as it was.
     fn write<T>(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+        run: Option<i64>,
+        f: impl FnOnce(&Tx<'_>) -> rusqlite::Result<T>,
     ) -> Result<T> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
             .map_err(|e| self.db(e))?;
-        let v = f(&tx).map_err(|e| self.db(e))?;
+        let w = Tx {
+            tx: &tx,
+            log: self.store.as_ref().map(|_| RefCell::default()),
+        };
+        let v = f(&w).map_err(|e| self.db(e))?;
+        let mut on_top = 0;
+        if let (Some(store), Some(id), Some(log)) = (&self.store, run, w.log) {
+            let log = log.into_inner();
+            if !log.is_empty() {
+                on_top = store.commit(&tx, id, &log)?;
+            }
+        }
         tx.commit().map_err(|e| self.db(e))?;
+        if let Some(id) = run.filter(|_| on_top >= records::COMPACT_AFTER) {
+            self.compact(id)?;
+        }
         Ok(v)
+    }
+
+    /// On a record store, fold the records of a run this registry drives into one base.
+    fn compact(&self, id: i64) -> Result<()> {
+        let Some(store) = self
+            .store
+            .as_ref()
+            .filter(|_| self.drives.borrow().contains(&id))
+        else {
+            return Ok(());
+        };
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(|e| self.db(e))?;
+        store.compact(&tx, id)?;
+        tx.commit().map_err(|e| self.db(e))
+    }
+
+    /// On a record store, bring the cache up to date with run `id` (every run when None)
+    /// before a read.
+    fn refresh(&self, id: Option<i64>) -> Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(|e| self.db(e))?;
+        store.refresh(&tx, id)?;
+        tx.commit().map_err(|e| self.db(e))
     }
 
     /// Register a run and its tasks (all pending). Task `i` writes to `RUN_DIR/i`, where
@@ -480,13 +649,15 @@ impl Registry {
         for t in &new.tags {
             check_tag(t)?;
         }
-        let id = self.write(|tx| {
+        // A record store hands out ids itself (SQLite's AUTOINCREMENT is per node there).
+        let given = self.store.as_ref().map(Store::allocate).transpose()?;
+        let id = self.write(given, |tx| {
             tx.execute(
                 "INSERT INTO runs (name, command, params, backend, template, options, cwd, run_dir, \
                  config_path, git_commit, git_dirty, created, status, experiment, overrides, \
-                 datasets, note) \
+                 datasets, note, id) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '', ?8, ?9, ?10, ?11, 'pending', ?12, ?13, \
-                 ?14, ?15)",
+                 ?14, ?15, ?16)",
                 params![
                     new.name,
                     serde_json::to_string(&new.command).unwrap_or_default(),
@@ -503,6 +674,7 @@ impl Registry {
                     new.overrides.to_string(),
                     new.datasets.to_string(),
                     new.note,
+                    given,
                 ],
             )?;
             let id = tx.last_insert_rowid();
@@ -517,10 +689,8 @@ impl Registry {
                 "UPDATE runs SET run_dir = ?1 WHERE id = ?2",
                 params![run_dir.display().to_string(), id],
             )?;
-            let mut stmt = tx.prepare(
-                "INSERT INTO tasks (run_id, idx, params, argv, out_dir, state) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
-            )?;
+            let insert = "INSERT INTO tasks (run_id, idx, params, argv, out_dir, state) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending')";
             for (i, combo) in combos.iter().enumerate() {
                 let out = run_dir.join(i.to_string());
                 let mut vars = combo.clone();
@@ -530,13 +700,16 @@ impl Registry {
                 vars.push(("name".into(), new.name.clone()));
                 vars.extend(dataset_vars(&new.datasets));
                 let argv = render(&new.command, &vars);
-                stmt.execute(params![
+                tx.execute(
+                    insert,
+                    params![
                     id,
                     i as i64,
                     serde_json::to_string(combo).unwrap_or_default(),
                     serde_json::to_string(&argv).unwrap_or_default(),
                     out.display().to_string(),
-                ])?;
+                ],
+                )?;
             }
             Ok(id)
         })?;
@@ -544,6 +717,7 @@ impl Registry {
     }
 
     pub fn get(&self, id: i64) -> Result<RunRow> {
+        self.refresh(Some(id))?;
         let mut run = self
             .conn
             .query_row(
@@ -560,6 +734,7 @@ impl Registry {
 
     /// A run's tags, sorted.
     pub fn tags(&self, id: i64) -> Result<Vec<String>> {
+        self.refresh(Some(id))?;
         (|| {
             let mut stmt = self
                 .conn
@@ -576,7 +751,7 @@ impl Registry {
             check_tag(t)?;
         }
         self.get(id)?;
-        self.write(|tx| {
+        self.write(Some(id), |tx| {
             let mut n = 0;
             for t in tags {
                 n += tx.execute(
@@ -590,7 +765,7 @@ impl Registry {
 
     /// Remove tags from a run; returns how many it had.
     pub fn remove_tags(&self, id: i64, tags: &[String]) -> Result<usize> {
-        self.write(|tx| {
+        self.write(Some(id), |tx| {
             let mut n = 0;
             for t in tags {
                 n += tx.execute(
@@ -605,7 +780,9 @@ impl Registry {
     /// Set (or with None clear) a run's note.
     pub fn set_note(&self, id: i64, note: Option<&str>) -> Result<()> {
         self.get(id)?;
-        self.write(|tx| tx.execute("UPDATE runs SET note = ?2 WHERE id = ?1", params![id, note]))?;
+        self.write(Some(id), |tx| {
+            tx.execute("UPDATE runs SET note = ?2 WHERE id = ?1", params![id, note])
+        })?;
         Ok(())
     }
 
@@ -614,6 +791,7 @@ impl Registry {
         if let Ok(id) = key.parse::<i64>() {
             return self.get(id);
         }
+        self.refresh(None)?;
         self.conn
             .query_row(
                 &format!("SELECT {RUN_COLS} FROM runs WHERE name = ?1 ORDER BY id DESC LIMIT 1"),
@@ -636,6 +814,7 @@ impl Registry {
 
     /// The runs `filter` selects, with their task counts, oldest first.
     pub fn list_filtered(&self, filter: &RunFilter) -> Result<Vec<(RunRow, Counts)>> {
+        self.refresh(None)?;
         let mut sql = format!("SELECT {RUN_COLS} FROM runs WHERE 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
@@ -712,6 +891,7 @@ impl Registry {
     }
 
     pub fn counts(&self, id: i64) -> Result<Counts> {
+        self.refresh(Some(id))?;
         let mut c = Counts::default();
         (|| {
             let mut stmt = self
@@ -730,6 +910,7 @@ impl Registry {
 
     /// Tasks of a run in index order, optionally only those in `states`.
     pub fn tasks(&self, id: i64, states: Option<&[&str]>) -> Result<Vec<TaskRow>> {
+        self.refresh(Some(id))?;
         let all = (|| {
             let mut stmt = self.conn.prepare(&format!(
                 "SELECT {TASK_COLS} FROM tasks WHERE run_id = ?1 ORDER BY idx"
@@ -748,6 +929,7 @@ impl Registry {
     }
 
     pub fn task(&self, id: i64, idx: i64) -> Result<Option<TaskRow>> {
+        self.refresh(Some(id))?;
         self.conn
             .query_row(
                 &format!("SELECT {TASK_COLS} FROM tasks WHERE run_id = ?1 AND idx = ?2"),
@@ -760,6 +942,7 @@ impl Registry {
 
     /// Earlier attempts of a task (kept when `rerun` resets it), oldest first.
     pub fn attempts(&self, id: i64, idx: i64) -> Result<Vec<Outcome>> {
+        self.refresh(Some(id))?;
         (|| {
             let mut stmt = self.conn.prepare(
                 "SELECT idx, attempt, state, exit_code, duration, started, ended, host, worker, \
@@ -788,19 +971,17 @@ impl Registry {
     /// Record a new launch of the run (numbered from 1) and make its options the run's
     /// current ones. The driver started next belongs to it.
     pub fn begin_launch(&self, id: i64, l: &NewLaunch) -> Result<i64> {
-        self.write(|tx| {
-            let n: i64 = tx.query_row(
-                "SELECT COALESCE(MAX(n), 0) + 1 FROM launches WHERE run_id = ?1",
-                [id],
-                |r| r.get(0),
-            )?;
+        self.write(Some(id), |tx| {
+            // The number is taken in SQL, not passed in, so a replayed record numbers it
+            // after the launches before it in every reader's order.
             tx.execute(
                 "INSERT INTO launches (run_id, n, kind, started, git_commit, git_dirty, template, \
                  options, options_from, tasks, detached) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 SELECT ?1, COALESCE(MAX(n), 0) + 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11 \
+                 FROM launches WHERE run_id = ?1",
                 params![
                     id,
-                    n,
+                    Option::<i64>::None,
                     l.kind,
                     now_secs(),
                     l.git.as_ref().map(|g| g.0.clone()),
@@ -821,12 +1002,17 @@ impl Registry {
                     l.overrides.to_string()
                 ],
             )?;
-            Ok(n)
+            tx.query_row(
+                "SELECT MAX(n) FROM launches WHERE run_id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
         })
     }
 
     /// Every launch of a run, oldest first.
     pub fn launches(&self, id: i64) -> Result<Vec<LaunchRow>> {
+        self.refresh(Some(id))?;
         (|| {
             let mut stmt = self.conn.prepare(&format!(
                 "SELECT {LAUNCH_COLS} FROM launches WHERE run_id = ?1 ORDER BY n"
@@ -839,6 +1025,7 @@ impl Registry {
 
     /// The work dir of one of the run's sessions, as its launch recorded it.
     pub fn session_path(&self, id: i64, session: &str) -> Result<Option<String>> {
+        self.refresh(Some(id))?;
         self.conn
             .query_row(
                 "SELECT session_path FROM launches WHERE run_id = ?1 AND session = ?2 \
@@ -853,7 +1040,8 @@ impl Registry {
 
     /// The driver took the run: record its pid and host, mark the run running.
     pub fn start_driver(&self, id: i64, pid: u32, host: &str) -> Result<()> {
-        self.write(|tx| {
+        self.drives.borrow_mut().insert(id);
+        self.write(Some(id), |tx| {
             tx.execute(
                 "UPDATE runs SET status = 'running', driver_pid = ?2, driver_host = ?3, \
                  started = COALESCE(started, ?4), ended = NULL, message = NULL WHERE id = ?1",
@@ -871,7 +1059,7 @@ impl Registry {
     }
 
     pub fn set_session(&self, id: i64, session: &str, path: &str) -> Result<()> {
-        self.write(|tx| {
+        self.write(Some(id), |tx| {
             tx.execute(
                 "UPDATE runs SET session = ?2, session_path = ?3 WHERE id = ?1",
                 params![id, session, path],
@@ -889,14 +1077,14 @@ impl Registry {
 
     /// Tasks a worker has started (pending -> running), in the run's current launch.
     pub fn mark_running(&self, id: i64, idxs: &[i64]) -> Result<usize> {
-        self.write(|tx| {
-            let mut stmt = tx.prepare(&format!(
+        self.write(Some(id), |tx| {
+            let sql = format!(
                 "UPDATE tasks SET state = 'running', launch = {CURRENT_LAUNCH} \
                  WHERE run_id = ?1 AND idx = ?2 AND state = 'pending'"
-            ))?;
+            );
             let mut n = 0;
             for i in idxs {
-                n += stmt.execute([id, *i])?;
+                n += tx.execute(&sql, params![id, *i])?;
             }
             Ok(n)
         })
@@ -905,29 +1093,32 @@ impl Registry {
     /// Record task ends in one transaction. An outcome of an older attempt than the task's
     /// current one is ignored, so a late or harvested result never overwrites a rerun.
     pub fn record(&self, id: i64, outcomes: &[Outcome]) -> Result<usize> {
-        self.write(|tx| {
-            let mut stmt = tx.prepare(&format!(
+        self.write(Some(id), |tx| {
+            let sql = format!(
                 "UPDATE tasks SET state = ?3, exit_code = ?4, duration = ?5, started = ?6, \
                  ended = ?7, host = ?8, worker = ?9, session = ?10, \
                  launch = COALESCE(?12, {CURRENT_LAUNCH}) \
                  WHERE run_id = ?1 AND idx = ?2 AND attempt = ?11"
-            ))?;
+            );
             let mut n = 0;
             for o in outcomes {
-                n += stmt.execute(params![
-                    id,
-                    o.idx,
-                    o.state,
-                    o.exit_code,
-                    o.duration,
-                    o.started,
-                    o.ended,
-                    o.host,
-                    o.worker,
-                    o.session,
-                    o.attempt,
-                    o.launch,
-                ])?;
+                n += tx.execute(
+                    &sql,
+                    params![
+                        id,
+                        o.idx,
+                        o.state,
+                        o.exit_code,
+                        o.duration,
+                        o.started,
+                        o.ended,
+                        o.host,
+                        o.worker,
+                        o.session,
+                        o.attempt,
+                        o.launch,
+                    ],
+                )?;
             }
             Ok(n)
         })
@@ -936,7 +1127,7 @@ impl Registry {
     /// Move tasks in `from` states to `to` (no new attempt): e.g. running -> pending after an
     /// interruption, pending/running -> cancelled on cancel.
     pub fn set_states(&self, id: i64, from: &[&str], to: &str) -> Result<usize> {
-        self.write(|tx| {
+        self.write(Some(id), |tx| {
             let mut n = 0;
             for f in from {
                 n += tx.execute(
@@ -951,7 +1142,7 @@ impl Registry {
     /// Start a new attempt of every task in `from` states: the old attempt moves to the
     /// history table, the task becomes pending with attempt + 1.
     pub fn new_attempt(&self, id: i64, from: &[&str]) -> Result<usize> {
-        self.write(|tx| {
+        self.write(Some(id), |tx| {
             let mut n = 0;
             for f in from {
                 tx.execute(
@@ -976,7 +1167,7 @@ impl Registry {
     /// but pending/running.
     pub fn set_status(&self, id: i64, status: &str, message: Option<&str>) -> Result<()> {
         let ended = (!matches!(status, "pending" | "running")).then(now_secs);
-        self.write(|tx| {
+        self.write(Some(id), |tx| {
             tx.execute(
                 "UPDATE runs SET status = ?2, message = COALESCE(?3, message), ended = ?4 \
                  WHERE id = ?1",
@@ -990,6 +1181,10 @@ impl Registry {
                 params![id, status, ended],
             )
         })?;
+        if ended.is_some() {
+            // The driver is done with the run: leave one file for readers to start from.
+            self.compact(id)?;
+        }
         Ok(())
     }
 
@@ -1011,12 +1206,12 @@ impl Registry {
     }
 
     pub fn delete(&self, id: i64) -> Result<()> {
-        self.write(|tx| {
-            tx.execute("DELETE FROM attempts WHERE run_id = ?1", [id])?;
-            tx.execute("DELETE FROM tasks WHERE run_id = ?1", [id])?;
-            tx.execute("DELETE FROM launches WHERE run_id = ?1", [id])?;
-            tx.execute("DELETE FROM run_tags WHERE run_id = ?1", [id])?;
-            tx.execute("DELETE FROM runs WHERE id = ?1", [id])
+        self.write(Some(id), |tx| {
+            tx.execute("DELETE FROM attempts WHERE run_id = ?1", params![id])?;
+            tx.execute("DELETE FROM tasks WHERE run_id = ?1", params![id])?;
+            tx.execute("DELETE FROM launches WHERE run_id = ?1", params![id])?;
+            tx.execute("DELETE FROM run_tags WHERE run_id = ?1", params![id])?;
+            tx.execute("DELETE FROM runs WHERE id = ?1", params![id])
         })?;
         Ok(())
     }
@@ -1067,14 +1262,30 @@ mod tests {
         }
     }
 
+    /// A registry in `t` as a local SQLite database, or as a record store seen from node
+    /// `node` (each node has its own cache).
+    fn open_as(t: &Path, records: Option<&str>) -> Registry {
+        let path = t.join("runs.db");
+        match records {
+            None => Registry::open_on(&path, FsKind::Local, None).unwrap(),
+            Some(node) => {
+                let nfs = FsKind::Network("NFS");
+                Registry::open_with_cache(&path, nfs, None, &t.join("cache").join(node)).unwrap()
+            }
+        }
+    }
+
     #[test]
     fn create_record_rerun() {
-        let t = tempfile::tempdir().unwrap();
-        let reg = Registry::open(&t.path().join("runs.db")).unwrap();
+        for records in [None, Some("n1")] {
+            let t = tempfile::tempdir().unwrap();
+            create_record_rerun_on(t.path(), open_as(t.path(), records));
+        }
+    }
+
+    fn create_record_rerun_on(t: &Path, reg: Registry) {
         let grid = Grid::parse(&["lr=1,2".into()], &[], &[]).unwrap();
-        let run = reg
-            .create_run(&new_run(t.path(), "iris"), &grid.expand())
-            .unwrap();
+        let run = reg.create_run(&new_run(t, "iris"), &grid.expand()).unwrap();
         assert_eq!(run.id, 1);
         assert!(run.run_dir.ends_with("results/iris-1"), "{}", run.run_dir);
         assert_eq!(run.git_dirty, Some(true));
@@ -1226,33 +1437,160 @@ mod tests {
         assert_eq!(v, crate::schema::LATEST);
     }
 
+    fn done(n: i64) -> Vec<Outcome> {
+        (0..n)
+            .map(|i| Outcome {
+                idx: i,
+                attempt: 1,
+                state: "done".into(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// The runs as (name, status, done tasks), for comparing what two nodes see.
+    fn view(reg: &Registry) -> Vec<(i64, String, String, u64, Vec<String>)> {
+        reg.list()
+            .unwrap()
+            .into_iter()
+            .map(|(r, c)| (r.id, r.name, r.status, c.done, r.tags))
+            .collect()
+    }
+
     #[test]
-    fn a_network_filesystem_gets_a_rollback_journal() {
+    fn a_network_filesystem_gets_a_record_store() {
+        let t = tempfile::tempdir().unwrap();
+        let reg = open_as(t.path(), Some("n1"));
+        assert_eq!(
+            reg.journal(),
+            (JournalMode::Records, FsKind::Network("NFS"))
+        );
+        let run = reg.create_run(&new_run(t.path(), "a"), &[vec![]]).unwrap();
+        // Nothing of SQLite on the shared filesystem: a directory per run, a record per write.
+        assert!(!t.path().join("runs.db").exists());
+        let recs = std::fs::read_dir(t.path().join("runs.d").join(run.id.to_string()))
+            .unwrap()
+            .count();
+        assert_eq!(recs, 1);
+        // Once there, the store is used also from a host that sees the disk as local.
+        let here = Registry::open_with_cache(
+            &t.path().join("runs.db"),
+            FsKind::Local,
+            None,
+            &t.path().join("cache/server"),
+        )
+        .unwrap();
+        assert_eq!(here.journal().0, JournalMode::Records);
+        assert_eq!(here.get(run.id).unwrap().name, "a");
+        // SQLite is refused there; `records` may be asked for anywhere.
+        let nfs = FsKind::Network("NFS");
+        assert!(Registry::open_on(&t.path().join("x.db"), nfs, Some("delete")).is_err());
+        let u = tempfile::tempdir().unwrap();
+        let forced = Registry::open_with_cache(
+            &u.path().join("runs.db"),
+            FsKind::Local,
+            Some("records"),
+            &u.path().join("c"),
+        )
+        .unwrap();
+        assert_eq!(forced.journal().0, JournalMode::Records);
+    }
+
+    #[test]
+    fn a_registry_left_on_a_network_filesystem_is_imported() {
         let t = tempfile::tempdir().unwrap();
         let path = t.path().join("runs.db");
-        // Made on a local disk (WAL), then opened as if from a node that mounts it over NFS.
-        Registry::open_on(&path, FsKind::Local, None).unwrap();
-        let nfs = FsKind::Network("NFS");
-        let reg = Registry::open_on(&path, nfs, None).unwrap();
-        assert_eq!(reg.journal(), (JournalMode::Delete, nfs));
-        let mode: String = reg
-            .conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(mode, "delete");
-        drop(reg);
-        assert!(!t.path().join("runs.db-wal").exists());
-        // Writers from several processes (threads here) still wait for each other.
+        {
+            // What an older shoal wrote on NFS: a DELETE-mode SQLite registry with two runs.
+            let old = Registry::open_on(&path, FsKind::Local, Some("delete")).unwrap();
+            let a = old
+                .create_run(&new_run(t.path(), "a"), &[vec![], vec![]])
+                .unwrap();
+            old.create_run(&new_run(t.path(), "b"), &[vec![]]).unwrap();
+            old.record(a.id, &done(2)).unwrap();
+            old.add_tags(a.id, &["kept".into()]).unwrap();
+            old.delete(2).unwrap();
+            old.create_run(&new_run(t.path(), "c"), &[vec![]]).unwrap();
+        }
+        let reg = open_as(t.path(), Some("n1"));
+        assert_eq!(reg.journal().0, JournalMode::Records);
+        let runs = view(&reg);
+        assert_eq!(
+            runs,
+            [
+                (1, "a".into(), "pending".into(), 2, vec!["kept".into()]),
+                (3, "c".into(), "pending".into(), 0, vec![]),
+            ]
+        );
+        assert!(!path.exists() && t.path().join("runs.db.imported").is_file());
+        // Ids go on from the imported ones.
+        let d = reg.create_run(&new_run(t.path(), "d"), &[vec![]]).unwrap();
+        assert_eq!(d.id, 4);
+        assert_eq!(view(&open_as(t.path(), Some("n2"))).len(), 3);
+    }
+
+    #[test]
+    fn a_record_of_a_newer_shoal_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let reg = open_as(t.path(), Some("n1"));
+        let run = reg.create_run(&new_run(t.path(), "a"), &[vec![]]).unwrap();
+        let newer = serde_json::json!({
+            "format": 1, "schema": crate::schema::LATEST + 1, "run": run.id,
+            "stamp": 9_000_000_000_000_000_i64, "writer": "future-1-0", "stmts": []
+        });
+        let dir = t.path().join("runs.d").join(run.id.to_string());
+        std::fs::write(
+            dir.join("09000000000000000000-future-1-0.json"),
+            newer.to_string(),
+        )
+        .unwrap();
+        let e = open_as(t.path(), Some("n2"))
+            .list()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("newer than this shoal's") && e.contains("hint:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn nodes_writing_at_once_agree() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        // Three "nodes" (each its own cache), each running drivers that write and list.
         let handles: Vec<_> = (0..3)
             .map(|k| {
-                let (path, dir) = (path.clone(), t.path().to_path_buf());
+                let root = root.clone();
                 std::thread::spawn(move || {
-                    let reg = Registry::open_on(&path, nfs, None).unwrap();
-                    for _ in 0..5 {
+                    let reg = open_as(&root, Some(&format!("node{k}")));
+                    for j in 0..6 {
+                        let combos: Vec<Combination> = (0..10).map(|_| vec![]).collect();
                         let run = reg
-                            .create_run(&new_run(&dir, &format!("n{k}")), &[vec![], vec![]])
+                            .create_run(&new_run(&root, &format!("n{k}")), &combos)
                             .unwrap();
-                        reg.mark_running(run.id, &[0, 1]).unwrap();
+                        reg.begin_launch(
+                            run.id,
+                            &NewLaunch {
+                                kind: "run".into(),
+                                git: None,
+                                template: None,
+                                options: serde_json::json!({}),
+                                options_from: "none".into(),
+                                overrides: serde_json::json!({}),
+                                tasks: 10,
+                                detached: false,
+                            },
+                        )
+                        .unwrap();
+                        reg.start_driver(run.id, 1, "elsewhere").unwrap();
+                        reg.mark_running(run.id, &(0..10).collect::<Vec<_>>())
+                            .unwrap();
+                        reg.record(run.id, &done(10)).unwrap();
+                        if j % 2 == 0 {
+                            reg.add_tags(run.id, &[format!("by{k}")]).unwrap();
+                        }
+                        assert_eq!(reg.settle(run.id).unwrap(), "done");
                         reg.list().unwrap();
                     }
                 })
@@ -1261,22 +1599,152 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
-        let reg = Registry::open_on(&path, nfs, Some("truncate")).unwrap();
-        assert_eq!(reg.list().unwrap().len(), 15);
-        assert!(Registry::open_on(&path, nfs, Some("wal")).is_err());
+        let a = view(&open_as(&root, Some("fresh")));
+        assert_eq!(a.len(), 18);
+        let ids: std::collections::BTreeSet<i64> = a.iter().map(|r| r.0).collect();
+        assert_eq!(ids, (1..=18).collect());
+        assert!(a.iter().all(|r| r.2 == "done" && r.3 == 10), "{a:?}");
+        assert_eq!(a.iter().filter(|r| !r.4.is_empty()).count(), 9);
+        // Every node's cache, refreshed, holds the same registry.
+        for k in 0..3 {
+            assert_eq!(view(&open_as(&root, Some(&format!("node{k}")))), a);
+        }
+    }
+
+    #[test]
+    fn a_late_record_is_put_in_its_place() {
+        let t = tempfile::tempdir().unwrap();
+        let a = open_as(t.path(), Some("a"));
+        let run = a.create_run(&new_run(t.path(), "x"), &[vec![]]).unwrap();
+        let b = open_as(t.path(), Some("b"));
+        b.get(run.id).unwrap();
+        // b writes a note; a, later, another. b's record reaches the others only after a's
+        // (a slow listing): every node still ends with a's note, the later one.
+        b.set_note(run.id, Some("from b")).unwrap();
+        let dir = t.path().join("runs.d").join(run.id.to_string());
+        let writer = b.store.as_ref().unwrap().writer.clone();
+        let hidden = t.path().join("hidden");
+        std::fs::create_dir(&hidden).unwrap();
+        let mut moved = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.to_string_lossy().contains(&writer) {
+                let to = hidden.join(p.file_name().unwrap());
+                std::fs::rename(&p, &to).unwrap();
+                moved.push((to, p));
+            }
+        }
+        assert_eq!(moved.len(), 1);
+        a.set_note(run.id, Some("from a")).unwrap();
+        assert_eq!(a.get(run.id).unwrap().note.as_deref(), Some("from a"));
+        for (from, to) in moved {
+            std::fs::rename(from, to).unwrap();
+        }
+        let fresh = open_as(t.path(), Some("c"));
+        for reg in [&a, &b, &fresh] {
+            assert_eq!(reg.get(run.id).unwrap().note.as_deref(), Some("from a"));
+        }
+    }
+
+    #[test]
+    fn a_driver_folds_its_records_into_a_base() {
+        let t = tempfile::tempdir().unwrap();
+        let files = |id: i64| -> Vec<String> {
+            let dir = t.path().join("runs.d").join(id.to_string());
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        let driver = open_as(t.path(), Some("login"));
+        let run = driver
+            .create_run(&new_run(t.path(), "big"), &[vec![], vec![], vec![]])
+            .unwrap();
+        driver.start_driver(run.id, 1, "login").unwrap();
+        let other = open_as(t.path(), Some("n1"));
+        other.add_tags(run.id, &["seen".into()]).unwrap();
+        for k in 0..records::COMPACT_AFTER {
+            driver.set_session(run.id, &format!("S{k}"), "/s").unwrap();
+        }
+        // One base (which took in the other node's tag), and what came after it.
+        let now = files(run.id);
+        assert_eq!(
+            now.iter().filter(|f| f.ends_with(".base.json")).count(),
+            1,
+            "{now:?}"
+        );
+        assert!(now.len() < 4, "{now:?}");
+        other.set_note(run.id, Some("on top")).unwrap();
+        let cold = open_as(t.path(), Some("n2"));
+        let r = cold.get(run.id).unwrap();
+        assert_eq!(
+            (r.tags.clone(), r.note.as_deref()),
+            (vec!["seen".to_string()], Some("on top"))
+        );
+        assert_eq!(
+            r.session.as_deref(),
+            Some(format!("S{}", records::COMPACT_AFTER - 1).as_str())
+        );
+        assert_eq!(cold.tasks(run.id, None).unwrap().len(), 3);
+        // The driver's end leaves a single file, and every node agrees on it.
+        driver.record(run.id, &done(3)).unwrap();
+        assert_eq!(driver.settle(run.id).unwrap(), "done");
+        let end = files(run.id);
+        assert_eq!(end.len(), 1, "{end:?}");
+        assert!(end[0].ends_with(".base.json"));
+        let want = view(&open_as(t.path(), Some("n3")));
+        assert_eq!(want[0].2, "done");
+        assert_eq!(want[0].3, 3);
+        for reg in [&driver, &other, &cold] {
+            assert_eq!(view(reg), want);
+            assert_eq!(reg.get(run.id).unwrap().note.as_deref(), Some("on top"));
+        }
+    }
+
+    #[test]
+    fn a_killed_writer_leaves_nothing_half_written() {
+        let t = tempfile::tempdir().unwrap();
+        let reg = open_as(t.path(), Some("n1"));
+        let run = reg.create_run(&new_run(t.path(), "a"), &[vec![]]).unwrap();
+        let dir = t.path().join("runs.d");
+        // What a writer killed mid-write leaves: a temp file not yet renamed, and a run id
+        // claimed (mkdir) whose first record was never published. A stray file is no record.
+        std::fs::write(dir.join("1").join(".rec-XYZ"), "{\"format\": 1, \"sta").unwrap();
+        std::fs::write(dir.join("1").join("junk.json"), "not json").unwrap();
+        std::fs::create_dir(dir.join("2")).unwrap();
+        let other = open_as(t.path(), Some("n2"));
+        let listed = view(&other);
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].1, "a");
+        // The next run gets a fresh id; the claimed one is never reused.
+        let next = other
+            .create_run(&new_run(t.path(), "b"), &[vec![]])
+            .unwrap();
+        assert_eq!(next.id, 3);
+        reg.delete(run.id).unwrap();
+        assert_eq!(view(&other).iter().map(|r| r.0).collect::<Vec<_>>(), [3]);
+        assert!(matches!(other.get(run.id), Err(RunError::NoSuchRun(_))));
+        // A run directory removed by hand leaves the caches too.
+        std::fs::remove_dir_all(dir.join("3")).unwrap();
+        assert!(view(&other).is_empty());
     }
 
     #[test]
     fn launches_tags_notes_and_filters() {
-        let t = tempfile::tempdir().unwrap();
-        let reg = Registry::open(&t.path().join("runs.db")).unwrap();
-        let mut new = new_run(t.path(), "iris");
+        for records in [None, Some("n1")] {
+            let t = tempfile::tempdir().unwrap();
+            launches_tags_notes_and_filters_on(t.path(), open_as(t.path(), records));
+        }
+    }
+
+    fn launches_tags_notes_and_filters_on(t: &Path, reg: Registry) {
+        let mut new = new_run(t, "iris");
         new.tags = vec!["baseline".into()];
         new.experiment = Some("iris".into());
         let a = reg.create_run(&new, &[vec![], vec![]]).unwrap();
-        let b = reg
-            .create_run(&new_run(t.path(), "mnist"), &[vec![]])
-            .unwrap();
+        let b = reg.create_run(&new_run(t, "mnist"), &[vec![]]).unwrap();
         assert_eq!(a.launch, 0);
         let launch = |kind: &str, commit: &str| NewLaunch {
             kind: kind.into(),

@@ -81,7 +81,7 @@ impl Loader {
 
     /// The run registry, if there is one (it is never created here).
     fn registry(&mut self) -> Option<&Registry> {
-        if self.registry.is_none() && self.registry_path.exists() {
+        if self.registry.is_none() && shoal_runs::registry::exists(&self.registry_path) {
             self.registry = Registry::open(&self.registry_path).ok();
         }
         self.registry.as_ref()

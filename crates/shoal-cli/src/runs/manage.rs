@@ -77,7 +77,7 @@ pub fn experiments(a: &ExperimentsCmd, out: &mut dyn Write) -> Result<i32> {
         None => Config::find(&cwd)?,
     };
     let mut runs: BTreeMap<String, usize> = BTreeMap::new();
-    if default_path().exists() {
+    if shoal_runs::registry::exists(&default_path()) {
         for (r, _) in open_registry()?.list_filtered(&RunFilter::default())? {
             if let Some(e) = r.experiment {
                 *runs.entry(e).or_default() += 1;

@@ -91,7 +91,7 @@ impl RunsCmd {
 
 pub fn runs(a: &RunsCmd, out: &mut dyn Write) -> Result<i32> {
     let filter = a.filter()?;
-    let all = if default_path().exists() {
+    let all = if shoal_runs::registry::exists(&default_path()) {
         open_registry()?.list_filtered(&filter)?
     } else {
         Vec::new()
