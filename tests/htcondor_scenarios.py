@@ -266,7 +266,10 @@ def vacate() -> dict[str, Any]:
         fut = pool.apply_async(Steps(), (20, log))
         victim = running_job(session)
         end = time.monotonic() + 60
-        while time.monotonic() < end and open(log).read().count("step") < 5:
+        # The log appears when the task starts, some time after its job runs.
+        while time.monotonic() < end and (
+            not os.path.exists(log) or open(log).read().count("step") < 5
+        ):
             time.sleep(0.2)
         done = subprocess.run(["condor_vacate_job", victim], capture_output=True, text=True)
         value = fut.get(timeout=240)

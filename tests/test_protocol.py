@@ -9,6 +9,7 @@ import glob
 import json
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -311,6 +312,17 @@ def test_sigterm_and_sighup_end_the_session_and_its_workers(sig, sessions_dir) -
     ):
         assert time.monotonic() < deadline, "workers outlived their driver"
         time.sleep(0.05)
+
+
+def test_a_lazily_loaded_chunk_left_early_closes_cleanly() -> None:
+    # A chunk given back mid-way (preemption, walltime) drops its call generator; the
+    # generator caught the GeneratorExit with its load guard and yielded again
+    # ("RuntimeError: generator ignored GeneratorExit" on the worker's stderr).
+    from shoal.worker import _LazyCalls
+
+    calls = iter(_LazyCalls([("a", pickle.dumps(1)), ("b", pickle.dumps(2))]))
+    assert next(calls) == 1
+    calls.close()
 
 
 def test_shoal_inside_forked_pool_workers_does_not_stop_pool_terminate() -> None:

@@ -454,10 +454,13 @@ class _LazyCalls:
 
     def __iter__(self) -> Any:
         for name, blob in self._items:
+            # Only the load is guarded: a GeneratorExit thrown at the yield (the chunk was
+            # left early, e.g. given back on preemption) must end the generator.
             try:
-                yield pickle.loads(blob)
+                call = pickle.loads(blob)
             except BaseException as exc:
-                yield _Unloadable(name, exc)
+                call = _Unloadable(name, exc)
+            yield call
 
 
 class _Unloadable:
