@@ -238,7 +238,11 @@ class _Runner:
             return False
         if self.leaving is not None:
             kind, reason = self.leaving
-            kind = "preempted" if kind == "preempted" else "yield"
+            # Time up between tasks after running some: nothing was cut, no attempt is due.
+            # Time up before any task ran here: the job is shorter than the margin, and the
+            # task is charged, so it fails after max_attempts naming the option to raise.
+            if kind != "preempted" and not (kind == "walltime" and self.longest <= 0):
+                kind = "yield"
         else:
             kind, reason = "yield", f"its worker stopped: {why}"
             self.leaving = (kind, reason)
