@@ -5,7 +5,6 @@
 use super::*;
 use crate::supervisor::Backend;
 use serde_json::json;
-use shoal_core::SessionDir;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 
@@ -46,13 +45,7 @@ impl Fixture {
             std::fs::write(&path, script).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let session = SessionDir::create(tmp.path().join("sess")).unwrap();
-        let spec = LaunchSpec {
-            session,
-            python: "/bin/sh".into(),
-            env: vec![],
-            cwd: tmp.path().to_path_buf(),
-        };
+        let spec = crate::testing::fake_spec(tmp.path(), "sess");
         let mut sched = HtcondorBackend::new(3, &json!({}))
             .unwrap()
             .with_tools(&bin);

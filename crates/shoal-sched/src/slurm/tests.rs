@@ -5,7 +5,6 @@ use super::*;
 use crate::supervisor::{Backend, Batch};
 use crate::{SchedError, WorkerEvent, WorkerState};
 use serde_json::json;
-use shoal_core::SessionDir;
 use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,13 +50,7 @@ impl Fake {
         );
         fs::write(bin.join("config"), CONFIG).unwrap();
         fs::write(bin.join("partitions"), PARTITIONS).unwrap();
-        let session = SessionDir::create(tmp.path().join("s")).unwrap();
-        let spec = LaunchSpec {
-            session,
-            python: "/bin/sh".into(),
-            env: vec![],
-            cwd: tmp.path().to_path_buf(),
-        };
+        let spec = crate::testing::fake_spec(tmp.path(), "s");
         Fake {
             _tmp: tmp,
             bin,

@@ -5,7 +5,6 @@
 use super::*;
 use crate::slurm;
 use serde_json::json;
-use shoal_core::SessionDir;
 use std::fs;
 use std::path::PathBuf;
 
@@ -57,13 +56,7 @@ impl Fake {
             "case \"$*\" in 'show config') cat $D/config;; esac",
         );
         fs::write(bin.join("config"), CONFIG).unwrap();
-        let session = SessionDir::create(tmp.path().join("s")).unwrap();
-        let spec = LaunchSpec {
-            session,
-            python: "/bin/sh".into(),
-            env: vec![],
-            cwd: tmp.path().to_path_buf(),
-        };
+        let spec = crate::testing::fake_spec(tmp.path(), "s");
         Fake {
             _tmp: tmp,
             bin,
