@@ -38,7 +38,15 @@ MAP = "map"
 CALLS = "calls"
 STDERR_TAIL = 2000
 # Options every backend understands; the rest go to the backend as its own options.
-GENERIC_OPTIONS = ("idle_timeout", "heartbeat_timeout", "max_attempts", "env", "metadata")
+GENERIC_OPTIONS = (
+    "idle_timeout",
+    "heartbeat_timeout",
+    "max_attempts",
+    "env",
+    "metadata",
+    "transport",
+    "listen",
+)
 _checked_pythons: dict[str, None] = {}
 _live: weakref.WeakSet[Driver] = weakref.WeakSet()
 _log = logging.getLogger("shoal")
@@ -204,6 +212,8 @@ class Driver:
         max_attempts: int = 3,
         metadata: Optional[dict[str, Any]] = None,
         cwd: Optional[str] = None,
+        transport: str = "auto",
+        listen: Optional[str] = None,
     ) -> None:
         defaults = _backends.defaults(backend)
         if workers is None:
@@ -270,6 +280,8 @@ class Driver:
             heartbeat_timeout=heartbeat_timeout,
             max_attempts=max_attempts,
             metadata=json.dumps(metadata) if metadata is not None else "null",
+            transport=transport,
+            listen=listen or "",
         )
         self.id: str = self._native.id
         self.path: str = str(self._native.path)

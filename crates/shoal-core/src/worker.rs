@@ -476,6 +476,53 @@ impl WorkerSession {
     }
 }
 
+/// What the Python worker loop uses, whatever the transport: the work dir
+/// ([`WorkerSession`]) or a TCP link to the driver ([`crate::worker_tcp::TcpWorker`]).
+pub trait WorkerTransport: Send {
+    fn id(&self) -> &str;
+    fn key(&self) -> &str;
+    fn config(&self) -> &WorkerConfig;
+    /// The next assignment, or why to exit; `wait` bounds the call.
+    fn next(
+        &mut self,
+        wait: Option<Duration>,
+    ) -> Result<std::result::Result<Assignment, ExitReason>>;
+    /// Task `task` of the claimed chunk starts now.
+    fn running(&self, chunk: u64, attempt: u32, task: u32) -> Result<()>;
+    fn publish(&mut self, header: &ResultHeader, payload: &[u8]) -> Result<()>;
+    /// A shared payload (the mapped function) a chunk refers to.
+    fn read_blob(&self, id: u64) -> Result<Vec<u8>>;
+    /// The worker is leaving (`reason`: why `next` said to exit).
+    fn close(&mut self, _reason: &str) {}
+}
+
+impl WorkerTransport for WorkerSession {
+    fn id(&self) -> &str {
+        WorkerSession::id(self)
+    }
+    fn key(&self) -> &str {
+        WorkerSession::key(self)
+    }
+    fn config(&self) -> &WorkerConfig {
+        WorkerSession::config(self)
+    }
+    fn next(
+        &mut self,
+        wait: Option<Duration>,
+    ) -> Result<std::result::Result<Assignment, ExitReason>> {
+        WorkerSession::next(self, wait)
+    }
+    fn running(&self, chunk: u64, attempt: u32, task: u32) -> Result<()> {
+        WorkerSession::running(self, chunk, attempt, task)
+    }
+    fn publish(&mut self, header: &ResultHeader, payload: &[u8]) -> Result<()> {
+        WorkerSession::publish(self, header, payload)
+    }
+    fn read_blob(&self, id: u64) -> Result<Vec<u8>> {
+        self.dir.read_blob(id)
+    }
+}
+
 impl Drop for WorkerSession {
     fn drop(&mut self) {
         self.shared.beating.store(false, Ordering::Relaxed);

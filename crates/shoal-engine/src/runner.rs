@@ -323,6 +323,8 @@ impl Runner {
                     }
                 }
                 BrokerEvent::Gone { key, reason } => self.lose(sched, &key, &reason),
+                BrokerEvent::Left { key } => self.left(sched, &key),
+                BrokerEvent::Note(text) => self.broker_note(&text),
                 BrokerEvent::Revoked { chunk, attempt, ok } => {
                     let o = self.shared.lock().ledger.revoked(chunk, attempt, ok);
                     self.outcomes(sched, o, None);
@@ -692,6 +694,32 @@ impl Runner {
         self.broker.forget(key);
         self.liveness.forget(&key.to_string());
         self.detached.remove(key);
+    }
+
+    /// A worker left on its own holding nothing (TCP: it said goodbye, then disconnected).
+    fn left(&mut self, sched: &mut dyn Scheduler, key: &str) {
+        self.journal
+            .worker_ended(key_id(key), WorkerEnd::Exited, "");
+        let o = self.shared.lock().ledger.worker_gone(key, "it left", None);
+        self.outcomes(sched, o, Some(key));
+        self.hints.remove(key);
+        self.broker.forget(key);
+        self.liveness.forget(&key.to_string());
+        self.detached.remove(key);
+    }
+
+    /// A transport's message for the user, shown once and kept in `logs/transport.log`.
+    fn broker_note(&mut self, text: &str) {
+        self.progress
+            .println(&format!("shoal {}: {text}", self.dir.id()));
+        let path = self.dir.sub("logs").join("transport.log");
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes());
+        }
     }
 
     /// Give up on a worker: it must never get work again and should exit. `cancel`: also

@@ -224,6 +224,7 @@ fn start(sched: impl Scheduler + 'static, options: EngineOptions) -> (tempfile::
         python: "python3".into(),
         env: vec![],
         cwd: t.path().into(),
+        connect: None,
     };
     let options = EngineOptions {
         history: Some(t.path().join("history")),

@@ -371,6 +371,15 @@ impl Link {
     /// Say `Bye { reason }`, close the TLS session after everything queued, and wait up to
     /// `linger` for the driver to close its side. Returns why the link ended.
     pub fn close(mut self, reason: &str) -> Disconnect {
+        self.leave(reason);
+        self.finish();
+        self.core.reason()
+    }
+
+    /// [`Link::close`] for a link shared between threads (behind an `Arc`): say `Bye`, close
+    /// the TLS session and wait up to `linger` for the driver's side; the threads end when the
+    /// last reference is dropped.
+    pub fn leave(&self, reason: &str) -> Disconnect {
         let linger = self.core.timeouts.linger;
         let bye = ToDriver::Bye {
             reason: reason.to_string(),
@@ -379,7 +388,6 @@ impl Link {
         self.core
             .close(Disconnect::Local(format!("the worker left: {reason}")));
         let _ = self.reader_done.recv_timeout(linger);
-        self.finish();
         self.core.reason()
     }
 

@@ -312,6 +312,7 @@ mod tests {
                 ("MSG".into(), "it's \"x\"".into()),
             ],
             cwd: "/home/u".into(),
+            connect: None,
         }
     }
 

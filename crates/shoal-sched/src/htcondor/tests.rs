@@ -52,6 +52,7 @@ impl Fixture {
             python: "/bin/sh".into(),
             env: vec![],
             cwd: tmp.path().to_path_buf(),
+            connect: None,
         };
         let mut sched = HtcondorBackend::new(3, &json!({}))
             .unwrap()

@@ -343,6 +343,7 @@ mod tests {
                 ("ODD".into(), "a,b 'c'".into()),
             ],
             cwd: "/home/u/proj".into(),
+            connect: None,
         }
     }
 

@@ -114,6 +114,7 @@ mod tests {
                 ("MSG".into(), "it's here".into()),
             ],
             cwd: "/home/u/proj".into(),
+            connect: None,
         }
     }
 

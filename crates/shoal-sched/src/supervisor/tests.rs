@@ -63,6 +63,7 @@ impl Fake {
             python: "/bin/sh".into(),
             env: vec![],
             cwd: tmp.path().to_path_buf(),
+            connect: None,
         };
         Fake {
             _tmp: tmp,
