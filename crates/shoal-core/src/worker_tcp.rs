@@ -39,6 +39,8 @@ const OUTPUT_EVERY: Duration = Duration::from_millis(200);
 /// Bytes of output per `Output` message.
 const OUTPUT_PIECE: u64 = 1 << 20;
 const BLOB_WAIT: Duration = Duration::from_secs(120);
+/// Longest wait for a published part to reach the socket (the driver is reading slowly).
+const FLUSH_WAIT: Duration = Duration::from_secs(60);
 
 enum Item {
     Run(Assignment),
@@ -407,6 +409,9 @@ impl WorkerTransport for TcpWorker {
             header: json,
             payload: Bytes::copy_from_slice(payload),
         })?;
+        // Published means on its way, as a file renamed into place is: a kill right after
+        // this must not take the results with it.
+        link.flush(FLUSH_WAIT);
         if header.last {
             self.state.busy.store(false, Ordering::Relaxed);
         }

@@ -58,6 +58,8 @@ pub(crate) struct Runner {
     /// What each worker last said it runs (from its heartbeat).
     hints: HashMap<String, (u64, u32, u32)>,
     detached: HashSet<String>,
+    /// Workers whose loss the broker reported (TCP: a disconnect) and counted already.
+    lost_by_broker: HashSet<String>,
     index: IndexWriter,
     /// The session's event record for `shoal top` / `shoal show`, by worker id.
     journal: Journal,
@@ -104,6 +106,7 @@ impl Runner {
             clock,
             hints: HashMap::new(),
             detached: HashSet::new(),
+            lost_by_broker: HashSet::new(),
             progress,
             start_failures: 0,
             last_submit: None,
@@ -322,7 +325,14 @@ impl Runner {
                         self.hints.insert(key, r);
                     }
                 }
-                BrokerEvent::Gone { key, reason } => self.lose(sched, &key, &reason),
+                BrokerEvent::Gone { key, reason } => {
+                    let before = self.shared.lock().stats.workers_lost;
+                    self.lose(sched, &key, &reason);
+                    if self.shared.lock().stats.workers_lost > before {
+                        // Its job's end, reported later by the backend, is the same loss.
+                        self.lost_by_broker.insert(key);
+                    }
+                }
                 BrokerEvent::Left { key } => self.left(sched, &key),
                 BrokerEvent::Note(text) => self.broker_note(&text),
                 BrokerEvent::Revoked { chunk, attempt, ok } => {
@@ -803,7 +813,7 @@ impl Runner {
                 _ => None,
             };
             let produced = was.as_ref().is_some_and(|j| j.produced);
-            let mut counted = false;
+            let mut counted = keys.iter().any(|k| self.lost_by_broker.remove(k));
             for key in &keys {
                 let (known, holds) = {
                     let st = self.shared.lock();

@@ -623,7 +623,10 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
                 let (program, args) =
                     self.adapter
                         .submit(spec, &script, &tag, n, n.min(self.capacity()));
-                let out = self.run.check(program, &args).inspect_err(|_| {
+                // A TCP session's token reaches the job through the submission's forwarded
+                // environment, never through the script file.
+                let run = self.run.with_env(spec.secret_env());
+                let out = run.check(program, &args).inspect_err(|_| {
                     self.failed_batches.insert(tag.clone());
                 })?;
                 self.adapter.job_id(&out.stdout).ok_or_else(|| {

@@ -316,6 +316,10 @@ impl SgeOptions {
         script: &str,
     ) -> Vec<String> {
         let mut a = self.qsub_common(spec, tag);
+        // A TCP session's token: `-v NAME` takes its value from qsub's environment.
+        if let Some(c) = &spec.connect {
+            a.extend(["-v".into(), c.token.0.clone()]);
+        }
         a.extend([
             "-t".into(),
             format!("1-{n}"),
