@@ -36,16 +36,15 @@ def _cluster(backend: str) -> dict[str, Any]:
         return {}
     if backend == "slurm":
         return {"backend": "slurm", "job_name": "transport", "poll_interval": 0.5}
-    if backend == "sge":
-        return {"backend": "sge", "job_name": "transport", "poll_interval": 0.5}
-    return {"backend": "htcondor", "poll_interval": 0.5}
+    return {"backend": "sge", "job_name": "transport", "poll_interval": 0.5}
 
 
 BACKENDS = [
     pytest.param("local", id="local"),
     pytest.param("slurm", id="slurm", marks=pytest.mark.slurm),
     pytest.param("sge", id="sge", marks=pytest.mark.sge),
-    pytest.param("htcondor", id="htcondor", marks=pytest.mark.htcondor),
+    # HTCondor runs no job of root's: tested below as the job user, through test_htcondor's
+    # fixture.
 ]
 
 
@@ -267,3 +266,64 @@ def test_nothing_a_peer_sends_is_unpickled_before_it_authenticated(tmp_path) -> 
         log = _transport_log(pool._driver.path)
     assert not os.path.exists(marker)
     assert "refused a connection" in log, log
+
+
+# ------------------------------------------------------------------ HTCondor, as its job user
+
+HTCONDOR_TCP = """
+import glob, json, os, sys
+import shoal
+
+def square(x):
+    print("stdout of", x)
+    if x == 7:
+        raise ValueError("bad value 7")
+    return x * x
+
+pool = shoal.Pool(2, backend="htcondor", transport="tcp", poll_interval=0.5, keep_work_dir=True)
+path = pool._driver.path
+out = {"transport": json.load(open(os.path.join(path, "session.json")))["transport"]}
+out["squares"] = pool.map(square, range(7)) == [x * x for x in range(7)]
+try:
+    pool.map(square, range(10), chunksize=1)
+except ValueError as e:
+    out["error"] = str(e)
+pool.close()
+pool.join()
+submits = "".join(open(f).read() for f in glob.glob(os.path.join(path, "**", "*.sub"), recursive=True))
+out["transfer"] = "should_transfer_files = YES" in submits
+out["token_in_submit"] = open(os.path.join(path, "shoal-token")).read() in submits
+out["token_mode"] = oct(os.stat(os.path.join(path, "shoal-token")).st_mode & 0o777)
+logs = os.popen(f"{sys.executable} -m shoal.cli logs {pool.session} 14").read()  # x=7 of the second map
+out["logs"] = logs
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.htcondor
+def test_htcondor_over_tcp_ships_the_token_by_file_transfer(tmp_path) -> None:
+    from test_htcondor import condor as make_condor  # the job user's interpreter and sandbox
+
+    factory = make_condor.__wrapped__()  # type: ignore[attr-defined]
+    runner = next(factory)
+    try:
+        script = runner.sandbox / "transport_tcp.py"
+        script.write_text(HTCONDOR_TCP)
+        os.chmod(script, 0o644)
+        cmd = [runner.python, str(script)]
+        if runner.as_user:
+            envs = [f"{k}={v}" for k, v in runner.env.items()]
+            cmd = ["runuser", "-u", "shoal", "--", "env", "-i", *envs, *cmd]
+        res = subprocess.run(
+            cmd, cwd=runner.sandbox, capture_output=True, text=True, timeout=300
+        )
+        lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
+        assert lines, f"{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+        out = json.loads(lines[-1][len("RESULT ") :])
+    finally:
+        next(factory, None)
+    assert out["transport"] == "tcp" and out["squares"], out
+    assert "bad value 7" in out["error"], out
+    assert out["transfer"] and not out["token_in_submit"], out
+    assert out["token_mode"] == "0o600", out
+    assert "stdout of 7" in out["logs"] and "bad value 7" in out["logs"], out

@@ -182,7 +182,15 @@ impl TcpWorker {
         fingerprint: &str,
     ) -> Result<TcpWorker> {
         let id = resolve_worker_id(worker_id)?;
-        let credentials = Credentials::from_env(fingerprint).map_err(transport)?;
+        let credentials = match std::env::var_os(shoal_wire::TOKEN_FILE_VAR) {
+            // Shipped with the job (HTCondor's file transfer), when its environment is public.
+            Some(file) if std::env::var_os(shoal_wire::ENV_VAR).is_none() => {
+                let token = std::fs::read_to_string(&file).map_err(|e| CoreError::io(&file, e))?;
+                Credentials::decode(&format!("{}:{}", fingerprint.trim(), token.trim()))
+            }
+            _ => Credentials::from_env(fingerprint),
+        }
+        .map_err(transport)?;
         let mut hello = Hello::for_this_process(session, &id);
         hello.incarnation = random_u64();
         let key = worker_key(&id, hello.incarnation);

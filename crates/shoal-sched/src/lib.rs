@@ -57,6 +57,10 @@ pub struct Connect {
     pub fingerprint: String,
     /// The environment variable the token travels in, and the token.
     pub token: (String, String),
+    /// The token in a file only its owner can read (mode 600), for a scheduler that publishes
+    /// a job's environment to every user (HTCondor's job ad) and ships files with the job; and
+    /// the variable that gives the worker the shipped file's name.
+    pub token_file: (String, PathBuf),
 }
 
 impl std::fmt::Debug for Connect {

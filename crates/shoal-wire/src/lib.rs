@@ -39,5 +39,7 @@ pub use error::{ConnectError, Disconnect, Rejection, SendError, ServerError};
 pub use frame::{Decoder, Frame, FrameError, Limits, Prefix, PREFIX_LEN};
 pub use link::{LinkStats, Timeouts};
 pub use message::{Hello, Json, Stream, ToDriver, ToWorker};
-pub use secrets::{Credentials, Fingerprint, SecretsError, SessionSecrets, Token, ENV_VAR};
+pub use secrets::{
+    Credentials, Fingerprint, SecretsError, SessionSecrets, Token, ENV_VAR, TOKEN_FILE_VAR,
+};
 pub use server::{Event, PeerId, QueueLimits, Server, ServerOptions, ServerStats};

@@ -14,6 +14,10 @@ use subtle::ConstantTimeEq;
 /// which is not secret, travels on its command line).
 pub const ENV_VAR: &str = "SHOAL_TOKEN";
 
+/// Where a worker finds the token when its job's environment is public (HTCondor's job ad):
+/// the name of a mode-600 file shipped with the job.
+pub const TOKEN_FILE_VAR: &str = "SHOAL_TOKEN_FILE";
+
 /// Why a credentials string was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {

@@ -94,10 +94,13 @@ impl TcpBroker {
         let config = Json::new(&config).map_err(|e| unusable(e.to_string()))?;
         let creds = secrets.credentials();
         let (var, token) = creds.to_env();
+        let token_file = dir.root().join("shoal-token");
+        write_private(&token_file, token.as_bytes())?;
         let connect = Connect {
             addr: server.advertised_addr().to_string(),
             fingerprint: creds.fingerprint_text(),
             token: (var.to_string(), token),
+            token_file: (shoal_wire::TOKEN_FILE_VAR.to_string(), token_file),
         };
         let listening = server.listening_on();
         let (tx, wake): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(1);
@@ -579,4 +582,19 @@ impl Broker for TcpBroker {
     fn audit(&mut self, _assignments: &[(u64, u32, String, u64, bool)]) -> Vec<(u64, u32, bool)> {
         Vec::new()
     }
+}
+
+/// A new file only its owner can read.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e| shoal_core::CoreError::io(path, e);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    Ok(())
 }
