@@ -327,3 +327,15 @@ def test_htcondor_over_tcp_ships_the_token_by_file_transfer(tmp_path) -> None:
     assert out["transfer"] and not out["token_in_submit"], out
     assert out["token_mode"] == "0o600", out
     assert "stdout of 7" in out["logs"] and "bad value 7" in out["logs"], out
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_joblib_takes_the_transport(transport) -> None:
+    import joblib
+
+    from shoal.joblib import register
+
+    register()
+    with joblib.parallel_config(backend="shoal", n_jobs=2, transport=transport):
+        out = joblib.Parallel()(joblib.delayed(abs)(-i) for i in range(20))
+    assert out == list(range(20))

@@ -228,16 +228,17 @@ impl TcpBroker {
                     },
                 );
                 self.by_key.insert(key.clone(), peer);
-                out.push(BrokerEvent::Hello {
-                    info: WorkerInfo {
-                        worker: hello.worker,
-                        key: key.clone(),
-                        host: hello.host,
-                        pid: hello.pid,
-                        started: shoal_core::fsutil::now_secs(),
-                    },
-                    key,
-                });
+                let info = WorkerInfo {
+                    worker: hello.worker,
+                    key: key.clone(),
+                    host: hello.host,
+                    pid: hello.pid,
+                    started: shoal_core::fsutil::now_secs(),
+                };
+                // The same record of who joined as on the work dir (`workers/KEY.json`), for
+                // the tools that read the session dir; written by the driver here.
+                let _ = shoal_core::fsutil::write_json(&self.dir.hello(&key), &info);
+                out.push(BrokerEvent::Hello { info, key });
             }
             Event::Message(peer, msg) => self.on_message(peer, msg, out),
             Event::Writable(peer) => self.drain_backlog(peer),
