@@ -125,7 +125,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     fs, tcp = r["fs"], r["tcp"]
-    print(f"\nTransport benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, Slurm)")
+    when = time.strftime("%Y-%m-%d %H:%M")
+    print(f"\nTransport benchmark ({when}, {os.cpu_count()} cores, Slurm)")
     print(f"{'':44}{'fs':>12}{'tcp':>12}  {'tcp/fs':>8}  target")
     rows = [
         ("1,000 no-op tasks, 16 workers, cold (s)", fs["cold"], tcp["cold"], "tcp <= fs"),
@@ -138,7 +139,8 @@ def main() -> None:
     if d.get("ok"):
         per = d["cpu"] / d["tasks"] * 1e6
         print(
-            f"\ndask-jobqueue, {d['tasks']:,} no-op tasks on 16 Slurm workers: {d['seconds']:.2f} s, "
+            f"\ndask-jobqueue, {d['tasks']:,} no-op tasks on 16 Slurm workers: "
+            f"{d['seconds']:.2f} s, "
             f"driver CPU {per:.0f} us per task; shoal tcp uses {tcp['cpu'] / per:.3f}x of that "
             f"({per / tcp['cpu']:.0f}x less)"
         )

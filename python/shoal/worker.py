@@ -325,7 +325,11 @@ def _setup(config: dict[str, Any]) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    flags: dict[str, Optional[str]] = {"--worker-id": None, "--connect": None, "--fingerprint": None}
+    flags: dict[str, Optional[str]] = {
+        "--worker-id": None,
+        "--connect": None,
+        "--fingerprint": None,
+    }
     for flag in flags:
         if flag in args:
             i = args.index(flag)
