@@ -9,6 +9,10 @@ import resource
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "slurm"))
+
+from peers import dask_cluster  # the same cluster as benches/slurm's
+
 
 def noop(x: int) -> int:
     return x
@@ -21,19 +25,9 @@ def cpu() -> float:
 
 def main() -> None:
     from dask.distributed import Client
-    from dask_jobqueue import SLURMCluster
 
     n, work = int(sys.argv[1]), sys.argv[2]
-    cluster = SLURMCluster(
-        cores=1,
-        processes=1,
-        memory="1GB",
-        queue="debug",
-        walltime="00:30:00",
-        log_directory=os.path.join(work, "dask"),
-        python=sys.executable,
-    )
-    cluster.scale(jobs=16)
+    cluster = dask_cluster(work)
     client = Client(cluster)
     try:
         client.wait_for_workers(16, timeout=300)
