@@ -126,3 +126,24 @@ pub fn choose(requested: &str, backend: &str, fs: &FsKind) -> Result<&'static st
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_shares_the_work_dir_where_workers_can_and_connects_back_elsewhere() {
+        let local = FsKind::Local("ext4".into());
+        let nfs = FsKind::Network("nfs".into());
+        assert_eq!(choose("auto", "local", &local).unwrap(), "fs");
+        assert_eq!(choose("auto", "slurm", &nfs).unwrap(), "fs");
+        assert_eq!(choose("auto", "htcondor", &local).unwrap(), "tcp");
+        assert_eq!(choose("fs", "slurm", &local).unwrap(), "fs");
+        assert_eq!(choose("tcp", "local", &local).unwrap(), "tcp");
+        let err = choose("udp", "local", &local).unwrap_err().to_string();
+        assert!(
+            err.contains("\"udp\"") && err.contains("auto, fs, tcp"),
+            "{err}"
+        );
+    }
+}

@@ -599,3 +599,138 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).map_err(io)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_wire::{ClientOptions, ConnectError, Credentials, Hello};
+
+    fn broker() -> (tempfile::TempDir, TcpBroker, Connect) {
+        let t = tempfile::tempdir().unwrap();
+        let dir = SessionDir::create(t.path().join("s")).unwrap();
+        dir.write_config(&WorkerConfig::default()).unwrap();
+        let (b, connect, line) = TcpBroker::start(dir, "127.0.0.1").unwrap();
+        assert!(
+            line.contains("127.0.0.1") && line.contains("sha256:"),
+            "{line}"
+        );
+        (t, b, connect)
+    }
+
+    fn hello_of(b: &mut TcpBroker) -> String {
+        for _ in 0..500 {
+            for ev in b.poll(true).unwrap() {
+                if let BrokerEvent::Hello { key, .. } = ev {
+                    return key;
+                }
+            }
+            b.wait(Duration::from_millis(10));
+        }
+        panic!("no hello");
+    }
+
+    fn connect(c: &Connect, hello: &Hello) -> std::result::Result<shoal_wire::Link, ConnectError> {
+        let creds = Credentials::decode(&format!("{}:{}", c.fingerprint, c.token.1)).unwrap();
+        let options = ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            welcome_timeout: Duration::from_secs(5),
+            ..ClientOptions::default()
+        };
+        shoal_wire::connect(&c.addr, &creds, hello, &options).map(|(_, link)| link)
+    }
+
+    #[test]
+    fn a_fenced_worker_that_connects_again_is_refused() {
+        let (_t, mut b, c) = broker();
+        let hello = Hello::for_this_process("s", "w1");
+        let worker = std::thread::spawn({
+            let (c, hello) = (c.clone(), hello.clone());
+            move || connect(&c, &hello)
+        });
+        let key = hello_of(&mut b);
+        assert_eq!(key, worker_key("w1", hello.incarnation));
+        b.welcome(&key).unwrap();
+        let link = worker.join().unwrap().expect("admitted");
+        b.fence(&key).unwrap();
+        // The fenced incarnation is told, then cut off ...
+        let got = (0..200).find_map(|_| link.recv(Duration::from_millis(20)).ok().flatten());
+        assert!(matches!(got, Some(ToWorker::Fence { .. })), "{got:?}");
+        // ... and refused if it connects again, before the engine hears of it.
+        let again = std::thread::spawn({
+            let (c, hello) = (c.clone(), hello.clone());
+            move || connect(&c, &hello)
+        });
+        let mut notes = Vec::new();
+        let result = loop {
+            for ev in b.poll(true).unwrap() {
+                match ev {
+                    BrokerEvent::Note(n) => notes.push(n),
+                    BrokerEvent::Hello { .. } => panic!("a fenced key reached the engine"),
+                    _ => {}
+                }
+            }
+            if again.is_finished() {
+                break again.join().unwrap();
+            }
+            b.wait(Duration::from_millis(10));
+        };
+        match result {
+            Err(ConnectError::Refused { reason, .. }) => {
+                assert!(reason.contains("fenced"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(notes.iter().any(|n| n.contains("fenced")), "{notes:?}");
+    }
+
+    #[test]
+    fn a_disconnect_mid_chunk_is_a_loss_and_a_goodbye_holding_nothing_is_not() {
+        let (_t, mut b, c) = broker();
+        b.dir
+            .put_chunk(
+                &shoal_core::protocol::ChunkHeader {
+                    chunk: 3,
+                    ntasks: 1,
+                    ..Default::default()
+                },
+                b"calls",
+            )
+            .unwrap();
+        for (id, leave) in [("w1", false), ("w2", true)] {
+            let hello = Hello::for_this_process("s", id);
+            let worker = std::thread::spawn({
+                let c = c.clone();
+                move || connect(&c, &hello)
+            });
+            let key = hello_of(&mut b);
+            b.welcome(&key).unwrap();
+            let link = worker.join().unwrap().unwrap();
+            if leave {
+                link.close("idle");
+            } else {
+                b.assign(&Ticket {
+                    seq: 0,
+                    chunk: 3,
+                    attempt: 1,
+                    worker: key.clone(),
+                    ..Default::default()
+                })
+                .unwrap();
+                let got =
+                    (0..200).find_map(|_| link.recv(Duration::from_millis(20)).ok().flatten());
+                assert!(matches!(got, Some(ToWorker::Assign { .. })), "{got:?}");
+                drop(link); // killed mid-chunk
+            }
+            let ended = (0..500).find_map(|_| {
+                b.wait(Duration::from_millis(10));
+                b.poll(true).unwrap().into_iter().find_map(|ev| match ev {
+                    BrokerEvent::Gone { key, .. } => Some(("gone", key)),
+                    BrokerEvent::Left { key } => Some(("left", key)),
+                    _ => None,
+                })
+            });
+            let want = if leave { "left" } else { "gone" };
+            assert_eq!(ended, Some((want, key)));
+        }
+    }
+}
