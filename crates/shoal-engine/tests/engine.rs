@@ -206,6 +206,8 @@ fn run_worker(
 fn options() -> EngineOptions {
     EngineOptions {
         heartbeat_interval: Duration::from_millis(50),
+        // The fake workers below speak the work-dir protocol.
+        transport: "fs".into(),
         ..Default::default()
     }
 }
