@@ -64,6 +64,9 @@ pub struct TcpBroker {
     logs: HashMap<(String, u8), File>,
     wake: Receiver<()>,
     waker: Waker,
+    /// Workers the engine addressed whose connection had already ended unseen (it left
+    /// before its welcome): reported as lost by the next poll, so nothing waits on them.
+    vanished: Vec<String>,
 }
 
 impl TcpBroker {
@@ -123,6 +126,7 @@ impl TcpBroker {
                 logs: HashMap::new(),
                 wake,
                 waker,
+                vanished: Vec::new(),
             },
             connect,
             listening,
@@ -396,6 +400,12 @@ impl Broker for TcpBroker {
             out.extend(self.parts.drain(..));
             self.queued.clear();
         }
+        for key in self.vanished.drain(..) {
+            out.push(BrokerEvent::Gone {
+                key,
+                reason: "its connection to the driver ended".into(),
+            });
+        }
         Ok(out)
     }
 
@@ -419,19 +429,26 @@ impl Broker for TcpBroker {
     }
 
     fn welcome(&mut self, key: &str) -> Result<()> {
-        if let Some(&peer) = self.by_key.get(key) {
-            if let Some(p) = self.peers.get_mut(&peer) {
-                p.admitted = true;
+        match self.by_key.get(key) {
+            Some(&peer) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.admitted = true;
+                }
+                // A peer gone meanwhile is reported by its Disconnected event.
+                self.server.admit(peer, self.config.clone());
             }
-            // A peer gone meanwhile is reported by its Disconnected event.
-            self.server.admit(peer, self.config.clone());
+            None => self.vanished.push(key.to_string()),
         }
         Ok(())
     }
 
     fn assign(&mut self, ticket: &Ticket) -> Result<()> {
         let Some(&peer) = self.by_key.get(&ticket.worker) else {
-            // Its connection ended: the engine hears `Gone` for it and requeues.
+            // Its connection ended: the engine hears `Gone` for it and requeues (from its
+            // Disconnected event, or from here if that came before the welcome).
+            if !self.fenced.contains(&ticket.worker) && !self.vanished.contains(&ticket.worker) {
+                self.vanished.push(ticket.worker.clone());
+            }
             return Ok(());
         };
         let msg = match ticket.kind {
