@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import pickle
+import re
 import signal
 import socket
 import ssl
@@ -336,3 +337,15 @@ def test_joblib_takes_the_transport(transport) -> None:
     with joblib.parallel_config(backend="shoal", n_jobs=2, transport=transport):
         out = joblib.Parallel()(joblib.delayed(abs)(-i) for i in range(20))
     assert out == list(range(20))
+
+
+def test_shoal_run_takes_the_transport(tmp_path, sessions_dir) -> None:
+    out = subprocess.run(
+        ["shoal", "run", "--name", "t", "--param", "x=1,2,3", "--opt", "transport=tcp", "--",
+         "sh", "-c", "echo hi {x}"],
+        capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    session = re.search(r"session (\S+)\)", out.stdout + out.stderr)
+    assert session, out.stdout
+    assert _session(os.path.join(sessions_dir, session.group(1)))["transport"] == "tcp"
