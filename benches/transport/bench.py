@@ -37,10 +37,15 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+BACKEND = "slurm"
+
+
 def pool(transport: str, workers: int, work: str) -> shoal.Pool:
+    if BACKEND == "local":
+        return shoal.Pool(workers, transport=transport, work_dir=work)
     return shoal.Pool(
         workers,
-        backend="slurm",
+        backend=BACKEND,
         transport=transport,
         work_dir=work,
         job_name="bench-transport",
@@ -107,7 +112,12 @@ def main() -> None:
     ap.add_argument("--venvs", default="/tmp/shoal-bench-venvs")
     ap.add_argument("--skip-dask", action="store_true")
     ap.add_argument("--dask-tasks", type=int, default=10_000)
+    ap.add_argument(
+        "--backend", default="slurm", choices=("slurm", "local"), help="local: no cluster needed"
+    )
     args = ap.parse_args()
+    global BACKEND
+    BACKEND = args.backend
     work = tempfile.mkdtemp(prefix="shoal-bench-transport-", dir="/tmp")
     r: dict[str, dict[str, float]] = {t: {} for t in TRANSPORTS}
     try:
@@ -120,13 +130,14 @@ def main() -> None:
         for t in TRANSPORTS:
             print(f"... {t}: 2 GiB of numpy", file=sys.stderr, flush=True)
             r[t]["mbs"] = numpy_2gib(t, work)
-        d = {} if args.skip_dask else dask(args.venvs, work, args.dask_tasks)
+        skip = args.skip_dask or BACKEND != "slurm"
+        d = {} if skip else dask(args.venvs, work, args.dask_tasks)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     fs, tcp = r["fs"], r["tcp"]
     when = time.strftime("%Y-%m-%d %H:%M")
-    print(f"\nTransport benchmark ({when}, {os.cpu_count()} cores, Slurm)")
+    print(f"\nTransport benchmark ({when}, {os.cpu_count()} cores, {BACKEND} backend)")
     print(f"{'':44}{'fs':>12}{'tcp':>12}  {'tcp/fs':>8}  target")
     rows = [
         ("1,000 no-op tasks, 16 workers, cold (s)", fs["cold"], tcp["cold"], "tcp <= fs"),
