@@ -349,3 +349,14 @@ def test_shoal_run_takes_the_transport(tmp_path, sessions_dir) -> None:
     session = re.search(r"session (\S+)\)", out.stdout + out.stderr)
     assert session, out.stdout
     assert _session(os.path.join(sessions_dir, session.group(1)))["transport"] == "tcp"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_many_single_task_chunks_all_arrive_while_idle_workers_take_prefetched_ones(
+    transport,
+) -> None:
+    # Idle workers steal prefetched chunks (revokes answered later on tcp): none may be lost.
+    with shoal.Pool(16, transport=transport) as pool:
+        for _ in range(3):
+            res = pool.map_async(abs, range(-2000, 0), chunksize=1)
+            assert res.get(timeout=60) == list(range(2000, 0, -1))

@@ -41,6 +41,10 @@ struct Peer {
     backlog: VecDeque<ToWorker>,
     /// Chunks assigned to it and not ended or taken back, with their attempt.
     assigned: HashMap<u64, u32>,
+    /// Chunks a `Revoke` was sent for and not answered yet. The engine asks again on every
+    /// loop while it waits; one question at a time keeps each answer about the assignment
+    /// it was asked for (a late answer could otherwise settle a later assignment).
+    revoking: HashSet<u64>,
 }
 
 pub struct TcpBroker {
@@ -229,6 +233,7 @@ impl TcpBroker {
                         blobs: HashSet::new(),
                         backlog: VecDeque::new(),
                         assigned: HashMap::new(),
+                        revoking: HashSet::new(),
                     },
                 );
                 self.by_key.insert(key.clone(), peer);
@@ -328,6 +333,7 @@ impl TcpBroker {
                 Err(e) => Self::note(out, format!("worker {key} asked for blob {id}: {e}")),
             },
             ToDriver::Revoked { chunk, ok } => {
+                p.revoking.remove(&chunk);
                 let attempt = if ok {
                     p.assigned.remove(&chunk)
                 } else {
@@ -515,7 +521,9 @@ impl Broker for TcpBroker {
             p.assigned.remove(&chunk);
             return Ok(Some(true));
         }
-        self.send(peer, ToWorker::Revoke { chunk });
+        if p.revoking.insert(chunk) {
+            self.send(peer, ToWorker::Revoke { chunk });
+        }
         Ok(None)
     }
 
@@ -573,6 +581,7 @@ impl Broker for TcpBroker {
         self.held.remove(&chunk);
         for p in self.peers.values_mut() {
             p.assigned.remove(&chunk);
+            p.revoking.remove(&chunk);
         }
     }
 
