@@ -360,3 +360,53 @@ def test_many_single_task_chunks_all_arrive_while_idle_workers_take_prefetched_o
         for _ in range(3):
             res = pool.map_async(abs, range(-2000, 0), chunksize=1)
             assert res.get(timeout=60) == list(range(2000, 0, -1))
+
+
+DRIVER = """
+import sys, time, shoal
+def nap(x):
+    time.sleep(60)
+    return x
+pool = shoal.Pool(2, backend="slurm", job_name=sys.argv[1], transport="tcp", poll_interval=0.5)
+it = pool.imap_unordered(nap, range(4), chunksize=1)
+print("mapping", flush=True)
+next(it)
+"""
+
+
+@pytest.mark.slurm
+def test_a_killed_tcp_driver_leaves_no_job_behind(tmp_path) -> None:
+    name = f"tcp-orphan-{os.getpid()}"
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    driver = subprocess.Popen(
+        [sys.executable, str(script), name], stdout=subprocess.PIPE, text=True
+    )
+
+    def jobs(states: str) -> list[str]:
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-n", name, "-t", states, "-o", "%i"],
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.split()
+
+    try:
+        assert driver.stdout is not None and driver.stdout.readline().strip() == "mapping"
+        deadline = time.monotonic() + 60
+        while len(jobs("R")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(jobs("R")) == 2, "both workers run"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        # Its workers see the connection end and exit at once (no driver_timeout to wait).
+        deadline = time.monotonic() + 30
+        while jobs("PD,R,CG") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not jobs("PD,R,CG"), jobs("all")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        left = jobs("PD,R,CG,S")
+        if left:
+            subprocess.run(["scancel", *left], capture_output=True)
