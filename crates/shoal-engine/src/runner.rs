@@ -40,6 +40,10 @@ const GATHER: Duration = Duration::from_millis(50);
 /// Queued workers are given back only after the work has been short of them this long:
 /// back-to-back maps must not make the engine cancel and resubmit jobs in between.
 const GIVE_BACK_AFTER: Duration = Duration::from_secs(3);
+/// A worker whose connection ended (TCP) is lost with the scheduler's reason when the
+/// scheduler reports its job's end within this long (at least two of its polls), else with
+/// the connection's: messages say the same on both transports.
+const GONE_GRACE: Duration = Duration::from_secs(3);
 
 pub(crate) struct Runner {
     dir: SessionDir,
@@ -60,6 +64,8 @@ pub(crate) struct Runner {
     detached: HashSet<String>,
     /// Workers whose loss the broker reported (TCP: a disconnect) and counted already.
     lost_by_broker: HashSet<String>,
+    /// Workers whose connection ended, waiting for the scheduler's reason (see GONE_GRACE).
+    gone: HashMap<String, (Instant, String)>,
     index: IndexWriter,
     /// The session's event record for `shoal top` / `shoal show`, by worker id.
     journal: Journal,
@@ -107,6 +113,7 @@ impl Runner {
             hints: HashMap::new(),
             detached: HashSet::new(),
             lost_by_broker: HashSet::new(),
+            gone: HashMap::new(),
             progress,
             start_failures: 0,
             last_submit: None,
@@ -145,6 +152,7 @@ impl Runner {
             if last_poll.is_none_or(|t| t.elapsed() >= sched.poll_interval().min(EVENTS_EVERY)) {
                 last_poll = Some(Instant::now());
                 busy |= self.poll_scheduler(sched);
+                self.settle_gone(sched);
                 self.check_liveness(sched);
                 self.check_suspended(sched);
                 self.check_strangers(sched);
@@ -326,12 +334,10 @@ impl Runner {
                     }
                 }
                 BrokerEvent::Gone { key, reason } => {
-                    let before = self.shared.lock().stats.workers_lost;
-                    self.lose(sched, &key, &reason);
-                    if self.shared.lock().stats.workers_lost > before {
-                        // Its job's end, reported later by the backend, is the same loss.
-                        self.lost_by_broker.insert(key);
-                    }
+                    // The scheduler usually says why soon after (killed by its time limit,
+                    // out of memory): its reason is the user's; the connection's is the
+                    // fallback after GONE_GRACE (see settle_gone).
+                    self.gone.entry(key).or_insert((Instant::now(), reason));
                 }
                 BrokerEvent::Left { key } => self.left(sched, &key),
                 BrokerEvent::Note(text) => self.broker_note(&text),
@@ -706,8 +712,30 @@ impl Runner {
         self.detached.remove(key);
     }
 
+    /// Workers whose connection ended and whose job the scheduler has not reported ended
+    /// within the grace: lost with the connection's reason.
+    fn settle_gone(&mut self, sched: &mut dyn Scheduler) {
+        let grace = GONE_GRACE.max(sched.poll_interval() * 2);
+        let due: Vec<(String, String)> = self
+            .gone
+            .iter()
+            .filter(|(_, (since, _))| since.elapsed() >= grace)
+            .map(|(k, (_, r))| (k.clone(), r.clone()))
+            .collect();
+        for (key, reason) in due {
+            self.gone.remove(&key);
+            let before = self.shared.lock().stats.workers_lost;
+            self.lose(sched, &key, &reason);
+            if self.shared.lock().stats.workers_lost > before {
+                // Its job's end, reported later by the backend, is the same loss.
+                self.lost_by_broker.insert(key);
+            }
+        }
+    }
+
     /// A worker left on its own holding nothing (TCP: it said goodbye, then disconnected).
     fn left(&mut self, sched: &mut dyn Scheduler, key: &str) {
+        self.gone.remove(key);
         self.journal
             .worker_ended(key_id(key), WorkerEnd::Exited, "");
         let o = self.shared.lock().ledger.worker_gone(key, "it left", None);
@@ -737,6 +765,7 @@ impl Runner {
     fn fence(&mut self, sched: &mut dyn Scheduler, key: &str, reason: &str, cancel: bool) {
         // Counted first: whoever sees the fence file sees the count too.
         self.shared.lock().stats.workers_fenced += 1;
+        self.gone.remove(key);
         if let Err(e) = self.broker.fence(key) {
             if e_is_no_space(&e) {
                 self.io_failed(sched, e);
@@ -815,6 +844,7 @@ impl Runner {
             let produced = was.as_ref().is_some_and(|j| j.produced);
             let mut counted = keys.iter().any(|k| self.lost_by_broker.remove(k));
             for key in &keys {
+                self.gone.remove(key);
                 let (known, holds) = {
                     let st = self.shared.lock();
                     (st.ledger.knows(key), st.ledger.load(key) > 0)
