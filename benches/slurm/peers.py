@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 from noop_task import noop
 
@@ -30,8 +31,8 @@ def submitit_map(n: int, work: str) -> list[int]:
     return [j.result() for j in jobs]
 
 
-def dask_map(n: int, work: str) -> list[int]:
-    from dask.distributed import Client
+def dask_cluster(work: str) -> Any:
+    """dask-jobqueue's SLURMCluster of 16 one-core workers (also benches/transport's)."""
     from dask_jobqueue import SLURMCluster
 
     cluster = SLURMCluster(
@@ -44,6 +45,13 @@ def dask_map(n: int, work: str) -> list[int]:
         python=sys.executable,
     )
     cluster.scale(jobs=16)
+    return cluster
+
+
+def dask_map(n: int, work: str) -> list[int]:
+    from dask.distributed import Client
+
+    cluster = dask_cluster(work)
     client = Client(cluster)
     try:
         return client.gather(client.map(noop, range(n)))

@@ -41,6 +41,7 @@ STDERR_TAIL = 2000
 # Options every backend understands; the rest go to the backend as its own options.
 GENERIC_OPTIONS = (
     "idle_timeout", "heartbeat_timeout", "max_attempts", "env", "metadata", "forward_output",
+    "transport", "listen",
 )  # fmt: skip
 _checked_pythons: dict[str, None] = {}
 _live: weakref.WeakSet[Driver] = weakref.WeakSet()
@@ -217,6 +218,8 @@ class Driver:
         metadata: Optional[dict[str, Any]] = None,
         cwd: Optional[str] = None,
         forward_output: bool = True,
+        transport: str = "auto",
+        listen: Optional[str] = None,
     ) -> None:
         defaults = _backends.defaults(backend)
         for text in _backends.bare_sizes(backend, backend_options or {}):
@@ -285,6 +288,8 @@ class Driver:
             heartbeat_timeout=heartbeat_timeout,
             max_attempts=max_attempts,
             metadata=json.dumps(metadata) if metadata is not None else "null",
+            transport=transport,
+            listen=listen or "",
         )
         self.id: str = self._native.id
         self.path: str = str(self._native.path)

@@ -52,7 +52,7 @@ BEHAVIOUR = (
 # shoal's generic session options (as for shoal.Pool / shoal.Executor).
 GENERIC = (
     "work_dir", "keep_work_dir", "idle_timeout", "heartbeat_timeout", "max_attempts", "env",
-    "metadata", "progress",
+    "metadata", "progress", "transport", "listen",
 )  # fmt: skip
 DEFAULT_THROTTLE = 1000
 _MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)

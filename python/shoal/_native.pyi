@@ -23,6 +23,8 @@ class Session:
         heartbeat_timeout: Optional[float] = None,
         max_attempts: int = 3,
         metadata: str = "null",
+        transport: str = "auto",
+        listen: str = "",
     ) -> None: ...
     @property
     def id(self) -> str: ...
@@ -45,8 +47,13 @@ class Session:
 
 class Worker:
     def __init__(
-        self, session_dir: Union[str, PathLike[str]], worker_id: Optional[str] = None
+        self,
+        session_dir: Union[str, PathLike[str]],
+        worker_id: Optional[str] = None,
+        connect: Optional[str] = None,
+        fingerprint: Optional[str] = None,
     ) -> None: ...
+    def close(self, reason: str) -> None: ...
     @property
     def id(self) -> str: ...
     @property

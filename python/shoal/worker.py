@@ -1,4 +1,6 @@
-"""The worker process: ``python -m shoal.worker SESSION_DIR [--worker-id ID]``.
+"""The worker process: ``python -m shoal.worker SESSION_DIR [--worker-id ID]``, or with
+``--connect HOST:PORT --fingerprint FP`` (and the token in ``SHOAL_TOKEN``) for a TCP session,
+whose worker reads nothing from SESSION_DIR (it only names the session).
 
 It claims assignments through the Rust protocol, runs their tasks, and publishes results in
 parts with per-task stdout/stderr offsets and tracebacks. A task's exception (even SystemExit)
@@ -488,16 +490,27 @@ def _setup(config: dict[str, Any]) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    worker_id = None
-    if "--worker-id" in args:
-        i = args.index("--worker-id")
-        worker_id = args[i + 1]
-        del args[i : i + 2]
+    flags: dict[str, Optional[str]] = {
+        "--worker-id": None,
+        "--connect": None,
+        "--fingerprint": None,
+    }
+    for flag in flags:
+        if flag in args:
+            i = args.index(flag)
+            flags[flag] = args[i + 1] if i + 1 < len(args) else None
+            del args[i : i + 2]
     if len(args) != 1:
-        print("usage: python -m shoal.worker SESSION_DIR [--worker-id ID]", file=sys.stderr)
+        print(
+            "usage: python -m shoal.worker SESSION_DIR [--worker-id ID] "
+            "[--connect HOST:PORT --fingerprint FP]  (a TCP session's token: $SHOAL_TOKEN)",
+            file=sys.stderr,
+        )
         return 2
     try:
-        worker = _native.Worker(args[0], worker_id)
+        worker = _native.Worker(
+            args[0], flags["--worker-id"], flags["--connect"], flags["--fingerprint"]
+        )
     except Exception as exc:
         print(f"shoal worker: cannot join session {args[0]}: {exc}", file=sys.stderr)
         return 3
@@ -514,6 +527,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     runner.arm()
     max_tasks = config.get("maxtasksperchild")
     done = 0
+    reason = "maxtasksperchild"
     while True:
         why = runner.leaving[1] if runner.leaving else runner.out_of_time()
         if why is not None:
@@ -522,6 +536,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             break
         item = worker.claim(None, lambda: runner.leaving is not None)
         if isinstance(item, str):
+            reason = item
             break
         chunk, attempt, first, ntasks, start, careful, resume, payload = item
         runner.run_chunk(chunk, attempt, first, ntasks, start, careful, resume, payload)
@@ -530,6 +545,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             break
     sys.stdout.flush()
     sys.stderr.flush()
+    worker.close(reason)
     return 0
 
 

@@ -95,6 +95,7 @@ fn sessions(base: &Path, json: bool, out: &mut dyn Write) -> Result<i32> {
             vec![
                 m.id.clone(),
                 m.backend.clone(),
+                m.transport.clone(),
                 m.display_state().to_string(),
                 progress(m),
                 m.tasks_failed.to_string(),
@@ -104,7 +105,14 @@ fn sessions(base: &Path, json: bool, out: &mut dyn Write) -> Result<i32> {
         })
         .collect();
     let head = [
-        "SESSION", "BACKEND", "STATE", "PROGRESS", "FAILED", "WORKERS", "STARTED",
+        "SESSION",
+        "BACKEND",
+        "TRANSPORT",
+        "STATE",
+        "PROGRESS",
+        "FAILED",
+        "WORKERS",
+        "STARTED",
     ];
     w(out, render_table(&head, &rows))?;
     Ok(0)

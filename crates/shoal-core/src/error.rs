@@ -38,6 +38,9 @@ pub enum CoreError {
         prefix: String,
         candidates: Vec<String>,
     },
+    /// A TCP worker's link to its driver failed (connect, authenticate, or a send).
+    #[error("{0}")]
+    Transport(String),
     #[error("chunk {chunk}'s files vanished from the work dir ({detail})\nhint: something removed files under the session dir while it ran (a tmp reaper?); choose a work_dir that is not cleaned behind your back")]
     Vanished { chunk: u64, detail: String },
 }

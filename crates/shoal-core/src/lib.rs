@@ -3,7 +3,8 @@
 //!
 //! Nothing here knows about Python or about a particular scheduler: chunks and results are
 //! opaque byte payloads with a small typed header, moved through a directory with atomic
-//! renames so that the same protocol works on a local disk and on a cluster's shared FS.
+//! renames so that the same protocol works on a local disk and on a cluster's shared FS, or
+//! over TCP (`worker_tcp`) where nothing is shared.
 
 pub mod calls;
 pub mod clock;
@@ -21,6 +22,7 @@ pub mod session;
 pub mod units;
 pub mod watch;
 pub mod worker;
+pub mod worker_tcp;
 
 pub use error::{CoreError, Result};
 pub use layout::SessionDir;

@@ -14,6 +14,8 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Waker {
     write: Option<Arc<OwnedFd>>,
+    /// A waker of something else than a pipe (the TCP broker's channel).
+    call: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Waker {
@@ -21,6 +23,17 @@ impl Waker {
         if let Some(fd) = &self.write {
             // A full pipe already means "wake up"; nothing to report.
             let _ = nix::unistd::write(fd.as_fd(), &[1u8]);
+        }
+        if let Some(f) = &self.call {
+            f();
+        }
+    }
+
+    /// A waker that calls `f`.
+    pub fn from_fn(f: impl Fn() + Send + Sync + 'static) -> Waker {
+        Waker {
+            write: None,
+            call: Some(Arc::new(f)),
         }
     }
 }
@@ -51,9 +64,16 @@ impl DirWatch {
                 Some(r),
                 Waker {
                     write: Some(Arc::new(w)),
+                    call: None,
                 },
             ),
-            Err(_) => (None, Waker { write: None }),
+            Err(_) => (
+                None,
+                Waker {
+                    write: None,
+                    call: None,
+                },
+            ),
         };
         DirWatch {
             inotify,

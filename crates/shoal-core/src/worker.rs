@@ -129,7 +129,7 @@ pub struct WorkerInfo {
 }
 
 /// How long this process has been running (from /proc; None elsewhere).
-fn process_age() -> Option<f64> {
+pub(crate) fn process_age() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (in parentheses, which may hold spaces); starttime is
     // field 22 of the whole line, in clock ticks since boot.
@@ -564,6 +564,69 @@ impl Walltime {
             end: start + limit,
             option: var("SHOAL_WALLTIME_OPTION").unwrap_or_else(|| format!("{limit} s")),
         })
+    }
+}
+
+/// What the Python worker loop uses, whatever the transport: the work dir
+/// ([`WorkerSession`]) or a TCP link to the driver ([`crate::worker_tcp::TcpWorker`]).
+pub trait WorkerTransport: Send {
+    fn id(&self) -> &str;
+    fn key(&self) -> &str;
+    fn config(&self) -> &WorkerConfig;
+    /// The next assignment, or why to exit; `wait` bounds the call.
+    fn next(
+        &mut self,
+        wait: Option<Duration>,
+    ) -> Result<std::result::Result<Assignment, ExitReason>>;
+    /// Task `task` of the claimed chunk starts now.
+    fn running(&self, chunk: u64, attempt: u32, task: u32) -> Result<()>;
+    /// Publish a result part; a release's `checkpoint` reaches the driver before the part.
+    fn publish(
+        &mut self,
+        header: &ResultHeader,
+        payload: &[u8],
+        checkpoint: Option<&[u8]>,
+    ) -> Result<()>;
+    /// The checkpoint a `resume` assignment's first task starts from.
+    fn read_checkpoint(&self, chunk: u64, task: u32) -> Result<Vec<u8>>;
+    /// A shared payload (the mapped function) a chunk refers to.
+    fn read_blob(&self, id: u64) -> Result<Vec<u8>>;
+    /// The worker is leaving (`reason`: why `next` said to exit).
+    fn close(&mut self, _reason: &str) {}
+}
+
+impl WorkerTransport for WorkerSession {
+    fn id(&self) -> &str {
+        WorkerSession::id(self)
+    }
+    fn key(&self) -> &str {
+        WorkerSession::key(self)
+    }
+    fn config(&self) -> &WorkerConfig {
+        WorkerSession::config(self)
+    }
+    fn next(
+        &mut self,
+        wait: Option<Duration>,
+    ) -> Result<std::result::Result<Assignment, ExitReason>> {
+        WorkerSession::next(self, wait)
+    }
+    fn running(&self, chunk: u64, attempt: u32, task: u32) -> Result<()> {
+        WorkerSession::running(self, chunk, attempt, task)
+    }
+    fn publish(
+        &mut self,
+        header: &ResultHeader,
+        payload: &[u8],
+        checkpoint: Option<&[u8]>,
+    ) -> Result<()> {
+        WorkerSession::publish(self, header, payload, checkpoint)
+    }
+    fn read_checkpoint(&self, chunk: u64, task: u32) -> Result<Vec<u8>> {
+        WorkerSession::read_checkpoint(self, chunk, task)
+    }
+    fn read_blob(&self, id: u64) -> Result<Vec<u8>> {
+        self.dir.read_blob(id)
     }
 }
 

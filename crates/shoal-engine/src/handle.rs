@@ -3,6 +3,8 @@
 //! the engine thread (`runner.rs`).
 
 use crate::broker::fs::FsBroker;
+use crate::broker::tcp::TcpBroker;
+use crate::broker::{self, Broker};
 use crate::error::{EngineError, Result};
 use crate::ledger::{Cause, Ledger, Outcome};
 use crate::record::{self, Stats};
@@ -56,6 +58,10 @@ pub struct EngineOptions {
     /// Where ended sessions' journals are copied (`shoal show` after the work dir is gone);
     /// None: nowhere.
     pub history: Option<PathBuf>,
+    /// "fs", "tcp" or "auto" (see [`crate::broker::choose`]).
+    pub transport: String,
+    /// Where a TCP session listens (docs/transport-tcp.md, "Addresses"); "" is automatic.
+    pub listen: String,
 }
 
 impl Default for EngineOptions {
@@ -74,6 +80,8 @@ impl Default for EngineOptions {
             stall_step: Duration::from_secs(2),
             stranger_grace: crate::fleet::STRANGER_GRACE,
             history: Some(journal::history_dir()),
+            transport: "auto".into(),
+            listen: String::new(),
         }
     }
 }
@@ -138,19 +146,37 @@ impl Engine {
                 dir.root().display()
             )));
         }
+        let transport = broker::choose(&options.transport, scheduler.name(), &fs)?;
+        let mut spec = spec;
+        let (broker, waker, listening): (Box<dyn Broker>, Waker, Option<String>) =
+            if transport == "tcp" {
+                let (b, connect, listening) = TcpBroker::start(dir.clone(), &options.listen)?;
+                spec.connect = Some(connect);
+                let waker = b.waker();
+                (Box::new(b), waker, Some(listening))
+            } else {
+                let b = FsBroker::new(dir.clone(), fs.is_network(), options.heartbeat_interval);
+                let waker = b.waker();
+                (Box::new(b), waker, None)
+            };
         scheduler.preflight(&spec)?;
         let backend = scheduler.name();
         let mut meta = SessionMeta::new(dir.id(), backend);
         meta.metadata = options.metadata.clone();
         meta.filesystem = fs.name().to_string();
-        let broker = FsBroker::new(dir.clone(), fs.is_network(), options.heartbeat_interval);
-        meta.transport = "fs".into();
+        meta.transport = transport.into();
         dir.write_meta(&meta)?;
+        if let Some(line) = &listening {
+            // Where workers connect, why that address, and what they pin: for the record.
+            let _ = std::fs::write(dir.sub("logs").join("transport.log"), format!("{line}\n"));
+            if options.progress {
+                eprintln!("shoal {}: tcp transport {line}", dir.id());
+            }
+        }
         // The session's event record for `shoal top` and `shoal show` (never fatal).
         let journal =
             Journal::open(&dir, &SessionInfo::of(&meta)).unwrap_or_else(|_| Journal::disabled());
         let history = options.history.clone();
-        let waker = broker.waker();
         let window = options
             .window
             .unwrap_or_else(|| (scheduler.capacity() * (options.prefetch + 1) * 2).max(8));
@@ -167,8 +193,8 @@ impl Engine {
             spec,
             options,
             meta,
-            Box::new(broker),
-            fs.is_network(),
+            broker,
+            fs.is_network() && transport == "fs",
             journal,
         );
         let thread = std::thread::Builder::new()

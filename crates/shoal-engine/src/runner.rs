@@ -40,6 +40,10 @@ const GATHER: Duration = Duration::from_millis(50);
 /// Queued workers are given back only after the work has been short of them this long:
 /// back-to-back maps must not make the engine cancel and resubmit jobs in between.
 const GIVE_BACK_AFTER: Duration = Duration::from_secs(3);
+/// A worker whose connection ended (TCP) is lost with the scheduler's reason when the
+/// scheduler reports its job's end within this long (at least two of its polls), else with
+/// the connection's: messages say the same on both transports.
+const GONE_GRACE: Duration = Duration::from_secs(3);
 
 pub(crate) struct Runner {
     dir: SessionDir,
@@ -60,6 +64,10 @@ pub(crate) struct Runner {
     detached: HashSet<String>,
     /// Checkpoints interrupted tasks left, by chunk (removed when the chunk ends).
     checkpoints: HashMap<u64, Vec<u32>>,
+    /// Workers whose loss the broker reported (TCP: a disconnect) and counted already.
+    lost_by_broker: HashSet<String>,
+    /// Workers whose connection ended, waiting for the scheduler's reason (see GONE_GRACE).
+    gone: HashMap<String, (Instant, String)>,
     index: IndexWriter,
     /// The session's event record for `shoal top` / `shoal show`, by worker id.
     journal: Journal,
@@ -110,6 +118,8 @@ impl Runner {
             hints: HashMap::new(),
             detached: HashSet::new(),
             checkpoints: HashMap::new(),
+            lost_by_broker: HashSet::new(),
+            gone: HashMap::new(),
             progress,
             start_failures: 0,
             last_submit: None,
@@ -149,6 +159,7 @@ impl Runner {
             if last_poll.is_none_or(|t| t.elapsed() >= sched.poll_interval().min(EVENTS_EVERY)) {
                 last_poll = Some(Instant::now());
                 busy |= self.poll_scheduler(sched);
+                self.settle_gone(sched);
                 self.check_liveness(sched);
                 self.check_suspended(sched);
                 self.check_strangers(sched);
@@ -330,7 +341,14 @@ impl Runner {
                         self.hints.insert(key, r);
                     }
                 }
-                BrokerEvent::Gone { key, reason } => self.lose(sched, &key, &reason),
+                BrokerEvent::Gone { key, reason } => {
+                    // The scheduler usually says why soon after (killed by its time limit,
+                    // out of memory): its reason is the user's; the connection's is the
+                    // fallback after GONE_GRACE (see settle_gone).
+                    self.gone.entry(key).or_insert((Instant::now(), reason));
+                }
+                BrokerEvent::Left { key } => self.left(sched, &key),
+                BrokerEvent::Note(text) => self.broker_note(&text),
                 BrokerEvent::Revoked { chunk, attempt, ok } => {
                     let o = self.shared.lock().ledger.revoked(chunk, attempt, ok);
                     self.outcomes(sched, o, None);
@@ -739,6 +757,54 @@ impl Runner {
         self.detached.remove(key);
     }
 
+    /// Workers whose connection ended and whose job the scheduler has not reported ended
+    /// within the grace: lost with the connection's reason.
+    fn settle_gone(&mut self, sched: &mut dyn Scheduler) {
+        let grace = GONE_GRACE.max(sched.poll_interval() * 2);
+        let due: Vec<(String, String)> = self
+            .gone
+            .iter()
+            .filter(|(_, (since, _))| since.elapsed() >= grace)
+            .map(|(k, (_, r))| (k.clone(), r.clone()))
+            .collect();
+        for (key, reason) in due {
+            self.gone.remove(&key);
+            let before = self.shared.lock().stats.workers_lost;
+            self.lose(sched, &key, &reason);
+            if self.shared.lock().stats.workers_lost > before {
+                // Its job's end, reported later by the backend, is the same loss.
+                self.lost_by_broker.insert(key);
+            }
+        }
+    }
+
+    /// A worker left on its own holding nothing (TCP: it said goodbye, then disconnected).
+    fn left(&mut self, sched: &mut dyn Scheduler, key: &str) {
+        self.gone.remove(key);
+        self.journal
+            .worker_ended(key_id(key), WorkerEnd::Exited, "");
+        let o = self.shared.lock().ledger.worker_gone(key, "it left", None);
+        self.outcomes(sched, o, Some(key));
+        self.hints.remove(key);
+        self.broker.forget(key);
+        self.liveness.forget(&key.to_string());
+        self.detached.remove(key);
+    }
+
+    /// A transport's message for the user, shown once and kept in `logs/transport.log`.
+    fn broker_note(&mut self, text: &str) {
+        self.progress
+            .println(&format!("shoal {}: {text}", self.dir.id()));
+        let path = self.dir.sub("logs").join("transport.log");
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes());
+        }
+    }
+
     /// Give up on a worker: it must never get work again and should exit. `cancel`: also
     /// cancel its job (it cannot be trusted to exit by itself).
     fn fence(&mut self, sched: &mut dyn Scheduler, key: &str, reason: &str, cancel: bool) {
@@ -751,6 +817,7 @@ impl Runner {
                 st.stats.workers_lost += 1;
             }
         }
+        self.gone.remove(key);
         if let Err(e) = self.broker.fence(key) {
             if e_is_no_space(&e) {
                 self.io_failed(sched, e);
@@ -826,12 +893,15 @@ impl Runner {
                 _ => None,
             };
             let produced = was.as_ref().is_some_and(|j| j.produced);
-            // A fenced incarnation was counted when it was fenced.
+            // A fenced incarnation was counted when it was fenced; one the broker reported lost
+            // (TCP: a disconnect) was counted then.
             let mut counted = {
                 let st = self.shared.lock();
                 keys.iter().any(|k| st.ledger.is_fenced(k))
             };
+            counted |= keys.iter().any(|k| self.lost_by_broker.remove(k));
             for key in &keys {
+                self.gone.remove(key);
                 let (known, holds) = {
                     let st = self.shared.lock();
                     (st.ledger.knows(key), st.ledger.load(key) > 0)

@@ -238,6 +238,8 @@ fn run_worker(
 fn options() -> EngineOptions {
     EngineOptions {
         heartbeat_interval: Duration::from_millis(50),
+        // The fake workers below speak the work-dir protocol.
+        transport: "fs".into(),
         ..Default::default()
     }
 }
@@ -256,6 +258,7 @@ fn start(sched: impl Scheduler + 'static, options: EngineOptions) -> (tempfile::
         python: "python3".into(),
         env: vec![],
         cwd: t.path().into(),
+        connect: None,
     };
     let options = EngineOptions {
         history: Some(t.path().join("history")),

@@ -10,7 +10,8 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use shoal_core::layout::Stream;
 use shoal_core::protocol::{FailedTask, Release, ReleaseKind, ResultHeader};
 use shoal_core::session::{create_node_local, default_base, local_backend_base, SessionState};
-use shoal_core::worker::{DriverInfo, WorkerConfig, WorkerSession};
+use shoal_core::worker::{DriverInfo, WorkerConfig, WorkerSession, WorkerTransport};
+use shoal_core::worker_tcp::TcpWorker;
 use shoal_core::{CoreError, SessionDir};
 use shoal_engine::{Cause, Engine, EngineError, EngineOptions, Event};
 use shoal_sched::{LaunchSpec, SchedError};
@@ -91,7 +92,7 @@ impl Session {
     #[new]
     #[pyo3(signature = (*, backend, workers, python, cwd, env, worker_config, backend_options,
                         work_dir=None, progress=false, heartbeat_timeout=None, max_attempts=3,
-                        metadata="null"))]
+                        metadata="null", transport="auto", listen=""))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -107,6 +108,8 @@ impl Session {
         heartbeat_timeout: Option<f64>,
         max_attempts: u32,
         metadata: &str,
+        transport: &str,
+        listen: &str,
     ) -> PyResult<Self> {
         let json = |what: &str, s: &str| -> PyResult<serde_json::Value> {
             serde_json::from_str(s).map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
@@ -156,6 +159,7 @@ impl Session {
                 python,
                 env,
                 cwd,
+                connect: None,
             };
             let options = EngineOptions {
                 max_attempts: max_attempts.max(1),
@@ -163,6 +167,8 @@ impl Session {
                 heartbeat_interval,
                 progress,
                 metadata,
+                transport: transport.to_string(),
+                listen: listen.to_string(),
                 ..EngineOptions::default()
             };
             Engine::start(dir.clone(), scheduler, spec, options)
@@ -408,30 +414,53 @@ impl Session {
     }
 }
 
-/// The worker side of a session, used by `python -m shoal.worker`.
+/// The worker side of a session, used by `python -m shoal.worker`: through the work dir, or
+/// over TCP when `connect` (the driver's address) and `fingerprint` are given.
 #[pyclass(module = "shoal._native")]
 struct Worker {
-    inner: Mutex<WorkerSession>,
+    inner: Mutex<Box<dyn WorkerTransport>>,
     id: String,
     key: String,
     config: String,
-    dir: SessionDir,
 }
 
 #[pymethods]
 impl Worker {
     #[new]
-    #[pyo3(signature = (session_dir, worker_id=None))]
-    fn new(py: Python<'_>, session_dir: PathBuf, worker_id: Option<&str>) -> PyResult<Self> {
-        let inner = py
-            .detach(|| WorkerSession::open(session_dir, worker_id))
-            .map_err(|e| core_err(py, e))?;
+    #[pyo3(signature = (session_dir, worker_id=None, connect=None, fingerprint=None))]
+    fn new(
+        py: Python<'_>,
+        session_dir: PathBuf,
+        worker_id: Option<&str>,
+        connect: Option<&str>,
+        fingerprint: Option<&str>,
+    ) -> PyResult<Self> {
+        let inner: Box<dyn WorkerTransport> = match (connect, fingerprint) {
+            (Some(addr), Some(fp)) => {
+                let session = session_dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Box::new(
+                    py.detach(|| TcpWorker::connect(&session, worker_id, addr, fp))
+                        .map_err(|e| core_err(py, e))?,
+                )
+            }
+            (None, None) => Box::new(
+                py.detach(|| WorkerSession::open(session_dir, worker_id))
+                    .map_err(|e| core_err(py, e))?,
+            ),
+            _ => {
+                return Err(PyValueError::new_err(
+                    "connect and fingerprint go together (a TCP session's worker)",
+                ))
+            }
+        };
         let config =
             serde_json::to_string(&inner.config().python).unwrap_or_else(|_| "null".into());
         Ok(Worker {
             id: inner.id().to_string(),
             key: inner.key().to_string(),
-            dir: inner.dir().clone(),
             inner: Mutex::new(inner),
             config,
         })
@@ -456,11 +485,21 @@ impl Worker {
     }
 
     fn read_blob<'py>(&self, py: Python<'py>, blob: u64) -> PyResult<Bound<'py, PyBytes>> {
-        let dir = self.dir.clone();
         let bytes = py
-            .detach(|| dir.read_blob(blob))
+            .detach(|| {
+                let w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                w.read_blob(blob)
+            })
             .map_err(|e| core_err(py, e))?;
         Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// The worker is leaving (`reason`: what `claim` returned); a TCP worker says goodbye.
+    fn close(&self, py: Python<'_>, reason: &str) {
+        py.detach(|| {
+            let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            w.close(reason)
+        })
     }
 
     /// Next assignment as (chunk, attempt, first_task, ntasks, from, careful, resume,

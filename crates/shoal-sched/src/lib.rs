@@ -42,6 +42,35 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     /// Directory workers start in.
     pub cwd: PathBuf,
+    /// Where a TCP session's workers connect (None: they use the work dir).
+    pub connect: Option<Connect>,
+}
+
+/// How a worker reaches a TCP session's driver. The address and fingerprint go on its command
+/// line; the token is a secret and travels only in the job's environment ([`Connect::secret_env`]),
+/// never in a job script or on a command line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Connect {
+    /// `HOST:PORT` the driver listens on.
+    pub addr: String,
+    /// The pinned certificate's SHA-256, base64url (not secret).
+    pub fingerprint: String,
+    /// The environment variable the token travels in, and the token.
+    pub token: (String, String),
+    /// The token in a file only its owner can read (mode 600), for a scheduler that publishes
+    /// a job's environment to every user (HTCondor's job ad) and ships files with the job; and
+    /// the variable that gives the worker the shipped file's name.
+    pub token_file: (String, PathBuf),
+}
+
+impl std::fmt::Debug for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connect")
+            .field("addr", &self.addr)
+            .field("fingerprint", &self.fingerprint)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 impl LaunchSpec {
@@ -55,11 +84,22 @@ impl LaunchSpec {
             "shoal.worker".into(),
             self.session.root().display().to_string(),
         ];
+        if let Some(c) = &self.connect {
+            argv.extend(["--connect".into(), c.addr.clone()]);
+            argv.extend(["--fingerprint".into(), c.fingerprint.clone()]);
+        }
         if let Some(id) = worker_id {
             argv.push("--worker-id".into());
             argv.push(id.to_string());
         }
         argv
+    }
+
+    /// Secret variables for the worker's environment (a TCP session's token): a backend sets
+    /// them on the process that starts the job (its environment is forwarded), never in a
+    /// file another user could read.
+    pub fn secret_env(&self) -> Vec<(String, String)> {
+        self.connect.iter().map(|c| c.token.clone()).collect()
     }
 }
 

@@ -106,6 +106,7 @@ impl Backend for LocalBackend {
             cmd.args(&argv[1..])
                 .current_dir(&spec.cwd)
                 .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                .envs(spec.secret_env())
                 .stdin(Stdio::null())
                 .stdout(open(Stream::Stdout)?)
                 .stderr(open(Stream::Stderr)?);
@@ -254,6 +255,7 @@ mod tests {
             python: python.into(),
             env: vec![],
             cwd: std::env::temp_dir(),
+            connect: None,
         }
     }
 

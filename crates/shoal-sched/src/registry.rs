@@ -211,6 +211,10 @@ pub const GENERIC: &[Opt] = &[
         .default("3"),
     opt("work_dir", Kind::Path, "", "\"/shared/scratch/shoal\"", "where session dirs go (on a filesystem the workers share)")
         .default("$SHOAL_HOME"),
+    opt("transport", Kind::Name, "", "\"tcp\"", "how workers reach the driver: `fs` (the work dir), `tcp` (they connect back; nothing shared), `auto` (fs on the local backend or a network work dir, else tcp)")
+        .default("auto"),
+    opt("listen", Kind::Name, "", "\"ib0:7000-7100\"", "where a tcp session's driver listens: an address or interface, optionally :PORT or :LOW-HIGH")
+        .default("auto"),
 ];
 
 #[rustfmt::skip]

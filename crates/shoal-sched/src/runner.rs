@@ -92,6 +92,8 @@ pub struct Runner {
     stats: Arc<Mutex<BTreeMap<String, CallStats>>>,
     /// What to tell a user whose program is missing.
     missing_hint: String,
+    /// Extra environment of the calls (a TCP session's token for the submission to forward).
+    env: Vec<(String, String)>,
 }
 
 impl Default for Runner {
@@ -109,6 +111,7 @@ impl Runner {
             abort: Arc::new(Abort::default()),
             stats: Arc::new(Mutex::new(BTreeMap::new())),
             missing_hint: missing_hint.into(),
+            env: Vec::new(),
         }
     }
 
@@ -126,6 +129,14 @@ impl Runner {
     pub fn with_prefix(mut self, args: Vec<String>) -> Runner {
         self.prefix = args;
         self
+    }
+
+    /// The same runner (shared statistics and abort) whose calls also get `env`.
+    pub fn with_env(&self, env: Vec<(String, String)>) -> Runner {
+        Runner {
+            env,
+            ..self.clone()
+        }
     }
 
     /// The same runner (shared statistics and abort) with other leading arguments.
@@ -229,6 +240,7 @@ impl Runner {
         all.extend_from_slice(args);
         let child = Command::new(self.program(name))
             .args(&all)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -14,6 +14,7 @@ pub fn fake_spec(root: &Path, name: &str) -> LaunchSpec {
         python: "/bin/sh".into(),
         env: vec![],
         cwd: root.to_path_buf(),
+        connect: None,
     }
 }
 

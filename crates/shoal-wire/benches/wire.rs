@@ -76,13 +76,14 @@ fn child(argv: &[String]) {
     if mode.starts_with("raw-") {
         return raw_child(mode, addr, n, size);
     }
-    let creds = Credentials::from_env().unwrap();
+    let creds = Credentials::from_env(&argv[4]).unwrap();
     let hello = Hello {
         session: "bench".into(),
         worker: "w1".into(),
         incarnation: 1,
         host: "localhost".into(),
         pid: std::process::id(),
+        startup_ms: None,
     };
     let (_, link) = connect(addr, &creds, &hello, &ClientOptions::default()).unwrap();
     if mode == "upload" {
@@ -269,7 +270,8 @@ fn wire(mode: &str, n: usize, size: usize) -> Run {
     };
     let server = Server::start(options, &secrets).unwrap();
     let addr = server.advertised_addr().to_string();
-    let args = [mode, &addr, &n.to_string(), &size.to_string()];
+    let fp = secrets.credentials().fingerprint_text();
+    let args = [mode, &addr, &n.to_string(), &size.to_string(), &fp];
     let mut worker = spawn_child(&args, Some(secrets.credentials().to_env()));
     let peer = admit(&server);
     let (t0, c0) = (Instant::now(), cpu());

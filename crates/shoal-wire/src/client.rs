@@ -253,6 +253,8 @@ fn deliver(core: &Core, inbox: &Sender<ToWorker>, mut msg: ToWorker) -> bool {
 /// A worker's open connection to its driver.
 pub struct Link {
     core: Arc<Core>,
+    /// Messages queued by `send` so far (see [`Link::flush`]).
+    queued: AtomicU64,
     outbox: Sender<ToDriver>,
     inbox: Receiver<ToWorker>,
     /// Disconnected when the reader thread has ended.
@@ -298,6 +300,7 @@ impl Link {
         };
         Ok(Link {
             core,
+            queued: AtomicU64::new(0),
             outbox,
             inbox,
             reader_done,
@@ -314,7 +317,25 @@ impl Link {
         }
         self.outbox
             .send(msg)
-            .map_err(|e| SendError::Closed(e.into_inner()))
+            .map_err(|e| SendError::Closed(e.into_inner()))?;
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Wait until every message `send` queued before this call has been written to the socket
+    /// (it then survives this process being killed), at most `timeout`. False if it was not.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let want = self.queued.load(Ordering::Acquire);
+        let deadline = Instant::now() + timeout;
+        let mut nap = Duration::from_micros(20);
+        while self.core.written.load(Ordering::Acquire) < want {
+            if self.core.is_closed() || Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(1));
+        }
+        true
     }
 
     /// Queue a message without blocking.
@@ -325,7 +346,9 @@ impl Link {
         self.outbox.try_send(msg).map_err(|e| match e {
             TrySendError::Full(m) => SendError::Full(m),
             TrySendError::Disconnected(m) => SendError::Closed(m),
-        })
+        })?;
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// The next message from the driver: `Ok(None)` when `timeout` passes first, `Err` once the
@@ -371,6 +394,15 @@ impl Link {
     /// Say `Bye { reason }`, close the TLS session after everything queued, and wait up to
     /// `linger` for the driver to close its side. Returns why the link ended.
     pub fn close(mut self, reason: &str) -> Disconnect {
+        self.leave(reason);
+        self.finish();
+        self.core.reason()
+    }
+
+    /// [`Link::close`] for a link shared between threads (behind an `Arc`): say `Bye`, close
+    /// the TLS session and wait up to `linger` for the driver's side; the threads end when the
+    /// last reference is dropped.
+    pub fn leave(&self, reason: &str) -> Disconnect {
         let linger = self.core.timeouts.linger;
         let bye = ToDriver::Bye {
             reason: reason.to_string(),
@@ -379,7 +411,6 @@ impl Link {
         self.core
             .close(Disconnect::Local(format!("the worker left: {reason}")));
         let _ = self.reader_done.recv_timeout(linger);
-        self.finish();
         self.core.reason()
     }
 

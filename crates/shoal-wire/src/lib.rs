@@ -11,12 +11,14 @@
 //! let secrets = SessionSecrets::generate()?;
 //! let server = Server::start(ServerOptions::default(), &secrets)?;
 //! println!("{}", server.listening_on());
-//! // The worker's job gets server.advertised_addr() and, in its environment,
-//! // secrets.credentials().to_env(); the worker then does:
+//! // The worker's job gets server.advertised_addr() and fingerprint_text() on its command
+//! // line and, in its environment, secrets.credentials().to_env(); the worker then does:
+//! let fingerprint = secrets.credentials().fingerprint_text();
 //! let hello = Hello { session: "S".into(), worker: "w1".into(), incarnation: 7,
-//!                     host: "node1".into(), pid: std::process::id() };
+//!                     host: "node1".into(), pid: std::process::id(), startup_ms: None };
 //! let (_config, link) = connect(&server.advertised_addr().to_string(),
-//!                               &Credentials::from_env()?, &hello, &ClientOptions::default())?;
+//!                               &Credentials::from_env(&fingerprint)?, &hello,
+//!                               &ClientOptions::default())?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -39,5 +41,7 @@ pub use error::{ConnectError, Disconnect, Rejection, SendError, ServerError};
 pub use frame::{Decoder, Frame, FrameError, Limits, Prefix, PREFIX_LEN};
 pub use link::{LinkStats, Timeouts};
 pub use message::{Hello, Json, Stream, ToDriver, ToWorker};
-pub use secrets::{Credentials, Fingerprint, SecretsError, SessionSecrets, Token, ENV_VAR};
+pub use secrets::{
+    Credentials, Fingerprint, SecretsError, SessionSecrets, Token, ENV_VAR, TOKEN_FILE_VAR,
+};
 pub use server::{Event, PeerId, QueueLimits, Server, ServerOptions, ServerStats};

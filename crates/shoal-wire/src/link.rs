@@ -82,6 +82,8 @@ pub(crate) struct Core {
     bytes_out: AtomicU64,
     frames_in: AtomicU64,
     frames_out: AtomicU64,
+    /// Application messages written to the socket (handed to the kernel) so far.
+    pub(crate) written: AtomicU64,
     pub(crate) timeouts: Timeouts,
 }
 
@@ -116,6 +118,7 @@ impl Core {
             bytes_out: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),
             frames_out: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             timeouts,
         });
         Ok((core, ctl_rx))
@@ -487,13 +490,16 @@ fn write_frames<M: Message>(
                 };
                 sealer.put(&msg)?;
                 sent(&msg);
+                let mut n = 1;
                 // Coalesce whatever else is already queued, up to a few records' worth.
                 while sealer.staged.len() < STAGE_MAX {
                     let Ok(next) = queue.try_recv() else { break };
                     sealer.put(&next)?;
                     sent(&next);
+                    n += 1;
                 }
                 sealer.flush_staged()?;
+                core.written.fetch_add(n, Ordering::Release);
             },
             default(keepalive) => {
                 encode_head(&mut sealer.staged, kind::PING, b"", 0);

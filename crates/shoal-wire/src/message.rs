@@ -23,6 +23,7 @@ pub(crate) mod kind {
     pub const NEED_BLOB: u8 = 14;
     pub const REVOKED: u8 = 15;
     pub const BYE: u8 = 16;
+    pub const CHECKPOINT_W: u8 = 17;
     // driver -> worker
     pub const WELCOME: u8 = 20;
     pub const REFUSED: u8 = 21;
@@ -32,6 +33,7 @@ pub(crate) mod kind {
     pub const STOP: u8 = 25;
     pub const FENCE: u8 = 26;
     pub const BEAT_D: u8 = 27;
+    pub const CHECKPOINT_D: u8 = 28;
 }
 
 /// A JSON document the transport carries without interpreting it (the engine's chunk and result
@@ -112,6 +114,13 @@ pub enum ToDriver {
     Revoked { chunk: u64, ok: bool },
     /// The worker is leaving on purpose.
     Bye { reason: String },
+    /// What interrupted task `task` of `chunk` left to resume from (docs/checkpoints.md),
+    /// sent before the release part that names it.
+    Checkpoint {
+        chunk: u64,
+        task: u32,
+        payload: Bytes,
+    },
 }
 
 /// Driver -> worker.
@@ -133,6 +142,12 @@ pub enum ToWorker {
     Fence { reason: String },
     /// The driver's liveness counter.
     Beat { seq: u64 },
+    /// The checkpoint a `resume` assignment of `chunk` starts from, sent before it.
+    Checkpoint {
+        chunk: u64,
+        task: u32,
+        payload: Bytes,
+    },
 }
 
 // Small headers of the transport's own messages.
@@ -166,6 +181,11 @@ struct ChunkOk {
 #[derive(Serialize, Deserialize)]
 struct Chunk {
     chunk: u64,
+}
+#[derive(Serialize, Deserialize)]
+struct ChunkTask {
+    chunk: u64,
+    task: u32,
 }
 #[derive(Serialize, Deserialize)]
 struct Reason<'a> {
@@ -232,7 +252,7 @@ pub(crate) trait Message: Sized + Send + 'static {
 
 impl Message for ToDriver {
     fn known(k: u8) -> bool {
-        k == kind::PING || (kind::STARTED..=kind::BYE).contains(&k)
+        k == kind::PING || (kind::STARTED..=kind::CHECKPOINT_W).contains(&k)
     }
 
     fn encode(&self, out: &mut Vec<u8>) -> Option<&Bytes> {
@@ -287,6 +307,11 @@ impl Message for ToDriver {
                 json(out, kind::BYE, &Reason::of(reason), 0);
                 None
             }
+            ToDriver::Checkpoint {
+                chunk,
+                task,
+                payload,
+            } => checkpoint(out, kind::CHECKPOINT_W, *chunk, *task, payload),
         }
     }
 
@@ -332,6 +357,14 @@ impl Message for ToDriver {
             kind::BYE => ToDriver::Bye {
                 reason: reason("Bye", &frame)?,
             },
+            kind::CHECKPOINT_W => {
+                let h: ChunkTask = head_with_payload("Checkpoint", &frame)?;
+                ToDriver::Checkpoint {
+                    chunk: h.chunk,
+                    task: h.task,
+                    payload: frame.payload,
+                }
+            }
             other => return Err(FrameError::Kind(other)),
         })
     }
@@ -340,6 +373,7 @@ impl Message for ToDriver {
         match self {
             ToDriver::Part { payload, .. } => payload.len() as u64,
             ToDriver::Output { bytes, .. } => bytes.len() as u64,
+            ToDriver::Checkpoint { payload, .. } => payload.len() as u64,
             _ => 0,
         }
     }
@@ -347,7 +381,7 @@ impl Message for ToDriver {
 
 impl Message for ToWorker {
     fn known(k: u8) -> bool {
-        k == kind::PING || (kind::WELCOME..=kind::BEAT_D).contains(&k)
+        k == kind::PING || (kind::WELCOME..=kind::CHECKPOINT_D).contains(&k)
     }
 
     fn encode(&self, out: &mut Vec<u8>) -> Option<&Bytes> {
@@ -388,6 +422,11 @@ impl Message for ToWorker {
                 json(out, kind::BEAT_D, &Seq { seq: *seq }, 0);
                 None
             }
+            ToWorker::Checkpoint {
+                chunk,
+                task,
+                payload,
+            } => checkpoint(out, kind::CHECKPOINT_D, *chunk, *task, payload),
         }
     }
 
@@ -424,18 +463,50 @@ impl Message for ToWorker {
             kind::BEAT_D => ToWorker::Beat {
                 seq: head::<Seq>("Beat", &frame)?.seq,
             },
+            kind::CHECKPOINT_D => {
+                let h: ChunkTask = head_with_payload("Checkpoint", &frame)?;
+                ToWorker::Checkpoint {
+                    chunk: h.chunk,
+                    task: h.task,
+                    payload: frame.payload,
+                }
+            }
             other => return Err(FrameError::Kind(other)),
         })
     }
 
     fn payload_len(&self) -> u64 {
         match self {
-            ToWorker::Assign { payload, .. } | ToWorker::Blob { payload, .. } => {
-                payload.len() as u64
-            }
+            ToWorker::Assign { payload, .. }
+            | ToWorker::Blob { payload, .. }
+            | ToWorker::Checkpoint { payload, .. } => payload.len() as u64,
             _ => 0,
         }
     }
+}
+
+fn checkpoint<'a>(
+    out: &mut Vec<u8>,
+    kind: u8,
+    chunk: u64,
+    task: u32,
+    payload: &'a Bytes,
+) -> Option<&'a Bytes> {
+    json(out, kind, &ChunkTask { chunk, task }, payload.len() as u64);
+    Some(payload)
+}
+
+fn debug_checkpoint(
+    f: &mut fmt::Formatter<'_>,
+    chunk: u64,
+    task: u32,
+    payload: &Bytes,
+) -> fmt::Result {
+    f.debug_struct("Checkpoint")
+        .field("chunk", &chunk)
+        .field("task", &task)
+        .field("payload", &Len(payload.len()))
+        .finish()
 }
 
 /// `Debug` shows payload sizes, never payload bytes (they may be hundreds of MB of pickles).
@@ -482,6 +553,11 @@ impl fmt::Debug for ToDriver {
                 .field("ok", ok)
                 .finish(),
             ToDriver::Bye { reason } => f.debug_struct("Bye").field("reason", reason).finish(),
+            ToDriver::Checkpoint {
+                chunk,
+                task,
+                payload,
+            } => debug_checkpoint(f, *chunk, *task, payload),
         }
     }
 }
@@ -511,6 +587,11 @@ impl fmt::Debug for ToWorker {
             }
             ToWorker::Fence { reason } => f.debug_struct("Fence").field("reason", reason).finish(),
             ToWorker::Beat { seq } => f.debug_struct("Beat").field("seq", seq).finish(),
+            ToWorker::Checkpoint {
+                chunk,
+                task,
+                payload,
+            } => debug_checkpoint(f, *chunk, *task, payload),
         }
     }
 }
@@ -525,6 +606,9 @@ pub struct Hello {
     pub incarnation: u64,
     pub host: String,
     pub pid: u32,
+    /// How long the worker process took to get here (interpreter start-up and imports), in
+    /// milliseconds on its own clock, if it knows.
+    pub startup_ms: Option<u32>,
 }
 
 impl Hello {
@@ -539,22 +623,25 @@ impl Hello {
             incarnation: u64::from_le_bytes(nonce),
             host: crate::bind::host_name().unwrap_or_else(|| "unknown".into()),
             pid: std::process::id(),
+            startup_ms: None,
         }
     }
 }
 
-/// Largest Hello body: token, incarnation, pid and three strings of at most 255 bytes.
-pub(crate) const HELLO_MAX: usize = 32 + 8 + 4 + 3 * (1 + 255);
+/// Largest Hello body: token, incarnation, pid, start-up and three strings of at most 255 bytes.
+pub(crate) const HELLO_MAX: usize = 32 + 8 + 4 + 4 + 3 * (1 + 255);
 
 impl Hello {
     /// The whole Hello frame:
     /// `prefix(kind=HELLO, header_len=0) | token: 32 | incarnation: u64 LE | pid: u32 LE |
-    /// (len: u8, utf-8) × session, worker, host`.
+    /// startup_ms: u32 LE (u32::MAX: unknown) | (len: u8, utf-8) × session, worker, host`.
     pub(crate) fn encode(&self, token: &Token) -> Result<Vec<u8>, String> {
         let mut body = Vec::with_capacity(HELLO_MAX);
         body.extend_from_slice(token.as_bytes());
         body.extend_from_slice(&self.incarnation.to_le_bytes());
         body.extend_from_slice(&self.pid.to_le_bytes());
+        let startup = self.startup_ms.unwrap_or(u32::MAX);
+        body.extend_from_slice(&startup.to_le_bytes());
         for (name, value) in [
             ("session", &self.session),
             ("worker", &self.worker),
@@ -588,10 +675,11 @@ impl Hello {
     /// The rest of a Hello body, read only once its token matched.
     pub(crate) fn decode_authenticated(body: &[u8]) -> Result<Hello, FrameError> {
         let bad = |reason: &str| malformed("Hello", reason);
-        let fixed = body.get(32..44).ok_or_else(|| bad("too short"))?;
+        let fixed = body.get(32..48).ok_or_else(|| bad("too short"))?;
         let incarnation = u64::from_le_bytes(fixed[..8].try_into().expect("8 bytes"));
         let pid = u32::from_le_bytes(fixed[8..12].try_into().expect("4 bytes"));
-        let mut rest = &body[44..];
+        let startup = u32::from_le_bytes(fixed[12..16].try_into().expect("4 bytes"));
+        let mut rest = &body[48..];
         let mut field = |name: &str| -> Result<String, FrameError> {
             let (&len, tail) = rest
                 .split_first()
@@ -619,6 +707,7 @@ impl Hello {
             incarnation,
             host,
             pid,
+            startup_ms: (startup != u32::MAX).then_some(startup),
         })
     }
 }
@@ -797,6 +886,7 @@ mod tests {
             incarnation: 0xdead_beef,
             host: "node-1.cluster".into(),
             pid: 4242,
+            startup_ms: Some(1234),
         };
         let bytes = hello.encode(&token).unwrap();
         let prefix: &[u8; PREFIX_LEN] = bytes[..PREFIX_LEN].try_into().unwrap();
@@ -805,6 +895,13 @@ mod tests {
         assert_eq!(len, body.len());
         assert_eq!(Hello::token_of(body).unwrap(), token.as_bytes());
         assert_eq!(Hello::decode_authenticated(body).unwrap(), hello);
+        let unknown = Hello {
+            startup_ms: None,
+            ..hello.clone()
+        };
+        let bytes = unknown.encode(&token).unwrap();
+        let decoded = Hello::decode_authenticated(&bytes[PREFIX_LEN..]).unwrap();
+        assert_eq!(decoded.startup_ms, None);
 
         let long = Hello {
             host: "h".repeat(256),

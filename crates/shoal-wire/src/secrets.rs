@@ -10,8 +10,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use subtle::ConstantTimeEq;
 
-/// The environment variable that carries [`Credentials`] to a worker.
-pub const ENV_VAR: &str = "SHOAL_WIRE_SECRET";
+/// The environment variable that carries the session token to a worker (the fingerprint,
+/// which is not secret, travels on its command line).
+pub const ENV_VAR: &str = "SHOAL_TOKEN";
+
+/// Where a worker finds the token when its job's environment is public (HTCondor's job ad):
+/// the name of a mode-600 file shipped with the job.
+pub const TOKEN_FILE_VAR: &str = "SHOAL_TOKEN_FILE";
 
 /// Why a credentials string was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -141,9 +146,15 @@ impl Credentials {
         })
     }
 
-    /// The variable name and value to put into a worker job's environment.
+    /// The fingerprint alone, base64url (43 characters): not secret, so it may go on a worker's
+    /// command line (`--fingerprint`).
+    pub fn fingerprint_text(&self) -> String {
+        B64.encode(self.fingerprint.0)
+    }
+
+    /// The variable name and value to put into a worker job's environment: the token alone.
     pub fn to_env(&self) -> (&'static str, String) {
-        (ENV_VAR, self.encode())
+        (ENV_VAR, B64.encode(self.token.0))
     }
 
     /// Write the credentials to a new file only its owner can read (mode 600, never an existing
@@ -190,10 +201,10 @@ impl Credentials {
         Credentials::decode(&text)
     }
 
-    /// Read the credentials from [`ENV_VAR`].
-    pub fn from_env() -> Result<Credentials, SecretsError> {
+    /// The token from [`ENV_VAR`], with the `fingerprint` from [`Credentials::fingerprint_text`].
+    pub fn from_env(fingerprint: &str) -> Result<Credentials, SecretsError> {
         match std::env::var(ENV_VAR) {
-            Ok(text) => Credentials::decode(&text),
+            Ok(token) => Credentials::decode(&format!("{}:{}", fingerprint.trim(), token.trim())),
             Err(_) => Err(SecretsError::Missing),
         }
     }
@@ -269,11 +280,16 @@ mod tests {
         let (name, value) = creds.to_env();
         assert_eq!(name, ENV_VAR);
         // Only this test touches the variable.
+        assert!(
+            !value.contains(&creds.fingerprint_text()),
+            "the token alone"
+        );
         std::env::set_var(name, &value);
-        assert_eq!(Credentials::from_env().unwrap(), creds);
+        let fp = creds.fingerprint_text();
+        assert_eq!(Credentials::from_env(&fp).unwrap(), creds);
         std::env::remove_var(name);
         assert!(matches!(
-            Credentials::from_env(),
+            Credentials::from_env(&fp),
             Err(SecretsError::Missing)
         ));
     }

@@ -29,6 +29,11 @@ fn worker_messages() -> Vec<ToDriver> {
         },
         ToDriver::NeedBlob { id: 3 },
         ToDriver::Revoked { chunk: 2, ok: true },
+        ToDriver::Checkpoint {
+            chunk: 2,
+            task: 5,
+            payload: Bytes::from_static(b"\x80\x05state"),
+        },
     ]
 }
 
@@ -44,6 +49,11 @@ fn driver_messages() -> Vec<ToWorker> {
         },
         ToWorker::Revoke { chunk: 2 },
         ToWorker::Beat { seq: 9 },
+        ToWorker::Checkpoint {
+            chunk: 2,
+            task: 5,
+            payload: Bytes::from_static(b"\x80\x05state"),
+        },
         ToWorker::Stop { graceful: true },
     ]
 }

@@ -1,12 +1,14 @@
 //! The transport seam: how the engine reaches workers. The engine decides (with its ledger)
 //! what each worker gets; a broker only carries it out and reports what happened. Two
 //! brokers speak the same protocol (docs/protocol.md): [`fs::FsBroker`] through the session's
-//! work dir, and the TCP broker over authenticated TLS connections. Both keep the chunks'
+//! work dir, and [`tcp::TcpBroker`] over authenticated TLS connections. Both keep the chunks'
 //! master copies and the session record in the driver's own session dir.
 
 pub mod fs;
+pub mod tcp;
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
+use shoal_core::fskind::FsKind;
 use shoal_core::protocol::{Beat, ResultHeader, Ticket};
 use shoal_core::worker::WorkerInfo;
 use std::time::Duration;
@@ -36,6 +38,10 @@ pub enum BrokerEvent {
     Gone { key: String, reason: String },
     /// The answer to a revoke that could not be settled at once (TCP).
     Revoked { chunk: u64, attempt: u32, ok: bool },
+    /// A worker said goodbye holding nothing and disconnected (TCP): it exited normally.
+    Left { key: String },
+    /// Something for the user (a connection refused: wrong token or certificate, fenced).
+    Note(String),
 }
 
 /// Where a part came from, so that the engine can tell the broker when it is consumed.
@@ -101,4 +107,43 @@ pub trait Broker: Send {
     /// files vanished, with whether the master copy still exists. Brokers whose workers hold
     /// assignments in memory (TCP) return nothing.
     fn audit(&mut self, assignments: &[(u64, u32, String, u64, bool)]) -> Vec<(u64, u32, bool)>;
+}
+
+/// The values of the `transport` option.
+pub const TRANSPORTS: &[&str] = &["auto", "fs", "tcp"];
+
+/// Which transport a session uses: `requested` as given; `auto` means the work dir when the
+/// workers can share it (the local backend, or a network filesystem) and TCP otherwise.
+pub fn choose(requested: &str, backend: &str, fs: &FsKind) -> Result<&'static str> {
+    match requested {
+        "fs" => Ok("fs"),
+        "tcp" => Ok("tcp"),
+        "auto" | "" if backend == "local" || fs.is_network() => Ok("fs"),
+        "auto" | "" => Ok("tcp"),
+        other => Err(EngineError::Unusable(format!(
+            "invalid value {other:?} for transport: expected one of {}\nhint: transport=\"fs\" needs a work dir the workers share, \"tcp\" needs the workers to reach this host, \"auto\" picks one by the work dir's filesystem",
+            TRANSPORTS.join(", ")
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_shares_the_work_dir_where_workers_can_and_connects_back_elsewhere() {
+        let local = FsKind::Local("ext4".into());
+        let nfs = FsKind::Network("nfs".into());
+        assert_eq!(choose("auto", "local", &local).unwrap(), "fs");
+        assert_eq!(choose("auto", "slurm", &nfs).unwrap(), "fs");
+        assert_eq!(choose("auto", "htcondor", &local).unwrap(), "tcp");
+        assert_eq!(choose("fs", "slurm", &local).unwrap(), "fs");
+        assert_eq!(choose("tcp", "local", &local).unwrap(), "tcp");
+        let err = choose("udp", "local", &local).unwrap_err().to_string();
+        assert!(
+            err.contains("\"udp\"") && err.contains("auto, fs, tcp"),
+            "{err}"
+        );
+    }
 }

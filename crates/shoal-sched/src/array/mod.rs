@@ -688,7 +688,10 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
             None => {
                 let throttle = self.capacity().div_ceil(per_job);
                 let (program, args) = self.adapter.submit(spec, &script, &tag, n, n.min(throttle));
-                let out = self.run.check(program, &args).inspect_err(|_| {
+                // A TCP session's token reaches the job through the submission's forwarded
+                // environment, never through the script file.
+                let run = self.run.with_env(spec.secret_env());
+                let out = run.check(program, &args).inspect_err(|_| {
                     self.failed_batches.insert(tag.clone());
                 })?;
                 self.adapter.job_id(&out.stdout).ok_or_else(|| {

@@ -246,20 +246,40 @@ pub fn description(
     );
     let iwd = o.initial_dir.clone().unwrap_or_else(|| spec.cwd.clone());
     line("initialdir", &iwd.display().to_string());
-    line(
-        "output",
-        &spec.session.log(&id, Stream::Stdout).display().to_string(),
-    );
-    line(
-        "error",
-        &spec.session.log(&id, Stream::Stderr).display().to_string(),
-    );
+    // On TCP the driver stores the worker's streamed output in these files itself; the job's
+    // own (what it wrote before it connected) comes back beside them, at the job's end.
+    let log = |stream| {
+        let path = spec.session.log(&id, stream).display().to_string();
+        if spec.connect.is_some() {
+            format!("{path}.job")
+        } else {
+            path
+        }
+    };
+    line("output", &log(Stream::Stdout));
+    line("error", &log(Stream::Stderr));
     line("log", &event_log.display().to_string());
     // shoal parses the classic text format; never let a site default switch it to XML.
     line("log_xml", "False");
-    // Workers read and write the session dir in place: it must be on a shared file system.
-    line("should_transfer_files", "NO");
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    match &spec.connect {
+        // TCP: the worker needs nothing of the submit host but the token, which travels as a
+        // mode-600 file by HTCondor's file transfer: the job ad's environment is public
+        // (`condor_q -l`), a sandbox is the job owner's alone.
+        Some(c) => {
+            line("should_transfer_files", "YES");
+            line("when_to_transfer_output", "ON_EXIT");
+            let (var, file) = &c.token_file;
+            line("transfer_input_files", &file.display().to_string());
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            env.push(format!("{var}={name}"));
+        }
+        // Workers read and write the session dir in place: it must be on a shared file system.
+        None => line("should_transfer_files", "NO"),
+    }
     if let Some(t) = o.allowed_job_duration {
         // No job script here: the worker counts the limit from its own start (the job's).
         let secs = t.0.as_secs().max(1);
@@ -325,6 +345,7 @@ mod tests {
                 ("MSG".into(), "it's \"x\"".into()),
             ],
             cwd: "/home/u".into(),
+            connect: None,
         }
     }
 

@@ -345,6 +345,10 @@ impl SgeOptions {
         script: &str,
     ) -> Vec<String> {
         let mut a = self.qsub_common(spec, tag);
+        // A TCP session's token: `-v NAME` takes its value from qsub's environment.
+        if let Some(c) = &spec.connect {
+            a.extend(["-v".into(), c.token.0.clone()]);
+        }
         a.extend([
             "-t".into(),
             format!("1-{n}"),
@@ -372,6 +376,7 @@ mod tests {
                 ("ODD".into(), "a,b 'c'".into()),
             ],
             cwd: "/home/u/proj".into(),
+            connect: None,
         }
     }
 

@@ -92,6 +92,7 @@ impl Fake {
             python: std::env::current_exe().unwrap(),
             env: vec![("SHOAL_WORKER".into(), "1".into())],
             cwd: std::env::temp_dir(),
+            connect: None,
         }
     }
 

@@ -53,7 +53,14 @@ pub fn sbatch_argv(
     a.push(format!("--output={}", log(Stream::Stdout)));
     a.push(format!("--error={}", log(Stream::Stderr)));
     a.push(format!("--chdir={}", spec.cwd.display()));
-    a.push(format!("--export={}", opts.export));
+    // A TCP session's token is set in sbatch's environment: ALL forwards it, a list must name it.
+    match spec.connect.as_ref().map(|c| &c.token.0) {
+        Some(var) if !opts.export.starts_with("ALL") && opts.export != "NONE" => {
+            a.push(format!("--export={},{var}", opts.export))
+        }
+        Some(var) if opts.export == "NONE" => a.push(format!("--export={var}")),
+        _ => a.push(format!("--export={}", opts.export)),
+    }
     // shoal resubmits lost workers itself; a Slurm requeue would revive a worker id the
     // engine already buried.
     a.push("--no-requeue".into());
@@ -117,6 +124,7 @@ mod tests {
                 ("MSG".into(), "it's here".into()),
             ],
             cwd: "/home/u/proj".into(),
+            connect: None,
         }
     }
 

@@ -50,6 +50,7 @@ pub fn hello(worker: &str) -> Hello {
         incarnation: 42,
         host: "localhost".into(),
         pid: std::process::id(),
+        startup_ms: Some(250),
     }
 }
 
@@ -218,6 +219,7 @@ pub fn hello_frame(token: &[u8; 32], worker: &str) -> Vec<u8> {
     let mut body = token.to_vec();
     body.extend_from_slice(&7u64.to_le_bytes());
     body.extend_from_slice(&1234u32.to_le_bytes());
+    body.extend_from_slice(&u32::MAX.to_le_bytes()); // start-up unknown
     for s in ["S", worker, "host"] {
         body.push(s.len() as u8);
         body.extend_from_slice(s.as_bytes());
