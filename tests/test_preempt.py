@@ -15,20 +15,25 @@ from checkpoint_tasks import NoCheckpoint, Steps, starts, steps_done
 
 import shoal
 
+# The local workers over the work dir and over TCP (docs/transport-tcp.md): the same contract.
+TRANSPORTS = pytest.mark.parametrize("transport", ["fs", "tcp"])
 
-def test_a_preempted_task_resumes_from_its_checkpoint_at_no_cost(tmp_path) -> None:
+
+@TRANSPORTS
+def test_a_preempted_task_resumes_from_its_checkpoint_at_no_cost(transport: str, tmp_path) -> None:
     log = str(tmp_path / "log")
     # max_attempts=1: a preemption that cost an attempt would fail the task.
-    with shoal.Pool(1, max_attempts=1) as p:
+    with shoal.Pool(1, max_attempts=1, transport=transport) as p:
         out = p.starmap(Steps(), [(10, 0.05, log, str(tmp_path / "once"))], chunksize=1)
     assert out == [10]
     assert steps_done(log) == list(range(10)), "every step ran exactly once"
     assert starts(log) == [0, 5], "the second run resumed from the checkpoint"
 
 
-def test_a_preempted_task_without_checkpoint_reruns_at_no_cost(tmp_path) -> None:
+@TRANSPORTS
+def test_a_preempted_task_without_checkpoint_reruns_at_no_cost(transport: str, tmp_path) -> None:
     log = str(tmp_path / "log")
-    with shoal.Pool(1, max_attempts=1) as p:
+    with shoal.Pool(1, max_attempts=1, transport=transport) as p:
         fut = p.apply_async(NoCheckpoint(), (6, 0.05, log, str(tmp_path / "once")))
         assert fut.get(timeout=60) == 6
         stats = p._driver.stats()
@@ -37,9 +42,10 @@ def test_a_preempted_task_without_checkpoint_reruns_at_no_cost(tmp_path) -> None
     assert stats["workers_lost"] == 0
 
 
-def test_executor_submit_checkpoints_too(tmp_path) -> None:
+@TRANSPORTS
+def test_executor_submit_checkpoints_too(transport: str, tmp_path) -> None:
     log = str(tmp_path / "log")
-    with shoal.Executor(max_workers=1, max_attempts=1) as ex:
+    with shoal.Executor(max_workers=1, max_attempts=1, transport=transport) as ex:
         f = ex.submit(Steps(), 8, 0.05, log, str(tmp_path / "once"))
         assert f.result(timeout=60) == 8
     assert starts(log) == [0, 4]
@@ -47,8 +53,9 @@ def test_executor_submit_checkpoints_too(tmp_path) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX signals")
-def test_sigterm_to_an_idle_worker_ends_it_and_work_goes_on(tmp_path) -> None:
-    with shoal.Pool(1) as p:
+@TRANSPORTS
+def test_sigterm_to_an_idle_worker_ends_it_and_work_goes_on(transport: str, tmp_path) -> None:
+    with shoal.Pool(1, transport=transport) as p:
         pid = p.apply_async(os.getpid).get(timeout=30)
         subprocess.run(["kill", "-TERM", str(pid)], check=True)
         deadline = time.monotonic() + 10

@@ -17,6 +17,9 @@ from checkpoint_tasks import NoCheckpoint, Steps, sleep_for, starts, steps_done
 import shoal
 from shoal.errors import WorkerLostError
 
+# The local workers over the work dir and over TCP (docs/transport-tcp.md): the same contract.
+TRANSPORTS = pytest.mark.parametrize("transport", ["fs", "tcp"])
+
 
 def limit(seconds: float, option: str) -> dict[str, str]:
     """The environment a job script exports for a job of `seconds` (the worker then stops
@@ -24,21 +27,23 @@ def limit(seconds: float, option: str) -> dict[str, str]:
     return {"SHOAL_WALLTIME": str(seconds), "SHOAL_WALLTIME_OPTION": option}
 
 
-def test_workers_stop_before_tasks_they_cannot_finish_and_are_replaced() -> None:
+@TRANSPORTS
+def test_workers_stop_before_tasks_they_cannot_finish_and_are_replaced(transport: str) -> None:
     # A worker may run ~3 s: two or three 1-s tasks each, then it stops and another starts.
     env = limit(6, "time=6 (test)")
-    with shoal.Pool(1, env=env, max_attempts=1) as p:
+    with shoal.Pool(1, env=env, max_attempts=1, transport=transport) as p:
         assert p.map(sleep_for, [1.0] * 6, chunksize=6) == [1.0] * 6
         stats = p._driver.stats()
     assert stats["workers_started"] >= 2
     assert stats["workers_lost"] == 0
 
 
-def test_a_task_longer_than_the_walltime_fails_naming_the_option(tmp_path) -> None:
+@TRANSPORTS
+def test_a_task_longer_than_the_walltime_fails_naming_the_option(transport: str, tmp_path) -> None:
     log = str(tmp_path / "log")
     env = limit(6, "time=6 (test)")
     t0 = time.monotonic()
-    with shoal.Pool(1, env=env, max_attempts=2) as p:
+    with shoal.Pool(1, env=env, max_attempts=2, transport=transport) as p:
         with pytest.raises(WorkerLostError) as e:
             p.apply(NoCheckpoint(), (100, 0.1, log))
     assert time.monotonic() - t0 < 30, "not retried in a loop"
@@ -48,10 +53,11 @@ def test_a_task_longer_than_the_walltime_fails_naming_the_option(tmp_path) -> No
     assert starts(log) == [0, 0]
 
 
-def test_a_checkpointing_task_outlives_many_walltimes(tmp_path) -> None:
+@TRANSPORTS
+def test_a_checkpointing_task_outlives_many_walltimes(transport: str, tmp_path) -> None:
     log = str(tmp_path / "log")
     env = limit(6, "time=6 (test)")
-    with shoal.Pool(1, env=env, max_attempts=1) as p:
+    with shoal.Pool(1, env=env, max_attempts=1, transport=transport) as p:
         # 8 s of work; each worker has ~3 s.
         assert p.apply(Steps(), (40, 0.2, log)) == 40
     assert steps_done(log) == list(range(40)), "no step ran twice"
