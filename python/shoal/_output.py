@@ -23,8 +23,9 @@ from typing import Any, Optional
 # Bytes read per log file per pump: bounds the driver's memory whatever a task prints.
 SLICE = 256 * 1024
 # How often the logs are looked at (listed for new workers, read): a worker log on a
-# cluster's shared filesystem costs a round trip per look.
-LIST_EVERY = 1.0
+# cluster's shared filesystem costs a round trip per look, and a listing is the dearest
+# call there (the driver's loop stays under 10 a second in all: docs/protocol.md).
+LIST_EVERY = 2.0
 LOCAL_EVERY = 0.05
 SHARED_EVERY = 1.0
 STREAMS = (("out", "stdout"), ("err", "stderr"))

@@ -27,8 +27,11 @@ pub const IDS_PER_CALL: usize = 500;
 const CANCEL_CONFIRM: Duration = Duration::from_secs(30);
 /// Queries in a row an element must be missing from before it counts as gone.
 const MISSING_ROUNDS: u32 = 2;
-/// How often exit records and announcements are looked at (no scheduler call).
+/// How often exit records and announcements are looked at (no scheduler call) on a local
+/// disk, and on a network filesystem, where each look is a directory listing on the server:
+/// the driver's whole loop stays under 10 listings a second there (docs/protocol.md).
 const TICK: Duration = Duration::from_millis(100);
+const SHARED_TICK: Duration = Duration::from_secs(1);
 /// Polls an element stays pending before asking whether it can ever start (the check is
 /// about the request, not the load, so asking early is safe).
 const STUCK_POLLS: u32 = 3;
@@ -226,6 +229,8 @@ pub struct ArrayBackend<A: Adapter> {
     script: Option<PathBuf>,
     session: Option<shoal_core::SessionDir>,
     exit_dir: Option<PathBuf>,
+    /// TICK or SHARED_TICK, by where the session dir is.
+    tick: Duration,
     tracked: BTreeMap<String, Tracked>,
     /// Every job of the session, in submission order.
     jobs: Vec<String>,
@@ -251,6 +256,7 @@ impl<A: Adapter> ArrayBackend<A> {
             script: None,
             session: None,
             exit_dir: None,
+            tick: TICK,
             tracked: BTreeMap::new(),
             jobs: Vec::new(),
             open: BTreeSet::new(),
@@ -612,7 +618,7 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
 
     /// Exit records and announcements are files: look often; listings stay rate-limited.
     fn tick(&self) -> Duration {
-        TICK
+        self.tick
     }
 
     fn max_batch(&self) -> usize {
@@ -649,6 +655,11 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
             .session
             .sub(&format!("{}-worker.sh", self.adapter.info().name));
         write_atomic(&script, &[self.script_text(spec, &exit_dir)?.as_bytes()])?;
+        self.tick = if shoal_core::fskind::detect(spec.session.root()).is_network() {
+            SHARED_TICK
+        } else {
+            TICK
+        };
         self.exit_dir = Some(exit_dir);
         self.session = Some(spec.session.clone());
         self.script = Some(script.clone());
