@@ -21,7 +21,10 @@
 //!   makes that run's cache be rebuilt from all its records;
 //! - a run's driver (only it, so two never race) folds the records into a base
 //!   `STAMP-WRITER.base.json`: the run's rows, and the names of the records they include,
-//!   which it then removes. A run is its newest base plus the records it does not name.
+//!   which it then removes. A run is its newest base plus the records it does not name. A base
+//!   names the previous base and whatever of that base's records is still there (a driver
+//!   killed while compacting leaves them); a reader adopting a base drops the records it
+//!   cached that are gone from the directory (folded into a base it may never have seen).
 //!
 //! A directory is listed again only when its mtime has changed, or until a listing has been
 //! made 2 s after this mtime was first seen (entries created in the same timestamp tick); the
@@ -542,13 +545,26 @@ impl Store {
                 rebuild_it = true;
             }
         }
-        let known: std::collections::HashSet<String> = {
+        let mut known: std::collections::HashSet<String> = {
             let mut st = conn
                 .prepare_cached("SELECT name FROM record_ops WHERE run_id = ?1")
                 .map_err(&db)?;
             let rows = st.query_map([id], |r| r.get(0)).map_err(&db)?;
             rows.collect::<rusqlite::Result<_>>().map_err(&db)?
         };
+        if rebuild_it {
+            // Records this cache holds that are gone from the directory were folded into a
+            // base and removed — maybe an intermediate base this cache never saw, which the
+            // new one names but whose records it does not: the new base holds them.
+            let listed: std::collections::HashSet<&String> = names.iter().collect();
+            let mut st = conn
+                .prepare_cached("DELETE FROM record_ops WHERE run_id = ?1 AND name = ?2")
+                .map_err(&db)?;
+            for gone in known.iter().filter(|n| !listed.contains(n)) {
+                st.execute(params![id, gone]).map_err(&db)?;
+            }
+            known.retain(|n| listed.contains(n));
+        }
         let mut fresh = Vec::new();
         let mut complete = true;
         for name in names
@@ -702,6 +718,25 @@ impl Store {
             .map_err(&db)?;
         if covers.is_empty() {
             return Ok(());
+        }
+        // What the old base folded in and is still there (its driver was killed before
+        // removing it): named again, or a reader meeting it beside the new base replays it.
+        if let Some(old) = &old_base {
+            let body: String = conn
+                .query_row(
+                    "SELECT body FROM record_bases WHERE run_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .map_err(&db)?;
+            let folded: std::collections::HashSet<String> = serde_json::from_str::<Record>(&body)
+                .map(|r| r.covers.into_iter().collect())
+                .unwrap_or_default();
+            covers.extend(
+                self.records(id)?
+                    .into_iter()
+                    .filter(|n| folded.contains(n) && n != old),
+            );
         }
         covers.extend(old_base);
         let stmts = dump(conn, id).map_err(&db)?;

@@ -1704,6 +1704,69 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_that_missed_a_base_ends_with_the_run_as_the_driver_left_it() {
+        // The killed-driver-then-resume case of tests/test_runs_clusters.py: a node cached the
+        // run's first records; the driver folded them into a base, then folded that base and
+        // its later records (the run's end) into another. The node sees only the second base:
+        // the first records must not be replayed on top of it (they said "running").
+        let t = tempfile::tempdir().unwrap();
+        let driver = open_as(t.path(), Some("login"));
+        let run = driver
+            .create_run(&new_run(t.path(), "resumed"), &[vec![], vec![]])
+            .unwrap();
+        driver.start_driver(run.id, 1, "login").unwrap();
+        let node = open_as(t.path(), Some("n1"));
+        assert_eq!(node.get(run.id).unwrap().status, "running");
+        for k in 0..records::COMPACT_AFTER {
+            driver.set_session(run.id, &format!("S{k}"), "/s").unwrap();
+        }
+        driver.record(run.id, &done(2)).unwrap();
+        assert_eq!(driver.settle(run.id).unwrap(), "done");
+        let fresh = view(&open_as(t.path(), Some("n2")));
+        assert_eq!((fresh[0].2.as_str(), fresh[0].3), ("done", 2));
+        assert_eq!(view(&node), fresh);
+        assert_eq!(view(&driver), fresh);
+    }
+
+    #[test]
+    fn a_base_left_by_a_driver_killed_while_compacting_still_covers_its_records() {
+        // Killed between publishing a base and removing the records it folded in: the next
+        // base (the resumed run's) must cover those leftovers too, or a reader that meets them
+        // beside it replays them on top.
+        let t = tempfile::tempdir().unwrap();
+        let driver = open_as(t.path(), Some("login"));
+        let run = driver
+            .create_run(&new_run(t.path(), "killed"), &[vec![]])
+            .unwrap();
+        driver.start_driver(run.id, 1, "login").unwrap();
+        let dir = t.path().join("runs.d").join(run.id.to_string());
+        let before: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let kept = t.path().join("kept");
+        std::fs::create_dir(&kept).unwrap();
+        for p in &before {
+            std::fs::copy(p, kept.join(p.file_name().unwrap())).unwrap();
+        }
+        for k in 0..records::COMPACT_AFTER {
+            driver.set_session(run.id, &format!("S{k}"), "/s").unwrap();
+        }
+        // Put back what the compaction removed, as if it had been killed before removing.
+        for p in &before {
+            std::fs::copy(kept.join(p.file_name().unwrap()), p).unwrap();
+        }
+        let resumed = open_as(t.path(), Some("login2"));
+        resumed.start_driver(run.id, 2, "login").unwrap();
+        resumed.record(run.id, &done(1)).unwrap();
+        assert_eq!(resumed.settle(run.id).unwrap(), "done");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the last base is left");
+        let fresh = view(&open_as(t.path(), Some("n2")));
+        assert_eq!((fresh[0].2.as_str(), fresh[0].3), ("done", 1));
+    }
+
+    #[test]
     fn a_killed_writer_leaves_nothing_half_written() {
         let t = tempfile::tempdir().unwrap();
         let reg = open_as(t.path(), Some("n1"));
