@@ -29,7 +29,6 @@ PYTHON = sys.executable
 pytestmark = [
     pytest.mark.isolated,
     pytest.mark.timeout(420),
-    pytest.mark.xfail(strict=False, reason="needs transport=tcp (issue 13)"),
 ]
 
 

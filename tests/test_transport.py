@@ -293,8 +293,8 @@ submits = "".join(open(f).read() for f in subs)
 out["transfer"] = "should_transfer_files = YES" in submits
 out["token_in_submit"] = open(os.path.join(path, "shoal-token")).read() in submits
 out["token_mode"] = oct(os.stat(os.path.join(path, "shoal-token")).st_mode & 0o777)
-# Task numbers are the session's: x=7 of the second map is task 14.
-logs = os.popen(f"{sys.executable} -m shoal.cli logs {pool.session} 14").read()
+# x=7 of the pool's second call (its second map) is task 2:7.
+logs = os.popen(f"{sys.executable} -m shoal.cli logs {pool.session} 2:7").read()
 out["logs"] = logs
 print("RESULT " + json.dumps(out))
 """

@@ -16,11 +16,18 @@ import sys
 import time
 
 
+# TRANSPORT=tcp (benches/htcondor/run): shoal's workers connect back over TCP, and every
+# contender's jobs run as on a pool without a shared filesystem (file transfer on).
+TRANSPORT = os.environ.get("SHOAL_BENCH_TRANSPORT", "fs")
+TRANSFER = "YES\nwhen_to_transfer_output = ON_EXIT" if TRANSPORT == "tcp" else "NO"
+
+
 def submit_and_wait(name: str, description: str) -> float:
     """condor_submit `description` (its event log is NAME/events.log) and wait until every
     job has terminated; returns the seconds from submit to the last termination."""
     with open(f"{name}/{name}.sub", "w") as f:
-        f.write(f"log = {name}/events.log\nshould_transfer_files = NO\nrequest_memory = 64\n")
+        f.write(f"log = {name}/events.log\nshould_transfer_files = {TRANSFER}\n")
+        f.write("request_memory = 64\n")
         f.write(description)
     start = time.monotonic()
     subprocess.run(
@@ -77,7 +84,7 @@ def shoal_run(n: int, workers: int) -> str:
     import shoal
 
     start = time.monotonic()
-    with shoal.Pool(workers, backend="htcondor") as pool:
+    with shoal.Pool(workers, backend="htcondor", transport=TRANSPORT) as pool:
         out = pool.map(abs, range(-n, 0))
         stats = pool._driver.stats()
     took = time.monotonic() - start
