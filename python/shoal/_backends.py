@@ -61,8 +61,6 @@ def bare_sizes(name: str, options: dict[str, Any]) -> list[str]:
     the option's unit (``memory=2`` is 2 MB on Slurm), naming that unit and how to be sure.
     The registry's rule, shared with ``shoal.toml`` templates and ``shoal run --opt``."""
     numbers = {
-        k: v
-        for k, v in options.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
+        k: v for k, v in options.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     return list(_native.bare_sizes(name, json.dumps(numbers))) if numbers else []
