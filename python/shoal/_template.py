@@ -13,7 +13,8 @@ that closes takes its workers with it.
 
 A forked worker is made like a spawned one: its own process group, killed if the template dies
 (PR_SET_PDEATHSIG), the request's environment, directory and log files, stdin from /dev/null,
-no other inherited descriptor, and ``shoal.worker.main`` with the request's arguments.
+no other inherited descriptor, the command line ``argv`` (in ps and /proc; the template's
+argument, blank padding, makes room for it), and ``shoal.worker.main`` with its arguments.
 """
 
 from __future__ import annotations
@@ -49,6 +50,17 @@ class _Conn:
                 self.open = False
 
 
+def _retitle(argv: list[str]) -> None:
+    """Make this process's command line (ps, /proc/PID/cmdline) the worker's, as if spawned:
+    written over the template's own, which the backend padded for the purpose."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])  # stat fields 48 and 49: arg_start, arg_end
+    title = b"\0".join(a.encode() for a in argv) + b"\0"
+    if len(title) <= end - start:  # else keep the template's
+        ctypes.memmove(start, title.ljust(end - start, b"\0"), end - start)
+
+
 def _child(req: dict[str, object], parent: int) -> None:
     """In the forked worker: become what `argv` would have started, run it, never return."""
     code = 1
@@ -75,6 +87,7 @@ def _child(req: dict[str, object], parent: int) -> None:
         # As `python -m shoal.worker ...` would have them.
         sys.path[0] = cwd
         argv = [str(a) for a in req["argv"]]  # type: ignore[attr-defined]
+        _retitle(argv)
         sys.argv = [shoal.worker.__file__, *argv[3:]]
         if "random" in sys.modules:  # forked workers must not share the template's sequence
             sys.modules["random"].seed()

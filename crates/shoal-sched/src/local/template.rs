@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 /// Set to `0` to spawn every local worker (what the template replaces, e.g. to compare).
 pub const DISABLE: &str = "SHOAL_LOCAL_TEMPLATE";
+/// Bytes of command line a forked worker can show (its spawned twin's argv, with room to spare).
+const TITLE_ROOM: usize = 1024;
 /// How long `cancel` waits for the template to report killed workers' exits.
 const REAP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -79,7 +81,8 @@ fn is_this_interpreter(python: &Path) -> bool {
 fn start(spec: &LaunchSpec) -> io::Result<Template> {
     let (ours, theirs) = UnixStream::pair()?;
     let mut cmd = Command::new(&spec.python);
-    cmd.args(["-m", "shoal._template"])
+    // Blank room the forked workers write their own command lines over (ps shows theirs).
+    cmd.args(["-m", "shoal._template", &" ".repeat(TITLE_ROOM)])
         .current_dir(&spec.cwd)
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
         .stdout(Stdio::null())
