@@ -8,8 +8,9 @@ file descriptor (SCM_RIGHTS), a new connection of one local backend; end of file
 driver is gone, and the template kills every worker it forked and exits. On a connection, a
 request is one JSON line ``{"id", "argv", "env", "cwd", "stdout", "stderr"}`` (``argv`` is the
 worker command line the backend would have spawned); the template answers ``{"id", "pid"}``
-at once and ``{"id", "code"}`` or ``{"id", "signal"}`` when the worker has ended. A connection
-that closes takes its workers with it.
+at once and ``{"id", "code"}`` or ``{"id", "signal"}`` when the worker has ended. ``{"kill":
+id}`` kills that worker's process group (the end is reported as any other). A connection that
+closes takes its workers with it.
 
 A forked worker is made like a spawned one: its own process group, killed if the template dies
 (PR_SET_PDEATHSIG), the request's environment, directory and log files, stdin from /dev/null,
@@ -22,16 +23,21 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import selectors
 import signal
 import socket
 import sys
+import time
 
 import cloudpickle  # noqa: F401  (every map's function is unpickled with it)
 
 import shoal.worker
 
 PR_SET_PDEATHSIG = 1
+# How long the graveyard holds a killed worker's descriptors before closing them.
+HOLD = 0.1
+SYS_PIDFD_GETFD = 438  # the same number on every architecture (Linux 5.6)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -66,7 +72,7 @@ def _child(req: dict[str, object], parent: int) -> None:
     code = 1
     try:
         os.setpgid(0, 0)
-        _libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        _die_with_parent()
         if os.getppid() != parent:  # the template died between fork and prctl
             os._exit(1)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -106,6 +112,65 @@ def _child(req: dict[str, object], parent: int) -> None:
             os._exit(code)
 
 
+def _die_with_parent() -> None:
+    _libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def _graveyard() -> socket.socket:
+    """A child that closes the descriptors sent to it. A killed worker's inotify descriptor
+    takes the kernel ~10 ms to tear down (an RCU grace period), which the exiting worker would
+    wait for, and so would its pool's shutdown: the template takes a duplicate before the kill
+    and lets this process pay for the last close, off everyone's path."""
+    ours, theirs = socket.socketpair()
+    if os.fork() == 0:
+        _die_with_parent()
+        ours.close()
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # not the lifeline
+        held: list[tuple[float, list[int]]] = []
+        while True:
+            # Closed a while after they came, so that the template's own copy, closed just
+            # after sending, is never the last one.
+            if select.select([theirs], [], [], HOLD if held else None)[0]:
+                data, fds, _, _ = socket.recv_fds(theirs, 64, 64)
+                if not data:
+                    os._exit(0)
+                held.append((time.monotonic(), fds))
+            while held and time.monotonic() - held[0][0] >= HOLD:
+                for fd in held.pop(0)[1]:
+                    os.close(fd)
+    theirs.close()
+    return ours
+
+
+def _watches(pid: int) -> list[int]:
+    """Duplicates of a worker's inotify descriptors (best effort: needs pidfd_getfd)."""
+    out: list[int] = []
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return out
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{name}") != "anon_inode:inotify":
+                    continue
+            except OSError:
+                continue
+            fd = _libc.syscall(
+                ctypes.c_long(SYS_PIDFD_GETFD),
+                ctypes.c_long(pidfd),
+                ctypes.c_long(int(name)),
+                ctypes.c_long(0),
+            )
+            if fd >= 0:
+                out.append(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(pidfd)
+    return out
+
+
 def main() -> None:
     me = os.getpid()
     sel = selectors.DefaultSelector()
@@ -113,12 +178,23 @@ def main() -> None:
     sel.register(lifeline, selectors.EVENT_READ, "lifeline")
     pidfds: dict[int, tuple[int, _Conn]] = {}  # pidfd -> (pid, its connection)
 
+    grave = _graveyard()
+
     def kill(pid: int) -> None:
+        """Kill a worker's process group, the worker itself should it have none yet."""
+        held = _watches(pid)
         for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, 9)):
             try:
                 target()
             except OSError:
                 pass
+        if held:
+            try:
+                socket.send_fds(grave, [b"x"], held)
+            except OSError:
+                pass
+            for fd in held:  # not the last reference if the graveyard has them
+                os.close(fd)
 
     def close(conn: _Conn) -> None:
         sel.unregister(conn.sock)
@@ -154,6 +230,11 @@ def main() -> None:
                 while b"\n" in conn.buf:
                     line, conn.buf = conn.buf.split(b"\n", 1)
                     req = json.loads(line)
+                    if "kill" in req:
+                        for pid, worker in conn.workers.items():
+                            if worker == req["kill"]:
+                                kill(pid)
+                        continue
                     try:
                         pid = os.fork()
                     except OSError as e:

@@ -281,15 +281,24 @@ impl Backend for LocalBackend {
         // pool costs one process exit, not one per worker.
         let mut dying = Vec::with_capacity(workers.len());
         let mut forked = BTreeSet::new();
+        let mut forked_pids = Vec::new();
         for id in workers {
             if let Some(w) = self.children.remove(id) {
-                kill_group(w.proc.pid());
                 match w.proc {
-                    Proc::Spawned(child) => dying.push(child),
-                    Proc::Forked(_) => {
+                    Proc::Spawned(child) => {
+                        kill_group(child.id());
+                        dying.push(child);
+                    }
+                    Proc::Forked(pid) => {
                         forked.insert(id.clone());
+                        forked_pids.push(pid);
                     }
                 }
+            }
+        }
+        if let Some(t) = self.template.as_mut() {
+            if !t.kill(&forked) {
+                forked_pids.iter().for_each(|pid| kill_group(*pid));
             }
         }
         for mut child in dying {
