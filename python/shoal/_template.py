@@ -173,6 +173,9 @@ def _watches(pid: int) -> list[int]:
 
 def main() -> None:
     me = os.getpid()
+    # Workers are watched through pidfds (Linux 5.3): without them, exit at once, and the
+    # backend spawns its workers instead.
+    os.close(os.pidfd_open(me))
     sel = selectors.DefaultSelector()
     lifeline = socket.socket(fileno=0)
     sel.register(lifeline, selectors.EVENT_READ, "lifeline")

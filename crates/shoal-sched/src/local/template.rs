@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 pub const DISABLE: &str = "SHOAL_LOCAL_TEMPLATE";
 /// Bytes of command line a forked worker can show (its spawned twin's argv, with room to spare).
 const TITLE_ROOM: usize = 1024;
+/// How long a fork request may wait for the template (its first one waits for its imports).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `cancel` waits for the template to report killed workers' exits.
 const REAP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -136,8 +138,11 @@ pub(super) fn forks(spec: &LaunchSpec, conn: &mut Option<Conn>) -> Option<Vec<(S
     if template.start_env != start_env(&env) {
         return None;
     }
-    if conn.as_ref().is_some_and(|c| !c.closed) {
-        return Some(env);
+    match conn {
+        // This backend's template ended or hung: its later workers are spawned.
+        Some(c) if c.closed || c.gave_up => return None,
+        Some(_) => return Some(env),
+        None => {}
     }
     match template.connect() {
         Ok(sock) => {
@@ -187,6 +192,8 @@ pub(super) struct Conn {
     /// Workers forked on this connection and not yet reported ended.
     live: BTreeSet<String>,
     closed: bool,
+    /// It did not answer a fork request in time.
+    gave_up: bool,
 }
 
 /// What the backend asks for one worker.
@@ -205,6 +212,7 @@ impl Conn {
             ended: BTreeMap::new(),
             live: BTreeSet::new(),
             closed: false,
+            gave_up: false,
         }
     }
 
@@ -230,7 +238,14 @@ impl Conn {
         }
         self.sock.write_all(&out)?;
         let mut pids: BTreeMap<String, u32> = BTreeMap::new();
+        let deadline = Instant::now() + START_TIMEOUT;
         while pids.len() < workers.len() {
+            if Instant::now() > deadline {
+                // A template stuck importing: this batch is spawned, and so are later ones.
+                self.gave_up = true;
+                pids.values().for_each(|pid| super::kill_group(*pid));
+                return Err(io::Error::other("the template did not answer"));
+            }
             for reply in self.read(true)? {
                 if let Some(pid) = reply.pid {
                     self.live.insert(reply.id.clone());
