@@ -30,9 +30,13 @@ import socket
 import sys
 import time
 
-import cloudpickle  # noqa: F401  (every map's function is unpickled with it)
+import cloudpickle  # type: ignore[import-untyped]  # noqa: F401  (maps' functions need it)
 
 import shoal.worker
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing into every worker
+if TYPE_CHECKING:
+    from typing import Any
 
 PR_SET_PDEATHSIG = 1
 # How long the graveyard holds a killed worker's descriptors before closing them.
@@ -67,7 +71,7 @@ def _retitle(argv: list[str]) -> None:
         ctypes.memmove(start, title.ljust(end - start, b"\0"), end - start)
 
 
-def _child(req: dict[str, object], parent: int) -> None:
+def _child(req: dict[str, Any], parent: int) -> None:
     """In the forked worker: become what `argv` would have started, run it, never return."""
     code = 1
     try:
@@ -87,12 +91,12 @@ def _child(req: dict[str, object], parent: int) -> None:
                 except OSError:
                     pass
         os.environ.clear()
-        os.environ.update(dict(req["env"]))  # type: ignore[arg-type]
+        os.environ.update(dict(req["env"]))
         cwd = str(req["cwd"])
         os.chdir(cwd)
         # As `python -m shoal.worker ...` would have them.
         sys.path[0] = cwd
-        argv = [str(a) for a in req["argv"]]  # type: ignore[attr-defined]
+        argv = [str(a) for a in req["argv"]]
         _retitle(argv)
         sys.argv = [shoal.worker.__file__, *argv[3:]]
         if "random" in sys.modules:  # forked workers must not share the template's sequence

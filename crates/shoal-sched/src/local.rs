@@ -87,11 +87,20 @@ impl LocalBackend {
         let Some(conn) = self.template.as_mut() else {
             return false;
         };
-        let argvs: Vec<Vec<String>> = batch.ids.iter().map(|id| spec.worker_argv(Some(id))).collect();
+        let argvs: Vec<Vec<String>> = batch
+            .ids
+            .iter()
+            .map(|id| spec.worker_argv(Some(id)))
+            .collect();
         let logs: Vec<_> = batch
             .ids
             .iter()
-            .map(|id| (spec.session.log(id, Stream::Stdout), spec.session.log(id, Stream::Stderr)))
+            .map(|id| {
+                (
+                    spec.session.log(id, Stream::Stdout),
+                    spec.session.log(id, Stream::Stderr),
+                )
+            })
             .collect();
         let forks: Vec<template::Fork<'_>> = batch
             .ids

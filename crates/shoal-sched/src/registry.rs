@@ -635,20 +635,6 @@ pub fn init_sections() -> String {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_bare_size_is_warned_about_with_its_unit() {
-        let opts = |v: Json| Map::from_iter([("memory".to_string(), v)]);
-        let w = bare_sizes("slurm", &opts(2.into()));
-        assert_eq!(
-            w,
-            ["memory=2 is read as 2 MB on slurm; write memory=\"2G\" for gigabytes, or \"2M\" to say MB"]
-        );
-        assert!(bare_sizes("slurm", &opts("2G".into())).is_empty());
-        assert!(bare_sizes("local", &opts(2.into())).is_empty());
-        let condor = Map::from_iter([("request_disk".to_string(), Json::from(1.5))]);
-        assert_eq!(bare_sizes("htcondor", &condor)[0].split(';').next(), Some("request_disk=1.5 is read as 1.5 MB on htcondor"));
-    }
-
     use super::*;
     use serde_json::json;
 
@@ -825,5 +811,22 @@ mod tests {
             assert_eq!(options.len(), starters, "{}", b.name);
         }
         assert!(text.contains("# partition = \"debug\""), "{text}");
+    }
+
+    #[test]
+    fn a_bare_size_is_warned_about_with_its_unit() {
+        let opts = |v: Json| Map::from_iter([("memory".to_string(), v)]);
+        let w = bare_sizes("slurm", &opts(2.into()));
+        assert_eq!(
+            w,
+            ["memory=2 is read as 2 MB on slurm; write memory=\"2G\" for gigabytes, or \"2M\" to say MB"]
+        );
+        assert!(bare_sizes("slurm", &opts("2G".into())).is_empty());
+        assert!(bare_sizes("local", &opts(2.into())).is_empty());
+        let condor = Map::from_iter([("request_disk".to_string(), Json::from(1.5))]);
+        assert_eq!(
+            bare_sizes("htcondor", &condor)[0].split(';').next(),
+            Some("request_disk=1.5 is read as 1.5 MB on htcondor")
+        );
     }
 }

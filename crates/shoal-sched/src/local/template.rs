@@ -255,7 +255,9 @@ impl Conn {
                     for pid in pids.values() {
                         super::kill_group(*pid);
                     }
-                    return Err(io::Error::other(format!("the template cannot fork: {error}")));
+                    return Err(io::Error::other(format!(
+                        "the template cannot fork: {error}"
+                    )));
                 } else {
                     self.record_end(reply);
                 }
@@ -294,14 +296,23 @@ impl Conn {
                         break;
                     }
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     break
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        let end = self.buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let end = self
+            .buf
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
         let lines: Vec<u8> = self.buf.drain(..end).collect();
         lines
             .split(|&b| b == b'\n')
