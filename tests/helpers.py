@@ -176,3 +176,10 @@ def start_sleeper(_: Any = None) -> int:
     import subprocess
 
     return subprocess.Popen(["sleep", "300"]).pid
+
+
+def surroundings(_: Any = None) -> tuple[dict[str, str], str, str]:
+    """The worker's environment, working directory and parent's command line."""
+    with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+        parent = f.read().replace(b"\0", b" ").decode().strip()
+    return dict(os.environ), os.getcwd(), parent

@@ -28,6 +28,7 @@ from helpers import (
     sleep_return,
     square,
     start_sleeper,
+    surroundings,
 )
 from procs import live_worker_pids
 
@@ -528,6 +529,20 @@ def test_local_workers_are_forked_by_one_template_kept_across_pools(tmp_path, mo
     monkeypatch.setenv("SHOAL_LOCAL_TEMPLATE", "0")
     with shoal.Pool(2) as p:
         assert {ppid for _, ppid, *_ in _lineage(p, str(tmp_path / "off"))} == {os.getpid()}
+
+
+def test_forked_workers_get_the_pools_environment_and_directory(tmp_path, monkeypatch):
+    with shoal.Pool(1) as p:
+        p.apply(square, (1,))  # the template runs from here on
+    monkeypatch.setenv("SHOAL_TEST_LATE", "set after the template started")
+    monkeypatch.delenv("HOME")
+    monkeypatch.chdir(tmp_path)  # workers start where the driver is
+    with shoal.Pool(1, env={"SHOAL_TEST_OWN": "1"}) as p:
+        env, cwd, parent = p.apply(surroundings)
+    assert parent.endswith("-m shoal._template"), parent
+    assert env["SHOAL_TEST_LATE"] == "set after the template started"
+    assert env["SHOAL_TEST_OWN"] == "1" and "HOME" not in env
+    assert cwd == str(tmp_path)
 
 
 def test_terminate_leaves_no_process(tmp_path):
