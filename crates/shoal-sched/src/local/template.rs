@@ -45,9 +45,10 @@ struct Template {
 static TEMPLATES: Mutex<BTreeMap<PathBuf, Option<Template>>> = Mutex::new(BTreeMap::new());
 
 /// Variables that change what an interpreter does before it runs any code (its path, its
-/// flags, its libraries): a worker that needs other values than the template's is spawned.
+/// flags, its libraries, its streams' encoding): a worker that needs other values than the
+/// template's is spawned.
 fn read_at_start(key: &str) -> bool {
-    key.starts_with("PYTHON") || key.starts_with("LD_")
+    key.starts_with("PYTHON") || key.starts_with("LD_") || key.starts_with("LC_") || key == "LANG"
 }
 
 fn start_env(env: &[(String, String)]) -> Vec<(String, String)> {
