@@ -124,10 +124,15 @@ impl Template {
 
 /// The one rule for how a local worker starts: forked by the template when `spec` runs this
 /// process's interpreter with the interpreter-start variables the template has (and
-/// [`DISABLE`] is not `0`), spawned otherwise. When forking applies, returns the workers'
-/// environment, with `conn` (the backend's connection) made if it was not yet.
+/// [`DISABLE`] is not `0`), spawned otherwise. A TCP session's workers are spawned too: their
+/// token must be in their environment as the kernel shows it (/proc/PID/environ), as on a
+/// cluster, which a fork cannot give. When forking applies, returns the workers' environment,
+/// with `conn` (the backend's connection) made if it was not yet.
 pub(super) fn forks(spec: &LaunchSpec, conn: &mut Option<Conn>) -> Option<Vec<(String, String)>> {
-    if std::env::var(DISABLE).is_ok_and(|v| v == "0") || !is_this_interpreter(&spec.python) {
+    if std::env::var(DISABLE).is_ok_and(|v| v == "0")
+        || spec.connect.is_some()
+        || !is_this_interpreter(&spec.python)
+    {
         return None;
     }
     let env = worker_env(spec)?;
