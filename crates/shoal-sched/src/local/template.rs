@@ -5,8 +5,9 @@
 //! python/shoal/_template.py.
 //!
 //! The template's stdin is the *lifeline*, a Unix socket whose other end this process holds
-//! until it exits: when the driver dies, however, the template reads end of file, kills its
-//! workers and exits; its workers die with it (PR_SET_PDEATHSIG). Each local backend gets a
+//! until it exits: when the driver ends, however it ends (`kill -9` too), the template reads end
+//! of file, kills its workers and exits; should it be killed itself, its workers die with it
+//! (PR_SET_PDEATHSIG). Each local backend gets a
 //! connection of its own (a socket pair whose far end is passed over the lifeline), and the
 //! template kills a connection's workers when it closes.
 
