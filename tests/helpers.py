@@ -157,3 +157,29 @@ def flood(mb: int) -> int:
     for i in range(mb * 1024):
         print(f"{i:06d}", line)
     return mb
+
+
+def lineage(directory: str) -> tuple[int, int, str, float]:
+    """Meet the other worker (see rendezvous), then say who started this one: (pid, parent
+    pid, the parent's command line) and a draw of `random`."""
+    import random
+
+    rendezvous(directory)
+    ppid = os.getppid()
+    with open(f"/proc/{ppid}/cmdline", "rb") as f:
+        cmd = f.read().replace(b"\0", b" ").decode().strip()
+    return os.getpid(), ppid, cmd, random.random()
+
+
+def start_sleeper(_: Any = None) -> int:
+    """A subprocess of a task, left running in the worker's process group."""
+    import subprocess
+
+    return subprocess.Popen(["sleep", "300"]).pid
+
+
+def surroundings(_: Any = None) -> tuple[dict[str, str], str, str]:
+    """The worker's environment, working directory and parent's command line."""
+    with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+        parent = f.read().replace(b"\0", b" ").decode().strip()
+    return dict(os.environ), os.getcwd(), parent

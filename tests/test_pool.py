@@ -20,12 +20,15 @@ from helpers import (
     add,
     fail_on,
     init_state,
+    lineage,
     pid,
     read_state,
     rendezvous,
     returns_unpicklable,
     sleep_return,
     square,
+    start_sleeper,
+    surroundings,
 )
 from procs import live_worker_pids
 
@@ -479,3 +482,104 @@ def test_ten_megabytes_of_output_are_forwarded_in_bounded_slices(tmp_path):
     assert lines.index("[10, 0, 0, 0]") > lines.index(numbered[-1])
     grew = int(err.split("grew ")[1].split()[0])
     assert grew < 6 * 1024, err  # the driver held slices of it, never the 10 MB
+
+
+def _still_running(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """Those of `pids` that have not ended within `timeout` (awaited through pidfds)."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    left = []
+    for p in pids:
+        try:
+            fd = os.pidfd_open(p)
+        except ProcessLookupError:
+            continue
+        try:
+            if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                left.append(p)
+        finally:
+            os.close(fd)
+    return left
+
+
+def _lineage(pool: shoal.Pool, directory: str) -> list[tuple[int, int, str, float]]:
+    os.makedirs(directory)
+    return pool.map(lineage, [directory] * 2, chunksize=1)
+
+
+def test_local_workers_are_forked_by_one_template_kept_across_pools(tmp_path, monkeypatch):
+    with shoal.Pool(2) as p:
+        first = _lineage(p, str(tmp_path / "a"))
+    with shoal.Pool(2) as p:
+        second = _lineage(p, str(tmp_path / "b"))
+    parents = {(ppid, cmd) for _, ppid, cmd, _ in first + second}
+    assert len(parents) == 1, parents
+    ((template, cmd),) = parents
+    assert template != os.getpid() and cmd.endswith("-m shoal._template"), cmd
+    assert len({draw for *_, draw in first}) == 2  # not the template's random sequence
+    # What a fork cannot reproduce is spawned by the driver, as before: another interpreter,
+    # variables the interpreter reads at start, or the switch that turns the template off.
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    for n, kw in enumerate([{"python_path": str(wrapper)}, {"env": {"PYTHONPATH": "/nowhere"}}]):
+        with shoal.Pool(2, **kw) as p:
+            assert {ppid for _, ppid, *_ in _lineage(p, str(tmp_path / f"s{n}"))} == {os.getpid()}
+    monkeypatch.setenv("SHOAL_LOCAL_TEMPLATE", "0")
+    with shoal.Pool(2) as p:
+        assert {ppid for _, ppid, *_ in _lineage(p, str(tmp_path / "off"))} == {os.getpid()}
+
+
+def test_forked_workers_get_the_pools_environment_and_directory(tmp_path, monkeypatch):
+    with shoal.Pool(1) as p:
+        p.apply(square, (1,))  # the template runs from here on
+    monkeypatch.setenv("SHOAL_TEST_LATE", "set after the template started")
+    monkeypatch.delenv("HOME")
+    monkeypatch.chdir(tmp_path)  # workers start where the driver is
+    with shoal.Pool(1, env={"SHOAL_TEST_OWN": "1"}) as p:
+        env, cwd, parent = p.apply(surroundings)
+    assert parent.endswith("-m shoal._template"), parent
+    assert env["SHOAL_TEST_LATE"] == "set after the template started"
+    assert env["SHOAL_TEST_OWN"] == "1" and "HOME" not in env
+    assert cwd == str(tmp_path)
+
+
+def test_terminate_leaves_no_process(tmp_path):
+    p = shoal.Pool(2)
+    workers = [w for w, *_ in _lineage(p, str(tmp_path / "meet"))]
+    sleeper = p.apply(start_sleeper)
+    p.terminate()
+    # The workers are reaped by the time terminate returns; the task's subprocess was killed
+    # with its worker's process group (its own reaping is init's).
+    assert not [w for w in workers if os.path.exists(f"/proc/{w}")]
+    assert not _still_running([sleeper])
+
+
+DIES = """
+import json, sys, time
+sys.path.insert(0, {tests!r})
+import shoal
+from helpers import lineage, start_sleeper
+p = shoal.Pool(2)
+info = p.map(lineage, [{meet!r}] * 2, chunksize=1)
+print(json.dumps([info, p.apply(start_sleeper)]), flush=True)
+time.sleep(300)
+"""
+
+
+def test_the_template_and_its_workers_die_with_the_driver(tmp_path):
+    script = tmp_path / "driver.py"
+    (tmp_path / "meet").mkdir()
+    tests = os.path.dirname(__file__)
+    script.write_text(DIES.format(tests=tests, meet=str(tmp_path / "meet")))
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        info, sleeper = json.loads(driver.stdout.readline())
+    finally:
+        driver.kill()
+        driver.wait()
+    (template,) = {ppid for _, ppid, *_ in info}
+    assert template != driver.pid
+    left = _still_running([template, sleeper, *[w for w, *_ in info]])
+    assert not left, [open(f"/proc/{q}/cmdline").read() for q in left]

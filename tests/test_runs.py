@@ -420,6 +420,23 @@ def test_opt_overrides_the_template_and_is_checked_like_it(tmp_path, own_home):
     ]
 
 
+def test_a_bare_size_from_a_template_or_opt_is_warned_about_once(tmp_path, own_home):
+    (tmp_path / "shoal.toml").write_text("[slurm.default]\ncpus = 1\nmemory = 4\n")
+
+    def dry(*opts: str) -> str:
+        out = shoal("run", "--backend", "slurm", *opts, "--dry-run", "--", "true",
+                    cwd=str(tmp_path))  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stderr
+
+    # The registry's words, as the Python API gives them (test_errors.py), said once.
+    said = 'warning: memory=4 is read as 4 MB on slurm; write memory="4G" for gigabytes'
+    assert dry().count(said) == 1
+    err = dry("-X", "memory=8")  # --opt overrides the template: only its value is judged
+    assert "memory=8 is read as 8 MB on slurm" in err and "memory=4" not in err, err
+    assert "warning" not in dry("-X", "memory=8G")
+
+
 def test_params_file_rows_combine_with_the_grid(tmp_path):
     (tmp_path / "rows.csv").write_text("lr,opt\n0.1,adam\n0.01,sgd\n")
     (tmp_path / "rows.yaml").write_text("- {lr: 0.1, opt: adam}\n- {lr: 0.01, opt: sgd}\n")

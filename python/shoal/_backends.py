@@ -58,16 +58,9 @@ def defaults(name: str) -> dict[str, Any]:
 
 def bare_sizes(name: str, options: dict[str, Any]) -> list[str]:
     """What to warn about: size options given as a bare number, which the backend reads in
-    the option's unit (``memory=2`` is 2 MB on Slurm), naming that unit and how to be sure."""
-    b = _backend(name)
-    out = []
-    for o in b["options"] if b else ():
-        value = options.get(o["name"])
-        bare = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if o["kind"] == "memory" and bare:
-            unit = o["unit"] or "MB"
-            out.append(
-                f"{o['name']}={value!r} is read as {value} {unit} on {name}; write "
-                f'{o["name"]}="{value}G" for gigabytes, or "{value}M" to say {unit}'
-            )
-    return out
+    the option's unit (``memory=2`` is 2 MB on Slurm), naming that unit and how to be sure.
+    The registry's rule, shared with ``shoal.toml`` templates and ``shoal run --opt``."""
+    numbers = {
+        k: v for k, v in options.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    return list(_native.bare_sizes(name, json.dumps(numbers))) if numbers else []

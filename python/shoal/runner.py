@@ -16,14 +16,16 @@ import ctypes
 import json
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from typing import Any, Optional
 
-from shoal import _native
+from shoal import _backends, _native
 
 MARKER = ".shoal-task.json"
 STARTED = ".shoal-task.started"
@@ -325,6 +327,9 @@ def drive(reg: Any, run_id: int) -> int:
     from shoal.runner import run_task as task_fn
 
     t0 = time.monotonic()
+    # `shoal run` warned about sizes given as bare numbers before launching: not again here.
+    for text in _backends.bare_sizes(run["backend"], options):
+        warnings.filterwarnings("ignore", message=re.escape(text))
     try:
         with shoal.Pool(
             workers,

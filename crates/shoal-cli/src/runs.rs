@@ -280,6 +280,14 @@ fn overrides(backend: &str, opts: &[String], workers: Option<usize>) -> Result<M
     Ok(map)
 }
 
+/// The registry's warning for sizes given as bare numbers (a template's `memory = 4`, or
+/// `--opt memory=4`), before anything is submitted. The run's driver does not repeat it.
+fn warn_bare_sizes(backend: &str, options: &Map<String, Json>) {
+    for w in shoal_sched::registry::bare_sizes(backend, options) {
+        eprintln!("warning: {w}");
+    }
+}
+
 /// How a launch's options came about, for the registry and `shoal show`.
 fn options_from(
     template: Option<&Template>,
@@ -330,6 +338,7 @@ pub fn run(a: &RunCmd, groups: &[Vec<String>], out: &mut dyn Write) -> Result<i3
     let template = cfg.template(&backend, template_name)?;
     let over = overrides(&backend, &a.opts, a.workers)?;
     let options = merge_options(template.as_ref(), &over);
+    warn_bare_sizes(&backend, &options);
     let grid = Grid::parse(&a.params, groups, &a.params_files)?;
     let command = match experiment {
         Some(e) => e.command(&a.command, &grid.names()),
@@ -493,6 +502,7 @@ fn plan_launch(r: &RunRow, kind: &str, opts: &LaunchOpts) -> Result<(NewLaunch, 
         let from = options_from(template.as_ref(), &cfg, &over) + ", as it is now";
         (template.map(|t| t.name), options, from)
     };
+    warn_bare_sizes(&r.backend, &options);
     let before = r.options.as_object().cloned().unwrap_or_default();
     let mut changes: Vec<String> = Vec::new();
     for (k, v) in &options {

@@ -1,23 +1,44 @@
 //! The local backend: workers are child processes of the driver, on the same protocol as
 //! cluster workers, so local tests exercise what cluster runs use.
 //!
-//! Each worker gets its own process group (a terminal's Ctrl-C reaches only the driver, which
-//! then decides) and dies with the thread that spawned it (PR_SET_PDEATHSIG): the
-//! supervisor's, which lives as long as the session. A worker stopped by a signal (state `T`
-//! in /proc/PID/stat, e.g. after SIGSTOP) is reported `Suspended` until it runs again.
+//! A worker is forked by the driver's template process when the pool runs the driver's own
+//! interpreter ([`template`], a cold pool in a few milliseconds), and spawned otherwise: the
+//! one rule is [`template::forks`]. Either way it gets its own process group (a terminal's
+//! Ctrl-C reaches only the driver, which then decides) and dies with its parent
+//! (PR_SET_PDEATHSIG): the template, which dies with the driver, or the supervisor's thread,
+//! which lives as long as the session. A worker stopped by a signal (state `T` in
+//! /proc/PID/stat, e.g. after SIGSTOP) is reported `Suspended` until it runs again.
 
 use crate::error::{Result, SchedError};
 use crate::supervisor::{Backend, Batch, IdScheme};
 use crate::{LaunchSpec, WorkerEvent, WorkerState};
 use shoal_core::layout::Stream;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod template;
+pub use template::DISABLE as TEMPLATE_ENV;
+
+/// A worker process: spawned (our child) or forked by the template (its child).
+enum Proc {
+    Spawned(Child),
+    Forked(u32),
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        match self {
+            Proc::Spawned(child) => child.id(),
+            Proc::Forked(pid) => *pid,
+        }
+    }
+}
+
 struct Worker {
-    child: Child,
+    proc: Proc,
     stopped: bool,
 }
 
@@ -26,6 +47,8 @@ pub struct LocalBackend {
     children: BTreeMap<String, Worker>,
     /// Started since the last poll: reported as Running then.
     fresh: Vec<String>,
+    /// This backend's connection to the template, once a worker was forked.
+    template: Option<template::Conn>,
 }
 
 /// Whether the process is stopped by a signal (`T`) or a tracer (`t`), from /proc/PID/stat.
@@ -51,14 +74,81 @@ impl LocalBackend {
             workers,
             children: BTreeMap::new(),
             fresh: Vec::new(),
+            template: None,
         })
     }
 
-    /// Kill the worker's whole process group, so subprocesses of tasks go too.
-    fn kill_group(child: &Child) {
-        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    /// Ask the template to fork the batch's workers; false (nothing started) when this spec's
+    /// workers are to be spawned, or the template cannot fork them.
+    fn fork(&mut self, spec: &LaunchSpec, batch: &Batch) -> bool {
+        let Some(env) = template::forks(spec, &mut self.template) else {
+            return false;
+        };
+        let Some(conn) = self.template.as_mut() else {
+            return false;
+        };
+        let argvs: Vec<Vec<String>> = batch
+            .ids
+            .iter()
+            .map(|id| spec.worker_argv(Some(id)))
+            .collect();
+        let logs: Vec<_> = batch
+            .ids
+            .iter()
+            .map(|id| {
+                (
+                    spec.session.log(id, Stream::Stdout),
+                    spec.session.log(id, Stream::Stderr),
+                )
+            })
+            .collect();
+        let forks: Vec<template::Fork<'_>> = batch
+            .ids
+            .iter()
+            .zip(&argvs)
+            .zip(&logs)
+            .map(|((id, argv), (out, err))| template::Fork {
+                id,
+                argv,
+                stdout: out,
+                stderr: err,
+            })
+            .collect();
+        let Ok(pids) = conn.fork(&forks, &env, &spec.cwd) else {
+            return false;
+        };
+        for (id, pid) in batch.ids.iter().zip(pids) {
+            self.children.insert(
+                id.clone(),
+                Worker {
+                    proc: Proc::Forked(pid),
+                    stopped: false,
+                },
+            );
+            self.fresh.push(id.clone());
         }
+        true
+    }
+}
+
+/// Kill the worker's whole process group, so subprocesses of tasks go too, and the worker
+/// itself should it not have made its group yet.
+fn kill_group(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// A worker's end as the user reads it.
+fn ended(code: Option<i32>, signal: Option<i32>) -> WorkerState {
+    match (code, signal) {
+        (Some(0), _) => WorkerState::Exited,
+        (Some(code), _) => WorkerState::Lost(format!("worker exited with code {code}")),
+        (None, Some(sig)) => {
+            WorkerState::Lost(format!("worker killed by signal {sig} ({})", signame(sig)))
+        }
+        _ => WorkerState::Lost("worker ended abnormally".into()),
     }
 }
 
@@ -91,6 +181,9 @@ impl Backend for LocalBackend {
     }
 
     fn submit(&mut self, spec: &LaunchSpec, batch: &Batch) -> Result<()> {
+        if self.fork(spec, batch) {
+            return Ok(());
+        }
         for id in &batch.ids {
             let id = id.clone();
             let argv = spec.worker_argv(Some(&id));
@@ -127,7 +220,7 @@ impl Backend for LocalBackend {
             self.children.insert(
                 id.clone(),
                 Worker {
-                    child,
+                    proc: Proc::Spawned(child),
                     stopped: false,
                 },
             );
@@ -145,26 +238,35 @@ impl Backend for LocalBackend {
                 state: WorkerState::Running,
             })
             .collect();
-        let mut ended = Vec::new();
+        let mut forked_ended = self
+            .template
+            .as_mut()
+            .map(|t| t.ended())
+            .unwrap_or_default();
+        let mut gone = Vec::new();
         for (id, w) in self.children.iter_mut() {
-            if let Ok(Some(status)) = w.child.try_wait() {
-                let state = match (status.code(), status.signal()) {
-                    (Some(0), _) => WorkerState::Exited,
-                    (Some(code), _) => WorkerState::Lost(format!("worker exited with code {code}")),
-                    (None, Some(sig)) => WorkerState::Lost(format!(
-                        "worker killed by signal {sig} ({})",
-                        signame(sig)
-                    )),
-                    _ => WorkerState::Lost("worker ended abnormally".into()),
-                };
+            let state = match &mut w.proc {
+                Proc::Spawned(child) => match child.try_wait() {
+                    Ok(Some(status)) => Some(ended(status.code(), status.signal())),
+                    _ => None,
+                },
+                Proc::Forked(_) => forked_ended.remove(id).map(|e| match e {
+                    template::Ended::Code(code) => ended(Some(code), None),
+                    template::Ended::Signal(sig) => ended(None, Some(sig)),
+                    template::Ended::TemplateGone => {
+                        WorkerState::Lost("the local template process ended".into())
+                    }
+                }),
+            };
+            if let Some(state) = state {
                 events.push(WorkerEvent {
                     worker: id.clone(),
                     state,
                 });
-                ended.push(id.clone());
+                gone.push(id.clone());
                 continue;
             }
-            let stopped = is_stopped(w.child.id());
+            let stopped = is_stopped(w.proc.pid());
             if stopped != w.stopped {
                 w.stopped = stopped;
                 events.push(WorkerEvent {
@@ -177,7 +279,7 @@ impl Backend for LocalBackend {
                 });
             }
         }
-        for id in ended {
+        for id in gone {
             self.children.remove(&id);
         }
         Ok(events)
@@ -187,15 +289,32 @@ impl Backend for LocalBackend {
         // Signal every worker first, then reap them: they die in parallel, so stopping a
         // pool costs one process exit, not one per worker.
         let mut dying = Vec::with_capacity(workers.len());
-        for w in workers {
-            if let Some(mut w) = self.children.remove(w) {
-                Self::kill_group(&w.child);
-                let _ = w.child.kill();
-                dying.push(w.child);
+        let mut forked = BTreeSet::new();
+        let mut forked_pids = Vec::new();
+        for id in workers {
+            if let Some(w) = self.children.remove(id) {
+                match w.proc {
+                    Proc::Spawned(child) => {
+                        kill_group(child.id());
+                        dying.push(child);
+                    }
+                    Proc::Forked(pid) => {
+                        forked.insert(id.clone());
+                        forked_pids.push(pid);
+                    }
+                }
+            }
+        }
+        if let Some(t) = self.template.as_mut() {
+            if !t.kill(&forked) {
+                forked_pids.iter().for_each(|pid| kill_group(*pid));
             }
         }
         for mut child in dying {
             let _ = child.wait();
+        }
+        if let Some(t) = self.template.as_mut() {
+            t.wait(&forked);
         }
         Ok(())
     }
@@ -318,7 +437,7 @@ mod tests {
         s.submit(&spec(&d, &sleeper(&t)), &batch(&["w0001"]))
             .unwrap();
         assert_eq!(wait_events(&mut s, 1)[0].state, WorkerState::Running);
-        let pid = rustix::process::Pid::from_raw(s.children["w0001"].child.id() as i32).unwrap();
+        let pid = rustix::process::Pid::from_raw(s.children["w0001"].proc.pid() as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
         assert_eq!(wait_events(&mut s, 1)[0].state, WorkerState::Suspended);
         assert!(is_stopped(pid.as_raw_nonzero().get() as u32));
@@ -334,7 +453,7 @@ mod tests {
         let mut s = LocalBackend::new(2).unwrap();
         s.submit(&spec(&d, &sleeper(&t)), &batch(&["w0001", "w0002"]))
             .unwrap();
-        let pids: Vec<u32> = s.children.values().map(|w| w.child.id()).collect();
+        let pids: Vec<u32> = s.children.values().map(|w| w.proc.pid()).collect();
         assert_eq!(pids.len(), 2);
         s.cancel_all().unwrap();
         for pid in pids {

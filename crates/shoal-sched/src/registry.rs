@@ -541,6 +541,29 @@ pub fn check_options(backend_name: &str, options: &Map<String, Json>) -> Result<
     })
 }
 
+/// Warnings for size options given as a bare number, which the backend reads in the option's
+/// unit (`memory = 2` is 2 MB on Slurm): one per option, naming that unit and how to be sure.
+/// The one rule for the Python API, `shoal.toml` templates and `shoal run --opt`.
+pub fn bare_sizes(backend_name: &str, options: &Map<String, Json>) -> Vec<String> {
+    let Ok(b) = backend(backend_name) else {
+        return Vec::new();
+    };
+    b.options
+        .iter()
+        .filter(|o| o.kind == Kind::Memory)
+        .filter_map(|o| {
+            let Some(Json::Number(n)) = options.get(o.name) else {
+                return None;
+            };
+            let (name, unit) = (o.name, o.unit.unwrap_or("MB"));
+            Some(format!(
+                "{name}={n} is read as {n} {unit} on {backend_name}; write {name}=\"{n}G\" for \
+                 gigabytes, or \"{n}M\" to say {unit}"
+            ))
+        })
+        .collect()
+}
+
 /// The registry for other languages (the Python package reads it once).
 pub fn to_json() -> Json {
     serde_json::json!({ "backends": BACKENDS, "generic": GENERIC })
@@ -788,5 +811,22 @@ mod tests {
             assert_eq!(options.len(), starters, "{}", b.name);
         }
         assert!(text.contains("# partition = \"debug\""), "{text}");
+    }
+
+    #[test]
+    fn a_bare_size_is_warned_about_with_its_unit() {
+        let opts = |v: Json| Map::from_iter([("memory".to_string(), v)]);
+        let w = bare_sizes("slurm", &opts(2.into()));
+        assert_eq!(
+            w,
+            ["memory=2 is read as 2 MB on slurm; write memory=\"2G\" for gigabytes, or \"2M\" to say MB"]
+        );
+        assert!(bare_sizes("slurm", &opts("2G".into())).is_empty());
+        assert!(bare_sizes("local", &opts(2.into())).is_empty());
+        let condor = Map::from_iter([("request_disk".to_string(), Json::from(1.5))]);
+        assert_eq!(
+            bare_sizes("htcondor", &condor)[0].split(';').next(),
+            Some("request_disk=1.5 is read as 1.5 MB on htcondor")
+        );
     }
 }

@@ -200,7 +200,11 @@ impl Broker for FsBroker {
         } else {
             timeout
         };
-        self.watch.wait(timeout);
+        // Locally a new worker's hello is seen at once, not at the next scan (a cold pool's
+        // first tasks waited up to the hello cadence): what woke the watch may be one.
+        if self.watch.wait(timeout) && !self.network {
+            self.last_hellos = None;
+        }
     }
 
     fn welcome(&mut self, key: &str) -> Result<()> {
