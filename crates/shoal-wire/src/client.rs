@@ -24,6 +24,11 @@ pub struct ClientOptions {
     pub timeouts: Timeouts,
     /// How long to keep retrying while the driver cannot be reached (default 60 s).
     pub connect_timeout: Duration,
+    /// How long to keep retrying while the driver's host refuses the connection (default
+    /// 10 s): the driver listens before it submits anything, so nothing listening there means
+    /// it is gone, and a job that started after its driver was killed ends soon, not after a
+    /// minute of its allocation (a lost or filtered route still gets `connect_timeout`).
+    pub refused_timeout: Duration,
     /// How long to wait for the engine's Welcome or Refused after the Hello (default 60 s,
     /// longer than the driver's own admission limit, so its verdict arrives first).
     pub welcome_timeout: Duration,
@@ -42,6 +47,7 @@ impl Default for ClientOptions {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             connect_timeout: Duration::from_secs(60),
+            refused_timeout: Duration::from_secs(10),
             welcome_timeout: Duration::from_secs(60),
             inbox: 64,
             outbox: 16,
@@ -81,7 +87,12 @@ pub fn connect(
             Err(Attempt::Final(e)) => return Err(e),
             Err(Attempt::Retry(source)) => {
                 let waited = started.elapsed();
-                if waited + backoff >= options.connect_timeout {
+                let limit = if source.kind() == io::ErrorKind::ConnectionRefused {
+                    options.refused_timeout.min(options.connect_timeout)
+                } else {
+                    options.connect_timeout
+                };
+                if waited + backoff >= limit {
                     return Err(ConnectError::Unreachable {
                         addr: addr.to_string(),
                         waited,

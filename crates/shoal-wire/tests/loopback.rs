@@ -293,6 +293,23 @@ fn an_unreachable_driver_is_named_in_the_error() {
 }
 
 #[test]
+fn a_refusing_host_is_given_up_on_sooner_than_an_unreachable_one() {
+    // Nothing listens on the port: the driver is gone (it listens before submitting).
+    let port = free_port();
+    let secrets = SessionSecrets::generate().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(30),
+        refused_timeout: Duration::from_millis(400),
+        ..client_options()
+    };
+    let t = std::time::Instant::now();
+    let err = connect(&addr, secrets.credentials(), &hello("w6"), &options).unwrap_err();
+    assert!(matches!(err, ConnectError::Unreachable { .. }), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+#[test]
 fn a_driver_shutdown_ends_every_link() {
     let (server, secrets) = start(server_options());
     let (link, _) = connect_admitted(&server, &secrets, client_options());
