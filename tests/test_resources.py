@@ -1,0 +1,173 @@
+"""Per-call resources (docs/resources.md): a map or submit with ``resources={...}`` runs on
+workers of its own shape, started while such work waits; everything else on the pool's own.
+
+The local tests tell workers apart by the pid each task reports and the pids the session's
+journal records per worker (``shoal show --json``); the Slurm tests ask Slurm itself (sacct)
+what each job was given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from cluster_helpers import wait_for
+
+import shoal
+from shoal.errors import ConfigError
+
+
+def pid(_: object) -> int:
+    return os.getpid()
+
+
+def workers_of(session: str) -> dict[int, dict]:
+    """pid -> the journal's record of the worker (id, job, shape label in `job`)."""
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "shoal"), "show", session, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {w["pid"]: w for w in json.loads(out)["workers"] if w.get("pid")}
+
+
+def test_a_map_with_resources_runs_only_on_workers_of_its_shape() -> None:
+    with shoal.Pool(2) as p:
+        shaped = p.map_async(pid, range(12), chunksize=1, resources={"cpus": 2})
+        plain = p.map(pid, range(12), chunksize=1)
+        calls = [p.apply_async(pid, (0,), resources={"cpus": 2}) for _ in range(3)]
+        shaped_pids = set(shaped.get(timeout=60)) | {c.get(timeout=60) for c in calls}
+        session = p.session
+    workers = workers_of(session)
+    assert {workers[x]["id"] for x in shaped_pids} <= {
+        w["id"] for w in workers.values() if w["id"].startswith("s1")
+    }
+    assert all(workers[x]["job"] == "(cpus=2)" for x in shaped_pids), workers
+    assert all(not workers[x]["id"].startswith("s") for x in set(plain)), workers
+    assert not shaped_pids & set(plain)
+
+
+def test_equal_resources_share_a_shape_and_imap_takes_them_too() -> None:
+    with shoal.Pool(2) as p:
+        a = set(p.imap_unordered(pid, range(6), resources={"cpus": 3}))
+        b = set(p.imap(pid, range(6), chunksize=2, resources={"cpus": 3}))
+        c = set(p.starmap(pid_star, [(1,), (2,)], resources={"cpus": 4}))
+        session = p.session
+    workers = workers_of(session)
+    assert {workers[x]["job"] for x in a | b} == {"(cpus=3)"}
+    assert {workers[x]["job"] for x in c} == {"(cpus=4)"}
+
+
+def pid_star(_: object) -> int:
+    return os.getpid()
+
+
+def test_executor_with_resources_is_a_view_and_submit_keeps_the_users_keywords() -> None:
+    with shoal.Executor(2) as ex:
+        big = ex.with_resources(cpus=2)
+        shaped = {big.submit(pid_kw, resources="mine").result(timeout=60) for _ in range(3)}
+        shaped |= set(big.map(pid, range(4)))
+        # `resources=` of plain submit is the function's own keyword
+        plain = ex.submit(pid_kw, resources="mine").result(timeout=60)
+        session = ex.session
+    workers = workers_of(session)
+    assert {workers[x]["job"] for x in shaped} == {"(cpus=2)"}
+    assert workers[plain]["job"] is None
+
+
+def pid_kw(*, resources: str) -> int:
+    assert resources == "mine"
+    return os.getpid()
+
+
+def test_unknown_or_bad_resources_fail_before_anything_is_submitted() -> None:
+    with shoal.Pool(1) as p:
+        with pytest.raises(ConfigError) as e:
+            p.map(pid, range(3), resources={"cpu": 2})
+        assert "did you mean `cpus`?" in str(e.value)
+        assert "per-call resources of local: cpus" in str(e.value)
+        with pytest.raises(ConfigError, match="cpus"):
+            p.map(pid, range(3), resources={"cpus": 0})
+        with pytest.raises(TypeError, match="mapping"):
+            p.map(pid, range(3), resources=["cpus"])  # type: ignore[arg-type]
+        assert p._driver.stats()["tasks_total"] == 0
+    with shoal.Executor(1) as ex, pytest.raises(ConfigError, match="not a resource"):
+        ex.with_resources(partition="x")
+
+
+# ---------------------------------------------------------------- Slurm
+
+
+def slurm_job(_: object) -> tuple[str, int]:
+    """The Slurm job (array element) a task ran in, and the CPUs it may use."""
+    job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return job, len(os.sched_getaffinity(0))
+
+
+def sacct_cpus(jobs: set[str]) -> dict[str, int]:
+    """AllocCPUS of each array element, from Slurm's accounting."""
+    out = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-o", "JobID,AllocCPUS", "-j", ",".join(sorted(jobs))],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [line.split("|") for line in out.splitlines() if line.strip()]
+    return {job: int(cpus) for job, cpus in rows}
+
+
+def squeue_jobs(name: str) -> set[str]:
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-n", name, "-o", "%i"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return set(out.split())
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(240)
+def test_slurm_two_shapes_in_flight_run_in_jobs_of_their_size() -> None:
+    name = f"shoal-r-{uuid.uuid4().hex[:8]}"
+    with shoal.Pool(
+        2, backend="slurm", job_name=name, time="10m", memory="200M", idle_timeout=2
+    ) as p:
+        shaped = p.map_async(slurm_job, range(8), chunksize=1, resources={"cpus": 2})
+        plain = p.map_async(slurm_job, range(8), chunksize=1)
+        big, small = shaped.get(timeout=180), plain.get(timeout=180)
+        big_jobs = {j for j, _ in big}
+        small_jobs = {j for j, _ in small}
+        assert not big_jobs & small_jobs
+        # The tasks see the CPUs their job was given...
+        assert {c for _, c in big} == {2} and {c for _, c in small} == {1}
+        # ... and Slurm's own records say the same of every job.
+        wait_for(lambda: len(sacct_cpus(big_jobs | small_jobs)) == len(big_jobs | small_jobs), 30)
+        cpus = sacct_cpus(big_jobs | small_jobs)
+        assert {cpus[j] for j in big_jobs} == {2}, cpus
+        assert {cpus[j] for j in small_jobs} == {1}, cpus
+        # Its work done, no worker of the 2-CPU shape is left (they exit once idle), while
+        # the pool itself goes on.
+        gone = wait_for(lambda: not (squeue_jobs(name) & big_jobs), 60)
+        assert gone, squeue_jobs(name)
+        assert p.map(slurm_job, range(2))[0][1] == 1
+        session = p.session
+    labels = {w["job"] for w in workers_of(session).values()}
+    assert any(label and label.endswith("(cpus=2)") for label in labels), labels
+
+
+@pytest.mark.slurm
+def test_slurm_resources_are_checked_by_the_registry() -> None:
+    name = f"shoal-r-{uuid.uuid4().hex[:8]}"
+    with shoal.Pool(1, backend="slurm", job_name=name, time="5m") as p:
+        with pytest.raises(ConfigError) as e:
+            p.map(pid, range(2), resources={"request_cpus": 2})
+        assert "per-call resources of slurm: cpus, memory" in str(e.value)
+        with pytest.raises(ConfigError, match="partition"):
+            p.map(pid, range(2), resources={"partition": "no-such-partition"})
+        assert not squeue_jobs(name)
