@@ -460,6 +460,39 @@ def suspend() -> dict[str, Any]:
     }
 
 
+def condor_job(_: object) -> str:
+    """The job (Cluster.Proc) a task ran in, from the job ad HTCondor gives the job."""
+    with open(os.environ["_CONDOR_JOB_AD"]) as f:
+        ad = dict(line.split(" = ", 1) for line in f.read().splitlines() if " = " in line)
+    return f"{int(ad['ClusterId'])}.{int(ad['ProcId'])}"
+
+
+@scenario
+def shapes() -> dict[str, Any]:
+    """Two worker shapes in flight (tests/test_resources.py): a map asking for 2 CPUs and
+    one asking for nothing."""
+    with shoal.Pool(
+        2, backend="htcondor", request_memory="256M", request_cpus=1, idle_timeout=2
+    ) as pool:
+        session = pool.session
+        big = pool.map_async(condor_job, range(6), chunksize=1, resources={"request_cpus": 2})
+        small = pool.map_async(condor_job, range(6), chunksize=1)
+        big_jobs, small_jobs = (
+            sorted(set(big.get(timeout=240))),
+            sorted(set(small.get(timeout=240))),
+        )
+        deadline = time.monotonic() + 90
+        while set(session_jobs(session)) & set(big_jobs) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left_big = sorted(set(session_jobs(session)) & set(big_jobs))
+    return {
+        "big": big_jobs,
+        "small": small_jobs,
+        "left_big": left_big,
+        "left": session_jobs(session),
+    }
+
+
 def main() -> None:
     name = sys.argv[1]
     out = SCENARIOS[name]()

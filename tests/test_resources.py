@@ -17,6 +17,7 @@ import uuid
 
 import pytest
 from cluster_helpers import wait_for
+from test_htcondor import CONDOR_CONFIG, Runner, condor  # noqa: F401  (the job user's fixture)
 
 import shoal
 from shoal.errors import ConfigError
@@ -166,3 +167,87 @@ def test_slurm_resources_are_checked_by_the_registry() -> None:
         with pytest.raises(ConfigError, match="partition"):
             p.map(pid, range(2), resources={"partition": "no-such-partition"})
         assert not squeue_jobs(name)
+
+
+# ---------------------------------------------------------------- Grid Engine
+
+
+def sge_job(_: object) -> str:
+    return f"{os.environ['JOB_ID']}.{os.environ['SGE_TASK_ID']}"
+
+
+def qacct_slots(job: str) -> dict[str, int]:
+    """task id -> slots, from Grid Engine's accounting of an array job."""
+    out = subprocess.run(["qacct", "-j", job], capture_output=True, text=True).stdout
+    slots, task = {}, None
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "taskid":
+            task = value.strip()
+        elif key == "slots" and task is not None:
+            slots[task] = int(value)
+    return slots
+
+
+@pytest.mark.sge
+@pytest.mark.timeout(240)
+def test_sge_two_shapes_in_flight_run_in_jobs_of_their_size() -> None:
+    name = f"shoal-r-{uuid.uuid4().hex[:8]}"
+    with shoal.Pool(
+        2, backend="sge", job_name=name, pe="smp", time="10m", poll_interval=0.5, idle_timeout=2
+    ) as p:
+        shaped = p.map_async(sge_job, range(6), chunksize=1, resources={"slots": 2})
+        plain = p.map_async(sge_job, range(6), chunksize=1)
+        big, small = set(shaped.get(timeout=180)), set(plain.get(timeout=180))
+        assert not big & small
+    # Grid Engine writes an array task's accounting record when it ends.
+    jobs = {t.split(".")[0] for t in big | small}
+    records = wait_for(
+        lambda: (
+            (r := {j: qacct_slots(j) for j in jobs})
+            and all(t.split(".")[1] in r[t.split(".")[0]] for t in big | small)
+            and r
+        ),
+        60,
+    )
+    assert records, {j: qacct_slots(j) for j in jobs}
+    assert {records[t.split(".")[0]][t.split(".")[1]] for t in big} == {2}, records
+    assert {records[t.split(".")[0]][t.split(".")[1]] for t in small} == {1}, records
+
+
+# ---------------------------------------------------------------- HTCondor
+
+
+@pytest.mark.htcondor
+@pytest.mark.timeout(400)
+def test_htcondor_two_shapes_in_flight_run_in_jobs_of_their_size(condor: Runner) -> None:  # noqa: F811
+    r = condor.run("shapes")
+    assert r["left"] == [] and r["left_big"] == [], r
+    big, small = set(r["big"]), set(r["small"])
+    assert big and small and not big & small, r
+    history = condor_history(big | small)
+    assert {history[j]["RequestCpus"] for j in big} == {2}, history
+    assert {history[j]["RequestCpus"] for j in small} == {1}, history
+    assert {history[j].get("CpusProvisioned", 2) for j in big} == {2}, history
+
+
+def condor_history(jobs: set[str]) -> dict[str, dict]:
+    """The schedd's records of ended jobs (Cluster.Proc -> attributes)."""
+    clusters = sorted({j.split(".")[0] for j in jobs})
+    constraint = " || ".join(f"ClusterId == {c}" for c in clusters)
+    out = subprocess.run(
+        [
+            "condor_history",
+            "-json",
+            "-constraint",
+            constraint,
+            "-attributes",
+            "ClusterId,ProcId,RequestCpus,CpusProvisioned",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "CONDOR_CONFIG": CONDOR_CONFIG},
+    ).stdout
+    ads = json.loads(out) if out.strip() else []
+    return {f"{a['ClusterId']}.{a['ProcId']}": a for a in ads}
