@@ -112,6 +112,10 @@ pub trait Backend: Send + 'static {
 
     fn ids(&self) -> IdScheme;
 
+    /// It runs the workers of a worker shape whose ids start with `prefix`
+    /// (`crate::shapes`): files it writes per session must be its own.
+    fn for_shape(&mut self, _prefix: &str) {}
+
     /// Check options and environment and read the site's limits before anything is
     /// submitted; returns messages for the user (e.g. a cap that shapes the session).
     fn preflight(&mut self, spec: &LaunchSpec) -> Result<Vec<String>>;
@@ -242,6 +246,9 @@ impl Supervisor {
     /// Workers of this supervisor are those of worker shape `shape`: their ids say so.
     pub fn for_shape(mut self, shape: crate::shapes::ShapeId) -> Supervisor {
         self.prefix = crate::shapes::prefix(shape);
+        if let Some(b) = self.backend.as_mut() {
+            b.for_shape(&self.prefix);
+        }
         self
     }
 

@@ -524,3 +524,32 @@ fn schedd_caps_are_read_ahead() {
     };
     assert!(f.sched.transient(&e));
 }
+
+#[test]
+fn a_gpu_shape_asks_for_its_gpus_and_cpus_in_its_own_description() {
+    let base = json!({"request_cpus": 1, "request_memory": "1G"});
+    let resources = json!({"request_gpus": 2, "request_cpus": 8});
+    let shape = crate::shapes::resolve("htcondor", &base, resources.as_object().unwrap()).unwrap();
+    let opts = CondorOptions::from_json(&shape.options).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = crate::testing::fake_spec(tmp.path(), "sess-g");
+    let log = spec.session.sub("condor.log");
+    let desc = submit::description(&opts, &spec, &log, "s1b2", 3);
+    for line in [
+        "request_cpus = 8",
+        "request_memory = 1024",
+        "request_gpus = 2",
+        "--worker-id s1b2-$(Process)",
+        "queue 3",
+    ] {
+        assert!(desc.contains(line), "{line:?} missing from\n{desc}");
+    }
+    let base_desc = submit::description(
+        &CondorOptions::from_json(&base).unwrap(),
+        &spec,
+        &log,
+        "b2",
+        3,
+    );
+    assert!(!base_desc.contains("request_gpus"), "{base_desc}");
+}
