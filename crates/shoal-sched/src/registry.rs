@@ -574,8 +574,14 @@ pub fn markdown_table(name: &str) -> String {
     } else {
         backend(name).map(|b| b.options).unwrap_or(&[])
     };
-    let mut s =
-        String::from("| option | type | default | becomes | meaning |\n|---|---|---|---|---|\n");
+    // Backends mark the options a map or submit may ask for on its own (docs/resources.md).
+    let per_call = name != "generic";
+    let mut s = String::from("| option | type | default | becomes | meaning |");
+    s.push_str(if per_call {
+        " per call |\n|---|---|---|---|---|---|\n"
+    } else {
+        "\n|---|---|---|---|---|\n"
+    });
     for o in options {
         let kind = match o.unit {
             Some(u) => format!("{} ({u})", o.kind.describe()),
@@ -587,11 +593,15 @@ pub fn markdown_table(name: &str) -> String {
             format!("`{}`", o.flag)
         };
         s.push_str(&format!(
-            "| `{}` | {kind} | {} | {flag} | {} |\n",
+            "| `{}` | {kind} | {} | {flag} | {} |",
             o.name,
             o.default.unwrap_or(""),
             o.doc.replace('|', "\\|")
         ));
+        if per_call {
+            s.push_str(if o.per_call { " yes |" } else { " |" });
+        }
+        s.push('\n');
     }
     s
 }
