@@ -493,6 +493,27 @@ def shapes() -> dict[str, Any]:
     }
 
 
+@scenario
+def per_job() -> dict[str, Any]:
+    """workers_per_job=2 (tests/test_resources.py): each job runs two workers `ID.K`."""
+    with shoal.Pool(
+        4, backend="htcondor", workers_per_job=2, request_cpus=1, request_memory="128M"
+    ) as pool:
+        session = pool.session
+        jobs = pool.map(condor_job, range(40), chunksize=1)
+        workers = sorted(
+            _worker_id(p) for p in glob.glob(os.path.join(pool._driver.path, "workers", "*.json"))
+        )
+        with open(os.path.join(pool._driver.path, "condor.sub")) as f:
+            sub = f.read()
+    return {
+        "jobs": sorted(set(jobs)),
+        "workers": workers,
+        "submit": sub,
+        "left": session_jobs(session),
+    }
+
+
 def main() -> None:
     name = sys.argv[1]
     out = SCENARIOS[name]()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -251,3 +252,18 @@ def condor_history(jobs: set[str]) -> dict[str, dict]:
     ).stdout
     ads = json.loads(out) if out.strip() else []
     return {f"{a['ClusterId']}.{a['ProcId']}": a for a in ads}
+
+
+@pytest.mark.htcondor
+@pytest.mark.timeout(400)
+def test_htcondor_workers_per_job_runs_two_workers_in_each_job(condor: Runner) -> None:  # noqa: F811
+    r = condor.run("per_job")
+    assert r["left"] == [], r
+    workers = r["workers"]
+    assert workers and all(re.fullmatch(r"b\d+-\d+\.[01]", w) for w in workers), workers
+    # Workers come in pairs of one job: `bB-P.0` and `bB-P.1`.
+    elements = {w.rsplit(".", 1)[0] for w in workers}
+    assert len(workers) == 2 * len(elements), workers
+    assert "request_cpus = 2" in r["submit"] and "request_memory = 256" in r["submit"], r
+    history = condor_history(set(r["jobs"]))
+    assert {a["RequestCpus"] for a in history.values()} == {2}, history

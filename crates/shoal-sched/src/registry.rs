@@ -290,6 +290,7 @@ const HTCONDOR: &[Opt] = &[
         .portable("extra_directives"),
     opt("poll_interval", Kind::Seconds, "", "0.5", "seconds between event-log reads").unit("s").default("0.5").portable("poll_interval"),
     opt("log_dir", Kind::Path, "log", "\"/shared/condor-logs\"", "where the job event log goes").default("the session dir").portable("log_dir_prefix"),
+    opt("workers_per_job", Kind::Count, "N x request_cpus, request_memory", "4", "worker processes in one job (ids `bB-P.K`, a local fan-out); the job asks for N times `request_cpus` (at least N), `request_memory`, `request_disk` and `request_gpus`").default("1"),
 ];
 
 #[rustfmt::skip]
