@@ -167,11 +167,6 @@ impl Shaped {
             None => Err(SchedError::Config(format!("no worker shape {shape}"))),
         }
     }
-
-    fn of(&mut self, id: &str) -> &mut dyn Scheduler {
-        let k = (shape_of(id) as usize).min(self.parts.len() - 1);
-        self.parts[k].1.as_mut()
-    }
 }
 
 impl Scheduler for Shaped {
@@ -212,8 +207,14 @@ impl Scheduler for Shaped {
     }
 
     fn cancel(&mut self, workers: &[String]) -> Result<()> {
+        // One call per shape: a backend cancels what it is given together (one scancel).
+        let mut by_shape: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for id in workers {
-            self.of(id).cancel(std::slice::from_ref(id))?;
+            let k = (shape_of(id) as usize).min(self.parts.len() - 1);
+            by_shape.entry(k).or_default().push(id.clone());
+        }
+        for (k, ids) in by_shape {
+            self.parts[k].1.cancel(&ids)?;
         }
         Ok(())
     }
