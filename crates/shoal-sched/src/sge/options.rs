@@ -230,11 +230,8 @@ impl SgeOptions {
                 }
                 opts.resources.push((complex, n.to_string()));
             }
-            None if complex.is_some() => {
-                return Err(SchedError::Config(
-                    "gpu_resource names the complex that gpus= requests, but gpus= is not given\nhint: pass gpus=N with it".into(),
-                ))
-            }
+            // Without gpus= the pool's workers ask for none; gpu_resource still names the
+            // complex for the calls that ask for gpus (docs/resources.md).
             None => {}
         }
         if opts.job_name.starts_with(|c: char| c.is_ascii_digit())
@@ -435,8 +432,10 @@ mod tests {
         assert!(a(json!({"gpus": 2})).unwrap().contains("-l gpu=2"));
         let s = a(json!({"gpus": 1, "gpu_resource": "nvidia", "resources": "h_vmem=1G"})).unwrap();
         assert!(s.contains("-l h_vmem=1024M,nvidia=1"), "{s}");
-        let e = a(json!({"gpu_resource": "gpu"})).unwrap_err().to_string();
-        assert!(e.contains("gpus=N"), "{e}");
+        // The pool may name the complex for calls that ask for GPUs (resources=) alone.
+        assert!(!a(json!({"gpu_resource": "nvidia"}))
+            .unwrap()
+            .contains("nvidia"));
         let e = a(json!({"gpus": 1, "resources": "gpu=2"}))
             .unwrap_err()
             .to_string();
