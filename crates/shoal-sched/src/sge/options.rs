@@ -219,20 +219,17 @@ impl SgeOptions {
             opts.resources.push(("h_rt".into(), limit.to_hms()));
         }
         // GPUs are a site-defined consumable complex in Grid Engine: `-l gpu=N` by default.
+        // Without gpus= the pool's workers ask for none; gpu_resource still names the
+        // complex for the calls that ask for gpus (docs/resources.md).
         let complex = o.name("gpu_resource")?;
-        match o.count("gpus")? {
-            Some(n) => {
-                let complex = complex.unwrap_or_else(|| "gpu".into());
-                if opts.resources.iter().any(|(r, _)| *r == complex) {
-                    return Err(SchedError::Config(format!(
-                        "{complex} is given both as gpus= and in resources\nhint: pass it once"
-                    )));
-                }
-                opts.resources.push((complex, n.to_string()));
+        if let Some(n) = o.count("gpus")? {
+            let complex = complex.unwrap_or_else(|| "gpu".into());
+            if opts.resources.iter().any(|(r, _)| *r == complex) {
+                return Err(SchedError::Config(format!(
+                    "{complex} is given both as gpus= and in resources\nhint: pass it once"
+                )));
             }
-            // Without gpus= the pool's workers ask for none; gpu_resource still names the
-            // complex for the calls that ask for gpus (docs/resources.md).
-            None => {}
+            opts.resources.push((complex, n.to_string()));
         }
         if opts.job_name.starts_with(|c: char| c.is_ascii_digit())
             || opts.job_name.contains(|c: char| "/:@\\*?".contains(c))
