@@ -460,6 +460,60 @@ def suspend() -> dict[str, Any]:
     }
 
 
+def condor_job(_: object) -> str:
+    """The job (Cluster.Proc) a task ran in, from the job ad HTCondor gives the job."""
+    with open(os.environ["_CONDOR_JOB_AD"]) as f:
+        ad = dict(line.split(" = ", 1) for line in f.read().splitlines() if " = " in line)
+    return f"{int(ad['ClusterId'])}.{int(ad['ProcId'])}"
+
+
+@scenario
+def shapes() -> dict[str, Any]:
+    """Two worker shapes in flight (tests/test_resources.py): a map asking for 2 CPUs and
+    one asking for nothing."""
+    with shoal.Pool(
+        2, backend="htcondor", request_memory="256M", request_cpus=1, idle_timeout=2
+    ) as pool:
+        session = pool.session
+        big = pool.map_async(condor_job, range(6), chunksize=1, resources={"request_cpus": 2})
+        small = pool.map_async(condor_job, range(6), chunksize=1)
+        big_jobs, small_jobs = (
+            sorted(set(big.get(timeout=240))),
+            sorted(set(small.get(timeout=240))),
+        )
+        deadline = time.monotonic() + 90
+        while set(session_jobs(session)) & set(big_jobs) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left_big = sorted(set(session_jobs(session)) & set(big_jobs))
+    return {
+        "big": big_jobs,
+        "small": small_jobs,
+        "left_big": left_big,
+        "left": session_jobs(session),
+    }
+
+
+@scenario
+def per_job() -> dict[str, Any]:
+    """workers_per_job=2 (tests/test_resources.py): each job runs two workers `ID.K`."""
+    with shoal.Pool(
+        4, backend="htcondor", workers_per_job=2, request_cpus=1, request_memory="128M"
+    ) as pool:
+        session = pool.session
+        jobs = pool.map(condor_job, range(40), chunksize=1)
+        workers = sorted(
+            _worker_id(p) for p in glob.glob(os.path.join(pool._driver.path, "workers", "*.json"))
+        )
+        with open(os.path.join(pool._driver.path, "condor.sub")) as f:
+            sub = f.read()
+    return {
+        "jobs": sorted(set(jobs)),
+        "workers": workers,
+        "submit": sub,
+        "left": session_jobs(session),
+    }
+
+
 def main() -> None:
     name = sys.argv[1]
     out = SCENARIOS[name]()

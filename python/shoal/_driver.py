@@ -21,7 +21,7 @@ import sys
 import threading
 import warnings
 import weakref
-from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
 from shoal import _backends, _calls, _native, _output, _progress
 from shoal._pickling import _name
@@ -351,15 +351,33 @@ class Driver:
         except Exception as e:
             raise _diagnose(fn, items, start, e) from None
 
+    def shape(self, resources: Optional[Mapping[str, Any]]) -> int:
+        """The worker shape for a call's ``resources`` (docs/resources.md): checked against
+        the backend's registry entry before anything is submitted; 0 for none."""
+        if not resources:
+            return 0
+        if not isinstance(resources, Mapping):
+            raise TypeError(
+                f"resources must be a mapping of resource names to values, not "
+                f"{type(resources).__name__}"
+            )
+        shape, _label = self._native.add_shape(json.dumps(dict(resources)))
+        return int(shape)
+
     def submit_payload(
-        self, payload: bytes, segments: list[Segment], blob: Optional[int] = None
+        self,
+        payload: bytes,
+        segments: list[Segment],
+        blob: Optional[int] = None,
+        shape: int = 0,
     ) -> int:
-        """Publish one chunk; its task results go to `segments` in order."""
+        """Publish one chunk (for workers of `shape`); its task results go to `segments` in
+        order."""
         self._check_usable()
         ntasks = sum(seg[2] for seg in segments)
         # Under the lock: the route exists before the collector can see any event of it.
         with self._lock:
-            chunk, first = self._native.submit(payload, ntasks, [blob] if blob else [])
+            chunk, first = self._native.submit(payload, ntasks, [blob] if blob else [], shape)
             self._routes[chunk] = _Route(segments)
             self.calls.record(first, segments)
             return int(chunk)
@@ -376,6 +394,7 @@ class Driver:
         chunksize: int,
         star: bool,
         job: Job,
+        shape: int = 0,
     ) -> None:
         """Pickle and send a whole map chunk by chunk (no second copy of the input is made),
         then release the function. A PicklingError names the argument; chunks already sent
@@ -385,7 +404,7 @@ class Driver:
             for lo in range(0, len(items), chunksize):
                 part = items[lo : lo + chunksize]
                 payload = self.map_payload(fn, fn_ref, part, lo, star)
-                self.submit_payload(payload, [(job, lo, len(part))], fn_ref)
+                self.submit_payload(payload, [(job, lo, len(part))], fn_ref, shape)
                 del payload
         finally:
             self.release_function(fn_ref)
@@ -396,7 +415,7 @@ class Driver:
         except Exception as e:
             raise _diagnose(fn, (*args, *kwargs.values()), 0, e) from None
 
-    def submit_calls(self, calls: list[tuple[Job, int, Call]]) -> list[int]:
+    def submit_calls(self, calls: list[tuple[Job, int, Call]], shape: int = 0) -> list[int]:
         """Send pre-pickled calls, spread over enough chunks to keep every worker busy."""
         self._check_usable()
         # About four chunks per worker, as for map: a claimed chunk makes all its calls
@@ -408,7 +427,8 @@ class Driver:
         for lo in range(0, len(calls), per):
             part = calls[lo : lo + per]
             payload = _dumps((CALLS, None, False, [c[2] for c in part]))
-            chunks.append(self.submit_payload(payload, [(c[0], c[1], 1) for c in part]))
+            segments: list[Segment] = [(c[0], c[1], 1) for c in part]
+            chunks.append(self.submit_payload(payload, segments, None, shape))
         return chunks
 
     def withdraw_where(self, unwanted: Callable[[Job, int, int], bool]) -> int:

@@ -202,6 +202,20 @@ class Executor(cf.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
+        return self._submit(fn, args, kwargs, 0)
+
+    def with_resources(self, **resources: Any) -> Resources:
+        """A view of this executor whose ``submit`` and ``map`` run on workers with these
+        per-call resources (``ex.with_resources(cpus=4).submit(f, x)``, docs/resources.md).
+        The resources are checked now, before anything is submitted. A view rather than a
+        keyword of ``submit``, whose keywords are all the user's function's."""
+        with self._lock:
+            self._check_open()
+        return Resources(self, self._driver.shape(resources))
+
+    def _submit(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], shape: int
+    ) -> cf.Future[T]:
         with self._lock:
             self._check_open()
         fut: cf.Future[T] = cf.Future()
@@ -212,7 +226,7 @@ class Executor(cf.Executor):
             fut.set_running_or_notify_cancel()
             fut.set_exception(exc)
             return fut
-        self._batcher.add(_FutureJob([fut]), 0, blob)
+        self._batcher.add(_FutureJob([fut]), 0, blob, shape)
         return fut
 
     def map(
@@ -225,6 +239,16 @@ class Executor(cf.Executor):
     ) -> Iterator[T]:
         """Like ``concurrent.futures.Executor.map``; calls travel in chunks (default: sized
         to give each worker about four), and ``timeout`` counts from this call."""
+        return self._map(fn, iterables, timeout, chunksize, 0)
+
+    def _map(
+        self,
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: Optional[float],
+        chunksize: Optional[int],
+        shape: int,
+    ) -> Iterator[T]:
         end = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._check_open()
@@ -240,7 +264,7 @@ class Executor(cf.Executor):
             for f in futures:
                 self._pending.add(f)
             # Pickled and sent chunk by chunk: no second copy of the input is made.
-            driver.map_chunks(fn, items, chunksize, True, job)
+            driver.map_chunks(fn, items, chunksize, True, job, shape)
         return _results(futures, end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -286,6 +310,26 @@ class Executor(cf.Executor):
         self._batcher.close()
         self._driver.close(graceful=False, interrupted=True)
         return None
+
+
+class Resources:
+    """An executor's ``submit`` and ``map`` for workers of one shape (``with_resources``)."""
+
+    def __init__(self, executor: Executor, shape: int) -> None:
+        self._executor = executor
+        self._shape = shape
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
+        return self._executor._submit(fn, args, kwargs, self._shape)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: Optional[float] = None,
+        chunksize: Optional[int] = None,
+    ) -> Iterator[T]:
+        return self._executor._map(fn, iterables, timeout, chunksize, self._shape)
 
 
 def _results(futures: list[cf.Future[Any]], end: Optional[float]) -> Iterator[Any]:

@@ -15,7 +15,7 @@ import time
 import warnings
 import weakref
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
-from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar, cast
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional, TypeVar, cast
 
 from shoal._batch import Batcher
 from shoal._driver import Driver, split_options
@@ -289,6 +289,10 @@ class Pool:
     ``progress`` (a progress bar with rate and ETA), ``python_path`` (the workers'
     interpreter), ``work_dir`` (where session dirs go; must be shared with cluster nodes),
     ``keep_work_dir``, and the backend's own options as keyword arguments.
+
+    Every map, imap and apply also takes ``resources={...}``: the backend's per-call
+    resources (Slurm ``cpus``/``memory``/``gpus``..., docs/resources.md) for its tasks only;
+    they run on workers of that shape, started while such work waits.
     """
 
     def __init__(
@@ -367,8 +371,10 @@ class Pool:
         func: Callable[..., T],
         args: Iterable[Any] = (),
         kwds: Optional[dict[str, Any]] = None,
+        *,
+        resources: Optional[Mapping[str, Any]] = None,
     ) -> T:
-        return self.apply_async(func, args, kwds).get()
+        return self.apply_async(func, args, kwds, resources=resources).get()
 
     def apply_async(
         self,
@@ -377,31 +383,41 @@ class Pool:
         kwds: Optional[dict[str, Any]] = None,
         callback: Optional[Callable[[T], object]] = None,
         error_callback: Optional[Callable[[BaseException], object]] = None,
+        *,
+        resources: Optional[Mapping[str, Any]] = None,
     ) -> ApplyResult[T]:
         self._check_running()
+        shape = self._driver.shape(resources)
         result: ApplyResult[T] = ApplyResult(self, callback, error_callback)
         try:
             blob = self._driver.pickle_call(func, tuple(args), dict(kwds or {}))
         except Exception as exc:  # as in multiprocessing, the result carries the error
             result._set(False, exc)
             return result
-        self._batcher.add(result, 0, blob)
+        self._batcher.add(result, 0, blob, shape)
         return result
 
     # -------------------------------------------------------------- map
 
     def map(
-        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: Optional[int] = None,
+        *,
+        resources: Optional[Mapping[str, Any]] = None,
     ) -> list[T]:
-        return self._map_async(func, iterable, False, chunksize).get()
+        return self._map_async(func, iterable, False, chunksize, resources=resources).get()
 
     def starmap(
         self,
         func: Callable[..., T],
         iterable: Iterable[Iterable[Any]],
         chunksize: Optional[int] = None,
+        *,
+        resources: Optional[Mapping[str, Any]] = None,
     ) -> list[T]:
-        return self._map_async(func, iterable, True, chunksize).get()
+        return self._map_async(func, iterable, True, chunksize, resources=resources).get()
 
     def map_async(
         self,
@@ -410,8 +426,12 @@ class Pool:
         chunksize: Optional[int] = None,
         callback: Optional[Callable[[list[T]], object]] = None,
         error_callback: Optional[Callable[[BaseException], object]] = None,
+        *,
+        resources: Optional[Mapping[str, Any]] = None,
     ) -> MapResult:
-        return self._map_async(func, iterable, False, chunksize, callback, error_callback)
+        return self._map_async(
+            func, iterable, False, chunksize, callback, error_callback, resources
+        )
 
     def starmap_async(
         self,
@@ -420,8 +440,10 @@ class Pool:
         chunksize: Optional[int] = None,
         callback: Optional[Callable[[list[T]], object]] = None,
         error_callback: Optional[Callable[[BaseException], object]] = None,
+        *,
+        resources: Optional[Mapping[str, Any]] = None,
     ) -> MapResult:
-        return self._map_async(func, iterable, True, chunksize, callback, error_callback)
+        return self._map_async(func, iterable, True, chunksize, callback, error_callback, resources)
 
     def _map_async(
         self,
@@ -431,8 +453,10 @@ class Pool:
         chunksize: Optional[int],
         callback: Any = None,
         error_callback: Any = None,
+        resources: Optional[Mapping[str, Any]] = None,
     ) -> MapResult:
         self._check_running()
+        shape = self._driver.shape(resources)
         # Lists, tuples and ranges are sliced as they are (a range chunk pickles as a range).
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         if chunksize is None:
@@ -442,22 +466,34 @@ class Pool:
         if items:
             try:
                 # Pickled and sent chunk by chunk: no second copy of the input is made.
-                self._driver.map_chunks(func, items, chunksize, star, result)
+                self._driver.map_chunks(func, items, chunksize, star, result, shape)
             except Exception as exc:  # as in multiprocessing, the result carries the error
                 result._set(False, exc)
         return result
 
     def imap(
-        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: Optional[int] = None,
+        *,
+        resources: Optional[Mapping[str, Any]] = None,
     ) -> IMapIterator[T]:
         results: _IMapResults[T] = _IMapResults(self)
-        return IMapIterator(self, self._imap(results, func, iterable, chunksize, False))
+        it = self._imap(results, func, iterable, chunksize, False, resources)
+        return IMapIterator(self, it)
 
     def imap_unordered(
-        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: Optional[int] = None,
+        *,
+        resources: Optional[Mapping[str, Any]] = None,
     ) -> IMapIterator[T]:
         results: _IMapResults[T] = _IMapUnorderedResults(self)
-        return IMapUnorderedIterator(self, self._imap(results, func, iterable, chunksize, False))
+        it = self._imap(results, func, iterable, chunksize, False, resources)
+        return IMapUnorderedIterator(self, it)
 
     def _imap(
         self,
@@ -466,9 +502,11 @@ class Pool:
         iterable: Iterable[Any],
         chunksize: Optional[int],
         star: bool,
+        resources: Optional[Mapping[str, Any]] = None,
     ) -> _IMapResults[T]:
         try:
             self._check_running()
+            shape = self._driver.shape(resources)
             if chunksize is not None:
                 _check_chunksize(chunksize)
             fn_ref = self._driver.put_function(func)
@@ -484,7 +522,7 @@ class Pool:
         )
         feeder = threading.Thread(
             target=self._feed,
-            args=(it, func, fn_ref, iterable, chunksize, limit, star),
+            args=(it, func, fn_ref, iterable, chunksize, limit, star, shape),
             name="shoal-imap-feeder",
             daemon=True,
         )
@@ -500,6 +538,7 @@ class Pool:
         chunksize: Optional[int],
         limit: int,
         star: bool,
+        shape: int = 0,
     ) -> None:
         """Consume the iterable into chunks; without a chunksize, grow chunks 1, 2, 4 ... up to
         `limit` so the first results come fast and long inputs still make few files. If the iterable
@@ -518,13 +557,13 @@ class Pool:
                         break
             except BaseException as exc:  # the user's iterable raised: report it in place
                 if chunksize is None:
-                    index = self._send(it, func, fn_ref, items, index, star)
+                    index = self._send(it, func, fn_ref, items, index, star, shape)
                 it._deliver_many(index, [None], {0: exc})
                 index += 1
                 break
             if not items:
                 break
-            index = self._send(it, func, fn_ref, items, index, star)
+            index = self._send(it, func, fn_ref, items, index, star, shape)
             if chunksize is None:
                 size = min(size * 2, limit)
         it._set_length(index)
@@ -539,6 +578,7 @@ class Pool:
         items: list[Any],
         index: int,
         star: bool,
+        shape: int = 0,
     ) -> int:
         """Submit one chunk of an imap (a pickling error becomes its tasks' results);
         returns the index after it."""
@@ -547,7 +587,7 @@ class Pool:
                 # Backpressure: a long generator is consumed as the workers keep up.
                 self._driver.wait_room()
                 payload = self._driver.map_payload(func, fn_ref, items, index, star)
-                self._driver.submit_payload(payload, [(it, index, len(items))], fn_ref)
+                self._driver.submit_payload(payload, [(it, index, len(items))], fn_ref, shape)
             except BaseException as exc:
                 it._deliver_many(index, [None] * len(items), dict.fromkeys(range(len(items)), exc))
         return index + len(items)

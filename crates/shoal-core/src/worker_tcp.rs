@@ -169,6 +169,9 @@ pub struct TcpWorker {
     capture: Option<Arc<Capture>>,
     threads: Vec<JoinHandle<()>>,
     careful: bool,
+    /// Since when it has had no work: kept across `next` calls, which callers make in short
+    /// slices (the bindings wait one second at a time), so that `idle_timeout` still counts.
+    idle_since: Option<Instant>,
 }
 
 fn transport(e: impl std::fmt::Display) -> CoreError {
@@ -246,6 +249,7 @@ impl TcpWorker {
             capture: Some(capture),
             threads,
             careful: false,
+            idle_since: None,
         })
     }
 
@@ -368,6 +372,7 @@ impl WorkerTransport for TcpWorker {
         self.state.busy.store(false, Ordering::Relaxed);
         *self.state.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let start = Instant::now();
+        let idle_since = *self.idle_since.get_or_insert(start);
         let idle = self.config.idle_timeout.map(Duration::from_secs_f64);
         let mut inbox = self.state.inbox();
         loop {
@@ -379,6 +384,7 @@ impl WorkerTransport for TcpWorker {
                 Some(Item::Run(a)) => {
                     self.state.busy.store(true, Ordering::Relaxed);
                     drop(inbox);
+                    self.idle_since = None;
                     self.careful = a.ticket.careful;
                     self.send(ToDriver::Started {
                         chunk: a.header.chunk,
@@ -389,19 +395,22 @@ impl WorkerTransport for TcpWorker {
                 None => {}
             }
             let waited = start.elapsed();
-            if idle.is_some_and(|i| waited >= i) {
+            let idled = idle_since.elapsed();
+            if idle.is_some_and(|i| idled >= i) {
                 return Ok(Err(ExitReason::Idle));
             }
             if wait.is_some_and(|w| waited >= w) {
                 return Ok(Err(ExitReason::Timeout));
             }
-            let left = [idle, wait]
-                .into_iter()
-                .flatten()
-                .map(|d| d.saturating_sub(waited))
-                .min()
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1));
+            let left = [
+                idle.map(|d| d.saturating_sub(idled)),
+                wait.map(|d| d.saturating_sub(waited)),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
             inbox = self
                 .state
                 .changed

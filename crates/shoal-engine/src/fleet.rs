@@ -6,6 +6,7 @@
 //! could hold a chunk is ever cancelled. Pure bookkeeping: the runner does the I/O.
 
 use shoal_core::layout::key_id;
+use shoal_sched::shapes::{shape_of, ShapeId};
 use shoal_sched::WorkerState;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ pub struct Job {
     pub produced: bool,
     pub submitted: Instant,
     pub suspended_since: Option<Instant>,
+    /// Its worker shape (from its id).
+    pub shape: ShapeId,
 }
 
 /// What to do about a hello.
@@ -79,6 +82,7 @@ impl Fleet {
                     produced: false,
                     submitted: now,
                     suspended_since: None,
+                    shape: shape_of(id),
                 },
             );
         }
@@ -155,6 +159,7 @@ impl Fleet {
                 produced: false,
                 submitted: now,
                 suspended_since: None,
+                shape: shape_of(id),
             }
         });
         match state {
@@ -201,26 +206,39 @@ impl Fleet {
     /// (queued, running) jobs. A job is running once the scheduler or a hello says so; a
     /// suspended job is neither (it runs nothing, and work may need a replacement).
     pub fn counts(&self) -> (usize, usize) {
-        let queued = self
-            .jobs
-            .values()
+        self.tally(|_| true)
+    }
+
+    /// (queued, running) jobs of one worker shape.
+    pub fn counts_of(&self, shape: ShapeId) -> (usize, usize) {
+        self.tally(|j| j.shape == shape)
+    }
+
+    fn tally(&self, of: impl Fn(&Job) -> bool) -> (usize, usize) {
+        let jobs = || self.jobs.values().filter(|j| of(j));
+        let queued = jobs()
             .filter(|j| j.state == WorkerState::Pending && j.keys.is_empty())
             .count();
-        let suspended = self
-            .jobs
-            .values()
-            .filter(|j| j.state == WorkerState::Suspended)
-            .count();
-        (queued, self.jobs.len() - queued - suspended)
+        let suspended = jobs().filter(|j| j.state == WorkerState::Suspended).count();
+        (queued, jobs().count() - queued - suspended)
     }
 
     /// The newest `n` jobs that are still queued and never announced a worker: the only
     /// ones that can be given back without losing work.
     pub fn give_back(&self, n: usize) -> Vec<String> {
+        self.give_back_where(n, |_| true)
+    }
+
+    /// Like `give_back`, among the jobs of one worker shape.
+    pub fn give_back_of(&self, shape: ShapeId, n: usize) -> Vec<String> {
+        self.give_back_where(n, |j| j.shape == shape)
+    }
+
+    fn give_back_where(&self, n: usize, of: impl Fn(&Job) -> bool) -> Vec<String> {
         let mut queued: Vec<(u64, &String)> = self
             .jobs
             .iter()
-            .filter(|(_, j)| j.state == WorkerState::Pending && j.keys.is_empty())
+            .filter(|(_, j)| of(j) && j.state == WorkerState::Pending && j.keys.is_empty())
             .map(|(id, j)| (j.seq, id))
             .collect();
         queued.sort_unstable_by(|a, b| b.cmp(a));

@@ -18,6 +18,7 @@ use shoal_core::retention;
 use shoal_core::session::{SessionMeta, SessionState};
 use shoal_core::watch::Waker;
 use shoal_core::SessionDir;
+use shoal_sched::shapes::{ShapeId, Shaped};
 use shoal_sched::{LaunchSpec, Scheduler};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -128,6 +129,10 @@ pub struct Engine {
     metadata: serde_json::Value,
     window: usize,
     history: Option<PathBuf>,
+    /// What workers of a new shape are started with (a TCP session's address included).
+    spec: LaunchSpec,
+    /// The labels of the session's worker shapes, by id (0: the pool's own, "").
+    shapes: Mutex<Vec<String>>,
 }
 
 impl Engine {
@@ -190,7 +195,7 @@ impl Engine {
             dir.clone(),
             shared.clone(),
             tx,
-            spec,
+            spec.clone(),
             options,
             meta,
             broker,
@@ -200,7 +205,7 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("shoal-engine".into())
             .spawn(move || {
-                runner.run(scheduler.as_mut());
+                runner.run(&mut Shaped::new(scheduler));
                 runner.shared.lock().thread_done = true;
                 runner.shared.room.notify_all();
             })
@@ -215,7 +220,36 @@ impl Engine {
             metadata,
             window,
             history,
+            spec,
+            shapes: Mutex::new(vec![String::new()]),
         })
+    }
+
+    /// The worker shape with this label (docs/resources.md), added if new: `build` makes its
+    /// scheduler for the shape id it is given, which must pass its preflight before the
+    /// shape exists. Nothing of it is submitted until a chunk of the shape waits.
+    pub fn add_shape(
+        &self,
+        label: &str,
+        build: impl FnOnce(ShapeId) -> shoal_sched::Result<Box<dyn Scheduler>>,
+    ) -> Result<ShapeId> {
+        let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = shapes.iter().position(|l| l == label) {
+            return Ok(k as ShapeId);
+        }
+        let id = shapes.len() as ShapeId;
+        let mut scheduler = build(id)?;
+        scheduler.preflight(&self.spec)?;
+        {
+            let mut st = self.shared.lock();
+            if st.closed() {
+                return Err(EngineError::Ended);
+            }
+            st.new_shapes.push((label.to_string(), scheduler));
+        }
+        shapes.push(label.to_string());
+        self.waker.wake();
+        Ok(id)
     }
 
     pub fn dir(&self) -> &SessionDir {
@@ -265,6 +299,17 @@ impl Engine {
     /// Publish a chunk of `ntasks` tasks referring to `blobs`; returns (chunk id, session
     /// number of its first task).
     pub fn submit(&self, payload: &[u8], ntasks: u32, blobs: &[u64]) -> Result<(u64, u64)> {
+        self.submit_shaped(payload, ntasks, blobs, 0)
+    }
+
+    /// `submit`, for workers of `shape` (from [`Engine::add_shape`]) only.
+    pub fn submit_shaped(
+        &self,
+        payload: &[u8],
+        ntasks: u32,
+        blobs: &[u64],
+        shape: ShapeId,
+    ) -> Result<(u64, u64)> {
         let header = {
             let st = self.shared.lock();
             if st.closed() {
@@ -292,7 +337,7 @@ impl Engine {
             let mut st = self.shared.lock();
             st.stats.tasks_total += u64::from(ntasks);
             st.blobs.chunk_submitted(blobs);
-            let ended = st.ledger.submit(header.chunk, ntasks);
+            let ended = st.ledger.submit_shaped(header.chunk, ntasks, shape);
             if ended.is_empty() {
                 st.chunks.insert(header.chunk, header.clone());
             }

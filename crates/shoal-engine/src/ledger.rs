@@ -9,6 +9,8 @@
 //!   worker costs only the task it was running (tasks it finished and published are kept,
 //!   tasks it finished but had not yet published run again: execution is at-least-once);
 //! - nothing stays pending forever while a healthy worker is there to take it;
+//! - a chunk goes only to a worker of its *shape* (the resources its map or submit asked
+//!   for, docs/resources.md): each shape has a queue of its own;
 //! - a worker that gives an attempt back (preempted, out of time: a part with a release)
 //!   costs nothing unless its task outlived the job's time limit without a checkpoint, and
 //!   a task released [`MAX_RELEASES`] times in a row fails, so a preemption storm ends.
@@ -21,6 +23,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 pub type ChunkId = u64;
+
+/// A worker shape (0: the pool's own resources); chunks and workers carry one.
+pub type Shape = u32;
 
 /// What a worker last said it was running: (chunk, attempt, task index in the chunk).
 pub type Hint = (ChunkId, u32, u32);
@@ -159,6 +164,7 @@ struct Chunk {
     place: Place,
     started: bool,
     withdrawing: bool,
+    shape: Shape,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -167,6 +173,7 @@ struct Slot {
     held: BTreeSet<ChunkId>,
     /// Takes no new work (stopping, suspended, given back).
     draining: bool,
+    shape: Shape,
 }
 
 #[derive(Debug, Clone)]
@@ -175,7 +182,8 @@ pub struct Ledger {
     /// Assignments a worker may hold beyond the one it runs.
     prefetch: usize,
     chunks: BTreeMap<ChunkId, Chunk>,
-    queue: VecDeque<ChunkId>,
+    /// Chunks waiting for a worker, per shape.
+    queues: BTreeMap<Shape, VecDeque<ChunkId>>,
     workers: HashMap<String, Slot>,
     fenced: HashSet<String>,
 }
@@ -186,7 +194,7 @@ impl Ledger {
             max_attempts: max_attempts.max(1),
             prefetch,
             chunks: BTreeMap::new(),
-            queue: VecDeque::new(),
+            queues: BTreeMap::new(),
             workers: HashMap::new(),
             fenced: HashSet::new(),
         }
@@ -199,6 +207,11 @@ impl Ledger {
     // ------------------------------------------------------------ chunks
 
     pub fn submit(&mut self, chunk: ChunkId, ntasks: u32) -> Vec<Outcome> {
+        self.submit_shaped(chunk, ntasks, 0)
+    }
+
+    /// A chunk for workers of `shape` only.
+    pub fn submit_shaped(&mut self, chunk: ChunkId, ntasks: u32, shape: Shape) -> Vec<Outcome> {
         if ntasks == 0 {
             return vec![Outcome::Ended { chunk }];
         }
@@ -218,9 +231,10 @@ impl Ledger {
                 place: Place::Queued,
                 started: false,
                 withdrawing: false,
+                shape,
             },
         );
-        self.queue.push_back(chunk);
+        self.queues.entry(shape).or_default().push_back(chunk);
         Vec::new()
     }
 
@@ -230,7 +244,22 @@ impl Ledger {
 
     /// Chunks waiting for a worker (not assigned to anyone).
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queues.values().map(VecDeque::len).sum()
+    }
+
+    /// Outstanding chunks of `shape` (queued or held).
+    pub fn outstanding_of(&self, shape: Shape) -> usize {
+        self.chunks.values().filter(|c| c.shape == shape).count()
+    }
+
+    /// The shape of an outstanding chunk.
+    pub fn shape(&self, chunk: ChunkId) -> Option<Shape> {
+        self.chunks.get(&chunk).map(|c| c.shape)
+    }
+
+    /// The shape a worker joined with.
+    pub fn worker_shape(&self, worker: &str) -> Option<Shape> {
+        self.workers.get(worker).map(|s| s.shape)
     }
 
     pub fn contains(&self, chunk: ChunkId) -> bool {
@@ -287,10 +316,15 @@ impl Ledger {
 
     /// A worker announced itself. False if it was fenced: it must not get work.
     pub fn join(&mut self, worker: &str) -> bool {
+        self.join_shaped(worker, 0)
+    }
+
+    /// A worker of `shape` announced itself: it gets chunks of that shape only.
+    pub fn join_shaped(&mut self, worker: &str, shape: Shape) -> bool {
         if self.fenced.contains(worker) {
             return false;
         }
-        self.workers.entry(worker.to_string()).or_default();
+        self.workers.entry(worker.to_string()).or_default().shape = shape;
         true
     }
 
@@ -337,21 +371,34 @@ impl Ledger {
         slot.next_seq - 1
     }
 
-    /// Hand queued chunks to workers with room: the least loaded first, so every worker gets
-    /// one before any gets a second (its prefetch).
+    /// Hand queued chunks to workers of their shape with room: the least loaded first, so
+    /// every worker gets one before any gets a second (its prefetch).
     pub fn assign(&mut self) -> Vec<Assign> {
         let mut out = Vec::new();
-        while !self.queue.is_empty() {
+        let shapes: Vec<Shape> = self.queues.keys().copied().collect();
+        for shape in shapes {
+            self.assign_shape(shape, &mut out);
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+        out
+    }
+
+    fn assign_shape(&mut self, shape: Shape, out: &mut Vec<Assign>) {
+        while self.queues.get(&shape).is_some_and(|q| !q.is_empty()) {
             let Some(worker) = self
                 .workers
                 .iter()
-                .filter(|(_, s)| !s.draining && s.held.len() <= self.prefetch)
+                .filter(|(_, s)| s.shape == shape && !s.draining && s.held.len() <= self.prefetch)
                 .min_by(|a, b| a.1.held.len().cmp(&b.1.held.len()).then(a.0.cmp(b.0)))
                 .map(|(k, _)| k.clone())
             else {
                 break;
             };
-            let id = self.queue.pop_front().expect("not empty");
+            let id = self
+                .queues
+                .get_mut(&shape)
+                .and_then(VecDeque::pop_front)
+                .expect("not empty");
             let seq = self.take_seq(&worker);
             let chunk = self
                 .chunks
@@ -381,7 +428,6 @@ impl Ledger {
                 resume,
             });
         }
-        out
     }
 
     /// A worker claimed its assignment. True the first time any attempt of the chunk starts
@@ -690,7 +736,7 @@ impl Ledger {
             out.push(Outcome::Ended { chunk });
         } else {
             c.place = Place::Queued;
-            self.queue.push_front(chunk);
+            self.queues.entry(c.shape).or_default().push_front(chunk);
         }
         out
     }
@@ -755,7 +801,9 @@ impl Ledger {
         };
         match &c.place {
             Place::Queued if !c.started && c.cursor == 0 => {
-                self.queue.retain(|&q| q != chunk);
+                if let Some(q) = self.queues.get_mut(&c.shape) {
+                    q.retain(|&q| q != chunk);
+                }
                 self.chunks.remove(&chunk);
                 vec![Outcome::Ended { chunk }]
             }
@@ -786,8 +834,9 @@ impl Ledger {
         }
         c.place = Place::Queued;
         c.withdrawing = false;
-        if !self.queue.contains(&chunk) {
-            self.queue.push_front(chunk);
+        let q = self.queues.entry(c.shape).or_default();
+        if !q.contains(&chunk) {
+            q.push_front(chunk);
         }
     }
 
@@ -798,7 +847,9 @@ impl Ledger {
                     s.held.remove(&chunk);
                 }
             }
-            self.queue.retain(|&q| q != chunk);
+            if let Some(q) = self.queues.get_mut(&c.shape) {
+                q.retain(|&q| q != chunk);
+            }
             out.push(Outcome::Ended { chunk });
         }
     }

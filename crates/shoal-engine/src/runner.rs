@@ -18,6 +18,7 @@ use shoal_core::layout::{key_id, Stream};
 use shoal_core::protocol::{ResultHeader, Ticket, TicketKind};
 use shoal_core::session::SessionMeta;
 use shoal_core::{CoreError, SessionDir};
+use shoal_sched::shapes::{shape_of, ShapeId, Shaped};
 use shoal_sched::{LaunchSpec, Scheduler, WorkerState};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -73,11 +74,12 @@ pub(crate) struct Runner {
     journal: Journal,
     progress: Progress,
     start_failures: u32,
-    last_submit: Option<Instant>,
-    /// Since when there have been more queued workers than work (see GIVE_BACK_AFTER).
-    surplus_since: Option<Instant>,
-    /// Since when the work has wanted more workers than there are (see GATHER).
-    wanted_since: Option<Instant>,
+    /// Per worker shape: since when there have been more queued workers than work (see
+    /// GIVE_BACK_AFTER), since when the work has wanted more workers than there are (see
+    /// GATHER), and the last submission.
+    surplus_since: HashMap<ShapeId, Instant>,
+    wanted_since: HashMap<ShapeId, Instant>,
+    last_submit: HashMap<ShapeId, Instant>,
     driver_seq: u64,
     /// New scheduler jobs since the record was last written: write it now, so that a driver
     /// killed right after a submission leaves jobs `shoal cancel` can find.
@@ -122,15 +124,15 @@ impl Runner {
             gone: HashMap::new(),
             progress,
             start_failures: 0,
-            last_submit: None,
-            surplus_since: None,
-            wanted_since: None,
+            last_submit: HashMap::new(),
+            surplus_since: HashMap::new(),
+            wanted_since: HashMap::new(),
             driver_seq: 0,
             jobs_changed: false,
         }
     }
 
-    pub(crate) fn run(&mut self, sched: &mut dyn Scheduler) {
+    pub(crate) fn run(&mut self, sched: &mut Shaped) {
         let max_sleep = if self.network {
             MAX_SLEEP_SHARED
         } else {
@@ -173,6 +175,7 @@ impl Runner {
                 break;
             }
             if !self.failed() {
+                self.adopt_shapes(sched);
                 busy |= self.assign(sched);
                 self.scale(sched);
             }
@@ -251,7 +254,7 @@ impl Runner {
 
     // ------------------------------------------------------------ requests and the broker
 
-    fn serve_requests(&mut self, sched: &mut dyn Scheduler) -> bool {
+    fn serve_requests(&mut self, sched: &mut Shaped) -> bool {
         let (requests, free) = {
             let mut st = self.shared.lock();
             (
@@ -273,12 +276,12 @@ impl Runner {
         any
     }
 
-    fn poll_broker(&mut self, sched: &mut dyn Scheduler) -> bool {
+    fn poll_broker(&mut self, sched: &mut Shaped) -> bool {
         self.broker_events(sched, false)
     }
 
     /// Handle what the broker saw; `now`: scan results and claims whatever the cadence.
-    fn broker_events(&mut self, sched: &mut dyn Scheduler, now: bool) -> bool {
+    fn broker_events(&mut self, sched: &mut Shaped, now: bool) -> bool {
         let polled = if now && self.room() {
             self.broker.poll_now()
         } else {
@@ -365,7 +368,7 @@ impl Runner {
         }
     }
 
-    fn on_hello(&mut self, sched: &mut dyn Scheduler, key: &str) {
+    fn on_hello(&mut self, sched: &mut Shaped, key: &str) {
         let decision = self.fleet.hello(key, Instant::now());
         match decision {
             Welcome::Wait => {}
@@ -378,7 +381,8 @@ impl Runner {
                         "its job started again under the same id (the site reran it)",
                     );
                 }
-                if !self.shared.lock().ledger.join(key) {
+                let shape = shape_of(key_id(key));
+                if !self.shared.lock().ledger.join_shaped(key, shape) {
                     self.fence(sched, key, "it was given up on before", false);
                     return;
                 }
@@ -391,13 +395,7 @@ impl Runner {
         }
     }
 
-    fn on_part(
-        &mut self,
-        sched: &mut dyn Scheduler,
-        header: ResultHeader,
-        payload: Vec<u8>,
-        at: PartRef,
-    ) {
+    fn on_part(&mut self, sched: &mut Shaped, header: ResultHeader, payload: Vec<u8>, at: PartRef) {
         let Some(chunk) = self.shared.lock().chunks.get(&at.chunk).cloned() else {
             self.broker.consumed(at); // its chunk ended: a late duplicate
             return;
@@ -518,7 +516,7 @@ impl Runner {
     /// A worker gave an attempt back (preempted, or its job is out of time): it is leaving,
     /// so it gets no more work and its unclaimed tickets go to others now. The checkpoint
     /// it may have left is remembered for removal when its chunk ends.
-    fn released(&mut self, sched: &mut dyn Scheduler, header: &ResultHeader) {
+    fn released(&mut self, sched: &mut Shaped, header: &ResultHeader) {
         if header.release.as_ref().is_some_and(|r| r.checkpoint) {
             self.checkpoints
                 .entry(header.chunk)
@@ -553,12 +551,7 @@ impl Runner {
     }
 
     /// Carry out ledger outcomes. `worker` is the worker the outcomes concern, if any.
-    fn outcomes(
-        &mut self,
-        sched: &mut dyn Scheduler,
-        outcomes: Vec<Outcome>,
-        worker: Option<&str>,
-    ) {
+    fn outcomes(&mut self, sched: &mut Shaped, outcomes: Vec<Outcome>, worker: Option<&str>) {
         for o in outcomes {
             match o {
                 Outcome::Deliver { .. } => {} // only parts deliver (see on_part)
@@ -666,19 +659,22 @@ impl Runner {
 
     // ------------------------------------------------------------ assignment
 
-    fn assign(&mut self, sched: &mut dyn Scheduler) -> bool {
+    fn assign(&mut self, sched: &mut Shaped) -> bool {
         let assigns = {
             let mut st = self.shared.lock();
             let mut a = st.ledger.assign();
             if a.is_empty() && st.ledger.queued() == 0 {
-                // Idle workers and prefetched tickets elsewhere: move those to the idle ones.
-                let idle = st
-                    .ledger
-                    .idle_workers()
-                    .into_iter()
-                    .filter(|w| !self.detached.contains(w))
-                    .count();
-                if idle > 0 {
+                // Idle workers and prefetched tickets elsewhere: move those to the idle ones
+                // (of the same shape: no other worker could take them).
+                let mut idle: HashMap<ShapeId, usize> = HashMap::new();
+                for w in st.ledger.idle_workers() {
+                    if !self.detached.contains(&w) {
+                        *idle
+                            .entry(st.ledger.worker_shape(&w).unwrap_or(0))
+                            .or_default() += 1;
+                    }
+                }
+                if !idle.is_empty() {
                     let busy: Vec<String> = st
                         .ledger
                         .unclaimed()
@@ -687,8 +683,12 @@ impl Runner {
                         .map(|u| u.2)
                         .collect();
                     let mut steals = Vec::new();
-                    for w in busy.into_iter().take(idle) {
-                        steals.extend(st.ledger.steal_from(&w));
+                    for w in busy {
+                        let shape = st.ledger.worker_shape(&w).unwrap_or(0);
+                        if let Some(n) = idle.get_mut(&shape).filter(|n| **n > 0) {
+                            *n -= 1;
+                            steals.extend(st.ledger.steal_from(&w));
+                        }
                     }
                     drop(st);
                     if !steals.is_empty() {
@@ -730,7 +730,7 @@ impl Runner {
 
     /// A worker incarnation is gone: what it held runs elsewhere (the task it was running
     /// charged one loss).
-    fn lose(&mut self, sched: &mut dyn Scheduler, key: &str, reason: &str) {
+    fn lose(&mut self, sched: &mut Shaped, key: &str, reason: &str) {
         let hint = self.hints.remove(key);
         let (outcomes, requeued) = {
             let mut st = self.shared.lock();
@@ -759,7 +759,7 @@ impl Runner {
 
     /// Workers whose connection ended and whose job the scheduler has not reported ended
     /// within the grace: lost with the connection's reason.
-    fn settle_gone(&mut self, sched: &mut dyn Scheduler) {
+    fn settle_gone(&mut self, sched: &mut Shaped) {
         let grace = GONE_GRACE.max(sched.poll_interval() * 2);
         let due: Vec<(String, String)> = self
             .gone
@@ -779,7 +779,7 @@ impl Runner {
     }
 
     /// A worker left on its own holding nothing (TCP: it said goodbye, then disconnected).
-    fn left(&mut self, sched: &mut dyn Scheduler, key: &str) {
+    fn left(&mut self, sched: &mut Shaped, key: &str) {
         self.gone.remove(key);
         self.journal
             .worker_ended(key_id(key), WorkerEnd::Exited, "");
@@ -807,7 +807,7 @@ impl Runner {
 
     /// Give up on a worker: it must never get work again and should exit. `cancel`: also
     /// cancel its job (it cannot be trusted to exit by itself).
-    fn fence(&mut self, sched: &mut dyn Scheduler, key: &str, reason: &str, cancel: bool) {
+    fn fence(&mut self, sched: &mut Shaped, key: &str, reason: &str, cancel: bool) {
         // Counted first: whoever sees the fence file sees the count too. A fenced worker that
         // held a claimed chunk is also a lost one (docs/protocol.md: every such loss counts).
         {
@@ -840,13 +840,14 @@ impl Runner {
         }
     }
 
-    fn poll_scheduler(&mut self, sched: &mut dyn Scheduler) -> bool {
+    fn poll_scheduler(&mut self, sched: &mut Shaped) -> bool {
         for note in sched.notes() {
             self.progress
                 .println(&format!("shoal {}: {note}", self.dir.id()));
         }
         for (worker, job) in sched.placed() {
-            self.journal.worker_submitted(&worker, Some(&job));
+            let shown = shown_job(sched, &worker, &job);
+            self.journal.worker_submitted(&worker, Some(&shown));
             self.jobs_changed = true;
         }
         let events = match sched.poll() {
@@ -939,7 +940,7 @@ impl Runner {
         any
     }
 
-    fn start_failure(&mut self, sched: &mut dyn Scheduler, id: &str, reason: &str) {
+    fn start_failure(&mut self, sched: &mut Shaped, id: &str, reason: &str) {
         self.start_failures += 1;
         if self.start_failures < self.options.max_start_failures {
             return;
@@ -959,7 +960,7 @@ impl Runner {
         self.fail(sched, msg);
     }
 
-    fn check_liveness(&mut self, sched: &mut dyn Scheduler) {
+    fn check_liveness(&mut self, sched: &mut Shaped) {
         let Some(timeout) = self.options.heartbeat_timeout else {
             return;
         };
@@ -983,7 +984,7 @@ impl Runner {
         }
     }
 
-    fn check_suspended(&mut self, sched: &mut dyn Scheduler) {
+    fn check_suspended(&mut self, sched: &mut Shaped) {
         for keys in self
             .fleet
             .suspended_past(self.options.suspend_grace, Instant::now())
@@ -996,13 +997,13 @@ impl Runner {
         }
     }
 
-    fn check_strangers(&mut self, sched: &mut dyn Scheduler) {
+    fn check_strangers(&mut self, sched: &mut Shaped) {
         for key in self.fleet.strangers() {
             self.on_hello(sched, &key);
         }
     }
 
-    fn audit(&mut self, sched: &mut dyn Scheduler) {
+    fn audit(&mut self, sched: &mut Shaped) {
         let assignments: Vec<(u64, u32, String, u64, bool)> = {
             let st = self.shared.lock();
             let mut v: Vec<_> = st
@@ -1036,54 +1037,77 @@ impl Runner {
 
     // ------------------------------------------------------------ scaling
 
-    fn scale(&mut self, sched: &mut dyn Scheduler) {
-        let outstanding = self.shared.lock().ledger.outstanding();
-        let (queued, running) = self.fleet.counts();
-        let target = if sched.keep_warm() {
-            sched.capacity()
+    /// Shapes the caller added (`Engine::add_shape`): their schedulers join the session's.
+    fn adopt_shapes(&mut self, sched: &mut Shaped) {
+        let new = std::mem::take(&mut self.shared.lock().new_shapes);
+        for (label, scheduler) in new {
+            sched.add(label, scheduler);
+        }
+    }
+
+    /// Keep each worker shape's workers in line with its work: a shape's workers are asked
+    /// for only while chunks of that shape are outstanding, and its queued ones given back
+    /// when none are (its running ones exit by themselves once idle).
+    fn scale(&mut self, sched: &mut Shaped) {
+        for shape in sched.shapes() {
+            self.scale_shape(sched, shape);
+        }
+    }
+
+    fn scale_shape(&mut self, sched: &mut Shaped, shape: ShapeId) {
+        let outstanding = self.shared.lock().ledger.outstanding_of(shape);
+        let (queued, running) = self.fleet.counts_of(shape);
+        let warm = sched.keep_warm_of(shape);
+        let capacity = sched.capacity_of(shape);
+        let target = if warm {
+            capacity
         } else {
-            sched.capacity().min(outstanding)
+            capacity.min(outstanding)
         };
-        if !sched.keep_warm() {
+        if !warm {
             let surplus = fleet::surplus(target, queued, running);
             if surplus > 0 {
-                let since = *self.surplus_since.get_or_insert_with(Instant::now);
+                let since = *self.surplus_since.entry(shape).or_insert_with(Instant::now);
                 let patience = GIVE_BACK_AFTER.max(sched.poll_interval() * 2);
                 if since.elapsed() >= patience {
-                    self.give_back(sched, surplus);
-                    self.surplus_since = None;
+                    let ids = self.fleet.give_back_of(shape, surplus);
+                    self.give_back(sched, ids);
+                    self.surplus_since.remove(&shape);
                 }
                 return;
             }
-            self.surplus_since = None;
+            self.surplus_since.remove(&shape);
         }
         let active = queued + running;
         if active >= target {
-            self.wanted_since = None;
+            self.wanted_since.remove(&shape);
             return;
         }
-        if !sched.keep_warm() {
-            let since = *self.wanted_since.get_or_insert_with(Instant::now);
+        if !warm {
+            let since = *self.wanted_since.entry(shape).or_insert_with(Instant::now);
             if since.elapsed() < GATHER {
                 return;
             }
         }
-        self.wanted_since = None;
+        self.wanted_since.remove(&shape);
         // While workers are still queued, work arriving in a trickle (single submits) is
         // grouped into one submission per poll interval instead of one array per chunk.
         let recently = self
             .last_submit
+            .get(&shape)
             .is_some_and(|t| t.elapsed() < sched.poll_interval());
-        if !sched.keep_warm() && queued > 0 && recently {
+        if !warm && queued > 0 && recently {
             return;
         }
-        match sched.submit(&self.spec, target - active) {
+        match sched.submit_to(shape, &self.spec, target - active) {
             Ok(ids) => {
                 // Their jobs are named when the submission goes through (`placed`).
                 for id in &ids {
-                    self.journal.worker_submitted(id, None);
+                    let shown = shown_job(sched, id, "");
+                    self.journal
+                        .worker_submitted(id, Some(shown.as_str()).filter(|s| !s.is_empty()));
                 }
-                self.last_submit = Some(Instant::now());
+                self.last_submit.insert(shape, Instant::now());
                 self.shared.lock().stats.workers_started += ids.len() as u64;
                 self.fleet.submitted(&ids, Instant::now());
             }
@@ -1091,9 +1115,9 @@ impl Runner {
         }
     }
 
-    /// Cancel up to `n` queued jobs that never announced a worker: they hold nothing.
-    fn give_back(&mut self, sched: &mut dyn Scheduler, n: usize) {
-        let ids = self.fleet.give_back(n);
+    /// Cancel queued jobs that never announced a worker (`Fleet::give_back`): they hold
+    /// nothing.
+    fn give_back(&mut self, sched: &mut Shaped, ids: Vec<String>) {
         if ids.is_empty() {
             return;
         }
@@ -1106,7 +1130,7 @@ impl Runner {
         self.refresh(sched);
     }
 
-    fn stop_gracefully(&mut self, sched: &mut dyn Scheduler, grace: Duration) {
+    fn stop_gracefully(&mut self, sched: &mut Shaped, grace: Duration) {
         let keys: Vec<String> = self
             .fleet
             .ids()
@@ -1127,7 +1151,8 @@ impl Runner {
         if !sched.keep_warm() {
             // Queued workers have nothing to finish: do not wait for them to start.
             let (queued, _) = self.fleet.counts();
-            self.give_back(sched, queued);
+            let ids = self.fleet.give_back(queued);
+            self.give_back(sched, ids);
         }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline && !self.fleet.is_empty() {
@@ -1139,7 +1164,7 @@ impl Runner {
         self.poll_broker(sched);
     }
 
-    fn fail(&mut self, sched: &mut dyn Scheduler, message: String) {
+    fn fail(&mut self, sched: &mut Shaped, message: String) {
         let _ = sched.cancel_all();
         {
             let mut st = self.shared.lock();
@@ -1154,7 +1179,7 @@ impl Runner {
 
     /// A filesystem error on the driver's side. A full filesystem ends the session with that
     /// reason; other errors are noted and the loop goes on (the next try may succeed).
-    fn io_failed(&mut self, sched: &mut dyn Scheduler, e: impl Into<crate::EngineError>) {
+    fn io_failed(&mut self, sched: &mut Shaped, e: impl Into<crate::EngineError>) {
         let e = e.into();
         if e_is_no_space(&e) {
             self.fail(sched, e.to_string());
@@ -1185,7 +1210,7 @@ impl Runner {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    fn refresh(&mut self, sched: &dyn Scheduler) {
+    fn refresh(&mut self, sched: &Shaped) {
         let (queued, running) = self.fleet.counts();
         let mut st = self.shared.lock();
         st.stats.workers_running = running as u64;
@@ -1194,7 +1219,7 @@ impl Runner {
         st.jobs = sched.job_ids();
     }
 
-    fn write_meta(&mut self, sched: &mut dyn Scheduler) {
+    fn write_meta(&mut self, sched: &mut Shaped) {
         self.refresh(sched);
         let st = self.shared.lock();
         record::apply(&mut self.meta, &st.stats, &st.jobs);
@@ -1208,6 +1233,17 @@ impl Runner {
         }
         self.journal.tasks_total(total);
         self.journal.flush();
+    }
+}
+
+/// A worker's job as `shoal top`/`show` list it: the scheduler's name for it, and the label
+/// of its worker shape when it has one (`1234_5 (cpus=2)`).
+fn shown_job(sched: &Shaped, worker: &str, job: &str) -> String {
+    let label = sched.label(shape_of(worker));
+    match (job.is_empty(), label.is_empty()) {
+        (_, true) => job.to_string(),
+        (true, false) => format!("({label})"),
+        (false, false) => format!("{job} ({label})"),
     }
 }
 

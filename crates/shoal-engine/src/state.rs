@@ -34,6 +34,9 @@ pub struct State {
     pub requests: Vec<Outcome>,
     /// Blobs whose file can go.
     pub free_blobs: Vec<u64>,
+    /// Worker shapes added by the caller, with their preflighted schedulers, for the engine
+    /// thread to take on.
+    pub new_shapes: Vec<(String, Box<dyn shoal_sched::Scheduler>)>,
 }
 
 impl State {
@@ -52,6 +55,7 @@ impl State {
             jobs: Vec::new(),
             requests: Vec::new(),
             free_blobs: Vec::new(),
+            new_shapes: Vec::new(),
         }
     }
 

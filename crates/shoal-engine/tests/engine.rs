@@ -53,6 +53,8 @@ struct ThreadScheduler {
     started: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     submit_error: Option<String>,
+    /// What its worker ids start with (`s1w` for worker shape 1).
+    prefix: &'static str,
 }
 
 impl ThreadScheduler {
@@ -65,6 +67,7 @@ impl ThreadScheduler {
             started: Arc::new(AtomicUsize::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
             submit_error: None,
+            prefix: "t",
         }
     }
 }
@@ -91,7 +94,11 @@ impl Scheduler for ThreadScheduler {
         }
         let mut ids = vec![];
         for _ in 0..n {
-            let id = format!("t{}", self.started.fetch_add(1, Ordering::SeqCst));
+            let id = format!(
+                "{}{}",
+                self.prefix,
+                self.started.fetch_add(1, Ordering::SeqCst)
+            );
             let behaviour = {
                 let mut plan = self.plan.lock().unwrap();
                 if plan.is_empty() {
@@ -815,4 +822,62 @@ fn the_journal_records_workers_chunks_retries_and_the_end() {
     );
     let copy = Log::read(&t.path().join("history").join("s.journal")).unwrap();
     assert_eq!(copy.events, log.events, "the history keeps a copy");
+}
+
+#[test]
+fn a_shapes_chunks_run_only_on_its_workers_which_start_only_for_its_work() {
+    let (_t, engine) = start(ThreadScheduler::new(2, vec![]), options());
+    let mut gpu = ThreadScheduler::new(2, vec![]);
+    gpu.prefix = "s1w";
+    let gpu_started = gpu.started.clone();
+    let shape = engine
+        .add_shape("gpus=1", move |id| {
+            assert_eq!(id, 1);
+            Ok(Box::new(gpu))
+        })
+        .unwrap();
+    assert_eq!(shape, 1);
+    let again = engine.add_shape("gpus=1", |_| panic!("an existing shape is not rebuilt"));
+    assert_eq!(again.unwrap(), 1);
+    let mut shape_of = HashMap::new();
+    for i in 0..10u32 {
+        let (c, _) = engine.submit(format!("p{i}").as_bytes(), 1, &[]).unwrap();
+        shape_of.insert(c, 0);
+    }
+    let mut ran_on = HashMap::new();
+    let take = |engine: &Engine, n: usize, ran_on: &mut HashMap<u64, String>| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ran_on.len() < n {
+            assert!(Instant::now() < deadline, "timed out: {ran_on:?}");
+            for ev in engine.events(Duration::from_millis(50)) {
+                if let Event::Result { header, .. } = ev {
+                    ran_on.insert(header.chunk, header.worker.clone());
+                }
+            }
+        }
+    };
+    take(&engine, 10, &mut ran_on);
+    assert_eq!(
+        gpu_started.load(Ordering::SeqCst),
+        0,
+        "no worker of a shape without work"
+    );
+    for i in 0..10u32 {
+        let (c, _) = engine
+            .submit_shaped(format!("g{i}").as_bytes(), 1, &[], shape)
+            .unwrap();
+        shape_of.insert(c, 1);
+        let (c, _) = engine.submit(format!("q{i}").as_bytes(), 1, &[]).unwrap();
+        shape_of.insert(c, 0);
+    }
+    take(&engine, 30, &mut ran_on);
+    assert!(gpu_started.load(Ordering::SeqCst) >= 1);
+    for (chunk, worker) in &ran_on {
+        let shaped = worker.starts_with("s1w");
+        assert_eq!(
+            shaped,
+            shape_of[chunk] == 1,
+            "chunk {chunk} ran on {worker}"
+        );
+    }
 }

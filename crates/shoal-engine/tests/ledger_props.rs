@@ -3,17 +3,22 @@
 //! duplicated, from abandoned attempts, short), corrupt results, workers lost with or without
 //! saying what they ran, suspended, fenced, revokes won or lost, vanished files, withdrawals.
 //!
+//! Chunks and workers come in two shapes (the resources a map asked for).
+//!
 //! Checked after every step: every task of a chunk is resolved exactly once and in order; an
-//! ended chunk never speaks again; no task is charged more than `max_attempts` losses. Checked
-//! at the end: once a healthy worker is there, every chunk ends.
+//! ended chunk never speaks again; no task is charged more than `max_attempts` losses; a chunk
+//! never reaches a worker of another shape. Checked at the end: once a healthy worker of each
+//! shape is there, every chunk ends.
 
 use proptest::prelude::*;
-use shoal_engine::ledger::{Assign, Cause, ChunkId, Ledger, Outcome, PartFate, PartInfo, Released};
+use shoal_engine::ledger::{
+    Assign, Cause, ChunkId, Ledger, Outcome, PartFate, PartInfo, Released, Shape,
+};
 use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Submit(u32),
+    Submit(u32, Shape),
     Join(u8),
     Assign,
     Claim(usize),
@@ -54,7 +59,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (1u32..9).prop_map(Op::Submit),
+        2 => (1u32..9, 0u32..2).prop_map(|(n, shape)| Op::Submit(n, shape)),
         2 => (0u8..4).prop_map(Op::Join),
         4 => Just(Op::Assign),
         4 => (0usize..16).prop_map(Op::Claim),
@@ -93,6 +98,7 @@ struct World {
     max_attempts: u32,
     next_chunk: ChunkId,
     ntasks: BTreeMap<ChunkId, u32>,
+    shapes: BTreeMap<ChunkId, Shape>,
     /// Next task index each chunk must resolve (the model of the prefix).
     resolved: BTreeMap<ChunkId, u32>,
     ended: BTreeMap<ChunkId, bool>,
@@ -112,6 +118,7 @@ impl World {
             max_attempts,
             next_chunk: 0,
             ntasks: BTreeMap::new(),
+            shapes: BTreeMap::new(),
             resolved: BTreeMap::new(),
             ended: BTreeMap::new(),
             withdrawn: BTreeMap::new(),
@@ -126,6 +133,28 @@ impl World {
     /// Workers are named by slot and incarnation: a lost worker's slot comes back as a new one.
     fn worker(&self, slot: u8) -> String {
         format!("w{slot}+{}", self.epoch.get(&slot).copied().unwrap_or(0))
+    }
+
+    /// Slots 0 and 2 are workers of shape 0, slots 1 and 3 of shape 1.
+    fn shape_of_worker(worker: &str) -> Shape {
+        match worker.strip_prefix('w').and_then(|w| w.split('+').next()) {
+            Some(slot) => slot.parse::<Shape>().map_or(0, |s| s % 2),
+            None => worker.starts_with("healthy1").into(),
+        }
+    }
+
+    /// Every assignment goes to a worker of its chunk's shape.
+    fn check_shapes(&self, assigned: &[Assign]) -> Result<(), TestCaseError> {
+        for a in assigned {
+            prop_assert_eq!(
+                self.shapes[&a.chunk],
+                Self::shape_of_worker(&a.worker),
+                "chunk {} reached {}, a worker of another shape",
+                a.chunk,
+                &a.worker
+            );
+        }
+        Ok(())
     }
 
     fn chunk_at(&self, i: usize) -> Option<ChunkId> {
@@ -198,22 +227,24 @@ impl World {
 
     fn step(&mut self, op: Op) -> Result<(), TestCaseError> {
         match op {
-            Op::Submit(n) => {
+            Op::Submit(n, shape) => {
                 let id = self.next_chunk;
                 self.next_chunk += 1;
                 self.ntasks.insert(id, n);
+                self.shapes.insert(id, shape);
                 self.resolved.insert(id, 0);
                 self.ended.insert(id, false);
                 self.withdrawn.insert(id, false);
-                let o = self.ledger.submit(id, n);
+                let o = self.ledger.submit_shaped(id, n, shape);
                 self.apply(o)?;
             }
             Op::Join(slot) => {
                 let w = self.worker(slot);
-                self.ledger.join(&w);
+                self.ledger.join_shaped(&w, Self::shape_of_worker(&w));
             }
             Op::Assign => {
                 let a = self.ledger.assign();
+                self.check_shapes(&a)?;
                 for x in &a {
                     prop_assert!(self.ledger.contains(x.chunk));
                     prop_assert_eq!(x.from, self.resolved[&x.chunk]);
@@ -429,7 +460,7 @@ impl World {
         self.check_bounds()
     }
 
-    /// A healthy worker arrives; every other worker is lost, every pending revoke answered,
+    /// A healthy worker of each shape arrives; every other worker is lost, every pending revoke answered,
     /// and the healthy one runs whatever it gets to the end. Everything must end.
     fn drain(&mut self) -> Result<(), TestCaseError> {
         for slot in 0..4u8 {
@@ -453,12 +484,14 @@ impl World {
             let o = self.ledger.revoked(chunk, attempt, true);
             self.apply(o)?;
         }
-        prop_assert!(self.ledger.join("healthy+0"));
+        prop_assert!(self.ledger.join_shaped("healthy0+0", 0));
+        prop_assert!(self.ledger.join_shaped("healthy1+0", 1));
         for _ in 0..10_000 {
             if self.ledger.outstanding() == 0 {
                 break;
             }
             let assigned = self.ledger.assign();
+            self.check_shapes(&assigned)?;
             prop_assert!(
                 !assigned.is_empty() || !self.revokes.is_empty(),
                 "outstanding chunks but nothing to assign: {} left",

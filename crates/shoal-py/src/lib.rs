@@ -71,6 +71,10 @@ struct Session {
     path: PathBuf,
     /// The record in the sessions dir of a session kept on node-local storage (a symlink).
     link: Option<PathBuf>,
+    /// What a worker shape is built from: the backend, the pool size, the pool's options.
+    backend: String,
+    workers: usize,
+    backend_options: serde_json::Value,
 }
 
 impl Session {
@@ -121,6 +125,7 @@ impl Session {
         let metadata = json("metadata", metadata)?;
         let scheduler =
             shoal_sched::build(backend, workers, &backend_options).map_err(|e| sched_err(py, e))?;
+        let shape_base = (backend.to_string(), workers, backend_options.clone());
         let node_local = (work_dir.is_none() && backend == "local")
             .then(local_backend_base)
             .flatten();
@@ -179,6 +184,9 @@ impl Session {
                 id,
                 path: root,
                 link,
+                backend: shape_base.0,
+                workers: shape_base.1,
+                backend_options: shape_base.2,
             }),
             Err(e) => {
                 // Nothing ran: leave no trace of a session that never started.
@@ -216,18 +224,43 @@ impl Session {
         })
     }
 
-    /// Publish a chunk referring to `blobs`; returns (chunk id, first task number).
-    #[pyo3(signature = (payload, ntasks, blobs=Vec::new()))]
+    /// Publish a chunk referring to `blobs`, for workers of `shape`; returns (chunk id,
+    /// first task number).
+    #[pyo3(signature = (payload, ntasks, blobs=Vec::new(), shape=0))]
     fn submit(
         &self,
         py: Python<'_>,
         payload: &[u8],
         ntasks: u32,
         blobs: Vec<u64>,
+        shape: u32,
     ) -> PyResult<(u64, u64)> {
         self.with(py, |e| {
-            py.detach(|| e.submit(payload, ntasks, &blobs))
+            py.detach(|| e.submit_shaped(payload, ntasks, &blobs, shape))
                 .map_err(|x| engine_err(py, x))
+        })
+    }
+
+    /// The worker shape for a call's `resources` (a JSON object), checked against the
+    /// registry and preflighted (docs/resources.md); returns (shape id, label). The same
+    /// resources give the same shape.
+    fn add_shape(&self, py: Python<'_>, resources: &str) -> PyResult<(u32, String)> {
+        let resources: serde_json::Map<String, serde_json::Value> = serde_json::from_str(resources)
+            .map_err(|e| PyValueError::new_err(format!("resources: {e}")))?;
+        let shape = shoal_sched::shapes::resolve(&self.backend, &self.backend_options, &resources)
+            .map_err(|e| sched_err(py, e))?;
+        if shape.label.is_empty() {
+            return Ok((0, String::new()));
+        }
+        self.with(py, |e| {
+            let id = py
+                .detach(|| {
+                    e.add_shape(&shape.label, |id| {
+                        shoal_sched::build_shape(&self.backend, self.workers, &shape.options, id)
+                    })
+                })
+                .map_err(|x| engine_err(py, x))?;
+            Ok((id, shape.label.clone()))
         })
     }
 

@@ -18,6 +18,7 @@ pub mod options;
 pub mod registry;
 pub mod runner;
 pub mod sge;
+pub mod shapes;
 pub mod shell;
 pub mod slurm;
 pub mod supervisor;
@@ -272,6 +273,19 @@ pub fn build(
     Ok(Box::new(supervisor::Supervisor::new(backend(
         name, workers, options,
     )?)))
+}
+
+/// The scheduler of worker shape `shape` (docs/resources.md): the backend built from the
+/// shape's options ([`shapes::resolve`]), supervised, its worker ids marked with the shape.
+pub fn build_shape(
+    name: &str,
+    workers: usize,
+    options: &serde_json::Value,
+    shape: shapes::ShapeId,
+) -> Result<Box<dyn Scheduler>> {
+    Ok(Box::new(
+        supervisor::Supervisor::new(backend(name, workers, options)?).for_shape(shape),
+    ))
 }
 
 /// Cancel scheduler jobs recorded in a session file whose driver is gone (`shoal cancel`),

@@ -82,6 +82,9 @@ pub struct Opt {
     pub portable: Option<&'static str>,
     /// Set (uncommented) in the `shoal.toml` that `shoal init` writes.
     pub starter: bool,
+    /// A resource a map or submit may ask for on its own (`resources={...}`,
+    /// docs/resources.md): each distinct set of them is a worker shape.
+    pub per_call: bool,
 }
 
 const fn opt(
@@ -101,6 +104,7 @@ const fn opt(
         example,
         portable: None,
         starter: false,
+        per_call: false,
     }
 }
 
@@ -119,6 +123,10 @@ impl Opt {
     }
     const fn starter(mut self) -> Opt {
         self.starter = true;
+        self
+    }
+    const fn per_call(mut self) -> Opt {
+        self.per_call = true;
         self
     }
 }
@@ -174,6 +182,9 @@ pub struct Backend {
     pub cancel: Option<Cancel>,
     /// The option that takes raw scheduler arguments, named in "unknown option" hints.
     pub raw: Option<&'static str>,
+    /// Per-call resources that only label a worker shape (the local backend's `cpus`: its
+    /// workers are processes on this machine, whatever they are asked for).
+    pub labels: &'static [Opt],
 }
 
 impl Backend {
@@ -219,16 +230,16 @@ pub const GENERIC: &[Opt] = &[
 
 #[rustfmt::skip]
 const SLURM: &[Opt] = &[
-    opt("cpus", Kind::Count, "--cpus-per-task", "1", "CPUs per worker").portable("request_cpus").starter(),
-    opt("memory", Kind::Memory, "--mem", "\"2G\"", "memory per worker").unit("MB").portable("request_memory"),
-    opt("time", Kind::Time, "--time", "\"1h\"", "time limit per worker job (Slurm rounds up to minutes)").starter(),
-    opt("partition", Kind::Name, "--partition", "\"debug\"", "partition; checked against `scontrol show partition`"),
+    opt("cpus", Kind::Count, "--cpus-per-task", "1", "CPUs per worker").portable("request_cpus").starter().per_call(),
+    opt("memory", Kind::Memory, "--mem", "\"2G\"", "memory per worker").unit("MB").portable("request_memory").per_call(),
+    opt("time", Kind::Time, "--time", "\"1h\"", "time limit per worker job (Slurm rounds up to minutes)").starter().per_call(),
+    opt("partition", Kind::Name, "--partition", "\"debug\"", "partition; checked against `scontrol show partition`").per_call(),
     opt("account", Kind::Name, "--account", "\"myproject\"", "account to charge"),
-    opt("qos", Kind::Name, "--qos", "\"normal\"", "quality of service"),
-    opt("constraint", Kind::Text, "--constraint", "\"a100\"", "node features the job needs"),
+    opt("qos", Kind::Name, "--qos", "\"normal\"", "quality of service").per_call(),
+    opt("constraint", Kind::Text, "--constraint", "\"a100\"", "node features the job needs").per_call(),
     opt("reservation", Kind::Name, "--reservation", "\"maint\"", "reservation to run in"),
-    opt("gpus", Kind::Count, "--gres=gpu:N", "1", "GPUs per worker (combined with `gres`)").portable("request_gpus"),
-    opt("gres", Kind::Name, "--gres", "\"gpu:a100:1\"", "generic resources per worker"),
+    opt("gpus", Kind::Count, "--gres=gpu:N", "1", "GPUs per worker (combined with `gres`)").portable("request_gpus").per_call(),
+    opt("gres", Kind::Name, "--gres", "\"gpu:a100:1\"", "generic resources per worker").per_call(),
     opt("job_name", Kind::Name, "--job-name", "\"shoal\"", "job name").default("shoal"),
     opt("export", Kind::Name, "--export", "\"ALL\"", "environment the jobs get from the driver").default("ALL"),
     opt("sbatch_args", Kind::Args, "(raw)", "[\"--exclusive\"]", "extra sbatch arguments, placed last so they win"),
@@ -241,13 +252,13 @@ const SLURM: &[Opt] = &[
 
 #[rustfmt::skip]
 const SGE: &[Opt] = &[
-    opt("queue", Kind::Text, "-q", "\"all.q\"", "queue(s); checked against `qconf -sql`"),
-    opt("pe", Kind::Name, "-pe NAME SLOTS", "\"smp\"", "parallel environment (with `slots`)"),
-    opt("slots", Kind::Count, "-pe NAME SLOTS", "2", "slots per worker in `pe`").portable("request_cpus"),
-    opt("resources", Kind::Resources, "-l", "{ h_vmem = \"2G\" }", "resource requests; memory and time complexes are parsed as sizes and durations"),
-    opt("time", Kind::Time, "-l h_rt=", "\"1h\"", "time limit per worker job (same as `h_rt`)").starter(),
-    opt("h_rt", Kind::Time, "-l h_rt=", "\"1:00:00\"", "time limit per worker job (same as `time`)"),
-    opt("gpus", Kind::Count, "-l gpu=N", "1", "GPUs per worker, requested as the site's GPU complex (`gpu_resource`)").portable("request_gpus"),
+    opt("queue", Kind::Text, "-q", "\"all.q\"", "queue(s); checked against `qconf -sql`").per_call(),
+    opt("pe", Kind::Name, "-pe NAME SLOTS", "\"smp\"", "parallel environment (with `slots`)").per_call(),
+    opt("slots", Kind::Count, "-pe NAME SLOTS", "2", "slots per worker in `pe`").portable("request_cpus").per_call(),
+    opt("resources", Kind::Resources, "-l", "{ h_vmem = \"2G\" }", "resource requests; memory and time complexes are parsed as sizes and durations").per_call(),
+    opt("time", Kind::Time, "-l h_rt=", "\"1h\"", "time limit per worker job (same as `h_rt`)").starter().per_call(),
+    opt("h_rt", Kind::Time, "-l h_rt=", "\"1:00:00\"", "time limit per worker job (same as `time`)").per_call(),
+    opt("gpus", Kind::Count, "-l gpu=N", "1", "GPUs per worker, requested as the site's GPU complex (`gpu_resource`)").portable("request_gpus").per_call(),
     opt("gpu_resource", Kind::Name, "-l NAME=N", "\"gpu\"", "the site's consumable complex for GPUs (`qconf -sc` lists them)").default("gpu"),
     opt("project", Kind::Name, "-P", "\"myproject\"", "project"),
     opt("job_name", Kind::Name, "-N", "\"shoal\"", "job name").default("shoal"),
@@ -262,13 +273,13 @@ const SGE: &[Opt] = &[
 
 #[rustfmt::skip]
 const HTCONDOR: &[Opt] = &[
-    opt("request_cpus", Kind::Count, "request_cpus", "1", "CPUs per worker").portable("request_cpus").starter(),
-    opt("request_memory", Kind::Memory, "request_memory", "\"1G\"", "memory per worker").unit("MB").portable("request_memory").starter(),
-    opt("request_disk", Kind::Memory, "request_disk", "\"1G\"", "scratch disk per worker").unit("MB").portable("request_disk"),
-    opt("request_gpus", Kind::Count, "request_gpus", "1", "GPUs per worker").portable("request_gpus"),
-    opt("allowed_job_duration", Kind::Time, "allowed_job_duration", "\"1h\"", "time limit per worker job; the worker stops before it (docs/checkpoints.md)"),
+    opt("request_cpus", Kind::Count, "request_cpus", "1", "CPUs per worker").portable("request_cpus").starter().per_call(),
+    opt("request_memory", Kind::Memory, "request_memory", "\"1G\"", "memory per worker").unit("MB").portable("request_memory").starter().per_call(),
+    opt("request_disk", Kind::Memory, "request_disk", "\"1G\"", "scratch disk per worker").unit("MB").portable("request_disk").per_call(),
+    opt("request_gpus", Kind::Count, "request_gpus", "1", "GPUs per worker").portable("request_gpus").per_call(),
+    opt("allowed_job_duration", Kind::Time, "allowed_job_duration", "\"1h\"", "time limit per worker job; the worker stops before it (docs/checkpoints.md)").per_call(),
     opt("universe", Kind::Name, "universe", "\"vanilla\"", "vanilla, container or docker").default("vanilla").portable("universe"),
-    opt("requirements", Kind::Text, "requirements", "'OpSys == \"LINUX\"'", "a ClassAd expression; checked with `condor_submit -dry-run`"),
+    opt("requirements", Kind::Text, "requirements", "'OpSys == \"LINUX\"'", "a ClassAd expression; checked with `condor_submit -dry-run`").per_call(),
     opt("pool", Kind::Text, "-pool", "\"cm.example.org:9618\"", "central manager to use").portable("pool"),
     opt("schedd", Kind::Text, "-name", "\"submit1.example.org\"", "schedd to submit to").portable("schedd"),
     opt("accounting_group", Kind::Text, "accounting_group", "\"group_physics\"", "accounting group"),
@@ -279,6 +290,12 @@ const HTCONDOR: &[Opt] = &[
         .portable("extra_directives"),
     opt("poll_interval", Kind::Seconds, "", "0.5", "seconds between event-log reads").unit("s").default("0.5").portable("poll_interval"),
     opt("log_dir", Kind::Path, "log", "\"/shared/condor-logs\"", "where the job event log goes").default("the session dir").portable("log_dir_prefix"),
+    opt("workers_per_job", Kind::Count, "N x request_cpus, request_memory", "4", "worker processes in one job (ids `bB-P.K`, a local fan-out); the job asks for N times `request_cpus` (at least N), `request_memory`, `request_disk` and `request_gpus`").default("1"),
+];
+
+#[rustfmt::skip]
+const LOCAL_LABELS: &[Opt] = &[
+    opt("cpus", Kind::Count, "", "2", "a label for the shape (local workers are processes on this machine)").per_call(),
 ];
 
 pub const BACKENDS: &[Backend] = &[
@@ -296,6 +313,7 @@ pub const BACKENDS: &[Backend] = &[
         worker_id: WorkerId::Flag,
         cancel: None,
         raw: None,
+        labels: LOCAL_LABELS,
     },
     Backend {
         name: "slurm",
@@ -314,6 +332,7 @@ pub const BACKENDS: &[Backend] = &[
             gone: &["Invalid job id", "does not exist"],
         }),
         raw: Some("sbatch_args"),
+        labels: &[],
     },
     Backend {
         name: "htcondor",
@@ -332,6 +351,7 @@ pub const BACKENDS: &[Backend] = &[
             gone: &["Couldn't find", "not found"],
         }),
         raw: Some("extra_directives"),
+        labels: &[],
     },
     Backend {
         name: "sge",
@@ -350,6 +370,7 @@ pub const BACKENDS: &[Backend] = &[
             gone: &["does not exist", "Invalid job id"],
         }),
         raw: Some("qsub_args"),
+        labels: &[],
     },
 ];
 
@@ -577,8 +598,14 @@ pub fn markdown_table(name: &str) -> String {
     } else {
         backend(name).map(|b| b.options).unwrap_or(&[])
     };
-    let mut s =
-        String::from("| option | type | default | becomes | meaning |\n|---|---|---|---|---|\n");
+    // Backends mark the options a map or submit may ask for on its own (docs/resources.md).
+    let per_call = name != "generic";
+    let mut s = String::from("| option | type | default | becomes | meaning |");
+    s.push_str(if per_call {
+        " per call |\n|---|---|---|---|---|---|\n"
+    } else {
+        "\n|---|---|---|---|---|\n"
+    });
     for o in options {
         let kind = match o.unit {
             Some(u) => format!("{} ({u})", o.kind.describe()),
@@ -590,11 +617,15 @@ pub fn markdown_table(name: &str) -> String {
             format!("`{}`", o.flag)
         };
         s.push_str(&format!(
-            "| `{}` | {kind} | {} | {flag} | {} |\n",
+            "| `{}` | {kind} | {} | {flag} | {} |",
             o.name,
             o.default.unwrap_or(""),
             o.doc.replace('|', "\\|")
         ));
+        if per_call {
+            s.push_str(if o.per_call { " yes |" } else { " |" });
+        }
+        s.push('\n');
     }
     s
 }

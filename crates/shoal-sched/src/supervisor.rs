@@ -72,9 +72,13 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The tag the batch's ids start with (`b3`), as job scripts and log patterns use it.
+    /// The tag the batch's ids start with (`b3`, or `s1b3` for a worker shape's batch), as
+    /// job scripts and log patterns use it: the ids' own, so the two never disagree.
     pub fn tag(&self) -> String {
-        format!("b{}", self.number)
+        match self.ids.first().and_then(|id| id.split_once('-')) {
+            Some((tag, _)) => tag.to_string(),
+            None => format!("b{}", self.number),
+        }
     }
 }
 
@@ -107,6 +111,10 @@ pub trait Backend: Send + 'static {
     }
 
     fn ids(&self) -> IdScheme;
+
+    /// It runs the workers of a worker shape whose ids start with `prefix`
+    /// (`crate::shapes`): files it writes per session must be its own.
+    fn for_shape(&mut self, _prefix: &str) {}
 
     /// Check options and environment and read the site's limits before anything is
     /// submitted; returns messages for the user (e.g. a cap that shapes the session).
@@ -210,6 +218,8 @@ pub struct Supervisor {
     next_batch: u64,
     next_seq: u64,
     policy: Policy,
+    /// What its worker ids start with: a worker shape's mark (`crate::shapes::prefix`).
+    prefix: String,
 }
 
 impl Supervisor {
@@ -229,7 +239,17 @@ impl Supervisor {
             next_batch: 0,
             next_seq: 0,
             policy: Policy::default(),
+            prefix: String::new(),
         }
+    }
+
+    /// Workers of this supervisor are those of worker shape `shape`: their ids say so.
+    pub fn for_shape(mut self, shape: crate::shapes::ShapeId) -> Supervisor {
+        self.prefix = crate::shapes::prefix(shape);
+        if let Some(b) = self.backend.as_mut() {
+            b.for_shape(&self.prefix);
+        }
+        self
     }
 
     pub fn with_policy(mut self, policy: Policy) -> Supervisor {
@@ -271,7 +291,7 @@ impl Supervisor {
             IdScheme::Sequential => (0..n)
                 .map(|_| {
                     self.next_seq += 1;
-                    format!("w{:04}", self.next_seq)
+                    format!("{}w{:04}", self.prefix, self.next_seq)
                 })
                 .collect(),
             IdScheme::Array {
@@ -279,10 +299,13 @@ impl Supervisor {
                 per_job,
             } if per_job > 1 => (0..(n as u64).div_ceil(per_job))
                 .flat_map(|e| (0..per_job).map(move |k| (e, k)))
-                .map(|(e, k)| format!("b{}-{}.{k}", self.next_batch, first_index + e))
+                .map(|(e, k)| {
+                    let index = first_index + e;
+                    format!("{}b{}-{index}.{k}", self.prefix, self.next_batch)
+                })
                 .collect(),
             IdScheme::Array { first_index, .. } => (0..n as u64)
-                .map(|k| format!("b{}-{}", self.next_batch, first_index + k))
+                .map(|k| format!("{}b{}-{}", self.prefix, self.next_batch, first_index + k))
                 .collect(),
         };
         Batch {

@@ -244,6 +244,9 @@ pub struct ArrayBackend<A: Adapter> {
     cancel_wait: Duration,
     /// Batches whose submission failed: before trying again, look for what it created.
     failed_batches: BTreeSet<String>,
+    /// The worker shape it runs (`crate::shapes::prefix`): its job script is its own, since
+    /// a shape's time limit is written into it.
+    shape: String,
 }
 
 impl<A: Adapter> ArrayBackend<A> {
@@ -266,6 +269,7 @@ impl<A: Adapter> ArrayBackend<A> {
             last_loss: String::new(),
             cancel_wait: CANCEL_CONFIRM,
             failed_batches: BTreeSet::new(),
+            shape: String::new(),
         }
     }
 
@@ -632,6 +636,10 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
         }
     }
 
+    fn for_shape(&mut self, prefix: &str) {
+        self.shape = prefix.to_string();
+    }
+
     fn preflight(&mut self, spec: &LaunchSpec) -> Result<Vec<String>> {
         for tool in self.adapter.info().tools {
             if self.run.find(tool).is_none() {
@@ -651,9 +659,13 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
         }
         let exit_dir = spec.session.sub("exit");
         create_private_dir(&exit_dir)?;
+        let shape = match self.shape.as_str() {
+            "" => String::new(),
+            s => format!("-{s}"),
+        };
         let script = spec
             .session
-            .sub(&format!("{}-worker.sh", self.adapter.info().name));
+            .sub(&format!("{}-worker{shape}.sh", self.adapter.info().name));
         write_atomic(&script, &[self.script_text(spec, &exit_dir)?.as_bytes()])?;
         self.tick = if shoal_core::fskind::detect(spec.session.root()).is_network() {
             SHARED_TICK

@@ -92,8 +92,10 @@ struct Job {
     ended_run: Option<(String, u64)>,
     hold: Option<Hold>,
     missing: u32,
-    /// The shoal worker id (`bBATCH-PROC`).
-    worker: String,
+    /// The shoal worker ids (`bBATCH-PROC`; with workers_per_job `bBATCH-PROC.K`).
+    workers: Vec<String>,
+    /// Those the engine cancelled: the job is removed once all are.
+    cancelled: BTreeSet<String>,
     suspended: bool,
 }
 
@@ -106,9 +108,10 @@ struct Hold {
 }
 
 impl Job {
-    fn new(worker: String) -> Self {
+    fn new(workers: Vec<String>) -> Self {
         Job {
-            worker,
+            workers,
+            cancelled: BTreeSet::new(),
             suspended: false,
             phase: Phase::Idle,
             ran: false,
@@ -210,10 +213,12 @@ impl HtcondorBackend {
         let Some(job) = self.jobs.get(&id) else {
             return;
         };
-        self.events.push(WorkerEvent {
-            worker: job.worker.clone(),
-            state,
-        });
+        for worker in &job.workers {
+            self.events.push(WorkerEvent {
+                worker: worker.clone(),
+                state: state.clone(),
+            });
+        }
     }
 
     /// Report a job's worker as lost (once) and remove the job so it never starts again.
@@ -708,7 +713,7 @@ impl Backend for HtcondorBackend {
     fn ids(&self) -> IdScheme {
         IdScheme::Array {
             first_index: 0,
-            per_job: 1,
+            per_job: self.opts.per_job.max(1) as u64,
         }
     }
 
@@ -803,7 +808,14 @@ impl Backend for HtcondorBackend {
             self.log = Some(LogReader::new(self.event_log_path(spec)));
         }
         let log = self.event_log_path(spec);
-        let desc = submit::description(&self.opts, spec, &log, &batch.tag(), n);
+        let per_job = self.opts.per_job.max(1);
+        if per_job > 1 {
+            let script = spec.session.sub(submit::FANOUT);
+            let text = submit::fanout_script(&self.opts, spec);
+            shoal_core::fsutil::write_atomic(&script, &[text.as_bytes()])?;
+        }
+        let procs = n.div_ceil(per_job);
+        let desc = submit::description(&self.opts, spec, &log, &batch.tag(), procs);
         let file = spec.session.sub(&format!("condor-{}.sub", batch.tag()));
         std::fs::write(&file, &desc).map_err(|e| shoal_core::CoreError::io(&file, e))?;
         // The latest description also under a fixed name, for people and tests.
@@ -817,8 +829,8 @@ impl Backend for HtcondorBackend {
                 &format!("unexpected output {:?}", out.stdout.trim()),
             )
         })?;
-        for (id, worker) in ids.iter().zip(&batch.ids) {
-            self.jobs.insert(*id, Job::new(worker.clone()));
+        for (id, workers) in ids.iter().zip(batch.ids.chunks(per_job)) {
+            self.jobs.insert(*id, Job::new(workers.to_vec()));
         }
         Ok(())
     }
@@ -848,7 +860,13 @@ impl Backend for HtcondorBackend {
         let wanted: BTreeSet<&String> = workers.iter().collect();
         let mut ids = Vec::new();
         for (id, job) in self.jobs.iter_mut() {
-            if wanted.contains(&job.worker) && job.phase != Phase::Done {
+            let before = job.cancelled.len();
+            job.cancelled
+                .extend(job.workers.iter().filter(|w| wanted.contains(w)).cloned());
+            // With workers_per_job a sibling may still be working: the job goes once none
+            // of its workers is wanted (a fenced worker exits by itself).
+            let all = job.cancelled.len() == job.workers.len();
+            if job.cancelled.len() > before && all && job.phase != Phase::Done {
                 job.removed = true;
                 job.alive = false;
                 ids.push(id.to_string());
@@ -927,7 +945,10 @@ impl Backend for HtcondorBackend {
     }
 
     fn job_of(&self, worker: &str) -> Option<String> {
-        let (id, _) = self.jobs.iter().find(|(_, j)| j.worker == worker)?;
+        let (id, _) = self
+            .jobs
+            .iter()
+            .find(|(_, j)| j.workers.iter().any(|w| w == worker))?;
         Some(format!("{}.{}", id.cluster, id.proc))
     }
 

@@ -57,6 +57,8 @@ pub struct CondorOptions {
     pub extra_directives: Vec<String>,
     pub poll_interval: Duration,
     pub log_dir: Option<PathBuf>,
+    /// Worker processes per job (`workers_per_job`): a local fan-out, [`fanout_script`].
+    pub per_job: usize,
 }
 
 impl Default for CondorOptions {
@@ -69,6 +71,7 @@ impl Default for CondorOptions {
             allowed_job_duration: None,
             universe: "vanilla".into(),
             requirements: None,
+            per_job: 1,
             pool: None,
             schedd: None,
             accounting_group: None,
@@ -131,6 +134,7 @@ impl CondorOptions {
             accounting_group: opts.text("accounting_group")?,
             initial_dir: opts.path("initial_dir")?,
             log_dir: opts.path("log_dir")?,
+            per_job: opts.count("workers_per_job")?.map_or(1, |n| n as usize),
             ..CondorOptions::default()
         };
         if let Some(v) = opts.get("universe") {
@@ -219,6 +223,42 @@ pub fn quote_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     format!("\"{}\"", parts.join(" "))
 }
 
+/// The fan-out script's name in the session dir (and in a TCP job's sandbox).
+pub const FANOUT: &str = "condor-worker.sh";
+
+/// The script a job of `workers_per_job` workers runs (`sh condor-worker.sh ID`): it starts
+/// the workers `ID.0` .. `ID.{N-1}`, passes SIGTERM (a vacate, condor_rm) on to them, and
+/// exits with the worst of their statuses. On the work-dir transport each worker's output
+/// goes to its own log files; on TCP the worker streams it to the driver.
+pub fn fanout_script(o: &CondorOptions, spec: &LaunchSpec) -> String {
+    use crate::shell::sh_quote;
+    let argv: Vec<String> = spec.worker_argv(None).iter().map(|a| sh_quote(a)).collect();
+    let argv = argv.join(" ");
+    let redirect = if spec.connect.is_some() {
+        String::new()
+    } else {
+        let logs = sh_quote(&spec.session.sub("logs").display().to_string());
+        format!(" >>{logs}/\"$id.out\" 2>>{logs}/\"$id.err\"")
+    };
+    format!(
+        "#!/bin/sh\n# shoal: {n} workers in one HTCondor job (workers_per_job), written by shoal\n\
+         element=$1; pids=; k=0\n\
+         while [ $k -lt {n} ]; do\n\
+         \x20 id=\"$element.$k\"\n\
+         \x20 {argv} --worker-id \"$id\"{redirect} &\n\
+         \x20 pids=\"$pids $!\"; k=$((k + 1))\n\
+         done\n\
+         trap 'kill -TERM $pids 2>/dev/null' TERM\n\
+         worst=0\n\
+         for pid in $pids; do\n\
+         \x20 while :; do wait \"$pid\"; rc=$?; [ \"$rc\" -gt 128 ] && kill -0 \"$pid\" 2>/dev/null || break; done\n\
+         \x20 [ \"$rc\" -ne 0 ] && worst=$rc\n\
+         done\n\
+         exit $worst\n",
+        n = o.per_job.max(1),
+    )
+}
+
 /// The submit description for `n` workers of batch `tag`: one cluster, `queue n`, worker
 /// id `TAG-$(Process)`, output and error exactly where `SessionDir::log` says.
 pub fn description(
@@ -229,7 +269,20 @@ pub fn description(
     n: usize,
 ) -> String {
     let id = format!("{tag}-$(Process)");
-    let argv = spec.worker_argv(Some(&id));
+    let per_job = o.per_job.max(1);
+    let script = spec.session.sub(FANOUT);
+    // workers_per_job: the job is the fan-out script, started with the job's id; it starts
+    // the workers `ID.K` (HTCondor has no job script of its own).
+    let argv = if per_job > 1 {
+        let shipped = if spec.connect.is_some() {
+            FANOUT.to_string()
+        } else {
+            script.display().to_string()
+        };
+        vec!["/bin/sh".to_string(), shipped, id.clone()]
+    } else {
+        spec.worker_argv(Some(&id))
+    };
     let mut d = String::new();
     let mut line = |k: &str, v: &str| {
         d.push_str(k);
@@ -270,7 +323,11 @@ pub fn description(
             line("should_transfer_files", "YES");
             line("when_to_transfer_output", "ON_EXIT");
             let (var, file) = &c.token_file;
-            line("transfer_input_files", &file.display().to_string());
+            let mut input = file.display().to_string();
+            if per_job > 1 {
+                input.push_str(&format!(",{}", script.display()));
+            }
+            line("transfer_input_files", &input);
             let name = file
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -297,18 +354,22 @@ pub fn description(
         Some(GetEnv::Names(n)) => line("getenv", n),
         None => {}
     }
-    if let Some(c) = o.request_cpus {
-        line("request_cpus", &c.to_string());
+    // Requests are per worker: a job of N workers asks for N times each (N CPUs at least).
+    let n_per = per_job as u64;
+    match o.request_cpus {
+        Some(c) => line("request_cpus", &(u64::from(c) * n_per).to_string()),
+        None if per_job > 1 => line("request_cpus", &n_per.to_string()),
+        None => {}
     }
     if let Some(m) = o.request_memory {
-        line("request_memory", &m.megabytes().to_string());
+        line("request_memory", &(m.megabytes() * n_per).to_string());
     }
     if let Some(disk) = o.request_disk {
         // request_disk is in KiB.
-        line("request_disk", &disk.0.div_ceil(1024).to_string());
+        line("request_disk", &(disk.0.div_ceil(1024) * n_per).to_string());
     }
     if let Some(g) = o.request_gpus {
-        line("request_gpus", &g.to_string());
+        line("request_gpus", &(u64::from(g) * n_per).to_string());
     }
     if let Some(r) = &o.requirements {
         line("requirements", r);

@@ -524,3 +524,80 @@ fn schedd_caps_are_read_ahead() {
     };
     assert!(f.sched.transient(&e));
 }
+
+#[test]
+fn a_gpu_shape_asks_for_its_gpus_and_cpus_in_its_own_description() {
+    let base = json!({"request_cpus": 1, "request_memory": "1G"});
+    let resources = json!({"request_gpus": 2, "request_cpus": 8});
+    let shape = crate::shapes::resolve("htcondor", &base, resources.as_object().unwrap()).unwrap();
+    let opts = CondorOptions::from_json(&shape.options).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = crate::testing::fake_spec(tmp.path(), "sess-g");
+    let log = spec.session.sub("condor.log");
+    let desc = submit::description(&opts, &spec, &log, "s1b2", 3);
+    for line in [
+        "request_cpus = 8",
+        "request_memory = 1024",
+        "request_gpus = 2",
+        "--worker-id s1b2-$(Process)",
+        "queue 3",
+    ] {
+        assert!(desc.contains(line), "{line:?} missing from\n{desc}");
+    }
+    let base_desc = submit::description(
+        &CondorOptions::from_json(&base).unwrap(),
+        &spec,
+        &log,
+        "b2",
+        3,
+    );
+    assert!(!base_desc.contains("request_gpus"), "{base_desc}");
+}
+
+#[test]
+fn workers_per_job_runs_a_fan_out_and_scales_the_requests() {
+    let o = CondorOptions::from_json(
+        &json!({"workers_per_job": 3, "request_memory": "1G", "request_gpus": 1}),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = crate::testing::fake_spec(tmp.path(), "sess-n");
+    let log = spec.session.sub("condor.log");
+    let desc = submit::description(&o, &spec, &log, "b2", 4);
+    let script = spec.session.sub(submit::FANOUT).display().to_string();
+    for line in [
+        "executable = /bin/sh".to_string(),
+        format!("arguments = \"{script} b2-$(Process)\""),
+        "request_cpus = 3".into(),
+        "request_memory = 3072".into(),
+        "request_gpus = 3".into(),
+        "queue 4".into(),
+    ] {
+        assert!(desc.contains(&line), "{line:?} missing from\n{desc}");
+    }
+    let text = submit::fanout_script(&o, &spec);
+    assert!(text.contains("while [ $k -lt 3 ]; do"), "{text}");
+    assert!(text.contains("--worker-id \"$id\" >>"), "{text}");
+    assert!(
+        text.contains("trap 'kill -TERM $pids 2>/dev/null' TERM"),
+        "{text}"
+    );
+    // run it: three workers (here `echo`s of their id) and the worst status
+    let fake = tmp.path().join("fake.sh");
+    std::fs::write(
+        &fake,
+        text.replace(&spec.worker_argv(None).join(" "), "echo"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("/bin/sh")
+        .arg(&fake)
+        .arg("b2-7")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for k in 0..3 {
+        let path = spec.session.sub("logs").join(format!("b2-7.{k}.out"));
+        let got = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(got.trim(), format!("--worker-id b2-7.{k}"));
+    }
+}

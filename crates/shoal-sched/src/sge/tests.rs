@@ -441,3 +441,48 @@ fn cancel_deletes_particular_tasks() {
     f.exit("b1-2", "137\n");
     assert!(s.poll().unwrap().iter().all(|e| e.worker != "b1-2"));
 }
+
+#[test]
+fn a_gpu_shape_submits_its_own_request_and_script_beside_the_pools() {
+    let f = Fake::new();
+    let base = json!({"queue": "all.q", "resources": "h_vmem=1G", "gpu_resource": "nvidia"});
+    let resources = json!({"gpus": 2, "time": "30m"});
+    let shape = crate::shapes::resolve("sge", &base, resources.as_object().unwrap()).unwrap();
+    let mut pool = f.sched(base.clone());
+    let mut gpu = f.sched(shape.options);
+    gpu.for_shape(&crate::shapes::prefix(1));
+    pool.preflight(&f.spec()).unwrap();
+    gpu.preflight(&f.spec()).unwrap();
+    pool.submit(&f.spec(), &batch(1, 2)).unwrap();
+    let shaped = Batch {
+        number: 1,
+        ids: vec!["s1b1-1".into()],
+    };
+    gpu.submit(&f.spec(), &shaped).unwrap();
+    let calls = f.calls();
+    let submits: Vec<&str> = calls.lines().filter(|l| l.contains(" -t 1-")).collect();
+    assert_eq!(submits.len(), 2, "{calls}");
+    assert!(
+        submits[0].contains("-l h_vmem=1024M ") && !submits[0].contains("nvidia"),
+        "{}",
+        submits[0]
+    );
+    assert!(submits[0].ends_with("sge-worker.sh b1"), "{}", submits[0]);
+    assert!(
+        submits[1].contains(" -l h_vmem=1024M,h_rt=0:30:00,nvidia=2 -t 1-1 "),
+        "{}",
+        submits[1]
+    );
+    assert!(
+        submits[1].contains("/logs/s1b1-$TASK_ID.out"),
+        "{}",
+        submits[1]
+    );
+    assert!(
+        submits[1].ends_with("sge-worker-s1.sh s1b1"),
+        "{}",
+        submits[1]
+    );
+    let script = std::fs::read_to_string(f.session.sub("sge-worker-s1.sh")).unwrap();
+    assert!(script.contains("SHOAL_WALLTIME=1800;"), "{script}");
+}

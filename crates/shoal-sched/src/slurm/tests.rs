@@ -528,3 +528,40 @@ fn the_job_script_fans_out_and_passes_sigterm_on() {
     s.cancel(&["b1-0.1".into(), "b1-0.2".into()]).unwrap();
     assert!(f.log("scancel").contains("100_0"), "{}", f.log("scancel"));
 }
+
+#[test]
+fn a_gpu_shape_submits_its_own_request_and_script_beside_the_pools() {
+    // One session, the pool's shape and a shape of `resources={"gpus": 1, "cpus": 4,
+    // "time": "45m"}`: each array asks for its own resources, and each job script tells its
+    // workers their own time limit.
+    let f = Fake::new();
+    let base = json!({"cpus": 1, "time": "10m", "partition": "short"});
+    let resources = json!({"gpus": 1, "cpus": 4, "time": "45m"});
+    let shape = crate::shapes::resolve("slurm", &base, resources.as_object().unwrap()).unwrap();
+    assert_eq!(shape.label, "cpus=4,gpus=1,time=45m");
+    let mut pool = f.sched(base);
+    let mut gpu = f.sched(shape.options);
+    gpu.for_shape(&crate::shapes::prefix(1));
+    pool.preflight(&f.spec).unwrap();
+    gpu.preflight(&f.spec).unwrap();
+    pool.submit(&f.spec, &batch(1, 2)).unwrap();
+    let shaped = Batch {
+        number: 1,
+        ids: vec!["s1b1-0".into()],
+    };
+    gpu.submit(&f.spec, &shaped).unwrap();
+    let log = f.log("sbatch");
+    let calls: Vec<&str> = log.lines().filter(|l| !l.contains("--test-only")).collect();
+    let root = f.spec.session.root().display().to_string();
+    let cwd = f.spec.cwd.display().to_string();
+    assert_eq!(
+        calls,
+        [
+            format!("--parsable --array=0-1 --job-name=shoal --output={root}/logs/b1-%a.out --error={root}/logs/b1-%a.err --chdir={cwd} --export=ALL --no-requeue --ntasks=1 --cpus-per-task=1 --time=0-00:10:00 --partition=short {root}/slurm-worker.sh b1"),
+            format!("--parsable --array=0-0 --job-name=shoal --output={root}/logs/s1b1-%a.out --error={root}/logs/s1b1-%a.err --chdir={cwd} --export=ALL --no-requeue --ntasks=1 --cpus-per-task=4 --time=0-00:45:00 --partition=short --gres=gpu:1 {root}/slurm-worker-s1.sh s1b1"),
+        ]
+    );
+    let script = |name: &str| fs::read_to_string(f.spec.session.sub(name)).unwrap();
+    assert!(script("slurm-worker.sh").contains("SHOAL_WALLTIME=600;"));
+    assert!(script("slurm-worker-s1.sh").contains("SHOAL_WALLTIME=2700;"));
+}
