@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 
-
 # TRANSPORT=tcp (benches/htcondor/run): shoal's workers connect back over TCP, and every
 # contender's jobs run as on a pool without a shared filesystem (file transfer on).
 TRANSPORT = os.environ.get("SHOAL_BENCH_TRANSPORT", "fs")
