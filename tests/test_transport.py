@@ -410,3 +410,64 @@ def test_a_killed_tcp_driver_leaves_no_job_behind(tmp_path) -> None:
         left = jobs("PD,R,CG,S")
         if left:
             subprocess.run(["scancel", *left], capture_output=True)
+
+
+OWN_MODULE = """
+SCALE = 3
+
+
+def helper(x):
+    return x
+
+
+def triple(x):
+    return helper(x) * SCALE
+
+
+class Box:
+    def __init__(self, v):
+        self.v = v
+
+
+def boxed(x):
+    return Box(x)
+"""
+
+OWN_MODULE_DRIVER = """
+import os, shutil, sys
+sys.path.insert(0, sys.argv[1])
+import own_mod_for_tcp as m
+import shoal
+# The workers cannot import it any more, as on a node that has none of the driver's files.
+os.remove(m.__file__)
+shutil.rmtree(os.path.join(sys.argv[1], "__pycache__"), ignore_errors=True)
+for t in sys.argv[2:]:
+    try:
+        with shoal.Pool(2, transport=t) as p:
+            boxes = p.map(m.boxed, range(2))
+            print(t, p.map(m.triple, range(4)), all(isinstance(b, m.Box) for b in boxes))
+    except Exception as e:
+        print(t, "ERR", type(e).__name__, str(e).splitlines()[0])
+"""
+
+
+def test_a_tcp_session_sends_the_users_own_modules_by_value(tmp_path) -> None:
+    # A module of the user's own (not installed) is unknown on the nodes of a TCP session: it
+    # travels by value, like __main__, and what comes back is of the driver's own classes.
+    (tmp_path / "own_mod_for_tcp.py").write_text(OWN_MODULE)
+    script = tmp_path / "driver.py"
+    script.write_text(OWN_MODULE_DRIVER)
+
+    def run(*transports: str, **env: str) -> list[str]:
+        res = subprocess.run(
+            [sys.executable, str(script), str(tmp_path), *transports],
+            capture_output=True, text=True, timeout=120, env={**os.environ, **env},
+        )  # fmt: skip
+        return [ln for ln in res.stdout.splitlines() if ln.startswith(transports)]
+
+    fs, tcp = run("fs", "tcp")
+    assert fs.startswith("fs ERR") and "No module named 'own_mod_for_tcp'" in fs, fs
+    assert tcp == "tcp [0, 3, 6, 9] True", tcp
+    (tmp_path / "own_mod_for_tcp.py").write_text(OWN_MODULE)
+    [off] = run("tcp", SHOAL_PICKLE_BY_VALUE="0")
+    assert off.startswith("tcp ERR") and "own_mod_for_tcp" in off, off

@@ -24,7 +24,7 @@ import weakref
 from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
 from shoal import _backends, _calls, _native, _output, _progress
-from shoal._pickling import _name
+from shoal._pickling import _name, send_own_modules_by_value
 from shoal._pickling import diagnose as _diagnose
 from shoal._pickling import dumps as _dumps
 from shoal.errors import (
@@ -293,6 +293,10 @@ class Driver:
         )
         self.id: str = self._native.id
         self.path: str = str(self._native.path)
+        with open(os.path.join(self.path, "session.json")) as f:
+            self.transport: str = json.load(f).get("transport", "fs")
+        if self.transport == "tcp":
+            send_own_modules_by_value()  # the nodes have none of the driver's files
         self.calls = _calls.Calls(self.path)  # tasks named as the user sees them
         self._display = (
             _progress.NotebookProgress(self.id, backend, self.stats) if notebook else None

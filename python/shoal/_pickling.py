@@ -62,15 +62,86 @@ def cloud_dumps(obj: Any) -> bytes:
     return buf.getvalue()
 
 
+# The user's own modules (not the standard library's, not an installed package's) that travel
+# by value like __main__, once a TCP session exists in this process: its workers run where
+# the driver's files are not (docs/transport-tcp.md). Names as they appear in a pickle.
+_by_value: set[bytes] = set()
+_scanned = -1  # len(sys.modules) at the last look; -1: no TCP session yet
+
+
+def send_own_modules_by_value() -> None:
+    """From now on, send the modules of the user's own code by value (a TCP session). Set
+    SHOAL_PICKLE_BY_VALUE=0 when the workers can import them (an installed package)."""
+    global _scanned
+    import os
+
+    if os.environ.get("SHOAL_PICKLE_BY_VALUE", "1") == "0":
+        return
+    if _scanned < 0:
+        _scanned = 0
+    _register_new_modules()
+
+
+def _installed_roots() -> tuple[str, ...]:
+    import os
+    import site
+    import sysconfig
+
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    dirs.update(p for p in sysconfig.get_paths().values() if p)
+    try:
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except AttributeError:  # a virtualenv's stripped site module
+        pass
+    return tuple(os.path.realpath(d) + os.sep for d in dirs if d)
+
+
+def _register_new_modules() -> None:
+    """Register the own modules imported since the last look (cheap when none were)."""
+    global _scanned
+    if _scanned < 0 or len(sys.modules) == _scanned:
+        return
+    import os
+
+    import cloudpickle
+
+    _scanned = len(sys.modules)
+    roots = _installed_roots()
+    for name, mod in list(sys.modules.items()):
+        file = getattr(mod, "__file__", None)
+        if (
+            name == "__main__"
+            or name.split(".")[0] == "shoal"
+            or name.encode() in _by_value
+            or not isinstance(file, str)
+            or not file.endswith(".py")  # extension modules cannot travel
+        ):
+            continue
+        real = os.path.realpath(file)
+        if real.startswith(roots) or os.sep + "site-packages" + os.sep in real:
+            continue
+        try:
+            cloudpickle.register_pickle_by_value(mod)
+        except ValueError:  # not importable under that name (e.g. run as a script)
+            continue
+        _by_value.add(name.encode())
+
+
 def dumps(obj: Any) -> bytes:
     # The C pickler is several times faster on plain data. Anything defined in __main__
-    # (or a lambda, a closure) must travel by value, which only cloudpickle does.
+    # (or a lambda, a closure) must travel by value, which only cloudpickle does; so must the
+    # user's own modules once a TCP session exists.
     try:
         data = pickle.dumps(obj, protocol=PROTOCOL)
     except Exception:
         return cloud_dumps(obj)
     if b"__main__" in data:
         return cloud_dumps(obj)
+    if _scanned >= 0:
+        _register_new_modules()
+        if any(name in data for name in _by_value):
+            return cloud_dumps(obj)
     return data
 
 

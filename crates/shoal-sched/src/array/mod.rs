@@ -366,14 +366,17 @@ impl<A: Adapter> ArrayBackend<A> {
             s.push_str("exit $rc\n");
             return Ok(s);
         }
-        // workers_per_job: N workers `ELEMENT.K`, each with its own log files.
+        // workers_per_job: N workers `ELEMENT.K`, each with its own log files (on TCP each
+        // streams its output to the driver instead: the nodes cannot see the session dir).
         let logs = sh_quote(&spec.session.sub("logs").display().to_string());
+        let redirect = match spec.connect {
+            Some(_) => String::new(),
+            None => format!(" >>{logs}/\"$SHOAL_WORKER_ID.out\" 2>>{logs}/\"$SHOAL_WORKER_ID.err\""),
+        };
         s.push_str("element=$SHOAL_WORKER_ID; pids=\nk=0\n");
         s.push_str(&format!("while [ $k -lt {per_job} ]; do\n"));
         s.push_str("  SHOAL_WORKER_ID=\"$element.$k\"; export SHOAL_WORKER_ID\n");
-        s.push_str(&format!(
-            "  {argv} >>{logs}/\"$SHOAL_WORKER_ID.out\" 2>>{logs}/\"$SHOAL_WORKER_ID.err\" &\n"
-        ));
+        s.push_str(&format!("  {argv}{redirect} &\n"));
         s.push_str("  pids=\"$pids $!\"; k=$((k + 1))\ndone\n");
         s.push_str("trap 'kill -TERM $pids 2>/dev/null' TERM\n");
         s.push_str("k=0; worst=0\nfor pid in $pids; do\n");

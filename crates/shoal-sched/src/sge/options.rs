@@ -279,6 +279,12 @@ impl SgeOptions {
     /// `tag` is the batch's, which the worker ids and log names start with.
     pub fn qsub_common(&self, spec: &LaunchSpec, tag: &str) -> Vec<String> {
         let logs = spec.session.sub("logs");
+        // On TCP the nodes cannot see the session dir; the worker streams its output to the
+        // driver, which stores it in logs/ itself.
+        let log = |ext: &str| match spec.connect {
+            Some(_) => "/dev/null".to_string(),
+            None => format!("{}/{tag}-$TASK_ID.{ext}", logs.display()),
+        };
         let mut a: Vec<String> = vec![
             "-terse".into(),
             "-N".into(),
@@ -291,9 +297,9 @@ impl SgeOptions {
             spec.cwd.display().to_string(),
             // SGE expands $TASK_ID in these paths: logs/<worker id>.out|.err
             "-o".into(),
-            format!("{}/{tag}-$TASK_ID.out", logs.display()),
+            log("out"),
             "-e".into(),
-            format!("{}/{tag}-$TASK_ID.err", logs.display()),
+            log("err"),
             "-j".into(),
             "n".into(),
         ];

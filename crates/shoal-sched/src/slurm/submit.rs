@@ -43,12 +43,16 @@ pub fn sbatch_argv(
 ) -> Vec<String> {
     let mut a = vec!["--parsable".to_string(), array_spec(n, throttle)];
     a.push(format!("--job-name={}", opts.job_name));
-    // Worker ids are TAG-INDEX, so TAG-%a is exactly logs/<worker>.out|err.
-    let log = |stream| {
-        spec.session
+    // Worker ids are TAG-INDEX, so TAG-%a is exactly logs/<worker>.out|err. On TCP the nodes
+    // cannot see the session dir (a path there fails the job's launch) and the worker streams
+    // its output to the driver, which stores it in those files itself.
+    let log = |stream| match spec.connect {
+        Some(_) => "/dev/null".to_string(),
+        None => spec
+            .session
             .log(&format!("{tag}-%a"), stream)
             .display()
-            .to_string()
+            .to_string(),
     };
     a.push(format!("--output={}", log(Stream::Stdout)));
     a.push(format!("--error={}", log(Stream::Stderr)));
@@ -185,6 +189,24 @@ mod tests {
         let o = SlurmOptions::from_json(8, &json!({"workers_per_job": 2, "cpus": 3})).unwrap();
         let a = sbatch_argv(&spec(), &o, "s.sh", "b1", 1, 1);
         assert!(a.contains(&"--cpus-per-task=6".to_string()), "{a:?}");
+    }
+
+    #[test]
+    fn a_tcp_session_sends_the_job_output_nowhere_the_nodes_cannot_reach() {
+        // The nodes cannot see the session dir: an --output there fails the launch
+        // (JobLaunchFailure, 0:53 on the isolated cluster); the worker streams its output.
+        let mut spec = spec();
+        spec.connect = Some(crate::Connect {
+            addr: "10.0.0.4:7000".into(),
+            fingerprint: "fp".into(),
+            token: ("SHOAL_TOKEN".into(), "secret".into()),
+            token_file: ("SHOAL_TOKEN_FILE".into(), "/shared/s/abc/shoal-token".into()),
+        });
+        let o = SlurmOptions::from_json(1, &json!({})).unwrap();
+        let a = sbatch_argv(&spec, &o, "s.sh", "b1", 2, 2);
+        assert!(a.contains(&"--output=/dev/null".to_string()), "{a:?}");
+        assert!(a.contains(&"--error=/dev/null".to_string()), "{a:?}");
+        assert!(!a.iter().any(|x| x.contains("secret")), "{a:?}");
     }
 
     #[test]
