@@ -28,10 +28,11 @@ Result = tuple[int, str, int, str, float, float, bool]
 
 
 def condor_job() -> str:
-    """CLUSTER.PROC of the HTCondor job running this process ("" elsewhere), from its job ad."""
+    """CLUSTER.PROC of the HTCondor job running this process, from its job ad; on Slurm the
+    job's id (JOBID, which scancel takes); "" elsewhere."""
     ad = os.environ.get("_CONDOR_JOB_AD")
     if not ad:
-        return ""
+        return os.environ.get("SLURM_JOB_ID", "")
     attrs = dict(ln.split(" = ", 1) for ln in open(ad).read().splitlines() if " = " in ln)
     return f"{attrs['ClusterId']}.{attrs['ProcId']}"
 
@@ -83,7 +84,13 @@ def main() -> int:
         opts["python_path"] = a.python_path
     with shoal.Pool(a.workers, backend=a.backend, **opts) as p:
         path = p._driver.path
-        emit("session", id=p.session, path=path, driver_pid=os.getpid())
+        emit(
+            "session",
+            id=p.session,
+            path=path,
+            driver_pid=os.getpid(),
+            transport=p._driver.transport,
+        )
         items = [(x, a.seconds, ran_dir, path) for x in range(a.tasks)]
         it = p.imap_unordered(task, items, chunksize=1)
         while True:

@@ -89,6 +89,7 @@ def _steps(log: str) -> int:
 
 @pytest.mark.slurm
 @pytest.mark.timeout(300)
+@pytest.mark.shared_dir
 def test_slurm_preemption_signal_costs_no_attempt_and_the_task_resumes(tmp_path) -> None:
     """What Slurm's preemption with GraceTime does first: SIGTERM to the job's batch script
     and processes (`scancel --signal=TERM --full`, which does not end the job). The worker

@@ -57,6 +57,7 @@ def _grid(tmp_path, backend: str, template: str) -> dict:
 
 
 @pytest.mark.slurm
+@pytest.mark.shared_dir
 def test_grid_on_slurm(tmp_path):
     _grid(
         tmp_path,
@@ -72,6 +73,7 @@ def _shoal_cmd() -> list[str]:
 
 
 @pytest.mark.slurm
+@pytest.mark.shared_dir
 def test_registry_is_shared_with_a_compute_node(tmp_path):
     home = os.environ["SHOAL_HOME"]
     (tmp_path / "shoal.toml").write_text(
@@ -126,6 +128,7 @@ def _runs(cmd: list[str], prefix: str) -> dict:
 
 
 @pytest.mark.slurm
+@pytest.mark.shared_dir
 def test_registry_writers_on_two_nodes_at_once(tmp_path):
     # The reproduction of the GlusterFS corruption: drivers on the login machine and on a
     # compute node register and record runs at the same moment, then both list them.
@@ -152,6 +155,7 @@ def test_registry_writers_on_two_nodes_at_once(tmp_path):
 
 
 @pytest.mark.slurm
+@pytest.mark.shared_dir
 def test_registry_survives_a_killed_driver(tmp_path):
     # A driver killed (SIGKILL) in the middle of recording, while a compute node lists the
     # registry: both sides keep a consistent registry, and `shoal resume` finishes the run.

@@ -76,6 +76,7 @@ def test_map_imap_apply(name: str) -> None:
         assert p._driver.stats()["workers_started"] <= 6 * 4
 
 
+@pytest.mark.shared_dir
 def test_task_exception_carries_remote_traceback_and_is_not_retried(name: str, tmp_path) -> None:
     log = tmp_path / "runs"
 
@@ -100,6 +101,7 @@ def slow_marker(args: tuple[int, str]) -> int:
     return i
 
 
+@pytest.mark.shared_dir
 def test_scancel_of_a_running_worker_mid_map_loses_nothing(name: str, tmp_path) -> None:
     with shoal.Pool(3, backend="slurm", job_name=name, poll_interval=0.5) as p:
         res = p.map_async(slow_marker, [(i, str(tmp_path)) for i in range(60)], chunksize=2)
@@ -131,6 +133,7 @@ def sleep_once(args: tuple[int, str]) -> int:
     return i
 
 
+@pytest.mark.shared_dir
 def test_worker_over_its_time_limit_is_recovered(name: str, tmp_path) -> None:
     marker = str(tmp_path / "first")
     with shoal.Pool(2, backend="slurm", job_name=name, time="1m", poll_interval=0.5) as p:
@@ -270,6 +273,7 @@ def test_ctrl_c_cancels_every_job(name: str, tmp_path) -> None:
     assert squeue(name) == []
 
 
+@pytest.mark.shared_dir
 def test_workers_that_cannot_start_fail_the_session_with_slurms_reason(name: str) -> None:
     t = time.monotonic()
     with pytest.raises(shoal.SessionError) as info:

@@ -29,6 +29,8 @@ import shoal
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRANSPORTS = ("fs", "tcp")
+# On the isolated cluster the work dir is shared with no node: only TCP can work there.
+ON_ANY = (pytest.param("fs", marks=pytest.mark.shared_dir), "tcp")
 
 
 def _cluster(backend: str) -> dict[str, Any]:
@@ -80,6 +82,7 @@ def _session(session_dir: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.shared_dir
 def test_results_exactly_once_and_the_transport_recorded(backend, transport, tmp_path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -93,6 +96,7 @@ def test_results_exactly_once_and_the_transport_recorded(backend, transport, tmp
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.shared_dir
 def test_a_killed_worker_loses_only_the_task_it_ran(backend, transport, tmp_path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -110,7 +114,7 @@ def test_a_killed_worker_loses_only_the_task_it_ran(backend, transport, tmp_path
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", ON_ANY)
 def test_a_failure_carries_its_traceback_and_shoal_logs_shows_its_output(
     backend, transport, capfd
 ) -> None:

@@ -79,6 +79,7 @@ def _figures(log: str, work: float, wall: float, what: str) -> None:
 
 @pytest.mark.slurm
 @pytest.mark.timeout(420)
+@pytest.mark.shared_dir
 def test_slurm_walltime(tmp_path) -> None:
     """time="1m": a 70-s task without a checkpoint fails after max_attempts naming `time`,
     a 130-s checkpointing task completes in its own work, and short tasks all finish."""

@@ -1203,10 +1203,19 @@ impl Runner {
 
     fn stderr_tail(&self, worker: &str) -> String {
         let end = self.dir.log_len(worker, Stream::Stderr);
-        let bytes = self
+        let mut bytes = self
             .dir
             .read_log(worker, Stream::Stderr, 0, end, self.options.stderr_tail)
             .unwrap_or_default();
+        if bytes.is_empty() {
+            // TCP: a worker that died before it connected streamed nothing; its job's own
+            // stderr is beside the log (`ID.err.job`) where the job could write it.
+            let job = self.dir.log(worker, Stream::Stderr).with_extension("err.job");
+            if let Ok(all) = std::fs::read(job) {
+                let keep = (self.options.stderr_tail as usize).min(all.len());
+                bytes = all[all.len() - keep..].to_vec();
+            }
+        }
         String::from_utf8_lossy(&bytes).into_owned()
     }
 

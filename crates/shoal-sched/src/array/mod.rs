@@ -342,6 +342,15 @@ impl<A: Adapter> ArrayBackend<A> {
             "SHOAL_WORKER_ID=\"$1-${}\"; export SHOAL_WORKER_ID\n",
             self.adapter.info().index_var
         ));
+        if spec.connect.is_some() {
+            // TCP: the job's own output (--output is /dev/null: a path the nodes cannot see
+            // fails the launch) goes beside the worker's streamed logs where the node sees the
+            // session dir, so a worker that dies before it connects still says why.
+            let logs = sh_quote(&spec.session.sub("logs").display().to_string());
+            s.push_str(&format!(
+                "if [ -d {logs} ]; then exec >>{logs}/\"$SHOAL_WORKER_ID.out.job\" 2>>{logs}/\"$SHOAL_WORKER_ID.err.job\"; fi\n"
+            ));
+        }
         if let Some(w) = self.adapter.walltime() {
             s.push_str(&w.script_lines(self.adapter.info().display));
         }
