@@ -380,7 +380,9 @@ impl<A: Adapter> ArrayBackend<A> {
         let logs = sh_quote(&spec.session.sub("logs").display().to_string());
         let redirect = match spec.connect {
             Some(_) => String::new(),
-            None => format!(" >>{logs}/\"$SHOAL_WORKER_ID.out\" 2>>{logs}/\"$SHOAL_WORKER_ID.err\""),
+            None => {
+                format!(" >>{logs}/\"$SHOAL_WORKER_ID.out\" 2>>{logs}/\"$SHOAL_WORKER_ID.err\"")
+            }
         };
         s.push_str("element=$SHOAL_WORKER_ID; pids=\nk=0\n");
         s.push_str(&format!("while [ $k -lt {per_job} ]; do\n"));

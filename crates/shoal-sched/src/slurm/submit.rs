@@ -200,7 +200,10 @@ mod tests {
             addr: "10.0.0.4:7000".into(),
             fingerprint: "fp".into(),
             token: ("SHOAL_TOKEN".into(), "secret".into()),
-            token_file: ("SHOAL_TOKEN_FILE".into(), "/shared/s/abc/shoal-token".into()),
+            token_file: (
+                "SHOAL_TOKEN_FILE".into(),
+                "/shared/s/abc/shoal-token".into(),
+            ),
         });
         let o = SlurmOptions::from_json(1, &json!({})).unwrap();
         let a = sbatch_argv(&spec, &o, "s.sh", "b1", 2, 2);
