@@ -12,8 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = str(REPO / "ci" / "clusters" / "cluster")
@@ -136,3 +137,36 @@ def assert_exactly_once(d: Driver, n: int, stats: dict[str, Any]) -> None:
     assert not twice and not missing, f"delivered twice: {twice}, never: {missing}\n{d.report()}"
     assert not d.of("error"), d.report()
     assert stats["tasks_done"] == n and stats["tasks_failed"] == 0, f"{stats}"
+
+
+def slurm_queued(name: str, job_name: str) -> list[str]:
+    """`JOBID STATE NODES` of the jobs called `job_name` in cluster `name`'s Slurm queue."""
+    out = on_login(name, "squeue", "-h", "-r", "-n", job_name, "-o", "%i %t %N")
+    return [ln for ln in out.splitlines() if ln.strip()]
+
+
+def slurm_job_name(name: str, prefix: str) -> Iterator[str]:
+    """A unique job name (a fixture's body); afterwards the cluster is healed and no job of
+    it may be left in the queue."""
+    job_name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    yield job_name
+    cluster("up", name)
+    deadline = time.monotonic() + 120
+    while (left := slurm_queued(name, job_name)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert left == [], f"jobs left in the queue: {left}"
+
+
+def kill_a_worker_mid_map(name: str, d: Driver, node: str, n: int) -> None:
+    """SIGKILL the worker of `node` that delivered the latest result, mid-map: every result
+    still arrives exactly once, the loss is counted, and nothing comes from the dead one."""
+    mid_map_on(d, node, results=6, timeout=180)
+    victim = d.results_from(node)[-1]["pid"]
+    cluster("exec", name, "--node", node, "--", "kill", "-KILL", str(victim))
+    killed_at = time.time()
+    d.wait("the end of the map", lambda d: bool(d.of("mapped")), 240)
+    stats = d.end()
+    assert_exactly_once(d, n, stats)
+    assert stats["workers_lost"] >= 1, f"no worker counted lost: {stats}\n{d.report()}"
+    late = [r for r in d.of("result") if r["pid"] == victim and r["t1"] > killed_at]
+    assert late == [], f"results from the killed worker after its death: {late}"

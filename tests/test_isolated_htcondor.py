@@ -18,7 +18,14 @@ import sys
 import time
 
 import pytest
-from namespace_cluster import Driver, assert_exactly_once, cluster, mid_map_on, on_login
+from namespace_cluster import (
+    Driver,
+    assert_exactly_once,
+    cluster,
+    kill_a_worker_mid_map,
+    mid_map_on,
+    on_login,
+)
 
 NAME = "isolated"
 EXECUTE_NODES = {"c1", "c2"}
@@ -89,18 +96,8 @@ def test_map_runs_on_execute_nodes_that_see_nothing_of_the_driver(sessions: Sess
 
 
 def test_killed_worker_loses_nothing(sessions: Sessions) -> None:
-    n = 60
-    d = sessions.start("--tasks", str(n), "--seconds", "1", "--heartbeat-timeout", "15")
-    mid_map_on(d, "c1", results=6, timeout=180)
-    victim = d.results_from("c1")[-1]["pid"]
-    cluster("exec", NAME, "--node", "c1", "--", "kill", "-KILL", str(victim))
-    killed_at = time.time()
-    d.wait("the end of the map", lambda d: bool(d.of("mapped")), 240)
-    stats = d.end()
-    assert_exactly_once(d, n, stats)
-    assert stats["workers_lost"] >= 1, f"no worker counted lost: {stats}\n{d.report()}"
-    late = [r for r in d.of("result") if r["pid"] == victim and r["t1"] > killed_at]
-    assert late == [], f"results from the killed worker after its death: {late}"
+    d = sessions.start("--tasks", "60", "--seconds", "1", "--heartbeat-timeout", "15")
+    kill_a_worker_mid_map(NAME, d, "c1", 60)
 
 
 def test_held_job_is_replaced_and_removed(sessions: Sessions) -> None:

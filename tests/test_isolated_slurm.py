@@ -15,10 +15,19 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
+from typing import Iterator
 
 import pytest
-from namespace_cluster import Driver, assert_exactly_once, cluster, mid_map_on, on_login
+from namespace_cluster import (
+    Driver,
+    assert_exactly_once,
+    cluster,
+    kill_a_worker_mid_map,
+    mid_map_on,
+    on_login,
+    slurm_job_name,
+    slurm_queued,
+)
 
 NAME = "isolated"
 NODES = {"n1", "n2"}
@@ -26,21 +35,13 @@ NODES = {"n1", "n2"}
 pytestmark = [pytest.mark.isolated, pytest.mark.timeout(420)]
 
 
-def queued(name: str) -> list[str]:
-    out = on_login(NAME, "squeue", "-h", "-r", "-n", name, "-o", "%i %t %N")
-    return [ln for ln in out.splitlines() if ln.strip()]
+def queued(job_name: str) -> list[str]:
+    return slurm_queued(NAME, job_name)
 
 
 @pytest.fixture
-def job_name() -> str:
-    """A unique job name; afterwards the cluster is healed and no job of it may remain."""
-    name = f"iso-{uuid.uuid4().hex[:8]}"
-    yield name
-    cluster("up", NAME)
-    deadline = time.monotonic() + 120
-    while (left := queued(name)) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert left == [], f"jobs left in the queue: {left}"
+def job_name() -> Iterator[str]:
+    yield from slurm_job_name(NAME, "iso")
 
 
 def start(job_name: str, *args: str) -> Driver:
@@ -64,18 +65,8 @@ def test_map_runs_on_nodes_that_see_nothing_of_the_driver(job_name: str) -> None
 
 
 def test_killed_worker_loses_nothing(job_name: str) -> None:
-    n = 60
-    d = start(job_name, "--tasks", str(n), "--seconds", "1", "--heartbeat-timeout", "15")
-    mid_map_on(d, "n1", results=6, timeout=180)
-    victim = d.results_from("n1")[-1]["pid"]
-    cluster("exec", NAME, "--node", "n1", "--", "kill", "-KILL", str(victim))
-    killed_at = time.time()
-    d.wait("the end of the map", lambda d: bool(d.of("mapped")), 240)
-    stats = d.end()
-    assert_exactly_once(d, n, stats)
-    assert stats["workers_lost"] >= 1, f"no worker counted lost: {stats}\n{d.report()}"
-    late = [r for r in d.of("result") if r["pid"] == victim and r["t1"] > killed_at]
-    assert late == [], f"results from the killed worker after its death: {late}"
+    d = start(job_name, "--tasks", "60", "--seconds", "1", "--heartbeat-timeout", "15")
+    kill_a_worker_mid_map(NAME, d, "n1", 60)
 
 
 def test_cancelled_job_loses_nothing(job_name: str) -> None:

@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import collections
 import time
-import uuid
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import pytest
-from namespace_cluster import Driver, assert_exactly_once, cluster, mid_map_on, on_login
+from namespace_cluster import (
+    Driver,
+    assert_exactly_once,
+    cluster,
+    mid_map_on,
+    on_login,
+    slurm_job_name,
+    slurm_queued,
+)
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(420)]
 
@@ -28,21 +35,13 @@ def fault(*args: str) -> None:
     cluster("fault", NAME, *args)
 
 
-def queued(name: str) -> list[str]:
-    out = on_login(NAME, "squeue", "-h", "-r", "-n", name, "-o", "%i %t %N")
-    return [ln for ln in out.splitlines() if ln.strip()]
+def queued(job_name: str) -> list[str]:
+    return slurm_queued(NAME, job_name)
 
 
 @pytest.fixture
-def job_name() -> str:
-    """A unique job name; after the test the cluster is healed and no job of it may remain."""
-    name = f"mnf-{uuid.uuid4().hex[:8]}"
-    yield name
-    cluster("up", NAME)
-    deadline = time.monotonic() + 90
-    while (left := queued(name)) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert left == [], f"jobs left in the queue: {left}"
+def job_name() -> Iterator[str]:
+    yield from slurm_job_name(NAME, "mnf")
 
 
 def assert_counted_lost(d: Driver, stats: dict[str, Any]) -> None:
