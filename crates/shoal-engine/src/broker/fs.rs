@@ -114,6 +114,14 @@ impl FsBroker {
         Ok(())
     }
 
+    /// Whether `key` is a new incarnation of a worker id that said hello before.
+    fn reruns(&self, key: &str) -> bool {
+        let id = shoal_core::layout::key_id(key);
+        self.hellos
+            .iter()
+            .any(|k| k != key && shoal_core::layout::key_id(k) == id)
+    }
+
     fn scan_claims(&mut self, out: &mut Vec<BrokerEvent>) -> Result<()> {
         self.listings += 1;
         for (chunk, attempt) in self.dir.claims()? {
@@ -173,12 +181,22 @@ impl Broker for FsBroker {
     fn poll(&mut self, parts: bool) -> Result<Vec<BrokerEvent>> {
         let mut out = Vec::new();
         let c = self.cadence;
+        let mut hellos = Vec::new();
         if Self::due(&mut self.last_hellos, c.hellos) {
-            self.scan_hellos(&mut out)?;
+            self.scan_hellos(&mut hellos)?;
         }
-        if Self::due(&mut self.last_claims, c.claims) {
+        // A rerun's hello supersedes (fences) the incarnation before it: a claim that one made
+        // must reach the engine first, or its loss goes uncounted. Claims are listed then
+        // whatever their cadence (a rerun is rare), and always before the hellos.
+        let rerun = hellos.iter().any(|e| match e {
+            BrokerEvent::Hello { key, .. } => self.reruns(key),
+            _ => false,
+        });
+        if rerun || Self::due(&mut self.last_claims, c.claims) {
+            self.last_claims = Some(Instant::now());
             self.scan_claims(&mut out)?;
         }
+        out.append(&mut hellos);
         if parts && Self::due(&mut self.last_parts, c.parts) {
             self.scan_parts(&mut out)?;
         }
