@@ -295,7 +295,8 @@ class Driver:
         self.path: str = str(self._native.path)
         with open(os.path.join(self.path, "session.json")) as f:
             self.transport: str = json.load(f).get("transport", "fs")
-        if self.transport == "tcp":
+        self._by_value = self.transport == "tcp"
+        if self._by_value:
             send_own_modules_by_value()  # the nodes have none of the driver's files
         self.calls = _calls.Calls(self.path)  # tasks named as the user sees them
         self._display = (
@@ -335,7 +336,7 @@ class Driver:
         `release_function` once every chunk that needs it was submitted."""
         self._check_usable()
         try:
-            data = _dumps(fn)
+            data = _dumps(fn, self._by_value)
         except Exception as e:
             raise _diagnose(fn, (), 0, e) from None
         return int(self._native.put_blob(data))
@@ -351,7 +352,7 @@ class Driver:
     ) -> bytes:
         """Pickle one chunk of a map; a PicklingError names the argument that failed."""
         try:
-            return _dumps((MAP, fn_ref, star, items))
+            return _dumps((MAP, fn_ref, star, items), self._by_value)
         except Exception as e:
             raise _diagnose(fn, items, start, e) from None
 
@@ -415,7 +416,7 @@ class Driver:
 
     def pickle_call(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Call:
         try:
-            return _name(fn), _dumps((fn, args, kwargs))
+            return _name(fn), _dumps((fn, args, kwargs), self._by_value)
         except Exception as e:
             raise _diagnose(fn, (*args, *kwargs.values()), 0, e) from None
 
@@ -430,7 +431,7 @@ class Driver:
         chunks = []
         for lo in range(0, len(calls), per):
             part = calls[lo : lo + per]
-            payload = _dumps((CALLS, None, False, [c[2] for c in part]))
+            payload = _dumps((CALLS, None, False, [c[2] for c in part]), self._by_value)
             segments: list[Segment] = [(c[0], c[1], 1) for c in part]
             chunks.append(self.submit_payload(payload, segments, None, shape))
         return chunks

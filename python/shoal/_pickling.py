@@ -128,17 +128,19 @@ def _register_new_modules() -> None:
         _by_value.add(name.encode())
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, by_value: bool = False) -> bytes:
     # The C pickler is several times faster on plain data. Anything defined in __main__
     # (or a lambda, a closure) must travel by value, which only cloudpickle does; so must the
-    # user's own modules once a TCP session exists.
+    # user's own modules in a TCP session's payloads (`by_value`), and only there: a function
+    # sent by value has its own copy of its module's globals, so an initializer's state would
+    # not reach the tasks of a session whose workers can import the module.
     try:
         data = pickle.dumps(obj, protocol=PROTOCOL)
     except Exception:
         return cloud_dumps(obj)
     if b"__main__" in data:
         return cloud_dumps(obj)
-    if _scanned >= 0:
+    if by_value and _scanned >= 0:
         _register_new_modules()
         if any(name in data for name in _by_value):
             return cloud_dumps(obj)

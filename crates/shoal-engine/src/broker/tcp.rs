@@ -246,8 +246,15 @@ impl TcpBroker {
                     startup: hello.startup_ms.map(|ms| f64::from(ms) / 1000.0),
                 };
                 // The same record of who joined as on the work dir (`workers/KEY.json`), for
-                // the tools that read the session dir; written by the driver here.
+                // the tools that read the session dir; written by the driver here. Its logs
+                // exist from now on too, as a job's own would (a worker may never print).
                 let _ = shoal_core::fsutil::write_json(&self.dir.hello(&key), &info);
+                for stream in [Stream::Stdout, Stream::Stderr] {
+                    let _ = OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(self.dir.log(&info.worker, stream));
+                }
                 out.push(BrokerEvent::Hello { info, key });
             }
             Event::Message(peer, msg) => self.on_message(peer, msg, out),
