@@ -475,3 +475,23 @@ def test_a_tcp_session_sends_the_users_own_modules_by_value(tmp_path) -> None:
     (tmp_path / "own_mod_for_tcp.py").write_text(OWN_MODULE)
     [off] = run("tcp", SHOAL_PICKLE_BY_VALUE="0")
     assert off.startswith("tcp ERR") and "own_mod_for_tcp" in off, off
+
+
+_STATE: dict[str, str] = {}
+
+
+def _set_state(value: str) -> None:
+    _STATE["v"] = value
+
+
+def _get_state(_: object) -> object:
+    return _STATE.get("v")
+
+
+def test_an_fs_pool_after_a_tcp_one_keeps_its_initializer_state() -> None:
+    # By-value pickling is for a TCP session's payloads only: a function sent by value has its
+    # own copy of its module's globals, which would hide an initializer's state from the tasks.
+    with shoal.Pool(1, transport="tcp") as p:
+        assert p.map(abs, [-1]) == [1]
+    with shoal.Pool(2, initializer=_set_state, initargs=("ready",), transport="fs") as p:
+        assert p.map(_get_state, range(4)) == ["ready"] * 4
