@@ -765,14 +765,18 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
 
     fn poll(&mut self) -> Result<Vec<WorkerEvent>> {
         let mut events = Vec::new();
-        self.read_exit_records(&mut events);
-        self.read_announcements(&mut events);
         // At most one listing per interval, however often we are asked.
-        if self.tracked.is_empty()
-            || self
+        let query = !self.tracked.is_empty()
+            && self
                 .last_query
-                .is_some_and(|t| t.elapsed() < self.adapter.common().poll_interval)
-        {
+                .is_none_or(|t| t.elapsed() >= self.adapter.common().poll_interval);
+        if !query {
+            // A query reads the exit records itself, after it (one listing of `exit/`, not
+            // two: on a network filesystem each is a round trip to the server).
+            self.read_exit_records(&mut events);
+        }
+        self.read_announcements(&mut events);
+        if !query {
             return Ok(events);
         }
         self.last_query = Some(Instant::now());
