@@ -82,7 +82,14 @@ def send_own_modules_by_value() -> None:
     _register_new_modules()
 
 
+_roots: Optional[tuple[str, ...]] = None
+
+
 def _installed_roots() -> tuple[str, ...]:
+    """The interpreter's installation and site-packages directories (computed once)."""
+    global _roots
+    if _roots is not None:
+        return _roots
     import os
     import site
     import sysconfig
@@ -94,7 +101,8 @@ def _installed_roots() -> tuple[str, ...]:
         dirs.add(site.getusersitepackages())
     except AttributeError:  # a virtualenv's stripped site module
         pass
-    return tuple(os.path.realpath(d) + os.sep for d in dirs if d)
+    _roots = tuple(os.path.realpath(d) + os.sep for d in dirs if d)
+    return _roots
 
 
 def _register_new_modules() -> None:

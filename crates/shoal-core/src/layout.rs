@@ -136,6 +136,11 @@ impl SessionDir {
             .join("logs")
             .join(format!("{worker}.{}", stream.ext()))
     }
+    /// Where a TCP session's job writes its own output (what its worker printed before it
+    /// connected), beside the log the driver stores from the worker's stream.
+    pub fn job_log(&self, worker: &str, stream: Stream) -> PathBuf {
+        self.root.join("logs").join(job_log_name(worker, stream))
+    }
     pub fn control(&self, name: &str) -> PathBuf {
         self.root.join("control").join(name)
     }
@@ -205,6 +210,12 @@ pub fn worker_key(id: &str, nonce: u64) -> String {
 /// The worker id of a key (what the scheduler calls the job).
 pub fn key_id(key: &str) -> &str {
     key.rsplit_once('+').map(|(id, _)| id).unwrap_or(key)
+}
+
+/// The file name of [`SessionDir::job_log`] (`WORKER.out.job`, `WORKER.err.job`); job scripts
+/// use it with a shell variable for the worker.
+pub fn job_log_name(worker: &str, stream: Stream) -> String {
+    format!("{worker}.{}.job", stream.ext())
 }
 
 #[cfg(test)]

@@ -1210,11 +1210,7 @@ impl Runner {
         if bytes.is_empty() {
             // TCP: a worker that died before it connected streamed nothing; its job's own
             // stderr is beside the log (`ID.err.job`) where the job could write it.
-            let job = self
-                .dir
-                .log(worker, Stream::Stderr)
-                .with_extension("err.job");
-            if let Ok(all) = std::fs::read(job) {
+            if let Ok(all) = std::fs::read(self.dir.job_log(worker, Stream::Stderr)) {
                 let keep = (self.options.stderr_tail as usize).min(all.len());
                 bytes = all[all.len() - keep..].to_vec();
             }

@@ -346,9 +346,12 @@ impl<A: Adapter> ArrayBackend<A> {
             // TCP: the job's own output (--output is /dev/null: a path the nodes cannot see
             // fails the launch) goes beside the worker's streamed logs where the node sees the
             // session dir, so a worker that dies before it connects still says why.
+            use shoal_core::layout::{job_log_name, Stream};
             let logs = sh_quote(&spec.session.sub("logs").display().to_string());
+            let out = job_log_name("$SHOAL_WORKER_ID", Stream::Stdout);
+            let err = job_log_name("$SHOAL_WORKER_ID", Stream::Stderr);
             s.push_str(&format!(
-                "if [ -d {logs} ]; then exec >>{logs}/\"$SHOAL_WORKER_ID.out.job\" 2>>{logs}/\"$SHOAL_WORKER_ID.err.job\"; fi\n"
+                "if [ -d {logs} ]; then exec >>{logs}/\"{out}\" 2>>{logs}/\"{err}\"; fi\n"
             ));
         }
         if let Some(w) = self.adapter.walltime() {

@@ -302,12 +302,12 @@ pub fn description(
     // On TCP the driver stores the worker's streamed output in these files itself; the job's
     // own (what it wrote before it connected) comes back beside them, at the job's end.
     let log = |stream| {
-        let path = spec.session.log(&id, stream).display().to_string();
-        if spec.connect.is_some() {
-            format!("{path}.job")
+        let path = if spec.connect.is_some() {
+            spec.session.job_log(&id, stream)
         } else {
-            path
-        }
+            spec.session.log(&id, stream)
+        };
+        path.display().to_string()
     };
     line("output", &log(Stream::Stdout));
     line("error", &log(Stream::Stderr));
