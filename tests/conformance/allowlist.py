@@ -33,12 +33,7 @@ POOL: dict[str, str] = {
     "test_pool_worker_lifetime": f"{PRIVATE} (Pool._pool pids, Pool._repopulate_pool)",
 }
 
-# Task output reaches the driver's terminal only with "Task output where people look" (issue 17,
-# the lead's transport work); this test reads a task's print() from the driver's stdout.
-OUTPUT = "PENDING: a task's print() does not reach the driver's stdout yet"
-
 FUTURES: dict[str, str] = {
-    "test_interpreter_shutdown": OUTPUT,
     "FailingInitializerTest.test_initializer": MP_QUEUE,
     "test_error_during_result_unpickle_in_result_handler": UNDECODABLE,
     "test_exit_during_result_unpickle_in_result_handler": UNDECODABLE,

@@ -27,7 +27,7 @@ use std::time::Duration;
 const ACCOUNTING_WAIT: Duration = Duration::from_secs(60);
 
 /// What SGE says when the qmaster is busy or unreachable, or a per-user cap is full.
-const TRANSIENT: [&str; 11] = [
+const TRANSIENT: [&str; 12] = [
     "unable to contact qmaster",
     "commlib error",
     "failed receiving gdi request",
@@ -39,6 +39,9 @@ const TRANSIENT: [&str; 11] = [
     "connection refused",
     "timed out",
     "unable to connect",
+    // qsub reads the session's own job script: as for sbatch, only a stalled work-dir
+    // filesystem keeps it from doing so.
+    "unable to read script file",
 ];
 
 const INFO: Info = Info {

@@ -289,6 +289,12 @@ fn site_caps_shape_the_pool() {
         message: "Unable to run job: job rejected: only 3 jobs are allowed per user (current job count: 3)".into(),
     };
     assert!(s.transient(&e), "a full per-user cap clears as jobs finish");
+    // The session's own script unreadable: its filesystem stalled (it was written first).
+    let e = SchedError::Command {
+        command: "qsub".into(),
+        message: "Unable to read script file because of error: error opening /home/u/.shoal/sessions/x/sge-worker.sh: Transport endpoint is not connected".into(),
+    };
+    assert!(s.transient(&e), "{e}");
 }
 
 #[test]

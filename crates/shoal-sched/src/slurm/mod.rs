@@ -26,7 +26,7 @@ use std::path::Path;
 const JOBCOMP_TAIL: u64 = 8 << 20;
 
 /// What Slurm says when it is busy or unreachable, or a per-user cap is full for now.
-const TRANSIENT: [&str; 13] = [
+const TRANSIENT: [&str; 14] = [
     "Socket timed out",
     "Unable to contact slurm controller",
     "Connection refused",
@@ -40,6 +40,10 @@ const TRANSIENT: [&str; 13] = [
     "MaxSubmitJobs",
     "job submit limit",
     "slurm_persist_conn_open",
+    // sbatch reads the session's own job script, written before the first submit: it cannot
+    // open it only while the work dir's filesystem stalls (an NFS or GlusterFS server gone
+    // quiet), which passes; a session dir removed by hand ends as hopeless retries do.
+    "Unable to open file",
 ];
 
 const INFO: Info = Info {

@@ -408,6 +408,7 @@ fn busy_or_capped_controllers_are_transient() {
         "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)",
         "squeue: error: slurm_load_jobs error: Unable to contact slurm controller (connect failure)",
         "no answer within 60 s (timed out)",
+        "sbatch: error: Unable to open file /home/u/.shoal/sessions/x/slurm-worker.sh",
     ] {
         assert!(s.transient(&e(m)), "{m}");
     }
