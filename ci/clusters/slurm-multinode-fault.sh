@@ -52,12 +52,23 @@ case "$kind" in
     ns_link_set "$1" "${kind#link-}"
     log "$1: link ${kind#link-}" ;;
   fs-stop|fs-cont)
+    # fs-stop notes the server's pids and fs-cont signals exactly those: while the server is
+    # stopped, a scan of every process's namespace (ns_pids) can block behind a process stuck
+    # mid-exec on the volume until the clients' ping-timeout, which stretched a 60 s stall to
+    # three minutes and cut every client off.
     [ $# = 0 ] || usage; gluster_only
-    sig=STOP; [ "$kind" = fs-cont ] && sig=CONT
-    for p in $(ns_pids fs); do
-      case "$(cat /proc/$p/comm 2>/dev/null)" in glusterd|glusterfsd|glusterfs) kill -s $sig "$p" ;; esac
-    done
-    log "GlusterFS server processes: SIG$sig" ;;
+    if [ "$kind" = fs-stop ]; then
+      sig=STOP pids=""
+      for p in $(ns_pids fs); do
+        case "$(cat /proc/$p/comm 2>/dev/null)" in glusterd|glusterfsd|glusterfs) pids="$pids $p" ;; esac
+      done
+      mkdir -p "$MN_STATE" && echo "$pids" > "$MN_STATE/fs-stopped"
+    else
+      sig=CONT pids=$(cat "$MN_STATE/fs-stopped" 2>/dev/null || true)
+      rm -f "$MN_STATE/fs-stopped"
+    fi
+    for p in $pids; do kill -s $sig "$p" 2>/dev/null || true; done
+    log "GlusterFS server processes:$pids: SIG$sig" ;;
   fill)
     gluster_only; m=${1:-n1}; machine_ok "$m"
     f=$MN_SCRATCH/.fill-$m
