@@ -29,9 +29,13 @@ Result = tuple[int, str, int, str, float, float, bool]
 
 def condor_job() -> str:
     """CLUSTER.PROC of the HTCondor job running this process, from its job ad; on Slurm the
-    job's id (JOBID, which scancel takes); "" elsewhere."""
+    array element ARRAYID_TASKID (what scancel takes: `scancel RAWID` of an element exits 0
+    and cancels nothing, unless it is the array's own id, which cancels every element); ""
+    elsewhere."""
     ad = os.environ.get("_CONDOR_JOB_AD")
     if not ad:
+        if "SLURM_ARRAY_JOB_ID" in os.environ:
+            return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
         return os.environ.get("SLURM_JOB_ID", "")
     attrs = dict(ln.split(" = ", 1) for ln in open(ad).read().splitlines() if " = " in ln)
     return f"{attrs['ClusterId']}.{attrs['ProcId']}"

@@ -122,10 +122,18 @@ pub fn element(state: &str, status: i32, reason: &str) -> Element {
     }
 }
 
+/// Not a signal a job is killed with: Slurm's `ExitCode 0:53` for a batch job it could not
+/// launch on its node (its stdout/stderr file or working directory cannot be opened there).
+const LAUNCH_FAILED: i32 = 53;
+
 /// `768` -> "exit code 3", `9` -> "killed by signal 9".
 pub fn describe_status(status: i32) -> String {
     let sig = status & 0x7f;
-    if sig != 0 {
+    if sig == LAUNCH_FAILED {
+        "Slurm could not launch it on its node: ExitCode 0:53, a launch failure such as an \
+         --output, --error or --chdir path the node cannot open"
+            .to_string()
+    } else if sig != 0 {
         format!("killed by signal {sig}")
     } else {
         format!("exit code {}", (status >> 8) & 0xff)
@@ -375,6 +383,10 @@ mod tests {
     fn wait_statuses() {
         assert_eq!(describe_status(768), "exit code 3");
         assert_eq!(describe_status(15), "killed by signal 15");
+        // 0:53 is Slurm's launch failure, not a signal anyone sent.
+        let launch = describe_status(status_from_pair("0:53"));
+        assert!(launch.starts_with("Slurm could not launch it"), "{launch}");
+        assert!(launch.contains("--output"), "{launch}");
         assert_eq!(status_from_pair("3:0"), 768);
         assert_eq!(status_from_pair("0:9"), 9);
     }
