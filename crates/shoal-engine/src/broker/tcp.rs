@@ -188,12 +188,7 @@ impl TcpBroker {
         let file = match self.logs.entry((id.clone(), index)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                match OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(self.dir.log(&id, stream))
-                {
+                match open_log(&self.dir, &id, stream) {
                     Ok(f) => v.insert(f),
                     Err(_) => return,
                 }
@@ -250,10 +245,7 @@ impl TcpBroker {
                 // exist from now on too, as a job's own would (a worker may never print).
                 let _ = shoal_core::fsutil::write_json(&self.dir.hello(&key), &info);
                 for stream in [Stream::Stdout, Stream::Stderr] {
-                    let _ = OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(self.dir.log(&info.worker, stream));
+                    let _ = open_log(&self.dir, &info.worker, stream);
                 }
                 out.push(BrokerEvent::Hello { info, key });
             }
@@ -643,6 +635,16 @@ impl Broker for TcpBroker {
     fn audit(&mut self, _assignments: &[(u64, u32, String, u64, bool)]) -> Vec<(u64, u32, bool)> {
         Vec::new()
     }
+}
+
+/// A worker's log in the session dir, created if it is not there yet, for the driver to write
+/// what the worker streams at the offsets it names.
+fn open_log(dir: &SessionDir, worker: &str, stream: Stream) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.log(worker, stream))
 }
 
 /// A new file only its owner can read.
