@@ -50,10 +50,17 @@ python_base() {
   "$py" -c 'import os, sys; print(os.path.realpath(sys.base_prefix))'
 }
 # hidden on client machines: the private /tmp, /var/tmp, /dev/shm and /root, and /home (the
-# Gluster homes, or private ones); isolated also /work, /srv and /mnt. Software under them is
-# bound back: the checkout (login only when isolated), the venv and the venv's base Python
-# (a checkout under /tmp, as a CI clone may be, stays usable).
-HIDDEN="/tmp /var/tmp /dev/shm /root /home"; [ "$MN_GLUSTER" = 1 ] || HIDDEN="$HIDDEN /work /srv /mnt"
+# Gluster homes, or private ones); isolated also /work, /srv, /mnt and the checkout itself,
+# wherever it is (CI clones to /check/work/main, which none of the others covers). Software
+# under them is bound back: the checkout (login only when isolated), the venv and the venv's
+# base Python (a checkout under /tmp, as a CI clone may be, stays usable).
+HIDDEN="/tmp /var/tmp /dev/shm /root /home"
+if [ "$MN_GLUSTER" != 1 ]; then
+  HIDDEN="$HIDDEN /work /srv /mnt"
+  covered=0
+  for h in $HIDDEN; do case "$REPO/" in "$h"/*) covered=1 ;; esac; done
+  [ $covered = 1 ] || HIDDEN="$HIDDEN $REPO"
+fi
 keep_paths() {  # keep_paths MACHINE
   local p k h out="" inside cands
   cands="$(readlink -f "$VENV" 2>/dev/null || echo "$VENV") $(python_base)"
