@@ -494,6 +494,38 @@ def shapes() -> dict[str, Any]:
 
 
 @scenario
+def dead_shape() -> dict[str, Any]:
+    """A shape no slot can run (tests/test_resources.py): its tasks fail with HTCondor's
+    analysis, the pool's own map in flight and a map after it still finish."""
+    with shoal.Pool(
+        2, backend="htcondor", request_memory="128M", request_cpus=1, idle_timeout=2
+    ) as pool:
+        session = pool.session
+        nowhere = {"requirements": 'Machine == "nowhere.invalid"'}
+        bad = pool.map_async(condor_job, range(3), chunksize=1, resources=nowhere)
+        good = pool.map_async(condor_job, range(4), chunksize=1)
+        try:
+            bad.get(timeout=240)
+            error = ""
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+        later = pool.map(condor_job, range(2), chunksize=1)
+        try:
+            pool.apply(condor_job, (0,), resources=nowhere)
+            again = ""
+        except Exception as e:
+            again = f"{type(e).__name__}: {e}"
+        good_n = len(good.get(timeout=240))
+    return {
+        "error": error,
+        "again": again,
+        "good": good_n,
+        "later": len(later),
+        "left": session_jobs(session),
+    }
+
+
+@scenario
 def per_job() -> dict[str, Any]:
     """workers_per_job=2 (tests/test_resources.py): each job runs two workers `ID.K`."""
     with shoal.Pool(

@@ -325,6 +325,48 @@ def test_session_is_reused_within_a_context_and_gone_after(capfd: pytest.Capture
     assert "shoal:" not in capfd.readouterr().err  # no internal errors, no kept work dir
 
 
+def slow_pid(_: object = None) -> int:
+    time.sleep(0.05)
+    return os.getpid()
+
+
+def test_with_resources_runs_a_call_on_workers_of_its_shape_in_the_same_session() -> None:
+    """docs/resources.md: a view of the context's backend runs one Parallel call on workers
+    of its own shape, capped by the call's n_jobs, without a second session."""
+    from shoal.errors import ConfigError
+    from shoal.joblib import with_resources
+
+    with pytest.raises(ConfigError, match="needs an active shoal backend"):
+        with_resources(cpus=2)
+    with parallel_config(backend="local", n_jobs=3) as cfg:
+        backend = backend_of(cfg)
+        plain = set(Parallel()(delayed(slow_pid)(i) for i in range(24)))
+        session = backend.session
+        view = with_resources(cpus=2)
+        shaped = Parallel(n_jobs=2, backend=view, batch_size=1)(
+            delayed(slow_pid)(i) for i in range(24)
+        )
+        assert backend.session == session, "the view ran in the context's session"
+        before = backend._session.driver.stats()["tasks_total"]  # type: ignore[union-attr]
+        with pytest.raises(ConfigError, match="did you mean `cpus`"):
+            Parallel(n_jobs=2, backend=with_resources(cpu=2))(delayed(abs)(-1) for _ in range(2))
+        assert backend._session.driver.stats()["tasks_total"] == before  # type: ignore[union-attr]
+        # the context's own calls still run on its own workers after the view's
+        again = set(Parallel()(delayed(slow_pid)(i) for i in range(24)))
+        assert backend.session == session
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "shoal"), "show", session, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    workers = {w["pid"]: w for w in json.loads(out)["workers"] if w.get("pid")}
+    assert 1 <= len(set(shaped)) <= 2, "n_jobs=2 caps the shape's workers"
+    assert {workers[p]["job"] for p in shaped} == {"(cpus=2,workers=2)"}, workers
+    assert not set(shaped) & (plain | again)
+    assert all(workers[p]["job"] is None for p in plain | again), workers
+
+
 def test_parallel_outside_a_context_closes_its_session() -> None:
     backend = ShoalBackend(_name="local")
     out = Parallel(n_jobs=2, backend=backend)(delayed(pid_of)(i) for i in range(20))

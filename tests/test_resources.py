@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -64,6 +65,25 @@ def test_equal_resources_share_a_shape_and_imap_takes_them_too() -> None:
     workers = workers_of(session)
     assert {workers[x]["job"] for x in a | b} == {"(cpus=3)"}
     assert {workers[x]["job"] for x in c} == {"(cpus=4)"}
+
+
+def slow_pid(_: object) -> int:
+    time.sleep(0.2)
+    return os.getpid()
+
+
+def test_a_shape_caps_its_own_workers() -> None:
+    """`workers` in the resources is that shape's own cap: eight 0.2-s tasks of a 1-worker
+    shape all run in one process while the pool's own map spreads over its three."""
+    with shoal.Pool(3) as p:
+        one = p.map_async(slow_pid, range(8), chunksize=1, resources={"cpus": 2, "workers": 1})
+        plain = p.map(slow_pid, range(9), chunksize=1)
+        shaped = set(one.get(timeout=60))
+        session = p.session
+    workers = workers_of(session)
+    assert len(shaped) == 1, shaped
+    assert {workers[x]["job"] for x in shaped} == {"(cpus=2,workers=1)"}
+    assert len(set(plain)) > 1, "the pool's own shape keeps its three workers"
 
 
 def pid_star(_: object) -> int:
@@ -230,6 +250,23 @@ def test_htcondor_two_shapes_in_flight_run_in_jobs_of_their_size(condor: Runner)
     assert {history[j]["RequestCpus"] for j in big} == {2}, history
     assert {history[j]["RequestCpus"] for j in small} == {1}, history
     assert {history[j].get("CpusProvisioned", 2) for j in big} == {2}, history
+
+
+@pytest.mark.htcondor
+@pytest.mark.timeout(400)
+def test_htcondor_a_shape_no_slot_can_run_fails_only_its_own_tasks(condor: Runner) -> None:  # noqa: F811
+    """A shape whose requirements no slot meets passes `condor_submit -dry-run`; HTCondor's
+    analysis then says no slot can ever run it. Before, that ended the whole session; now
+    only its tasks fail (with the analysis), the pool's other maps finish, and a later call
+    for the shape fails at once."""
+    r = condor.run("dead_shape")
+    assert r["error"].startswith("SchedulerError: task "), r
+    assert "workers of shape (requirements=Machine" in r["error"], r
+    assert "HTCondor will never run the worker jobs" in r["error"], r
+    assert r["again"].startswith("SchedulerError: task "), r
+    assert "HTCondor will never run" in r["again"], r
+    assert (r["good"], r["later"]) == (4, 2), r
+    assert r["left"] == [], r
 
 
 def condor_history(jobs: set[str]) -> dict[str, dict]:

@@ -790,3 +790,35 @@ def test_registry_journal_follows_its_filesystem(tmp_path):
     out = subprocess.run(["shoal", "runs"], cwd=str(tmp_path), env=env, capture_output=True,
                          text=True)  # fmt: skip
     assert out.returncode == 1 and "not a journal mode" in out.stderr
+
+
+def test_per_task_resources_take_the_tasks_parameters(tmp_path):
+    """`-R cpus={threads}`: each task asks for as many CPUs as its parameter says; tasks that
+    ask alike share a worker shape (docs/runs.md). On the local backend `cpus` is a label,
+    which the session's journal shows next to each worker."""
+    dry = shoal(
+        "run", "--dry-run", "-P", "threads=1,2", "-R", "cpus={threads}", "--", "true",
+        cwd=str(tmp_path),
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert "0: true  [cpus=1]" in dry.stdout and "1: true  [cpus=2]" in dry.stdout
+    bad = shoal("run", "-P", "threads=1,0", "-R", "cpus={threads}", "--", "true", cwd=str(tmp_path))
+    assert bad.returncode != 0
+    assert "task 1 asks for resources cpus=0" in bad.stderr, bad.stderr
+    typo = shoal("run", "-P", "threads=1", "-R", "cpus={thread}", "--", "true", cwd=str(tmp_path))
+    assert "unknown placeholder {thread} in --resources cpus=" in typo.stderr, typo.stderr
+    assert "run " not in typo.stdout, "nothing registered"
+    out = shoal(
+        "run", "--name", "shaped", "-j", "2", "-P", "threads=1,2,2,1", "-R", "cpus={threads}",
+        "--", "sh", "-c", "echo {threads}", cwd=str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    data = show(run_id(out.stdout), str(tmp_path))
+    session = shoal("show", data["session"], "--json", cwd=str(tmp_path))
+    assert session.returncode == 0, session.stderr
+    label = {str(w["pid"]): w["job"] for w in json.loads(session.stdout)["workers"]}
+    for t in data["tasks"]:
+        assert t["state"] == "done", t
+        assert label[t["worker"]] == f"(cpus={t['params']['threads']})", (t, label)
+    # (the pool's own local workers start warm, as always, and stay idle here)
+    assert set(label.values()) - {None} == {"(cpus=1)", "(cpus=2)"}, label

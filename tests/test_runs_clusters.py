@@ -67,6 +67,34 @@ def test_grid_on_slurm(tmp_path):
     _assert_queue_drains(["squeue", "-h", "-o", "%j"], JOB_NAME)
 
 
+@pytest.mark.slurm
+@pytest.mark.shared_dir
+def test_per_task_resources_on_slurm(tmp_path):
+    """`-R cpus={threads}`: Slurm gives each task's job as many CPUs as its parameter says
+    (the job's own SLURM_CPUS_PER_TASK, written by the task), one shape per distinct value."""
+    (tmp_path / "shoal.toml").write_text(
+        f'[slurm.default]\ncpus = 1\ntime = "10m"\njob_name = "{JOB_NAME}"\nworkers = 2\n'
+    )
+    out = subprocess.run(
+        ["shoal", "run", "--name", "cpus-slurm", "--backend", "slurm", "-P", "threads=1,2,3,2",
+         "-R", "cpus={threads}", "--", "sh", "-c", "echo $SLURM_CPUS_PER_TASK > {out}/r.txt"],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = json.loads(
+        subprocess.run(
+            ["shoal", "show", out.stdout.split()[1], "--json"],
+            capture_output=True, text=True, cwd=str(tmp_path),
+        ).stdout
+    )  # fmt: skip
+    got = {
+        t["idx"]: ((tmp_path / t["out_dir"] / "r.txt").read_text().strip(), t["params"]["threads"])
+        for t in data["tasks"]
+    }
+    assert all(cpus == str(threads) for cpus, threads in got.values()), got
+    _assert_queue_drains(["squeue", "-h", "-o", "%j"], JOB_NAME)
+
+
 def _shoal_cmd() -> list[str]:
     # The interpreter running the tests is the one every node runs workers with.
     return [sys.executable, "-m", "shoal.cli"]

@@ -30,6 +30,7 @@ from shoal._pickling import dumps as _dumps
 from shoal.errors import (
     ConfigError,
     RemoteTraceback,
+    SchedulerError,
     SessionError,
     TaskError,
     WorkerLostError,
@@ -536,6 +537,9 @@ class Driver:
                     if tail.strip():
                         text += f"\nworker stderr (tail):\n{tail.rstrip()}"
                     errors[k] = WorkerLostError(text)
+                elif kind == "unstartable":
+                    # Its shape's workers can never start (docs/resources.md); it never ran.
+                    errors[k] = SchedulerError(f"task {task} did not run: {message} {where}")
                 else:
                     errors[k] = TaskError(f"task {task} failed: {message} {where}")
             self._deliver(job, index, [None] * n, errors)

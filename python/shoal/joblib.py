@@ -44,7 +44,7 @@ from shoal._joblib_options import DEFAULT_THROTTLE, ENGINES, Settings, parse, wa
 from shoal._pickling import worker_start
 from shoal.errors import ConfigError, SessionError
 
-__all__ = ["NAMES", "ShoalBackend", "register", "register_htcondor"]
+__all__ = ["NAMES", "ShoalBackend", "register", "register_htcondor", "with_resources"]
 
 NAMES = ("shoal", "local", "slurm", "htcondor", "sge")
 _log = logging.getLogger("shoal.joblib")
@@ -194,8 +194,38 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         self._warned_throttle = False
         self._session = _Session()
         self._starting = threading.Lock()
+        # A view (with_resources) shares its owner's session and asks for workers of a shape.
+        self._owner: Optional[ShoalBackend] = None
+        self._resources: dict[str, Any] = {}
+        self._shape = 0
         # A backend dropped without a context exit or terminate() still leaves nothing behind.
         weakref.finalize(self, self._session.close, True)
+
+    def with_resources(self, **resources: Any) -> ShoalBackend:
+        """A view of this backend whose Parallel calls run on workers of their own shape
+        (docs/resources.md), in this backend's session:
+        ``Parallel(n_jobs=2, backend=backend.with_resources(gpus=1))``. The call's n_jobs is
+        the shape's own cap on workers. The keys are the engine's per-call resources; they
+        are checked when the call starts, before anything is submitted."""
+        if "workers" in resources:
+            raise ConfigError(
+                "with_resources takes no `workers`: the Parallel call's n_jobs is the shape's "
+                "cap on workers\nhint: Parallel(n_jobs=N, backend=...with_resources(...))"
+            )
+        owner = self._owner or self
+        view = type(self)(
+            nesting_level=owner.nesting_level,
+            inner_max_num_threads=owner.inner_max_num_threads,
+            _name=owner.name,
+            _engine=owner.engine,
+            _level=owner.recursion_level,
+            _parent=owner.parent_session,
+            _quiet=True,
+            **owner.options,
+        )
+        view._session, view._starting = owner._session, owner._starting
+        view._owner, view._resources = owner, {**self._resources, **resources}
+        return view
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Nested calls ship the backend to workers: options travel, the session does not.
@@ -308,6 +338,11 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def _ensure_session(self) -> tuple[Driver, Batcher]:
         with self._starting:
+            s = self._session
+            if self._owner is not None and s.usable(s.workers):
+                # A view takes its owner's live session as it is (its n_jobs caps its shape).
+                assert s.driver is not None and s.batcher is not None
+                return s.driver, s.batcher
             return self._start_session()
 
     def _start_session(self) -> tuple[Driver, Batcher]:
@@ -345,7 +380,10 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         return s.driver, s.batcher
 
     def start_call(self) -> None:
-        self._ensure_session()
+        driver, _ = self._ensure_session()
+        if self._owner is not None:
+            # Checked here, in the caller's thread, before any batch is submitted.
+            self._shape = driver.shape({**self._resources, "workers": self._n_workers})
 
     def stop_call(self) -> None:
         """Keep the session: the next Parallel call of the same context reuses its workers."""
@@ -361,7 +399,7 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         if not _hooked:
             return False
         config = getattr(_jp._backend, "config", None)
-        return isinstance(config, dict) and config.get("backend") is self
+        return isinstance(config, dict) and config.get("backend") is (self._owner or self)
 
     def _context_exited(self) -> None:
         self._session.close(graceful=True)
@@ -384,7 +422,7 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
                 blob = driver.pickle_call(func, (), {})
             else:
                 blob = driver.pickle_call(_run_with_context, (ctx, func), {})
-            batcher.add(_Route(fut), 0, blob)
+            batcher.add(_Route(fut), 0, blob, self._shape)
         except ValueError as exc:  # the batcher closed under us: the session was aborted
             stopped = SessionError(f"the joblib session was stopped: {exc}")
             _Route(fut)._abort(exc if isinstance(exc, ConfigError) else stopped)
@@ -438,6 +476,27 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
             **opts,
         )
         return nested, self._requested_n_jobs
+
+
+def with_resources(**resources: Any) -> ShoalBackend:
+    """The active shoal backend (of the enclosing ``parallel_config``) as a view whose
+    Parallel calls run on workers of their own shape, in the same session (docs/resources.md)::
+
+        with parallel_config(backend="slurm", cpus=1):
+            Parallel(n_jobs=16)(delayed(prep)(x) for x in xs)
+            Parallel(n_jobs=2, backend=shoal.joblib.with_resources(gpus=1, cpus=8))(
+                delayed(train)(c) for c in configs
+            )
+    """
+    config = getattr(_jp._backend, "config", None)
+    backend = config.get("backend") if isinstance(config, dict) else None
+    if not isinstance(backend, ShoalBackend):
+        raise ConfigError(
+            "shoal.joblib.with_resources() needs an active shoal backend\n"
+            'hint: call it inside `with parallel_config(backend="slurm", ...):` (or any shoal '
+            "backend name), or use `backend.with_resources(...)` on a ShoalBackend"
+        )
+    return backend.with_resources(**resources)
 
 
 def _rebuild(

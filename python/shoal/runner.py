@@ -30,6 +30,8 @@ from shoal import _backends, _native
 MARKER = ".shoal-task.json"
 STARTED = ".shoal-task.started"
 STDOUT = "stdout.txt"
+# Where a run's options keep its per-task resource templates (shoal_runs::resources::KEY).
+TASK_RESOURCES = "task_resources"
 STDERR = "stderr.txt"
 FLUSH_EVERY = 0.25
 # Cluster backends default to this many workers (one job each) when the template says nothing.
@@ -256,6 +258,8 @@ class _Recorder:
 
 def _pool_args(run: dict[str, Any], ntasks: int) -> tuple[int, dict[str, Any]]:
     options = dict(run.get("options") or {})
+    # Per-task resources (`shoal run -R`): each task's come filled in with its row.
+    options.pop(TASK_RESOURCES, None)
     workers = options.pop("workers", None)
     if workers is None:
         local = run["backend"] == "local"
@@ -285,6 +289,30 @@ def _preflight_failed(run_id: int, error: str, launch: dict[str, Any]) -> str:
     )
 
 
+def _outcomes(pool: Any, task_fn: Any, specs: list[dict[str, Any]]) -> Any:
+    """Each task's record as it arrives, an exception that names no task, or None every
+    FLUSH_EVERY seconds without news. Tasks asking for the same resources travel in one
+    ``imap_unordered`` (one worker shape, docs/resources.md); several run side by side."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for spec in specs:
+        groups.setdefault(json.dumps(spec["resources"], sort_keys=True), []).append(spec)
+    its = [
+        pool.imap_unordered(task_fn, group, chunksize=1, resources=group[0]["resources"] or None)
+        for group in groups.values()
+    ]
+    wait = FLUSH_EVERY / len(its)
+    while its:
+        for it in list(its):
+            try:
+                yield it.next(timeout=wait)
+            except StopIteration:
+                its.remove(it)
+            except multiprocessing.TimeoutError:
+                yield None
+            except Exception as e:
+                yield e
+
+
 def drive(reg: Any, run_id: int) -> int:
     run = reg.run(run_id)
     launches = reg.launches(run_id)
@@ -304,6 +332,7 @@ def drive(reg: Any, run_id: int) -> int:
     env = {d["env"]: d["path"] for d in run.get("datasets") or [] if "env" in d}
     specs = [
         {
+            "resources": t.get("resources") or {},
             "run_id": run_id,
             "idx": t["idx"],
             "attempt": t["attempt"],
@@ -344,18 +373,13 @@ def drive(reg: Any, run_id: int) -> int:
                 f"run {run_id}: {len(todo)} tasks on {workers} {run['backend']} workers "
                 f"(session {pool.session})"
             )
-            it = pool.imap_unordered(task_fn, specs, chunksize=1)
-            while True:
-                try:
-                    rec.add(it.next(timeout=FLUSH_EVERY))
-                except StopIteration:
-                    break
-                except multiprocessing.TimeoutError:
-                    pass
-                except Exception as e:  # a lost worker or a broken session: no index known
+            for item in _outcomes(pool, task_fn, specs):
+                if isinstance(item, dict):
+                    rec.add(item)
+                elif item is not None:  # a lost worker or a broken session: no index known
                     if not errors:
-                        _say(f"error: {e}")
-                    errors.append(f"{type(e).__name__}: {e}")
+                        _say(f"error: {item}")
+                    errors.append(f"{type(item).__name__}: {item}")
                 rec.tick()
     except KeyboardInterrupt:
         outcome = "interrupted"

@@ -139,6 +139,10 @@ pub struct RunCmd {
     /// KEY=VALUE: a backend option over the template's (e.g. -X partition=debug -X time=10m)
     #[arg(long = "opt", short = 'X', value_name = "KEY=VALUE")]
     pub opts: Vec<String>,
+    /// KEY=VALUE: a per-call resource of each task, which may name its parameters
+    /// (e.g. -R cpus={threads} -R memory={mem}G); tasks asking alike share workers
+    #[arg(long = "resources", short = 'R', value_name = "KEY=VALUE")]
+    pub resources: Vec<String>,
     /// NAME=VALUES: one axis of the grid
     #[arg(long = "param", short = 'P', value_name = "NAME=VALUES")]
     pub params: Vec<String>,
@@ -336,10 +340,17 @@ pub fn run(a: &RunCmd, groups: &[Vec<String>], out: &mut dyn Write) -> Result<i3
         .as_deref()
         .or_else(|| experiment.and_then(|e| e.template.as_deref()));
     let template = cfg.template(&backend, template_name)?;
-    let over = overrides(&backend, &a.opts, a.workers)?;
+    let grid = Grid::parse(&a.params, groups, &a.params_files)?;
+    let mut over = overrides(&backend, &a.opts, a.workers)?;
+    let task_resources = shoal_runs::resources::parse(&a.resources, &grid.names())?;
+    if !task_resources.is_empty() {
+        over.insert(
+            shoal_runs::resources::KEY.into(),
+            Json::Object(task_resources.clone()),
+        );
+    }
     let options = merge_options(template.as_ref(), &over);
     warn_bare_sizes(&backend, &options);
-    let grid = Grid::parse(&a.params, groups, &a.params_files)?;
     let command = match experiment {
         Some(e) => e.command(&a.command, &grid.names()),
         None => a.command.clone(),
@@ -371,6 +382,7 @@ pub fn run(a: &RunCmd, groups: &[Vec<String>], out: &mut dyn Write) -> Result<i3
             .unwrap_or_else(|| cfg.root.join("results")),
     };
     let combos = grid.expand();
+    shoal_runs::resources::check(&backend, &options, &task_resources, &combos)?;
     if a.dry_run {
         w(
             out,
@@ -399,11 +411,21 @@ pub fn run(a: &RunCmd, groups: &[Vec<String>], out: &mut dyn Write) -> Result<i3
             vars.push(("run".into(), "ID".into()));
             vars.push(("name".into(), name.clone()));
             vars.extend(dataset_vars(&datasets));
+            let resources = shoal_runs::resources::for_task(&task_resources, c);
+            let shown: Vec<String> = resources
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
             w(
                 out,
                 format!(
-                    "{i}: {}\n",
-                    shoal_runs::params::render(&command, &vars).join(" ")
+                    "{i}: {}{}\n",
+                    shoal_runs::params::render(&command, &vars).join(" "),
+                    if shown.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  [{}]", shown.join(","))
+                    }
                 ),
             )?;
         }

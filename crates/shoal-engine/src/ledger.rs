@@ -50,6 +50,9 @@ pub enum Cause {
     Walltime(String),
     /// The task was given back (preempted, its job out of time) [`MAX_RELEASES`] times.
     Preempted(String),
+    /// No worker of its shape can start (the scheduler refuses or can never run its jobs);
+    /// the pool's other shapes go on.
+    Unstartable(String),
 }
 
 /// Run tasks `from..` of `chunk` on `worker` as attempt `attempt` (ticket number `seq`).
@@ -789,6 +792,40 @@ impl Ledger {
         });
         c.cursor = c.ntasks;
         self.end(chunk, &mut out);
+        out
+    }
+
+    /// No worker of `shape` can start: every chunk of it that no worker holds fails now, its
+    /// unresolved tasks with `cause`. Chunks a worker of the shape already holds are left to
+    /// that worker (it may well finish them); should it be lost, they come back to the queue
+    /// and fail on the next call.
+    pub fn fail_queued(&mut self, shape: Shape, cause: &Cause) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        let queued: Vec<ChunkId> = self
+            .queues
+            .get(&shape)
+            .map(|q| q.iter().copied().collect())
+            .unwrap_or_default();
+        for chunk in queued {
+            let Some(c) = self.chunks.get_mut(&chunk) else {
+                continue;
+            };
+            if !matches!(c.place, Place::Queued) {
+                continue;
+            }
+            let (from, count) = (c.cursor, c.ntasks - c.cursor);
+            if count > 0 {
+                out.push(Outcome::Fail {
+                    chunk,
+                    from,
+                    count,
+                    cause: cause.clone(),
+                    attempts: 0,
+                });
+            }
+            c.cursor = c.ntasks;
+            self.end(chunk, &mut out);
+        }
         out
     }
 

@@ -73,7 +73,11 @@ pub(crate) struct Runner {
     /// The session's event record for `shoal top` / `shoal show`, by worker id.
     journal: Journal,
     progress: Progress,
-    start_failures: u32,
+    /// Workers in a row that ended before finishing any task, per shape.
+    start_failures: HashMap<ShapeId, u32>,
+    /// Shapes whose workers can never start, with the reason their tasks fail with (the
+    /// pool's own shape never: its failure ends the session).
+    dead: HashMap<ShapeId, String>,
     /// Per worker shape: since when there have been more queued workers than work (see
     /// GIVE_BACK_AFTER), since when the work has wanted more workers than there are (see
     /// GATHER), and the last submission.
@@ -123,7 +127,8 @@ impl Runner {
             lost_by_broker: HashSet::new(),
             gone: HashMap::new(),
             progress,
-            start_failures: 0,
+            start_failures: HashMap::new(),
+            dead: HashMap::new(),
             last_submit: HashMap::new(),
             surplus_since: HashMap::new(),
             wanted_since: HashMap::new(),
@@ -444,7 +449,7 @@ impl Runner {
         }
         let fate = self.shared.lock().ledger.part(info);
         self.fleet.produced(&header.worker);
-        self.start_failures = 0;
+        self.start_failures.remove(&shape_of(&header.worker));
         let part_done = |duplicate| ChunkDone {
             chunk: at.chunk,
             worker: key_id(&header.worker),
@@ -874,7 +879,8 @@ impl Runner {
         for ev in events {
             let was = self.fleet.job(&ev.worker).cloned();
             if let WorkerState::Unsatisfiable(reason) = &ev.state {
-                self.fail(sched, format!("workers can never start: {reason}"));
+                let shape = shape_of(&ev.worker);
+                self.shape_failed(sched, shape, format!("workers can never start: {reason}"));
                 continue;
             }
             let resumed = was.as_ref().is_some_and(|j| j.suspended_since.is_some())
@@ -941,15 +947,16 @@ impl Runner {
     }
 
     fn start_failure(&mut self, sched: &mut Shaped, id: &str, reason: &str) {
-        self.start_failures += 1;
-        if self.start_failures < self.options.max_start_failures {
+        let shape = shape_of(id);
+        let failures = self.start_failures.entry(shape).or_insert(0);
+        *failures += 1;
+        let failures = *failures;
+        if failures < self.options.max_start_failures {
             return;
         }
         let tail = self.stderr_tail(id);
-        let mut msg = format!(
-            "{} workers in a row ended before finishing any task; last: {reason}",
-            self.start_failures
-        );
+        let mut msg =
+            format!("{failures} workers in a row ended before finishing any task; last: {reason}");
         if !tail.trim().is_empty() {
             msg.push_str(&format!("\nworker stderr (tail):\n{}", tail.trim_end()));
         }
@@ -957,7 +964,46 @@ impl Runner {
             "\nhint: the last worker's reason is quoted above; workers' logs are in {}",
             self.dir.sub("logs").display()
         ));
-        self.fail(sched, msg);
+        self.shape_failed(sched, shape, msg);
+    }
+
+    /// Workers of `shape` can never start (`message` begins with "workers "). The pool's own
+    /// shape ends the session; another shape's queued jobs are given back and its tasks fail
+    /// with `message` (now and on every later call for it), while the pool's other work goes
+    /// on.
+    fn shape_failed(&mut self, sched: &mut Shaped, shape: ShapeId, message: String) {
+        if shape == 0 {
+            self.fail(sched, message);
+            return;
+        }
+        if !self.dead.contains_key(&shape) {
+            let label = sched.label(shape).to_string();
+            // "workers can never start: ..." -> "workers of shape (gpus=1) can never start: ..."
+            let rest = message.strip_prefix("workers ").unwrap_or(&message);
+            let message = format!("workers of shape ({label}) {rest}");
+            self.progress.println(&format!(
+                "shoal {}: {message}; its tasks fail, the pool's other work goes on",
+                self.dir.id()
+            ));
+            self.dead.insert(shape, message);
+        }
+        let (queued, _) = self.fleet.counts_of(shape);
+        let ids = self.fleet.give_back_of(shape, queued);
+        self.give_back(sched, ids);
+        self.fail_dead(sched, shape);
+    }
+
+    /// Fail the queued chunks of a shape that can never start (see `shape_failed`).
+    fn fail_dead(&mut self, sched: &mut Shaped, shape: ShapeId) {
+        let Some(message) = self.dead.get(&shape).cloned() else {
+            return;
+        };
+        let o = self
+            .shared
+            .lock()
+            .ledger
+            .fail_queued(shape, &Cause::Unstartable(message));
+        self.outcomes(sched, o, None);
     }
 
     fn check_liveness(&mut self, sched: &mut Shaped) {
@@ -1055,6 +1101,10 @@ impl Runner {
     }
 
     fn scale_shape(&mut self, sched: &mut Shaped, shape: ShapeId) {
+        if self.dead.contains_key(&shape) {
+            self.fail_dead(sched, shape);
+            return;
+        }
         let outstanding = self.shared.lock().ledger.outstanding_of(shape);
         let (queued, running) = self.fleet.counts_of(shape);
         let warm = sched.keep_warm_of(shape);
@@ -1111,7 +1161,7 @@ impl Runner {
                 self.shared.lock().stats.workers_started += ids.len() as u64;
                 self.fleet.submitted(&ids, Instant::now());
             }
-            Err(e) => self.fail(sched, format!("could not start workers: {e}")),
+            Err(e) => self.shape_failed(sched, shape, format!("workers could not be started: {e}")),
         }
     }
 
@@ -1276,5 +1326,6 @@ pub fn describe(cause: &Cause, attempts: u32) -> String {
         ),
         Cause::Walltime(r) => format!("{r} (not retried)"),
         Cause::Preempted(r) => format!("{r}, without finishing (not retried again)"),
+        Cause::Unstartable(r) => r.clone(),
     }
 }

@@ -11,7 +11,7 @@ use shoal_core::worker::{ExitReason, WorkerConfig, WorkerInfo, WorkerSession};
 use shoal_core::SessionDir;
 use shoal_engine::{Cause, Engine, EngineOptions, Event};
 use shoal_sched::{LaunchSpec, Scheduler, WorkerEvent, WorkerState};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -879,5 +879,76 @@ fn a_shapes_chunks_run_only_on_its_workers_which_start_only_for_its_work() {
             shape_of[chunk] == 1,
             "chunk {chunk} ran on {worker}"
         );
+    }
+}
+
+#[test]
+fn a_shape_that_cannot_start_fails_its_own_tasks_and_the_pool_goes_on() {
+    let (_t, engine) = start(ThreadScheduler::new(2, vec![]), options());
+    let mut big = ThreadScheduler::new(2, vec![]);
+    big.prefix = "s1w";
+    big.submit_error = Some("Requested node configuration is not available".into());
+    let shape = engine
+        .add_shape("cpus=512", move |_| Ok(Box::new(big)))
+        .unwrap();
+    let mut shaped = HashSet::new();
+    for i in 0..3u32 {
+        let (c, _) = engine
+            .submit_shaped(format!("g{i}").as_bytes(), 2, &[], shape)
+            .unwrap();
+        shaped.insert(c);
+    }
+    let mut plain = HashSet::new();
+    for i in 0..4u32 {
+        let (c, _) = engine.submit(format!("p{i}").as_bytes(), 1, &[]).unwrap();
+        plain.insert(c);
+    }
+    let (mut failed, mut done) = (HashMap::new(), HashSet::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while failed.values().sum::<u32>() < 6 || done.len() < 4 {
+        assert!(Instant::now() < deadline, "timed out: {failed:?} {done:?}");
+        for ev in engine.events(Duration::from_millis(50)) {
+            match ev {
+                Event::Failed {
+                    chunk,
+                    count,
+                    cause,
+                    ..
+                } => {
+                    let Cause::Unstartable(why) = &cause else {
+                        panic!("{cause:?}")
+                    };
+                    assert!(
+                        why.starts_with("workers of shape (cpus=512) could not be started")
+                            && why.contains("Requested node configuration"),
+                        "{why}"
+                    );
+                    *failed.entry(chunk.chunk).or_insert(0) += count;
+                }
+                Event::Result { header, .. } => {
+                    assert!(!header.worker.starts_with("s1"), "{}", header.worker);
+                    done.insert(header.chunk);
+                }
+                Event::Fatal { message } => panic!("the session failed: {message}"),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(failed.keys().copied().collect::<HashSet<_>>(), shaped);
+    assert_eq!(done, plain);
+    // A later call for the dead shape fails at once, the pool's own still runs.
+    let (c, _) = engine.submit_shaped(b"late", 1, &[], shape).unwrap();
+    let (p, _) = engine.submit(b"after", 1, &[]).unwrap();
+    let (mut late_failed, mut after_done) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(late_failed && after_done) {
+        assert!(Instant::now() < deadline, "timed out");
+        for ev in engine.events(Duration::from_millis(50)) {
+            match ev {
+                Event::Failed { chunk, .. } => late_failed |= chunk.chunk == c,
+                Event::Result { header, .. } => after_done |= header.chunk == p,
+                _ => {}
+            }
+        }
     }
 }

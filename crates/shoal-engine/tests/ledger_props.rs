@@ -55,6 +55,8 @@ enum Op {
         recoverable: bool,
     },
     Withdraw(usize),
+    /// No worker of the shape can start: its queued chunks fail.
+    FailShape(Shape),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -78,6 +80,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..16, any::<bool>())
             .prop_map(|(chunk, recoverable)| Op::Vanish { chunk, recoverable }),
         1 => (0usize..16).prop_map(Op::Withdraw),
+        1 => (0u32..2).prop_map(Op::FailShape),
     ]
 }
 
@@ -454,6 +457,45 @@ impl World {
                     }
                     let o = self.ledger.withdraw(c);
                     self.apply(o)?;
+                }
+            }
+            Op::FailShape(shape) => {
+                let queued: Vec<ChunkId> = self
+                    .shapes
+                    .iter()
+                    .filter(|(c, s)| **s == shape && !self.ended[c])
+                    .filter(|(c, _)| self.ledger.holder(**c).is_none())
+                    .map(|(c, _)| *c)
+                    .collect();
+                let held: Vec<ChunkId> = self
+                    .shapes
+                    .iter()
+                    .filter(|(c, _)| !self.ended[c] && self.ledger.holder(**c).is_some())
+                    .map(|(c, _)| *c)
+                    .collect();
+                let o = self
+                    .ledger
+                    .fail_queued(shape, &Cause::Unstartable("none".into()));
+                for out in &o {
+                    if let Outcome::Fail {
+                        cause, attempts, ..
+                    } = out
+                    {
+                        prop_assert_eq!(cause, &Cause::Unstartable("none".into()));
+                        prop_assert_eq!(*attempts, 0);
+                    }
+                }
+                self.apply(o)?;
+                for c in queued {
+                    prop_assert!(
+                        self.ended[&c],
+                        "queued chunk {} of shape {} lives on",
+                        c,
+                        shape
+                    );
+                }
+                for c in held {
+                    prop_assert!(!self.ended[&c], "held chunk {} was failed", c);
                 }
             }
         }

@@ -256,7 +256,8 @@ impl Session {
             let id = py
                 .detach(|| {
                     e.add_shape(&shape.label, |id| {
-                        shoal_sched::build_shape(&self.backend, self.workers, &shape.options, id)
+                        let workers = shape.workers.unwrap_or(self.workers);
+                        shoal_sched::build_shape(&self.backend, workers, &shape.options, id)
                     })
                 })
                 .map_err(|x| engine_err(py, x))?;
@@ -339,6 +340,7 @@ impl Session {
                         Cause::Corrupt(_) => "corrupt",
                         Cause::Incomplete(_) => "incomplete",
                         Cause::Vanished(_) => "vanished",
+                        Cause::Unstartable(_) => "unstartable",
                     };
                     out.append((
                         "failed",

@@ -44,9 +44,17 @@ fn to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyA
     })
 }
 
-fn task_dict<'py>(py: Python<'py>, t: &TaskRow) -> PyResult<Bound<'py, PyAny>> {
+/// A task as the driver gets it, with its resources (`shoal run -R`) filled in from its
+/// parameters by the run's templates.
+fn task_dict<'py>(
+    py: Python<'py>,
+    t: &TaskRow,
+    templates: &serde_json::Map<String, serde_json::Value>,
+) -> PyResult<Bound<'py, PyAny>> {
     let mut v = serde_json::to_value(t).unwrap_or_default();
     v["params"] = params_json(&t.params);
+    v["resources"] =
+        serde_json::Value::Object(shoal_runs::resources::for_task(templates, &t.params));
     to_py(py, &v)
 }
 
@@ -100,15 +108,21 @@ impl Registry {
         run_id: i64,
         states: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let rows = self.with(py, |r| {
+        let (rows, templates) = self.with(py, |r| {
             let s: Option<Vec<&str>> = states
                 .as_ref()
                 .map(|v| v.iter().map(String::as_str).collect());
-            r.tasks(run_id, s.as_deref())
+            let templates = r
+                .get(run_id)?
+                .options
+                .get(shoal_runs::resources::KEY)
+                .and_then(|t| t.as_object().cloned())
+                .unwrap_or_default();
+            Ok((r.tasks(run_id, s.as_deref())?, templates))
         })?;
         let l = PyList::empty(py);
         for t in &rows {
-            l.append(task_dict(py, t)?)?;
+            l.append(task_dict(py, t, &templates)?)?;
         }
         Ok(l)
     }

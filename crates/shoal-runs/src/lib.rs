@@ -11,6 +11,7 @@ pub mod progress;
 pub mod qanat;
 pub mod records;
 pub mod registry;
+pub mod resources;
 pub mod results;
 pub mod schema;
 pub mod when;

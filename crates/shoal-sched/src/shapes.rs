@@ -26,7 +26,14 @@ pub struct Shape {
     /// The backend's own options for workers of this shape: the pool's, with the resources
     /// laid over them.
     pub options: Json,
+    /// The shape's own cap on workers at once (`resources={"workers": N}`); the pool's
+    /// `workers` when `None`.
+    pub workers: Option<usize>,
 }
+
+/// The one resource every backend takes per call: the shape's own cap on workers at once.
+/// It is the engine's, not the backend's, so it is never laid over the backend options.
+pub const WORKERS: &str = "workers";
 
 /// The resources a backend takes per call.
 pub fn per_call(backend: &registry::Backend) -> impl Iterator<Item = &'static Opt> {
@@ -42,10 +49,20 @@ pub fn per_call(backend: &registry::Backend) -> impl Iterator<Item = &'static Op
 /// naming the problem and the resources there are, before anything is submitted.
 pub fn resolve(backend: &str, base: &Json, resources: &Map<String, Json>) -> Result<Shape> {
     let b = registry::backend(backend)?;
-    let known: Vec<&str> = per_call(b).map(|o| o.name).collect();
+    let known: Vec<&str> = per_call(b)
+        .map(|o| o.name)
+        .chain(std::iter::once(WORKERS))
+        .collect();
     let mut merged = base.as_object().cloned().unwrap_or_default();
     let mut label = Vec::new();
+    let mut workers = None;
     for (key, value) in resources {
+        if key == WORKERS {
+            let n = crate::options::Value::new(key, value).count()?;
+            label.push(format!("{key}={n}"));
+            workers = Some(n as usize);
+            continue;
+        }
         let Some(spec) = per_call(b).find(|o| o.name == key) else {
             let hint = match registry::closest(key, known.iter().copied()) {
                 Some(c) => format!("did you mean `{c}`? "),
@@ -76,6 +93,7 @@ pub fn resolve(backend: &str, base: &Json, resources: &Map<String, Json>) -> Res
     Ok(Shape {
         label: label.join(","),
         options,
+        workers,
     })
 }
 
@@ -302,6 +320,26 @@ mod tests {
         // the backend's own rules about combinations: SGE slots need a parallel environment
         let e = resolve("sge", &json!({}), &map(json!({"slots": 2}))).unwrap_err();
         assert!(e.to_string().contains("pe"), "{e}");
+    }
+
+    #[test]
+    fn a_shape_may_cap_its_own_workers_on_every_backend() {
+        for (backend, key) in [("slurm", "cpus"), ("sge", "h_rt"), ("local", "cpus")] {
+            let r = map(json!({key: 2, "workers": 3}));
+            let s = resolve(backend, &json!({}), &r).unwrap_or_else(|e| panic!("{backend}: {e}"));
+            assert_eq!(s.workers, Some(3), "{backend}");
+            assert!(s.label.ends_with(",workers=3"), "{}", s.label);
+            assert!(
+                s.options.get("workers").is_none(),
+                "{backend}: the cap is the engine's"
+            );
+        }
+        let s = resolve("htcondor", &json!({}), &map(json!({"workers": "2"}))).unwrap();
+        assert_eq!((s.label.as_str(), s.workers), ("workers=2", Some(2)));
+        let e = resolve("slurm", &json!({}), &map(json!({"workers": 0}))).unwrap_err();
+        assert!(e.to_string().contains("workers"), "{e}");
+        let e = resolve("slurm", &json!({}), &map(json!({"worker": 2}))).unwrap_err();
+        assert!(e.to_string().contains("did you mean `workers`?"), "{e}");
     }
 
     #[test]
