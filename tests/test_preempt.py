@@ -91,12 +91,10 @@ def _steps(log: str) -> int:
 @pytest.mark.timeout(300)
 @pytest.mark.shared_dir
 def test_slurm_preemption_signal_costs_no_attempt_and_the_task_resumes(tmp_path) -> None:
-    """What Slurm's preemption with GraceTime does first: SIGTERM to the job's batch script
-    and processes (`scancel --signal=TERM --full`, which does not end the job). The worker
-    gives its task back with a checkpoint and exits; the task resumes in a new job.
-
-    The test cluster also has a preempting partition (`urgent`), but in this round's runs
-    its jobs did not preempt shoal's array elements (see docs/checkpoints.md)."""
+    """The signal a preemption (or a site's own tooling) sends: SIGTERM to the job's batch
+    script and processes (`scancel --signal=TERM --full`, which does not end the job). The
+    worker gives its task back with a checkpoint and exits; the task resumes in a new job.
+    Slurm's own partition preemption is the next test."""
     log = str(tmp_path / "ck")
     name = f"shoal-p-{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
@@ -118,5 +116,68 @@ def test_slurm_preemption_signal_costs_no_attempt_and_the_task_resumes(tmp_path)
     assert len(starts(log)) == 2 and starts(log)[1] >= 8, starts(log)
     assert stats["workers_lost"] == 0 and stats["workers_started"] >= 2, stats
     print(f"\nSlurm preemption signal: 30 s checkpointing task, 2 jobs, {wall:.0f} s wall")
+    left = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True).stdout
+    assert not left.strip(), left
+
+
+def _squeue(*args: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def _job_state(job: str) -> str:
+    out = subprocess.run(
+        ["scontrol", "show", "job", job], capture_output=True, text=True, check=True
+    ).stdout
+    return out.split("JobState=", 1)[1].split()[0]
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(400)
+@pytest.mark.shared_dir
+def test_slurm_partition_preemption_costs_no_attempt_and_the_task_resumes(tmp_path) -> None:
+    """Slurm's own preemption, not a signal sent by hand: the test cluster's `urgent` partition
+    (PriorityTier=10, PreemptType=preempt/partition_prio, PreemptMode=CANCEL) gets a job that
+    needs the CPUs shoal's worker holds on its node. Slurm gives the worker's job its
+    partition's GraceTime (30 s) and then SIGTERM (Slurm 22.05 signals a batch script only
+    when the grace time ends, not when it starts); the worker gives its task back with a
+    checkpoint, the urgent job runs, and the task resumes in a new job: no attempt charged,
+    no step run twice."""
+    parts = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True).stdout
+    assert "urgent" in parts.split(), f"the test cluster has no preempting partition: {parts}"
+    log = str(tmp_path / "ck")
+    name = f"shoal-pp-{uuid.uuid4().hex[:8]}"
+    t0 = time.monotonic()
+    with shoal.Pool(1, backend="slurm", job_name=name, time="10m", max_attempts=1) as p:
+        # long enough that the grace time (30 s) ends well inside it on a loaded machine
+        fut = p.apply_async(Steps(), (90, 1.0, log))
+        assert _wait_for(lambda: _steps(log) >= 6, 120), "the task did not start"
+        (job,) = _squeue("-n", name, "-t", "R", "-o", "%i")
+        (node,) = _squeue("-j", job, "-o", "%N")
+        (cpus,) = subprocess.run(
+            ["sinfo", "-h", "-n", node, "-o", "%c"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        # All of the node's CPUs: only preempting shoal's job can start it.
+        urgent = subprocess.run(
+            ["sbatch", "--parsable", "-p", "urgent", "-w", node, "-c", cpus, "-J", f"{name}-u",
+             "-o", "/dev/null", "--wrap", "sleep 3"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        preempted_at = _steps(log)
+        assert fut.get(timeout=300) == 90
+        stats = p._driver.stats()
+        _wait_for(lambda: _job_state(job) != "COMPLETING", 60)
+        first_state = _job_state(job)
+        urgent_state = _job_state(urgent)
+    wall = time.monotonic() - t0
+    assert first_state == "PREEMPTED", first_state
+    assert urgent_state == "COMPLETED", urgent_state
+    assert steps_done(log) == list(range(90)), "no step ran twice, none was skipped"
+    assert len(starts(log)) == 2 and starts(log)[1] >= preempted_at, (starts(log), preempted_at)
+    assert stats["workers_lost"] == 0 and stats["workers_started"] >= 2, stats
+    print(
+        f"\nSlurm partition preemption: 90 s checkpointing task, resumed at step "
+        f"{starts(log)[1]} in a new job, {wall:.0f} s wall"
+    )
     left = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True).stdout
     assert not left.strip(), left

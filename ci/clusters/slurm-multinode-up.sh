@@ -252,6 +252,11 @@ EOF
     mount --bind $MN_ETC/condor/$m $R/etc/condor
     mount --bind $MN_STATE/condor/$m $R/var/lib/condor
 EOF
+        # the software bound back outside those (a CI checkout at /check/work/main: its venv)
+        for p in $(keep_paths "$m"); do
+          case "$p/" in /tmp/* | /home/* | /root/* | /work/*) continue ;; esac
+          echo "    mkdir -p $R$p; mount --rbind $p $R$p"
+        done
         ;;
       *) echo "    mount -t tmpfs -o size=1m,mode=0755 $NS_PREFIX-nocondor $R" ;;
     esac
@@ -324,8 +329,13 @@ CONF
     echo "NodeName=$n NodeAddr=$(node_ip "$n") NodeHostname=$n CPUs=$MN_CPUS RealMemory=$mem State=UNKNOWN"
   done >> "$MN_CONF.new"
   cat >> "$MN_CONF.new" <<CONF
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-PartitionName=short Nodes=ALL Default=NO MaxTime=01:00:00 State=UP
+# preemption, as on the single-host cluster (tests/test_preempt.py): a job of partition urgent
+# takes CPUs from the others' jobs after their GraceTime
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30
+PartitionName=short Nodes=ALL Default=NO MaxTime=01:00:00 State=UP PriorityTier=1 GraceTime=30
+PartitionName=urgent Nodes=ALL Default=NO MaxTime=INFINITE State=UP PriorityTier=10
 CONF
   install_if_changed "$MN_CONF.new" "$MN_CONF" || true
 }

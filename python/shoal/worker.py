@@ -52,8 +52,9 @@ PUBLISH_EVERY = 1.0
 BLOB_CACHE = 4
 EXIT_NO_SPACE = 74
 # The scheduler's "you are being taken off this node" signal: Slurm preemption (and the
-# walltime's first signal), HTCondor vacate, SGE -notify before a kill.
-PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR2")
+# walltime's first signal), HTCondor vacate, SGE -notify's SIGUSR1 before a suspension and
+# SIGUSR2 before a kill (Python's default for either would end the worker with no word).
+PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 # A task is started only if the longest task seen so far, times this, ends before the
 # job's time limit less the margin.
 WALLTIME_SLACK = 1.25

@@ -366,13 +366,15 @@ impl<A: Adapter> ArrayBackend<A> {
             "printf '%s\\n' \"$rc\" > {exit}/.\"$SHOAL_WORKER_ID\" && mv -f {exit}/.\"$SHOAL_WORKER_ID\" {exit}/\"$SHOAL_WORKER_ID\"\n"
         );
         // A preemption (or the time limit) sends SIGTERM to the script, and on some sites to
-        // every process of the job: the script passes it on to the workers, which give their
-        // work back (docs/checkpoints.md), and waits on to record each worker's own exit.
+        // every process of the job; SGE's -notify sends SIGUSR1 before it suspends the job
+        // and SIGUSR2 before it kills it. The script passes each on to the workers as SIGTERM
+        // (they give their work back, docs/checkpoints.md) and waits on to record each
+        // worker's own exit.
         let wait = "while :; do wait \"$pid\"; rc=$?; [ \"$rc\" -gt 128 ] && kill -0 \"$pid\" 2>/dev/null || break; done\n";
         let per_job = self.per_job();
         if per_job == 1 {
             s.push_str(&argv);
-            s.push_str(" &\npid=$!\ntrap 'kill -TERM \"$pid\" 2>/dev/null' TERM\n");
+            s.push_str(" &\npid=$!\ntrap 'kill -TERM \"$pid\" 2>/dev/null' TERM USR1 USR2\n");
             s.push_str(wait);
             s.push_str(&record);
             s.push_str("exit $rc\n");
@@ -392,7 +394,7 @@ impl<A: Adapter> ArrayBackend<A> {
         s.push_str("  SHOAL_WORKER_ID=\"$element.$k\"; export SHOAL_WORKER_ID\n");
         s.push_str(&format!("  {argv}{redirect} &\n"));
         s.push_str("  pids=\"$pids $!\"; k=$((k + 1))\ndone\n");
-        s.push_str("trap 'kill -TERM $pids 2>/dev/null' TERM\n");
+        s.push_str("trap 'kill -TERM $pids 2>/dev/null' TERM USR1 USR2\n");
         s.push_str("k=0; worst=0\nfor pid in $pids; do\n");
         s.push_str(&format!("  {wait}"));
         s.push_str("  SHOAL_WORKER_ID=\"$element.$k\"\n");

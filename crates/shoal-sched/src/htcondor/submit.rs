@@ -248,7 +248,7 @@ pub fn fanout_script(o: &CondorOptions, spec: &LaunchSpec) -> String {
          \x20 {argv} --worker-id \"$id\"{redirect} &\n\
          \x20 pids=\"$pids $!\"; k=$((k + 1))\n\
          done\n\
-         trap 'kill -TERM $pids 2>/dev/null' TERM\n\
+         trap 'kill -TERM $pids 2>/dev/null' TERM USR1 USR2\n\
          worst=0\n\
          for pid in $pids; do\n\
          \x20 while :; do wait \"$pid\"; rc=$?; [ \"$rc\" -gt 128 ] && kill -0 \"$pid\" 2>/dev/null || break; done\n\

@@ -302,6 +302,10 @@ impl SgeOptions {
             log("err"),
             "-j".into(),
             "n".into(),
+            // SIGUSR1 before a suspension, SIGUSR2 before a kill (the queue's `notify` time
+            // ahead): the worker gives its task back, with a checkpoint, instead of being
+            // frozen or killed with it (docs/checkpoints.md).
+            "-notify".into(),
         ];
         a.extend(self.request());
         a
@@ -414,6 +418,7 @@ mod tests {
         assert!(o.forwarded().is_empty(), "-V forwards everything itself");
         for part in [
             "-N sweep",
+            "-j n -notify",
             "-q all.q",
             "-pe smp 2",
             "-l arch=lx-amd64,h_vmem=2048M,h_rt=1:00:00",

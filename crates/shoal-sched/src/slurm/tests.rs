@@ -126,7 +126,7 @@ fn submit_is_one_array_per_batch_capped_by_max_array_size() {
     );
     assert!(
         script.contains(&format!(
-            "/bin/sh -m shoal.worker {} &\npid=$!\ntrap 'kill -TERM \"$pid\" 2>/dev/null' TERM\n",
+            "/bin/sh -m shoal.worker {} &\npid=$!\ntrap 'kill -TERM \"$pid\" 2>/dev/null' TERM USR1 USR2\n",
             f.spec.session.root().display()
         )),
         "{script}"
