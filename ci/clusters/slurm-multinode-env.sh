@@ -57,6 +57,15 @@ mn_condor_nodes() { local i; for ((i = 1; i <= MN_CONDOR_NODES; i++)); do echo "
 # the machines users' processes run on: the driver's and the compute nodes
 mn_clients() { echo login; mn_nodes; mn_condor_nodes; }
 mn_machines() { [ "$MN_GLUSTER" = 1 ] && echo fs; echo ctl; mn_clients; }
+# SIGCONT the GlusterFS server processes `cluster fault ... fs-stop` noted (a scan of every
+# process's namespace can block while they are stopped); prints them.
+fs_cont_noted() {
+  local pids
+  pids=$(cat "$MN_STATE/fs-stopped" 2>/dev/null || true)
+  rm -f "$MN_STATE/fs-stopped"
+  for p in $pids; do kill -s CONT "$p" 2>/dev/null || true; done
+  echo "$pids"
+}
 
 MN_ETC=/etc/$MN_TAG
 MN_STATE=/var/lib/$MN_TAG

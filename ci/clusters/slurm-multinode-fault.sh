@@ -58,17 +58,16 @@ case "$kind" in
     # three minutes and cut every client off.
     [ $# = 0 ] || usage; gluster_only
     if [ "$kind" = fs-stop ]; then
-      sig=STOP pids=""
+      pids=""
       for p in $(ns_pids fs); do
         case "$(cat /proc/$p/comm 2>/dev/null)" in glusterd|glusterfsd|glusterfs) pids="$pids $p" ;; esac
       done
       mkdir -p "$MN_STATE" && echo "$pids" > "$MN_STATE/fs-stopped"
+      for p in $pids; do kill -s STOP "$p" 2>/dev/null || true; done
+      log "GlusterFS server processes:$pids: SIGSTOP"
     else
-      sig=CONT pids=$(cat "$MN_STATE/fs-stopped" 2>/dev/null || true)
-      rm -f "$MN_STATE/fs-stopped"
-    fi
-    for p in $pids; do kill -s $sig "$p" 2>/dev/null || true; done
-    log "GlusterFS server processes:$pids: SIG$sig" ;;
+      log "GlusterFS server processes: $(fs_cont_noted): SIGCONT"
+    fi ;;
   fill)
     gluster_only; m=${1:-n1}; machine_ok "$m"
     f=$MN_SCRATCH/.fill-$m

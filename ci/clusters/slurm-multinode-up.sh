@@ -572,8 +572,7 @@ rebuilt=0
 if [ "$MN_GLUSTER" = 1 ]; then
   # heal injected faults: cut links (network() set them up), a stopped server, a full volume
   # the pids fs-stop noted first (a scan can block while they are stopped), then any other
-  for p in $(cat "$MN_STATE/fs-stopped" 2>/dev/null); do kill -s CONT "$p" 2>/dev/null || true; done
-  rm -f "$MN_STATE/fs-stopped"
+  fs_cont_noted >/dev/null
   ns_kill fs CONT
   if ! fs_healthy; then
     for m in $(mn_clients) ctl fs; do ns_stop "$m" 5; done

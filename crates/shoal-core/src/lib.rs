@@ -15,7 +15,6 @@ pub mod fsutil;
 pub mod index;
 pub mod journal;
 pub mod layout;
-pub mod logstore;
 pub mod protocol;
 pub mod retention;
 pub mod session;
