@@ -354,13 +354,9 @@ def test_with_resources_runs_a_call_on_workers_of_its_shape_in_the_same_session(
         # the context's own calls still run on its own workers after the view's
         again = set(Parallel()(delayed(slow_pid)(i) for i in range(24)))
         assert backend.session == session
-    out = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "shoal"), "show", session, "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    workers = {w["pid"]: w for w in json.loads(out)["workers"] if w.get("pid")}
+    from test_resources import workers_of
+
+    workers = workers_of(session)
     assert 1 <= len(set(shaped)) <= 2, "n_jobs=2 caps the shape's workers"
     assert {workers[p]["job"] for p in shaped} == {"(cpus=2,workers=2)"}, workers
     assert not set(shaped) & (plain | again)

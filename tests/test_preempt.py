@@ -87,6 +87,18 @@ def _steps(log: str) -> int:
     return len(steps_done(log)) if os.path.exists(log) else 0
 
 
+def _squeue(*args: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def _job_state(job: str) -> str:
+    out = subprocess.run(
+        ["scontrol", "show", "job", job], capture_output=True, text=True, check=True
+    ).stdout
+    return out.split("JobState=", 1)[1].split()[0]
+
+
 @pytest.mark.slurm
 @pytest.mark.timeout(300)
 @pytest.mark.shared_dir
@@ -101,12 +113,7 @@ def test_slurm_preemption_signal_costs_no_attempt_and_the_task_resumes(tmp_path)
     with shoal.Pool(1, backend="slurm", job_name=name, time="10m", max_attempts=1) as p:
         fut = p.apply_async(Steps(), (30, 1.0, log))
         assert _wait_for(lambda: _steps(log) >= 8, 120), "the task did not start"
-        jobs = subprocess.run(
-            ["squeue", "-h", "-n", name, "-t", "R", "-o", "%i"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
+        jobs = _squeue("-n", name, "-t", "R", "-o", "%i")
         assert len(jobs) == 1, jobs
         subprocess.run(["scancel", "--signal=TERM", "--full", jobs[0]], check=True)
         assert fut.get(timeout=240) == 30
@@ -118,18 +125,6 @@ def test_slurm_preemption_signal_costs_no_attempt_and_the_task_resumes(tmp_path)
     print(f"\nSlurm preemption signal: 30 s checkpointing task, 2 jobs, {wall:.0f} s wall")
     left = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True).stdout
     assert not left.strip(), left
-
-
-def _squeue(*args: str) -> list[str]:
-    out = subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, check=True)
-    return out.stdout.split()
-
-
-def _job_state(job: str) -> str:
-    out = subprocess.run(
-        ["scontrol", "show", "job", job], capture_output=True, text=True, check=True
-    ).stdout
-    return out.split("JobState=", 1)[1].split()[0]
 
 
 @pytest.mark.slurm
