@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 _state: dict[str, Any] = {}
 
@@ -183,3 +183,20 @@ def surroundings(_: Any = None) -> tuple[dict[str, str], str, str]:
     with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
         parent = f.read().replace(b"\0", b" ").decode().strip()
     return dict(os.environ), os.getcwd(), parent
+
+
+def fork_and_terminate(_: Any = None) -> tuple[bool, Optional[int]]:
+    """Fork a multiprocessing child that sleeps, SIGTERM it, and say whether it is still alive
+    10 s later and its exit code (-15 when SIGTERM ended it, as it should)."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    child.start()
+    time.sleep(0.3)
+    child.terminate()
+    child.join(10)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+        child.join()
+    return alive, child.exitcode

@@ -6,6 +6,7 @@ tests preempt real jobs through the test cluster's preempting partition."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -14,6 +15,7 @@ import pytest
 from checkpoint_tasks import NoCheckpoint, Steps, starts, steps_done
 
 import shoal
+from helpers import fork_and_terminate
 
 # The local workers over the work dir and over TCP (docs/transport-tcp.md): the same contract.
 TRANSPORTS = pytest.mark.parametrize("transport", ["fs", "tcp"])
@@ -69,6 +71,15 @@ def test_sigterm_to_an_idle_worker_ends_it_and_work_goes_on(transport: str, tmp_
             pytest.fail("the idle worker did not exit on SIGTERM")
         assert p.apply_async(os.getpid).get(timeout=30) != pid
         assert uuid.uuid4()  # the pool is still usable
+
+
+@TRANSPORTS
+def test_a_process_a_task_forks_ends_on_sigterm(transport: str) -> None:
+    """The worker's preemption handlers are its own: a multiprocessing child a task forks
+    ends on SIGTERM (`Pool.terminate()`), instead of inheriting the handler and living on
+    (joblib's test_nested_loop hung in `Pool.terminate()` joining such children)."""
+    with shoal.Pool(1, transport=transport) as p:
+        assert p.apply(fork_and_terminate) == (False, -signal.SIGTERM)
 
 
 # ---------------------------------------------------------------------- real schedulers

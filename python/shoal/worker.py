@@ -60,6 +60,12 @@ PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 WALLTIME_SLACK = 1.25
 
 
+def _default_signals() -> None:
+    """The default dispositions of the worker's signals, in a process a task forked."""
+    for name in (*PREEMPT_SIGNALS, "SIGALRM"):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
 def _margin(limit: float) -> float:
     """Seconds before its job's end a worker stops (time to checkpoint and publish)."""
     return max(3.0, min(60.0, 0.1 * limit))
@@ -150,6 +156,7 @@ class _Runner:
         self.leaving: Optional[tuple[str, str]] = None
         self.resume_fn: Optional[Callable[[], Any]] = None
         self.releasing = False
+        self._pid = os.getpid()  # the worker's own (arm() sets it again)
         self.longest = 0.0
         walltime = worker.walltime
         self.deadline: Optional[float] = None
@@ -162,11 +169,16 @@ class _Runner:
 
     def arm(self) -> None:
         """Catch the scheduler's preemption signals, and wake at this job's deadline."""
+        self._pid = os.getpid()
         for name in PREEMPT_SIGNALS:
             signal.signal(getattr(signal, name), self._on_signal)
         if self.deadline is not None:
             signal.signal(signal.SIGALRM, self._on_signal)
             signal.setitimer(signal.ITIMER_REAL, max(self.deadline - time.time(), 0.01))
+        # A process a task forks (a multiprocessing pool) must not inherit these handlers:
+        # its SIGTERM would give the worker's task back instead of ending it, and
+        # `Pool.terminate()` would wait on it forever (joblib's test_nested_loop hung so).
+        os.register_at_fork(after_in_child=_default_signals)
 
     def _walltime_reason(self) -> str:
         name = self.limit_option.split("=", 1)[0].strip() or "time"
@@ -176,6 +188,11 @@ class _Runner:
         )
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        if os.getpid() != self._pid:
+            # A child forked around the at-fork hook (os.fork from C): behave as a default.
+            _default_signals()
+            os.kill(os.getpid(), signum)
+            return
         if self.releasing:
             return  # the job's processes may all get the signal, and the script passes it on
         if signum == signal.SIGALRM:
