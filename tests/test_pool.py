@@ -583,3 +583,37 @@ def test_the_template_and_its_workers_die_with_the_driver(tmp_path):
     assert template != driver.pid
     left = _still_running([template, sleeper, *[w for w, *_ in info]])
     assert not left, [open(f"/proc/{q}/cmdline").read() for q in left]
+
+
+def test_a_payload_s_large_buffers_are_not_searched_but_main_still_travels_by_value(
+    monkeypatch,
+):
+    """`_pickling.dumps` reads which modules a payload names off its opcode stream, with
+    large buffers taken out of band (benches/transport: searching 16 MiB arrays for
+    b"__main__" cost a sixth of the driver's time). Bytes that merely spell __main__ are data;
+    a class of __main__ next to a large buffer still sends the payload by value."""
+    import pickle
+
+    import __main__
+    from shoal import _pickling
+
+    calls = []
+    real = _pickling.cloud_dumps
+    monkeypatch.setattr(_pickling, "cloud_dumps", lambda obj: calls.append(obj) or real(obj))
+    import numpy as np
+
+    data = np.frombuffer(b"__main__" * 100_000, dtype=np.uint8).copy()
+    blob = _pickling.dumps((data, square))
+    assert calls == [], "bytes that spell __main__ are data, not a reference"
+    back, fn = pickle.loads(blob)
+    assert fn is square and np.array_equal(back, data)
+    assert blob == pickle.dumps((data, square), protocol=_pickling.PROTOCOL), "in band"
+
+    class Marker:
+        pass
+
+    Marker.__module__, Marker.__qualname__ = "__main__", "ShoalTestMarker"
+    monkeypatch.setattr(__main__, "ShoalTestMarker", Marker, raising=False)
+    blob = _pickling.dumps((data, Marker))
+    assert len(calls) == 1, "a class of __main__ sends the payload by value"
+    assert np.array_equal(pickle.loads(blob)[0], data)
