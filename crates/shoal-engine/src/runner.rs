@@ -967,7 +967,7 @@ impl Runner {
         self.shape_failed(sched, shape, msg);
     }
 
-    /// Workers of `shape` can never start (`message` begins with "workers "). The pool's own
+    /// Workers of `shape` can never start (`message` says why). The pool's own
     /// shape ends the session; another shape's queued jobs are given back and its tasks fail
     /// with `message` (now and on every later call for it), while the pool's other work goes
     /// on.
@@ -979,8 +979,10 @@ impl Runner {
         if !self.dead.contains_key(&shape) {
             let label = sched.label(shape).to_string();
             // "workers can never start: ..." -> "workers of shape (gpus=1) can never start: ..."
-            let rest = message.strip_prefix("workers ").unwrap_or(&message);
-            let message = format!("workers of shape ({label}) {rest}");
+            let message = match message.strip_prefix("workers ") {
+                Some(rest) => format!("workers of shape ({label}) {rest}"),
+                None => format!("workers of shape ({label}) cannot start: {message}"),
+            };
             self.progress.println(&format!(
                 "shoal {}: {message}; its tasks fail, the pool's other work goes on",
                 self.dir.id()
