@@ -134,8 +134,7 @@ def test_slurm_preemption_signal_costs_no_attempt_and_the_task_resumes(tmp_path)
     assert len(starts(log)) == 2 and starts(log)[1] >= 8, starts(log)
     assert stats["workers_lost"] == 0 and stats["workers_started"] >= 2, stats
     print(f"\nSlurm preemption signal: 30 s checkpointing task, 2 jobs, {wall:.0f} s wall")
-    left = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True).stdout
-    assert not left.strip(), left
+    assert not (left := _squeue("-n", name)), f"jobs of the session left in the queue: {left}"
 
 
 @pytest.mark.slurm
@@ -185,5 +184,4 @@ def test_slurm_partition_preemption_costs_no_attempt_and_the_task_resumes(tmp_pa
         f"\nSlurm partition preemption: 90 s checkpointing task, resumed at step "
         f"{starts(log)[1]} in a new job, {wall:.0f} s wall"
     )
-    left = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True).stdout
-    assert not left.strip(), left
+    assert not (left := _squeue("-n", name)), f"jobs of the session left in the queue: {left}"

@@ -144,7 +144,8 @@ def dumps(obj: Any, by_value: bool = False) -> bytes:
     # not reach the tasks of a session whose workers can import the module.
     #
     # Which modules the pickle names is read off its opcode stream. Large buffers (numpy
-    # arrays, bytearrays) are first taken out of band, so that stream stays small: searching
+    # arrays: whatever pickles a PickleBuffer) are first taken out of band, so that stream
+    # stays small (bytes and bytearrays stay in it, and are searched as before): searching
     # 16 MiB of array data for b"__main__" cost a sixth of the driver's time in
     # benches/transport's numpy run. Only when there were such buffers is the object pickled
     # again, in band (the buffers are views: the first pass copies none of them).

@@ -30,9 +30,9 @@ from shoal import _backends, _native
 MARKER = ".shoal-task.json"
 STARTED = ".shoal-task.started"
 STDOUT = "stdout.txt"
+STDERR = "stderr.txt"
 # Where a run's options keep its per-task resource templates (shoal_runs::resources::KEY).
 TASK_RESOURCES = "task_resources"
-STDERR = "stderr.txt"
 FLUSH_EVERY = 0.25
 # Cluster backends default to this many workers (one job each) when the template says nothing.
 DEFAULT_CLUSTER_WORKERS = 16

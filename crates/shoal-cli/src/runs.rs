@@ -412,10 +412,7 @@ pub fn run(a: &RunCmd, groups: &[Vec<String>], out: &mut dyn Write) -> Result<i3
             vars.push(("name".into(), name.clone()));
             vars.extend(dataset_vars(&datasets));
             let resources = shoal_runs::resources::for_task(&task_resources, c);
-            let shown: Vec<String> = resources
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect();
+            let shown = shoal_runs::resources::label(&resources);
             w(
                 out,
                 format!(
@@ -424,7 +421,7 @@ pub fn run(a: &RunCmd, groups: &[Vec<String>], out: &mut dyn Write) -> Result<i3
                     if shown.is_empty() {
                         String::new()
                     } else {
-                        format!("  [{}]", shown.join(","))
+                        format!("  [{shown}]")
                     }
                 ),
             )?;

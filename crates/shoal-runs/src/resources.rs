@@ -43,14 +43,19 @@ pub fn for_task(templates: &Map<String, Json>, params: &[(String, String)]) -> M
     templates
         .iter()
         .map(|(k, v)| {
-            let text = match v {
-                Json::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            let value = render(&[text], params).remove(0);
+            let value = render(&[plain(v)], params).remove(0);
             (k.clone(), Json::String(value))
         })
         .collect()
+}
+
+/// A task's resources as `shoal run --dry-run` and its errors show them: `cpus=4,memory=4G`.
+pub fn label(resources: &Map<String, Json>) -> String {
+    let parts: Vec<String> = resources
+        .iter()
+        .map(|(k, v)| format!("{k}={}", plain(v)))
+        .collect();
+    parts.join(",")
 }
 
 /// Check every distinct set of task resources against the backend registry, laid over the
@@ -76,10 +81,9 @@ pub fn check(
             continue;
         }
         shoal_sched::shapes::resolve(backend, &base, &r).map_err(|e| {
-            let shown: Vec<String> = r.iter().map(|(k, v)| format!("{k}={}", plain(v))).collect();
             RunError::Command(format!(
                 "task {i} asks for resources {} that the {backend} backend refuses: {e}",
-                shown.join(" ")
+                label(&r)
             ))
         })?;
     }
