@@ -467,6 +467,22 @@ def test_forward_output_false_keeps_task_output_in_the_logs_only(tmp_path, capsy
     assert "stdout of task 7" in logs.stdout and "stderr of task 7" in logs.stdout, logs
 
 
+def test_output_written_once_the_pool_is_terminating_is_not_forwarded(tmp_path, capsys):
+    from shoal._output import Forwarder
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    err = logs / "b1-0.err"
+    err.write_text("a task's last words\nand a partial line")
+    out = Forwarder(str(tmp_path), shared=False)
+    out.freeze()  # terminate(): the jobs are being cancelled
+    with err.open("a") as f:
+        f.write("\nslurmstepd: *** JOB 5 ON n1 CANCELLED AT 2026-12-02T01:09:46 ***\n")
+    out.pump(catch_up=True)  # a result collected meanwhile
+    out.drain()
+    assert capsys.readouterr().err == "a task's last words\nand a partial line"
+
+
 def test_ten_megabytes_of_output_are_forwarded_in_bounded_slices(tmp_path):
     body = (
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"

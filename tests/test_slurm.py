@@ -76,6 +76,26 @@ def test_map_imap_apply(name: str) -> None:
         assert p._driver.stats()["workers_started"] <= 6 * 4
 
 
+def noisy_when_cancelled(x: int) -> int:
+    """Leaves a process in its job that writes to the job's stderr when the job is cancelled,
+    as slurmstepd itself writes "CANCELLED AT" there."""
+    cmd = "trap 'echo NOISE-OF-THE-CANCEL >&2; exit 0' TERM; while :; do sleep 0.02; done"
+    subprocess.Popen(["sh", "-c", cmd])
+    print(f"stderr of task {x}", file=sys.stderr, flush=True)
+    return x
+
+
+def test_what_a_terminated_pools_jobs_write_is_not_forwarded(name: str, capfd) -> None:
+    # `with Pool()` ends with terminate(): its jobs are cancelled, and what they write then is
+    # the scheduler's word on it ("slurmstepd: *** JOB 5 ON vm CANCELLED AT ..."), not a
+    # task's output: it stays in the logs, and the user's terminal does not get it.
+    with shoal.Pool(2, backend="slurm", job_name=name, poll_interval=0.5) as p:
+        assert p.map(noisy_when_cancelled, range(2), chunksize=1) == [0, 1]
+    err = capfd.readouterr().err
+    assert "stderr of task 1" in err  # what the tasks wrote was forwarded
+    assert "NOISE-OF-THE-CANCEL" not in err and "CANCELLED AT" not in err, err
+
+
 @pytest.mark.shared_dir
 def test_task_exception_carries_remote_traceback_and_is_not_retried(name: str, tmp_path) -> None:
     log = tmp_path / "runs"

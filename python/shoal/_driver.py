@@ -698,6 +698,8 @@ class Driver:
             if self._closing:
                 return None
             self._closing = True
+        if self.output is not None and not graceful:
+            self.output.freeze()  # what the cancelled jobs write now is no task's output
         self._native.shutdown(grace if graceful else None)
         # The engine has stopped: the collector drains what is left and ends.
         self._closed = True

@@ -56,6 +56,7 @@ class Forwarder:
         self._listed = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._frozen = False
         self._thread = threading.Thread(target=self._loop, name="shoal-output", daemon=True)
         self._thread.start()
 
@@ -68,6 +69,8 @@ class Forwarder:
         so far (slice by slice: results about to be handed out come after their output, as
         with multiprocessing, and a task printing without end cannot hold them back)."""
         with self._lock:
+            if self._frozen:
+                return
             now = time.monotonic()
             if now - self._listed >= self._list_every:
                 self._listed = now
@@ -83,17 +86,24 @@ class Forwarder:
                 while tail.offset < end and self._forward(tail):
                     pass
 
+    def freeze(self) -> None:
+        """Forward everything written so far and stop: what workers write from now on (the
+        session is terminating them) stays in the logs. A cancelled job's stderr gets the
+        scheduler's word on the cancel ("slurmstepd: *** JOB 5 ON n1 CANCELLED AT ..."), which
+        is no task's output and would reach the user's terminal after every `with Pool()`."""
+        self._halt()
+        with self._lock:
+            self._catch_up()
+            self._frozen = True
+
     def drain(self) -> None:
         """Stop tailing and forward everything left, partial last lines included (the
-        session ends; its workers have stopped)."""
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+        session ends; its workers have stopped). After `freeze`, only the partial lines."""
+        self._halt()
         with self._lock:
-            self._discover()
+            if not self._frozen:
+                self._catch_up()
             for tail in self._tails.values():
-                while self._forward(tail):
-                    pass
                 rest = tail.pending + tail.decoder.decode(b"", final=True)
                 tail.pending = ""
                 if rest:
@@ -101,6 +111,17 @@ class Forwarder:
                 if tail.fd is not None:
                     os.close(tail.fd)
                     tail.fd = None
+
+    def _halt(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _catch_up(self) -> None:
+        self._discover()
+        for tail in self._tails.values():
+            while self._forward(tail):
+                pass
 
     def _discover(self) -> None:
         try:
