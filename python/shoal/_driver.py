@@ -552,7 +552,7 @@ class Driver:
         count: int,
         skip: int,
         worker: str,
-        payload: bytes,
+        payload: _native.Payload,
         err_ranges: dict[int, tuple[int, int]],
         chunk_error: Optional[str],
     ) -> None:
@@ -566,7 +566,8 @@ class Driver:
             failure = TaskError(chunk_error or "the chunk could not run on its worker")
         else:
             try:
-                values, raw_errors = pickle.loads(payload)
+                with payload.view() as data:  # the engine's buffer, uncopied
+                    values, raw_errors = pickle.loads(data)
             except BaseException as exc:  # even SystemExit from a __reduce__
                 pieces = route.pieces(frm, count)
                 head, tail = pieces[0], pieces[-1]

@@ -7,6 +7,11 @@ __version__: str
 
 _Event = tuple
 
+class Payload:
+    """A result part's payload, uncopied: read it through view() while it is referenced."""
+    def __len__(self) -> int: ...
+    def view(self) -> memoryview: ...
+
 class Session:
     def __init__(
         self,

@@ -5,6 +5,7 @@
 use crate::broker::fs::FsBroker;
 use crate::broker::tcp::TcpBroker;
 use crate::broker::{self, Broker};
+use crate::chunks::{Chunks, MEMORY_BUDGET};
 use crate::error::{EngineError, Result};
 use crate::ledger::{Cause, Ledger, Outcome};
 use crate::record::{self, Stats};
@@ -20,6 +21,7 @@ use shoal_core::watch::Waker;
 use shoal_core::SessionDir;
 use shoal_sched::shapes::{ShapeId, Shaped};
 use shoal_sched::{LaunchSpec, Scheduler};
+use shoal_wire::Bytes;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -94,7 +96,7 @@ pub enum Event {
     /// `skip..` of the part's payload. Each task is delivered exactly once.
     Result {
         header: ResultHeader,
-        payload: Vec<u8>,
+        payload: Bytes,
         from: u32,
         count: u32,
         skip: u32,
@@ -121,6 +123,7 @@ pub enum Event {
 /// Handle to a running session's engine.
 pub struct Engine {
     dir: SessionDir,
+    chunks: Arc<Chunks>,
     shared: Arc<Shared>,
     events: Receiver<Event>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -152,10 +155,16 @@ impl Engine {
             )));
         }
         let transport = broker::choose(&options.transport, scheduler.name(), &fs)?;
+        let chunks = Arc::new(if transport == "tcp" {
+            Chunks::in_memory(dir.clone(), MEMORY_BUDGET)
+        } else {
+            Chunks::files(dir.clone())
+        });
         let mut spec = spec;
         let (broker, waker, listening): (Box<dyn Broker>, Waker, Option<String>) =
             if transport == "tcp" {
-                let (b, connect, listening) = TcpBroker::start(dir.clone(), &options.listen)?;
+                let (b, connect, listening) =
+                    TcpBroker::start(dir.clone(), chunks.clone(), &options.listen)?;
                 spec.connect = Some(connect);
                 let waker = b.waker();
                 (Box::new(b), waker, Some(listening))
@@ -212,6 +221,7 @@ impl Engine {
             .map_err(|e| shoal_core::CoreError::io("shoal-engine thread", e))?;
         Ok(Engine {
             dir,
+            chunks,
             shared,
             events: rx,
             thread: Mutex::new(Some(thread)),
@@ -299,13 +309,15 @@ impl Engine {
     /// Publish a chunk of `ntasks` tasks referring to `blobs`; returns (chunk id, session
     /// number of its first task).
     pub fn submit(&self, payload: &[u8], ntasks: u32, blobs: &[u64]) -> Result<(u64, u64)> {
-        self.submit_shaped(payload, ntasks, blobs, 0)
+        self.submit_shaped(Bytes::copy_from_slice(payload), ntasks, blobs, 0)
     }
 
-    /// `submit`, for workers of `shape` (from [`Engine::add_shape`]) only.
+    /// `submit`, for workers of `shape` (from [`Engine::add_shape`]) only. The payload is
+    /// kept as given while a TCP session holds it in memory (the bindings pass Python's own
+    /// bytes object, uncopied).
     pub fn submit_shaped(
         &self,
-        payload: &[u8],
+        payload: Bytes,
         ntasks: u32,
         blobs: &[u64],
         shape: ShapeId,
@@ -332,7 +344,7 @@ impl Engine {
         };
         // The master copy is written outside the lock (it may be large); the engine learns
         // of the chunk only once it exists.
-        self.dir.put_chunk(&header, payload)?;
+        self.chunks.put(&header, payload)?;
         {
             let mut st = self.shared.lock();
             st.stats.tasks_total += u64::from(ntasks);

@@ -9,13 +9,14 @@
 //!
 //! - `ledger`: the pure state machine of chunks (property-tested);
 //! - `fleet`: the scheduler's jobs and the worker incarnations that announced themselves;
-//! - `blobs`: which shared payloads are still needed;
+//! - `blobs`: which shared payloads are still needed; `chunks`: the chunks' master copies;
 //! - `broker`: the transport seam and the work-dir transport;
 //! - `runner`: the loop that does the I/O; `handle`: what callers hold;
 //! - `record`, `progress`: the session record and the progress display.
 
 pub mod blobs;
 pub mod broker;
+pub mod chunks;
 pub mod error;
 pub mod fleet;
 mod handle;
@@ -30,3 +31,4 @@ pub use handle::{Engine, EngineOptions, Event};
 pub use ledger::Cause;
 pub use record::Stats;
 pub use runner::describe;
+pub use shoal_wire::Bytes;

@@ -20,6 +20,7 @@ use shoal_core::session::SessionMeta;
 use shoal_core::{CoreError, SessionDir};
 use shoal_sched::shapes::{shape_of, ShapeId, Shaped};
 use shoal_sched::{LaunchSpec, Scheduler, WorkerState};
+use shoal_wire::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -400,7 +401,7 @@ impl Runner {
         }
     }
 
-    fn on_part(&mut self, sched: &mut Shaped, header: ResultHeader, payload: Vec<u8>, at: PartRef) {
+    fn on_part(&mut self, sched: &mut Shaped, header: ResultHeader, payload: Bytes, at: PartRef) {
         let Some(chunk) = self.shared.lock().chunks.get(&at.chunk).cloned() else {
             self.broker.consumed(at); // its chunk ended: a late duplicate
             return;

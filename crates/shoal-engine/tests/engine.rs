@@ -300,7 +300,7 @@ fn collect(engine: &Engine, tasks: usize) -> Seen {
                     count,
                     ..
                 } => {
-                    seen.results.insert(header.chunk, payload);
+                    seen.results.insert(header.chunk, payload.to_vec());
                     let t = seen.tasks.entry(header.chunk).or_default();
                     for i in from..from + count {
                         assert!(
@@ -864,7 +864,7 @@ fn a_shapes_chunks_run_only_on_its_workers_which_start_only_for_its_work() {
     );
     for i in 0..10u32 {
         let (c, _) = engine
-            .submit_shaped(format!("g{i}").as_bytes(), 1, &[], shape)
+            .submit_shaped(format!("g{i}").into_bytes().into(), 1, &[], shape)
             .unwrap();
         shape_of.insert(c, 1);
         let (c, _) = engine.submit(format!("q{i}").as_bytes(), 1, &[]).unwrap();
@@ -894,7 +894,7 @@ fn a_shape_that_cannot_start_fails_its_own_tasks_and_the_pool_goes_on() {
     let mut shaped = HashSet::new();
     for i in 0..3u32 {
         let (c, _) = engine
-            .submit_shaped(format!("g{i}").as_bytes(), 2, &[], shape)
+            .submit_shaped(format!("g{i}").into_bytes().into(), 2, &[], shape)
             .unwrap();
         shaped.insert(c);
     }
@@ -937,7 +937,9 @@ fn a_shape_that_cannot_start_fails_its_own_tasks_and_the_pool_goes_on() {
     assert_eq!(failed.keys().copied().collect::<HashSet<_>>(), shaped);
     assert_eq!(done, plain);
     // A later call for the dead shape fails at once, the pool's own still runs.
-    let (c, _) = engine.submit_shaped(b"late", 1, &[], shape).unwrap();
+    let (c, _) = engine
+        .submit_shaped(b"late"[..].into(), 1, &[], shape)
+        .unwrap();
     let (p, _) = engine.submit(b"after", 1, &[]).unwrap();
     let (mut late_failed, mut after_done) = (false, false);
     let deadline = Instant::now() + Duration::from_secs(20);

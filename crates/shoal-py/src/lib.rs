@@ -13,7 +13,7 @@ use shoal_core::session::{create_node_local, default_base, local_backend_base, S
 use shoal_core::worker::{DriverInfo, WorkerConfig, WorkerSession, WorkerTransport};
 use shoal_core::worker_tcp::TcpWorker;
 use shoal_core::{CoreError, SessionDir};
-use shoal_engine::{Cause, Engine, EngineError, EngineOptions, Event};
+use shoal_engine::{Bytes, Cause, Engine, EngineError, EngineOptions, Event};
 use shoal_sched::{LaunchSpec, SchedError};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -87,6 +87,71 @@ impl Session {
         match engine {
             Some(e) => f(&e),
             None => Err(raise(py, "ShoalError", "the session has ended".into())),
+        }
+    }
+}
+
+/// A Python bytes object as a chunk's payload, uncopied (a TCP session keeps it until the
+/// chunk ends): bytes are immutable, and the reference keeps the buffer alive. It is released
+/// whenever it is dropped, the GIL held or not (PyO3 defers the decref).
+struct PyPayload {
+    _owner: Py<PyBytes>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is never written (a bytes object is immutable) and lives as long as
+// `_owner`; moving the owning reference to another thread is what `Py` allows.
+unsafe impl Send for PyPayload {}
+
+impl PyPayload {
+    fn new(b: Bound<'_, PyBytes>) -> PyPayload {
+        let data = b.as_bytes();
+        PyPayload {
+            ptr: data.as_ptr(),
+            len: data.len(),
+            _owner: b.unbind(),
+        }
+    }
+}
+
+impl AsRef<[u8]> for PyPayload {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: see `Send` above.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// A result part's payload as the engine received it, handed to Python uncopied (a copy of
+/// every result was a sixth of the driver's memory traffic in benches/transport's numpy run).
+/// Read it through `view()`, a memoryview for `pickle.loads`, released before this object
+/// goes. (The buffer protocol itself is not in the stable ABI before Python 3.11.)
+/// CPython's `PyBUF_READ` (memoryobject.h), which pyo3-ffi does not export.
+const PYBUF_READ: std::ffi::c_int = 0x100;
+
+#[pyclass(frozen, module = "shoal._native")]
+struct Payload {
+    bytes: Bytes,
+}
+
+#[pymethods]
+impl Payload {
+    fn __len__(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// A read-only memoryview of the payload. It does not keep this object alive: release
+    /// it (`with payload.view() as data:`) while the payload is still referenced.
+    fn view<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        // SAFETY: the memory is immutable and lives as long as `self.bytes`; the caller
+        // releases the view before dropping this object (the contract above).
+        unsafe {
+            let ptr = pyo3::ffi::PyMemoryView_FromMemory(
+                self.bytes.as_ptr() as *mut std::ffi::c_char,
+                self.bytes.len() as pyo3::ffi::Py_ssize_t,
+                PYBUF_READ,
+            );
+            Bound::from_owned_ptr_or_err(py, ptr)
         }
     }
 }
@@ -230,11 +295,12 @@ impl Session {
     fn submit(
         &self,
         py: Python<'_>,
-        payload: &[u8],
+        payload: Bound<'_, PyBytes>,
         ntasks: u32,
         blobs: Vec<u64>,
         shape: u32,
     ) -> PyResult<(u64, u64)> {
+        let payload = Bytes::from_owner(PyPayload::new(payload));
         self.with(py, |e| {
             py.detach(|| e.submit_shaped(payload, ntasks, &blobs, shape))
                 .map_err(|x| engine_err(py, x))
@@ -320,7 +386,7 @@ impl Session {
                         count,
                         skip,
                         worker,
-                        PyBytes::new(py, &payload),
+                        Payload { bytes: payload },
                         err_ranges,
                         header.chunk_error,
                     ))?
@@ -710,6 +776,7 @@ fn default_work_dir() -> PathBuf {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Session>()?;
+    m.add_class::<Payload>()?;
     m.add_class::<Worker>()?;
     m.add_class::<registry::Registry>()?;
     backends::register(m)?;

@@ -143,7 +143,7 @@ impl FsBroker {
             match self.dir.read_part(chunk, attempt, from) {
                 Ok(Some(Ok((header, payload)))) => out.push(BrokerEvent::Part {
                     header,
-                    payload,
+                    payload: payload.into(),
                     at,
                 }),
                 Ok(Some(Err(reason))) => {

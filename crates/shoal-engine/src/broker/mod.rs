@@ -11,6 +11,7 @@ use crate::error::{EngineError, Result};
 use shoal_core::fskind::FsKind;
 use shoal_core::protocol::{Beat, ResultHeader, Ticket};
 use shoal_core::worker::WorkerInfo;
+use shoal_wire::Bytes;
 use std::time::Duration;
 
 /// What a broker saw since its last poll.
@@ -23,7 +24,7 @@ pub enum BrokerEvent {
     /// A result part whose frame verified. The engine still checks it against the chunk.
     Part {
         header: ResultHeader,
-        payload: Vec<u8>,
+        payload: Bytes,
         at: PartRef,
     },
     /// A result part that failed verification; a copy is kept at `kept`.

@@ -10,6 +10,7 @@
 //! offsets in `logs/ID.out|err`, so `shoal logs` reads the same files on both transports.
 
 use super::{Broker, BrokerEvent, PartRef};
+use crate::chunks::Chunks;
 use crate::error::{EngineError, Result};
 use crossbeam_channel::{select, Receiver, Sender};
 use shoal_core::layout::{key_id, worker_key, Stream};
@@ -26,6 +27,7 @@ use shoal_wire::{
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Events taken from the server per poll (the rest wait for the next one).
@@ -49,6 +51,8 @@ struct Peer {
 
 pub struct TcpBroker {
     dir: SessionDir,
+    /// The chunks' master copies (in memory: only this broker reads them).
+    chunks: Arc<Chunks>,
     server: Server,
     config: Json,
     peers: HashMap<PeerId, Peer>,
@@ -76,7 +80,11 @@ pub struct TcpBroker {
 impl TcpBroker {
     /// Listen (per `bind`: see docs/transport-tcp.md) with fresh session secrets. Returns the
     /// broker and what workers need to connect back.
-    pub fn start(dir: SessionDir, bind: &str) -> Result<(TcpBroker, Connect, String)> {
+    pub fn start(
+        dir: SessionDir,
+        chunks: Arc<Chunks>,
+        bind: &str,
+    ) -> Result<(TcpBroker, Connect, String)> {
         let unusable = |e: String| EngineError::Unusable(e);
         let bind: BindSpec = bind.parse().map_err(|e| {
             unusable(format!(
@@ -117,6 +125,7 @@ impl TcpBroker {
         Ok((
             TcpBroker {
                 dir,
+                chunks,
                 server,
                 config,
                 peers: HashMap::new(),
@@ -370,7 +379,7 @@ impl TcpBroker {
                 }
                 self.parts.push_back(BrokerEvent::Part {
                     header: header.clone(),
-                    payload: payload.to_vec(),
+                    payload: payload.clone(),
                     at: *at,
                 });
             }
@@ -473,7 +482,7 @@ impl Broker for TcpBroker {
         let msg = match ticket.kind {
             TicketKind::Stop => ToWorker::Stop { graceful: true },
             TicketKind::Run => {
-                let Some((chunk, payload)) = self.dir.read_chunk(ticket.chunk)? else {
+                let Some((chunk, payload)) = self.chunks.get(ticket.chunk)? else {
                     return Ok(()); // ended meanwhile
                 };
                 let missing: Vec<u64> = match self.peers.get(&peer) {
@@ -520,7 +529,7 @@ impl Broker for TcpBroker {
                 };
                 ToWorker::Assign {
                     header: Json::new(&header).map_err(|e| EngineError::Unusable(e.to_string()))?,
-                    payload: Bytes::from(payload),
+                    payload,
                 }
             }
         };
@@ -603,7 +612,7 @@ impl Broker for TcpBroker {
     }
 
     fn ended(&mut self, chunk: u64) {
-        let _ = self.dir.remove_chunk(chunk);
+        self.chunks.remove(chunk);
         self.held.remove(&chunk);
         for p in self.peers.values_mut() {
             p.assigned.remove(&chunk);
@@ -671,7 +680,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = SessionDir::create(t.path().join("s")).unwrap();
         dir.write_config(&WorkerConfig::default()).unwrap();
-        let (b, connect, line) = TcpBroker::start(dir, "127.0.0.1").unwrap();
+        let chunks = Arc::new(Chunks::in_memory(dir.clone(), 1 << 20));
+        let (b, connect, line) = TcpBroker::start(dir, chunks, "127.0.0.1").unwrap();
         assert!(
             line.contains("127.0.0.1") && line.contains("sha256:"),
             "{line}"
@@ -748,14 +758,14 @@ mod tests {
     #[test]
     fn a_disconnect_mid_chunk_is_a_loss_and_a_goodbye_holding_nothing_is_not() {
         let (_t, mut b, c) = broker();
-        b.dir
-            .put_chunk(
+        b.chunks
+            .put(
                 &shoal_core::protocol::ChunkHeader {
                     chunk: 3,
                     ntasks: 1,
                     ..Default::default()
                 },
-                b"calls",
+                Bytes::from_static(b"calls"),
             )
             .unwrap();
         for (id, leave) in [("w1", false), ("w2", true)] {
