@@ -64,6 +64,10 @@ def _default_signals() -> None:
     """The default dispositions of the worker's signals, in a process a task forked."""
     for name in (*PREEMPT_SIGNALS, "SIGALRM"):
         signal.signal(getattr(signal, name), signal.SIG_DFL)
+    try:
+        signal.set_wakeup_fd(-1)  # the worker's pipe is not the child's to write to
+    except ValueError:  # forked from a thread other than the main one
+        pass
 
 
 def _margin(limit: float) -> float:
@@ -175,6 +179,15 @@ class _Runner:
         if self.deadline is not None:
             signal.signal(signal.SIGALRM, self._on_signal)
             signal.setitimer(signal.ITIMER_REAL, max(self.deadline - time.time(), 0.01))
+        # An idle worker waits in native code, which looks at signals once a second: the
+        # wake-up pipe makes it look at once (the scheduler cancelling an idle worker's job,
+        # as `terminate()` does, then ends it in milliseconds).
+        wake_on = getattr(self.worker, "wake_on", None)
+        if wake_on is not None:
+            r, w = os.pipe()
+            os.set_blocking(w, False)
+            signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+            wake_on(r)  # takes r over
         # A process a task forks (a multiprocessing pool) must not inherit these handlers:
         # its SIGTERM would give the worker's task back instead of ending it, and
         # `Pool.terminate()` would wait on it forever (joblib's test_nested_loop hung so).

@@ -128,6 +128,34 @@ impl DirWatch {
     }
 }
 
+/// Call `f` each time `fd` (the read end of a pipe) becomes readable, from a thread of its
+/// own, reading what was written. For Python's `signal.set_wakeup_fd`: the interpreter
+/// writes a byte there as a signal arrives, while its main thread may be blocked in native
+/// code that would otherwise look at signals only when its wait ends.
+pub fn on_readable(fd: OwnedFd, f: impl Fn() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("shoal-signals".into())
+        .spawn(move || loop {
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(n) if n > 0 => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => return,
+            }
+            let hup = fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
+            // One read (the pipe may block): what is left makes the next poll return at once.
+            let mut buf = [0u8; 64];
+            let _ = nix::unistd::read(fd.as_fd(), &mut buf);
+            f();
+            if hup {
+                return; // the writer is gone: no more signals come this way
+            }
+        })
+        .map(|_| ())
+}
+
 impl Drop for DirWatch {
     fn drop(&mut self) {
         // Closing an inotify fd waits for the kernel to retire its watches (~20 ms, an RCU
@@ -147,6 +175,21 @@ impl Drop for DirWatch {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn on_readable_calls_back_per_wake_up_and_ends_with_the_writer() {
+        let (r, w) = nix::unistd::pipe().unwrap(); // a blocking read end, as Python's os.pipe()
+        let (tx, rx) = std::sync::mpsc::channel();
+        on_readable(r, move || tx.send(()).unwrap()).unwrap();
+        nix::unistd::write(&w, &[15u8]).unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        nix::unistd::write(&w, &[10u8, 12]).unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        drop(w);
+        // The hang-up wakes it once more (nothing to drain), then it ends.
+        let _ = rx.recv_timeout(Duration::from_secs(5));
+        assert!(rx.recv_timeout(Duration::from_secs(5)).is_err());
+    }
 
     #[test]
     fn wakes_on_new_file_and_times_out_otherwise() {

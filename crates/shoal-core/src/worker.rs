@@ -12,7 +12,7 @@ use crate::fsutil::{
 };
 use crate::layout::{valid_worker_id, worker_key, SessionDir};
 use crate::protocol::{Beat, ChunkHeader, ResultHeader, Ticket, TicketKind};
-use crate::watch::DirWatch;
+use crate::watch::{DirWatch, Waker};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::ErrorKind;
@@ -210,6 +210,10 @@ struct Shared {
     /// Whether a chunk is running (a fence or a dead driver then ends the process at once).
     busy: AtomicBool,
     beating: AtomicBool,
+    /// `interrupt()` was called: `next` returns `Timeout` at once (and the idle wait wakes
+    /// through `wake`, once the inbox is watched).
+    interrupted: AtomicBool,
+    wake: Mutex<Option<Waker>>,
 }
 
 impl Shared {
@@ -279,6 +283,8 @@ impl WorkerSession {
             exit: Mutex::new(None),
             busy: AtomicBool::new(false),
             beating: AtomicBool::new(true),
+            interrupted: AtomicBool::new(false),
+            wake: Mutex::new(None),
         });
         // The beat file exists before the hello: the driver starts watching it on the hello.
         shared.write_beat()?;
@@ -356,6 +362,9 @@ impl WorkerSession {
         let idle = self.config.idle_timeout.map(Duration::from_secs_f64);
         let poll_max = Duration::from_secs_f64(self.config.poll_max.max(0.001));
         loop {
+            if self.shared.interrupted.swap(false, Ordering::Relaxed) {
+                return Ok(Err(ExitReason::Timeout));
+            }
             if let Some(reason) = self
                 .shared
                 .exit
@@ -367,10 +376,9 @@ impl WorkerSession {
             }
             if !self.welcomed && self.dir.inbox(self.key()).is_dir() {
                 self.welcomed = true;
-                self.watch = Some(DirWatch::new(&[
-                    &self.dir.inbox(self.key()),
-                    &self.dir.sub("control"),
-                ]));
+                let watch = DirWatch::new(&[&self.dir.inbox(self.key()), &self.dir.sub("control")]);
+                *self.shared.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(watch.waker());
+                self.watch = Some(watch);
             }
             if self.welcomed {
                 match self.try_ticket()? {
@@ -593,7 +601,13 @@ pub trait WorkerTransport: Send {
     fn read_blob(&self, id: u64) -> Result<Vec<u8>>;
     /// The worker is leaving (`reason`: why `next` said to exit).
     fn close(&mut self, _reason: &str) {}
+    /// What another thread calls to make a blocked `next` return `Timeout` now (a signal
+    /// came: the caller looks at it, instead of after the rest of its wait).
+    fn interrupter(&self) -> Interrupter;
 }
+
+/// See [`WorkerTransport::interrupter`].
+pub type Interrupter = Arc<dyn Fn() + Send + Sync>;
 
 impl WorkerTransport for WorkerSession {
     fn id(&self) -> &str {
@@ -627,6 +641,15 @@ impl WorkerTransport for WorkerSession {
     }
     fn read_blob(&self, id: u64) -> Result<Vec<u8>> {
         self.dir.read_blob(id)
+    }
+    fn interrupter(&self) -> Interrupter {
+        let shared = self.shared.clone();
+        Arc::new(move || {
+            shared.interrupted.store(true, Ordering::Relaxed);
+            if let Some(w) = &*shared.wake.lock().unwrap_or_else(|e| e.into_inner()) {
+                w.wake();
+            }
+        })
     }
 }
 

@@ -12,7 +12,9 @@ use crate::error::{CoreError, Result};
 use crate::fsutil::random_u64;
 use crate::layout::worker_key;
 use crate::protocol::{ChunkHeader, ResultHeader, Ticket, TicketKind};
-use crate::worker::{resolve_worker_id, Assignment, ExitReason, WorkerConfig, WorkerTransport};
+use crate::worker::{
+    resolve_worker_id, Assignment, ExitReason, Interrupter, WorkerConfig, WorkerTransport,
+};
 use serde::{Deserialize, Serialize};
 use shoal_wire::{Bytes, ClientOptions, Credentials, Hello, Link, Stream, ToDriver, ToWorker};
 use std::collections::VecDeque;
@@ -55,6 +57,8 @@ struct Inbox {
     /// before its assignment.
     checkpoints: Vec<((u64, u32), Vec<u8>)>,
     exit: Option<ExitReason>,
+    /// `interrupt()` was called: `next` returns `Timeout` at once.
+    interrupted: bool,
 }
 
 struct State {
@@ -379,6 +383,9 @@ impl WorkerTransport for TcpWorker {
             if let Some(reason) = inbox.exit.take() {
                 return Ok(Err(reason));
             }
+            if std::mem::take(&mut inbox.interrupted) {
+                return Ok(Err(ExitReason::Timeout));
+            }
             match inbox.queue.pop_front() {
                 Some(Item::Stop) => return Ok(Err(ExitReason::Stopped)),
                 Some(Item::Run(a)) => {
@@ -500,6 +507,14 @@ impl WorkerTransport for TcpWorker {
                 "the checkpoint of chunk {chunk} task {task} did not come with its assignment"
             ))),
         }
+    }
+
+    fn interrupter(&self) -> Interrupter {
+        let state = self.state.clone();
+        Arc::new(move || {
+            state.inbox().interrupted = true;
+            state.changed.notify_all();
+        })
     }
 
     fn close(&mut self, reason: &str) {

@@ -596,6 +596,23 @@ impl Worker {
     }
 
     /// The worker is leaving (`reason`: what `claim` returned); a TCP worker says goodbye.
+    /// Make a blocked `claim` look at signals as soon as `fd` (the read end of the pipe given
+    /// to `signal.set_wakeup_fd`; this takes it over) is written to, rather than after the
+    /// rest of its wait: an idle worker's job cancelled by the scheduler (SIGTERM) then
+    /// exits at once, and `terminate()` does not wait a second for each.
+    fn wake_on(&self, fd: i32) -> PyResult<()> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let interrupt = self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .interrupter();
+        // SAFETY: the caller hands the descriptor over (the contract above).
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        shoal_core::watch::on_readable(fd, move || interrupt())
+            .map_err(|e| PyValueError::new_err(format!("wake_on: {e}")))
+    }
+
     fn close(&self, py: Python<'_>, reason: &str) {
         py.detach(|| {
             let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());

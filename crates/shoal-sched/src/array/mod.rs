@@ -832,6 +832,7 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
         }
         let start = Instant::now();
         let mut forced = false;
+        let mut pause = Duration::from_millis(50);
         loop {
             // Ended elements may stay listed for a while (Slurm's MinJobAge): only those
             // still queued, running or on their way out count.
@@ -880,7 +881,10 @@ impl<A: Adapter> Backend for ArrayBackend<A> {
             if !again.is_empty() {
                 let _ = self.cancel_targets(again, force);
             }
-            std::thread::sleep(Duration::from_millis(200));
+            // Most jobs leave within a few hundred milliseconds of the cancel (an idle
+            // worker exits at once on SIGTERM): look again soon, then every 200 ms.
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
 
