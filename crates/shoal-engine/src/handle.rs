@@ -155,24 +155,25 @@ impl Engine {
             )));
         }
         let transport = broker::choose(&options.transport, scheduler.name(), &fs)?;
-        let chunks = Arc::new(if transport == "tcp" {
-            Chunks::in_memory(dir.clone(), MEMORY_BUDGET)
-        } else {
-            Chunks::files(dir.clone())
-        });
         let mut spec = spec;
-        let (broker, waker, listening): (Box<dyn Broker>, Waker, Option<String>) =
-            if transport == "tcp" {
-                let (b, connect, listening) =
-                    TcpBroker::start(dir.clone(), chunks.clone(), &options.listen)?;
-                spec.connect = Some(connect);
-                let waker = b.waker();
-                (Box::new(b), waker, Some(listening))
-            } else {
-                let b = FsBroker::new(dir.clone(), fs.is_network(), options.heartbeat_interval);
-                let waker = b.waker();
-                (Box::new(b), waker, None)
-            };
+        type Started = (Box<dyn Broker>, Waker, Option<String>, Arc<Chunks>);
+        let (broker, waker, listening, chunks): Started = if transport == "tcp" {
+            let chunks = Arc::new(Chunks::in_memory(dir.clone(), MEMORY_BUDGET));
+            let (b, connect, listening) =
+                TcpBroker::start(dir.clone(), chunks.clone(), &options.listen)?;
+            spec.connect = Some(connect);
+            let waker = b.waker();
+            (Box::new(b), waker, Some(listening), chunks)
+        } else {
+            let b = FsBroker::new(dir.clone(), fs.is_network(), options.heartbeat_interval);
+            let waker = b.waker();
+            (
+                Box::new(b),
+                waker,
+                None,
+                Arc::new(Chunks::files(dir.clone())),
+            )
+        };
         scheduler.preflight(&spec)?;
         let backend = scheduler.name();
         let mut meta = SessionMeta::new(dir.id(), backend);

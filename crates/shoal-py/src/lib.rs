@@ -122,13 +122,13 @@ impl AsRef<[u8]> for PyPayload {
     }
 }
 
+/// CPython's `PyBUF_READ` (memoryobject.h), which pyo3-ffi does not export.
+const PYBUF_READ: std::ffi::c_int = 0x100;
+
 /// A result part's payload as the engine received it, handed to Python uncopied (a copy of
 /// every result was a sixth of the driver's memory traffic in benches/transport's numpy run).
 /// Read it through `view()`, a memoryview for `pickle.loads`, released before this object
 /// goes. (The buffer protocol itself is not in the stable ABI before Python 3.11.)
-/// CPython's `PyBUF_READ` (memoryobject.h), which pyo3-ffi does not export.
-const PYBUF_READ: std::ffi::c_int = 0x100;
-
 #[pyclass(frozen, module = "shoal._native")]
 struct Payload {
     bytes: Bytes,
@@ -595,7 +595,6 @@ impl Worker {
         Ok(PyBytes::new(py, &bytes))
     }
 
-    /// The worker is leaving (`reason`: what `claim` returned); a TCP worker says goodbye.
     /// Make a blocked `claim` look at signals as soon as `fd` (the read end of the pipe given
     /// to `signal.set_wakeup_fd`; this takes it over) is written to, rather than after the
     /// rest of its wait: an idle worker's job cancelled by the scheduler (SIGTERM) then
@@ -613,6 +612,7 @@ impl Worker {
             .map_err(|e| PyValueError::new_err(format!("wake_on: {e}")))
     }
 
+    /// The worker is leaving (`reason`: what `claim` returned); a TCP worker says goodbye.
     fn close(&self, py: Python<'_>, reason: &str) {
         py.detach(|| {
             let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
