@@ -2,7 +2,7 @@
 Slurm cluster; prints a table with ratios. Started by ``benches/transport/run``.
 
 - 1,000 no-op tasks on 16 workers, pool creation to pool closed, the median of 5 pools each
-  alternating (target: tcp <= fs);
+  alternating, each started on an empty queue (target: tcp <= fs);
 - 100,000 no-op tasks on 16 warm workers (target <= 5 s), with the driver's CPU per task
   (target <= 20 us; dask-jobqueue's measured in the same run as the baseline);
 - 2 GiB of numpy arrays as arguments, the same back as results, through 4 workers
@@ -12,6 +12,7 @@ Slurm cluster; prints a table with ratios. Started by ``benches/transport/run``.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import resource
@@ -55,8 +56,28 @@ def pool(transport: str, workers: int, work: str) -> shoal.Pool:
     )
 
 
+def quiet_queue(timeout: float = 120) -> None:
+    """Wait until the last pool's jobs have left the queue. The test cluster has exactly 16
+    CPUs, so a pool started earlier would wait for those jobs and be charged for the previous
+    pool's tear-down in Slurm (which made whichever transport ran second look slower)."""
+    if BACKEND != "slurm":
+        return
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        out = subprocess.run(
+            ["squeue", "-h", "-u", getpass.getuser(), "-o", "%i"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        if not out.stdout.split():
+            return
+        time.sleep(0.1)
+
+
 def cold_1k(transport: str, work: str) -> float:
-    """Pool creation to pool closed, 1,000 no-op tasks, 16 workers."""
+    """Pool creation to pool closed, 1,000 no-op tasks, 16 workers, from an empty queue."""
+    quiet_queue()
     t = time.perf_counter()
     with pool(transport, 16, work) as p:
         assert p.map(noop, range(1000)) == list(range(1000))
@@ -129,8 +150,11 @@ def main() -> None:
         colds: dict[str, list[float]] = {t: [] for t in TRANSPORTS}
         for rep in range(args.cold_runs):
             for t in TRANSPORTS:
-                print(f"... {t}: 1,000 tasks ({rep + 1}/{args.cold_runs})", file=sys.stderr)
                 colds[t].append(cold_1k(t, work))
+                print(
+                    f"... {t}: 1,000 tasks ({rep + 1}/{args.cold_runs}): {colds[t][-1]:.2f} s",
+                    file=sys.stderr,
+                )
         for t in TRANSPORTS:
             r[t]["cold"] = statistics.median(colds[t])
         for t in TRANSPORTS:

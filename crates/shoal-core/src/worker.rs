@@ -420,8 +420,20 @@ impl WorkerSession {
             sleep = if woke {
                 Duration::from_micros(200)
             } else {
-                jittered((sleep * 2).min(poll_max))
+                jittered((sleep * 2).min(self.sleep_cap(idle_start, poll_max)))
             };
+        }
+    }
+
+    /// The longest pause between two looks at the inbox. A new worker waits for its welcome
+    /// (the driver answers hellos within a second, faster while it awaits workers): it
+    /// looks every 100 ms at most (one `stat`, no listing) for its first seconds, so that
+    /// the first task does not wait out a long back-off; after that, as any idle worker.
+    fn sleep_cap(&self, idle_since: Instant, poll_max: Duration) -> Duration {
+        if !self.welcomed && idle_since.elapsed() < WELCOME_EAGER {
+            poll_max.min(WELCOME_POLL)
+        } else {
+            poll_max
         }
     }
 
@@ -662,6 +674,9 @@ impl Drop for WorkerSession {
     }
 }
 
+const WELCOME_POLL: Duration = Duration::from_millis(100);
+const WELCOME_EAGER: Duration = Duration::from_secs(10);
+
 /// ±20 % so that thousands of idle workers do not poll the filesystem in lock-step.
 fn jittered(d: Duration) -> Duration {
     let r = (random_u64() % 401) as f64 / 1000.0 + 0.8;
@@ -737,6 +752,18 @@ mod tests {
             worker: key.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_worker_awaiting_its_welcome_looks_often_and_then_backs_off() {
+        let (_t, d) = session();
+        let mut w = WorkerSession::open(d.root(), Some("w1")).unwrap();
+        let poll_max = Duration::from_secs(1);
+        let now = Instant::now();
+        assert_eq!(w.sleep_cap(now, poll_max), WELCOME_POLL);
+        assert_eq!(w.sleep_cap(now - WELCOME_EAGER, poll_max), poll_max);
+        w.welcomed = true;
+        assert_eq!(w.sleep_cap(now, poll_max), poll_max);
     }
 
     #[test]

@@ -223,6 +223,16 @@ impl Fleet {
         (queued, jobs().count() - queued - suspended)
     }
 
+    /// Jobs queued or started whose worker has not said hello yet.
+    pub fn awaited(&self) -> usize {
+        self.jobs
+            .values()
+            .filter(|j| {
+                j.keys.is_empty() && matches!(j.state, WorkerState::Pending | WorkerState::Running)
+            })
+            .count()
+    }
+
     /// The newest `n` jobs that are still queued and never announced a worker: the only
     /// ones that can be given back without losing work.
     pub fn give_back(&self, n: usize) -> Vec<String> {

@@ -167,6 +167,7 @@ impl Runner {
             if last_poll.is_none_or(|t| t.elapsed() >= sched.poll_interval().min(EVENTS_EVERY)) {
                 last_poll = Some(Instant::now());
                 busy |= self.poll_scheduler(sched);
+                self.broker.awaiting(self.fleet.awaited() > 0);
                 self.settle_gone(sched);
                 self.check_liveness(sched);
                 self.check_suspended(sched);

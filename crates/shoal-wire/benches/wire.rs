@@ -2,9 +2,11 @@
 //!
 //! The driver is this process; each worker is a child process (this binary again), so the CPU
 //! figures are the driver's alone. Phases: large payloads worker -> driver and driver -> worker,
-//! a stream of small frames, and task round trips (Assign out, Part back, a window in flight).
+//! a stream of small frames, task round trips (Assign out, Part back, a window in flight), and
+//! joining: connect, handshake, Hello out and the driver's welcome back, one worker at a time.
 //!
 //! Usage: benches/wire/run [--mib 64] [--count 16] [--small 200000] [--tasks 100000]
+//! [--joins 50]
 
 use shoal_wire::*;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -20,6 +22,7 @@ struct Args {
     count: usize,
     small: usize,
     tasks: usize,
+    joins: usize,
 }
 
 fn parse_args() -> Args {
@@ -28,6 +31,7 @@ fn parse_args() -> Args {
         count: 16,
         small: 200_000,
         tasks: 100_000,
+        joins: 50,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -42,6 +46,7 @@ fn parse_args() -> Args {
             "--count" => a.count = value(),
             "--small" => a.small = value(),
             "--tasks" => a.tasks = value(),
+            "--joins" => a.joins = value(),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -85,6 +90,15 @@ fn child(argv: &[String]) {
         pid: std::process::id(),
         startup_ms: None,
     };
+    if mode == "join" {
+        // Each join's latency goes back in its own goodbye.
+        for _ in 0..n {
+            let t = Instant::now();
+            let (_, link) = connect(addr, &creds, &hello, &ClientOptions::default()).unwrap();
+            link.close(&t.elapsed().as_micros().to_string());
+        }
+        return;
+    }
     let (_, link) = connect(addr, &creds, &hello, &ClientOptions::default()).unwrap();
     if mode == "upload" {
         println!("cipher suite: {}", link.cipher_suite().unwrap_or_default());
@@ -143,6 +157,20 @@ fn child(argv: &[String]) {
 }
 
 fn raw_child(mode: &str, addr: &str, n: usize, size: usize) {
+    if mode == "raw-join" {
+        // Connect, a hello-sized frame out, one byte back; the latency follows as 8 bytes.
+        let hello = vec![3u8; size];
+        for _ in 0..n {
+            let t = Instant::now();
+            let tcp = TcpStream::connect(addr).unwrap();
+            tcp.set_nodelay(true).unwrap();
+            (&tcp).write_all(&hello).unwrap();
+            (&tcp).read_exact(&mut [0u8; 1]).unwrap();
+            let us = t.elapsed().as_micros() as u64;
+            (&tcp).write_all(&us.to_le_bytes()).unwrap();
+        }
+        return;
+    }
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_nodelay(true).unwrap();
     let started = cpu();
@@ -351,6 +379,61 @@ fn wire(mode: &str, n: usize, size: usize) -> Run {
     run
 }
 
+/// `n` workers joining one after another: the mean latency each saw, connect to welcome.
+fn joins(n: usize) -> Duration {
+    let secrets = SessionSecrets::generate().unwrap();
+    let options = ServerOptions {
+        bind: "127.0.0.1".parse().unwrap(),
+        ..ServerOptions::default()
+    };
+    let server = Server::start(options, &secrets).unwrap();
+    let addr = server.advertised_addr().to_string();
+    let fp = secrets.credentials().fingerprint_text();
+    let args = ["join", &addr, &n.to_string(), "0", &fp];
+    let mut worker = spawn_child(&args, Some(secrets.credentials().to_env()));
+    let (mut seen, mut total) = (0, Duration::ZERO);
+    while seen < n {
+        match server
+            .events()
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap()
+        {
+            Event::Connected { peer, .. } => {
+                server.admit(peer, Json::from_text("{}").unwrap());
+            }
+            Event::Message(_, ToDriver::Bye { reason }) => {
+                total += Duration::from_micros(reason.parse().unwrap());
+                seen += 1;
+            }
+            Event::Rejected(r) => panic!("{r}"),
+            _ => {}
+        }
+    }
+    worker.wait().unwrap();
+    total / n as u32
+}
+
+/// The same over plain TCP: connect, a hello-sized frame, one byte back.
+fn raw_joins(n: usize) -> Duration {
+    const HELLO: usize = 200;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let args = ["raw-join", &addr, &n.to_string(), &HELLO.to_string()];
+    let mut worker = spawn_child(&args, None);
+    let mut total = Duration::ZERO;
+    for _ in 0..n {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_nodelay(true).unwrap();
+        (&tcp).read_exact(&mut [0u8; HELLO]).unwrap();
+        (&tcp).write_all(b"w").unwrap();
+        let mut us = [0u8; 8];
+        (&tcp).read_exact(&mut us).unwrap();
+        total += Duration::from_micros(u64::from_le_bytes(us));
+    }
+    worker.wait().unwrap();
+    total / n as u32
+}
+
 fn raw(mode: &str, n: usize, size: usize) -> Run {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -489,6 +572,11 @@ fn main() {
         None,
         "µs",
     );
+
+    let (join, join_plain) = (joins(a.joins), raw_joins(a.joins));
+    header(&format!("{} workers joining, one at a time", a.joins));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    row("connect to welcome", ms(join), Some(ms(join_plain)), "ms");
     println!(
         "\n(issue 13 budgets 20 µs of driver CPU per task for the whole driver, engine included)"
     );

@@ -516,6 +516,10 @@ fn authenticate(
 
 fn serve(shared: &Arc<Shared>, mut tcp: TcpStream, addr: SocketAddr) {
     let mut authenticating = Authenticating(Some(&shared.authenticating));
+    // Before the handshake, as the client does (its flights are small and answered).
+    if let Err(e) = tcp.set_nodelay(true) {
+        return shared.reject(addr, format!("socket setup failed: {e}"));
+    }
     let mut conn = match rustls::ServerConnection::new(Arc::clone(&shared.tls)) {
         Ok(c) => rustls::Connection::Server(c),
         Err(e) => return shared.reject(addr, format!("TLS setup failed: {e}")),

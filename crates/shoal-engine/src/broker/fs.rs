@@ -1,8 +1,9 @@
 //! The work-dir broker: tickets in per-worker inboxes, claims and result parts as files.
 //!
 //! On a shared (network) filesystem it is a polite client: directory listings are rate-limited
-//! (results ≤ 5/s, claims ≤ 2/s, announcements ≤ 1/s: under the 10 per second a site can
-//! accept from one driver), heartbeats are read every half heartbeat interval, and nothing
+//! (results ≤ 5/s, claims ≤ 2/s, announcements ≤ 1/s; while workers are on their way,
+//! announcements ≤ 2.5/s, results ≤ 4/s and claims ≤ 0.5/s: with the backends' own looks,
+//! under the 10 per second a site can accept from one driver either way), heartbeats are read every half heartbeat interval, and nothing
 //! relies on inotify, which sees only this host's changes. On a local disk inotify wakes the
 //! engine the moment a worker writes, and scans follow every wake-up.
 
@@ -23,6 +24,16 @@ struct Cadence {
     beats: Duration,
 }
 
+/// While workers are on their way (on a shared filesystem): a new worker waits for its
+/// welcome, so announcements are looked for more often, results a little less often and
+/// claims (which only refine what results tell) seldom: 7 listings a second instead of 8.
+const AWAITED: Cadence = Cadence {
+    parts: Duration::from_millis(250),
+    claims: Duration::from_secs(2),
+    hellos: Duration::from_millis(400),
+    beats: Duration::ZERO, // unchanged
+};
+
 pub struct FsBroker {
     dir: SessionDir,
     network: bool,
@@ -37,6 +48,7 @@ pub struct FsBroker {
     last_claims: Option<Instant>,
     last_hellos: Option<Instant>,
     last_beats: Option<Instant>,
+    awaiting: bool,
     /// Assignments found missing by the last audit (a second miss confirms).
     missing: HashSet<(u64, u32)>,
     /// Directory listings made, for the fsload benchmark and tests.
@@ -81,6 +93,7 @@ impl FsBroker {
             last_claims: None,
             last_hellos: None,
             last_beats: None,
+            awaiting: false,
             missing: HashSet::new(),
             listings: 0,
         }
@@ -180,7 +193,13 @@ impl Broker for FsBroker {
 
     fn poll(&mut self, parts: bool) -> Result<Vec<BrokerEvent>> {
         let mut out = Vec::new();
-        let c = self.cadence;
+        let mut c = self.cadence;
+        if self.awaiting && self.network {
+            c = Cadence {
+                beats: c.beats,
+                ..AWAITED
+            };
+        }
         let mut hellos = Vec::new();
         if Self::due(&mut self.last_hellos, c.hellos) {
             self.scan_hellos(&mut hellos)?;
@@ -210,6 +229,10 @@ impl Broker for FsBroker {
         self.last_parts = None;
         self.last_claims = None;
         self.poll(true)
+    }
+
+    fn awaiting(&mut self, workers: bool) {
+        self.awaiting = workers;
     }
 
     fn wait(&mut self, timeout: Duration) {
@@ -318,5 +341,52 @@ impl Broker for FsBroker {
         }
         self.missing = now_missing;
         confirmed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_core::worker::{WorkerConfig, WorkerSession};
+
+    fn network_broker() -> (tempfile::TempDir, FsBroker) {
+        let t = tempfile::tempdir().unwrap();
+        let dir = SessionDir::create(t.path().join("s")).unwrap();
+        dir.write_config(&WorkerConfig::default()).unwrap();
+        let b = FsBroker::new(dir, true, Duration::from_secs(5));
+        (t, b)
+    }
+
+    fn hellos(events: &[BrokerEvent]) -> usize {
+        events
+            .iter()
+            .filter(|e| matches!(e, BrokerEvent::Hello { .. }))
+            .count()
+    }
+
+    #[test]
+    fn on_a_shared_filesystem_hellos_are_looked_for_more_often_while_workers_are_awaited() {
+        for awaited in [false, true] {
+            let (t, mut b) = network_broker();
+            b.awaiting(awaited);
+            assert_eq!(hellos(&b.poll(true).unwrap()), 0);
+            let _worker = WorkerSession::open(t.path().join("s"), Some("w1")).unwrap();
+            // Past the 400 ms of an awaited worker, well short of the usual second.
+            std::thread::sleep(Duration::from_millis(450));
+            assert_eq!(hellos(&b.poll(true).unwrap()), usize::from(awaited));
+        }
+    }
+
+    #[test]
+    fn awaiting_workers_costs_no_more_listings_than_the_usual_cadence() {
+        let (_t, mut b) = network_broker();
+        b.awaiting(true);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(2) {
+            b.poll(true).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The first poll lists all three directories; after that, 7 a second (8 usually).
+        assert!(b.listings <= 3 + 14, "{} listings in 2 s", b.listings);
     }
 }

@@ -68,6 +68,10 @@ pub trait Broker: Send {
     /// the engine acts on a lost worker, so results it published just before count.
     fn poll_now(&mut self) -> Result<Vec<BrokerEvent>>;
 
+    /// Whether workers are on their way (jobs queued or starting that have not said hello).
+    /// A broker that must look for hellos may look more often meanwhile.
+    fn awaiting(&mut self, _workers: bool) {}
+
     /// Block until something may have changed, at most `timeout`.
     fn wait(&mut self, timeout: Duration);
 
