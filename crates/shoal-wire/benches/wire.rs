@@ -290,7 +290,8 @@ fn worker_cpu(server: &Server, peer: PeerId) -> Duration {
     cpu
 }
 
-fn wire(mode: &str, n: usize, size: usize) -> Run {
+/// A driver on loopback, with the address and certificate fingerprint its workers need.
+fn loopback() -> (SessionSecrets, Server, String, String) {
     let secrets = SessionSecrets::generate().unwrap();
     let options = ServerOptions {
         bind: "127.0.0.1".parse().unwrap(),
@@ -299,6 +300,11 @@ fn wire(mode: &str, n: usize, size: usize) -> Run {
     let server = Server::start(options, &secrets).unwrap();
     let addr = server.advertised_addr().to_string();
     let fp = secrets.credentials().fingerprint_text();
+    (secrets, server, addr, fp)
+}
+
+fn wire(mode: &str, n: usize, size: usize) -> Run {
+    let (secrets, server, addr, fp) = loopback();
     let args = [mode, &addr, &n.to_string(), &size.to_string(), &fp];
     let mut worker = spawn_child(&args, Some(secrets.credentials().to_env()));
     let peer = admit(&server);
@@ -381,14 +387,7 @@ fn wire(mode: &str, n: usize, size: usize) -> Run {
 
 /// `n` workers joining one after another: the mean latency each saw, connect to welcome.
 fn joins(n: usize) -> Duration {
-    let secrets = SessionSecrets::generate().unwrap();
-    let options = ServerOptions {
-        bind: "127.0.0.1".parse().unwrap(),
-        ..ServerOptions::default()
-    };
-    let server = Server::start(options, &secrets).unwrap();
-    let addr = server.advertised_addr().to_string();
-    let fp = secrets.credentials().fingerprint_text();
+    let (secrets, server, addr, fp) = loopback();
     let args = ["join", &addr, &n.to_string(), "0", &fp];
     let mut worker = spawn_child(&args, Some(secrets.credentials().to_env()));
     let (mut seen, mut total) = (0, Duration::ZERO);
