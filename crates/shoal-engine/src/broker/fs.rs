@@ -3,8 +3,8 @@
 //! On a shared (network) filesystem it is a polite client: directory listings are rate-limited
 //! (results ≤ 5/s, claims ≤ 2/s, announcements ≤ 1/s; while workers are on their way,
 //! announcements ≤ 2.5/s, results ≤ 4/s and claims ≤ 0.5/s: with the backends' own looks,
-//! under the 10 per second a site can accept from one driver either way), heartbeats are read every half heartbeat interval, and nothing
-//! relies on inotify, which sees only this host's changes. On a local disk inotify wakes the
+//! under the 10 per second a site can accept from one driver either way), heartbeats are
+//! read every half heartbeat interval, and nothing relies on inotify, which sees only this host's changes. On a local disk inotify wakes the
 //! engine the moment a worker writes, and scans follow every wake-up.
 
 use super::{Broker, BrokerEvent, PartRef};
@@ -24,20 +24,12 @@ struct Cadence {
     beats: Duration,
 }
 
-/// While workers are on their way (on a shared filesystem): a new worker waits for its
-/// welcome, so announcements are looked for more often, results a little less often and
-/// claims (which only refine what results tell) seldom: 7 listings a second instead of 8.
-const AWAITED: Cadence = Cadence {
-    parts: Duration::from_millis(250),
-    claims: Duration::from_secs(2),
-    hellos: Duration::from_millis(400),
-    beats: Duration::ZERO, // unchanged
-};
-
 pub struct FsBroker {
     dir: SessionDir,
     network: bool,
     cadence: Cadence,
+    /// The cadence while workers are on their way (`awaiting`).
+    awaited: Cadence,
     watch: DirWatch,
     hellos: HashSet<String>,
     keys: BTreeSet<String>,
@@ -60,20 +52,32 @@ impl FsBroker {
     /// workers' heartbeat interval.
     pub fn new(dir: SessionDir, network: bool, heartbeat: Duration) -> Self {
         let beats = (heartbeat / 2).max(Duration::from_millis(500));
-        let cadence = if network {
-            Cadence {
+        let (cadence, awaited) = if network {
+            let usual = Cadence {
                 parts: Duration::from_millis(200),
                 claims: Duration::from_millis(500),
                 hellos: Duration::from_secs(1),
                 beats,
-            }
+            };
+            // A new worker waits for its welcome: announcements are looked for more often,
+            // results a little less often and claims (which only refine what results tell)
+            // seldom: 7 listings a second instead of 8.
+            let awaited = Cadence {
+                parts: Duration::from_millis(250),
+                claims: Duration::from_secs(2),
+                hellos: Duration::from_millis(400),
+                beats,
+            };
+            (usual, awaited)
         } else {
-            Cadence {
+            // inotify wakes the engine for a hello on a local disk.
+            let local = Cadence {
                 parts: Duration::ZERO,
                 claims: Duration::ZERO,
                 hellos: Duration::from_millis(20),
                 beats,
-            }
+            };
+            (local, local)
         };
         let watch = DirWatch::new(&[
             &dir.sub("results"),
@@ -84,6 +88,7 @@ impl FsBroker {
             dir,
             network,
             cadence,
+            awaited,
             watch,
             hellos: HashSet::new(),
             keys: BTreeSet::new(),
@@ -193,13 +198,11 @@ impl Broker for FsBroker {
 
     fn poll(&mut self, parts: bool) -> Result<Vec<BrokerEvent>> {
         let mut out = Vec::new();
-        let mut c = self.cadence;
-        if self.awaiting && self.network {
-            c = Cadence {
-                beats: c.beats,
-                ..AWAITED
-            };
-        }
+        let c = if self.awaiting {
+            self.awaited
+        } else {
+            self.cadence
+        };
         let mut hellos = Vec::new();
         if Self::due(&mut self.last_hellos, c.hellos) {
             self.scan_hellos(&mut hellos)?;
