@@ -21,7 +21,7 @@ import sys
 import threading
 import warnings
 import weakref
-from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protocol, Sequence
 
 from shoal import _backends, _calls, _native, _output, _progress
 from shoal._pickling import _name, send_own_modules_by_value
@@ -328,6 +328,28 @@ class Driver:
             size = min(size, self.maxtasksperchild)
         return size
 
+    def chunk_bounds(self, n: int, chunksize: Optional[int]) -> Iterator[tuple[int, int]]:
+        """(start, stop) of each chunk of a map of `n` items. A `chunksize` cuts equal chunks.
+        Without one, chunks shrink as the map goes (guided self-scheduling): each holds
+        1/(2 x workers) of the items left, from about twice `default_chunksize` down to a
+        quarter of it. Long early chunks keep per-chunk costs low; short last ones let the
+        map end evenly, where equal chunks of multiprocessing's size left some workers
+        running a whole chunk while the rest idled (1 s tasks on 24 workers: a tail of up to
+        11 s). About 1.5 times as many chunks as multiprocessing's rule."""
+        if chunksize is not None:
+            for lo in range(0, n, chunksize):
+                yield lo, min(n, lo + chunksize)
+            return
+        floor = max(1, math.ceil(self.default_chunksize(n) / 4))
+        lo = 0
+        while lo < n:
+            size = max(floor, math.ceil((n - lo) / (2 * max(self.workers, 1))))
+            if self.maxtasksperchild:
+                size = min(size, self.maxtasksperchild)
+            hi = min(n, lo + size)
+            yield lo, hi
+            lo = hi
+
     def _check_usable(self) -> None:
         if self._broken is not None:
             raise SessionError(f"session {self.id} cannot take more work: {self._broken}")
@@ -397,18 +419,18 @@ class Driver:
         self,
         fn: Callable[..., Any],
         items: Sequence[Any],
-        chunksize: int,
+        chunksize: Optional[int],
         star: bool,
         job: Job,
         shape: int = 0,
     ) -> None:
-        """Pickle and send a whole map chunk by chunk (no second copy of the input is made),
-        then release the function. A PicklingError names the argument; chunks already sent
-        run to completion."""
+        """Pickle and send a whole map chunk by chunk (no second copy of the input is made;
+        chunks as `chunk_bounds` cuts them), then release the function. A PicklingError
+        names the argument; chunks already sent run to completion."""
         fn_ref = self.put_function(fn)
         try:
-            for lo in range(0, len(items), chunksize):
-                part = items[lo : lo + chunksize]
+            for lo, hi in self.chunk_bounds(len(items), chunksize):
+                part = items[lo:hi]
                 payload = self.map_payload(fn, fn_ref, part, lo, star)
                 self.submit_payload(payload, [(job, lo, len(part))], fn_ref, shape)
                 del payload

@@ -253,9 +253,7 @@ class Executor(cf.Executor):
         with self._lock:
             self._check_open()
         items = list(zip(*iterables))
-        if chunksize is None:
-            chunksize = self._driver.default_chunksize(len(items))
-        if not isinstance(chunksize, int) or chunksize < 1:
+        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
         driver = self._driver
         futures: list[cf.Future[Any]] = [cf.Future() for _ in items]

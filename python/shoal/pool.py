@@ -459,9 +459,8 @@ class Pool:
         shape = self._driver.shape(resources)
         # Lists, tuples and ranges are sliced as they are (a range chunk pickles as a range).
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
-        if chunksize is None:
-            chunksize = self._driver.default_chunksize(len(items))
-        _check_chunksize(chunksize)
+        if chunksize is not None:
+            _check_chunksize(chunksize)
         result = MapResult(self, len(items), callback, error_callback)
         if items:
             try:

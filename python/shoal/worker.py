@@ -160,6 +160,8 @@ class _Runner:
         self.leaving: Optional[tuple[str, str]] = None
         self.resume_fn: Optional[Callable[[], Any]] = None
         self.releasing = False
+        # The worker takes another chunk after this one (not at its maxtasksperchild).
+        self.more = True
         self._pid = os.getpid()  # the worker's own (arm() sets it again)
         self.longest = 0.0
         walltime = worker.walltime
@@ -328,6 +330,7 @@ class _Runner:
         except BaseException as exc:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             msg = f"the chunk could not be loaded on the worker: {type(exc).__name__}: {exc}\n{tb}"
+            self._ending()
             self._publish(count=ntasks - start, payload=b"", last=True, chunk_error=msg)
             return
         todo = items[start:]
@@ -351,9 +354,16 @@ class _Runner:
         try:
             if self._run(call, todo):
                 return  # given back (preempted, out of time): not the attempt's end
+            self._ending()
             self._publish(count=len(self.part.values), payload=None, last=True)
         finally:
             self.in_chunk = False
+
+    def _ending(self) -> None:
+        """The attempt's last part is next: a worker that stays looks for its next chunk
+        while the part is written."""
+        if self.more and self.leaving is None and self.out_of_time() is None:
+            self.worker.claim_ahead()
 
     def _run(self, call: Callable[[Any], Any], todo: Any) -> bool:
         """Run the tasks: checked one by one (timing each) while they are slow, in a tight
@@ -570,6 +580,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             reason = item
             break
         chunk, attempt, first, ntasks, start, careful, resume, payload = item
+        runner.more = not (max_tasks and done + ntasks - start >= max_tasks)
         runner.run_chunk(chunk, attempt, first, ntasks, start, careful, resume, payload)
         done += ntasks - start
         if max_tasks and done >= max_tasks:

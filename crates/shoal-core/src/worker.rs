@@ -11,7 +11,7 @@ use crate::fsutil::{
     write_exclusive, write_json,
 };
 use crate::layout::{valid_worker_id, worker_key, SessionDir};
-use crate::protocol::{Beat, ChunkHeader, ResultHeader, Ticket, TicketKind};
+use crate::protocol::{Beat, ChunkHeader, Release, ReleaseKind, ResultHeader, Ticket, TicketKind};
 use crate::watch::{DirWatch, Waker};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -39,6 +39,11 @@ pub struct WorkerConfig {
     /// The driver's host and pid: a worker on the same host exits as soon as that pid is gone.
     #[serde(default)]
     pub driver: Option<DriverInfo>,
+    /// Claim the next ticket while publishing a chunk's last part (see
+    /// [`WorkerSession::claim_ahead`]): set on a network filesystem, where a claim costs
+    /// round trips; on a local disk the helper thread would cost more than it saves.
+    #[serde(default)]
+    pub claim_ahead: bool,
     /// Settings only the Python worker reads (initializer, sys.path, ...).
     #[serde(default)]
     pub python: serde_json::Value,
@@ -75,6 +80,7 @@ impl Default for WorkerConfig {
             driver_timeout: None,
             poll_max: default_poll_max(),
             driver: None,
+            claim_ahead: false,
             python: serde_json::Value::Null,
         }
     }
@@ -248,6 +254,8 @@ pub struct WorkerSession {
     watch: Option<DirWatch>,
     claim: Option<(u64, u32)>,
     careful: bool,
+    /// A claim under way on a helper thread (see `claim_ahead`).
+    ahead: Option<Ahead>,
     /// This worker's wait for work so far: `next` may be called in slices (so that the
     /// caller can handle signals in between) without restarting the idle clock or the
     /// backoff of its lookups.
@@ -315,6 +323,7 @@ impl WorkerSession {
             watch: None,
             claim: None,
             careful: false,
+            ahead: None,
             idle: None,
         })
     }
@@ -437,74 +446,85 @@ impl WorkerSession {
         }
     }
 
-    /// Look at the next ticket: claim it, skip it if the driver took it back, or stop.
+    /// The next assignment, if one is in the inbox: the one claimed ahead (see
+    /// [`WorkerSession::claim_ahead`]) if any, else a look at the inbox now.
     fn try_ticket(&mut self) -> Result<Option<std::result::Result<Assignment, ExitReason>>> {
-        loop {
-            let path = self.dir.ticket(self.key(), self.seq);
-            let bytes = match fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    let void = self.dir.void_ticket(self.key(), self.seq);
-                    if void.exists() {
-                        let _ = fs::remove_file(&void);
-                        self.seq += 1;
-                        continue;
-                    }
-                    return Ok(None);
-                }
-                Err(e) => return Err(CoreError::io(&path, e)),
-            };
-            let seq = self.seq;
-            self.seq += 1;
-            let Ok(ticket) = serde_json::from_slice::<Ticket>(&bytes) else {
-                // Torn or foreign: not ours to act on; the driver's audit requeues the chunk.
-                let _ = fs::remove_file(&path);
-                continue;
-            };
-            if ticket.kind == TicketKind::Stop {
-                let _ = fs::remove_file(&path);
-                return Ok(Some(Err(ExitReason::Stopped)));
+        let found = match self.ahead.take() {
+            Some(ahead) => {
+                let (seq, found) = ahead.join();
+                self.seq = seq;
+                found?
             }
-            let claimed = self.dir.claimed(ticket.chunk, ticket.attempt);
-            match fs::rename(&path, &claimed) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    // Taken back by the driver — unless this is a lost reply on NFS and the
-                    // rename did happen: the destination tells.
-                    let ours = self
-                        .dir
-                        .read_claim(ticket.chunk, ticket.attempt)
-                        .is_some_and(|t| t.worker == self.key() && t.seq == seq);
-                    if !ours {
-                        if self.dir.is_fenced(self.key()) {
-                            return Ok(Some(Err(ExitReason::Fenced)));
-                        }
-                        continue;
-                    }
-                }
-                Err(e) => return Err(CoreError::io(&claimed, e)),
-            }
-            match self.dir.read_chunk(ticket.chunk)? {
-                Some((header, payload)) => {
-                    self.claim = Some((ticket.chunk, ticket.attempt));
-                    self.careful = ticket.careful;
-                    return Ok(Some(Ok(Assignment {
-                        ticket,
-                        header,
-                        payload,
-                    })));
-                }
-                None => {
-                    // The master copy vanished (a tmp reaper?): the driver's audit sees the
-                    // claim go without a result and decides; nothing here to run.
-                    eprintln!(
-                        "shoal worker {}: chunk {} vanished from the work dir; skipping it",
-                        self.key(),
-                        ticket.chunk
-                    );
-                    let _ = remove_if_exists(&claimed);
-                }
-            }
+            None => take_ticket(&self.dir, &self.shared.key, &mut self.seq)?,
+        };
+        if let Some(Ok(a)) = &found {
+            self.claim = Some((a.ticket.chunk, a.ticket.attempt));
+            self.careful = a.ticket.careful;
+        }
+        Ok(found)
+    }
+
+    /// Start claiming the next ticket on a helper thread, while this one publishes the
+    /// attempt's last part: on a network filesystem the claim's three round trips (read the
+    /// ticket, rename it, read the chunk) then cost no time between two chunks. Called by a
+    /// worker that goes on after this chunk; the claim is made only after the chunk's last
+    /// task ended, so no other worker could have run it sooner. `next` takes what it found;
+    /// a worker that leaves instead gives it back unrun and uncharged (`close`).
+    pub fn claim_ahead(&mut self) {
+        if !self.config.claim_ahead || !self.welcomed || self.ahead.is_some() {
+            return;
+        }
+        let (dir, key, seq) = (self.dir.clone(), self.shared.key.clone(), self.seq);
+        self.ahead = std::thread::Builder::new()
+            .name("shoal-claim".into())
+            .spawn(move || {
+                let mut next = seq;
+                let found = take_ticket(&dir, &key, &mut next);
+                (next, found)
+            })
+            .ok()
+            .map(|thread| Ahead { seq, thread });
+    }
+
+    /// A chunk claimed ahead but never started goes back to the driver as a release of no
+    /// task (a `Yield`: nothing ran, nothing is charged), so it is requeued at once.
+    fn give_back(&mut self) {
+        let Some(ahead) = self.ahead.take() else {
+            return;
+        };
+        let (seq, found) = ahead.join();
+        self.seq = seq;
+        let Ok(Some(Ok(a))) = found else {
+            return;
+        };
+        let header = ResultHeader {
+            chunk: a.ticket.chunk,
+            attempt: a.ticket.attempt,
+            first_task: a.header.first_task,
+            ntasks: a.header.ntasks,
+            from: a.ticket.from,
+            count: 0,
+            last: false,
+            worker: self.shared.key.clone(),
+            start: (0, 0),
+            marks: Vec::new(),
+            failed: Vec::new(),
+            chunk_error: None,
+            elapsed: 0.0,
+            release: Some(Release {
+                kind: ReleaseKind::Yield,
+                reason: "its worker left before starting it".into(),
+                // A resume ticket's checkpoint is still there for the next attempt.
+                checkpoint: a.ticket.resume,
+            }),
+        };
+        self.claim = Some((a.ticket.chunk, a.ticket.attempt));
+        if let Err(e) = self.publish(&header, &[], None) {
+            eprintln!(
+                "shoal worker {}: cannot give chunk {} back: {e}",
+                self.key(),
+                a.ticket.chunk
+            );
         }
     }
 
@@ -611,6 +631,10 @@ pub trait WorkerTransport: Send {
     fn read_checkpoint(&self, chunk: u64, task: u32) -> Result<Vec<u8>>;
     /// A shared payload (the mapped function) a chunk refers to.
     fn read_blob(&self, id: u64) -> Result<Vec<u8>>;
+    /// The chunk running now ends with the part about to be published and the worker goes
+    /// on: it may look for its next assignment meanwhile (the work dir: see
+    /// [`WorkerSession::claim_ahead`]; the TCP driver pushes assignments anyway).
+    fn claim_ahead(&mut self) {}
     /// The worker is leaving (`reason`: why `next` said to exit).
     fn close(&mut self, _reason: &str) {}
     /// What another thread calls to make a blocked `next` return `Timeout` now (a signal
@@ -654,6 +678,12 @@ impl WorkerTransport for WorkerSession {
     fn read_blob(&self, id: u64) -> Result<Vec<u8>> {
         self.dir.read_blob(id)
     }
+    fn claim_ahead(&mut self) {
+        WorkerSession::claim_ahead(self)
+    }
+    fn close(&mut self, _reason: &str) {
+        self.give_back();
+    }
     fn interrupter(&self) -> Interrupter {
         let shared = self.shared.clone();
         Arc::new(move || {
@@ -667,9 +697,100 @@ impl WorkerTransport for WorkerSession {
 
 impl Drop for WorkerSession {
     fn drop(&mut self) {
+        self.give_back();
         self.shared.beating.store(false, Ordering::Relaxed);
         if let Some(t) = self.beat_thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// A claim made on a helper thread: the ticket number to look for next and what it found.
+struct Ahead {
+    seq: u64,
+    thread: JoinHandle<(u64, AheadFound)>,
+}
+
+type AheadFound = Result<Option<std::result::Result<Assignment, ExitReason>>>;
+
+impl Ahead {
+    fn join(self) -> (u64, AheadFound) {
+        let seq = self.seq;
+        self.thread.join().unwrap_or_else(|_| {
+            let e = CoreError::invalid("claim", "ahead", "the claiming thread panicked");
+            (seq, Err(e))
+        })
+    }
+}
+
+/// Look at ticket `seq` of worker `key`'s inbox: claim it, skip it if the driver took it
+/// back, or stop.
+fn take_ticket(
+    dir: &SessionDir,
+    key: &str,
+    seq: &mut u64,
+) -> Result<Option<std::result::Result<Assignment, ExitReason>>> {
+    loop {
+        let path = dir.ticket(key, *seq);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let void = dir.void_ticket(key, *seq);
+                if void.exists() {
+                    let _ = fs::remove_file(&void);
+                    *seq += 1;
+                    continue;
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(CoreError::io(&path, e)),
+        };
+        let this = *seq;
+        *seq += 1;
+        let Ok(ticket) = serde_json::from_slice::<Ticket>(&bytes) else {
+            // Torn or foreign: not ours to act on; the driver's audit requeues the chunk.
+            let _ = fs::remove_file(&path);
+            continue;
+        };
+        if ticket.kind == TicketKind::Stop {
+            let _ = fs::remove_file(&path);
+            return Ok(Some(Err(ExitReason::Stopped)));
+        }
+        let claimed = dir.claimed(ticket.chunk, ticket.attempt);
+        match fs::rename(&path, &claimed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // Taken back by the driver — unless this is a lost reply on NFS and the
+                // rename did happen: the destination tells.
+                let ours = dir
+                    .read_claim(ticket.chunk, ticket.attempt)
+                    .is_some_and(|t| t.worker == key && t.seq == this);
+                if !ours {
+                    if dir.is_fenced(key) {
+                        return Ok(Some(Err(ExitReason::Fenced)));
+                    }
+                    continue;
+                }
+            }
+            Err(e) => return Err(CoreError::io(&claimed, e)),
+        }
+        match dir.read_chunk(ticket.chunk)? {
+            Some((header, payload)) => {
+                return Ok(Some(Ok(Assignment {
+                    ticket,
+                    header,
+                    payload,
+                })));
+            }
+            None => {
+                // The master copy vanished (a tmp reaper?): the driver's audit sees the
+                // claim go without a result and decides; nothing here to run.
+                eprintln!(
+                    "shoal worker {}: chunk {} vanished from the work dir; skipping it",
+                    key, ticket.chunk
+                );
+                let _ = remove_if_exists(&claimed);
+            }
         }
     }
 }
@@ -738,6 +859,7 @@ mod tests {
         let d = SessionDir::create(t.path().join("s")).unwrap();
         d.write_config(&WorkerConfig {
             heartbeat_interval: 0.05,
+            claim_ahead: true,
             ..Default::default()
         })
         .unwrap();

@@ -474,6 +474,9 @@ impl Runner {
                 }
                 let mut payload = Some(payload);
                 let mut rest = Vec::new();
+                // A result is emitted once its part (and, if it was the chunk's last, the
+                // chunk's files) are gone: whoever holds every result sees a settled work dir.
+                let mut results = Vec::new();
                 for o in outcomes {
                     match o {
                         Outcome::Deliver {
@@ -501,7 +504,7 @@ impl Runner {
                                 st.stats.tasks_done += u64::from(count);
                                 st.stats.tasks_failed += u64::from(failed);
                             }
-                            self.emit(Event::Result {
+                            results.push(Event::Result {
                                 header: header.clone(),
                                 payload: payload.take().unwrap_or_default(),
                                 from,
@@ -515,6 +518,9 @@ impl Runner {
                 self.broker.consumed(at);
                 let worker = header.worker.clone();
                 self.outcomes(sched, rest, Some(&worker));
+                for ev in results {
+                    self.emit(ev);
+                }
                 self.journal_still_running(&header);
             }
         }

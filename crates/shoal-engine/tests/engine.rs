@@ -7,7 +7,7 @@ use shoal_core::frame;
 use shoal_core::fsutil::{write_atomic, write_exclusive};
 use shoal_core::layout::worker_key;
 use shoal_core::protocol::{Beat, Release, ReleaseKind, ResultHeader};
-use shoal_core::worker::{ExitReason, WorkerConfig, WorkerInfo, WorkerSession};
+use shoal_core::worker::{ExitReason, WorkerConfig, WorkerInfo, WorkerSession, WorkerTransport};
 use shoal_core::SessionDir;
 use shoal_engine::{Cause, Engine, EngineOptions, Event};
 use shoal_sched::{LaunchSpec, Scheduler, WorkerEvent, WorkerState};
@@ -36,6 +36,9 @@ enum Behaviour {
     /// Give the first claimed chunk back (preempted) with a checkpoint, then exit cleanly;
     /// a resume ticket is echoed with the checkpoint's bytes instead of the payload.
     Preempted,
+    /// Echo the first chunk, claiming the next one ahead meanwhile, then leave without
+    /// running that one (as a worker at its walltime does).
+    LeaveAfterClaimingAhead,
 }
 
 #[derive(Default)]
@@ -191,7 +194,17 @@ fn run_worker(
             a.payload.clone()
         };
         match behaviour {
-            Behaviour::Echo => w.publish(&h, &payload, None).unwrap(),
+            Behaviour::Echo => {
+                // As the Python worker does: the next claim overlaps this publication.
+                w.claim_ahead();
+                w.publish(&h, &payload, None).unwrap();
+            }
+            Behaviour::LeaveAfterClaimingAhead => {
+                w.claim_ahead();
+                w.publish(&h, &payload, None).unwrap();
+                w.close("leaving");
+                return WorkerState::Exited;
+            }
             Behaviour::Preempted => {
                 let h = ResultHeader {
                     count: 0,
@@ -257,6 +270,8 @@ fn start(sched: impl Scheduler + 'static, options: EngineOptions) -> (tempfile::
     dir.write_config(&WorkerConfig {
         heartbeat_interval: 0.05,
         poll_max: 0.005,
+        // As on a network filesystem: the echo workers claim ahead.
+        claim_ahead: true,
         ..Default::default()
     })
     .unwrap();
@@ -359,6 +374,38 @@ fn every_chunk_delivered_once() {
     }
 }
 
+/// The order `every_chunk_delivered_once` relies on, checked at each result rather than
+/// once at the end (where it failed about one run in twenty): a chunk's input and its
+/// result part are removed before the result is emitted.
+#[test]
+fn a_chunk_has_left_the_work_dir_when_its_result_arrives() {
+    let (_t, engine) = start(ThreadScheduler::new(3, vec![]), options());
+    for i in 0..300u32 {
+        engine.submit(format!("p{i}").as_bytes(), 1, &[]).unwrap();
+    }
+    let dir = engine.dir().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut done = 0;
+    while done < 300 {
+        assert!(Instant::now() < deadline, "timed out after {done} results");
+        for ev in engine.events(Duration::from_millis(50)) {
+            if let Event::Result { header, .. } = ev {
+                assert!(
+                    !dir.chunk(header.chunk).exists(),
+                    "chunk {} delivered while its input is still in chunks/",
+                    header.chunk
+                );
+                assert!(
+                    !dir.part(header.chunk, header.attempt, header.from).exists(),
+                    "chunk {} delivered while its part is still in results/",
+                    header.chunk
+                );
+                done += 1;
+            }
+        }
+    }
+}
+
 #[test]
 fn a_preempted_chunk_resumes_from_its_checkpoint_at_no_cost() {
     let plan = vec![Behaviour::Preempted, Behaviour::Preempted];
@@ -386,6 +433,24 @@ fn a_preempted_chunk_resumes_from_its_checkpoint_at_no_cost() {
         assert!(Instant::now() < wait, "checkpoint left behind");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_chunk_claimed_ahead_by_a_leaving_worker_runs_elsewhere_at_no_cost() {
+    let plan = vec![Behaviour::LeaveAfterClaimingAhead];
+    let options = EngineOptions {
+        max_attempts: 1,
+        ..options()
+    };
+    let (_t, engine) = start(ThreadScheduler::new(1, plan), options);
+    for i in 0..3u32 {
+        engine.submit(format!("p{i}").as_bytes(), 1, &[]).unwrap();
+    }
+    let seen = collect(&engine, 3);
+    assert!(seen.failed.is_empty() && seen.fatal.is_none(), "{seen:?}");
+    assert_eq!(seen.results.len(), 3);
+    let stats = engine.stats();
+    assert_eq!((stats.workers_lost, stats.workers_started), (0, 2));
 }
 
 #[test]

@@ -220,6 +220,7 @@ impl Session {
         // on a local disk inotify wakes them and the ceiling only bounds a missed event.
         let network = shoal_core::fskind::detect(dir.root()).is_network();
         worker_config.poll_max = if network { 1.0 } else { 0.05 };
+        worker_config.claim_ahead = network;
         let heartbeat_interval = Duration::from_secs_f64(worker_config.heartbeat_interval);
         let setup = (|| {
             dir.write_config(&worker_config)
@@ -610,6 +611,15 @@ impl Worker {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         shoal_core::watch::on_readable(fd, move || interrupt())
             .map_err(|e| PyValueError::new_err(format!("wake_on: {e}")))
+    }
+
+    /// The running chunk ends with the part about to be published and the worker goes on:
+    /// its next claim may start meanwhile (see `WorkerSession::claim_ahead`).
+    fn claim_ahead(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .claim_ahead()
     }
 
     /// The worker is leaving (`reason`: what `claim` returned); a TCP worker says goodbye.
