@@ -142,6 +142,16 @@ def test_a_lost_worker_is_reported_with_its_stderr_tail(transport) -> None:
     assert "last words before the kill" in str(info.value), info.value
 
 
+def test_workers_that_connect_as_the_session_ends_stop_quietly(capfd) -> None:
+    # Closed at once: every worker connects after the session began to end (spawning takes
+    # longer than this). Each is told to stop, as on the work dir, not refused with an error.
+    pool = shoal.Pool(4, transport="tcp")
+    pool.close()
+    pool.join()
+    err = capfd.readouterr().err
+    assert "refused" not in err and "cannot join" not in err, err
+
+
 def test_auto_picks_the_work_dir_locally_and_tcp_for_a_cluster_on_a_local_disk() -> None:
     with shoal.Pool(1) as pool:
         assert _session(pool._driver.path)["transport"] == "fs"
