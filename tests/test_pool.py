@@ -368,6 +368,34 @@ def test_ctrl_c_ends_the_session_as_interrupted(tmp_path, sessions_dir):
     assert live_worker_pids(path) == []
 
 
+# SIGINT raised in a thread other than the main one: the kernel may deliver Ctrl-C to any of
+# the driver's threads, and CPython then runs the handler only once the main thread is back in
+# the interpreter.
+ON_ANOTHER_THREAD = (
+    "import threading; threading.Thread(target=lambda: (time.sleep(1.0), "
+    "__import__('signal').pthread_kill(threading.get_ident(), 2))).start(); "
+)
+
+
+@pytest.mark.parametrize(
+    "wait",
+    [
+        "p.map(sleep_return, [30.0] * 4, chunksize=1)",
+        "list(p.imap(sleep_return, [30.0] * 4))",
+        "ex = shoal.Executor(2); list(ex.map(sleep_return, [30.0] * 4))",
+    ],
+    ids=["map", "imap", "executor"],
+)
+def test_ctrl_c_taken_by_another_thread_still_interrupts_the_wait(tmp_path, wait):
+    proc = _ending(tmp_path, ON_ANOTHER_THREAD + wait)
+    proc.stdout.readline()
+    t = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err, err
+    # Before, the wait went on until the 30 s tasks ended.
+    assert time.monotonic() - t < 10
+
+
 def test_an_exception_the_user_caught_is_no_failure(tmp_path, sessions_dir):
     body = "p.map_async(sleep_return, [5.0] * 4); raise RuntimeError('mine')"
     for keep in (False, True):

@@ -11,6 +11,7 @@ run and stops every worker at once instead of waiting for the queue to drain.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import sys
 import threading
 import time
 import weakref
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 from shoal._batch import Batcher
 from shoal._driver import Driver, split_options
 from shoal._pickling import worker_start
+from shoal._waiting import result
 from shoal.errors import ResultPicklingError, SessionError, TaskLoadError, WorkerLostError
 
 __all__ = ["BrokenExecutor", "Executor"]
@@ -335,10 +337,7 @@ def _results(futures: list[cf.Future[Any]], end: Optional[float]) -> Iterator[An
     try:
         futures.reverse()
         while futures:
-            if end is None:
-                yield futures.pop().result()
-            else:
-                yield futures.pop().result(end - time.monotonic())
+            yield result(futures.pop(), None if end is None else end - time.monotonic())
     finally:
         for fut in futures:
             fut.cancel()
@@ -358,12 +357,24 @@ def _finalize(driver: Driver, batcher: Batcher, pending: _Pending) -> None:
 
 def _python_exit() -> None:
     """At interpreter exit, as ProcessPoolExecutor does: refuse new work and finish what every
-    live executor was given (before atexit handlers stop what is left)."""
+    live executor was given (before atexit handlers stop what is left). Unless the program
+    ends on Ctrl-C: then the atexit handler ends every session as interrupted at once, as
+    Ctrl-C ends a ProcessPoolExecutor's local workers (its process group gets the SIGINT),
+    where waiting would keep a cluster's jobs running to the end of their tasks."""
     global _exiting
     _exiting = True
+    if _ends_on_ctrl_c():
+        return
     for ex in list(_executors):
         if not ex._driver._closed:
             ex.shutdown(wait=True)
+
+
+def _ends_on_ctrl_c() -> bool:
+    # The interpreter sets sys.last_value as it prints the exception that ends a script; an
+    # interactive session keeps it from any earlier prompt, so only a script counts.
+    interactive = sys.flags.interactive or hasattr(sys, "ps1")
+    return not interactive and isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
 
 
 # Runs when the main thread ends, before atexit handlers (ProcessPoolExecutor uses it too).

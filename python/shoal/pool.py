@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import threading
-import time
 import warnings
 import weakref
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
@@ -20,6 +19,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional
 from shoal._batch import Batcher
 from shoal._driver import Driver, split_options
 from shoal._pickling import worker_start
+from shoal._waiting import deadline, remaining, wait_event
 from shoal.errors import ResultPicklingError
 
 __all__ = [
@@ -79,7 +79,7 @@ class ApplyResult(Generic[T]):
         return self._success
 
     def wait(self, timeout: Optional[float] = None) -> None:
-        self._event.wait(timeout)
+        wait_event(self._event, timeout)
 
     def get(self, timeout: Optional[float] = None) -> T:
         self.wait(timeout)
@@ -159,7 +159,7 @@ class _IMapResults(Generic[T]):
         pool._register(self)
 
     def next(self, timeout: Optional[float] = None) -> T:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        end = deadline(timeout)
         with self._cond:
             while True:
                 item = self._pop()
@@ -168,10 +168,10 @@ class _IMapResults(Generic[T]):
                 if self._length is not None and self._index >= self._length:
                     self._pool._unregister(self)
                     raise StopIteration
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                left = remaining(end)
+                if left <= 0:
                     raise TimeoutError
-                self._cond.wait(remaining)
+                self._cond.wait(left)
         ok, value = item
         if ok:
             return cast(T, value)
