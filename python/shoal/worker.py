@@ -359,10 +359,15 @@ class _Runner:
         finally:
             self.in_chunk = False
 
+    def stopping(self) -> Optional[str]:
+        """Why this worker takes no further chunk (a signal came, or its job's time is too
+        short for another task), if so."""
+        return self.leaving[1] if self.leaving else self.out_of_time()
+
     def _ending(self) -> None:
         """The attempt's last part is next: a worker that stays looks for its next chunk
         while the part is written."""
-        if self.more and self.leaving is None and self.out_of_time() is None:
+        if self.more and self.stopping() is None:
             self.worker.claim_ahead()
 
     def _run(self, call: Callable[[Any], Any], todo: Any) -> bool:
@@ -570,7 +575,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     done = 0
     reason = "maxtasksperchild"
     while True:
-        why = runner.leaving[1] if runner.leaving else runner.out_of_time()
+        why = runner.stopping()
         if why is not None:
             # Tickets still in the inbox go back to the queue at no cost when the job ends.
             print(f"shoal worker: stopping: {why}", file=sys.stderr)
@@ -580,10 +585,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             reason = item
             break
         chunk, attempt, first, ntasks, start, careful, resume, payload = item
-        runner.more = not (max_tasks and done + ntasks - start >= max_tasks)
-        runner.run_chunk(chunk, attempt, first, ntasks, start, careful, resume, payload)
         done += ntasks - start
-        if max_tasks and done >= max_tasks:
+        runner.more = not (max_tasks and done >= max_tasks)
+        runner.run_chunk(chunk, attempt, first, ntasks, start, careful, resume, payload)
+        if not runner.more:
             break
     sys.stdout.flush()
     sys.stderr.flush()

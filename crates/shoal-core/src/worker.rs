@@ -449,12 +449,8 @@ impl WorkerSession {
     /// The next assignment, if one is in the inbox: the one claimed ahead (see
     /// [`WorkerSession::claim_ahead`]) if any, else a look at the inbox now.
     fn try_ticket(&mut self) -> Result<Option<std::result::Result<Assignment, ExitReason>>> {
-        let found = match self.ahead.take() {
-            Some(ahead) => {
-                let (seq, found) = ahead.join();
-                self.seq = seq;
-                found?
-            }
+        let found = match self.take_ahead() {
+            Some(found) => found?,
             None => take_ticket(&self.dir, &self.shared.key, &mut self.seq)?,
         };
         if let Some(Ok(a)) = &found {
@@ -486,15 +482,18 @@ impl WorkerSession {
             .map(|thread| Ahead { seq, thread });
     }
 
+    /// What the claim ahead found, once it is done, if one was made; the inbox is looked at
+    /// from where it left off.
+    fn take_ahead(&mut self) -> Option<AheadFound> {
+        let (seq, found) = self.ahead.take()?.join();
+        self.seq = seq;
+        Some(found)
+    }
+
     /// A chunk claimed ahead but never started goes back to the driver as a release of no
     /// task (a `Yield`: nothing ran, nothing is charged), so it is requeued at once.
     fn give_back(&mut self) {
-        let Some(ahead) = self.ahead.take() else {
-            return;
-        };
-        let (seq, found) = ahead.join();
-        self.seq = seq;
-        let Ok(Some(Ok(a))) = found else {
+        let Some(Ok(Some(Ok(a)))) = self.take_ahead() else {
             return;
         };
         let header = ResultHeader {

@@ -211,7 +211,8 @@ impl TcpBroker {
         match ev {
             Event::Connected { peer, hello, addr } => {
                 let key = worker_key(&hello.worker, hello.incarnation);
-                if self.stopping && !self.fenced.contains(&key) {
+                let fenced = self.fenced.contains(&key);
+                if self.stopping && !fenced {
                     // Its job started as the session ends: it is told to stop, as a late
                     // worker on the work dir finds `control/stop`, and exits quietly (it held
                     // nothing). A refusal made it print an error and exit 3 for no fault.
@@ -219,7 +220,7 @@ impl TcpBroker {
                     let _ = self.server.send(peer, ToWorker::Stop { graceful: true });
                     return;
                 }
-                let refuse = if self.fenced.contains(&key) {
+                let refuse = if fenced {
                     Some("the driver gave up on this worker (fenced)")
                 } else if self.by_key.contains_key(&key) {
                     Some("this worker is connected already")
