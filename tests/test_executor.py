@@ -32,7 +32,7 @@ def test_submit_as_completed_and_wait():
         )
         done, not_done = cf.wait(futs, timeout=10)
         assert len(done) == 100 and not not_done
-        assert isinstance(ex, cf.Executor)
+        assert isinstance(ex, cf.Executor) and all(isinstance(f, cf.Future) for f in futs)
 
 
 def test_submit_kwargs_and_exception():

@@ -383,8 +383,9 @@ ON_ANOTHER_THREAD = (
         "p.map(sleep_return, [30.0] * 4, chunksize=1)",
         "list(p.imap(sleep_return, [30.0] * 4))",
         "ex = shoal.Executor(2); list(ex.map(sleep_return, [30.0] * 4))",
+        "ex = shoal.Executor(2); ex.submit(sleep_return, 30.0).result()",
     ],
-    ids=["map", "imap", "executor"],
+    ids=["map", "imap", "executor_map", "submit"],
 )
 def test_ctrl_c_taken_by_another_thread_still_interrupts_the_wait(tmp_path, wait):
     proc = _ending(tmp_path, ON_ANOTHER_THREAD + wait)

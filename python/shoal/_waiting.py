@@ -12,11 +12,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 # How late a KeyboardInterrupt may come when the signal lands on another thread; a slice
 # costs one futex wake-up.
 SLICE = 0.2
+
+T = TypeVar("T")
 
 
 def remaining(deadline: Optional[float]) -> float:
@@ -41,12 +43,24 @@ def wait_event(event: threading.Event, timeout: Optional[float] = None) -> bool:
     return True
 
 
-def result(fut: cf.Future[Any], timeout: Optional[float] = None) -> Any:
-    """`fut.result(timeout)`, in slices."""
+def _until_done(fut: cf.Future[Any], timeout: Optional[float]) -> None:
     end = deadline(timeout)
     while not fut.done():
         left = remaining(end)
         if left <= 0:
-            break
+            return
         cf.wait((fut,), left)
-    return fut.result(0)
+
+
+class Future(cf.Future[T]):
+    """A `concurrent.futures.Future` whose `result()` and `exception()` wait in slices.
+    (`concurrent.futures.wait` and `as_completed` still wait in one call: they are the
+    standard library's own.)"""
+
+    def result(self, timeout: Optional[float] = None) -> T:
+        _until_done(self, timeout)
+        return super().result(0)
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        _until_done(self, timeout)
+        return super().exception(0)

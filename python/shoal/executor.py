@@ -1,11 +1,12 @@
 """``shoal.Executor``: a concurrent.futures.Executor on any shoal backend.
 
-Its futures are plain ``concurrent.futures.Future`` objects, so ``as_completed`` and ``wait``
-work unchanged, and it behaves as ``ProcessPoolExecutor`` does where a program can tell: work
-pending at interpreter exit is finished, a dropped executor shuts down, a broken session gives
-``BrokenProcessPool``, a worker's exception re-raises with the remote traceback as
-``__cause__``. Leaving a ``with`` block by an exception (Ctrl-C included) cancels what has not
-run and stops every worker at once instead of waiting for the queue to drain.
+Its futures are ``concurrent.futures.Future`` objects (whose ``result()`` Ctrl-C can always
+end, see ``_waiting``), so ``as_completed`` and ``wait`` work unchanged, and it behaves as
+``ProcessPoolExecutor`` does where a program can tell: work pending at interpreter exit is
+finished, a dropped executor shuts down, a broken session gives ``BrokenProcessPool``, a
+worker's exception re-raises with the remote traceback as ``__cause__``. Leaving a ``with``
+block by an exception (Ctrl-C included) cancels what has not run and stops every worker at
+once instead of waiting for the queue to drain.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 from shoal._batch import Batcher
 from shoal._driver import Driver, split_options
 from shoal._pickling import worker_start
-from shoal._waiting import result
+from shoal._waiting import Future
 from shoal.errors import ResultPicklingError, SessionError, TaskLoadError, WorkerLostError
 
 __all__ = ["BrokenExecutor", "Executor"]
@@ -220,7 +221,7 @@ class Executor(cf.Executor):
     ) -> cf.Future[T]:
         with self._lock:
             self._check_open()
-        fut: cf.Future[T] = cf.Future()
+        fut: cf.Future[T] = Future()
         self._pending.add(fut)
         try:
             blob = self._driver.pickle_call(fn, args, kwargs)
@@ -258,7 +259,7 @@ class Executor(cf.Executor):
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
         driver = self._driver
-        futures: list[cf.Future[Any]] = [cf.Future() for _ in items]
+        futures: list[cf.Future[Any]] = [Future() for _ in items]
         if items:
             job = _FutureJob(futures)
             for f in futures:
@@ -337,7 +338,10 @@ def _results(futures: list[cf.Future[Any]], end: Optional[float]) -> Iterator[An
     try:
         futures.reverse()
         while futures:
-            yield result(futures.pop(), None if end is None else end - time.monotonic())
+            if end is None:
+                yield futures.pop().result()
+            else:
+                yield futures.pop().result(end - time.monotonic())
     finally:
         for fut in futures:
             fut.cancel()
