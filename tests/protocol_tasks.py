@@ -78,3 +78,18 @@ def die_after_first_result(marker: str) -> None:
         return out
 
     worker._Runner.run_chunk = run_chunk  # type: ignore[method-assign]
+
+
+def record_publishes(log: str) -> None:
+    """Pool initializer: each part the worker publishes is logged as `chunk count last`."""
+    from shoal import worker
+
+    original = worker._Runner._publish
+
+    def publish(self: Any, **kwargs: Any) -> Any:
+        out = original(self, **kwargs)
+        with open(log, "a") as f:
+            f.write(f"{self.chunk} {kwargs['count']} {int(kwargs['last'])}\n")
+        return out
+
+    worker._Runner._publish = publish  # type: ignore[method-assign]

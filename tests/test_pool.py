@@ -219,8 +219,8 @@ def test_many_small_tasks_make_few_chunks(sessions_dir):
     with shoal.Pool(2, keep_work_dir=True) as p:
         assert p.map(square, range(20_000)) == [x * x for x in range(20_000)]
         session = p.session
-    # Guided chunks (see the next test): 12 here, where multiprocessing's rule makes 8.
-    assert 1 <= len(_chunks_delivered(sessions_dir, session)) <= 16
+    # Guided chunks (see the next test): 17 here, where multiprocessing's rule makes 8.
+    assert 1 <= len(_chunks_delivered(sessions_dir, session)) <= 20
 
 
 def test_map_chunks_shrink_toward_the_end_so_workers_finish_together(pool):
@@ -230,7 +230,7 @@ def test_map_chunks_shrink_toward_the_end_so_workers_finish_together(pool):
     assert [lo for lo, _ in bounds] == [0] + [hi for _, hi in bounds[:-1]], "contiguous"
     assert bounds[-1][1] == 1000 and sizes == sorted(sizes, reverse=True), sizes
     mp = driver.default_chunksize(1000)  # multiprocessing's size: 125
-    assert sizes[0] == 250 and max(sizes[-3:]) <= -(-mp // 4), sizes
+    assert sizes[0] == 250 and max(sizes[-3:]) <= -(-mp // 16), sizes
     assert len(sizes) <= 2 * -(-1000 // mp), "a few more chunks than multiprocessing's rule"
     # An explicit chunksize is honoured exactly.
     assert [hi - lo for lo, hi in driver.chunk_bounds(10, 4)] == [4, 4, 2]

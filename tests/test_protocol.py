@@ -25,6 +25,7 @@ from protocol_tasks import (
     identity,
     kill_worker_always,
     kill_worker_once,
+    record_publishes,
     runs_of,
     square,
 )
@@ -167,6 +168,23 @@ def test_worker_dying_after_its_result_does_not_rerun_the_chunk(tmp_path) -> Non
         assert pool.map(f, range(4, 8), chunksize=4) == list(range(4, 8))
     assert os.path.exists(marker)
     assert runs_of(str(runs)) == {str(i): 1 for i in range(8)}
+
+
+def test_a_slow_task_that_ends_its_chunk_is_published_once_with_the_end(tmp_path) -> None:
+    """A slow task's result is published at once, unless it ends the chunk: then it goes in
+    the attempt's last part (one write per chunk, not two, on a network filesystem ~7 ms
+    between two chunks). Earlier slow tasks of a chunk are still published one by one."""
+    log = tmp_path / "parts"
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    f = functools.partial(count_run, str(runs), seconds=0.3)
+    with shoal.Pool(1, initializer=record_publishes, initargs=(str(log),)) as pool:
+        assert pool.map(f, range(3), chunksize=1) == list(range(3))
+        assert pool.map(f, range(2), chunksize=2) == list(range(2))
+    parts = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+    counts = [(count, last) for _, count, last in parts]
+    # Three chunks of one task, then one of two: the first published alone, the second last.
+    assert counts == [(1, 1), (1, 1), (1, 1), (1, 0), (1, 1)], parts
 
 
 def test_lost_worker_loses_only_the_task_it_was_running(tmp_path) -> None:

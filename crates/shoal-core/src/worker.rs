@@ -256,6 +256,9 @@ pub struct WorkerSession {
     careful: bool,
     /// A claim under way on a helper thread (see `claim_ahead`).
     ahead: Option<Ahead>,
+    /// A write a publish left to a helper thread (see `publish`): the next publish, `close`
+    /// and drop wait for it, and its error is the next publish's.
+    behind: Option<JoinHandle<Result<()>>>,
     /// This worker's wait for work so far: `next` may be called in slices (so that the
     /// caller can handle signals in between) without restarting the idle clock or the
     /// backoff of its lookups.
@@ -324,6 +327,7 @@ impl WorkerSession {
             claim: None,
             careful: false,
             ahead: None,
+            behind: None,
             idle: None,
         })
     }
@@ -493,6 +497,9 @@ impl WorkerSession {
     /// A chunk claimed ahead but never started goes back to the driver as a release of no
     /// task (a `Yield`: nothing ran, nothing is charged), so it is requeued at once.
     fn give_back(&mut self) {
+        if let Err(e) = self.settle() {
+            eprintln!("shoal worker {}: cannot publish results: {e}", self.key());
+        }
         let Some(Ok(Some(Ok(a)))) = self.take_ahead() else {
             return;
         };
@@ -546,26 +553,75 @@ impl WorkerSession {
     /// The order matters: a crash in between leaves a claim whose results exist, which the
     /// driver resolves by the results. A release's `checkpoint` is written before its part,
     /// so the driver never sends a `resume` ticket for a checkpoint that is not there.
+    ///
+    /// On a network filesystem (where a write costs a few round trips, ~5 ms on GlusterFS)
+    /// two writes are left to a helper thread while the worker runs on, where losing the
+    /// worker meanwhile costs no more than losing it just before the write: a part in the
+    /// middle of an attempt that is not careful (its tasks run again, and the attempt is lost
+    /// either way), and the retirement of a claim whose last part is written (7 after 6).
+    /// A careful attempt's parts, last parts and releases are written before this returns.
     pub fn publish(
         &mut self,
         header: &ResultHeader,
         payload: &[u8],
         checkpoint: Option<&[u8]>,
     ) -> Result<()> {
+        self.settle()?;
         if let Some(bytes) = checkpoint {
             let task = header.from + header.count;
             write_atomic(&self.dir.checkpoint(header.chunk, task), &[bytes])?;
         }
         let head = crate::frame::encode(header, payload);
         let path = self.dir.part(header.chunk, header.attempt, header.from);
+        let ends = header.last || header.release.is_some();
+        let behind = self.config.claim_ahead;
+        if behind && !ends && !self.careful {
+            let payload = payload.to_vec();
+            self.leave_behind(move || write_atomic(&path, &[&head, &payload]))?;
+            return Ok(());
+        }
         write_atomic(&path, &[&head, payload])?;
-        if header.last || header.release.is_some() {
+        if ends {
             if let Some((c, a)) = self.claim.take() {
-                remove_if_exists(&self.dir.claimed(c, a))?;
+                let claimed = self.dir.claimed(c, a);
+                if behind && header.release.is_none() {
+                    self.leave_behind(move || remove_if_exists(&claimed))?;
+                } else {
+                    remove_if_exists(&claimed)?;
+                }
             }
             self.shared.busy.store(false, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Run `write` on a helper thread (here if none can be started).
+    fn leave_behind<F>(&mut self, write: F) -> Result<()>
+    where
+        F: FnOnce() -> Result<()> + Send + 'static,
+    {
+        let slot = Arc::new(Mutex::new(Some(write)));
+        let theirs = slot.clone();
+        let take = |s: &Mutex<Option<F>>| s.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match std::thread::Builder::new()
+            .name("shoal-publish".into())
+            .spawn(move || take(&theirs).map_or(Ok(()), |w| w()))
+        {
+            Ok(thread) => {
+                self.behind = Some(thread);
+                Ok(())
+            }
+            // The thread never ran: the write is still in the slot.
+            Err(_) => take(&slot).map_or(Ok(()), |w| w()),
+        }
+    }
+
+    /// Wait for the write left to a helper thread, if any; its error is this call's.
+    pub fn settle(&mut self) -> Result<()> {
+        match self.behind.take() {
+            Some(t) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            None => Ok(()),
+        }
     }
 
     pub fn careful(&self) -> bool {
@@ -926,8 +982,10 @@ mod tests {
             ..Default::default()
         };
         w.publish(&r, b"r", None).unwrap();
-        assert!(d.claims().unwrap().is_empty());
         assert_eq!(d.parts().unwrap(), vec![(4, 1, 0)]);
+        // The claim is retired behind the worker's back (claim_ahead: a network filesystem).
+        w.settle().unwrap();
+        assert!(d.claims().unwrap().is_empty());
         d.put_ticket(&Ticket {
             seq: 1,
             kind: TicketKind::Stop,
@@ -936,6 +994,57 @@ mod tests {
         })
         .unwrap();
         assert_eq!(w.next(None).unwrap().unwrap_err(), ExitReason::Stopped);
+    }
+
+    #[test]
+    fn a_part_written_behind_the_worker_fails_its_next_publish_and_careful_parts_are_not_behind() {
+        for careful in [false, true] {
+            let (_t, d) = session();
+            let header = ChunkHeader {
+                chunk: 1,
+                first_task: 0,
+                ntasks: 3,
+                blobs: vec![],
+            };
+            d.put_chunk(&header, b"p").unwrap();
+            let mut w = WorkerSession::open(d.root(), Some("w1")).unwrap();
+            let key = w.key().to_string();
+            d.welcome(&key).unwrap();
+            d.put_ticket(&Ticket {
+                careful,
+                ..ticket(&key, 0, 1)
+            })
+            .unwrap();
+            w.next(None).unwrap().unwrap();
+            let part = |from, last| ResultHeader {
+                chunk: 1,
+                attempt: 1,
+                ntasks: 3,
+                from,
+                count: 1,
+                last,
+                worker: key.clone(),
+                ..Default::default()
+            };
+            w.publish(&part(0, false), b"a", None).unwrap();
+            if careful {
+                // Written before publish returned: the driver knows what ran before the next.
+                assert_eq!(d.parts().unwrap(), vec![(1, 1, 0)]);
+            }
+            w.settle().unwrap();
+            assert_eq!(d.parts().unwrap(), vec![(1, 1, 0)]);
+            // The filesystem fails the next part: a careful one at once, another at the
+            // publish after it (nothing is lost silently).
+            let results = d.root().join("results");
+            fs::rename(&results, d.root().join("results.gone")).unwrap();
+            fs::write(&results, b"not a directory").unwrap();
+            let second = w.publish(&part(1, false), b"b", None);
+            assert_eq!(second.is_err(), careful, "{second:?}");
+            if !careful {
+                let third = w.publish(&part(2, true), b"c", None).unwrap_err();
+                assert!(third.to_string().contains("results"), "{third}");
+            }
+        }
     }
 
     #[test]

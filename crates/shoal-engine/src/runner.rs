@@ -39,6 +39,11 @@ const EVENTS_EVERY: Duration = Duration::from_millis(100);
 /// A cluster scale-up waits this long after the work first asked for more workers, so that a
 /// burst of chunks (a map sends its chunks one by one) becomes one submission.
 const GATHER: Duration = Duration::from_millis(50);
+/// ... and while the burst goes on (a chunk came within GATHER) and is short of the capacity,
+/// up to this long: on a network filesystem each chunk is a few round trips, so a map's
+/// first 50 ms held 16 of 24 chunks, and the other 8 workers were asked for a poll interval
+/// later (1.2 s late on slurm-multinode: 8 of 24 CPUs idle that long).
+const GATHER_MAX: Duration = Duration::from_millis(400);
 /// Queued workers are given back only after the work has been short of them this long:
 /// back-to-back maps must not make the engine cancel and resubmit jobs in between.
 const GIVE_BACK_AFTER: Duration = Duration::from_secs(3);
@@ -46,6 +51,15 @@ const GIVE_BACK_AFTER: Duration = Duration::from_secs(3);
 /// scheduler reports its job's end within this long (at least two of its polls), else with
 /// the connection's: messages say the same on both transports.
 const GONE_GRACE: Duration = Duration::from_secs(3);
+
+/// Since when a shape's work has wanted more workers, and when its outstanding chunks last
+/// grew (a burst still arriving).
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    since: Instant,
+    outstanding: usize,
+    grew: Instant,
+}
 
 pub(crate) struct Runner {
     dir: SessionDir,
@@ -80,10 +94,10 @@ pub(crate) struct Runner {
     /// pool's own shape never: its failure ends the session).
     dead: HashMap<ShapeId, String>,
     /// Per worker shape: since when there have been more queued workers than work (see
-    /// GIVE_BACK_AFTER), since when the work has wanted more workers than there are (see
+    /// GIVE_BACK_AFTER), how the work has wanted more workers than there are (see
     /// GATHER), and the last submission.
     surplus_since: HashMap<ShapeId, Instant>,
-    wanted_since: HashMap<ShapeId, Instant>,
+    wanted: HashMap<ShapeId, Wanted>,
     last_submit: HashMap<ShapeId, Instant>,
     driver_seq: u64,
     /// New scheduler jobs since the record was last written: write it now, so that a driver
@@ -132,7 +146,7 @@ impl Runner {
             dead: HashMap::new(),
             last_submit: HashMap::new(),
             surplus_since: HashMap::new(),
-            wanted_since: HashMap::new(),
+            wanted: HashMap::new(),
             driver_seq: 0,
             jobs_changed: false,
         }
@@ -1140,16 +1154,26 @@ impl Runner {
         }
         let active = queued + running;
         if active >= target {
-            self.wanted_since.remove(&shape);
+            self.wanted.remove(&shape);
             return;
         }
         if !warm {
-            let since = *self.wanted_since.entry(shape).or_insert_with(Instant::now);
-            if since.elapsed() < GATHER {
+            let now = Instant::now();
+            let w = self.wanted.entry(shape).or_insert(Wanted {
+                since: now,
+                outstanding,
+                grew: now,
+            });
+            if outstanding > w.outstanding {
+                w.outstanding = outstanding;
+                w.grew = now;
+            }
+            let bursting = target < capacity && w.grew.elapsed() < GATHER;
+            if w.since.elapsed() < GATHER || (bursting && w.since.elapsed() < GATHER_MAX) {
                 return;
             }
         }
-        self.wanted_since.remove(&shape);
+        self.wanted.remove(&shape);
         // While workers are still queued, work arriving in a trickle (single submits) is
         // grouped into one submission per poll interval instead of one array per chunk.
         let recently = self

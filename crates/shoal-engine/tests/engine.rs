@@ -581,6 +581,8 @@ struct Manual {
     block_poll: Arc<Mutex<Option<Duration>>>,
     /// Set while that poll is blocked.
     blocked: Arc<AtomicBool>,
+    /// How many workers each submission asked for.
+    submissions: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Scheduler for Manual {
@@ -597,6 +599,7 @@ impl Scheduler for Manual {
         Ok(())
     }
     fn submit(&mut self, _: &LaunchSpec, n: usize) -> shoal_sched::Result<Vec<String>> {
+        self.submissions.lock().unwrap().push(n);
         Ok((0..n)
             .map(|_| format!("m{}", self.next.fetch_add(1, Ordering::SeqCst)))
             .collect())
@@ -748,6 +751,31 @@ fn a_worker_fenced_while_it_holds_a_chunk_counts_as_lost_and_its_chunk_runs_else
     let stats = engine.stats();
     assert!(stats.workers_fenced >= 1, "{stats:?}");
     assert_eq!(stats.workers_lost, 1, "{stats:?}");
+}
+
+#[test]
+fn a_burst_of_chunks_slower_than_the_gather_window_is_one_submission() {
+    // A map on a network filesystem: each chunk takes a few round trips to send, so the
+    // burst outlasts GATHER (50 ms); the workers are still asked for all at once.
+    let sched = Manual::default();
+    let (_t, engine) = start(sched.clone(), options());
+    for i in 0..4u32 {
+        engine.submit(format!("p{i}").as_bytes(), 1, &[]).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    wait_for("four workers", || sched.next.load(Ordering::SeqCst) >= 4);
+    assert_eq!(sched.submissions.lock().unwrap().as_slice(), [4]);
+    // A single call is not held back beyond GATHER: the burst is over once chunks stop.
+    let sched = Manual::default();
+    let (_t2, engine) = start(sched.clone(), options());
+    let t = Instant::now();
+    engine.submit(b"one", 1, &[]).unwrap();
+    wait_for("a worker", || sched.next.load(Ordering::SeqCst) >= 1);
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
