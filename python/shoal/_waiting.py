@@ -12,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 import time
-from typing import Any, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 # How late a KeyboardInterrupt may come when the signal lands on another thread; a slice
 # costs one futex wake-up.
@@ -32,24 +32,26 @@ def deadline(timeout: Optional[float]) -> Optional[float]:
     return None if timeout is None else time.monotonic() + timeout
 
 
-def wait_event(event: threading.Event, timeout: Optional[float] = None) -> bool:
-    """`event.wait(timeout)`, in slices."""
+def _until(
+    done: Callable[[], bool], wait: Callable[[float], Any], timeout: Optional[float]
+) -> bool:
+    """Wait with `wait(seconds)` until `done()`, in slices; False if `timeout` ran out."""
     end = deadline(timeout)
-    while not event.is_set():
+    while not done():
         left = remaining(end)
         if left <= 0:
             return False
-        event.wait(left)
+        wait(left)
     return True
 
 
+def wait_event(event: threading.Event, timeout: Optional[float] = None) -> bool:
+    """`event.wait(timeout)`, in slices."""
+    return _until(event.is_set, event.wait, timeout)
+
+
 def _until_done(fut: cf.Future[Any], timeout: Optional[float]) -> None:
-    end = deadline(timeout)
-    while not fut.done():
-        left = remaining(end)
-        if left <= 0:
-            return
-        cf.wait((fut,), left)
+    _until(fut.done, lambda left: cf.wait((fut,), left), timeout)
 
 
 class Future(cf.Future[T]):
