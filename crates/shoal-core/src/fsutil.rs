@@ -21,6 +21,33 @@ pub fn create_private_dir(path: &Path) -> Result<()> {
         .at(path)
 }
 
+/// Create the leaf dir `path` (mode 0700, its parent must exist) whole: made under a hidden
+/// temporary name and renamed into place, so another host never looks it up half made. On
+/// GlusterFS a lookup from another client while a directory is being made can leave that
+/// directory unusable for seconds, for its maker too (EACCES creating or reading inside
+/// it): a worker polling for its inbox made it so about once in a few hundred welcomes on
+/// slurm-multinode; renamed into place, never. Nothing to do if it exists.
+pub fn create_dir_whole(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("d");
+    let tmp = dir.join(format!(".{name}.{}.tmp", random_hex(8)));
+    fs::DirBuilder::new().mode(0o700).create(&tmp).at(path)?;
+    match fs::rename(&tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = fs::remove_dir(&tmp);
+            if path.is_dir() {
+                Ok(()) // made meanwhile (or a lost reply on NFS: the rename happened)
+            } else {
+                Err(CoreError::io(path, e))
+            }
+        }
+    }
+}
+
 /// Create the leaf dir `path` (mode 0700) exclusively: false if it already exists. Its parent
 /// must exist. Two drivers racing for one name get one `true` between them.
 pub fn create_dir_exclusive(path: &Path) -> Result<bool> {
@@ -221,6 +248,28 @@ mod tests {
         write_atomic(&p, &[b"ef"]).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"ef");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_dir_made_whole_is_private_appears_once_and_leaves_no_temporary() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("inbox-key");
+        create_dir_whole(&d).unwrap();
+        let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        fs::write(d.join("ticket"), b"x").unwrap();
+        // Again: nothing happens to it or to what it holds.
+        create_dir_whole(&d).unwrap();
+        assert!(d.join("ticket").exists());
+        let names: Vec<String> = fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["inbox-key"]);
+        // No parent: an error naming the path.
+        let e = create_dir_whole(&t.path().join("no/such")).unwrap_err();
+        assert!(e.to_string().contains("no/such"), "{e}");
     }
 
     #[test]

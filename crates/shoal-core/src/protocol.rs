@@ -275,7 +275,8 @@ impl SessionDir {
 
     /// Accept a worker: create its inbox (the worker waits for it before claiming).
     pub fn welcome(&self, key: &str) -> Result<()> {
-        crate::fsutil::create_private_dir(&self.inbox(key))
+        // Whole: the worker is polling for this very name from another host.
+        crate::fsutil::create_dir_whole(&self.inbox(key))
     }
 
     /// Remove the checkpoint task `task` of `chunk` left (its chunk ended or moved past it).

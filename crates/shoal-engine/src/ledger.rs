@@ -184,6 +184,11 @@ pub struct Ledger {
     max_attempts: u32,
     /// Assignments a worker may hold beyond the one it runs.
     prefetch: usize,
+    /// ... and only while what it holds has at most this many tasks left (None: no bound).
+    /// A ticket is a promise of its chunk to one worker: given behind a long chunk, it runs
+    /// late and makes the map's tail (1 s tasks on 24 workers: a chunk of 5 prefetched
+    /// behind one of 21 ended 4 s after every other worker).
+    prefetch_tasks: Option<u64>,
     chunks: BTreeMap<ChunkId, Chunk>,
     /// Chunks waiting for a worker, per shape.
     queues: BTreeMap<Shape, VecDeque<ChunkId>>,
@@ -196,6 +201,7 @@ impl Ledger {
         Ledger {
             max_attempts: max_attempts.max(1),
             prefetch,
+            prefetch_tasks: None,
             chunks: BTreeMap::new(),
             queues: BTreeMap::new(),
             workers: HashMap::new(),
@@ -205,6 +211,27 @@ impl Ledger {
 
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts
+    }
+
+    /// Bound the tasks a worker may have left when it gets a ticket beyond the one it runs
+    /// (see `prefetch_tasks`); the engine sets it from how long tasks take.
+    pub fn set_prefetch_tasks(&mut self, tasks: Option<u64>) {
+        self.prefetch_tasks = tasks;
+    }
+
+    /// Tasks not yet resolved in what a worker holds (assigned or running).
+    pub fn tasks_left(&self, worker: &str) -> u64 {
+        self.workers
+            .get(worker)
+            .map_or(0, |s| Self::left_in(&self.chunks, s))
+    }
+
+    fn left_in(chunks: &BTreeMap<ChunkId, Chunk>, slot: &Slot) -> u64 {
+        slot.held
+            .iter()
+            .filter_map(|id| chunks.get(id))
+            .map(|c| u64::from(c.ntasks - c.cursor))
+            .sum()
     }
 
     // ------------------------------------------------------------ chunks
@@ -375,7 +402,8 @@ impl Ledger {
     }
 
     /// Hand queued chunks to workers of their shape with room: the least loaded first, so
-    /// every worker gets one before any gets a second (its prefetch).
+    /// every worker gets one before any gets a second (its prefetch, once what it holds is
+    /// nearly done: `set_prefetch_tasks`).
     pub fn assign(&mut self) -> Vec<Assign> {
         let mut out = Vec::new();
         let shapes: Vec<Shape> = self.queues.keys().copied().collect();
@@ -388,10 +416,18 @@ impl Ledger {
 
     fn assign_shape(&mut self, shape: Shape, out: &mut Vec<Assign>) {
         while self.queues.get(&shape).is_some_and(|q| !q.is_empty()) {
+            let chunks = &self.chunks;
+            let room = |s: &Slot| {
+                s.held.is_empty()
+                    || (s.held.len() <= self.prefetch
+                        && self
+                            .prefetch_tasks
+                            .is_none_or(|n| Self::left_in(chunks, s) <= n))
+            };
             let Some(worker) = self
                 .workers
                 .iter()
-                .filter(|(_, s)| s.shape == shape && !s.draining && s.held.len() <= self.prefetch)
+                .filter(|(_, s)| s.shape == shape && !s.draining && room(s))
                 .min_by(|a, b| a.1.held.len().cmp(&b.1.held.len()).then(a.0.cmp(b.0)))
                 .map(|(k, _)| k.clone())
             else {
@@ -946,6 +982,34 @@ mod tests {
             ]
         );
         assert_eq!(l.assign().len(), 1);
+    }
+
+    #[test]
+    fn a_prefetch_waits_until_what_the_worker_holds_is_nearly_done() {
+        let mut l = Ledger::new(3, 1);
+        l.set_prefetch_tasks(Some(2));
+        l.submit(0, 10);
+        l.submit(1, 4);
+        l.submit(2, 1);
+        assert!(l.join("w"));
+        let a = l.assign();
+        assert_eq!(a.len(), 1, "10 tasks left: no ticket behind them yet");
+        assert!(l.started(0, 1));
+        // 7 of the 10 resolved: 3 left, still more than 2.
+        assert!(matches!(l.part(part(0, 1, 0, 7, false)), PartFate::Used(_)));
+        assert!(l.assign().is_empty());
+        assert_eq!(l.tasks_left("w"), 3);
+        assert!(matches!(l.part(part(0, 1, 7, 1, false)), PartFate::Used(_)));
+        let a = l.assign();
+        assert_eq!(a.len(), 1, "2 left: the next chunk is prefetched");
+        assert_eq!((a[0].chunk, a[0].seq), (1, 1));
+        // One prefetch at most, whatever is left.
+        assert_eq!(l.tasks_left("w"), 6);
+        l.set_prefetch_tasks(None);
+        assert!(l.assign().is_empty());
+        // Another worker takes the last chunk, though the first could hold no more.
+        assert!(l.join("v"));
+        assert_eq!(l.assign()[0].chunk, 2);
     }
 
     #[test]

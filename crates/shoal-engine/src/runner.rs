@@ -51,6 +51,14 @@ const GIVE_BACK_AFTER: Duration = Duration::from_secs(3);
 /// scheduler reports its job's end within this long (at least two of its polls), else with
 /// the connection's: messages say the same on both transports.
 const GONE_GRACE: Duration = Duration::from_secs(3);
+/// A worker's next ticket is written when it has about this much work left: more than the
+/// driver takes to see its parts (a part of quick tasks is published once a second, listed
+/// within a quarter second) and little enough that the ticket's chunk, cut for the map's
+/// progress when it was made, does not wait behind a long one (`Ledger::prefetch_tasks`).
+const PREFETCH_AHEAD: f64 = 2.0;
+/// ... and never fewer tasks than this: a chunk of one slow task gets its next ticket when
+/// it starts.
+const PREFETCH_MIN_TASKS: u64 = 2;
 
 /// Since when a shape's work has wanted more workers, and when its outstanding chunks last
 /// grew (a burst still arriving).
@@ -103,6 +111,8 @@ pub(crate) struct Runner {
     /// New scheduler jobs since the record was last written: write it now, so that a driver
     /// killed right after a submission leaves jobs `shoal cancel` can find.
     jobs_changed: bool,
+    /// A moving mean of how long a task takes here, from the parts (None: none seen yet).
+    task_secs: Option<f64>,
 }
 
 impl Runner {
@@ -149,6 +159,7 @@ impl Runner {
             wanted: HashMap::new(),
             driver_seq: 0,
             jobs_changed: false,
+            task_secs: None,
         }
     }
 
@@ -465,6 +476,7 @@ impl Runner {
         }
         let fate = self.shared.lock().ledger.part(info);
         self.fleet.produced(&header.worker);
+        self.learn_task_time(&header);
         self.start_failures.remove(&shape_of(&header.worker));
         let part_done = |duplicate| ChunkDone {
             chunk: at.chunk,
@@ -538,6 +550,30 @@ impl Runner {
                 self.journal_still_running(&header);
             }
         }
+    }
+
+    /// How long tasks take, from a part's time since its attempt started; and so how many
+    /// tasks a worker may have left when it is given its next ticket (`PREFETCH_AHEAD`).
+    /// Until a part is seen, a worker's prefetch waits for nothing (quick tasks must not
+    /// idle the first round, and the first round's chunks are the map's first ones).
+    fn learn_task_time(&mut self, header: &ResultHeader) {
+        let done = header.from + header.count;
+        if header.count == 0 || header.elapsed <= 0.0 || header.chunk_error.is_some() {
+            return;
+        }
+        let sample = header.elapsed / f64::from(done);
+        let mean = match self.task_secs {
+            Some(m) => 0.8 * m + 0.2 * sample,
+            None => sample,
+        };
+        self.task_secs = Some(mean);
+        let tasks = (PREFETCH_AHEAD / mean.max(1e-9))
+            .ceil()
+            .min(u32::MAX as f64) as u64;
+        self.shared
+            .lock()
+            .ledger
+            .set_prefetch_tasks(Some(tasks.max(PREFETCH_MIN_TASKS)));
     }
 
     /// A worker gave an attempt back (preempted, or its job is out of time): it is leaving,
@@ -727,8 +763,9 @@ impl Runner {
             a
         };
         let any = !assigns.is_empty();
-        for a in assigns {
-            let ticket = Ticket {
+        let tickets: Vec<Ticket> = assigns
+            .into_iter()
+            .map(|a| Ticket {
                 seq: a.seq,
                 kind: TicketKind::Run,
                 chunk: a.chunk,
@@ -736,15 +773,18 @@ impl Runner {
                 from: a.from,
                 careful: a.careful,
                 resume: a.resume,
-                worker: a.worker.clone(),
-            };
-            if let Err(e) = self.broker.assign(&ticket) {
+                worker: a.worker,
+            })
+            .collect();
+        let written = self.broker.assign_all(&tickets);
+        for (ticket, r) in tickets.iter().zip(written) {
+            if let Err(e) = r {
                 if e_is_no_space(&e) {
                     self.io_failed(sched, e);
                     return any;
                 }
                 let reason = format!("its ticket could not be written: {e}");
-                self.fence(sched, &a.worker, &reason, true);
+                self.fence(sched, &ticket.worker, &reason, true);
             }
         }
         if any {

@@ -1047,3 +1047,47 @@ fn a_shape_that_cannot_start_fails_its_own_tasks_and_the_pool_goes_on() {
         }
     }
 }
+
+#[test]
+fn a_worker_gets_its_next_ticket_only_near_the_end_of_what_it_holds() {
+    let sched = Manual::default();
+    let (_t, engine) = start(sched.clone(), options());
+    engine.submit(b"long", 10, &[]).unwrap();
+    wait_for("a submission", || sched.next.load(Ordering::SeqCst) > 0);
+    let dir = engine.dir().clone();
+    let mut w = WorkerSession::open(dir.root(), Some("m0")).unwrap();
+    let a = loop {
+        if let Ok(a) = w.next(Some(Duration::from_millis(50))).unwrap() {
+            break a;
+        }
+    };
+    let base = header_for(&w, &a);
+    let part = |from: u32, count: u32, elapsed: f64| ResultHeader {
+        from,
+        count,
+        last: from + count == 10,
+        elapsed,
+        ..base.clone()
+    };
+    // Its first task took 0.5 s: a ticket may wait until 4 tasks (2 s) are left.
+    w.publish(&part(0, 1, 0.5), b"t0", None).unwrap();
+    assert_eq!(collect(&engine, 1).tasks[&a.header.chunk], [0]);
+    engine.submit(b"next", 1, &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !dir.ticket_exists(w.key(), 1),
+        "9 tasks (4.5 s) left, and already a second ticket"
+    );
+    w.publish(&part(1, 5, 3.0), b"t1-5", None).unwrap();
+    let key = w.key().to_string();
+    wait_for("the next ticket, 4 tasks before the end", || {
+        dir.ticket_exists(&key, 1)
+    });
+    w.publish(&part(6, 4, 5.0), b"t6-9", None).unwrap();
+    let b = loop {
+        if let Ok(b) = w.next(Some(Duration::from_millis(50))).unwrap() {
+            break b;
+        }
+    };
+    assert_eq!(b.payload, b"next");
+}

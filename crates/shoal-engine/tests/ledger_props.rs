@@ -57,6 +57,9 @@ enum Op {
     Withdraw(usize),
     /// No worker of the shape can start: its queued chunks fail.
     FailShape(Shape),
+    /// The engine learnt how long tasks take: a prefetch waits until a worker has at most
+    /// this many tasks left.
+    PrefetchTasks(Option<u64>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -81,6 +84,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(chunk, recoverable)| Op::Vanish { chunk, recoverable }),
         1 => (0usize..16).prop_map(Op::Withdraw),
         1 => (0u32..2).prop_map(Op::FailShape),
+        1 => proptest::option::of(0u64..6).prop_map(Op::PrefetchTasks),
     ]
 }
 
@@ -112,6 +116,7 @@ struct World {
     /// Parts written but not yet seen by the driver.
     unseen: Vec<PartInfo>,
     epoch: HashMap<u8, u32>,
+    prefetch_tasks: Option<u64>,
 }
 
 impl World {
@@ -130,6 +135,7 @@ impl World {
             revokes: Vec::new(),
             unseen: Vec::new(),
             epoch: HashMap::new(),
+            prefetch_tasks: None,
         }
     }
 
@@ -246,8 +252,30 @@ impl World {
                 self.ledger.join_shaped(&w, Self::shape_of_worker(&w));
             }
             Op::Assign => {
+                let mut held: HashMap<String, (usize, u64)> = (0..4)
+                    .map(|slot| self.worker(slot))
+                    .map(|w| {
+                        let h = (self.ledger.load(&w), self.ledger.tasks_left(&w));
+                        (w, h)
+                    })
+                    .collect();
                 let a = self.ledger.assign();
                 self.check_shapes(&a)?;
+                // A ticket beyond the first goes only to a worker nearly done with the rest.
+                for x in &a {
+                    if let Some((n, left)) = held.get_mut(&x.worker) {
+                        if let (true, Some(bound)) = (*n > 0, self.prefetch_tasks) {
+                            prop_assert!(
+                                *left <= bound,
+                                "{} prefetched with {} tasks left",
+                                &x.worker,
+                                *left
+                            );
+                        }
+                        *n += 1;
+                        *left += u64::from(self.ntasks[&x.chunk] - x.from);
+                    }
+                }
                 for x in &a {
                     prop_assert!(self.ledger.contains(x.chunk));
                     prop_assert_eq!(x.from, self.resolved[&x.chunk]);
@@ -458,6 +486,10 @@ impl World {
                     let o = self.ledger.withdraw(c);
                     self.apply(o)?;
                 }
+            }
+            Op::PrefetchTasks(n) => {
+                self.prefetch_tasks = n;
+                self.ledger.set_prefetch_tasks(n);
             }
             Op::FailShape(shape) => {
                 let queued: Vec<ChunkId> = self

@@ -15,6 +15,9 @@ use shoal_core::SessionDir;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+/// Threads that write a round of tickets together on a network filesystem.
+const ASSIGN_LANES: usize = 8;
+
 /// How often each directory may be listed.
 #[derive(Debug, Clone, Copy)]
 struct Cadence {
@@ -291,6 +294,41 @@ impl Broker for FsBroker {
         Ok(self.dir.put_ticket(ticket)?)
     }
 
+    /// On a network filesystem a ticket is a few round trips: a round of them (a new
+    /// array's first tickets) goes out on `ASSIGN_LANES` threads, not one after the other
+    /// (24 workers on slurm-multinode: 0.2 s from the first ticket to the last, serially).
+    fn assign_all(&mut self, tickets: &[Ticket]) -> Vec<Result<()>> {
+        if !self.network || tickets.len() < 2 {
+            return tickets.iter().map(|t| self.assign(t)).collect();
+        }
+        let lanes = tickets.len().min(ASSIGN_LANES);
+        let dir = &self.dir;
+        let mut out: Vec<Option<Result<()>>> = tickets.iter().map(|_| None).collect();
+        std::thread::scope(|s| {
+            let running: Vec<_> = (0..lanes)
+                .map(|lane| {
+                    s.spawn(move || {
+                        tickets
+                            .iter()
+                            .enumerate()
+                            .skip(lane)
+                            .step_by(lanes)
+                            .map(|(i, t)| (i, dir.put_ticket(t).map_err(Into::into)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for lane in running {
+                for (i, r) in lane.join().expect("a ticket write does not panic") {
+                    out[i] = Some(r);
+                }
+            }
+        });
+        out.into_iter()
+            .map(|r| r.expect("every ticket has its lane"))
+            .collect()
+    }
+
     fn revoke(&mut self, key: &str, _chunk: u64, _attempt: u32, seq: u64) -> Result<Option<bool>> {
         Ok(Some(self.dir.revoke_ticket(key, seq)?))
     }
@@ -395,6 +433,36 @@ mod tests {
             .iter()
             .filter(|e| matches!(e, BrokerEvent::Hello { .. }))
             .count()
+    }
+
+    #[test]
+    fn a_round_of_tickets_is_written_together_with_each_result_in_its_place() {
+        let (_t, mut b) = network_broker();
+        let keys: Vec<String> = (0..20).map(|i| format!("b1-{i}+00{i:02}")).collect();
+        for k in &keys[..19] {
+            b.welcome(k).unwrap();
+        }
+        // Two tickets each (a run and a prefetch), the last worker never welcomed: its
+        // inbox does not exist, so its ticket fails, and only its.
+        let tickets: Vec<Ticket> = keys
+            .iter()
+            .flat_map(|k| [0, 1].map(|seq| (k, seq)))
+            .map(|(k, seq)| Ticket {
+                seq,
+                kind: shoal_core::protocol::TicketKind::Run,
+                chunk: seq,
+                attempt: 1,
+                worker: k.clone(),
+                ..Ticket::default()
+            })
+            .collect();
+        let written = b.assign_all(&tickets);
+        assert_eq!(written.len(), tickets.len());
+        for (t, r) in tickets.iter().zip(&written) {
+            let unwelcomed = t.worker == keys[19];
+            assert_eq!(r.is_err(), unwelcomed, "{} {}: {r:?}", t.worker, t.seq);
+            assert_eq!(b.dir.ticket_exists(&t.worker, t.seq), !unwelcomed);
+        }
     }
 
     #[test]

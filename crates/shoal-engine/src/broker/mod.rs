@@ -81,6 +81,12 @@ pub trait Broker: Send {
     /// Give a worker an assignment (or a stop ticket).
     fn assign(&mut self, ticket: &Ticket) -> Result<()>;
 
+    /// Give workers their assignments: one result per ticket, in order. The order tickets
+    /// become visible in is free (a worker takes its tickets by number).
+    fn assign_all(&mut self, tickets: &[Ticket]) -> Vec<Result<()>> {
+        tickets.iter().map(|t| self.assign(t)).collect()
+    }
+
     /// Take back a ticket its worker has not claimed. `Some(ok)` when settled at once;
     /// `None` when the answer comes later as [`BrokerEvent::Revoked`].
     fn revoke(&mut self, key: &str, chunk: u64, attempt: u32, seq: u64) -> Result<Option<bool>>;
