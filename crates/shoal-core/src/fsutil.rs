@@ -31,9 +31,7 @@ pub fn create_dir_whole(path: &Path) -> Result<()> {
     if path.is_dir() {
         return Ok(());
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("d");
-    let tmp = dir.join(format!(".{name}.{}.tmp", random_hex(8)));
+    let tmp = temp_beside(path);
     fs::DirBuilder::new().mode(0o700).create(&tmp).at(path)?;
     match fs::rename(&tmp, path) {
         Ok(()) => Ok(()),
@@ -110,11 +108,17 @@ pub fn write_exclusive(path: &Path, parts: &[&[u8]]) -> Result<bool> {
     Ok(true)
 }
 
-/// Write a private temporary file beside `path` and return its name.
-fn write_private(path: &Path, parts: &[&[u8]]) -> Result<std::path::PathBuf> {
+/// A hidden name beside `path` for it to be made under and renamed from: `.NAME.RANDOM.tmp`,
+/// its 64 random bits unique across hosts.
+fn temp_beside(path: &Path) -> std::path::PathBuf {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("f");
-    let tmp = dir.join(format!(".{name}.{}.tmp", random_hex(8)));
+    dir.join(format!(".{name}.{}.tmp", random_hex(8)))
+}
+
+/// Write a private temporary file beside `path` and return its name.
+fn write_private(path: &Path, parts: &[&[u8]]) -> Result<std::path::PathBuf> {
+    let tmp = temp_beside(path);
     let f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

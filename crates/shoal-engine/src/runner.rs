@@ -474,9 +474,15 @@ impl Runner {
         if header.release.is_some() {
             self.released(sched, &header);
         }
-        let fate = self.shared.lock().ledger.part(info);
+        let bound = self.learn_task_time(&header);
+        let fate = {
+            let mut st = self.shared.lock();
+            if bound.is_some() {
+                st.ledger.set_prefetch_tasks(bound);
+            }
+            st.ledger.part(info)
+        };
         self.fleet.produced(&header.worker);
-        self.learn_task_time(&header);
         self.start_failures.remove(&shape_of(&header.worker));
         let part_done = |duplicate| ChunkDone {
             chunk: at.chunk,
@@ -553,15 +559,15 @@ impl Runner {
     }
 
     /// How long tasks take, from a part's time since its attempt started; and so how many
-    /// tasks a worker may have left when it is given its next ticket (`PREFETCH_AHEAD`).
-    /// Until a part is seen, a worker's prefetch waits for nothing (quick tasks must not
-    /// idle the first round, and the first round's chunks are the map's first ones).
-    fn learn_task_time(&mut self, header: &ResultHeader) {
-        let done = header.from + header.count;
+    /// tasks a worker may have left when it is given its next ticket (`PREFETCH_AHEAD`), for
+    /// `Ledger::set_prefetch_tasks` (None: this part tells nothing). Until a part is seen, a
+    /// worker's prefetch waits for nothing (quick tasks must not idle the first round, and
+    /// the first round's chunks are the map's first ones).
+    fn learn_task_time(&mut self, header: &ResultHeader) -> Option<u64> {
         if header.count == 0 || header.elapsed <= 0.0 || header.chunk_error.is_some() {
-            return;
+            return None;
         }
-        let sample = header.elapsed / f64::from(done);
+        let sample = header.elapsed / f64::from(header.from + header.count);
         let mean = match self.task_secs {
             Some(m) => 0.8 * m + 0.2 * sample,
             None => sample,
@@ -570,10 +576,7 @@ impl Runner {
         let tasks = (PREFETCH_AHEAD / mean.max(1e-9))
             .ceil()
             .min(u32::MAX as f64) as u64;
-        self.shared
-            .lock()
-            .ledger
-            .set_prefetch_tasks(Some(tasks.max(PREFETCH_MIN_TASKS)));
+        Some(tasks.max(PREFETCH_MIN_TASKS))
     }
 
     /// A worker gave an attempt back (preempted, or its job is out of time): it is leaving,

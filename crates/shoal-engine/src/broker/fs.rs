@@ -303,8 +303,7 @@ impl Broker for FsBroker {
         }
         let lanes = tickets.len().min(ASSIGN_LANES);
         let dir = &self.dir;
-        let mut out: Vec<Option<Result<()>>> = tickets.iter().map(|_| None).collect();
-        std::thread::scope(|s| {
+        let mut written: Vec<(usize, Result<()>)> = std::thread::scope(|s| {
             let running: Vec<_> = (0..lanes)
                 .map(|lane| {
                     s.spawn(move || {
@@ -318,15 +317,13 @@ impl Broker for FsBroker {
                     })
                 })
                 .collect();
-            for lane in running {
-                for (i, r) in lane.join().expect("a ticket write does not panic") {
-                    out[i] = Some(r);
-                }
-            }
+            running
+                .into_iter()
+                .flat_map(|lane| lane.join().expect("a ticket write does not panic"))
+                .collect()
         });
-        out.into_iter()
-            .map(|r| r.expect("every ticket has its lane"))
-            .collect()
+        written.sort_by_key(|(i, _)| *i);
+        written.into_iter().map(|(_, r)| r).collect()
     }
 
     fn revoke(&mut self, key: &str, _chunk: u64, _attempt: u32, seq: u64) -> Result<Option<bool>> {
